@@ -1,0 +1,5 @@
+import sys
+
+from fleetd.agent.main import main
+
+sys.exit(main())

@@ -1,0 +1,106 @@
+"""``fleet-agent attach``: what fleetd runs over SSH to reach the agent.
+
+It connects to the agent's Unix socket, starting the agent first if none runs, and then
+relays bytes both ways between its stdin/stdout (the SSH channel) and the socket. It
+holds no state: when the SSH connection drops it exits, and the agent, in its own
+session, goes on supervising. So no port opens on the host; only sshd is exposed.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import time
+
+from fleetd.agent.state import AgentState
+
+START_TIMEOUT_S = 10.0
+
+
+def _connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def start_agent(state: AgentState) -> None:
+    """Start the agent daemon detached: new session, no terminal, log to agent.log."""
+    with open(state.log_path, "ab") as logf:
+        subprocess.Popen(
+            [sys.executable, "-m", "fleetd.agent.main", "daemon", "--state-dir", state.root],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+            start_new_session=True, close_fds=True, cwd="/",
+        )
+
+
+def connect_or_start(state: AgentState) -> socket.socket:
+    try:
+        return _connect(state.socket_path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        pass
+    start_agent(state)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            return _connect(state.socket_path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"fleet-agent: the agent did not come up within {START_TIMEOUT_S:.0f}s; "
+                    f"see {state.log_path}"
+                ) from None
+            time.sleep(0.005)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def relay(sock: socket.socket, fd_in: int = 0, fd_out: int = 1) -> None:
+    sel = selectors.DefaultSelector()
+    sel.register(fd_in, selectors.EVENT_READ, "in")
+    sel.register(sock, selectors.EVENT_READ, "sock")
+    open_in = True
+    while True:
+        for key, _ in sel.select():
+            if key.data == "in":
+                data = os.read(fd_in, 65536)
+                if not data:
+                    open_in = False
+                    sel.unregister(fd_in)
+                    sock.shutdown(socket.SHUT_WR)  # the agent sees EOF, closes, we exit
+                    continue
+                sock.sendall(data)
+            else:
+                try:
+                    data = sock.recv(65536)
+                except ConnectionResetError:
+                    data = b""
+                if not data:
+                    return
+                try:
+                    _write_all(fd_out, data)
+                except BrokenPipeError:
+                    return
+        if not open_in and not sel.get_map():
+            return
+
+
+def attach(state_dir: str) -> int:
+    state = AgentState(state_dir)
+    sock = connect_or_start(state)
+    try:
+        relay(sock)
+    finally:
+        sock.close()
+    return 0

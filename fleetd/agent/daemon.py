@@ -1,0 +1,170 @@
+"""The detached agent daemon: one per host, behind a Unix socket.
+
+It keeps supervising while nobody talks to it; ``fleet-agent attach`` (run by fleetd
+over SSH) connects to the socket and relays fleetd's JSON lines. Several clients may be
+attached at once (a fleetd and its replacement during a restart): each gets every
+report, and the last desired set received wins.
+
+A flock on ``agent.lock`` makes the agent a singleton per state directory, so two
+attaches racing to start it end with one agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import time
+from typing import Any, Dict, Optional, Set
+
+from fleetd import __version__, protocol
+from fleetd.agent import facts
+from fleetd.agent.state import AgentState
+from fleetd.agent.supervisor import Supervisor
+
+log = logging.getLogger("fleet-agent")
+
+MAX_CLIENT_BUFFER = 64 * 1024 * 1024  # a client this far behind is dropped, not waited for
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.ready = False  # after hello: only then does it get reports
+        self.heartbeat: Optional[asyncio.Task[None]] = None
+
+    def send(self, data: bytes) -> None:
+        transport = self.writer.transport
+        if transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > MAX_CLIENT_BUFFER:
+            log.warning("client is not reading; dropping it")
+            transport.abort()
+            return
+        self.writer.write(data)
+
+
+def lock(state: AgentState) -> int:
+    """Become the one agent of ``state``; the returned fd holds the lock until exit."""
+    fd = os.open(state.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AlreadyRunning(state.root) from None
+    with open(state.pid_path, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    return fd
+
+
+class AgentDaemon:
+    """Construct inside the running event loop (asyncio objects bind to it on 3.9)."""
+
+    def __init__(self, state: AgentState) -> None:
+        self.state = state
+        self.machine_id = state.machine_id()
+        self.clients: Set[Client] = set()
+        self.supervisor = Supervisor(state, self.machine_id, self.broadcast)
+        self._stopped = asyncio.Event()
+
+    def broadcast(self, data: bytes) -> None:
+        for client in list(self.clients):
+            if client.ready:
+                client.send(data)
+
+    async def serve(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.state.socket_path)
+        old_umask = os.umask(0o177)
+        try:
+            server = await asyncio.start_unix_server(
+                self._client, path=self.state.socket_path, limit=protocol.MAX_LINE
+            )
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.state.socket_path, 0o600)
+        self.supervisor.recover()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopped.set)
+        log.info("agent %s serving %s (machine %s)", __version__, self.state.socket_path,
+                 self.machine_id)
+        async with server:
+            await self._stopped.wait()
+        # Stopping the agent never stops the programs: they are re-adopted next start.
+        log.info("agent stopping; %d programs keep running", len(self.supervisor.units))
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = Client(writer)
+        self.clients.add(client)
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                try:
+                    msg = protocol.decode(line)
+                except protocol.ProtocolError as exc:
+                    client.send(protocol.encode("error", message=str(exc)))
+                    break
+                self._handle(client, msg)
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
+            log.info("client gone: %s", exc)
+        finally:
+            self.clients.discard(client)
+            if client.heartbeat:
+                client.heartbeat.cancel()
+            writer.close()
+
+    def _handle(self, client: Client, msg: Dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == "hello":
+            interval = float(msg.get("heartbeat_s", 1.0))
+            client.send(protocol.encode(
+                "hello", machine_id=self.machine_id, hostname=os.uname().nodename,
+                agent_version=__version__, facts=facts.gather(self.machine_id),
+            ))
+            client.send(protocol.encode("status", units=self.supervisor.snapshot()))
+            client.ready = True
+            client.heartbeat = asyncio.ensure_future(self._heartbeat(client, interval))
+        elif kind == "desired":
+            self.supervisor.set_desired(protocol.spec_list(msg))
+        elif kind == "bye":
+            client.writer.close()
+        else:
+            client.send(protocol.encode("error", message=f"unknown message type {kind!r}"))
+
+    async def _heartbeat(self, client: Client, interval: float) -> None:
+        seq = 0
+        while True:
+            await asyncio.sleep(interval)
+            seq += 1
+            client.send(protocol.encode("heartbeat", seq=seq, time=time.time()))
+
+
+def run(state_dir: str) -> int:
+    state = AgentState(state_dir)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s fleet-agent[%(process)d] %(message)s"
+    )
+    try:
+        lock_fd = lock(state)
+    except AlreadyRunning:
+        log.info("an agent already runs for %s", state_dir)
+        return 0
+
+    async def main() -> None:
+        await AgentDaemon(state).serve()
+
+    try:
+        asyncio.run(main())
+    finally:
+        os.close(lock_fd)
+    return 0

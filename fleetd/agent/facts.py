@@ -1,0 +1,34 @@
+"""What the agent tells fleetd about its host, so that fleetd can schedule and render."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from typing import Any, Dict
+
+import psutil
+
+from fleetd import __version__
+
+
+def _pid1() -> str:
+    try:
+        with open("/proc/1/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def gather(machine_id: str) -> Dict[str, Any]:
+    return {
+        "machine_id": machine_id,
+        "hostname": socket.gethostname(),
+        "cpus": os.cpu_count() or 1,
+        "memory_bytes": int(psutil.virtual_memory().total),
+        "kernel": platform.release(),
+        "arch": platform.machine(),
+        "python": platform.python_version(),
+        "agent_version": __version__,
+        "systemd": _pid1() == "systemd",
+    }

@@ -1,0 +1,56 @@
+"""The host reconciler: one unit's desired spec + what the agent has -> the next task.
+
+Pure (fleet's agent reconciler, per unit): the supervisor calls it until it answers
+None, executing each task in between. Re-sending the same desired set is a no-op: a
+program that exited on its own stays exited (its restart policy, not a reconnecting
+fleetd, decides whether it runs again).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional
+
+from fleetd import protocol
+
+START = "start"  # run the program
+STOP = "stop"  # signal it and wait until it is gone
+LOAD = "load"  # take the new spec (content changed or first seen) without running it
+FORGET = "forget"  # drop the unit: it is not desired on this host any more
+
+ACTIVE = (protocol.STARTING, protocol.RUNNING, protocol.STOPPING)
+
+
+@dataclasses.dataclass(frozen=True)
+class Current:
+    """What the agent has for a unit."""
+
+    hash: str
+    state: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    kind: str
+    reason: str
+
+
+def next_task(spec: Optional[Dict[str, Any]], cur: Optional[Current]) -> Optional[Task]:
+    if spec is None:
+        if cur is None:
+            return None
+        if cur.state in ACTIVE:
+            return Task(STOP, "no longer desired on this host")
+        return Task(FORGET, "no longer desired on this host")
+    if cur is None:
+        return Task(LOAD, "new unit")
+    if cur.hash != spec["hash"]:
+        if cur.state in ACTIVE:
+            return Task(STOP, "content changed: stopping the old version")
+        return Task(LOAD, "content changed")
+    want = spec["want"]
+    if want == protocol.WANT_RUNNING and cur.state == protocol.STOPPED:
+        return Task(START, "desired running")
+    if want == protocol.WANT_STOPPED and cur.state in (protocol.STARTING, protocol.RUNNING):
+        return Task(STOP, "desired stopped")
+    return None

@@ -1,0 +1,112 @@
+"""The agent's state directory: what it must remember across its own restarts.
+
+  machine-id           this host's identity, made once
+  desired.json         the last desired set fleetd sent (so the agent keeps supervising
+                       the right programs while nobody talks to it)
+  units/NAME.json      one record per started program: driver handle + content hash,
+                       the evidence a restarted agent re-adopts it by
+  logs/NAME.log        the program's stdout and stderr
+  agent.sock           where ``fleet-agent attach`` finds the daemon (mode 0600)
+  agent.lock, agent.pid, agent.log
+
+Every file is replaced atomically (write, fsync, rename, fsync the directory): a crash
+leaves the old version or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from typing import Any, Dict, List
+
+DEFAULT_STATE_DIR = "/var/lib/fleet-agent"
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
+    directory = os.path.dirname(path)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class AgentState:
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.units_dir = os.path.join(self.root, "units")
+        self.logs_dir = os.path.join(self.root, "logs")
+        for d in (self.root, self.units_dir, self.logs_dir):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+
+    @property
+    def socket_path(self) -> str:
+        return os.path.join(self.root, "agent.sock")
+
+    @property
+    def lock_path(self) -> str:
+        return os.path.join(self.root, "agent.lock")
+
+    @property
+    def pid_path(self) -> str:
+        return os.path.join(self.root, "agent.pid")
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.root, "agent.log")
+
+    def unit_log(self, unit: str) -> str:
+        return os.path.join(self.logs_dir, unit + ".log")
+
+    def machine_id(self) -> str:
+        path = os.path.join(self.root, "machine-id")
+        try:
+            with open(path) as f:
+                value = f.read().strip()
+            if value:
+                return value
+        except FileNotFoundError:
+            pass
+        value = uuid.uuid4().hex
+        atomic_write(path, (value + "\n").encode(), 0o644)
+        return value
+
+    def load_desired(self) -> List[Dict[str, Any]]:
+        try:
+            with open(os.path.join(self.root, "desired.json")) as f:
+                units = json.load(f)
+        except FileNotFoundError:
+            return []
+        return list(units)
+
+    def save_desired(self, units: List[Dict[str, Any]]) -> None:
+        atomic_write(os.path.join(self.root, "desired.json"), json.dumps(units).encode())
+
+    def load_records(self) -> Dict[str, Dict[str, Any]]:
+        records: Dict[str, Dict[str, Any]] = {}
+        for entry in os.listdir(self.units_dir):
+            if not entry.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(self.units_dir, entry)) as f:
+                    records[entry[:-5]] = json.load(f)
+            except (OSError, ValueError):
+                continue  # a record we cannot read proves nothing: do not adopt by it
+        return records
+
+    def save_record(self, unit: str, record: Dict[str, Any]) -> None:
+        atomic_write(os.path.join(self.units_dir, unit + ".json"), json.dumps(record).encode())
+
+    def delete_record(self, unit: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.units_dir, unit + ".json"))

@@ -1,0 +1,3 @@
+from fleetd.daemon.main import main
+
+main()

@@ -1,0 +1,357 @@
+"""fleetd's HTTP API (aiohttp): what fleetctl speaks, and nothing else does.
+
+Served on a Unix socket (mode 0600: the socket's permissions are the authentication)
+and, if configured, on TCP, where every request must carry the bearer token. Writes are
+validated whole, stored durably, and only then answered; a 4xx leaves the registry as
+it was. Errors are JSON ``{"error": "..."}`` with text for the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import re
+import time
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+
+from aiohttp import web
+
+from fleetd import __version__, protocol
+from fleetd.registry.base import (
+    DESIRED_STATES,
+    LAUNCHED,
+    Conflict,
+    MachineRecord,
+    NotFound,
+    ObservedRecord,
+    RegistryError,
+    UnitRecord,
+)
+from fleetd.units.model import load
+from fleetd.units.parser import UnitError
+
+if False:  # typing only; avoids an import cycle at run time
+    from fleetd.daemon.app import Daemon
+
+DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
+_MACHINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_META = re.compile(r"^[A-Za-z0-9_.-]+$")
+MAX_WAIT_S = 3600.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def _daemon(request: web.Request) -> Daemon:
+    return request.app[DAEMON_KEY]
+
+
+async def _body(request: web.Request) -> Dict[str, Any]:
+    try:
+        data = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text='{"error": "request body is not JSON"}',
+                                 content_type="application/json") from None
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(text='{"error": "request body is not a JSON object"}',
+                                 content_type="application/json")
+    return data
+
+
+def _token_middleware(token: Optional[str]) -> Any:
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        if isinstance(sockname, tuple):  # TCP: a token is required, always
+            given = request.headers.get("Authorization", "")
+            expected = f"Bearer {token}" if token else None
+            if expected is None or not hmac.compare_digest(given.encode(), expected.encode()):
+                return _error(401, "missing or wrong bearer token")
+        try:
+            return await handler(request)
+        except NotFound as exc:
+            return _error(404, str(exc))
+        except Conflict as exc:
+            return _error(409, str(exc))
+        except RegistryError as exc:
+            return _error(400, str(exc))
+
+    return check
+
+
+# --- views ---------------------------------------------------------------------------
+def _observed_row(o: ObservedRecord) -> Dict[str, Any]:
+    return {"unit": o.unit, "machine": o.machine, "state": o.state, "pid": o.pid,
+            "hash": o.hash, "started_at": o.started_at, "exit_status": o.exit_status,
+            "restarts": o.restarts, "error": o.error}
+
+
+def unit_rows(units: List[UnitRecord], observed: List[ObservedRecord]) -> List[Dict[str, Any]]:
+    """One row per unit per machine where it is placed or where a copy still runs."""
+    by_key = {(o.unit, o.machine): o for o in observed}
+    rows: List[Dict[str, Any]] = []
+    seen = set()
+    for u in units:
+        if u.machine is None:
+            continue
+        o = by_key.get((u.name, u.machine))
+        seen.add((u.name, u.machine))
+        row: Dict[str, Any] = _observed_row(o) if o else {
+            "unit": u.name, "machine": u.machine, "state": "-", "pid": None}
+        row["desired"] = u.desired
+        row["current"] = o is not None and o.hash == u.hash
+        rows.append(row)
+    for key, o in by_key.items():
+        if key not in seen:  # a copy the host still has, not (or no longer) placed there
+            rows.append({**_observed_row(o), "desired": "-", "current": False})
+    rows.sort(key=lambda r: (r["unit"], r["machine"]))
+    return rows
+
+
+def _unit_file_row(u: UnitRecord, observed: Dict[Tuple[str, str], ObservedRecord],
+                   ) -> Dict[str, Any]:
+    o = observed.get((u.name, u.machine)) if u.machine else None
+    return {"unit": u.name, "hash": u.hash, "desired": u.desired,
+            "state": o.state if o else ("inactive" if u.machine is None else "-"),
+            "machine": u.machine, "reason": u.reason}
+
+
+def _machine_row(m: MachineRecord, units: int, last_seen: Optional[float]) -> Dict[str, Any]:
+    return {"name": m.name, "address": m.address, "port": m.port, "user": m.user,
+            "state": m.state, "error": m.error, "metadata": m.metadata,
+            "machine_id": m.machine_id, "units": units, "last_seen": last_seen,
+            "facts": m.facts}
+
+
+# --- handlers -----------------------------------------------------------------------------
+async def health(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    return web.json_response({"ok": True, "version": __version__, "pid": os.getpid(),
+                              "started_at": d.started_at})
+
+
+async def list_machines(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    counts: Dict[str, int] = {}
+    for u in d.registry.list_units():
+        if u.machine:
+            counts[u.machine] = counts.get(u.machine, 0) + 1
+    rows = []
+    for m in d.registry.list_machines():
+        session = d.sessions.get(m.name)
+        rows.append(_machine_row(m, counts.get(m.name, 0),
+                                 session.last_seen if session else m.last_seen))
+    return web.json_response({"machines": rows})
+
+
+async def add_machine(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    body = await _body(request)
+    address = body.get("address")
+    if not isinstance(address, str) or not address:
+        return _error(400, "address: required (USER@HOST[:PORT] is split by fleetctl)")
+    name = body.get("name") or address
+    if not isinstance(name, str) or not _MACHINE_NAME.match(name):
+        return _error(400, f"name: {name!r} is not a valid machine name "
+                           "(letters, digits, _ . -; at most 63)")
+    port = body.get("port", 22)
+    if not isinstance(port, int) or not 0 < port < 65536:
+        return _error(400, f"port: {port!r} is not a TCP port")
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and _META.match(k) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        return _error(400, "metadata: want key=value pairs of letters, digits, _ . -")
+    for key in ("identity", "known_hosts"):
+        path = body.get(key)
+        if path is not None and (not isinstance(path, str) or not os.path.isfile(path)):
+            return _error(400, f"{key}: {path!r} is not a readable file on the fleetd host")
+    record = MachineRecord(
+        name=name, address=address, port=port, user=str(body.get("user") or "root"),
+        identity=body.get("identity"), known_hosts=body.get("known_hosts"),
+        agent_command=str(body.get("agent_command") or "fleet-agent attach"),
+        metadata={str(k): str(v) for k, v in metadata.items()},
+    )
+    d.add_machine(record)
+    return web.json_response({"machine": _machine_row(record, 0, None)}, status=201)
+
+
+async def remove_machine(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    name = request.match_info["name"]
+    if d.registry.get_machine(name) is None:
+        return _error(404, f"machine {name} does not exist")
+    await d.remove_machine(name)
+    return web.json_response({"removed": name})
+
+
+async def list_units(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    return web.json_response(
+        {"units": unit_rows(d.registry.list_units(), d.registry.list_observed())}
+    )
+
+
+async def list_unit_files(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    observed = {(o.unit, o.machine): o for o in d.registry.list_observed()}
+    return web.json_response(
+        {"unit_files": [_unit_file_row(u, observed) for u in d.registry.list_units()]}
+    )
+
+
+async def get_unit(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    name = request.match_info["name"]
+    u = d.registry.get_unit(name)
+    if u is None:
+        return _error(404, f"unit {name} does not exist")
+    observed = {(o.unit, o.machine): o for o in d.registry.list_observed() if o.unit == name}
+    return web.json_response({**_unit_file_row(u, observed),
+                              "text": d.registry.unit_text(u.hash)})
+
+
+async def submit_units(request: web.Request) -> web.Response:
+    """Validate every unit of the request, then store them all in one transaction."""
+    d = _daemon(request)
+    body = await _body(request)
+    desired = body.get("desired", LAUNCHED)
+    if desired not in DESIRED_STATES:
+        return _error(400, f"desired: {desired!r} is not one of {', '.join(DESIRED_STATES)}")
+    items = body.get("units")
+    if not isinstance(items, list) or not items:
+        return _error(400, "units: want a non-empty list of {name, text, source}")
+    loaded, errors = [], []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) \
+                or not isinstance(item.get("text"), str):
+            return _error(400, "units: every unit needs a name and a text")
+        try:
+            loaded.append(load(item["name"], item["text"], item.get("source") or item["name"]))
+        except UnitError as exc:
+            errors.append(str(exc))
+    if errors:
+        return _error(400, errors[0], errors=errors)
+    names = [u.name for u in loaded]
+    if len(set(names)) != len(names):
+        return _error(400, "units: the same unit name is given twice")
+    d.registry.put_units([(u.name, u.text, u.hash) for u in loaded], desired)
+    d.changed()
+    return web.json_response({"units": [{"name": u.name, "hash": u.hash} for u in loaded]})
+
+
+async def set_state(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    body = await _body(request)
+    names, desired = body.get("names"), body.get("desired")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names:
+        return _error(400, "names: want a non-empty list of unit names")
+    if desired not in DESIRED_STATES:
+        return _error(400, f"desired: {desired!r} is not one of {', '.join(DESIRED_STATES)}")
+    d.registry.set_desired(names, desired)
+    d.changed()
+    return web.json_response({"names": names, "desired": desired})
+
+
+async def destroy_units(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    body = await _body(request)
+    names = body.get("names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names:
+        return _error(400, "names: want a non-empty list of unit names")
+    d.registry.delete_units(names)
+    d.changed()
+    return web.json_response({"destroyed": names})
+
+
+def _wait_verdict(d: Daemon, name: str, until: str) -> Tuple[Optional[bool], str]:
+    """(True: reached, False: will not be reached, None: not yet) and why."""
+    u = d.registry.get_unit(name)
+    copies = [o for o in d.registry.list_observed() if o.unit == name]
+    if until == "gone":
+        if u is None and not copies:
+            return True, "gone"
+        return None, "still on " + ", ".join(f"{o.machine} ({o.state})" for o in copies) \
+            if copies else "still known"
+    if u is None:
+        return False, f"unit {name} does not exist"
+    if u.machine is None:
+        return None, f"not placed: {u.reason or 'waiting for the engine'}"
+    here = next((o for o in copies if o.machine == u.machine), None)
+    if here is None or here.hash != u.hash:
+        return None, f"placed on {u.machine}, not reported there yet"
+    if until == "running":
+        if here.state == protocol.RUNNING:
+            return True, f"running on {u.machine} (pid {here.pid})"
+        if here.state in (protocol.FAILED, protocol.EXITED):
+            return False, f"{here.state} on {u.machine}: {here.error or 'exited'}"
+        return None, f"{here.state} on {u.machine}"
+    if until == "stopped":
+        done = here.state in (protocol.STOPPED, protocol.EXITED, protocol.FAILED)
+        return (True if done else None), f"{here.state} on {u.machine}"
+    return False, f"cannot wait until {until!r}"
+
+
+async def wait_unit(request: web.Request) -> web.Response:
+    """Block until a unit reaches a state (or cannot), for ``fleetctl start`` and friends."""
+    d = _daemon(request)
+    name = request.match_info["name"]
+    until = request.query.get("until", "running")
+    if until not in ("running", "stopped", "gone"):
+        return _error(400, f"until: {until!r} is not running, stopped or gone")
+    try:
+        timeout = min(float(request.query.get("timeout", "30")), MAX_WAIT_S)
+    except ValueError:
+        return _error(400, "timeout: want seconds")
+    deadline = time.monotonic() + timeout
+    while True:
+        verdict, why = _wait_verdict(d, name, until)
+        if verdict is not None:
+            return web.json_response({"unit": name, "reached": verdict, "why": why})
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return web.json_response({"unit": name, "reached": False, "timeout": True,
+                                      "why": why})
+        await d.changes.wait(left)
+
+
+def make_app(d: Daemon) -> web.Application:
+    app = web.Application(middlewares=[_token_middleware(d.config.token)],
+                          client_max_size=64 * 1024 * 1024)
+    app[DAEMON_KEY] = d
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/machines", list_machines)
+    app.router.add_post("/v1/machines", add_machine)
+    app.router.add_delete("/v1/machines/{name}", remove_machine)
+    app.router.add_get("/v1/units", list_units)
+    app.router.add_post("/v1/units", submit_units)
+    app.router.add_post("/v1/units/state", set_state)
+    app.router.add_post("/v1/units/destroy", destroy_units)
+    app.router.add_get("/v1/unit-files", list_unit_files)
+    app.router.add_get("/v1/units/{name}", get_unit)
+    app.router.add_get("/v1/units/{name}/wait", wait_unit)
+    return app
+
+
+async def serve(d: Daemon) -> web.AppRunner:
+    runner = web.AppRunner(make_app(d), access_log=None, handle_signals=False)
+    await runner.setup()
+    sock_dir = os.path.dirname(d.config.socket)
+    os.makedirs(sock_dir, mode=0o755, exist_ok=True)
+    if os.path.exists(d.config.socket):
+        os.unlink(d.config.socket)  # the lease says no other fleetd owns it
+    old = os.umask(0o177)  # the socket is born 0600: no window for other users
+    try:
+        await web.UnixSite(runner, d.config.socket).start()
+    finally:
+        os.umask(old)
+    os.chmod(d.config.socket, 0o600)
+    if d.config.listen:
+        host, port = d.config.listen_host_port
+        await web.TCPSite(runner, host, port).start()
+    await asyncio.sleep(0)
+    return runner

@@ -1,0 +1,118 @@
+"""The composition root: registry, engine, machine sessions and the API, wired once.
+
+Everything that is not wiring lives elsewhere: decisions in engine/, storage in
+registry/, host conversations in session.py, HTTP in api.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any, Dict, List, Optional
+
+from fleetd.daemon.changes import Changes
+from fleetd.daemon.config import Config
+from fleetd.daemon.session import MachineSession, TransportFactory
+from fleetd.engine.leadership import FileLease
+from fleetd.engine.loop import Engine
+from fleetd.registry.base import MachineRecord
+from fleetd.registry.sqlite import SqliteRegistry
+from fleetd.transport.base import Transport
+from fleetd.transport.ssh import SshTransport
+
+log = logging.getLogger("fleetd")
+
+REMOVE_DRAIN_S = 30.0  # how long machine removal waits for the host to stop its units
+
+
+def ssh_transport(machine: MachineRecord) -> Transport:
+    return SshTransport(machine.address, machine.port, machine.user, machine.identity,
+                        machine.known_hosts)
+
+
+class Daemon:
+    def __init__(self, config: Config, transport_factory: TransportFactory = ssh_transport):
+        self.config = config
+        os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+        self.lease = FileLease(os.path.join(config.state_dir, "fleetd.lock"))
+        self.lease.acquire()
+        self.registry = SqliteRegistry(os.path.join(config.state_dir, "registry.db"))
+        self.transport_factory = transport_factory
+        self.changes = Changes()
+        self.sessions: Dict[str, MachineSession] = {}
+        self.engine = Engine(self.registry, self._push, lambda: self.changed(False))
+        self.started_at = time.time()
+        self._tasks: List[asyncio.Task[None]] = []
+
+    # --- events ------------------------------------------------------------------------
+    def changed(self, placement_relevant: bool = True) -> None:
+        """Something changed: wake waiters, and the engine if placements may move."""
+        self.changes.bump()
+        if placement_relevant:
+            self.engine.wake()
+
+    def _push(self, machine: str, specs: List[Dict[str, Any]]) -> None:
+        session = self.sessions.get(machine)
+        if session is not None:
+            session.push(specs)
+
+    # --- machines --------------------------------------------------------------------
+    def _open_session(self, machine: MachineRecord) -> None:
+        session = MachineSession(machine, self.registry, self.transport_factory, self.changed,
+                                 self.config.heartbeat_s)
+        self.sessions[machine.name] = session
+        session.start()
+
+    def add_machine(self, machine: MachineRecord) -> None:
+        self.registry.add_machine(machine)
+        self._open_session(machine)
+        self.changed()
+
+    async def remove_machine(self, name: str) -> None:
+        """Stop the host's units (its desired set becomes empty), then forget it."""
+        session = self.sessions.get(name)
+        if session is not None and session.connected:
+            session.push([])
+            deadline = time.monotonic() + REMOVE_DRAIN_S
+            while time.monotonic() < deadline and any(
+                o.machine == name for o in self.registry.list_observed()
+            ):
+                await self.changes.wait(1.0)
+        self.registry.remove_machine(name)
+        session = self.sessions.pop(name, None)
+        if session is not None:
+            await session.stop()
+        self.changed()
+
+    # --- life ------------------------------------------------------------------------
+    async def run(self, ready: Optional[asyncio.Future[None]] = None) -> None:
+        from fleetd.daemon.api import serve
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        for machine in self.registry.list_machines():
+            self._open_session(machine)
+        self._tasks.append(asyncio.ensure_future(self.engine.run()))
+        self.engine.wake()
+        runner = await serve(self)
+        log.info("fleetd ready: %d machines, %d units, API on %s%s",
+                 len(self.sessions), len(self.registry.list_units()), self.config.socket,
+                 f" and {self.config.listen}" if self.config.listen else "")
+        if ready is not None:
+            ready.set_result(None)
+        try:
+            await stop.wait()
+        finally:
+            log.info("fleetd stopping; agents keep their units running")
+            await runner.cleanup()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*(s.stop() for s in self.sessions.values()),
+                                 return_exceptions=True)
+            self.registry.close()
+            self.lease.release()

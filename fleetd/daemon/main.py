@@ -1,0 +1,51 @@
+"""``fleetd``: the central daemon. No configuration needed; ``--config`` to override."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Optional
+
+import click
+
+from fleetd import __version__
+from fleetd.daemon.config import ConfigError, load
+from fleetd.engine.leadership import LeaseHeld
+from fleetd.registry.base import RegistryError
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML configuration file.")
+@click.option("--state-dir", help="Where the registry lives (default /var/lib/fleetd).")
+@click.option("--socket", "socket_path", help="API Unix socket (default /run/fleetd/fleetd.sock).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.version_option(__version__)
+def cli(config_path: Optional[str], state_dir: Optional[str], socket_path: Optional[str],
+        log_level: str) -> None:
+    """Place units on machines and keep them running there."""
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    try:
+        config = load(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if state_dir:
+        config.state_dir = state_dir
+    if socket_path:
+        config.socket = socket_path
+    from fleetd.daemon.app import Daemon
+
+    async def run() -> None:
+        await Daemon(config).run()
+
+    try:
+        asyncio.run(run())
+    except (LeaseHeld, RegistryError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def main() -> None:
+    sys.exit(cli())

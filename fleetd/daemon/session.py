@@ -1,0 +1,186 @@
+"""One machine session: fleetd's side of the conversation with one host's agent.
+
+It keeps one SSH connection, runs the agent's ``attach`` command over it, and then:
+sends the host's whole desired set whenever the engine changes it (and once after every
+(re)connect, so the agent converges on what fleetd wants *now*), and writes what the
+agent reports into the registry. When the channel ends or goes silent it reconnects by
+itself with backoff; programs on the host are untouched meanwhile, because the agent,
+not this session, supervises them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from fleetd import protocol
+from fleetd.registry.base import MachineRecord, ObservedRecord, Registry
+from fleetd.transport.base import Channel, Transport, TransportError
+
+log = logging.getLogger("fleetd.session")
+
+HELLO_TIMEOUT_S = 15.0
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 5.0
+SILENCE_HEARTBEATS = 5  # this many heartbeats missed: the channel is dead, reconnect
+
+TransportFactory = Callable[[MachineRecord], Transport]
+
+
+class MachineSession:
+    def __init__(
+        self,
+        machine: MachineRecord,
+        registry: Registry,
+        transport_factory: TransportFactory,
+        changed: Callable[[bool], None],
+        heartbeat_s: float = 1.0,
+    ) -> None:
+        self.machine = machine
+        self.name = machine.name
+        self.registry = registry
+        self.transport = transport_factory(machine)
+        self.changed = changed
+        self.heartbeat_s = heartbeat_s
+        self.last_seen: Optional[float] = machine.last_seen
+        self.connected = False
+        self._desired: Optional[List[Dict[str, Any]]] = None
+        self._sent: Optional[str] = None  # fingerprint of the set the agent has
+        self._channel: Optional[Channel] = None
+        self._task: Optional[asyncio.Task[None]] = None
+
+    # --- engine side -------------------------------------------------------------
+    def push(self, specs: List[Dict[str, Any]]) -> None:
+        """The host's desired set changed (or may have): send it if it differs."""
+        self._desired = specs
+        if self.connected:
+            self._send_desired()
+
+    def _send_desired(self) -> None:
+        if self._desired is None or self._channel is None:
+            return
+        fingerprint = json.dumps(self._desired, sort_keys=True)
+        if fingerprint == self._sent:
+            return
+        self._channel.write(protocol.encode("desired", units=self._desired))
+        self._sent = fingerprint
+
+    # --- life --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._channel is not None:
+            self._channel.close()
+        await self.transport.close()
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session()
+                reason = "connection to the agent closed"
+                state = "unreachable"
+            except TransportError as exc:
+                reason = str(exc)
+                state = "error" if exc.kind in ("hostkey", "auth", "command") else "unreachable"
+            except protocol.ProtocolError as exc:
+                reason, state = f"agent spoke nonsense: {exc}", "error"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must not end the session for good
+                log.exception("%s: session failed", self.name)
+                reason, state = f"internal error: {exc!r}", "error"
+            was_up = self.connected
+            self.connected = False
+            self._channel = None
+            self._sent = None
+            log.info("%s: %s", self.name, reason)
+            self.registry.update_machine(self.name, state=state, error=reason,
+                                         last_seen=self.last_seen)
+            if was_up or state != self.machine.state:
+                self.changed(True)
+            self.machine = self.registry.get_machine(self.name) or self.machine
+            if time.monotonic() - started > 10 * BACKOFF_MAX_S:
+                backoff = BACKOFF_MIN_S  # it ran a good while: retry fast
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _session(self) -> None:
+        channel = await self.transport.open(self.machine.agent_command)
+        self._channel = channel
+        try:
+            channel.write(protocol.encode("hello", daemon="fleetd", heartbeat_s=self.heartbeat_s))
+            first = await asyncio.wait_for(channel.readline(), HELLO_TIMEOUT_S)
+            if not first:
+                err = await channel.stderr_tail()
+                raise TransportError(
+                    "command",
+                    f"agent command {self.machine.agent_command!r} ended without a word"
+                    + (f": {err}" if err else ""),
+                )
+            hello = protocol.decode(first)
+            if hello["type"] != "hello":
+                raise protocol.ProtocolError(f"expected hello, got {hello['type']}")
+            self.last_seen = time.time()
+            facts = hello.get("facts") or {}
+            self.registry.update_machine(
+                self.name, state="up", error=None, facts=facts,
+                machine_id=hello.get("machine_id"), last_seen=self.last_seen,
+            )
+            self.machine = self.registry.get_machine(self.name) or self.machine
+            self.connected = True
+            log.info("%s: agent %s up (machine id %s)", self.name,
+                     hello.get("agent_version"), hello.get("machine_id"))
+            self.changed(True)  # the engine may place units here now, and push our set
+            self._send_desired()
+            silence = max(self.heartbeat_s * SILENCE_HEARTBEATS, 3.0)
+            while True:
+                try:
+                    line = await asyncio.wait_for(channel.readline(), silence)
+                except asyncio.TimeoutError:
+                    raise TransportError(
+                        "unreachable", f"agent silent for {silence:.0f}s") from None
+                if not line:
+                    return
+                self._handle(protocol.decode(line))
+        finally:
+            channel.close()
+
+    # --- agent side -------------------------------------------------------------------
+    def _handle(self, msg: Dict[str, Any]) -> None:
+        self.last_seen = time.time()
+        kind = msg["type"]
+        if kind == "heartbeat":
+            return
+        if kind == "status":
+            rows = [self._observed(u) for u in protocol.spec_list(msg)]
+            self.registry.replace_observed(self.name, rows)
+        elif kind == "unit":
+            self.registry.upsert_observed(self._observed(msg["unit"]))
+        elif kind == "removed":
+            self.registry.delete_observed(self.name, str(msg["name"]))
+        elif kind == "error":
+            log.warning("%s: agent says: %s", self.name, msg.get("message"))
+            return
+        else:
+            log.info("%s: ignoring message %s", self.name, kind)
+            return
+        self.changed(False)
+
+    def _observed(self, u: Dict[str, Any]) -> ObservedRecord:
+        return ObservedRecord(
+            unit=str(u["name"]), machine=self.name, hash=str(u.get("hash", "")),
+            state=str(u.get("state", "")), pid=u.get("pid"), started_at=u.get("started_at"),
+            exit_status=u.get("exit_status"), restarts=int(u.get("restarts") or 0),
+            error=u.get("error"), updated_at=time.time(),
+        )

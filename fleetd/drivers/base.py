@@ -1,0 +1,64 @@
+"""The driver protocol: how the agent starts, signals and re-adopts one unit's program.
+
+Modelled on Nomad's driver plugins, with one rule Nomad's exec driver lacks: a driver
+must be able to *recover* a task it did not start in this process, from the record it
+wrote when it started it, so that a restarted agent adopts running programs instead of
+starting duplicates. Identity is never the pid alone: pid + process start time +
+the invocation id the driver put in the program's environment (and, with cgroups, the
+cgroup), because pids are reused.
+
+Stopping is generic (signal, wait, escalate) and lives in the supervisor; drivers only
+deliver signals to every process of the unit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional, Protocol
+
+
+class DriverError(Exception):
+    """A unit could not be started; the message says why, for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StartContext:
+    """Host-side facts a driver needs to start a unit."""
+
+    unit: str
+    machine_id: str
+    log_path: str
+    invocation_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Handle:
+    """A running program, as much as is needed to find it again after a restart."""
+
+    driver: str
+    pid: int
+    create_time: float  # the kernel's start time of ``pid`` (psutil), the reuse guard
+    started_at: float  # wall clock, for users
+    invocation_id: str
+
+    def to_record(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record: Dict[str, Any]) -> Handle:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in fields})
+
+
+class Driver(Protocol):
+    name: str
+
+    def start(self, config: Dict[str, Any], ctx: StartContext, command_index: int = 0) -> Handle:
+        """Start the program (command ``command_index`` of the unit); raise DriverError."""
+
+    def signal(self, handle: Handle, signum: int) -> None:
+        """Deliver ``signum`` to every process of the unit (no error if gone)."""
+
+    def recover(self, record: Dict[str, Any]) -> Optional[Handle]:
+        """The handle for a program this driver started earlier, if it still runs and is
+        provably the same program; None otherwise."""

@@ -1,0 +1,75 @@
+"""The lab's fleetd: started detached if none answers, and told about the lab's hosts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+from typing import List, Optional
+
+from fleetd.cli.client import ApiError, Client
+from fleetd.lab.netns import Host, Lab, LabError
+
+START_TIMEOUT_S = 15.0
+
+
+def agent_command(state_dir: Optional[str] = None) -> str:
+    """How a lab host runs the agent: this very Python and fleetd, which the host shares."""
+    cmd = f"{sys.executable} -m fleetd.agent attach"
+    return cmd + (f" --state-dir {state_dir}" if state_dir else "")
+
+
+def ensure_fleetd(lab: Lab, client: Client) -> Optional[int]:
+    """The pid of the fleetd this started, or None if one already answered."""
+    try:
+        client.get("/v1/health", timeout=2)
+        return None
+    except ApiError:
+        pass
+    url = urllib.parse.urlsplit(client.endpoint)
+    if url.scheme != "unix":
+        raise LabError(f"no fleetd answers at {client.endpoint}, and the lab starts one only "
+                       "on a Unix socket endpoint")
+    with open(os.path.join(lab.dir, "fleetd.log"), "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fleetd.daemon", "--state-dir", lab.fleetd_dir,
+             "--socket", url.path],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LabError(f"fleetd exited {proc.returncode}; see {lab.dir}/fleetd.log")
+        try:
+            client.get("/v1/health", timeout=2)
+            return proc.pid
+        except ApiError:
+            time.sleep(0.05)
+    raise LabError(f"fleetd did not answer within {START_TIMEOUT_S:.0f}s; "
+                   f"see {lab.dir}/fleetd.log")
+
+
+def register(lab: Lab, client: Client, hosts: List[Host]) -> None:
+    known = {m["name"] for m in client.get("/v1/machines")["machines"]}
+    for h in hosts:
+        if h.name in known:
+            continue
+        client.post("/v1/machines", {
+            "name": h.name, "address": h.address, "user": "root",
+            "identity": lab.identity, "known_hosts": lab.known_hosts,
+            "agent_command": agent_command(), "metadata": {"lab": lab.prefix},
+        })
+
+
+def wait_up(client: Client, names: List[str], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = {m["name"]: m for m in client.get("/v1/machines")["machines"]}
+        if all(states.get(n, {}).get("state") == "up" for n in names):
+            return
+        time.sleep(0.05)
+    bad = [f"{n}: {states.get(n, {}).get('error') or states.get(n, {}).get('state')}"
+           for n in names if states.get(n, {}).get("state") != "up"]
+    raise LabError("machines did not come up: " + "; ".join(bad))

@@ -1,0 +1,119 @@
+"""Messages between fleetd and fleet-agent: versioned JSON, one object per line.
+
+Both sides import this module, so it uses only the standard library and runs on
+Python 3.9+. Every message carries ``v`` (the protocol's major version) and ``type``.
+A peer that receives a different major version answers with an ``error`` message and
+closes: mixing versions silently is how orchestrators lose units.
+
+Daemon -> agent:
+  hello     {daemon, heartbeat_s}           first message on every attach
+  desired   {units: [UnitSpec]}             the host's whole desired set (idempotent)
+  bye       {}                              the daemon is detaching on purpose
+
+Agent -> daemon:
+  hello     {machine_id, hostname, agent_version, facts}
+  status    {units: [UnitStatus]}           full snapshot: what the agent runs now
+  unit      {unit: UnitStatus}              one unit changed state
+  removed   {name}                          the agent forgot a unit (it was undesired)
+  heartbeat {seq, time}
+  error     {message}
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Optional
+
+VERSION = 1
+
+# Unit states the agent reports. ``starting`` and ``stopping`` are transitional;
+# ``exited`` is a clean end (status 0 or a success status), ``failed`` anything else.
+STARTING = "starting"
+RUNNING = "running"
+STOPPING = "stopping"
+STOPPED = "stopped"
+EXITED = "exited"
+FAILED = "failed"
+UNIT_STATES = (STARTING, RUNNING, STOPPING, STOPPED, EXITED, FAILED)
+
+# What the daemon wants of a unit on a host (fleet's model, seen from one host):
+# ``launched`` -> running, ``loaded`` -> present but stopped.
+WANT_RUNNING = "running"
+WANT_STOPPED = "stopped"
+
+MAX_LINE = 16 * 1024 * 1024  # a desired set of thousands of units still fits
+
+
+class ProtocolError(Exception):
+    """A line that is not a message of this protocol version."""
+
+
+def encode(kind: str, **fields: Any) -> bytes:
+    """One message as a newline-terminated JSON line."""
+    msg: Dict[str, Any] = {"v": VERSION, "type": kind}
+    msg.update(fields)
+    return (json.dumps(msg, separators=(",", ":"), sort_keys=True) + "\n").encode()
+
+
+def decode(line: bytes) -> Dict[str, Any]:
+    """Parse one line; raise ProtocolError naming what is wrong with it."""
+    try:
+        msg = json.loads(line)
+    except ValueError as exc:
+        raise ProtocolError(f"not a JSON line: {exc}: {line[:80]!r}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"not a JSON object: {line[:80]!r}")
+    version = msg.get("v")
+    if version != VERSION:
+        raise ProtocolError(
+            f"protocol version {version!r} is not supported (this side speaks {VERSION})"
+        )
+    if not isinstance(msg.get("type"), str):
+        raise ProtocolError(f"message without a type: {line[:80]!r}")
+    return msg
+
+
+def unit_spec(
+    name: str,
+    content_hash: str,
+    want: str,
+    driver: str,
+    config: Dict[str, Any],
+) -> Dict[str, Any]:
+    """What the agent needs to run one unit, already rendered for this host.
+
+    ``config`` is the driver's own settings (argv words, environment, ...): the daemon
+    parses and validates unit files so that the agent never has to.
+    """
+    return {"name": name, "hash": content_hash, "want": want, "driver": driver, "config": config}
+
+
+def unit_status(
+    name: str,
+    content_hash: str,
+    state: str,
+    pid: Optional[int] = None,
+    started_at: Optional[float] = None,
+    exit_status: Optional[int] = None,
+    restarts: int = 0,
+    error: Optional[str] = None,
+) -> Dict[str, Any]:
+    """One unit as the agent sees it."""
+    return {
+        "name": name,
+        "hash": content_hash,
+        "state": state,
+        "pid": pid,
+        "started_at": started_at,
+        "exit_status": exit_status,
+        "restarts": restarts,
+        "error": error,
+    }
+
+
+def spec_list(msg: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The unit list of a ``desired`` or ``status`` message, checked for shape."""
+    units = msg.get("units")
+    if not isinstance(units, list) or not all(isinstance(u, dict) and "name" in u for u in units):
+        raise ProtocolError(f"{msg.get('type')} message without a list of units")
+    return units

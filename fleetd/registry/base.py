@@ -1,0 +1,121 @@
+"""Desired and observed state behind one small protocol.
+
+Desired state is what users asked for (units, their desired state, machines); observed
+state is what agents report. Placements sit between: the engine writes them. Every
+write that answers a user is durable before the call returns, and a batch either lands
+whole or not at all, so a failed ``fleetctl start a b c`` leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple
+
+INACTIVE = "inactive"  # known, not placed
+LOADED = "loaded"  # placed, not running
+LAUNCHED = "launched"  # placed and running
+DESIRED_STATES = (INACTIVE, LOADED, LAUNCHED)
+
+
+class RegistryError(Exception):
+    """A write the registry refused; the message is for the user."""
+
+
+class Conflict(RegistryError):
+    """A write that would overwrite something the user did not mean to replace."""
+
+
+class NotFound(RegistryError):
+    """The unit or machine named does not exist."""
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitRecord:
+    name: str
+    hash: str
+    desired: str
+    machine: Optional[str]  # placement; None while unplaced
+    reason: str  # why it is where it is (or why nowhere)
+    updated_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class MachineRecord:
+    name: str
+    address: str
+    port: int
+    user: str
+    identity: Optional[str]
+    known_hosts: Optional[str]
+    agent_command: str
+    metadata: Dict[str, str]
+    machine_id: Optional[str] = None
+    facts: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    state: str = "new"  # new, up, unreachable, error
+    error: Optional[str] = None
+    last_seen: Optional[float] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ObservedRecord:
+    unit: str
+    machine: str
+    hash: str
+    state: str
+    pid: Optional[int]
+    started_at: Optional[float]
+    exit_status: Optional[int]
+    restarts: int
+    error: Optional[str]
+    updated_at: float
+
+
+class Registry(Protocol):
+    """What fleetd needs of a store. sqlite is the embedded default."""
+
+    # --- units -----------------------------------------------------------------
+    def put_units(self, units: Sequence[Tuple[str, str, str]], desired: str) -> None:
+        """Store (name, text, hash) units with ``desired`` state, all or none.
+
+        A unit that exists with other content raises Conflict; with the same content
+        only its desired state changes."""
+
+    def set_desired(self, names: Sequence[str], desired: str) -> None:
+        """Change the desired state of existing units (NotFound if one is missing)."""
+
+    def delete_units(self, names: Sequence[str]) -> None:
+        """Forget units (NotFound if one is missing); their observed rows stay until
+        the agents confirm they stopped them."""
+
+    def get_unit(self, name: str) -> Optional[UnitRecord]: ...
+
+    def list_units(self) -> List[UnitRecord]: ...
+
+    def unit_text(self, content_hash: str) -> Optional[str]: ...
+
+    def set_placements(self, placements: Iterable[Tuple[str, Optional[str], str]]) -> None:
+        """(unit, machine or None, reason) for each unit the engine (re)placed."""
+
+    # --- machines --------------------------------------------------------------
+    def add_machine(self, machine: MachineRecord) -> None: ...
+
+    def remove_machine(self, name: str) -> None: ...
+
+    def get_machine(self, name: str) -> Optional[MachineRecord]: ...
+
+    def list_machines(self) -> List[MachineRecord]: ...
+
+    def update_machine(self, name: str, **fields: Any) -> None:
+        """Record what a session learnt: state, error, facts, machine_id, last_seen."""
+
+    # --- observed state -----------------------------------------------------------
+    def replace_observed(self, machine: str, rows: Sequence[ObservedRecord]) -> None:
+        """A full snapshot from ``machine``: rows it no longer reports are dropped."""
+
+    def upsert_observed(self, row: ObservedRecord) -> None: ...
+
+    def delete_observed(self, machine: str, unit: str) -> None: ...
+
+    def list_observed(self) -> List[ObservedRecord]: ...
+
+    def close(self) -> None: ...

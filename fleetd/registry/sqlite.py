@@ -1,0 +1,277 @@
+"""The embedded registry: one SQLite file in fleetd's state directory.
+
+WAL mode with ``synchronous=FULL``: a commit is on disk before the API answers, so an
+acknowledged ``fleetctl start`` survives kill -9 of fleetd. Unit content is stored once
+per sha256 (templates' instances share it). Every public method is one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from fleetd.registry.base import (
+    DESIRED_STATES,
+    Conflict,
+    MachineRecord,
+    NotFound,
+    ObservedRecord,
+    RegistryError,
+    UnitRecord,
+)
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS contents (
+    hash TEXT PRIMARY KEY,
+    text TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS units (
+    name TEXT PRIMARY KEY,
+    hash TEXT NOT NULL REFERENCES contents(hash),
+    desired TEXT NOT NULL,
+    machine TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS machines (
+    name TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    identity TEXT,
+    known_hosts TEXT,
+    agent_command TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    machine_id TEXT,
+    facts TEXT NOT NULL DEFAULT '{}',
+    state TEXT NOT NULL DEFAULT 'new',
+    error TEXT,
+    last_seen REAL
+);
+CREATE TABLE IF NOT EXISTS observed (
+    unit TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    state TEXT NOT NULL,
+    pid INTEGER,
+    started_at REAL,
+    exit_status INTEGER,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (unit, machine)
+);
+"""
+_MACHINE_FIELDS = ("machine_id", "facts", "state", "error", "last_seen")
+
+
+class SqliteRegistry:
+    """Registry on one SQLite file; use from one thread (fleetd's event loop)."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RegistryError(
+                f"{path} was written by a newer fleetd (schema {version}, this one "
+                f"knows {SCHEMA_VERSION}); upgrade fleetd"
+            )
+        if version == 0:
+            self._db.executescript(
+                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
+            )
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    # --- units -----------------------------------------------------------------
+    def put_units(self, units: Sequence[Tuple[str, str, str]], desired: str) -> None:
+        _check_desired(desired)
+        now = time.time()
+        with self._tx():
+            for name, text, content_hash in units:
+                row = self._db.execute("SELECT hash FROM units WHERE name=?", (name,)).fetchone()
+                if row is not None and row[0] != content_hash:
+                    raise Conflict(
+                        f"{name} already exists with different content "
+                        f"(stored {row[0][:12]}, given {content_hash[:12]}); "
+                        f"destroy it first"
+                    )
+                self._db.execute(
+                    "INSERT OR IGNORE INTO contents(hash, text) VALUES (?, ?)",
+                    (content_hash, text),
+                )
+                if row is None:
+                    self._db.execute(
+                        "INSERT INTO units(name, hash, desired, machine, reason, updated_at)"
+                        " VALUES (?, ?, ?, NULL, '', ?)",
+                        (name, content_hash, desired, now),
+                    )
+                else:
+                    self._db.execute(
+                        "UPDATE units SET desired=?, updated_at=? WHERE name=?",
+                        (desired, now, name),
+                    )
+
+    def set_desired(self, names: Sequence[str], desired: str) -> None:
+        _check_desired(desired)
+        now = time.time()
+        with self._tx():
+            for name in names:
+                cur = self._db.execute(
+                    "UPDATE units SET desired=?, updated_at=? WHERE name=?", (desired, now, name)
+                )
+                if cur.rowcount == 0:
+                    raise NotFound(f"unit {name} does not exist")
+
+    def delete_units(self, names: Sequence[str]) -> None:
+        with self._tx():
+            for name in names:
+                cur = self._db.execute("DELETE FROM units WHERE name=?", (name,))
+                if cur.rowcount == 0:
+                    raise NotFound(f"unit {name} does not exist")
+            self._db.execute(
+                "DELETE FROM contents WHERE hash NOT IN (SELECT hash FROM units)"
+            )
+
+    def get_unit(self, name: str) -> Optional[UnitRecord]:
+        row = self._db.execute(
+            "SELECT name, hash, desired, machine, reason, updated_at FROM units WHERE name=?",
+            (name,),
+        ).fetchone()
+        return UnitRecord(*row) if row else None
+
+    def list_units(self) -> List[UnitRecord]:
+        rows = self._db.execute(
+            "SELECT name, hash, desired, machine, reason, updated_at FROM units ORDER BY name"
+        ).fetchall()
+        return [UnitRecord(*r) for r in rows]
+
+    def unit_text(self, content_hash: str) -> Optional[str]:
+        row = self._db.execute("SELECT text FROM contents WHERE hash=?", (content_hash,)).fetchone()
+        return row[0] if row else None
+
+    def set_placements(self, placements: Iterable[Tuple[str, Optional[str], str]]) -> None:
+        with self._tx():
+            self._db.executemany(
+                "UPDATE units SET machine=?, reason=? WHERE name=?",
+                [(machine, reason, unit) for unit, machine, reason in placements],
+            )
+
+    # --- machines --------------------------------------------------------------
+    def add_machine(self, machine: MachineRecord) -> None:
+        with self._tx():
+            clash = self._db.execute(
+                "SELECT name FROM machines WHERE name=? OR (address=? AND port=?)",
+                (machine.name, machine.address, machine.port),
+            ).fetchone()
+            if clash:
+                raise Conflict(
+                    f"machine {clash[0]} already exists"
+                    + ("" if clash[0] == machine.name
+                       else f" at {machine.address}:{machine.port}")
+                )
+            self._db.execute(
+                "INSERT INTO machines(name, address, port, user, identity, known_hosts,"
+                " agent_command, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (machine.name, machine.address, machine.port, machine.user, machine.identity,
+                 machine.known_hosts, machine.agent_command, json.dumps(machine.metadata)),
+            )
+
+    def remove_machine(self, name: str) -> None:
+        with self._tx():
+            if self._db.execute("DELETE FROM machines WHERE name=?", (name,)).rowcount == 0:
+                raise NotFound(f"machine {name} does not exist")
+            self._db.execute("DELETE FROM observed WHERE machine=?", (name,))
+
+    def get_machine(self, name: str) -> Optional[MachineRecord]:
+        row = self._db.execute(_MACHINE_SELECT + " WHERE name=?", (name,)).fetchone()
+        return _machine(row) if row else None
+
+    def list_machines(self) -> List[MachineRecord]:
+        return [_machine(r) for r in self._db.execute(_MACHINE_SELECT + " ORDER BY name")]
+
+    def update_machine(self, name: str, **fields: Any) -> None:
+        unknown = set(fields) - set(_MACHINE_FIELDS)
+        if unknown:
+            raise ValueError(f"not machine status fields: {sorted(unknown)}")
+        values = [json.dumps(v) if k == "facts" else v for k, v in fields.items()]
+        assignments = ", ".join(f"{k}=?" for k in fields)
+        with self._tx():
+            self._db.execute(f"UPDATE machines SET {assignments} WHERE name=?", (*values, name))
+
+    # --- observed state -----------------------------------------------------------
+    def replace_observed(self, machine: str, rows: Sequence[ObservedRecord]) -> None:
+        with self._tx():
+            self._db.execute("DELETE FROM observed WHERE machine=?", (machine,))
+            self._db.executemany(_OBSERVED_UPSERT, [_observed_row(r) for r in rows])
+
+    def upsert_observed(self, row: ObservedRecord) -> None:
+        with self._tx():
+            self._db.execute(_OBSERVED_UPSERT, _observed_row(row))
+
+    def delete_observed(self, machine: str, unit: str) -> None:
+        with self._tx():
+            self._db.execute("DELETE FROM observed WHERE machine=? AND unit=?", (machine, unit))
+
+    def list_observed(self) -> List[ObservedRecord]:
+        rows = self._db.execute(
+            "SELECT unit, machine, hash, state, pid, started_at, exit_status, restarts, error,"
+            " updated_at FROM observed ORDER BY unit, machine"
+        ).fetchall()
+        return [ObservedRecord(*r) for r in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+_MACHINE_SELECT = (
+    "SELECT name, address, port, user, identity, known_hosts, agent_command, metadata,"
+    " machine_id, facts, state, error, last_seen FROM machines"
+)
+_OBSERVED_UPSERT = (
+    "INSERT OR REPLACE INTO observed(unit, machine, hash, state, pid, started_at, exit_status,"
+    " restarts, error, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _machine(row: Tuple[Any, ...]) -> MachineRecord:
+    (name, address, port, user, identity, known_hosts, agent_command, metadata, machine_id,
+     facts, state, error, last_seen) = row
+    meta: Dict[str, str] = json.loads(metadata)
+    return MachineRecord(name=name, address=address, port=port, user=user, identity=identity,
+                         known_hosts=known_hosts, agent_command=agent_command, metadata=meta,
+                         machine_id=machine_id, facts=json.loads(facts), state=state,
+                         error=error, last_seen=last_seen)
+
+
+def _observed_row(r: ObservedRecord) -> Tuple[Any, ...]:
+    return (r.unit, r.machine, r.hash, r.state, r.pid, r.started_at, r.exit_status, r.restarts,
+            r.error, r.updated_at)
+
+
+def _check_desired(desired: str) -> None:
+    if desired not in DESIRED_STATES:
+        raise ValueError(f"desired state {desired!r} is not one of {DESIRED_STATES}")

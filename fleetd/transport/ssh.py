@@ -1,0 +1,131 @@
+"""The SSH transport: one asyncssh connection per machine, strict host-key checking.
+
+The host key must be in the machine's known_hosts file (``--known-hosts``, default
+``~/.ssh/known_hosts``); a key that is missing or different stops the connection during
+key exchange, before authentication, so nothing runs on a host that is not the one the
+user registered. The error names the address, the key offered and the file checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import List, Optional
+
+import asyncssh
+
+from fleetd.transport.base import Channel, TransportError
+
+CONNECT_TIMEOUT_S = 10.0
+KEEPALIVE_S = 5.0
+
+
+class SshChannel:
+    def __init__(self, process: asyncssh.SSHClientProcess[bytes]) -> None:
+        self._process = process
+
+    async def readline(self) -> bytes:
+        try:
+            return await self._process.stdout.readline()
+        except (asyncssh.Error, ConnectionError, asyncio.IncompleteReadError):
+            return b""
+
+    def write(self, data: bytes) -> None:
+        self._process.stdin.write(data)
+
+    async def drain(self) -> None:
+        await self._process.stdin.drain()
+
+    def close(self) -> None:
+        self._process.close()
+
+    async def stderr_tail(self) -> str:
+        try:
+            data = await asyncio.wait_for(self._process.stderr.read(), 1.0)
+        except (asyncio.TimeoutError, asyncssh.Error, ConnectionError):
+            return ""
+        return data.decode(errors="replace").strip()[-2000:]
+
+
+class SshTransport:
+    def __init__(
+        self,
+        address: str,
+        port: int = 22,
+        user: str = "root",
+        identity: Optional[str] = None,
+        known_hosts: Optional[str] = None,
+    ) -> None:
+        self.address = address
+        self.port = port
+        self.user = user
+        self.identity = identity
+        self.known_hosts = known_hosts or os.path.expanduser("~/.ssh/known_hosts")
+        self._conn: Optional[asyncssh.SSHClientConnection] = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.user}@{self.address}:{self.port}"
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        if not os.path.exists(self.known_hosts):
+            raise TransportError(
+                "hostkey", f"{self.where}: known_hosts file {self.known_hosts} does not exist; "
+                           "host keys are always checked")
+        keys: Optional[List[str]] = [self.identity] if self.identity else None
+        try:
+            return await asyncio.wait_for(
+                asyncssh.connect(
+                    self.address, port=self.port, username=self.user,
+                    known_hosts=self.known_hosts, client_keys=keys,
+                    agent_path=None, agent_forwarding=False, x11_forwarding=False,
+                    keepalive_interval=KEEPALIVE_S, keepalive_count_max=3,
+                    config=[],
+                ),
+                CONNECT_TIMEOUT_S,
+            )
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise TransportError("hostkey", await self._host_key_message(str(exc))) from None
+        except asyncssh.PermissionDenied as exc:
+            raise TransportError(
+                "auth", f"{self.where}: authentication failed ({exc.reason}); "
+                        f"key {self.identity or 'default ~/.ssh/id_*'}") from None
+        except asyncio.TimeoutError:
+            raise TransportError(
+                "unreachable", f"{self.where}: no SSH answer within {CONNECT_TIMEOUT_S:.0f}s"
+            ) from None
+        except (OSError, asyncssh.Error) as exc:
+            raise TransportError("unreachable", f"{self.where}: {exc}") from None
+
+    async def _host_key_message(self, detail: str) -> str:
+        """Name the key the host offered, so the user can compare it with the real one."""
+        offered = ""
+        try:
+            key = await asyncio.wait_for(
+                asyncssh.get_server_host_key(self.address, self.port), CONNECT_TIMEOUT_S
+            )
+            if key is not None:
+                offered = f" it offered {key.get_algorithm()} {key.get_fingerprint()};"
+        except (OSError, asyncssh.Error, asyncio.TimeoutError):
+            pass
+        return (f"host key mismatch for {self.address}:{self.port}:{offered} that key is not "
+                f"trusted by {self.known_hosts} ({detail}); nothing was run there")
+
+    async def open(self, command: str) -> Channel:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._connect()
+        try:
+            process = await self._conn.create_process(command, encoding=None)
+        except (OSError, asyncssh.Error) as exc:
+            self._conn.close()
+            self._conn = None
+            raise TransportError("unreachable", f"{self.where}: {exc}") from None
+        return SshChannel(process)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            with contextlib.suppress(asyncio.TimeoutError, OSError, asyncssh.Error):
+                await asyncio.wait_for(self._conn.wait_closed(), 2.0)
+            self._conn = None

@@ -1,0 +1,152 @@
+"""systemd's unit-file syntax: sections, repeated keys, continuations, comments.
+
+The parser keeps every assignment in order with its line number, so that later layers
+can name ``file:line`` in their errors and so that options fleetd does not interpret are
+passed through untouched to the systemd driver. It follows systemd's own reader
+(src/shared/conf-parser.c): whitespace around ``=`` is dropped, ``#`` and ``;`` start
+comment lines, a trailing backslash joins the next line with a space (comment lines
+inside a continuation are skipped), and an assignment outside any section is an error.
+
+It only uses the standard library: the agent may need it one day, and it must stay
+cheap to import for fleetctl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Iterator, List, Optional, Tuple
+
+
+class UnitError(ValueError):
+    """A unit file is not valid; ``str()`` names ``file:line: reason``."""
+
+    def __init__(self, source: str, line: Optional[int], message: str) -> None:
+        self.source = source
+        self.line = line
+        self.message = message
+        where = f"{source}:{line}" if line else source
+        super().__init__(f"{where}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One ``Key=Value`` assignment and where it stood."""
+
+    section: str
+    key: str
+    value: str
+    line: int
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitFile:
+    """A parsed unit file: its assignments in file order."""
+
+    source: str
+    entries: Tuple[Entry, ...]
+
+    def sections(self) -> List[str]:
+        seen: Dict[str, None] = {}
+        for e in self.entries:
+            seen.setdefault(e.section)
+        return list(seen)
+
+    def section(self, name: str) -> Iterator[Entry]:
+        return (e for e in self.entries if e.section == name)
+
+    def values(self, section: str, key: str) -> List[Entry]:
+        """All assignments of a list-valued key, honouring systemd's reset rule:
+        an empty assignment drops everything assigned before it."""
+        out: List[Entry] = []
+        for e in self.entries:
+            if e.section == section and e.key == key:
+                if e.value == "":
+                    out = []
+                else:
+                    out.append(e)
+        return out
+
+    def last(self, section: str, key: str) -> Optional[Entry]:
+        """The assignment that wins for a single-valued key (the last one)."""
+        found = None
+        for e in self.entries:
+            if e.section == section and e.key == key:
+                found = e
+        return found
+
+
+def _is_comment(stripped: str) -> bool:
+    return not stripped or stripped[0] in "#;"
+
+
+def _continues(raw: str) -> bool:
+    """A line continues when it ends in an odd number of backslashes."""
+    body = raw.rstrip()
+    return (len(body) - len(body.rstrip("\\"))) % 2 == 1
+
+
+def parse(text: str, source: str = "<unit>") -> UnitFile:
+    """Parse unit-file text; raise UnitError naming ``source:line`` on bad input."""
+    if "\x00" in text:
+        raise UnitError(source, None, "unit file contains a NUL byte")
+    entries: List[Entry] = []
+    section: Optional[str] = None
+    pending: Optional[str] = None  # a continued line being assembled
+    pending_line = 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        stripped = raw.strip()
+        if _is_comment(stripped) and (stripped or pending is None):
+            continue  # comments are skipped, even inside a continuation, as systemd does
+        if pending is None:
+            pending, pending_line = "", number
+        if _continues(raw):
+            pending += raw.rstrip()[:-1] + " "  # the backslash becomes a space
+            continue
+        logical, at = pending + raw, pending_line
+        pending = None
+        section = _take(logical.strip(), at, section, entries, source)
+    if pending is not None and pending.strip():
+        # systemd accepts a continuation that runs into the end of the file
+        _take(pending.strip(), pending_line, section, entries, source)
+    return UnitFile(source=source, entries=tuple(entries))
+
+
+def _take(
+    logical: str, at: int, section: Optional[str], entries: List[Entry], source: str
+) -> Optional[str]:
+    """Record one logical line; return the section in force after it."""
+    if logical.startswith("["):
+        if not logical.endswith("]") or len(logical) < 3:
+            raise UnitError(source, at, f"invalid section header {logical!r}")
+        name = logical[1:-1]
+        if any(c in name for c in "[]") or name != name.strip():
+            raise UnitError(source, at, f"invalid section name {name!r}")
+        return name
+    if logical.startswith("."):
+        raise UnitError(source, at, f"directive {logical.split()[0]!r} is not supported")
+    key, eq, value = logical.partition("=")
+    key = key.strip()
+    if not eq:
+        raise UnitError(source, at, f"expected 'Key=Value' or '[Section]', got {logical!r}")
+    if not key:
+        raise UnitError(source, at, "assignment without a key")
+    if any(c.isspace() for c in key):
+        raise UnitError(source, at, f"invalid key {key!r}: keys have no spaces")
+    if section is None:
+        raise UnitError(source, at, f"{key}= outside of any section")
+    entries.append(Entry(section=section, key=key, value=value.strip(), line=at))
+    return section
+
+
+def serialise(unit: UnitFile) -> str:
+    """Unit-file text with the same meaning: one assignment a line, sections in order."""
+    out: List[str] = []
+    current: Optional[str] = None
+    for e in unit.entries:
+        if e.section != current:
+            if out:
+                out.append("")
+            out.append(f"[{e.section}]")
+            current = e.section
+        out.append(f"{e.key}={e.value}")
+    return "\n".join(out) + ("\n" if out else "")

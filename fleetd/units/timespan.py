@@ -1,0 +1,43 @@
+"""systemd time spans: ``90``, ``5s``, ``1min 30s``, ``500ms``, ``infinity``."""
+
+from __future__ import annotations
+
+import math
+import re
+
+_UNITS = {
+    "us": 1e-6, "usec": 1e-6, "µs": 1e-6,
+    "ms": 1e-3, "msec": 1e-3,
+    "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0,
+    "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0,
+    "d": 86400.0, "day": 86400.0, "days": 86400.0,
+    "w": 604800.0, "week": 604800.0, "weeks": 604800.0,
+}
+_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zµ]*)")
+
+
+class TimespanError(ValueError):
+    """Text that is not a systemd time span."""
+
+
+def parse_timespan(text: str) -> float:
+    """Seconds in ``text``; a bare number is seconds, as in systemd's unit files."""
+    value = text.strip()
+    if value == "infinity":
+        return math.inf
+    if not value:
+        raise TimespanError("empty time span")
+    total, pos = 0.0, 0
+    while pos < len(value):
+        m = _PART.match(value, pos)
+        if not m or m.end() == pos:
+            raise TimespanError(f"invalid time span {text!r}")
+        unit = m.group(2) or "s"
+        if unit not in _UNITS:
+            raise TimespanError(f"unknown time unit {unit!r} in {text!r}")
+        total += float(m.group(1)) * _UNITS[unit]
+        pos = m.end()
+        while pos < len(value) and value[pos].isspace():
+            pos += 1
+    return total

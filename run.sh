@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian 12 machine, as root:
+#   ./run.sh demo    install what is needed, bring up a 3-host lab with fleetd, start a unit
+#   ./run.sh test    install what is needed, run the static checks and the whole test suite
+#   ./run.sh setup   only install (Debian packages + .venv)
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+VENV=$ROOT/.venv
+
+# Debian packages: sshd for lab hosts, ip for namespaces, venv for Debian's python3,
+# a JDK for the java driver's tests, redis/nginx as real programs to supervise.
+APT_PACKAGES=(openssh-server openssh-client iproute2 python3 python3-venv python3-dev
+              procps util-linux)
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "run.sh: needs root (it installs Debian packages and creates network namespaces)" >&2
+    exit 1
+  fi
+}
+
+setup_system() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "run.sh: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+setup_venv() {
+  # Debian's /usr/bin/python3, not a user's pyenv: lab hosts get their own /root, where a
+  # pyenv interpreter would not be found.
+  local stamp=$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+  if [ ! -x "$VENV/bin/python" ]; then
+    /usr/bin/python3 -m venv "$VENV"
+  fi
+  if [ ! -f "$stamp" ]; then
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q -e ".[test]"
+    rm -f "$VENV"/.installed-*; touch "$stamp"
+  fi
+}
+
+setup() { need_root; setup_system; setup_venv; }
+
+demo() {
+  setup
+  export PATH=$VENV/bin:$PATH
+  fleetctl lab down >/dev/null 2>&1 || true
+  fleetctl lab up --hosts 3
+  fleetctl start units/hello.service
+  echo
+  fleetctl list-machines
+  echo
+  fleetctl list-units
+  cat <<MSG
+
+The lab is up: fleetd at unix:///run/fleetd/fleetd.sock, hosts h1..h3 (lab dir /var/lib/fleet-lab).
+Go on with (PATH=$VENV/bin:\$PATH):
+  fleetctl list-unit-files          fleetctl cat hello.service
+  fleetctl stop hello.service       fleetctl destroy hello.service
+  fleetctl start units/*.service    fleetctl lab status
+Tear it all down with:
+  $VENV/bin/fleetctl lab down
+MSG
+}
+
+tests() {
+  setup
+  export PATH=$VENV/bin:$PATH
+  echo "== ruff";  ruff check fleetd tests bench
+  echo "== mypy";  mypy
+  echo "== vermin (agent side runs on Python 3.9+)"
+  vermin -q --no-tips --violations -t=3.9- --eval-annotations --backport typing \
+    fleetd/agent fleetd/drivers fleetd/protocol.py fleetd/units/execline.py
+  echo "== pytest"
+  pytest "$@"
+}
+
+case "${1:-}" in
+  demo) demo ;;
+  test) shift; tests "$@" ;;
+  setup) setup ;;
+  *) echo "usage: $0 demo|test|setup" >&2; exit 2 ;;
+esac
