@@ -13,7 +13,7 @@ import hmac
 import os
 import re
 import time
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from aiohttp import web
 
@@ -31,7 +31,7 @@ from fleetd.registry.base import (
 from fleetd.units.model import load
 from fleetd.units.parser import UnitError
 
-if False:  # typing only; avoids an import cycle at run time
+if TYPE_CHECKING:  # app imports this module to serve it
     from fleetd.daemon.app import Daemon
 
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")

@@ -28,6 +28,8 @@ def cli(config_path: Optional[str], state_dir: Optional[str], socket_path: Optio
     """Place units on machines and keep them running there."""
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    # asyncssh logs every channel at INFO; the session already says what matters
+    logging.getLogger("asyncssh").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         config = load(config_path)
     except ConfigError as exc:

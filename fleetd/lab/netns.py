@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -102,7 +103,7 @@ class Lab:
             with open(os.path.join(self.dir, "lab.json")) as f:
                 data: Dict[str, Any] = json.load(f)
                 return data
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):  # unreadable (not root?) is for preflight to say
             return None
 
     def _save(self, **fields: Any) -> None:
@@ -262,9 +263,13 @@ class Lab:
         fleetd_pid = saved.get("fleetd_pid")
         if isinstance(fleetd_pid, int):
             stop_process(fleetd_pid)
-        count = int(saved.get("hosts", 0))
+        # Every namespace of this prefix, not just lab.json's count: a crashed run may have
+        # left hosts behind without a record of them.
         existing = set(_run("ip", "netns", "list", check=False).stdout.split())
-        for i in range(1, count + 1):
+        numbers = set(range(1, int(saved.get("hosts", 0)) + 1))
+        numbers |= {int(n[len(self.prefix) + 2:]) for n in existing
+                    if re.fullmatch(rf"{self.prefix}-h\d+", n)}
+        for i in sorted(numbers):
             h = self.host(i)
             if h.netns in existing:
                 self._kill_all(h)

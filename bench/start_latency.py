@@ -1,0 +1,117 @@
+"""Start latency in a real 3-host lab: API start call -> the agent reports the program running.
+
+    .venv/bin/python bench/start_latency.py [--starts 50]
+
+For each of N units: POST the unit (desired launched) and then wait on the API until
+the agent's "running" report for it has reached fleetd; the clock runs from before the
+POST to the wait's answer. Then the wall time of a blocking ``fleetctl start`` (a new
+process: Python start-up, request, wait). Prints a table; writes bench/results/*.json.
+Targets (issue 2): p50 <= 100 ms, p99 <= 300 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from fleetd.cli.client import ApiError, Client  # noqa: E402
+from fleetd.lab.daemon import agent_command  # noqa: E402
+from fleetd.lab.netns import Lab  # noqa: E402
+
+
+def pct(values: List[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--starts", type=int, default=50)
+    parser.add_argument("--cli-starts", type=int, default=10)
+    args = parser.parse_args()
+
+    work = tempfile.mkdtemp(prefix="fleet-bench-")
+    lab = Lab(os.path.join(work, "lab"), prefix="fb", subnet="10.80.0")
+    lab.down()
+    lab.up(3)
+    sock = os.path.join(work, "fleetd.sock")
+    log = open(os.path.join(work, "fleetd.log"), "ab")  # noqa: SIM115
+    fleetd = subprocess.Popen([sys.executable, "-m", "fleetd.daemon", "--state-dir",
+                               os.path.join(work, "fleetd"), "--socket", sock,
+                               "--log-level", "warning"], stdout=log, stderr=log)
+    api = Client(f"unix://{sock}")
+    try:
+        for _ in range(300):
+            try:
+                api.get("/v1/health")
+                break
+            except ApiError:
+                time.sleep(0.05)
+        for h in lab.hosts():
+            api.post("/v1/machines", {"name": h.name, "address": h.address,
+                                      "identity": lab.identity, "known_hosts": lab.known_hosts,
+                                      "agent_command": agent_command()})
+        while not all(m["state"] == "up" for m in api.get("/v1/machines")["machines"]):
+            time.sleep(0.05)
+
+        latencies: List[float] = []
+        for i in range(args.starts):
+            name = f"bench-{i}.service"
+            text = f"[Service]\nExecStart=/bin/sleep 1000\nEnvironment=N={i}\n"
+            t0 = time.perf_counter()
+            api.post("/v1/units", {"units": [{"name": name, "text": text}],
+                                   "desired": "launched"})
+            res = api.get(f"/v1/units/{name}/wait?until=running&timeout=30")
+            latencies.append((time.perf_counter() - t0) * 1000)
+            if not res["reached"]:
+                raise SystemExit(f"{name} did not run: {res['why']}")
+
+        unit_dir = os.path.join(work, "units")
+        os.makedirs(unit_dir)
+        cli_walls: List[float] = []
+        fleetctl = os.path.join(os.path.dirname(sys.executable), "fleetctl")
+        env = dict(os.environ, FLEETCTL_ENDPOINT=f"unix://{sock}")
+        for i in range(args.cli_starts):
+            path = os.path.join(unit_dir, f"cli-{i}.service")
+            with open(path, "w") as f:
+                f.write("[Service]\nExecStart=/bin/sleep 1000\n")
+            t0 = time.perf_counter()
+            subprocess.run([fleetctl, "start", path], check=True, env=env,
+                           stdout=subprocess.DEVNULL)
+            cli_walls.append((time.perf_counter() - t0) * 1000)
+    finally:
+        fleetd.terminate()
+        fleetd.wait()
+        lab.down()
+
+    result: Dict[str, float] = {
+        "starts": args.starts,
+        "api_to_running_p50_ms": statistics.median(latencies),
+        "api_to_running_p99_ms": pct(latencies, 99),
+        "api_to_running_max_ms": max(latencies),
+        "fleetctl_start_wall_p50_ms": statistics.median(cli_walls),
+        "fleetctl_start_wall_max_ms": max(cli_walls),
+    }
+    print(f"{'measure':<40}{'value':>10}")
+    print(f"{'starts (3-host lab, real sshd)':<40}{args.starts:>10}")
+    for key in list(result)[1:]:
+        print(f"{key:<40}{result[key]:>10.1f}")
+    print("targets: p50 <= 100 ms, p99 <= 300 ms")
+    out_dir = os.path.join(ROOT, "bench", "results")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "start_latency.json"), "w") as f:
+        json.dump({**result, "samples_ms": latencies, "cli_samples_ms": cli_walls}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

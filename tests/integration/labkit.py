@@ -1,0 +1,168 @@
+"""Helpers for the lab tests: a real fleetd process, the real fleetctl, host probes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import pytest
+
+from fleetd.cli.client import ApiError, Client
+from fleetd.lab.daemon import agent_command
+from fleetd.lab.netns import Host, Lab
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+FLEETCTL = os.path.join(BIN, "fleetctl")
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll until ``predicate()`` is truthy; fail naming ``what`` (not a timing assertion:
+    the timeout only bounds how long a broken build hangs)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def netns_inode(h: Host) -> int:
+    return os.stat(f"/run/netns/{h.netns}").st_ino
+
+
+def pid_netns_inode(pid: int) -> Optional[int]:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except FileNotFoundError:
+        return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except FileNotFoundError:
+        return ""
+
+
+def reset_host(lab: Lab, h: Host) -> None:
+    """Back to a host with only its sshd listener: no agent, no programs, no state."""
+    keep = lab.sshd_pid(h)
+    for sig in (signal.SIGKILL,):
+        for pid in lab.pids(h):
+            if pid != keep:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+    wait_for(f"{h.name} to be empty", lambda: set(lab.pids(h)) <= {keep}, 5)
+    for entry in os.listdir(h.state_dir):
+        path = os.path.join(h.state_dir, entry)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+
+class Fleet:
+    """A real fleetd process and the real fleetctl, for one test."""
+
+    def __init__(self, lab: Lab, workdir: str, config: Optional[str] = None) -> None:
+        self.lab = lab
+        self.state_dir = os.path.join(workdir, "fleetd")
+        self.socket = os.path.join(workdir, "fleetd.sock")
+        self.log = os.path.join(workdir, "fleetd.log")
+        self.config = config
+        self.endpoint = f"unix://{self.socket}"
+        self.api = Client(self.endpoint)
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "fleetd.daemon", "--state-dir", self.state_dir,
+                "--socket", self.socket]
+        if self.config:
+            argv += ["--config", self.config]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        wait_for("fleetd to answer", self._healthy, 15)
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            with open(self.log) as f:
+                pytest.fail(f"fleetd exited {self.proc.returncode}: {f.read()[-2000:]}")
+        try:
+            self.api.get("/v1/health", timeout=1)
+            return True
+        except ApiError:
+            return False
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def ctl(self, *args: str, check: bool = True, timeout: float = 60
+            ) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, FLEETCTL_ENDPOINT=self.endpoint)
+        proc = subprocess.run([FLEETCTL, *args], capture_output=True, text=True, env=env,
+                              timeout=timeout, cwd=ROOT)
+        if check and proc.returncode != 0:
+            pytest.fail(f"fleetctl {' '.join(args)} exited {proc.returncode}:\n"
+                        f"{proc.stdout}{proc.stderr}")
+        return proc
+
+    def add(self, h: Host, known_hosts: Optional[str] = None, check: bool = True
+            ) -> subprocess.CompletedProcess[str]:
+        return self.ctl("machine", "add", f"root@{h.address}", "--name", h.name,
+                        "--identity", self.lab.identity,
+                        "--known-hosts", known_hosts or self.lab.known_hosts,
+                        "--agent-command", agent_command(), check=check)
+
+    def units(self) -> List[Dict[str, Any]]:
+        return list(self.api.get("/v1/units")["units"])
+
+    def unit(self, name: str) -> Optional[Dict[str, Any]]:
+        return next((u for u in self.units() if u["unit"] == name), None)
+
+    def unit_files(self) -> List[Dict[str, Any]]:
+        return list(self.api.get("/v1/unit-files")["unit_files"])
+
+    def machines(self) -> Dict[str, Dict[str, Any]]:
+        return {m["name"]: m for m in self.api.get("/v1/machines")["machines"]}
+
+    def host(self, name: str) -> Host:
+        return next(h for h in self.lab.hosts() if h.name == name)
+
+    def dump(self) -> str:
+        with open(self.log, errors="replace") as f:
+            return f.read()[-4000:]

@@ -1,0 +1,179 @@
+"""The agent through its real ``fleet-agent attach`` relay, on this machine (no SSH).
+
+What fleetd relies on: attach starts the agent if none runs, the agent outlives every
+attach, keeps its programs through its own kill -9, and re-adopts them by pid + start
+time + invocation id (a reused pid is not adopted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Dict, Iterator, List
+
+import pytest
+from labkit import alive, cmdline, wait_for
+
+from fleetd import protocol
+from fleetd.units.model import load
+
+
+class Attached:
+    """One ``fleet-agent attach`` process, spoken to like fleetd does over SSH."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fleetd.agent", "attach", "--state-dir", state_dir],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+        self.units: Dict[str, Dict[str, Any]] = {}
+        self.send("hello", daemon="test", heartbeat_s=0.2)
+        self.hello = self.read_until(lambda m: m["type"] == "hello")
+        self.read_until(lambda m: m["type"] == "status")  # the snapshot follows hello
+
+    def send(self, kind: str, **fields: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(protocol.encode(kind, **fields))
+        self.proc.stdin.flush()
+
+    def read(self) -> Dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, "the agent closed the channel"
+        msg = protocol.decode(line)
+        if msg["type"] == "status":
+            self.units = {u["name"]: u for u in msg["units"]}
+        elif msg["type"] == "unit":
+            self.units[msg["unit"]["name"]] = msg["unit"]
+        elif msg["type"] == "removed":
+            self.units.pop(msg["name"], None)
+        return msg
+
+    def read_until(self, pred: Any, timeout: float = 10.0) -> Dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self.read()
+            if pred(msg):
+                return msg
+        pytest.fail("no such message from the agent")
+
+    def wait_state(self, name: str, state: str) -> Dict[str, Any]:
+        self.read_until(lambda m: self.units.get(name, {}).get("state") == state)
+        return self.units[name]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.wait(5)
+
+
+def spec(name: str, text: str, want: str = protocol.WANT_RUNNING) -> Dict[str, Any]:
+    return load(name, text).spec(want)
+
+
+SLEEPER = "[Service]\nExecStart=/bin/sleep 1000\n"
+
+
+@pytest.fixture
+def state_dir(tmp_path: Any) -> Iterator[str]:
+    d = str(tmp_path / "agent")
+    yield d
+    for pid in _agent_and_programs(d):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _agent_and_programs(state_dir: str) -> List[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    env = f.read()
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if state_dir.encode() in cmd or b"FLEET_UNIT=agent-test" in env:
+                pids.append(int(entry))
+    return pids
+
+
+def agent_pid(state_dir: str) -> int:
+    with open(os.path.join(state_dir, "agent.pid")) as f:
+        return int(f.read())
+
+
+def test_agent_outlives_attach_and_its_own_kill9_readopting_programs(state_dir: str) -> None:
+    a = Attached(state_dir)
+    a.send("desired", units=[spec("agent-test.service", SLEEPER)])
+    running = a.wait_state("agent-test.service", "running")
+    pid = running["pid"]
+    first_agent = agent_pid(state_dir)
+    a.close()  # the SSH channel drops
+    assert alive(first_agent) and alive(pid)
+
+    os.kill(first_agent, signal.SIGKILL)
+    wait_for("the agent to die", lambda: not alive(first_agent))
+    assert alive(pid), "the program died with its agent"
+
+    b = Attached(state_dir)  # starts a new agent, which re-adopts
+    assert agent_pid(state_dir) != first_agent
+    assert b.units["agent-test.service"]["state"] == "running"
+    assert b.units["agent-test.service"]["pid"] == pid
+    # the same desired set again: a no-op, not a restart
+    b.send("desired", units=[spec("agent-test.service", SLEEPER)])
+    time.sleep(0.3)
+    assert alive(pid) and b.units["agent-test.service"]["pid"] == pid
+    # the adopted program is watched: its death is seen, exit status honestly unknown
+    os.kill(pid, signal.SIGKILL)
+    gone = b.wait_state("agent-test.service", "failed")
+    assert gone["exit_status"] is None and "status unknown" in gone["error"]
+    b.close()
+
+
+def test_a_reused_pid_is_not_adopted(state_dir: str) -> None:
+    a = Attached(state_dir)
+    a.send("desired", units=[spec("agent-test.service", SLEEPER)])
+    pid = a.wait_state("agent-test.service", "running")["pid"]
+    a.close()
+    agent = agent_pid(state_dir)
+    os.kill(agent, signal.SIGKILL)
+    wait_for("the agent to die", lambda: not alive(agent))
+
+    # The program dies while no agent watches, and its pid now belongs to a stranger:
+    # forge that by pointing the record at another live process of ours.
+    os.kill(pid, signal.SIGKILL)
+    stranger = subprocess.Popen(["/bin/sleep", "1000"])
+    try:
+        record_path = os.path.join(state_dir, "units", "agent-test.service.json")
+        with open(record_path) as f:
+            record = json.load(f)
+        record["handle"]["pid"] = stranger.pid
+        with open(record_path, "w") as f:
+            json.dump(record, f)
+
+        b = Attached(state_dir)
+        u = b.units["agent-test.service"]
+        assert u["state"] == "failed" and u["pid"] is None
+        assert "exited while the agent was not running" in u["error"]
+        assert stranger.poll() is None, "the agent touched a process that is not its own"
+        b.close()
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_attach_twice_at_once_makes_one_agent(state_dir: str) -> None:
+    a, b = Attached(state_dir), Attached(state_dir)
+    assert a.hello["machine_id"] == b.hello["machine_id"]
+    agents = [p for p in _agent_and_programs(state_dir) if "daemon" in cmdline(p)]
+    assert len(agents) == 1
+    a.close()
+    b.close()
