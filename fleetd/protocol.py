@@ -64,7 +64,7 @@ def decode(line: bytes) -> Dict[str, Any]:
     if not isinstance(msg, dict):
         raise ProtocolError(f"not a JSON object: {line[:80]!r}")
     version = msg.get("v")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:  # JSON true is not version 1
         raise ProtocolError(
             f"protocol version {version!r} is not supported (this side speaks {VERSION})"
         )

@@ -175,9 +175,9 @@ class Supervisor:
         self._report(m)
         config = m.spec["config"]
         driver.signal(handle, int(config.get("kill_signal", signal.SIGTERM)))
-        timeout = float(config.get("timeout_stop_s", 90.0))
+        timeout = config.get("timeout_stop_s", 90.0)  # None: wait as long as it takes
         if not await _wait(m.gone, timeout):
-            log.warning("%s: still running %.1fs after its stop signal: SIGKILL", m.name, timeout)
+            log.warning("%s: still running %ss after its stop signal: SIGKILL", m.name, timeout)
             driver.signal(handle, signal.SIGKILL)
             if not await _wait(m.gone, KILL_GRACE_S):
                 m.error = f"pid {handle.pid} survived SIGKILL"
@@ -284,7 +284,7 @@ def _reap(pid: int, block: bool = True) -> Optional[int]:
     return wait_status_to_code(status)
 
 
-async def _wait(event: asyncio.Event, timeout: float) -> bool:
+async def _wait(event: asyncio.Event, timeout: Optional[float]) -> bool:
     try:
         await asyncio.wait_for(event.wait(), timeout)
         return True

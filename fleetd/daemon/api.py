@@ -35,8 +35,8 @@ if TYPE_CHECKING:  # app imports this module to serve it
     from fleetd.daemon.app import Daemon
 
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
-_MACHINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_META = re.compile(r"^[A-Za-z0-9_.-]+$")
+_MACHINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_META = re.compile(r"[A-Za-z0-9_.-]+")
 MAX_WAIT_S = 3600.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -155,7 +155,7 @@ async def add_machine(request: web.Request) -> web.Response:
     if not isinstance(address, str) or not address:
         return _error(400, "address: required (USER@HOST[:PORT] is split by fleetctl)")
     name = body.get("name") or address
-    if not isinstance(name, str) or not _MACHINE_NAME.match(name):
+    if not isinstance(name, str) or not _MACHINE_NAME.fullmatch(name):
         return _error(400, f"name: {name!r} is not a valid machine name "
                            "(letters, digits, _ . -; at most 63)")
     port = body.get("port", 22)
@@ -163,7 +163,8 @@ async def add_machine(request: web.Request) -> web.Response:
         return _error(400, f"port: {port!r} is not a TCP port")
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and _META.match(k) and isinstance(v, str) for k, v in metadata.items()
+        isinstance(k, str) and _META.fullmatch(k) and isinstance(v, str)
+        for k, v in metadata.items()
     ):
         return _error(400, "metadata: want key=value pairs of letters, digits, _ . -")
     for key in ("identity", "known_hosts"):
@@ -210,7 +211,7 @@ async def get_unit(request: web.Request) -> web.Response:
     u = d.registry.get_unit(name)
     if u is None:
         return _error(404, f"unit {name} does not exist")
-    observed = {(o.unit, o.machine): o for o in d.registry.list_observed() if o.unit == name}
+    observed = {(o.unit, o.machine): o for o in d.registry.list_observed(name)}
     return web.json_response({**_unit_file_row(u, observed),
                               "text": d.registry.unit_text(u.hash)})
 
@@ -271,7 +272,7 @@ async def destroy_units(request: web.Request) -> web.Response:
 def _wait_verdict(d: Daemon, name: str, until: str) -> Tuple[Optional[bool], str]:
     """(True: reached, False: will not be reached, None: not yet) and why."""
     u = d.registry.get_unit(name)
-    copies = [o for o in d.registry.list_observed() if o.unit == name]
+    copies = d.registry.list_observed(name)
     if until == "gone":
         if u is None and not copies:
             return True, "gone"

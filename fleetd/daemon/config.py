@@ -15,7 +15,7 @@ Unknown keys are errors (a misspelt key silently ignored is a setting silently l
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import tomllib
 
@@ -42,10 +42,13 @@ class Config:
         return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _take(table: Dict[str, Any], key: str, kind: type, where: str) -> Any:
+def _take(table: Dict[str, Any], key: str, kinds: Tuple[type, ...], where: str) -> Any:
     value = table.pop(key, None)
-    if value is not None and not isinstance(value, kind):
-        raise ConfigError(f"{where}{key}: expected {kind.__name__}, got {value!r}")
+    # bool is an int to Python, never a number or a string to a user
+    if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+        wanted = " or ".join({"str": "a string", "int": "a number", "float": "a number",
+                              "dict": "a table"}[k.__name__] for k in kinds)
+        raise ConfigError(f"{where}{key}: expected {wanted}, got {value!r}")
     return value
 
 
@@ -61,17 +64,17 @@ def load(path: Optional[str]) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     where = f"{path}: "
-    cfg.state_dir = _take(data, "state_dir", str, where) or cfg.state_dir
-    heartbeat = _take(data, "heartbeat_s", (int, float), where)  # type: ignore[arg-type]
+    cfg.state_dir = _take(data, "state_dir", (str,), where) or cfg.state_dir
+    heartbeat = _take(data, "heartbeat_s", (int, float), where)
     if heartbeat is not None:
         if heartbeat <= 0:
             raise ConfigError(f"{where}heartbeat_s: must be > 0")
         cfg.heartbeat_s = float(heartbeat)
-    api = _take(data, "api", dict, where) or {}
-    cfg.socket = _take(api, "socket", str, f"{where}api.") or cfg.socket
-    cfg.listen = _take(api, "listen", str, f"{where}api.")
-    cfg.token = _take(api, "token", str, f"{where}api.")
-    token_file = _take(api, "token_file", str, f"{where}api.")
+    api = _take(data, "api", (dict,), where) or {}
+    cfg.socket = _take(api, "socket", (str,), f"{where}api.") or cfg.socket
+    cfg.listen = _take(api, "listen", (str,), f"{where}api.")
+    cfg.token = _take(api, "token", (str,), f"{where}api.")
+    token_file = _take(api, "token_file", (str,), f"{where}api.")
     if token_file:
         try:
             with open(token_file) as f:

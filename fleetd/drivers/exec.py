@@ -83,8 +83,8 @@ class ExecDriver:
                 close_fds=True,
                 restore_signals=True,
             )
-        except OSError as exc:
-            raise DriverError(f"{path}: {exc.strerror or exc}") from None
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in argv or environment
+            raise DriverError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
         finally:
             os.close(log_fd)
         # The supervisor reaps by pid (it must also watch programs a previous agent

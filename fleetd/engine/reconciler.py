@@ -45,7 +45,8 @@ def plan(units: Sequence[UnitRecord], machines: Sequence[MachineRecord]) -> List
         if u.machine is not None:
             why = f"machine {u.machine} was removed; {why}"
         if target is None:
-            if u.machine is not None or u.reason != why:
+            # keep "machine X was removed; ..." rather than rewriting it every pass
+            if u.machine is not None or not u.reason.endswith(why):
                 tasks.append(Place(u.name, None, why))
             continue
         load[target] = load.get(target, 0) + 1

@@ -81,6 +81,7 @@ class SqliteRegistry:
         self._db.execute("PRAGMA foreign_keys=ON")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
+            self._db.close()
             raise RegistryError(
                 f"{path} was written by a newer fleetd (schema {version}, this one "
                 f"knows {SCHEMA_VERSION}); upgrade fleetd"
@@ -223,10 +224,11 @@ class SqliteRegistry:
         with self._tx():
             self._db.execute("DELETE FROM observed WHERE machine=? AND unit=?", (machine, unit))
 
-    def list_observed(self) -> List[ObservedRecord]:
+    def list_observed(self, unit: Optional[str] = None) -> List[ObservedRecord]:
         rows = self._db.execute(
             "SELECT unit, machine, hash, state, pid, started_at, exit_status, restarts, error,"
-            " updated_at FROM observed ORDER BY unit, machine"
+            " updated_at FROM observed WHERE ? IS NULL OR unit=? ORDER BY unit, machine",
+            (unit, unit),
         ).fetchall()
         return [ObservedRecord(*r) for r in rows]
 

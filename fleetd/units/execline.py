@@ -69,10 +69,11 @@ def split(text: str) -> Command:
         else:
             flags["privileged"] = True
         i += 1
-    words = split_words(s[i:])
+    tokens = _tokens(s[i:])
+    words = [w for w, _ in tokens]
     if not words:
         raise CommandLineError("empty command line")
-    if ";" in words:
+    if (";", True) in tokens:
         raise CommandLineError(
             "a lone ';' does not separate commands; use several ExecStart= lines "
             "(Type=oneshot) or write the shell explicitly: /bin/sh -c '...'"
@@ -85,7 +86,13 @@ def split(text: str) -> Command:
 def split_words(s: str) -> List[str]:
     """Whitespace-separated words with systemd's quoting and C escapes (also used for
     Environment=, which systemd splits the same way)."""
-    words: List[str] = []
+    return [w for w, _ in _tokens(s)]
+
+
+def _tokens(s: str) -> List[Tuple[str, bool]]:
+    """(word, bare) pairs; ``bare`` is True when the word was written with no quote and
+    no escape, which is what tells a lone ``;`` from ``\\;`` or ``";"``."""
+    words: List[Tuple[str, bool]] = []
     i, n = 0, len(s)
     while True:
         while i < n and s[i].isspace():
@@ -112,22 +119,31 @@ def split_words(s: str) -> List[str]:
                 raise CommandLineError(
                     f"closing quote must be followed by whitespace in {s!r}"
                 )
-            words.append("".join(buf))
+            words.append(("".join(buf), False))
             continue
         buf = []
+        bare = True
         while i < n and not s[i].isspace():
             c = s[i]
             if c == "\\":
                 decoded, i = _escape(s, i)
                 buf.append(decoded)
+                bare = False
                 continue
             buf.append(c)
             i += 1
-        words.append("".join(buf))
+        words.append(("".join(buf), bare))
 
 
 def _escape(s: str, i: int) -> Tuple[str, int]:
     """Decode the C escape at s[i] (a backslash); return it and the index after it."""
+    char, end = _decode_escape(s, i)
+    if char == "\0" or 0xD800 <= ord(char) <= 0xDFFF:
+        raise CommandLineError(f"escape {s[i:end]} is not a valid character in {s!r}")
+    return char, end
+
+
+def _decode_escape(s: str, i: int) -> Tuple[str, int]:
     if i + 1 >= len(s):
         raise CommandLineError(f"trailing backslash in {s!r}")
     c = s[i + 1]
@@ -140,7 +156,10 @@ def _escape(s: str, i: int) -> Tuple[str, int]:
             code = s[i + 2:i + 2 + digits]
             if len(code) != digits or not all(ch in "0123456789abcdefABCDEF" for ch in code):
                 raise CommandLineError(f"bad escape \\{prefix}{code} in {s!r}")
-            return chr(int(code, base)), i + 2 + digits
+            value = int(code, base)
+            if value > 0x10FFFF:
+                raise CommandLineError(f"escape \\{prefix}{code} is beyond Unicode in {s!r}")
+            return chr(value), i + 2 + digits
     if c in "01234567":
         code = s[i + 1:i + 4]
         if len(code) != 3 or not all(ch in "01234567" for ch in code):

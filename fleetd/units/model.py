@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import re
 import signal
 from typing import Any, Dict, List, NoReturn, Optional
@@ -20,11 +21,11 @@ from fleetd.units.parser import Entry, UnitError, UnitFile, parse
 from fleetd.units.timespan import TimespanError, parse_timespan
 
 # systemd's unit-name rules (unit-name.c), restricted to the types fleetd runs.
-_NAME = re.compile(r"^([A-Za-z0-9:_.\\-]+)(@([A-Za-z0-9:_.\\-]*))?\.(service)$")
+_NAME = re.compile(r"([A-Za-z0-9:_.\\-]+)(@([A-Za-z0-9:_.\\-]*))?\.(service)")
 NAME_MAX = 255
 SERVICE_TYPES = ("simple", "exec", "oneshot")
 DRIVERS = ("exec",)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 DEFAULT_TIMEOUT_STOP_S = 90.0  # systemd's DefaultTimeoutStopSec
 
 
@@ -44,7 +45,7 @@ class UnitName:
 
 def parse_name(name: str) -> UnitName:
     """Check a unit name; raise UnitError naming what is wrong with it."""
-    m = _NAME.match(name)
+    m = _NAME.fullmatch(name)
     if not m or len(name) > NAME_MAX:
         raise UnitError(
             name, None,
@@ -59,6 +60,23 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def unescape_instance(text: str) -> str:
+    """systemd's unit_name_unescape: ``-`` is ``/`` and ``\\xNN`` is that byte."""
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        if text[i] == "-":
+            out += b"/"
+            i += 1
+        elif text[i] == "\\" and re.fullmatch(r"x[0-9a-fA-F]{2}", text[i + 1:i + 4]):
+            out.append(int(text[i + 2:i + 4], 16))
+            i += 4
+        else:
+            out += text[i].encode()
+            i += 1
+    return out.decode(errors="replace")
+
+
 def expand_specifiers(value: str, name: UnitName, entry: Entry, source: str) -> str:
     """systemd's %-specifiers that depend on the unit name alone."""
     table = {
@@ -66,7 +84,7 @@ def expand_specifiers(value: str, name: UnitName, entry: Entry, source: str) -> 
         "N": name.full[: -len(name.suffix) - 1],
         "p": name.prefix,
         "i": name.instance or "",
-        "I": (name.instance or "").replace("-", "/"),
+        "I": unescape_instance(name.instance or ""),
         "%": "%",
     }
 
@@ -136,8 +154,10 @@ class _Context:
         return expand_specifiers(entry.value, self.name, entry, self.source)
 
     def single(self, section: str, key: str) -> Optional[str]:
+        """The winning value, or None if unset; an empty assignment resets to the
+        default, as in systemd."""
         entry = self.file.last(section, key)
-        return None if entry is None else self.expand(entry)
+        return None if entry is None or entry.value == "" else self.expand(entry)
 
     def many(self, section: str, key: str) -> List[Entry]:
         return self.file.values(section, key)
@@ -145,8 +165,6 @@ class _Context:
 
 def _exec_config(ctx: _Context) -> Dict[str, Any]:
     service = "Service"
-    if service not in ctx.file.sections():
-        ctx.fail(None, "no [Service] section: a unit fleetd runs needs ExecStart= there")
     type_entry = ctx.file.last(service, "Type")
     service_type = ctx.single(service, "Type") or "simple"
     if service_type not in SERVICE_TYPES:
@@ -155,7 +173,7 @@ def _exec_config(ctx: _Context) -> Dict[str, Any]:
                              "in the foreground")
     starts = ctx.many(service, "ExecStart")
     if not starts:
-        ctx.fail(None, "[Service] has no ExecStart=")
+        ctx.fail(None, "[Service] has no ExecStart=: fleetd needs a program to run")
     if len(starts) > 1 and service_type != "oneshot":
         ctx.fail(starts[1], f"more than one ExecStart= is only allowed with Type=oneshot "
                             f"(first at line {starts[0].line})")
@@ -174,7 +192,7 @@ def _exec_config(ctx: _Context) -> Dict[str, Any]:
             ctx.fail(entry, str(exc))
         for word in words:
             key, eq, value = word.partition("=")
-            if not eq or not _ENV_NAME.match(key):
+            if not eq or not _ENV_NAME.fullmatch(key):
                 ctx.fail(entry, f"{word!r} is not a VAR=value assignment")
             environment[key] = value
 
@@ -187,16 +205,20 @@ def _exec_config(ctx: _Context) -> Dict[str, Any]:
 
     kill_entry = ctx.file.last(service, "KillSignal")
     kill_signal = int(signal.SIGTERM)
-    if kill_entry is not None:
+    if ctx.single(service, "KillSignal") is not None:
+        assert kill_entry is not None
         kill_signal = _signal_number(ctx, kill_entry)
 
     timeout_entry = ctx.file.last(service, "TimeoutStopSec")
-    timeout_stop = DEFAULT_TIMEOUT_STOP_S
-    if timeout_entry is not None:
+    timeout_stop: Optional[float] = DEFAULT_TIMEOUT_STOP_S
+    timeout_text = ctx.single(service, "TimeoutStopSec")
+    if timeout_text is not None:
         try:
-            timeout_stop = parse_timespan(ctx.expand(timeout_entry))
+            timeout_stop = parse_timespan(timeout_text)
         except TimespanError as exc:
             ctx.fail(timeout_entry, str(exc))
+        if timeout_stop == 0 or math.isinf(timeout_stop):
+            timeout_stop = None  # systemd: 0 and infinity both mean "no timeout"
 
     return {
         "type": service_type,
@@ -210,7 +232,7 @@ def _exec_config(ctx: _Context) -> Dict[str, Any]:
 
 def _signal_number(ctx: _Context, entry: Entry) -> int:
     value = ctx.expand(entry)
-    if value.isdigit():
+    if re.fullmatch(r"[0-9]+", value):
         number = int(value)
     else:
         name = value if value.startswith("SIG") else "SIG" + value

@@ -80,15 +80,18 @@ def _is_comment(stripped: str) -> bool:
 
 
 def _continues(raw: str) -> bool:
-    """A line continues when it ends in an odd number of backslashes."""
-    body = raw.rstrip()
-    return (len(body) - len(body.rstrip("\\"))) % 2 == 1
+    """A line continues when its very last characters are an odd number of backslashes
+    (a backslash followed by spaces does not continue it, as in systemd)."""
+    return (len(raw) - len(raw.rstrip("\\"))) % 2 == 1
 
 
 def parse(text: str, source: str = "<unit>") -> UnitFile:
     """Parse unit-file text; raise UnitError naming ``source:line`` on bad input."""
     if "\x00" in text:
-        raise UnitError(source, None, "unit file contains a NUL byte")
+        raise UnitError(source, text.count("\n", 0, text.index("\x00")) + 1,
+                        "unit file contains a NUL byte")
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a UTF-8 byte-order mark, which systemd skips too
     entries: List[Entry] = []
     section: Optional[str] = None
     pending: Optional[str] = None  # a continued line being assembled
@@ -100,7 +103,7 @@ def parse(text: str, source: str = "<unit>") -> UnitFile:
         if pending is None:
             pending, pending_line = "", number
         if _continues(raw):
-            pending += raw.rstrip()[:-1] + " "  # the backslash becomes a space
+            pending += raw[:-1] + " "  # the backslash becomes a space
             continue
         logical, at = pending + raw, pending_line
         pending = None
