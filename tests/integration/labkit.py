@@ -82,7 +82,7 @@ def reset_host(lab: Lab, h: Host) -> None:
 class Fleet:
     """A real fleetd process and the real fleetctl, for one test."""
 
-    def __init__(self, lab: Lab, workdir: str, config: Optional[str] = None) -> None:
+    def __init__(self, lab: Optional[Lab], workdir: str, config: Optional[str] = None) -> None:
         self.lab = lab
         self.state_dir = os.path.join(workdir, "fleetd")
         self.socket = os.path.join(workdir, "fleetd.sock")
@@ -143,6 +143,7 @@ class Fleet:
 
     def add(self, h: Host, known_hosts: Optional[str] = None, check: bool = True
             ) -> subprocess.CompletedProcess[str]:
+        assert self.lab is not None
         return self.ctl("machine", "add", f"root@{h.address}", "--name", h.name,
                         "--identity", self.lab.identity,
                         "--known-hosts", known_hosts or self.lab.known_hosts,
@@ -161,6 +162,7 @@ class Fleet:
         return {m["name"]: m for m in self.api.get("/v1/machines")["machines"]}
 
     def host(self, name: str) -> Host:
+        assert self.lab is not None
         return next(h for h in self.lab.hosts() if h.name == name)
 
     def dump(self) -> str:
