@@ -8,10 +8,9 @@ cd "$(dirname "$0")"
 ROOT=$PWD
 VENV=$ROOT/.venv
 
-# Debian packages: sshd for lab hosts, ip for namespaces, venv for Debian's python3,
-# a JDK for the java driver's tests, redis/nginx as real programs to supervise.
-APT_PACKAGES=(openssh-server openssh-client iproute2 python3 python3-venv python3-dev
-              procps util-linux)
+# Debian packages: sshd for lab hosts, ip for namespaces, venv for Debian's python3
+# (nsenter, unshare, setsid and setpriv come with util-linux, which Debian always has).
+APT_PACKAGES=(openssh-server openssh-client iproute2 python3 python3-venv)
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then
