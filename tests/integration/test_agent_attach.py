@@ -177,3 +177,21 @@ def test_attach_twice_at_once_makes_one_agent(state_dir: str) -> None:
     assert len(agents) == 1
     a.close()
     b.close()
+
+
+ARGV_UNIT = r"""[Service]
+Type=oneshot
+WorkingDirectory=/tmp
+Environment="WHO=the agent" EMPTY=
+ExecStart=/bin/sh -c 'pwd; printf "%%s|" "$@"; echo; echo "$WHO"' sh "a  b" c\x41 ${WHO} $EMPTY d
+"""
+
+
+def test_exec_driver_splits_like_systemd_with_no_shell(state_dir: str) -> None:
+    a = Attached(state_dir)
+    a.send("desired", units=[spec("agent-test.service", ARGV_UNIT)])
+    done = a.wait_state("agent-test.service", "exited")
+    assert done["exit_status"] == 0
+    with open(os.path.join(state_dir, "logs", "agent-test.service.log")) as f:
+        assert f.read() == "/tmp\na  b|cA|the agent|d|\nthe agent\n"
+    a.close()
