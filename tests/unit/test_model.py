@@ -9,14 +9,15 @@ import signal
 import pytest
 
 from fleetd.units.model import (
-    DEFAULT_TIMEOUT_STOP_S,
     UnitName,
     content_hash,
     load,
     parse_name,
 )
 from fleetd.units.parser import UnitError
+from fleetd.units.service import DEFAULT_TIMEOUT_S as DEFAULT_TIMEOUT_STOP_S
 from fleetd.units.timespan import TimespanError, parse_timespan
+from fleetd.units.xfleet import Requirements
 
 WEB = """\
 [Unit]
@@ -50,7 +51,9 @@ def test_load_valid_unit_gives_driver_config() -> None:
     assert unit.hash == hashlib.sha256(WEB.encode()).hexdigest() == content_hash(WEB)
     assert unit.description == "Web server web.service"
     assert unit.driver == "exec"
-    assert unit.config == {
+    config = unit.config
+    assert {k: config[k] for k in ("type", "commands", "environment", "working_directory",
+                                   "kill_signal", "timeout_stop_s")} == {
         "type": "simple",
         "commands": [
             _cmd("/usr/bin/web", "--name", "web", "--port", "80", "two words"),
@@ -60,6 +63,8 @@ def test_load_valid_unit_gives_driver_config() -> None:
         "kill_signal": int(signal.SIGINT),
         "timeout_stop_s": 90.0,
     }
+    assert config["restart"] == "always"
+    assert config["pre"] == config["post"] == config["stop"] == []
     # options fleetd does not interpret are kept for pass-through
     restart = unit.file.last("Service", "Restart")
     assert restart is not None
@@ -73,11 +78,24 @@ def test_load_minimal_unit_defaults() -> None:
     assert unit.config == {
         "type": "simple",
         "commands": [_cmd("/bin/true")],
+        "pre": [], "post": [], "stop": [],
         "environment": {},
+        "environment_files": [],
         "working_directory": None,
+        "user": None, "group": None,
         "kill_signal": int(signal.SIGTERM),
+        "timeout_start_s": DEFAULT_TIMEOUT_STOP_S,
         "timeout_stop_s": DEFAULT_TIMEOUT_STOP_S,
+        "restart": "no",
+        "restart_s": 0.1,
+        "start_limit_burst": 5,
+        "start_limit_interval_s": 10.0,
+        "success_exit_status": {"codes": [], "signals": []},
+        "limits": {"memory_max": None, "memory_max_percent": None, "cpu_quota": None,
+                   "cpu_weight": None, "tasks_max": None, "tasks_max_percent": None,
+                   "nofile": None},
     }
+    assert unit.requirements == Requirements()
 
 
 def test_spec_is_what_the_agent_receives() -> None:
@@ -308,12 +326,12 @@ def _unit_error(text: str, name: str = "web.service") -> UnitError:
         (
             "[Service]\nExecStart=/bin/a\nKillSignal=0\n",
             3,
-            ["KillSignal=:", "signal 0 is out of range"],
+            ["KillSignal=:", "unknown signal '0'"],
         ),
         (
             "[Service]\nExecStart=/bin/a\nKillSignal=999\n",
             3,
-            ["KillSignal=:", "out of range"],
+            ["KillSignal=:", "unknown signal '999'"],
         ),
         (
             "[Service]\nExecStart=/bin/a\nTimeoutStopSec=soon\n",

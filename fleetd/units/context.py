@@ -1,0 +1,151 @@
+"""Looking up a unit's options: specifiers expanded, errors located, misspellings caught.
+
+Every section reader (service.py, xfleet.py, ...) goes through one ``UnitContext``, so
+that an error always reads ``file:line: Option=: why`` and so that a misspelt option in
+one of fleetd's own ``[X-...]`` sections is an error with a suggestion instead of a
+silently ignored setting. Unknown options in systemd's sections are kept: the systemd
+driver passes them through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from typing import Dict, List, NoReturn, Optional, Sequence
+
+from fleetd.units.parser import Entry, UnitError, UnitFile
+
+# fleet's old spellings, still accepted so that fleet users' units load unchanged
+ALIASES: Dict[str, Dict[str, str]] = {
+    "X-Fleet": {
+        "X-ConditionMachineID": "MachineID",
+        "X-ConditionMachineBootID": "MachineID",
+        "X-ConditionMachineOf": "MachineOf",
+        "X-ConditionMachineMetadata": "MachineMetadata",
+        "X-Conflicts": "Conflicts",
+    },
+}
+
+_TRUE = ("1", "yes", "y", "true", "t", "on")
+_FALSE = ("0", "no", "n", "false", "f", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitName:
+    """``prefix@instance.suffix`` split into its parts (see model.parse_name)."""
+
+    full: str
+    prefix: str
+    instance: Optional[str]  # None: plain unit; "": the template itself
+    suffix: str
+
+    @property
+    def is_template(self) -> bool:
+        return self.instance == ""
+
+    @property
+    def template(self) -> Optional[str]:
+        """``web@.service`` for ``web@3.service``; None for a plain unit."""
+        return None if self.instance is None else f"{self.prefix}@.{self.suffix}"
+
+
+def unescape_instance(text: str) -> str:
+    """systemd's unit_name_unescape: ``-`` is ``/`` and ``\\xNN`` is that byte."""
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        if text[i] == "-":
+            out += b"/"
+            i += 1
+        elif text[i] == "\\" and re.fullmatch(r"x[0-9a-fA-F]{2}", text[i + 1:i + 4]):
+            out.append(int(text[i + 2:i + 4], 16))
+            i += 4
+        else:
+            out += text[i].encode()
+            i += 1
+    return out.decode(errors="replace")
+
+
+class UnitContext:
+    """Options of one unit file, as the section readers need them."""
+
+    def __init__(self, unit_file: UnitFile, name: UnitName, source: str) -> None:
+        self.file = unit_file
+        self.name = name
+        self.source = source
+
+    def fail(self, entry: Optional[Entry], why: str) -> NoReturn:
+        if entry is None:
+            raise UnitError(self.source, None, why)
+        raise UnitError(self.source, entry.line, f"{entry.key}=: {why}")
+
+    def expand(self, entry: Entry) -> str:
+        """The value with systemd's name specifiers (%n %N %p %i %I %%) expanded."""
+        name = self.name
+        table = {
+            "n": name.full,
+            "N": name.full[: -len(name.suffix) - 1],
+            "p": name.prefix,
+            "i": name.instance or "",
+            "I": unescape_instance(name.instance or ""),
+            "%": "%",
+        }
+
+        def sub(m: re.Match[str]) -> str:
+            key = m.group(1)
+            if key not in table:
+                self.fail(entry, f"specifier %{key} is not supported here (fleetd expands "
+                                 "%n %N %p %i %I %%; for host facts use {{ machine.* }})")
+            return table[key]
+
+        return re.sub(r"%(.)", sub, entry.value, flags=re.DOTALL)
+
+    def _key(self, section: str, key: str) -> List[str]:
+        aliases = [a for a, k in ALIASES.get(section, {}).items() if k == key]
+        return [key, *aliases]
+
+    def entry(self, section: str, key: str) -> Optional[Entry]:
+        """The assignment that wins for a single-valued option (the last one)."""
+        found = None
+        keys = self._key(section, key)
+        for e in self.file.entries:
+            if e.section == section and e.key in keys:
+                found = e
+        return found
+
+    def single(self, section: str, key: str) -> Optional[str]:
+        """The winning value, or None if unset; an empty assignment resets to the
+        default, as in systemd."""
+        entry = self.entry(section, key)
+        return None if entry is None or entry.value == "" else self.expand(entry)
+
+    def many(self, section: str, key: str) -> List[Entry]:
+        """Every assignment of a list option, after the last empty one (systemd's reset)."""
+        keys = self._key(section, key)
+        out: List[Entry] = []
+        for e in self.file.entries:
+            if e.section == section and e.key in keys:
+                out = [] if e.value == "" else [*out, e]
+        return out
+
+    def boolean(self, section: str, key: str, default: bool) -> bool:
+        value = self.single(section, key)
+        if value is None:
+            return default
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        self.fail(self.entry(section, key), f"{value!r} is not a boolean (yes/no, true/false, 1/0)")
+
+    def check_known(self, section: str, known: Sequence[str]) -> None:
+        """Refuse options fleetd does not know in its own sections, with a suggestion."""
+        accepted = set(known) | set(ALIASES.get(section, {}))
+        for e in self.file.section(section):
+            if e.key in accepted:
+                continue
+            close = difflib.get_close_matches(e.key, sorted(accepted), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}=?" if close else \
+                f" (known: {', '.join(sorted(known))})"
+            raise UnitError(self.source, e.line, f"unknown option {e.key}= in [{section}]{hint}")

@@ -1,0 +1,288 @@
+"""``[Service]`` (and the start-limit options of ``[Unit]``) -> the config a driver runs.
+
+Every option fleetd interprets is validated here, at submit time, with systemd's value
+syntax, so the agent never meets a value it cannot use. The config is plain JSON: it
+travels to the agent inside the desired set.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import signal
+from typing import Any, Dict, List, Optional, Tuple
+
+from fleetd.units import execline
+from fleetd.units.context import UnitContext
+from fleetd.units.parser import Entry
+from fleetd.units.timespan import TimespanError, parse_timespan
+
+SERVICE_TYPES = ("simple", "exec", "oneshot")
+RESTART_POLICIES = ("no", "on-success", "on-failure", "on-abnormal", "on-watchdog",
+                    "on-abort", "always")
+DEFAULT_TIMEOUT_S = 90.0  # systemd's DefaultTimeoutStartSec / DefaultTimeoutStopSec
+DEFAULT_RESTART_S = 0.1  # systemd's RestartSec default (100ms)
+DEFAULT_START_LIMIT_BURST = 5
+DEFAULT_START_LIMIT_INTERVAL_S = 10.0
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?")
+_SIZE_SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
+                "P": 1 << 50, "E": 1 << 60}
+
+S = "Service"
+
+
+def config(ctx: UnitContext) -> Dict[str, Any]:
+    """Everything the exec driver (and drivers built on it) needs from [Service]."""
+    type_entry = ctx.entry(S, "Type")
+    service_type = ctx.single(S, "Type") or "simple"
+    if service_type not in SERVICE_TYPES:
+        ctx.fail(type_entry, f"Type={service_type} is not supported by fleetd's drivers "
+                             f"(supported: {', '.join(SERVICE_TYPES)}); run the program in "
+                             "the foreground, or use Driver=systemd")
+    starts = ctx.many(S, "ExecStart")
+    if not starts:
+        ctx.fail(None, "[Service] has no ExecStart=: fleetd needs a program to run")
+    if len(starts) > 1 and service_type != "oneshot":
+        ctx.fail(starts[1], f"more than one ExecStart= is only allowed with Type=oneshot "
+                            f"(first at line {starts[0].line})")
+    return {
+        "type": service_type,
+        "commands": _commands(ctx, starts),
+        "pre": _commands(ctx, ctx.many(S, "ExecStartPre")),
+        "post": _commands(ctx, ctx.many(S, "ExecStartPost")),
+        "stop": _commands(ctx, ctx.many(S, "ExecStop")),
+        "environment": _environment(ctx),
+        "environment_files": _environment_files(ctx),
+        "working_directory": _working_directory(ctx),
+        "user": _identity(ctx, "User"),
+        "group": _identity(ctx, "Group"),
+        "kill_signal": _signal(ctx, "KillSignal", int(signal.SIGTERM)),
+        "timeout_start_s": _timeout(ctx, "TimeoutStartSec"),
+        "timeout_stop_s": _timeout(ctx, "TimeoutStopSec"),
+        "restart": _choice(ctx, "Restart", RESTART_POLICIES, "no"),
+        "restart_s": _timespan(ctx, S, "RestartSec", DEFAULT_RESTART_S),
+        "start_limit_burst": _start_limit_burst(ctx),
+        "start_limit_interval_s": _start_limit_interval(ctx),
+        "success_exit_status": _success_exit_status(ctx),
+        "limits": limits(ctx),
+    }
+
+
+def _commands(ctx: UnitContext, entries: List[Entry]) -> List[Dict[str, object]]:
+    out = []
+    for entry in entries:
+        try:
+            out.append(execline.split(ctx.expand(entry)).to_json())
+        except execline.CommandLineError as exc:
+            ctx.fail(entry, str(exc))
+    return out
+
+
+def _environment(ctx: UnitContext) -> Dict[str, str]:
+    environment: Dict[str, str] = {}
+    for entry in ctx.many(S, "Environment"):
+        try:
+            words = execline.split_words(ctx.expand(entry))
+        except execline.CommandLineError as exc:
+            ctx.fail(entry, str(exc))
+        for word in words:
+            key, eq, value = word.partition("=")
+            if not eq or not _ENV_NAME.fullmatch(key):
+                ctx.fail(entry, f"{word!r} is not a VAR=value assignment")
+            environment[key] = value
+    return environment
+
+
+def _environment_files(ctx: UnitContext) -> List[str]:
+    files = []
+    for entry in ctx.many(S, "EnvironmentFile"):
+        path = ctx.expand(entry)
+        if not path.lstrip("-").startswith("/"):
+            ctx.fail(entry, f"{path!r} is not an absolute path (prefix - for optional)")
+        files.append(path)
+    return files
+
+
+def _working_directory(ctx: UnitContext) -> Optional[str]:
+    value = ctx.single(S, "WorkingDirectory")
+    if value is not None:
+        path = value[1:] if value.startswith("-") else value
+        if not (path.startswith("/") or path == "~"):
+            ctx.fail(ctx.entry(S, "WorkingDirectory"), f"{value!r} is not an absolute path or ~")
+    return value
+
+
+def _identity(ctx: UnitContext, key: str) -> Optional[str]:
+    value = ctx.single(S, key)
+    if value is not None and not _USER.fullmatch(value):
+        ctx.fail(ctx.entry(S, key), f"{value!r} is not a valid user or group name")
+    return value
+
+
+def _signal(ctx: UnitContext, key: str, default: int) -> int:
+    value = ctx.single(S, key)
+    if value is None:
+        return default
+    entry = ctx.entry(S, key)
+    number = signal_number(value)
+    if number is None:
+        ctx.fail(entry, f"unknown signal {value!r}")
+    return number
+
+
+def signal_number(value: str) -> Optional[int]:
+    """``SIGTERM``, ``TERM`` or ``15`` -> 15; None if it names no signal."""
+    if re.fullmatch(r"[0-9]+", value):
+        number = int(value)
+        return number if 1 <= number < signal.NSIG else None
+    name = value if value.startswith("SIG") else "SIG" + value
+    sig = signal.Signals.__members__.get(name)
+    return int(sig) if sig is not None else None
+
+
+def _timespan(ctx: UnitContext, section: str, key: str, default: float) -> float:
+    value = ctx.single(section, key)
+    if value is None:
+        return default
+    try:
+        return parse_timespan(value)
+    except TimespanError as exc:
+        ctx.fail(ctx.entry(section, key), str(exc))
+
+
+def _timeout(ctx: UnitContext, key: str) -> Optional[float]:
+    """Seconds, or None for no timeout (systemd: both 0 and infinity mean none)."""
+    seconds = _timespan(ctx, S, key, DEFAULT_TIMEOUT_S)
+    return None if seconds == 0 or math.isinf(seconds) else seconds
+
+
+def _choice(ctx: UnitContext, key: str, allowed: Tuple[str, ...], default: str) -> str:
+    value = ctx.single(S, key) or default
+    if value not in allowed:
+        ctx.fail(ctx.entry(S, key), f"{value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _start_limit_burst(ctx: UnitContext) -> int:
+    for section in ("Unit", S):  # [Unit] is where systemd wants it; [Service] is legacy
+        value = ctx.single(section, "StartLimitBurst")
+        if value is not None:
+            if not value.isdigit():
+                ctx.fail(ctx.entry(section, "StartLimitBurst"), f"{value!r} is not a count")
+            return int(value)
+    return DEFAULT_START_LIMIT_BURST
+
+
+def _start_limit_interval(ctx: UnitContext) -> float:
+    for section, key in (("Unit", "StartLimitIntervalSec"), (S, "StartLimitIntervalSec"),
+                         (S, "StartLimitInterval")):
+        if ctx.single(section, key) is not None:
+            return _timespan(ctx, section, key, DEFAULT_START_LIMIT_INTERVAL_S)
+    return DEFAULT_START_LIMIT_INTERVAL_S
+
+
+def _success_exit_status(ctx: UnitContext) -> Dict[str, List[int]]:
+    codes: List[int] = []
+    signals: List[int] = []
+    for entry in ctx.many(S, "SuccessExitStatus"):
+        for word in ctx.expand(entry).split():
+            if word.isdigit() and int(word) < 256:
+                codes.append(int(word))
+                continue
+            number = signal_number(word) if not word.isdigit() else None
+            if number is None:
+                ctx.fail(entry, f"{word!r} is neither an exit status (0-255) nor a signal")
+            signals.append(number)
+    return {"codes": codes, "signals": signals}
+
+
+# --- resource limits ---------------------------------------------------------------------
+def parse_size(text: str) -> int:
+    """systemd sizes: bytes, or K/M/G/T/P/E (base 1024). Raises ValueError."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTPEB]?)\s*", text)
+    if not m:
+        raise ValueError(f"{text!r} is not a size (like 512M, 2G, or bytes)")
+    return int(float(m.group(1)) * _SIZE_SUFFIX[m.group(2)])
+
+
+def limits(ctx: UnitContext) -> Dict[str, Any]:
+    """MemoryMax, CPUQuota, CPUWeight, TasksMax, LimitNOFILE: None where unset."""
+    out: Dict[str, Any] = {"memory_max": None, "memory_max_percent": None, "cpu_quota": None,
+                           "cpu_weight": None, "tasks_max": None, "tasks_max_percent": None,
+                           "nofile": None}
+    value = ctx.single(S, "MemoryMax")
+    if value is not None and value != "infinity":
+        entry = ctx.entry(S, "MemoryMax")
+        if value.endswith("%"):
+            out["memory_max_percent"] = _percent(ctx, entry, value)
+        else:
+            try:
+                out["memory_max"] = parse_size(value)
+            except ValueError as exc:
+                ctx.fail(entry, str(exc))
+            if out["memory_max"] <= 0:
+                ctx.fail(entry, "must be more than 0")
+    value = ctx.single(S, "CPUQuota")
+    if value is not None:
+        entry = ctx.entry(S, "CPUQuota")
+        if not value.endswith("%"):
+            ctx.fail(entry, f"{value!r}: want a percentage of one CPU, like 20% or 200%")
+        quota = _percent(ctx, entry, value, upper=None)
+        if quota <= 0:
+            ctx.fail(entry, "must be more than 0%")
+        out["cpu_quota"] = quota / 100.0  # in CPUs: 200% -> 2.0
+    value = ctx.single(S, "CPUWeight")
+    if value is not None:
+        entry = ctx.entry(S, "CPUWeight")
+        if value == "idle":
+            out["cpu_weight"] = 0
+        elif not value.isdigit() or not 1 <= int(value) <= 10000:
+            ctx.fail(entry, f"{value!r}: want 1 to 10000, or idle")
+        else:
+            out["cpu_weight"] = int(value)
+    value = ctx.single(S, "TasksMax")
+    if value is not None and value != "infinity":
+        entry = ctx.entry(S, "TasksMax")
+        if value.endswith("%"):
+            out["tasks_max_percent"] = _percent(ctx, entry, value)
+        elif not value.isdigit() or int(value) < 1:
+            ctx.fail(entry, f"{value!r}: want a count, a percentage or infinity")
+        else:
+            out["tasks_max"] = int(value)
+    value = ctx.single(S, "LimitNOFILE")
+    if value is not None:
+        out["nofile"] = _rlimit(ctx, ctx.entry(S, "LimitNOFILE"), value)
+    return out
+
+
+def _percent(ctx: UnitContext, entry: Optional[Entry], value: str,
+             upper: Optional[float] = 100.0) -> float:
+    try:
+        number = float(value[:-1])
+    except ValueError:
+        ctx.fail(entry, f"{value!r} is not a percentage")
+    if number < 0 or (upper is not None and number > upper):
+        ctx.fail(entry, f"{value!r} is out of range")
+    return number
+
+
+def _rlimit(ctx: UnitContext, entry: Optional[Entry], value: str) -> List[Optional[int]]:
+    """``N``, ``soft:hard`` or ``infinity`` -> [soft, hard]; None stands for infinity."""
+    parts = value.split(":")
+    if len(parts) > 2:
+        ctx.fail(entry, f"{value!r}: want N, SOFT:HARD or infinity")
+    numbers: List[Optional[int]] = []
+    for part in parts:
+        if part == "infinity":
+            numbers.append(None)
+        elif part.isdigit():
+            numbers.append(int(part))
+        else:
+            ctx.fail(entry, f"{value!r}: want N, SOFT:HARD or infinity")
+    if len(numbers) == 1:
+        numbers.append(numbers[0])
+    soft, hard = numbers
+    if soft is not None and hard is not None and soft > hard:
+        ctx.fail(entry, f"{value!r}: the soft limit is above the hard one")
+    return numbers
