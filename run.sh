@@ -9,8 +9,10 @@ ROOT=$PWD
 VENV=$ROOT/.venv
 
 # Debian packages: sshd for lab hosts, ip for namespaces, venv for Debian's python3
-# (nsenter, unshare, setsid and setpriv come with util-linux, which Debian always has).
-APT_PACKAGES=(openssh-server openssh-client iproute2 python3 python3-venv)
+# (nsenter, unshare, setsid and setpriv come with util-linux, which Debian always has);
+# redis-server and nginx are real programs the tests supervise (forking, own signals).
+APT_PACKAGES=(openssh-server openssh-client iproute2 python3 python3-venv
+              redis-server nginx-light)
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then
@@ -27,7 +29,12 @@ setup_system() {
   if [ ${#missing[@]} -gt 0 ]; then
     echo "run.sh: installing ${missing[*]}"
     apt-get update -qq
+    # No package may start its daemon: the tests start what they supervise themselves.
+    local policy=/usr/sbin/policy-rc.d had_policy=0
+    [ -e $policy ] && had_policy=1 || printf '#!/bin/sh\nexit 101\n' > $policy
+    chmod +x $policy
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ $had_policy = 1 ] || rm -f $policy
   fi
 }
 
