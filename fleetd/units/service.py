@@ -32,8 +32,11 @@ _SIZE_SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 
 S = "Service"
 
 
-def config(ctx: UnitContext) -> Dict[str, Any]:
-    """Everything the exec driver (and drivers built on it) needs from [Service]."""
+def config(ctx: UnitContext, needs_exec_start: bool = True) -> Dict[str, Any]:
+    """Everything the exec driver (and drivers built on it) needs from [Service].
+
+    ``needs_exec_start`` is False for drivers that build the command themselves (java
+    builds it from [X-Java]); ExecStart= is then refused rather than silently ignored."""
     type_entry = ctx.entry(S, "Type")
     service_type = ctx.single(S, "Type") or "simple"
     if service_type not in SERVICE_TYPES:
@@ -41,7 +44,9 @@ def config(ctx: UnitContext) -> Dict[str, Any]:
                              f"(supported: {', '.join(SERVICE_TYPES)}); run the program in "
                              "the foreground, or use Driver=systemd")
     starts = ctx.many(S, "ExecStart")
-    if not starts:
+    if not needs_exec_start and starts:
+        ctx.fail(starts[0], "this driver builds the command itself; remove ExecStart=")
+    if needs_exec_start and not starts:
         ctx.fail(None, "[Service] has no ExecStart=: fleetd needs a program to run")
     if len(starts) > 1 and service_type != "oneshot":
         ctx.fail(starts[1], f"more than one ExecStart= is only allowed with Type=oneshot "
