@@ -79,13 +79,16 @@ def unit_spec(
     want: str,
     driver: str,
     config: Dict[str, Any],
+    generation: int = 0,
 ) -> Dict[str, Any]:
     """What the agent needs to run one unit, already rendered for this host.
 
     ``config`` is the driver's own settings (argv words, environment, ...): the daemon
-    parses and validates unit files so that the agent never has to.
+    parses and validates unit files so that the agent never has to. ``hash`` is the
+    rendered content's; a new ``generation`` with the same hash asks for a restart.
     """
-    return {"name": name, "hash": content_hash, "want": want, "driver": driver, "config": config}
+    return {"name": name, "hash": content_hash, "want": want, "driver": driver,
+            "config": config, "generation": generation}
 
 
 def unit_status(
@@ -97,11 +100,13 @@ def unit_status(
     exit_status: Optional[int] = None,
     restarts: int = 0,
     error: Optional[str] = None,
+    generation: int = 0,
 ) -> Dict[str, Any]:
     """One unit as the agent sees it."""
     return {
         "name": name,
         "hash": content_hash,
+        "generation": generation,
         "state": state,
         "pid": pid,
         "started_at": started_at,

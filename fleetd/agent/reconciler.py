@@ -27,6 +27,7 @@ class Current:
 
     hash: str
     state: str
+    generation: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,10 @@ def next_task(spec: Optional[Dict[str, Any]], cur: Optional[Current]) -> Optiona
         if cur.state in ACTIVE:
             return Task(STOP, "content changed: stopping the old version")
         return Task(LOAD, "content changed")
+    if cur.generation != spec.get("generation", 0):
+        if cur.state in ACTIVE:
+            return Task(STOP, "restart requested: stopping")
+        return Task(LOAD, "restart requested")
     want = spec["want"]
     if want == protocol.WANT_RUNNING and cur.state == protocol.STOPPED:
         return Task(START, "desired running")

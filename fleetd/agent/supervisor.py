@@ -66,6 +66,7 @@ class Managed:
             pid=h.pid if h and self.state in reconciler.ACTIVE else None,
             started_at=h.started_at if h else None,
             exit_status=self.exit_status, restarts=self.restarts, error=self.error,
+            generation=self.spec.get("generation", 0),
         )
 
 
@@ -114,7 +115,8 @@ class Supervisor:
             while True:
                 m = self.units.get(name)
                 spec = self.desired.get(name)
-                cur = Current(hash=m.spec["hash"], state=m.state) if m else None
+                cur = Current(hash=m.spec["hash"], state=m.state,
+                              generation=m.spec.get("generation", 0)) if m else None
                 task = reconciler.next_task(spec, cur)
                 if task is None:
                     return

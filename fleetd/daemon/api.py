@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional
 from aiohttp import web
 
 from fleetd import __version__, protocol
+from fleetd.daemon import submit
 from fleetd.registry.base import (
     DESIRED_STATES,
-    LAUNCHED,
+    INACTIVE,
     Conflict,
     MachineRecord,
     NotFound,
@@ -28,8 +29,6 @@ from fleetd.registry.base import (
     RegistryError,
     UnitRecord,
 )
-from fleetd.units.model import load
-from fleetd.units.parser import UnitError
 
 if TYPE_CHECKING:  # app imports this module to serve it
     from fleetd.daemon.app import Daemon
@@ -217,40 +216,37 @@ async def get_unit(request: web.Request) -> web.Response:
 
 
 async def submit_units(request: web.Request) -> web.Response:
-    """Validate every unit of the request, then store them all in one transaction."""
+    """Resolve and validate every unit of the request, then store them all or none."""
     d = _daemon(request)
     body = await _body(request)
-    desired = body.get("desired", LAUNCHED)
-    if desired not in DESIRED_STATES:
+    desired = body.get("desired")
+    if desired is not None and desired not in DESIRED_STATES:
         return _error(400, f"desired: {desired!r} is not one of {', '.join(DESIRED_STATES)}")
     items = body.get("units")
-    if not isinstance(items, list) or not items:
-        return _error(400, "units: want a non-empty list of {name, text, source}")
-    loaded, errors = [], []
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str) \
-                or not isinstance(item.get("text"), str):
-            return _error(400, "units: every unit needs a name and a text")
-        try:
-            loaded.append(load(item["name"], item["text"], item.get("source") or item["name"]))
-        except UnitError as exc:
-            errors.append(str(exc))
-    if errors:
-        return _error(400, errors[0], errors=errors)
-    names = [u.name for u in loaded]
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+        return _error(400, "units: want a non-empty list of {name, text?, source?, vars?}")
+    names = [i.get("name") for i in items]
     if len(set(names)) != len(names):
         return _error(400, "units: the same unit name is given twice")
-    d.registry.put_units([(u.name, u.text, u.hash) for u in loaded], desired)
+    if desired not in (None, INACTIVE):
+        for name in names:
+            if isinstance(name, str) and "@." in name:
+                return _error(400, f"{name} is a template; start an instance such as "
+                                   f"{name.replace('@.', '@1.')}")
+    try:
+        inputs = submit.resolve(d.registry, items)
+    except submit.SubmitError as exc:
+        return _error(exc.status, str(exc), errors=exc.errors)
+    changed = d.registry.put_units(inputs, desired, replace=bool(body.get("replace")))
     d.changed()
-    return web.json_response({"units": [{"name": u.name, "hash": u.hash} for u in loaded]})
+    return web.json_response({"units": [{"name": u.name, "hash": u.hash} for u in inputs],
+                              "changed": changed})
 
 
 async def set_state(request: web.Request) -> web.Response:
     d = _daemon(request)
     body = await _body(request)
-    names, desired = body.get("names"), body.get("desired")
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names:
-        return _error(400, "names: want a non-empty list of unit names")
+    names, desired = _names(body), body.get("desired")
     if desired not in DESIRED_STATES:
         return _error(400, f"desired: {desired!r} is not one of {', '.join(DESIRED_STATES)}")
     d.registry.set_desired(names, desired)
@@ -258,12 +254,25 @@ async def set_state(request: web.Request) -> web.Response:
     return web.json_response({"names": names, "desired": desired})
 
 
+async def restart_units(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    names = _names(await _body(request))
+    d.registry.restart(names)
+    d.changed()
+    return web.json_response({"restarted": names})
+
+
+def _names(body: Dict[str, Any]) -> List[str]:
+    names = body.get("names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise web.HTTPBadRequest(text='{"error": "names: want a non-empty list of unit names"}',
+                                 content_type="application/json")
+    return names
+
+
 async def destroy_units(request: web.Request) -> web.Response:
     d = _daemon(request)
-    body = await _body(request)
-    names = body.get("names")
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names:
-        return _error(400, "names: want a non-empty list of unit names")
+    names = _names(await _body(request))
     d.registry.delete_units(names)
     d.changed()
     return web.json_response({"destroyed": names})
@@ -273,17 +282,18 @@ def _wait_verdict(d: Daemon, name: str, until: str) -> Tuple[Optional[bool], str
     """(True: reached, False: will not be reached, None: not yet) and why."""
     u = d.registry.get_unit(name)
     copies = d.registry.list_observed(name)
-    if until == "gone":
-        if u is None and not copies:
-            return True, "gone"
-        return None, "still on " + ", ".join(f"{o.machine} ({o.state})" for o in copies) \
-            if copies else "still known"
+    if until in ("gone", "unplaced"):
+        if (u is None or until == "unplaced") and not copies:
+            return True, "gone" if u is None else "unloaded"
+        if copies:
+            return None, "still on " + ", ".join(f"{o.machine} ({o.state})" for o in copies)
+        return None, "still known"
     if u is None:
         return False, f"unit {name} does not exist"
     if u.machine is None:
         return None, f"not placed: {u.reason or 'waiting for the engine'}"
     here = next((o for o in copies if o.machine == u.machine), None)
-    if here is None or here.hash != u.hash:
+    if here is None or here.hash != u.hash or here.generation != u.generation:
         return None, f"placed on {u.machine}, not reported there yet"
     if until == "running":
         if here.state == protocol.RUNNING:
@@ -302,8 +312,8 @@ async def wait_unit(request: web.Request) -> web.Response:
     d = _daemon(request)
     name = request.match_info["name"]
     until = request.query.get("until", "running")
-    if until not in ("running", "stopped", "gone"):
-        return _error(400, f"until: {until!r} is not running, stopped or gone")
+    if until not in ("running", "stopped", "gone", "unplaced"):
+        return _error(400, f"until: {until!r} is not running, stopped, unplaced or gone")
     try:
         timeout = min(float(request.query.get("timeout", "30")), MAX_WAIT_S)
     except ValueError:
@@ -332,6 +342,7 @@ def make_app(d: Daemon) -> web.Application:
     app.router.add_post("/v1/units", submit_units)
     app.router.add_post("/v1/units/state", set_state)
     app.router.add_post("/v1/units/destroy", destroy_units)
+    app.router.add_post("/v1/units/restart", restart_units)
     app.router.add_get("/v1/unit-files", list_unit_files)
     app.router.add_get("/v1/units/{name}", get_unit)
     app.router.add_get("/v1/units/{name}/wait", wait_unit)

@@ -183,4 +183,5 @@ class MachineSession:
             state=str(u.get("state", "")), pid=u.get("pid"), started_at=u.get("started_at"),
             exit_status=u.get("exit_status"), restarts=int(u.get("restarts") or 0),
             error=u.get("error"), updated_at=time.time(),
+            generation=int(u.get("generation") or 0),
         )

@@ -8,17 +8,21 @@ session sends it only if it changed). Wakes coalesce: a burst of submits costs o
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from fleetd import protocol
 from fleetd.engine import reconciler
-from fleetd.registry.base import LAUNCHED, LOADED, Registry, UnitRecord
-from fleetd.units.model import Unit, load
+from fleetd.registry.base import LAUNCHED, LOADED, MachineRecord, Registry, UnitRecord
+from fleetd.units import render
+from fleetd.units.model import Unit, load, parse_name
+from fleetd.units.parser import UnitError
 
 log = logging.getLogger("fleetd.engine")
 
 PushFn = Callable[[str, List[Dict[str, Any]]], None]
+CacheKey = Tuple[str, str, str, str]  # name, content hash, vars, machine (rendered units)
 
 
 class Engine:
@@ -27,7 +31,7 @@ class Engine:
         self.push = push
         self.changed = changed
         self._wake = asyncio.Event()
-        self._units: Dict[Tuple[str, str], Unit] = {}  # (name, hash) -> parsed, validated
+        self._units: Dict[CacheKey, Unit] = {}  # parsed, validated, rendered
 
     def wake(self) -> None:
         self._wake.set()
@@ -51,32 +55,60 @@ class Engine:
             self.registry.set_placements((t.unit, t.machine, t.reason) for t in tasks)
             units = self.registry.list_units()
             self.changed()
-        sets = self.desired_sets(units, [m.name for m in machines])
+        sets = self.desired_sets(units, machines)
         for machine, specs in sets.items():
             self.push(machine, specs)
 
     def desired_sets(
-        self, units: List[UnitRecord], machines: List[str]
+        self, units: List[UnitRecord], machines: List[MachineRecord]
     ) -> Mapping[str, List[Dict[str, Any]]]:
-        sets: Dict[str, List[Dict[str, Any]]] = {m: [] for m in machines}
+        """Each machine's units, rendered for that machine. A unit that cannot be rendered
+        there is left out, and its reason says why."""
+        by_name = {m.name: m for m in machines}
+        sets: Dict[str, List[Dict[str, Any]]] = {m.name: [] for m in machines}
         live = set()
+        reasons: List[Tuple[str, Optional[str], str]] = []
         for u in units:
-            if u.machine not in sets or u.desired not in (LOADED, LAUNCHED):
+            machine = by_name.get(u.machine or "")
+            if machine is None or u.desired not in (LOADED, LAUNCHED):
                 continue
             want = protocol.WANT_RUNNING if u.desired == LAUNCHED else protocol.WANT_STOPPED
-            sets[u.machine].append(self._unit(u).spec(want))
-            live.add((u.name, u.hash))
+            try:
+                unit, key = self._rendered(u, machine)
+            except UnitError as exc:
+                why = f"cannot render for {machine.name}: {exc}"
+                if u.reason != why:
+                    reasons.append((u.name, u.machine, why))
+                continue
+            live.add(key)
+            sets[machine.name].append(unit.spec(want, u.generation))
+        if reasons:
+            self.registry.set_placements(reasons)
+            self.changed()
         for key in set(self._units) - live:
             del self._units[key]
         return sets
 
-    def _unit(self, record: UnitRecord) -> Unit:
-        key = (record.name, record.hash)
+    def _rendered(self, record: UnitRecord, machine: MachineRecord) -> Tuple[Unit, CacheKey]:
+        """The unit as it runs on ``machine`` (parsed once per content, vars and machine)."""
+        text = self.registry.unit_text(record.hash)
+        if text is None:
+            raise LookupError(f"content {record.hash} of {record.name} is missing")
+        if not render.has_markup(text):
+            key: CacheKey = (record.name, record.hash, "", "")
+        else:
+            key = (record.name, record.hash, json.dumps(record.vars, sort_keys=True),
+                   json.dumps([machine.name, machine.address, machine.machine_id,
+                               machine.metadata, machine.facts], sort_keys=True))
         unit = self._units.get(key)
         if unit is None:
-            text = self.registry.unit_text(record.hash)
-            if text is None:
-                raise LookupError(f"content {record.hash} of {record.name} is missing")
+            if key[3]:
+                uname = parse_name(record.name)
+                text = render.for_machine(
+                    text, record.name, uname.prefix, uname.instance, record.vars,
+                    render.MachineContext(machine.name, machine.address,
+                                          machine.machine_id or "", machine.metadata,
+                                          machine.facts))
             unit = load(record.name, text)
             self._units[key] = unit
-        return unit
+        return unit, key

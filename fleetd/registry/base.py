@@ -9,7 +9,7 @@ whole or not at all, so a failed ``fleetctl start a b c`` leaves nothing behind.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 INACTIVE = "inactive"  # known, not placed
 LOADED = "loaded"  # placed, not running
@@ -37,6 +37,18 @@ class UnitRecord:
     machine: Optional[str]  # placement; None while unplaced
     reason: str  # why it is where it is (or why nowhere)
     updated_at: float
+    vars: Dict[str, str] = dataclasses.field(default_factory=dict)  # for rendering
+    generation: int = 0  # bumped by restart: the agent restarts on a new generation
+
+
+class UnitInput(NamedTuple):
+    """A unit to store: its content (stored once per hash) and its render variables."""
+
+    name: str
+    text: str
+    hash: str
+    vars: Dict[str, str] = {}
+    desired: Optional[str] = None  # overrides the call's desired state (templates: inactive)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,17 +80,25 @@ class ObservedRecord:
     restarts: int
     error: Optional[str]
     updated_at: float
+    generation: int = 0
 
 
 class Registry(Protocol):
     """What fleetd needs of a store. sqlite is the embedded default."""
 
     # --- units -----------------------------------------------------------------
-    def put_units(self, units: Sequence[Tuple[str, str, str]], desired: str) -> None:
-        """Store (name, text, hash) units with ``desired`` state, all or none.
+    def put_units(self, units: Sequence[UnitInput], desired: str, replace: bool = False
+                  ) -> List[str]:
+        """Store units with ``desired`` state, all or none; return every unit changed.
 
-        A unit that exists with other content raises Conflict; with the same content
-        only its desired state changes."""
+        A unit that exists with other content (or other variables) raises Conflict,
+        unless ``replace``: then it takes the new content where it is placed, and a
+        template's instances that still had the template's old content take the new one
+        too (fleet made you destroy a template to change it: its issue 1691). With the
+        same content only the desired state changes."""
+
+    def restart(self, names: Sequence[str]) -> None:
+        """Bump the units' generation and make them launched (NotFound if one is missing)."""
 
     def set_desired(self, names: Sequence[str], desired: str) -> None:
         """Change the desired state of existing units (NotFound if one is missing)."""

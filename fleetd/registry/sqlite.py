@@ -15,15 +15,17 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from fleetd.registry.base import (
     DESIRED_STATES,
+    INACTIVE,
     Conflict,
     MachineRecord,
     NotFound,
     ObservedRecord,
     RegistryError,
+    UnitInput,
     UnitRecord,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS contents (
     hash TEXT PRIMARY KEY,
@@ -35,7 +37,9 @@ CREATE TABLE IF NOT EXISTS units (
     desired TEXT NOT NULL,
     machine TEXT,
     reason TEXT NOT NULL DEFAULT '',
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    vars TEXT NOT NULL DEFAULT '{}',
+    generation INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS machines (
     name TEXT PRIMARY KEY,
@@ -63,9 +67,19 @@ CREATE TABLE IF NOT EXISTS observed (
     restarts INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     updated_at REAL NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (unit, machine)
 );
 """
+# _MIGRATIONS[v] takes a registry from schema v to v + 1, inside one transaction.
+_MIGRATIONS = [
+    "",
+    "ALTER TABLE units ADD COLUMN vars TEXT NOT NULL DEFAULT '{}';"
+    "ALTER TABLE units ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE observed ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;",
+]
+_UNIT_SELECT = ("SELECT name, hash, desired, machine, reason, updated_at, vars, generation"
+                " FROM units")
 _MACHINE_FIELDS = ("machine_id", "facts", "state", "error", "last_seen")
 
 
@@ -90,22 +104,36 @@ class SqliteRegistry:
             self._db.executescript(
                 f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
             )
+        elif version < SCHEMA_VERSION:
+            self._db.executescript(
+                f"BEGIN IMMEDIATE;{''.join(_MIGRATIONS[version:])}"
+                f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
+            )
 
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
 
     # --- units -----------------------------------------------------------------
-    def put_units(self, units: Sequence[Tuple[str, str, str]], desired: str) -> None:
-        _check_desired(desired)
+    def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
+                  replace: bool = False) -> List[str]:
+        if desired is not None:
+            _check_desired(desired)
         now = time.time()
+        changed: List[str] = []
         with self._tx():
-            for name, text, content_hash in units:
-                row = self._db.execute("SELECT hash FROM units WHERE name=?", (name,)).fetchone()
-                if row is not None and row[0] != content_hash:
+            for unit in units:
+                name, text, content_hash, variables, override = unit
+                wanted = override or desired
+                row = self._db.execute("SELECT hash, vars FROM units WHERE name=?",
+                                       (name,)).fetchone()
+                same = row is not None and row[0] == content_hash \
+                    and json.loads(row[1]) == variables
+                if row is not None and not same and not replace:
+                    what = "content" if row[0] != content_hash else "variables"
                     raise Conflict(
-                        f"{name} already exists with different content "
+                        f"{name} already exists with different {what} "
                         f"(stored {row[0][:12]}, given {content_hash[:12]}); "
-                        f"destroy it first"
+                        "use --replace to update it, or destroy it first"
                     )
                 self._db.execute(
                     "INSERT OR IGNORE INTO contents(hash, text) VALUES (?, ?)",
@@ -113,15 +141,47 @@ class SqliteRegistry:
                 )
                 if row is None:
                     self._db.execute(
-                        "INSERT INTO units(name, hash, desired, machine, reason, updated_at)"
-                        " VALUES (?, ?, ?, NULL, '', ?)",
-                        (name, content_hash, desired, now),
+                        "INSERT INTO units(name, hash, desired, machine, reason, updated_at,"
+                        " vars) VALUES (?, ?, ?, NULL, '', ?, ?)",
+                        (name, content_hash, wanted or INACTIVE, now, json.dumps(variables)),
                     )
                 else:
                     self._db.execute(
-                        "UPDATE units SET desired=?, updated_at=? WHERE name=?",
-                        (desired, now, name),
+                        "UPDATE units SET hash=?, vars=?, desired=COALESCE(?, desired),"
+                        " updated_at=? WHERE name=?",
+                        (content_hash, json.dumps(variables), wanted, now, name),
                     )
+                changed.append(name)
+                if row is not None and row[0] != content_hash and "@." in name:
+                    changed += self._follow_template(name, row[0], content_hash, now)
+            self._collect_contents()
+        return changed
+
+    def _follow_template(self, template: str, old: str, new: str, now: float) -> List[str]:
+        """Instances of ``template`` still on its old content take the new content."""
+        prefix = template.split("@", 1)[0] + "@"
+        suffix = template.rsplit(".", 1)[1]
+        rows = self._db.execute(
+            "SELECT name FROM units WHERE hash=? AND name LIKE ? ESCAPE '\\'",
+            (old, prefix.replace("_", "\\_").replace("%", "\\%") + "%." + suffix),
+        ).fetchall()
+        names = [r[0] for r in rows if r[0] != template]
+        self._db.executemany("UPDATE units SET hash=?, updated_at=? WHERE name=?",
+                             [(new, now, n) for n in names])
+        return names
+
+    def restart(self, names: Sequence[str]) -> None:
+        now = time.time()
+        with self._tx():
+            for name in names:
+                cur = self._db.execute(
+                    "UPDATE units SET generation=generation+1, desired='launched',"
+                    " updated_at=? WHERE name=?", (now, name))
+                if cur.rowcount == 0:
+                    raise NotFound(f"unit {name} does not exist")
+
+    def _collect_contents(self) -> None:
+        self._db.execute("DELETE FROM contents WHERE hash NOT IN (SELECT hash FROM units)")
 
     def set_desired(self, names: Sequence[str], desired: str) -> None:
         _check_desired(desired)
@@ -140,22 +200,15 @@ class SqliteRegistry:
                 cur = self._db.execute("DELETE FROM units WHERE name=?", (name,))
                 if cur.rowcount == 0:
                     raise NotFound(f"unit {name} does not exist")
-            self._db.execute(
-                "DELETE FROM contents WHERE hash NOT IN (SELECT hash FROM units)"
-            )
+            self._collect_contents()
 
     def get_unit(self, name: str) -> Optional[UnitRecord]:
-        row = self._db.execute(
-            "SELECT name, hash, desired, machine, reason, updated_at FROM units WHERE name=?",
-            (name,),
-        ).fetchone()
-        return UnitRecord(*row) if row else None
+        row = self._db.execute(_UNIT_SELECT + " WHERE name=?", (name,)).fetchone()
+        return _unit(row) if row else None
 
     def list_units(self) -> List[UnitRecord]:
-        rows = self._db.execute(
-            "SELECT name, hash, desired, machine, reason, updated_at FROM units ORDER BY name"
-        ).fetchall()
-        return [UnitRecord(*r) for r in rows]
+        rows = self._db.execute(_UNIT_SELECT + " ORDER BY name").fetchall()
+        return [_unit(r) for r in rows]
 
     def unit_text(self, content_hash: str) -> Optional[str]:
         row = self._db.execute("SELECT text FROM contents WHERE hash=?", (content_hash,)).fetchone()
@@ -227,7 +280,8 @@ class SqliteRegistry:
     def list_observed(self, unit: Optional[str] = None) -> List[ObservedRecord]:
         rows = self._db.execute(
             "SELECT unit, machine, hash, state, pid, started_at, exit_status, restarts, error,"
-            " updated_at FROM observed WHERE ? IS NULL OR unit=? ORDER BY unit, machine",
+            " updated_at, generation FROM observed WHERE ? IS NULL OR unit=?"
+            " ORDER BY unit, machine",
             (unit, unit),
         ).fetchall()
         return [ObservedRecord(*r) for r in rows]
@@ -255,8 +309,15 @@ _MACHINE_SELECT = (
 )
 _OBSERVED_UPSERT = (
     "INSERT OR REPLACE INTO observed(unit, machine, hash, state, pid, started_at, exit_status,"
-    " restarts, error, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " restarts, error, updated_at, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+def _unit(row: Tuple[Any, ...]) -> UnitRecord:
+    name, content_hash, desired, machine, reason, updated_at, variables, generation = row
+    return UnitRecord(name=name, hash=content_hash, desired=desired, machine=machine,
+                      reason=reason, updated_at=updated_at, vars=json.loads(variables),
+                      generation=generation)
 
 
 def _machine(row: Tuple[Any, ...]) -> MachineRecord:
@@ -271,7 +332,7 @@ def _machine(row: Tuple[Any, ...]) -> MachineRecord:
 
 def _observed_row(r: ObservedRecord) -> Tuple[Any, ...]:
     return (r.unit, r.machine, r.hash, r.state, r.pid, r.started_at, r.exit_status, r.restarts,
-            r.error, r.updated_at)
+            r.error, r.updated_at, r.generation)
 
 
 def _check_desired(desired: str) -> None:

@@ -57,18 +57,25 @@ class Unit:
     config: Dict[str, Any]
     requirements: Requirements
 
-    def spec(self, want: str) -> Dict[str, Any]:
+    def spec(self, want: str, generation: int = 0) -> Dict[str, Any]:
         """What the agent receives for this unit."""
-        return protocol.unit_spec(self.name, self.hash, want, self.driver, self.config)
+        return protocol.unit_spec(self.name, self.hash, want, self.driver, self.config,
+                                  generation)
 
 
-def load(name: str, text: str, source: Optional[str] = None) -> Unit:
-    """Parse and validate ``text`` as the unit ``name``; ``source`` names the file in errors."""
+def load(name: str, text: str, source: Optional[str] = None, template_ok: bool = False
+         ) -> Unit:
+    """Parse and validate ``text`` as the unit ``name``; ``source`` names the file in errors.
+
+    A template (``web@.service``) is refused unless ``template_ok``; it is then checked
+    as its instance ``web@0.service`` would be, since a template only runs as instances."""
     src = source or name
     uname = parse_name(name)
     if uname.is_template:
-        raise UnitError(src, None, f"{name} is a template; start an instance such as "
-                                   f"{uname.prefix}@1.{uname.suffix}")
+        if not template_ok:
+            raise UnitError(src, None, f"{name} is a template; start an instance such as "
+                                       f"{uname.prefix}@1.{uname.suffix}")
+        uname = parse_name(f"{uname.prefix}@0.{uname.suffix}")
     ctx = UnitContext(parse(text, src), uname, src)
     description = ctx.single("Unit", "Description") or ""
     driver = xfleet.driver(ctx)

@@ -106,6 +106,7 @@ def test_spec_is_what_the_agent_receives() -> None:
         "want": "running",
         "driver": "exec",
         "config": unit.config,
+        "generation": 0,
     }
 
 

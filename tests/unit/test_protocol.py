@@ -122,7 +122,7 @@ def test_decode_only_raises_protocol_error(line: bytes) -> None:
 def test_unit_spec_shape() -> None:
     assert unit_spec("a.service", "h", "running", "exec", {"x": 1}) == {
         "name": "a.service", "hash": "h", "want": "running", "driver": "exec",
-        "config": {"x": 1},
+        "config": {"x": 1}, "generation": 0,
     }
 
 
@@ -130,6 +130,7 @@ def test_unit_status_defaults() -> None:
     assert unit_status("a.service", "h", protocol.STOPPED) == {
         "name": "a.service", "hash": "h", "state": "stopped", "pid": None,
         "started_at": None, "exit_status": None, "restarts": 0, "error": None,
+        "generation": 0,
     }
 
 

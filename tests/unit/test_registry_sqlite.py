@@ -18,6 +18,7 @@ from fleetd.registry.base import (
     NotFound,
     ObservedRecord,
     RegistryError,
+    UnitInput,
 )
 from fleetd.registry.sqlite import SCHEMA_VERSION, SqliteRegistry
 from fleetd.units.model import content_hash
@@ -27,8 +28,8 @@ B_TEXT = "[Service]\nExecStart=/bin/b\n"
 C_TEXT = "[Service]\nExecStart=/bin/c\n"
 
 
-def u(name: str, text: str) -> tuple[str, str, str]:
-    return (name, text, content_hash(text))
+def u(name: str, text: str) -> UnitInput:
+    return UnitInput(name, text, content_hash(text))
 
 
 def machine(name: str, address: str = "10.0.0.1", port: int = 22) -> MachineRecord:
