@@ -8,6 +8,7 @@ closes: mixing versions silently is how orchestrators lose units.
 Daemon -> agent:
   hello     {daemon, heartbeat_s}           first message on every attach
   desired   {units: [UnitSpec]}             the host's whole desired set (idempotent)
+  tail      {id, unit, lines}               the last lines of a unit's log
   bye       {}                              the daemon is detaching on purpose
 
 Agent -> daemon:
@@ -15,6 +16,7 @@ Agent -> daemon:
   status    {units: [UnitStatus]}           full snapshot: what the agent runs now
   unit      {unit: UnitStatus}              one unit changed state
   removed   {name}                          the agent forgot a unit (it was undesired)
+  reply     {id, ...}                       the answer to a request with that id
   heartbeat {seq, time}
   error     {message}
 """

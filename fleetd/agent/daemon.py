@@ -21,7 +21,7 @@ import time
 from typing import Any, Dict, Optional, Set
 
 from fleetd import __version__, protocol
-from fleetd.agent import facts
+from fleetd.agent import facts, logs
 from fleetd.agent.state import AgentState
 from fleetd.agent.supervisor import Supervisor
 
@@ -136,6 +136,14 @@ class AgentDaemon:
             client.heartbeat = asyncio.ensure_future(self._heartbeat(client, interval))
         elif kind == "desired":
             self.supervisor.set_desired(protocol.spec_list(msg))
+        elif kind == "tail":
+            unit, lines = str(msg.get("unit", "")), int(msg.get("lines", 10))
+            try:
+                found = logs.tail(self.state.unit_log(unit), lines)
+            except (OSError, ValueError) as exc:
+                client.send(protocol.encode("reply", id=msg.get("id"), error=str(exc)))
+            else:
+                client.send(protocol.encode("reply", id=msg.get("id"), lines=found))
         elif kind == "bye":
             client.writer.close()
         else:

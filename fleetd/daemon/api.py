@@ -29,6 +29,7 @@ from fleetd.registry.base import (
     RegistryError,
     UnitRecord,
 )
+from fleetd.transport.base import TransportError
 
 if TYPE_CHECKING:  # app imports this module to serve it
     from fleetd.daemon.app import Daemon
@@ -82,6 +83,13 @@ def _token_middleware(token: Optional[str]) -> Any:
     return check
 
 
+def is_current(d: Daemon, u: Optional[UnitRecord], o: ObservedRecord) -> bool:
+    """Is this report about the content and generation fleetd wants on that machine now?
+    (The agent reports the hash of the unit as rendered for its machine.)"""
+    return (u is not None and o.machine == u.machine and o.generation == u.generation
+            and o.hash == d.engine.expected.get((u.name, o.machine)))
+
+
 # --- views ---------------------------------------------------------------------------
 def _observed_row(o: ObservedRecord) -> Dict[str, Any]:
     return {"unit": o.unit, "machine": o.machine, "state": o.state, "pid": o.pid,
@@ -89,7 +97,8 @@ def _observed_row(o: ObservedRecord) -> Dict[str, Any]:
             "restarts": o.restarts, "error": o.error}
 
 
-def unit_rows(units: List[UnitRecord], observed: List[ObservedRecord]) -> List[Dict[str, Any]]:
+def unit_rows(d: Daemon, units: List[UnitRecord], observed: List[ObservedRecord]
+              ) -> List[Dict[str, Any]]:
     """One row per unit per machine where it is placed or where a copy still runs."""
     by_key = {(o.unit, o.machine): o for o in observed}
     rows: List[Dict[str, Any]] = []
@@ -102,7 +111,7 @@ def unit_rows(units: List[UnitRecord], observed: List[ObservedRecord]) -> List[D
         row: Dict[str, Any] = _observed_row(o) if o else {
             "unit": u.name, "machine": u.machine, "state": "-", "pid": None}
         row["desired"] = u.desired
-        row["current"] = o is not None and o.hash == u.hash
+        row["current"] = o is not None and is_current(d, u, o)
         rows.append(row)
     for key, o in by_key.items():
         if key not in seen:  # a copy the host still has, not (or no longer) placed there
@@ -192,7 +201,7 @@ async def remove_machine(request: web.Request) -> web.Response:
 async def list_units(request: web.Request) -> web.Response:
     d = _daemon(request)
     return web.json_response(
-        {"units": unit_rows(d.registry.list_units(), d.registry.list_observed())}
+        {"units": unit_rows(d, d.registry.list_units(), d.registry.list_observed())}
     )
 
 
@@ -278,6 +287,43 @@ async def destroy_units(request: web.Request) -> web.Response:
     return web.json_response({"destroyed": names})
 
 
+async def unit_status(request: web.Request) -> web.Response:
+    """Everything about one unit: desired state, placement and why, each copy's state,
+    and the last lines of its log, asked from the agent of the machine it is placed on."""
+    d = _daemon(request)
+    name = request.match_info["name"]
+    u = d.registry.get_unit(name)
+    if u is None:
+        return _error(404, f"unit {name} does not exist")
+    try:
+        lines = max(0, min(int(request.query.get("lines", "10")), 10000))
+    except ValueError:
+        return _error(400, "lines: want a number")
+    copies = []
+    for o in d.registry.list_observed(name):
+        row = _observed_row(o)
+        row["current"] = is_current(d, u, o)
+        copies.append(row)
+    text = d.registry.unit_text(u.hash) or ""
+    description = next((ln.partition("=")[2].strip() for ln in text.splitlines()
+                        if ln.strip().startswith("Description=")), "")
+    result: Dict[str, Any] = {"unit": name, "description": description, "desired": u.desired,
+                              "machine": u.machine, "reason": u.reason, "hash": u.hash,
+                              "generation": u.generation, "vars": u.vars, "copies": copies,
+                              "log": None}
+    session = d.sessions.get(u.machine) if u.machine else None
+    if lines and session is not None:
+        try:
+            reply = await session.request("tail", unit=name, lines=lines)
+            if "error" in reply:
+                result["log_error"] = str(reply["error"])
+            else:
+                result["log"] = [str(x) for x in reply.get("lines", [])]
+        except TransportError as exc:
+            result["log_error"] = str(exc)
+    return web.json_response(result)
+
+
 def _wait_verdict(d: Daemon, name: str, until: str) -> Tuple[Optional[bool], str]:
     """(True: reached, False: will not be reached, None: not yet) and why."""
     u = d.registry.get_unit(name)
@@ -293,7 +339,7 @@ def _wait_verdict(d: Daemon, name: str, until: str) -> Tuple[Optional[bool], str
     if u.machine is None:
         return None, f"not placed: {u.reason or 'waiting for the engine'}"
     here = next((o for o in copies if o.machine == u.machine), None)
-    if here is None or here.hash != u.hash or here.generation != u.generation:
+    if here is None or not is_current(d, u, here):
         return None, f"placed on {u.machine}, not reported there yet"
     if until == "running":
         if here.state == protocol.RUNNING:
@@ -346,6 +392,7 @@ def make_app(d: Daemon) -> web.Application:
     app.router.add_get("/v1/unit-files", list_unit_files)
     app.router.add_get("/v1/units/{name}", get_unit)
     app.router.add_get("/v1/units/{name}/wait", wait_unit)
+    app.router.add_get("/v1/units/{name}/status", unit_status)
     return app
 
 

@@ -52,6 +52,8 @@ class MachineSession:
         self._sent: Optional[str] = None  # fingerprint of the set the agent has
         self._channel: Optional[Channel] = None
         self._task: Optional[asyncio.Task[None]] = None
+        self._replies: Dict[int, asyncio.Future[Dict[str, Any]]] = {}
+        self._next_id = 0
 
     # --- engine side -------------------------------------------------------------
     def push(self, specs: List[Dict[str, Any]]) -> None:
@@ -68,6 +70,24 @@ class MachineSession:
             return
         self._channel.write(protocol.encode("desired", units=self._desired))
         self._sent = fingerprint
+
+    async def request(self, kind: str, timeout: float = 5.0, **fields: Any) -> Dict[str, Any]:
+        """Ask the agent something (``tail`` of a unit's log, ...) and wait for its reply."""
+        if not self.connected or self._channel is None:
+            raise TransportError("unreachable", f"machine {self.name} is not connected")
+        self._next_id += 1
+        ident = self._next_id
+        future: asyncio.Future[Dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[ident] = future
+        try:
+            self._channel.write(protocol.encode(kind, id=ident, **fields))
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise TransportError("unreachable",
+                                 f"machine {self.name} did not answer within {timeout:.0f}s"
+                                 ) from None
+        finally:
+            self._replies.pop(ident, None)
 
     # --- life --------------------------------------------------------------------------
     def start(self) -> None:
@@ -102,6 +122,9 @@ class MachineSession:
                 reason, state = f"internal error: {exc!r}", "error"
             was_up = self.connected
             self.connected = False
+            for future in self._replies.values():
+                if not future.done():
+                    future.set_exception(TransportError("unreachable", reason))
             self._channel = None
             self._sent = None
             log.info("%s: %s", self.name, reason)
@@ -161,6 +184,11 @@ class MachineSession:
         self.last_seen = time.time()
         kind = msg["type"]
         if kind == "heartbeat":
+            return
+        if kind == "reply":
+            future = self._replies.get(int(msg.get("id", -1)))
+            if future is not None and not future.done():
+                future.set_result(msg)
             return
         if kind == "status":
             rows = [self._observed(u) for u in protocol.spec_list(msg)]

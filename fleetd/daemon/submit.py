@@ -79,6 +79,8 @@ def resolve(registry: Registry, items: List[Dict[str, Any]]) -> List[UnitInput]:
                 raise SubmitError(404, f"unit {name} does not exist{hint}")
         if not isinstance(text, str):
             raise SubmitError(400, f"{name}: text must be a string")
+        if variables is None and (stored := registry.get_unit(name)) is not None:
+            variables = stored.vars  # a resubmitted file keeps the variables it had
         override = INACTIVE if uname.is_template else None  # a template is never placed
         inputs[name] = _checked(name, text, variables or {}, source, errors, override)
     if errors:

@@ -32,6 +32,9 @@ class Engine:
         self.changed = changed
         self._wake = asyncio.Event()
         self._units: Dict[CacheKey, Unit] = {}  # parsed, validated, rendered
+        # (unit, machine) -> hash of the rendered content last handed to that machine:
+        # what "current" means for an agent's report
+        self.expected: Dict[Tuple[str, str], str] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -67,6 +70,7 @@ class Engine:
         by_name = {m.name: m for m in machines}
         sets: Dict[str, List[Dict[str, Any]]] = {m.name: [] for m in machines}
         live = set()
+        expected: Dict[Tuple[str, str], str] = {}
         reasons: List[Tuple[str, Optional[str], str]] = []
         for u in units:
             machine = by_name.get(u.machine or "")
@@ -81,10 +85,14 @@ class Engine:
                     reasons.append((u.name, u.machine, why))
                 continue
             live.add(key)
+            expected[(u.name, machine.name)] = unit.hash
             sets[machine.name].append(unit.spec(want, u.generation))
+        moved = expected != self.expected
+        self.expected = expected
         if reasons:
             self.registry.set_placements(reasons)
-            self.changed()
+        if reasons or moved:
+            self.changed()  # waiters compare reports against the new expectations
         for key in set(self._units) - live:
             del self._units[key]
         return sets

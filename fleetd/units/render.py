@@ -35,6 +35,14 @@ class _Names(dict):  # type: ignore[type-arg]
         self._fleet_path = path
 
 
+class _OpenNames(_Names):
+    """Like _Names, but a name not given is a placeholder: a template's variables may
+    come only with each instance, which is checked strictly when it is started."""
+
+    def __missing__(self, key: str) -> _Placeholder:
+        return _Placeholder(f"{self._fleet_path}.{key}")
+
+
 class _Undefined(jinja2.StrictUndefined):
     """StrictUndefined that says ``vars.port is not defined (defined: ...)``."""
 
@@ -94,11 +102,12 @@ class _Placeholder:
 
 
 def _context(unit_name: str, prefix: str, instance: Optional[str],
-             variables: Mapping[str, str], machine: Any) -> Dict[str, Any]:
+             variables: Mapping[str, str], machine: Any, open_vars: bool = False
+             ) -> Dict[str, Any]:
     return {
         "unit": _Names("unit", {"name": unit_name, "prefix": prefix,
                                 "instance": instance or ""}),
-        "vars": _Names("vars", variables),
+        "vars": (_OpenNames if open_vars else _Names)("vars", variables),
         "machine": machine,
     }
 
@@ -134,11 +143,13 @@ def _render(text: str, context: Dict[str, Any], source: str, where: str) -> str:
 
 def probe(text: str, unit_name: str, prefix: str, instance: Optional[str],
           variables: Mapping[str, str], source: str) -> str:
-    """Render with the unit and its variables only; ``machine.*`` stays a placeholder."""
+    """Render with the unit and its variables only; ``machine.*`` stays a placeholder
+    (and, for a template, so does any variable not given)."""
     if not has_markup(text):
         return text
-    return _render(text, _context(unit_name, prefix, instance, variables, _Placeholder()),
-                   source, "")
+    context = _context(unit_name, prefix, instance, variables, _Placeholder(),
+                       open_vars=instance == "")
+    return _render(text, context, source, "")
 
 
 def for_machine(text: str, unit_name: str, prefix: str, instance: Optional[str],

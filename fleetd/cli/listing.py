@@ -1,0 +1,159 @@
+"""list-units, list-unit-files, list-machines and status, as tables or JSON.
+
+Each listing has named columns: ``--fields`` picks them, ``--full`` stops shortening
+hashes, ids and errors, ``--no-legend`` drops the header (for scripts), and
+``-o json`` prints the API's rows unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import click
+
+from fleetd.cli.context import Ctx, pass_ctx
+from fleetd.cli.output import ago, table
+
+Row = Dict[str, Any]
+Column = Tuple[str, Callable[[Row, bool], Any]]  # header, value(row, full)
+
+
+def _short(text: Optional[str], n: int, full: bool) -> Optional[str]:
+    if text is None or full or len(text) <= n:
+        return text
+    return text[: n - 1] + "…"
+
+
+UNIT_COLUMNS: Dict[str, Column] = {
+    "unit": ("UNIT", lambda r, f: r["unit"]),
+    "machine": ("MACHINE", lambda r, f: r["machine"]),
+    "state": ("STATE", lambda r, f: r["state"] + ("" if r.get("desired") != "-"
+                                                  else " [not placed here]")),
+    "pid": ("PID", lambda r, f: r.get("pid")),
+    "desired": ("DSTATE", lambda r, f: r.get("desired")),
+    "hash": ("HASH", lambda r, f: r.get("hash") if f else (r.get("hash") or "")[:7]),
+    "since": ("SINCE", lambda r, f: ago(r.get("started_at")) if r.get("started_at") else None),
+    "restarts": ("RESTARTS", lambda r, f: r.get("restarts")),
+    "exit": ("EXIT", lambda r, f: r.get("exit_status")),
+    "error": ("ERROR", lambda r, f: _short(r.get("error"), 50, f)),
+}
+UNIT_FILE_COLUMNS: Dict[str, Column] = {
+    "unit": ("UNIT", lambda r, f: r["unit"]),
+    "hash": ("HASH", lambda r, f: r["hash"] if f else r["hash"][:7]),
+    "desired": ("DSTATE", lambda r, f: r["desired"]),
+    "state": ("STATE", lambda r, f: r["state"]),
+    "target": ("TARGET", lambda r, f: r["machine"]),
+    "reason": ("REASON", lambda r, f: None if r["state"] == "running"
+               else _short(r["reason"] or None, 70, f)),
+}
+MACHINE_COLUMNS: Dict[str, Column] = {
+    "machine": ("MACHINE", lambda r, f: r["name"]),
+    "address": ("ADDRESS", lambda r, f: r["address"]),
+    "state": ("STATE", lambda r, f: r["state"] if r["state"] == "up" or not r.get("error")
+              else f"{r['state']}: {_short(r['error'], 60, f)}"),
+    "metadata": ("METADATA", lambda r, f: r["metadata"]),
+    "units": ("UNITS", lambda r, f: r["units"]),
+    "last-seen": ("LAST SEEN", lambda r, f: ago(r["last_seen"])),
+    "id": ("ID", lambda r, f: r["machine_id"] if f or not r["machine_id"]
+           else r["machine_id"][:8]),
+}
+
+
+def listing(columns: Dict[str, Column], default: Sequence[str]) -> Callable[..., Any]:
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option("--fields", default=",".join(default), show_default=True,
+                         help=f"Columns: {','.join(columns)}.")(f)
+        f = click.option("--full", is_flag=True, help="Do not shorten hashes, ids, errors.")(f)
+        f = click.option("--no-legend", is_flag=True, help="No header line.")(f)
+        return click.option("-o", "--output", type=click.Choice(["table", "json"]),
+                            default="table", show_default=True)(f)
+    return decorate
+
+
+def show(rows: List[Row], columns: Dict[str, Column], fields: str, full: bool,
+         no_legend: bool, output: str) -> None:
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    names = [n.strip() for n in fields.split(",") if n.strip()]
+    unknown = [n for n in names if n not in columns]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown field {unknown[0] if unknown else '(none)'}; "
+                                 f"known: {','.join(columns)}", param_hint="--fields")
+    headers = [columns[n][0] for n in names]
+    cells = [[columns[n][1](r, full) for n in names] for r in rows]
+    text = table(headers, cells)
+    click.echo("\n".join(text.splitlines()[1:]) if no_legend else text)
+
+
+@click.command("list-units")
+@listing(UNIT_COLUMNS, ["unit", "machine", "state", "pid"])
+@pass_ctx
+def list_units(c: Ctx, fields: str, full: bool, no_legend: bool, output: str) -> None:
+    """Units on machines as the agents report them."""
+    show(c.call("GET", "/v1/units")["units"], UNIT_COLUMNS, fields, full, no_legend, output)
+
+
+@click.command("list-unit-files")
+@listing(UNIT_FILE_COLUMNS, ["unit", "hash", "desired", "state", "target", "reason"])
+@pass_ctx
+def list_unit_files(c: Ctx, fields: str, full: bool, no_legend: bool, output: str) -> None:
+    """Submitted units: content hash, desired and current state, target, and why."""
+    show(c.call("GET", "/v1/unit-files")["unit_files"], UNIT_FILE_COLUMNS, fields, full,
+         no_legend, output)
+
+
+@click.command("list-machines")
+@listing(MACHINE_COLUMNS, ["machine", "address", "state", "metadata", "units", "last-seen"])
+@pass_ctx
+def list_machines(c: Ctx, fields: str, full: bool, no_legend: bool, output: str) -> None:
+    """Machines, their state and how many units they hold."""
+    show(c.call("GET", "/v1/machines")["machines"], MACHINE_COLUMNS, fields, full, no_legend,
+         output)
+
+
+@click.command()
+@click.argument("unit")
+@click.option("-n", "--lines", default=10, show_default=True, help="Log lines to show.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@pass_ctx
+def status(c: Ctx, unit: str, lines: int, output: str) -> None:
+    """One unit: desired and current state, where, pid, since, restarts, last exit, why,
+    and its last log lines."""
+    s = c.call("GET", f"/v1/units/{unit}/status?lines={lines}")
+    if output == "json":
+        click.echo(json.dumps(s, indent=2, sort_keys=True))
+        return
+    click.echo(f"● {s['unit']}" + (f" - {s['description']}" if s.get("description") else ""))
+    click.echo(f"   Desired: {s['desired']}" + (f" (generation {s['generation']})"
+                                                 if s.get("generation") else ""))
+    click.echo(f"   Placed: {s['machine'] or '-'}" +
+               (f"  ({s['reason']})" if s.get("reason") else ""))
+    now = time.time()
+    for o in s["copies"]:
+        line = f"   {o['machine']}: {o['state']}"
+        if o.get("pid"):
+            line += f", pid {o['pid']}"
+        if o.get("started_at"):
+            line += f", since {ago(o['started_at'], now)}"
+        line += f", restarts {o.get('restarts', 0)}"
+        if o.get("exit_status") is not None:
+            line += f", last exit {o['exit_status']}"
+        if o.get("error"):
+            line += f" — {o['error']}"
+        if not o.get("current", True):
+            line += " [not the current content]"
+        click.echo(line)
+    if not s["copies"]:
+        click.echo("   (not on any machine)")
+    if s.get("log") is not None:
+        click.echo(f"\n-- last {len(s['log'])} log lines from {s['machine']} --")
+        for log_line in s["log"]:
+            click.echo(log_line)
+    elif s.get("log_error"):
+        click.echo(f"\n-- no log: {s['log_error']} --")
+
+
+COMMANDS = [list_units, list_unit_files, list_machines, status]

@@ -1,0 +1,231 @@
+"""fleet's unit verbs: submit, load, start, stop, unload, destroy, restart, cat.
+
+Unit arguments are files (their base name is the unit name) or names of units already
+submitted. ``web@3.service`` with no such file uses the submitted template
+``web@.service``, or else a ``web@.service`` file beside where the instance would be,
+as fleet did. fleetd validates everything and stores a request all or none.
+
+Blocking verbs wait for the agents' reports, as fleet's did; ``--no-block`` returns
+once fleetd has stored the wish, ``--block-attempts N`` waits at most N seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import click
+import tomllib
+
+from fleetd.cli.context import Ctx, pass_ctx
+from fleetd.units.model import parse_name
+from fleetd.units.parser import UnitError
+
+
+def parse_vars(pairs: Tuple[str, ...], vars_file: Optional[str]) -> Optional[Dict[str, str]]:
+    """``--vars-file`` then ``--var k=v`` (which win); None when neither was given."""
+    if not pairs and not vars_file:
+        return None
+    variables: Dict[str, str] = {}
+    if vars_file:
+        try:
+            with open(vars_file, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise click.BadParameter(f"{vars_file}: {exc}", param_hint="--vars-file") from None
+        for key, value in data.items():
+            if isinstance(value, (dict, list)):
+                raise click.BadParameter(f"{vars_file}: {key}: only plain values are variables",
+                                         param_hint="--vars-file")
+            variables[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.isidentifier():
+            raise click.BadParameter(f"{pair!r}: want NAME=VALUE", param_hint="--var")
+        variables[key] = value
+    return variables
+
+
+def unit_items(args: Tuple[str, ...], variables: Optional[Dict[str, str]]
+               ) -> List[Dict[str, Any]]:
+    """What the API's submit takes for each argument."""
+    items = []
+    for arg in args:
+        item: Dict[str, Any] = {}
+        if os.path.isfile(arg):
+            item = {"name": os.path.basename(arg), "text": _read(arg), "source": arg}
+        else:
+            name = os.path.basename(arg)
+            try:
+                uname = parse_name(name)
+            except UnitError:
+                raise click.ClickException(f"{arg}: no such file, and not a unit name") from None
+            item = {"name": name}
+            if uname.template and uname.template != name:
+                beside = os.path.join(os.path.dirname(arg), uname.template)
+                if os.path.isfile(beside):
+                    item["template_text"] = _read(beside)
+                    item["template_source"] = beside
+        if variables is not None:
+            item["vars"] = variables
+        items.append(item)
+    return items
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+
+
+def wait_all(c: Ctx, names: List[str], until: str, timeout: float,
+             say: Callable[[str, str], str]) -> None:
+    failed = []
+    for name in names:
+        res = c.call("GET", f"/v1/units/{name}/wait?until={until}&timeout={timeout}",
+                     timeout=timeout + 10)
+        if res["reached"]:
+            click.echo(say(name, res["why"]))
+        else:
+            failed.append(f"{name}: {'timed out: ' if res.get('timeout') else ''}{res['why']}")
+    if failed:
+        raise click.ClickException("\n".join(failed))
+
+
+def blocking(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--no-block", is_flag=True, help="Return once fleetd stored it.")(f)
+    f = click.option("--block-attempts", type=click.IntRange(min=0), default=0,
+                     help="Wait at most this many seconds (fleet's flag; 0: --timeout).")(f)
+    return click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0,
+                        show_default=True, help="Seconds to wait.")(f)
+
+
+def _timeout(block_attempts: int, timeout: float) -> float:
+    return float(block_attempts) if block_attempts else timeout
+
+
+def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--replace", is_flag=True,
+                     help="Replace a unit (or template) already submitted with other content.")(f)
+    f = click.option("--var", "var_pairs", multiple=True, metavar="NAME=VALUE",
+                     help="A template variable ({{ vars.NAME }}); repeatable.")(f)
+    return click.option("--vars-file", type=click.Path(exists=True, dir_okay=False),
+                        help="TOML file of template variables.")(f)
+
+
+def _submit(c: Ctx, units: Tuple[str, ...], desired: Optional[str], replace: bool,
+            var_pairs: Tuple[str, ...], vars_file: Optional[str]) -> List[str]:
+    items = unit_items(units, parse_vars(var_pairs, vars_file))
+    c.call("POST", "/v1/units", {"units": items, "desired": desired, "replace": replace})
+    return [i["name"] for i in items]
+
+
+@click.command()
+@click.argument("units", nargs=-1, required=True)
+@submit_options
+@pass_ctx
+def submit(c: Ctx, units: Tuple[str, ...], replace: bool, var_pairs: Tuple[str, ...],
+           vars_file: Optional[str]) -> None:
+    """Store units (and templates) without placing them."""
+    for name in _submit(c, units, None, replace, var_pairs, vars_file):
+        click.echo(f"Unit {name} submitted")
+
+
+@click.command()
+@click.argument("units", nargs=-1, required=True)
+@submit_options
+@blocking
+@pass_ctx
+def load(c: Ctx, units: Tuple[str, ...], replace: bool, var_pairs: Tuple[str, ...],
+         vars_file: Optional[str], no_block: bool, block_attempts: int, timeout: float) -> None:
+    """Submit if needed and place units on machines, without starting them."""
+    names = _submit(c, units, "loaded", replace, var_pairs, vars_file)
+    if no_block:
+        click.echo("\n".join(f"Triggered unit {n} load" for n in names))
+        return
+    wait_all(c, names, "stopped", _timeout(block_attempts, timeout),
+             lambda n, why: f"Unit {n} loaded: {why}")
+
+
+@click.command()
+@click.argument("units", nargs=-1, required=True)
+@submit_options
+@blocking
+@pass_ctx
+def start(c: Ctx, units: Tuple[str, ...], replace: bool, var_pairs: Tuple[str, ...],
+          vars_file: Optional[str], no_block: bool, block_attempts: int, timeout: float) -> None:
+    """Submit if needed, place and run units."""
+    names = _submit(c, units, "launched", replace, var_pairs, vars_file)
+    if no_block:
+        click.echo("\n".join(f"Triggered unit {n} start" for n in names))
+        return
+    wait_all(c, names, "running", _timeout(block_attempts, timeout),
+             lambda n, why: f"Unit {n} {why}")
+
+
+def _state_verb(verb: str, desired: str, until: str, doc: str) -> click.Command:
+    @click.command(verb, help=doc)
+    @click.argument("units", nargs=-1, required=True)
+    @blocking
+    @pass_ctx
+    def command(c: Ctx, units: Tuple[str, ...], no_block: bool, block_attempts: int,
+                timeout: float) -> None:
+        names = [os.path.basename(u) for u in units]
+        c.call("POST", "/v1/units/state", {"names": names, "desired": desired})
+        if no_block:
+            click.echo("\n".join(f"Triggered unit {n} {verb}" for n in names))
+            return
+        wait_all(c, names, until, _timeout(block_attempts, timeout),
+                 lambda n, why: f"Unit {n} {why}")
+
+    return command
+
+
+stop = _state_verb("stop", "loaded", "stopped", "Stop units; they stay placed (loaded).")
+unload = _state_verb("unload", "inactive", "unplaced",
+                     "Stop units and take them off their machines; they stay submitted.")
+
+
+@click.command()
+@click.argument("units", nargs=-1, required=True)
+@blocking
+@pass_ctx
+def restart(c: Ctx, units: Tuple[str, ...], no_block: bool, block_attempts: int,
+            timeout: float) -> None:
+    """Stop and start units again where they are."""
+    names = [os.path.basename(u) for u in units]
+    c.call("POST", "/v1/units/restart", {"names": names})
+    if no_block:
+        click.echo("\n".join(f"Triggered unit {n} restart" for n in names))
+        return
+    wait_all(c, names, "running", _timeout(block_attempts, timeout),
+             lambda n, why: f"Unit {n} restarted: {why}")
+
+
+@click.command()
+@click.argument("units", nargs=-1, required=True)
+@blocking
+@pass_ctx
+def destroy(c: Ctx, units: Tuple[str, ...], no_block: bool, block_attempts: int,
+            timeout: float) -> None:
+    """Stop units and forget them."""
+    names = [os.path.basename(u) for u in units]
+    c.call("POST", "/v1/units/destroy", {"names": names})
+    if no_block:
+        click.echo("\n".join(f"Destroyed {n}" for n in names))
+        return
+    wait_all(c, names, "gone", _timeout(block_attempts, timeout),
+             lambda n, why: f"Destroyed {n}")
+
+
+@click.command()
+@click.argument("unit")
+@pass_ctx
+def cat(c: Ctx, unit: str) -> None:
+    """Print a submitted unit file."""
+    click.echo(c.call("GET", f"/v1/units/{unit}")["text"], nl=False)
+
+
+COMMANDS = [submit, load, start, stop, unload, restart, destroy, cat]
