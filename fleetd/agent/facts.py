@@ -10,6 +10,7 @@ from typing import Any, Dict
 import psutil
 
 from fleetd import __version__
+from fleetd.drivers import java
 
 
 def _pid1() -> str:
@@ -21,6 +22,10 @@ def _pid1() -> str:
 
 
 def gather(machine_id: str) -> Dict[str, Any]:
+    """Facts for scheduling and rendering; ``capabilities`` are what units may require
+    ("systemd", "java", "java:17", ...)."""
+    javas = java.installed_javas()
+    systemd = _pid1() == "systemd"
     return {
         "machine_id": machine_id,
         "hostname": socket.gethostname(),
@@ -30,5 +35,8 @@ def gather(machine_id: str) -> Dict[str, Any]:
         "arch": platform.machine(),
         "python": platform.python_version(),
         "agent_version": __version__,
-        "systemd": _pid1() == "systemd",
+        "systemd": systemd,
+        "java": [j.to_fact() for j in javas],
+        "capabilities": sorted({*(["systemd"] if systemd else []),
+                                *java.machine_capabilities(javas)}),
     }

@@ -26,6 +26,7 @@ from fleetd.agent.reconciler import Current
 from fleetd.agent.state import AgentState
 from fleetd.drivers.base import Driver, DriverError, Handle, StartContext
 from fleetd.drivers.exec import ExecDriver, exit_description, same_process, wait_status_to_code
+from fleetd.drivers.java import JavaDriver
 
 log = logging.getLogger("fleet-agent")
 
@@ -80,7 +81,9 @@ class Supervisor:
         self.state = state
         self.machine_id = machine_id
         self.emit = emit
-        self.drivers: Dict[str, Driver] = {"exec": ExecDriver()}
+        exec_driver = ExecDriver()  # shared: java runs through the exec driver's machinery
+        self.drivers: Dict[str, Driver] = {"exec": exec_driver,
+                                           "java": JavaDriver(exec_driver)}
         self.desired: Dict[str, Dict[str, Any]] = {}
         self.units: Dict[str, Managed] = {}
         self.boot_id = boot_id()
@@ -223,9 +226,10 @@ class Supervisor:
             m.exit_status = code
             return  # _stop reports the outcome
         self.state.delete_record(m.name)
-        commands = m.spec["config"].get("commands", [])
+        config = m.spec["config"]
+        commands = config.get("commands", [])
         ignore = bool(commands and commands[m.command_index].get("ignore_failure"))
-        ok = code == 0 or (ignore and code is not None)
+        ok = code is not None and (code == 0 or ignore or is_success(code, config))
         if ok and m.command_index + 1 < len(commands):
             m.command_index += 1  # oneshot: run the next ExecStart= in order
             self._start(m)
@@ -273,6 +277,14 @@ class Supervisor:
             self.units[name] = m
         for name in set(self.desired) | set(self.units):
             self._spawn(self.converge(name))
+
+
+def is_success(code: int, config: Dict[str, Any]) -> bool:
+    """SuccessExitStatus=: listed exit codes, and deaths by listed signals, are clean."""
+    listed = config.get("success_exit_status") or {}
+    if code >= 0:
+        return code in listed.get("codes", [])
+    return -code in listed.get("signals", [])
 
 
 def _reap(pid: int, block: bool = True) -> Optional[int]:

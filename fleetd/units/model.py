@@ -15,7 +15,7 @@ import re
 from typing import Any, Dict, Optional
 
 from fleetd import protocol
-from fleetd.units import service, xfleet
+from fleetd.units import service, xfleet, xjava
 from fleetd.units.context import UnitContext, UnitName
 from fleetd.units.parser import UnitError, UnitFile, parse
 from fleetd.units.xfleet import Requirements
@@ -79,7 +79,16 @@ def load(name: str, text: str, source: Optional[str] = None, template_ok: bool =
     ctx = UnitContext(parse(text, src), uname, src)
     description = ctx.single("Unit", "Description") or ""
     driver = xfleet.driver(ctx)
-    config = service.config(ctx)
+    xjava.check_unused(ctx, driver)
+    if driver == "java":
+        config = xjava.config(ctx, service.config(ctx, needs_exec_start=False))
+    else:
+        config = service.config(ctx)
+    requirements = xfleet.requirements(ctx, config["limits"])
+    if driver == "java":
+        requirements = dataclasses.replace(
+            requirements,
+            capabilities=requirements.capabilities + xjava.capabilities(config["java"]))
     return Unit(name=name, text=text, hash=content_hash(text), file=ctx.file,
                 description=description, driver=driver, config=config,
-                requirements=xfleet.requirements(ctx, config["limits"]))
+                requirements=requirements)

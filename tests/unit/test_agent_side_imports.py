@@ -8,7 +8,8 @@ import sys
 
 AGENT_MODULES = [
     "fleetd.agent.main", "fleetd.agent.attach", "fleetd.agent.daemon",
-    "fleetd.agent.supervisor", "fleetd.drivers.exec", "fleetd.protocol",
+    "fleetd.agent.supervisor", "fleetd.drivers.exec", "fleetd.drivers.java",
+    "fleetd.agent.facts", "fleetd.protocol",
 ]
 
 PROBE = """
