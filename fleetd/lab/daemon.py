@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import time
 import urllib.parse
 from typing import List, Optional
 
+import fleetd
 from fleetd.cli.client import ApiError, Client
 from fleetd.lab.netns import Host, Lab, LabError
 
@@ -16,8 +18,10 @@ START_TIMEOUT_S = 15.0
 
 
 def agent_command(state_dir: Optional[str] = None) -> str:
-    """How a lab host runs the agent: this very Python and fleetd, which the host shares."""
-    cmd = f"{sys.executable} -m fleetd.agent attach"
+    """How a lab host runs the agent: this very Python and this very fleetd source, which
+    the host shares (named explicitly: an SSH session inherits no PYTHONPATH)."""
+    source = os.path.dirname(os.path.dirname(os.path.abspath(fleetd.__file__)))
+    cmd = f"env PYTHONPATH={shlex.quote(source)} {sys.executable} -m fleetd.agent attach"
     return cmd + (f" --state-dir {state_dir}" if state_dir else "")
 
 
