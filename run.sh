@@ -11,9 +11,10 @@ VENV=$ROOT/.venv
 # Debian packages: sshd for lab hosts, ip for namespaces, venv for Debian's python3
 # (nsenter, unshare, setsid and setpriv come with util-linux, which Debian always has);
 # redis-server and nginx are real programs the tests supervise (forking, own signals);
-# a JDK builds and runs the java driver's test jar.
+# a JDK builds and runs the java driver's test jar; debootstrap builds the lab's systemd
+# host (cached in /var/cache/fleetd-lab).
 APT_PACKAGES=(openssh-server openssh-client iproute2 python3 python3-venv
-              redis-server nginx-light openjdk-17-jdk-headless)
+              redis-server nginx-light openjdk-17-jdk-headless debootstrap)
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then

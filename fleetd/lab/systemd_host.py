@@ -1,0 +1,508 @@
+"""A real systemd host for the lab: a Debian root file system booted with systemd as PID 1.
+
+The systemd driver can only be tested against a real systemd, and the machines this
+project runs on are not booted by systemd. So the lab boots one: a debootstrap'ed
+bookworm (built once, cached outside the repo, never modified), under an overlayfs
+whose writable layer lives in a temp dir per host, with systemd as PID 1 of fresh PID,
+mount, UTS, IPC and cgroup namespaces inside a lab network namespace.
+
+systemd-nspawn is not used on purpose: it mounts the cgroup controllers read-only, so
+MemoryMax=/CPUQuota=/TasksMax= would silently not be enforced. Instead the boot follows
+the lab's recipe (shared/lab/sd-pid1.sh), whose every step prevents a leak or a lie:
+
+* the launcher moves into its own subtree of *every* cgroup v1 hierarchy before the
+  cgroup namespace is made, so the guest's systemd roots its tree there; a hierarchy
+  left out would get the guest's slices at the machine's root;
+* the hierarchies are mounted fresh inside the guest, writable, so limits are enforced;
+* ``/proc/sys`` is read-only: the guest's systemd-sysctl would otherwise change the
+  machine's global sysctls (kernel.pid_max);
+* the root is switched with pivot_root, so nothing of the machine stays reachable;
+* after poweroff the cgroup subtree is removed depth-first, because systemd leaves its
+  empty children behind.
+
+Mounts live only in the guest's private mount namespace and vanish with its processes,
+so poweroff leaves no mounts, no processes and no cgroups behind. The fleetd source tree
+is bind-mounted read-only at /opt/fleetd, so the agent-side code runs in the guest
+against the guest's own python3 and psutil (PYTHONPATH=/opt/fleetd).
+
+This module is lab code (daemon side): it is never imported on a managed host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+SUITE = "bookworm"
+VARIANT = "minbase"
+MIRROR = "http://deb.debian.org/debian"
+MIRROR_VARIABLE = "FLEETD_LAB_MIRROR"  # a closer mirror or a caching proxy
+# ssh and python so that later lab tests can reach the host and run the agent in it
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "procps", "python3", "python3-psutil",
+            "openssh-server")
+CACHE_DIR = "/var/cache/fleetd-lab"
+# Bump when the post-install steps below change: a cached rootfs then rebuilds.
+RECIPE = 1
+# The guest gets every hierarchy this process is in (v1 controllers, the named systemd
+# one, the cgroup2 mount) except cpuset, as in sd-pid1.sh: a new cpuset cgroup refuses
+# processes until cpus/mems are set, and systemd on v1 does not manage cpuset anyway.
+SKIPPED_CONTROLLERS = ("cpuset",)
+CGROUP_ROOT = "/sys/fs/cgroup"
+GUEST_SOURCE = "/opt/fleetd"
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_TEMP_PREFIX = "fleetd-sdhost-"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class SystemdHostError(Exception):
+    """The systemd host could not be built or booted; the message says why and what to do."""
+
+
+# --- the cached root file system -------------------------------------------------------
+def _stamp(suite: str, packages: Sequence[str]) -> Dict[str, object]:
+    """What the rootfs is made of; a different stamp means a rebuild (the mirror it came
+    from is recorded too, but a different mirror serves the same packages)."""
+    return {"suite": suite, "variant": VARIANT, "packages": sorted(packages), "recipe": RECIPE}
+
+
+def _read_stamp(root: str) -> Optional[Dict[str, object]]:
+    try:
+        with open(os.path.join(root, ".fleetd-lab.json")) as f:
+            data: Dict[str, object] = json.load(f)
+    except (OSError, ValueError):
+        return None
+    data.pop("mirror", None)
+    return data
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    """Two test runs building the same cache wait for each other instead of racing."""
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def rootfs(cache_dir: str = CACHE_DIR, suite: str = SUITE,
+           packages: Sequence[str] = PACKAGES, mirror: Optional[str] = None) -> str:
+    """The cached root file system, built first if it is missing or was built from a
+    different package list, suite or recipe.
+
+    It is built into a temp dir next to the cache and renamed into place only when
+    complete, so an interrupted build never leaves a half rootfs that looks usable.
+    The mirror is ``mirror``, else $FLEETD_LAB_MIRROR, else deb.debian.org."""
+    mirror = mirror or os.environ.get(MIRROR_VARIABLE) or MIRROR
+    name = f"{suite}-systemd"
+    root = os.path.join(cache_dir, name)
+    want = _stamp(suite, packages)
+    if _read_stamp(root) == want:
+        return root
+    if os.geteuid() != 0:
+        raise SystemdHostError("building the systemd host's rootfs needs root (debootstrap)")
+    if shutil.which("debootstrap") is None:
+        raise SystemdHostError("debootstrap not found: apt-get install -y debootstrap "
+                               "(the lab's systemd host is a debootstrap'ed Debian)")
+    os.makedirs(cache_dir, mode=0o755, exist_ok=True)
+    with _locked(os.path.join(cache_dir, f".{name}.lock")):
+        if _read_stamp(root) == want:  # built by another run while we waited
+            return root
+        build = tempfile.mkdtemp(prefix=f".{name}-build-", dir=cache_dir)
+        try:
+            _debootstrap(build, suite, packages, mirror, os.path.join(cache_dir, f"{name}.log"))
+            _prepare(build)
+            with open(os.path.join(build, ".fleetd-lab.json"), "w") as f:
+                json.dump(dict(want, mirror=mirror), f, indent=2)
+            os.chmod(build, 0o755)
+            if os.path.exists(root):
+                old = tempfile.mkdtemp(prefix=f".{name}-old-", dir=cache_dir)
+                os.rename(root, os.path.join(old, "rootfs"))
+                os.rename(build, root)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(build, root)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+    return root
+
+
+def _debootstrap(target: str, suite: str, packages: Sequence[str], mirror: str,
+                 log_path: str) -> None:
+    argv = ["debootstrap", f"--variant={VARIANT}", f"--include={','.join(packages)}",
+            suite, target, mirror]
+    with open(log_path, "w") as log:
+        log.write(" ".join(argv) + "\n")
+        log.flush()
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log,
+                              stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        with open(log_path, errors="replace") as f:
+            tail = "".join(f.readlines()[-8:]).strip()
+        raise SystemdHostError(
+            f"debootstrap of {suite} from {mirror} failed (exit {proc.returncode}); "
+            f"can this machine reach the mirror? Full log: {log_path}\n{tail}")
+
+
+def _prepare(root: str) -> None:
+    """Make the rootfs a template: nothing per-host may be shared between hosts."""
+    # Each host gets its own host key (made at boot) and machine id; shared ones would
+    # make the hosts indistinguishable to ssh and to journald.
+    etc_ssh = os.path.join(root, "etc", "ssh")
+    for entry in os.listdir(etc_ssh) if os.path.isdir(etc_ssh) else []:
+        if entry.startswith("ssh_host_"):
+            os.unlink(os.path.join(etc_ssh, entry))
+    with open(os.path.join(root, "etc", "machine-id"), "w"):
+        pass
+    archives = os.path.join(root, "var", "cache", "apt", "archives")
+    for entry in os.listdir(archives) if os.path.isdir(archives) else []:
+        if entry.endswith(".deb"):
+            os.unlink(os.path.join(archives, entry))
+
+
+# --- cgroups ------------------------------------------------------------------------------
+def _own_cgroups() -> Dict[str, str]:
+    """This process's cgroup per hierarchy directory name under /sys/fs/cgroup."""
+    out: Dict[str, str] = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            hid, controllers, path = line.rstrip("\n").split(":", 2)
+            if hid == "0" and controllers == "":
+                out["unified"] = path
+            elif controllers == "name=systemd":
+                out["systemd"] = path
+            else:
+                out[controllers] = path
+    return out
+
+
+def _hierarchies() -> List[Tuple[str, str]]:
+    """(directory name, cgroup path of this process) for every hierarchy the guest gets.
+
+    The guest's subtree hangs below this process's own cgroup, not the machine's root,
+    so whatever limits the test runner lives under also bound the guest."""
+    if not os.path.isdir(os.path.join(CGROUP_ROOT, "memory")):
+        raise SystemdHostError(
+            "the systemd lab host needs cgroup v1 controllers under /sys/fs/cgroup/<name> "
+            "(a hybrid cgroup layout); this machine has none")
+    found = []
+    for directory, path in _own_cgroups().items():
+        if any(c in SKIPPED_CONTROLLERS for c in directory.split(",")):
+            continue
+        if os.path.isdir(os.path.join(CGROUP_ROOT, directory)):
+            found.append((directory, path))
+    if "systemd" not in dict(found):
+        raise SystemdHostError(
+            "no name=systemd cgroup hierarchy at /sys/fs/cgroup/systemd: the lab's systemd "
+            "host needs it to root the guest's cgroups below its own subtree")
+    return sorted(found)
+
+
+def _remove_tree(path: str, timeout: float = 5.0) -> None:
+    """rmdir a cgroup and its children, deepest first; the kernel frees a cgroup a
+    moment after its last process is gone, so EBUSY is retried."""
+    deadline = time.monotonic() + timeout
+    while os.path.isdir(path):
+        busy = False
+        for dirpath, _dirs, _files in os.walk(path, topdown=False):
+            try:
+                os.rmdir(dirpath)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                busy = True
+        if not busy:
+            return
+        if time.monotonic() > deadline:
+            raise SystemdHostError(f"cgroup {path} is still busy: processes left in it?")
+        time.sleep(0.02)
+
+
+# --- the booted host ------------------------------------------------------------------------
+# Runs as PID 1 of the new PID namespace, in the new mount namespace; it follows
+# shared/lab/sd-pid1.sh with an overlay instead of a bind of the rootfs.
+_INNER = r"""
+mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$UPPER,workdir=$WORK" "$R"
+mount -t proc proc "$R/proc"
+# global sysctls must not be touched by the guest (systemd-sysctl would set kernel.pid_max)
+for p in sys sysrq-trigger; do
+  [ -e "$R/proc/$p" ] || continue
+  mount --bind "$R/proc/$p" "$R/proc/$p"; mount -o remount,bind,ro "$R/proc/$p"
+done
+mount -t sysfs -o ro sysfs "$R/sys"
+mount -t tmpfs -o mode=755 cgroup_root "$R/sys/fs/cgroup"
+for c in $CG; do
+  mkdir "$R/sys/fs/cgroup/$c"
+  case $c in
+    systemd) mount -t cgroup -o none,name=systemd cgroup "$R/sys/fs/cgroup/$c" ;;
+    unified) mount -t cgroup2 cgroup2 "$R/sys/fs/cgroup/$c" ;;
+    *)       mount -t cgroup -o "$c" cgroup "$R/sys/fs/cgroup/$c"
+             case $c in *,*) for one in $(echo "$c" | tr , ' '); do
+               ln -s "$c" "$R/sys/fs/cgroup/$one"; done ;; esac ;;
+  esac
+done
+mount -t tmpfs -o mode=755 tmpfs "$R/run"
+mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
+mount -t tmpfs -o mode=755 tmpfs "$R/dev"
+for d in null zero full random urandom tty; do
+  touch "$R/dev/$d"; mount --bind "/dev/$d" "$R/dev/$d"
+done
+touch "$R/dev/console"; mount --bind /dev/null "$R/dev/console"
+mkdir "$R/dev/pts" "$R/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666 devpts "$R/dev/pts"
+ln -s pts/ptmx "$R/dev/ptmx"; mount -t tmpfs -o mode=1777 tmpfs "$R/dev/shm"
+mkdir -p "$R$GUEST_SOURCE"
+mount --bind "$SOURCE" "$R$GUEST_SOURCE"; mount -o remount,bind,ro "$R$GUEST_SOURCE"
+hostname "$HOST_NAME"
+cd "$R"; mkdir -p .oldroot; pivot_root . .oldroot; umount -l /.oldroot; rmdir /.oldroot
+exec env -i container=fleetd-lab /lib/systemd/systemd
+"""
+
+# Moves itself into every cgroup subtree given as an argument, then enters the lab
+# netns and the new namespaces; unshare --fork makes the inner script PID 1.
+_OUTER = r"""
+for p in "$@"; do echo $$ > "$p/cgroup.procs"; done
+exec nsenter "--net=$NETNS_PATH" unshare --cgroup --pid --fork --mount --uts --ipc \
+  --propagation private /bin/sh -ec "$INNER"
+"""
+
+
+@dataclasses.dataclass
+class SystemdHost:
+    """A booted systemd host. ``pid1`` is its PID 1 as the machine numbers it."""
+
+    name: str
+    netns: str
+    pid1: int
+    dir: str  # temp dir: the overlay's upper and work dirs, the launcher's log
+    cgroups: List[str]  # the host's subtree in each hierarchy, absolute paths
+    launcher: subprocess.Popen[bytes]
+    boot_seconds: float = 0.0
+    state: str = ""  # systemctl is-system-running once booted: running or degraded
+
+    def run(self, argv: Sequence[str], *, timeout: Optional[float] = 60.0, check: bool = False,
+            env: Optional[Dict[str, str]] = None,
+            input: Optional[str] = None) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside the host: its namespaces, its root, a clean environment
+        (PATH, LANG, HOME and PYTHONPATH=/opt/fleetd, then ``env``)."""
+        environment = {"PATH": GUEST_PATH, "LANG": "C.UTF-8", "HOME": "/root",
+                       "PYTHONPATH": GUEST_SOURCE, "PYTHONDONTWRITEBYTECODE": "1"}
+        environment.update(env or {})
+        # -a: every namespace of PID 1; -r/-w: its root and working directory too, else
+        # the command would resolve paths against the machine's root
+        command = ["nsenter", "-t", str(self.pid1), "-a", "-r", "-w", "--", *argv]
+        proc = subprocess.run(command, env=environment, capture_output=True, text=True,
+                              timeout=timeout, input=input,
+                              stdin=None if input is not None else subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise SystemdHostError(f"{self.name}: {' '.join(argv)}: exit {proc.returncode}: "
+                                   f"{proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
+
+    def failed_units(self) -> List[str]:
+        out = self.run(["systemctl", "list-units", "--failed", "--plain", "--no-legend"])
+        return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+
+    def alive(self) -> bool:
+        return self.launcher.poll() is None
+
+    def poweroff(self, timeout: float = 20.0) -> float:
+        """Power the host off and remove everything it left; returns the seconds taken.
+
+        SIGRTMIN+4 is systemd's "poweroff" request: units stop in order, then PID 1
+        exits and the kernel tears the namespaces down. SIGKILL if it hangs."""
+        began = time.monotonic()
+        try:
+            if self.launcher.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid1, signal.SIGRTMIN + 4)
+                try:
+                    self.launcher.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.pid1, signal.SIGKILL)  # the whole PID namespace dies
+                    self.launcher.wait(10)
+            for path in self.cgroups:
+                _remove_tree(path)
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return time.monotonic() - began
+
+
+def boot(netns: str, name: str, *, root: Optional[str] = None, source: str = REPO_ROOT,
+         timeout: float = 30.0) -> SystemdHost:
+    """Boot a systemd host called ``name`` in the network namespace ``netns`` (from
+    ``ip netns add``) and wait until systemd says it is running (or degraded).
+
+    ``root`` is the read-only lower layer (default: the cached rootfs, built if needed);
+    ``source`` is bind-mounted read-only at /opt/fleetd."""
+    if os.geteuid() != 0:
+        raise SystemdHostError("booting a systemd host needs root (namespaces, mounts, cgroups)")
+    if not name.replace("-", "").isalnum():
+        raise SystemdHostError(f"host name {name!r}: letters, digits and - only")
+    netns_path = f"/run/netns/{netns}"
+    if not os.path.exists(netns_path):
+        raise SystemdHostError(f"network namespace {netns} does not exist (ip netns add {netns})")
+    lower = root or rootfs()
+    began = time.monotonic()
+    cgroups = _make_cgroups(name)
+    workdir = tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{name}-")
+    launcher: Optional[subprocess.Popen[bytes]] = None
+    try:
+        upper, work, merged = (os.path.join(workdir, d) for d in ("upper", "work", "merged"))
+        for d in (upper, work, merged):
+            os.mkdir(d, 0o755)
+        _personalise(upper, name)
+        env = {"PATH": GUEST_PATH, "NETNS_PATH": netns_path, "INNER": _INNER,
+               "R": merged, "LOWER": lower, "UPPER": upper, "WORK": work,
+               "SOURCE": os.path.abspath(source), "GUEST_SOURCE": GUEST_SOURCE,
+               "HOST_NAME": name, "CG": " ".join(d for d, _ in _hierarchies())}
+        with open(os.path.join(workdir, "launcher.log"), "wb") as log:
+            # a session of its own: a Ctrl-C at the test runner must not reach the guest's
+            # PID 1 (SIGINT is systemd's ctrl-alt-del)
+            launcher = subprocess.Popen(["/bin/sh", "-ec", _OUTER, "sh", *cgroups], env=env,
+                                        stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                        start_new_session=True)
+        pid1 = _wait_pid1(launcher, workdir)
+        host = SystemdHost(name=name, netns=netns, pid1=pid1, dir=workdir, cgroups=cgroups,
+                           launcher=launcher)
+        host.state = _wait_running(host, began + timeout)
+        host.boot_seconds = time.monotonic() - began
+        return host
+    except BaseException:
+        if launcher is not None and launcher.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                for child in _children(launcher.pid):
+                    os.kill(child, signal.SIGKILL)
+            launcher.kill()
+            launcher.wait(10)
+        for path in cgroups:
+            with contextlib.suppress(SystemdHostError, OSError):
+                _remove_tree(path)
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _subtrees(name: str) -> List[str]:
+    """The host's subtree in each hierarchy, below this process's own cgroup there."""
+    return [os.path.join(CGROUP_ROOT, directory, own.lstrip("/"), f"fleetd-lab-{name}")
+            for directory, own in _hierarchies()]
+
+
+def _make_cgroups(name: str) -> List[str]:
+    paths = _subtrees(name)
+    for path in paths:
+        if os.path.isdir(path):
+            try:  # a leftover of a crashed run: empty subtrees go, busy ones are an error
+                _remove_tree(path, timeout=0.5)
+            except SystemdHostError:
+                raise SystemdHostError(
+                    f"cgroup {path} has processes: is a host named {name} still running? "
+                    "(power it off, or systemd_host.sweep(name) after a crashed run)"
+                ) from None
+        os.mkdir(path)
+    return paths
+
+
+def sweep(name: str) -> int:
+    """Kill what a crashed run left of the host ``name`` (its guest's processes, found
+    through the host's own cgroup subtree, never by name) and remove the subtree.
+    Returns how many processes were killed. For test set-up, like Lab.down before up."""
+    killed = 0
+    for path in _subtrees(name):
+        for dirpath, _dirs, _files in os.walk(path):
+            try:
+                with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                    pids = [int(p) for p in f.read().split()]
+            except OSError:
+                continue
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+    for path in _subtrees(name):
+        _remove_tree(path)
+    # its overlay layers (the mounts went with the guest's mount namespace); mkdtemp adds
+    # exactly 8 characters, so a host "a" never sweeps the layers of a host "a-b"
+    pattern = f"{_TEMP_PREFIX}{name}-{'?' * 8}"
+    for entry in glob.glob(os.path.join(tempfile.gettempdir(), pattern)):
+        shutil.rmtree(entry, ignore_errors=True)
+    return killed
+
+
+def _personalise(upper: str, name: str) -> None:
+    """Per-host files, put into the overlay's upper layer before boot: a machine id (else
+    systemd treats every boot as a first boot), a hostname and an ssh host key."""
+    etc = os.path.join(upper, "etc")
+    os.makedirs(os.path.join(etc, "ssh"), mode=0o755)
+    with open(os.path.join(etc, "machine-id"), "w") as f:
+        f.write(uuid.uuid4().hex + "\n")
+    with open(os.path.join(etc, "hostname"), "w") as f:
+        f.write(name + "\n")
+    if shutil.which("ssh-keygen"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name,
+                        "-f", os.path.join(etc, "ssh", "ssh_host_ed25519_key")],
+                       check=True, stdin=subprocess.DEVNULL, capture_output=True)
+
+
+def _children(pid: int) -> List[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _launcher_log(workdir: str) -> str:
+    try:
+        with open(os.path.join(workdir, "launcher.log"), errors="replace") as f:
+            return f.read()[-2000:].strip()
+    except OSError:
+        return ""
+
+
+def _wait_pid1(launcher: subprocess.Popen[bytes], workdir: str, timeout: float = 10.0) -> int:
+    """The guest's PID 1 is the child unshare forks."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if launcher.poll() is not None:
+            raise SystemdHostError(f"the systemd host's launcher exited {launcher.returncode} "
+                                   f"before booting: {_launcher_log(workdir)}")
+        children = _children(launcher.pid)
+        if children:
+            return children[0]
+        time.sleep(0.005)
+    raise SystemdHostError("the systemd host's launcher did not fork its PID 1")
+
+
+def _wait_running(host: SystemdHost, deadline: float) -> str:
+    """Poll ``systemctl is-system-running`` until boot is over (running or degraded)."""
+    last = ""
+    while time.monotonic() < deadline:
+        if not host.alive():
+            raise SystemdHostError(f"{host.name}: systemd exited during boot "
+                                   f"({host.launcher.returncode}): {_launcher_log(host.dir)}")
+        out = host.run(["systemctl", "is-system-running"], timeout=10)
+        last = (out.stdout.strip() or out.stderr.strip())
+        if last in ("running", "degraded"):
+            return last
+        time.sleep(0.02)
+    jobs = host.run(["systemctl", "list-jobs", "--no-legend"], timeout=10).stdout.strip()
+    raise SystemdHostError(f"{host.name}: not up in time (systemctl is-system-running: "
+                           f"{last!r}; jobs: {jobs or 'none'})")
