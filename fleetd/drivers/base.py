@@ -37,9 +37,10 @@ class Handle:
 
     driver: str
     pid: int
-    create_time: float  # the kernel's start time of ``pid`` (psutil), the reuse guard
+    create_time: float  # psutil's start time of ``pid`` (seconds; for display)
     started_at: float  # wall clock, for users
     invocation_id: str
+    start_ticks: int = -1  # the kernel's start time of ``pid`` in clock ticks: the reuse guard
 
     def to_record(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -48,6 +49,21 @@ class Handle:
     def from_record(cls, record: Dict[str, Any]) -> Handle:
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in record.items() if k in fields})
+
+
+def start_ticks(pid: int) -> int:
+    """Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
+
+    Exact, unlike a float of seconds: two processes that share a pid and a start tick
+    would need the pid to be freed and reused within one tick (10 ms). -1 if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return -1
+    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+    fields = data[data.rfind(b")") + 2:].split()
+    return int(fields[19])
 
 
 class Driver(Protocol):

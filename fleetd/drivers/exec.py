@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional
 
 import psutil
 
-from fleetd.drivers.base import DriverError, Handle, StartContext
+from fleetd.drivers.base import DriverError, Handle, StartContext, start_ticks
 from fleetd.units import execline
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -95,7 +95,8 @@ class ExecDriver:
         except psutil.NoSuchProcess:
             create_time = 0.0  # already gone: the supervisor's waitpid will say how
         return Handle(driver=self.name, pid=proc.pid, create_time=create_time,
-                      started_at=time.time(), invocation_id=ctx.invocation_id)
+                      started_at=time.time(), invocation_id=ctx.invocation_id,
+                      start_ticks=start_ticks(proc.pid))
 
     def signal(self, handle: Handle, signum: int) -> None:
         # The program leads its own process group (start_new_session); with cgroups the
@@ -120,18 +121,19 @@ class ExecDriver:
 
 
 def same_process(handle: Handle) -> bool:
-    """Is ``handle.pid`` still the program we started? pid, start time and invocation id
-    must all match: a reused pid fails at least the start time."""
+    """Is ``handle.pid`` still the program we started? The kernel's start tick must be
+    exactly the recorded one (a reused pid fails it), and the invocation id in its
+    environment must match where it is still there to read."""
+    if handle.start_ticks < 0 or start_ticks(handle.pid) != handle.start_ticks:
+        return False
     try:
         proc = psutil.Process(handle.pid)
-        if abs(proc.create_time() - handle.create_time) > 0.01:
-            return False
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
         environ = proc.environ()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
-    # A program may rewrite its environment; the start time then still vouches for it.
+    # A program may rewrite its environment (setproctitle does); the tick still vouches.
     found = environ.get(INVOCATION_VAR)
     return found is None or found == handle.invocation_id
 

@@ -150,6 +150,7 @@ def test_a_reused_pid_is_not_adopted(state_dir: str) -> None:
     # The program dies while no agent watches, and its pid now belongs to a stranger:
     # forge that by pointing the record at another live process of ours.
     os.kill(pid, signal.SIGKILL)
+    time.sleep(0.03)  # a reused pid starts ticks (10 ms each) after the program it replaces
     stranger = subprocess.Popen(["/bin/sleep", "1000"])
     try:
         record_path = os.path.join(state_dir, "units", "agent-test.service.json")
