@@ -317,7 +317,7 @@ Args=one "two words" ${{GREETING}}
     # a restarted agent finds the same JVM from the record it wrote
     record = handle.to_record()
     assert run.driver.recover(record) == handle
-    assert run.driver.recover({**record, "create_time": handle.create_time - 5}) is None
+    assert run.driver.recover({**record, "start_ticks": handle.start_ticks - 500}) is None
 
     run.driver.signal(handle, signal.SIGTERM)
     assert run.wait(handle) == 143  # shutdown hooks ran, then exit(128 + SIGTERM)
