@@ -9,7 +9,7 @@ import sys
 AGENT_MODULES = [
     "fleetd.agent.main", "fleetd.agent.attach", "fleetd.agent.daemon",
     "fleetd.agent.supervisor", "fleetd.drivers.exec", "fleetd.drivers.java",
-    "fleetd.agent.facts", "fleetd.protocol",
+    "fleetd.agent.facts", "fleetd.protocol", "fleetd.cgroups", "fleetd.drivers.systemd",
 ]
 
 PROBE = """
