@@ -37,6 +37,7 @@ STOPPED = "stopped"
 EXITED = "exited"
 FAILED = "failed"
 UNIT_STATES = (STARTING, RUNNING, STOPPING, STOPPED, EXITED, FAILED)
+HEALTH_STATES = ("unknown", "passing", "failing")
 
 # What the daemon wants of a unit on a host (fleet's model, seen from one host):
 # ``launched`` -> running, ``loaded`` -> present but stopped.
@@ -103,12 +104,15 @@ def unit_status(
     restarts: int = 0,
     error: Optional[str] = None,
     generation: int = 0,
+    health: str = "unknown",
 ) -> Dict[str, Any]:
-    """One unit as the agent sees it."""
+    """One unit as the agent sees it. ``health`` is its [X-Check] verdict: unknown
+    (no check, or not yet decided), passing or failing."""
     return {
         "name": name,
         "hash": content_hash,
         "generation": generation,
+        "health": health,
         "state": state,
         "pid": pid,
         "started_at": started_at,

@@ -32,6 +32,7 @@ UNIT_COLUMNS: Dict[str, Column] = {
     "state": ("STATE", lambda r, f: r["state"] + ("" if r.get("desired") != "-"
                                                   else " [not placed here]")),
     "pid": ("PID", lambda r, f: r.get("pid")),
+    "health": ("HEALTH", lambda r, f: r.get("health")),
     "desired": ("DSTATE", lambda r, f: r.get("desired")),
     "hash": ("HASH", lambda r, f: r.get("hash") if f else (r.get("hash") or "")[:7]),
     "since": ("SINCE", lambda r, f: ago(r.get("started_at")) if r.get("started_at") else None),
@@ -89,7 +90,7 @@ def show(rows: List[Row], columns: Dict[str, Column], fields: str, full: bool,
 
 
 @click.command("list-units")
-@listing(UNIT_COLUMNS, ["unit", "machine", "state", "pid"])
+@listing(UNIT_COLUMNS, ["unit", "machine", "state", "pid", "health"])
 @pass_ctx
 def list_units(c: Ctx, fields: str, full: bool, no_legend: bool, output: str) -> None:
     """Units on machines as the agents report them."""
@@ -138,7 +139,7 @@ def status(c: Ctx, unit: str, lines: int, output: str) -> None:
             line += f", pid {o['pid']}"
         if o.get("started_at"):
             line += f", since {ago(o['started_at'], now)}"
-        line += f", restarts {o.get('restarts', 0)}"
+        line += f", restarts {o.get('restarts', 0)}, health {o.get('health', 'unknown')}"
         if o.get("exit_status") is not None:
             line += f", last exit {o['exit_status']}"
         if o.get("error"):

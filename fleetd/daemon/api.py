@@ -94,7 +94,8 @@ def is_current(d: Daemon, u: Optional[UnitRecord], o: ObservedRecord) -> bool:
 def _observed_row(o: ObservedRecord) -> Dict[str, Any]:
     return {"unit": o.unit, "machine": o.machine, "state": o.state, "pid": o.pid,
             "hash": o.hash, "started_at": o.started_at, "exit_status": o.exit_status,
-            "restarts": o.restarts, "error": o.error}
+            "restarts": o.restarts, "error": o.error, "health": o.health,
+            "generation": o.generation}
 
 
 def unit_rows(d: Daemon, units: List[UnitRecord], observed: List[ObservedRecord]

@@ -212,4 +212,5 @@ class MachineSession:
             exit_status=u.get("exit_status"), restarts=int(u.get("restarts") or 0),
             error=u.get("error"), updated_at=time.time(),
             generation=int(u.get("generation") or 0),
+            health=str(u.get("health") or "unknown"),
         )

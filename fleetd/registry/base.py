@@ -81,6 +81,7 @@ class ObservedRecord:
     error: Optional[str]
     updated_at: float
     generation: int = 0
+    health: str = "unknown"
 
 
 class Registry(Protocol):

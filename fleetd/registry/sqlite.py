@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS observed (
     error TEXT,
     updated_at REAL NOT NULL,
     generation INTEGER NOT NULL DEFAULT 0,
+    health TEXT NOT NULL DEFAULT 'unknown',
     PRIMARY KEY (unit, machine)
 );
 """
@@ -76,7 +77,8 @@ _MIGRATIONS = [
     "",
     "ALTER TABLE units ADD COLUMN vars TEXT NOT NULL DEFAULT '{}';"
     "ALTER TABLE units ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;"
-    "ALTER TABLE observed ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;",
+    "ALTER TABLE observed ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE observed ADD COLUMN health TEXT NOT NULL DEFAULT 'unknown';",
 ]
 _UNIT_SELECT = ("SELECT name, hash, desired, machine, reason, updated_at, vars, generation"
                 " FROM units")
@@ -280,7 +282,7 @@ class SqliteRegistry:
     def list_observed(self, unit: Optional[str] = None) -> List[ObservedRecord]:
         rows = self._db.execute(
             "SELECT unit, machine, hash, state, pid, started_at, exit_status, restarts, error,"
-            " updated_at, generation FROM observed WHERE ? IS NULL OR unit=?"
+            " updated_at, generation, health FROM observed WHERE ? IS NULL OR unit=?"
             " ORDER BY unit, machine",
             (unit, unit),
         ).fetchall()
@@ -309,7 +311,8 @@ _MACHINE_SELECT = (
 )
 _OBSERVED_UPSERT = (
     "INSERT OR REPLACE INTO observed(unit, machine, hash, state, pid, started_at, exit_status,"
-    " restarts, error, updated_at, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " restarts, error, updated_at, generation, health)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -332,7 +335,7 @@ def _machine(row: Tuple[Any, ...]) -> MachineRecord:
 
 def _observed_row(r: ObservedRecord) -> Tuple[Any, ...]:
     return (r.unit, r.machine, r.hash, r.state, r.pid, r.started_at, r.exit_status, r.restarts,
-            r.error, r.updated_at, r.generation)
+            r.error, r.updated_at, r.generation, r.health)
 
 
 def _check_desired(desired: str) -> None:

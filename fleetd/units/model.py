@@ -15,7 +15,7 @@ import re
 from typing import Any, Dict, Optional
 
 from fleetd import protocol
-from fleetd.units import service, xfleet, xjava
+from fleetd.units import service, systemd_text, xfleet, xjava
 from fleetd.units.context import UnitContext, UnitName
 from fleetd.units.parser import UnitError, UnitFile, parse
 from fleetd.units.xfleet import Requirements
@@ -82,13 +82,16 @@ def load(name: str, text: str, source: Optional[str] = None, template_ok: bool =
     xjava.check_unused(ctx, driver)
     if driver == "java":
         config = xjava.config(ctx, service.config(ctx, needs_exec_start=False))
+    elif driver == "systemd":
+        config = systemd_text.config(ctx)  # systemd reads [Service] itself
     else:
         config = service.config(ctx)
     requirements = xfleet.requirements(ctx, config["limits"])
-    if driver == "java":
+    needs = {"java": lambda: xjava.capabilities(config["java"]),
+             "systemd": lambda: ("systemd",)}.get(driver)
+    if needs is not None:
         requirements = dataclasses.replace(
-            requirements,
-            capabilities=requirements.capabilities + xjava.capabilities(config["java"]))
+            requirements, capabilities=requirements.capabilities + tuple(needs()))
     return Unit(name=name, text=text, hash=content_hash(text), file=ctx.file,
                 description=description, driver=driver, config=config,
                 requirements=requirements)

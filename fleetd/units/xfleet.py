@@ -19,7 +19,7 @@ from fleetd.units.context import UnitContext
 X = "X-Fleet"
 KNOWN = ("MachineID", "MachineOf", "MachineMetadata", "Conflicts", "Global", "Replaces",
          "Driver")
-DRIVERS = ("exec", "java")
+DRIVERS = ("exec", "java", "systemd")
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.service")
 
 

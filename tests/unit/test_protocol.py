@@ -130,7 +130,7 @@ def test_unit_status_defaults() -> None:
     assert unit_status("a.service", "h", protocol.STOPPED) == {
         "name": "a.service", "hash": "h", "state": "stopped", "pid": None,
         "started_at": None, "exit_status": None, "restarts": 0, "error": None,
-        "generation": 0,
+        "generation": 0, "health": "unknown",
     }
 
 
