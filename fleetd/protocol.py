@@ -9,6 +9,8 @@ Daemon -> agent:
   hello     {daemon, heartbeat_s}           first message on every attach
   desired   {units: [UnitSpec]}             the host's whole desired set (idempotent)
   tail      {id, unit, lines}               the last lines of a unit's log
+  follow    {id, unit, lines}               the last lines, then new ones as they come
+  unfollow  {id}                            stop a follow
   bye       {}                              the daemon is detaching on purpose
 
 Agent -> daemon:
@@ -17,6 +19,7 @@ Agent -> daemon:
   unit      {unit: UnitStatus}              one unit changed state
   removed   {name}                          the agent forgot a unit (it was undesired)
   reply     {id, ...}                       the answer to a request with that id
+  log       {id, lines}                     lines for a follow with that id
   heartbeat {seq, time}
   error     {message}
 """

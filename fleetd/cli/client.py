@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import urllib.parse
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 DEFAULT_ENDPOINT = "unix:///run/fleetd/fleetd.sock"
 
@@ -77,6 +77,32 @@ class Client:
         if resp.status >= 400:
             raise ApiError(resp.status, str(data.get("error") or resp.reason), data)
         return dict(data)
+
+    def stream(self, path: str, timeout: Optional[float] = None) -> Iterator[bytes]:
+        """The body of a GET, line by line as it arrives (for ``journal -f``)."""
+        conn = self._connection(timeout or 3600.0)
+        if timeout is None:
+            conn.timeout = None
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            conn.request("GET", path, headers=headers)
+            resp = conn.getresponse()
+            if resp.status >= 400:
+                raw = resp.read()
+                try:
+                    message = json.loads(raw).get("error") or resp.reason
+                except ValueError:
+                    message = raw.decode(errors="replace")[:500]
+                raise ApiError(resp.status, str(message))
+            while True:
+                line = resp.readline()
+                if not line:
+                    return
+                yield line
+        except (OSError, http.client.HTTPException) as exc:
+            raise ApiError(0, f"cannot reach fleetd at {self.endpoint}: {exc}") from None
+        finally:
+            conn.close()
 
     def get(self, path: str, timeout: float = 60.0) -> Dict[str, Any]:
         return self.request("GET", path, timeout=timeout)

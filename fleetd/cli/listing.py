@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
+from fleetd.cli.client import ApiError
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.output import ago, table
 
@@ -157,4 +158,21 @@ def status(c: Ctx, unit: str, lines: int, output: str) -> None:
         click.echo(f"\n-- no log: {s['log_error']} --")
 
 
-COMMANDS = [list_units, list_unit_files, list_machines, status]
+@click.command()
+@click.argument("unit")
+@click.option("-n", "--lines", default=10, show_default=True, help="Lines to show first.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C ends).")
+@pass_ctx
+def journal(c: Ctx, unit: str, lines: int, follow: bool) -> None:
+    """A unit's output, from the machine it runs on, through fleetd."""
+    path = f"/v1/units/{unit}/journal?lines={lines}&follow={int(follow)}"
+    try:
+        for line in c.client.stream(path):
+            click.echo(line.decode(errors="replace"), nl=False)
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+
+
+COMMANDS = [list_units, list_unit_files, list_machines, status, journal]

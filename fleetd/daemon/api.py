@@ -325,6 +325,43 @@ async def unit_status(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
+async def unit_journal(request: web.Request) -> web.StreamResponse:
+    """A unit's log from the machine it is placed on, as plain text lines; with
+    ``follow=1`` the response stays open and new lines arrive as the program writes."""
+    d = _daemon(request)
+    name = request.match_info["name"]
+    u = d.registry.get_unit(name)
+    if u is None:
+        return _error(404, f"unit {name} does not exist")
+    session = d.sessions.get(u.machine) if u.machine else None
+    if session is None:
+        return _error(409, f"unit {name} is not placed on any machine")
+    try:
+        lines = max(0, min(int(request.query.get("lines", "10")), 10000))
+    except ValueError:
+        return _error(400, "lines: want a number")
+    follow = request.query.get("follow") in ("1", "true", "yes")
+    if not follow:
+        try:
+            reply = await session.request("tail", unit=name, lines=lines)
+        except TransportError as exc:
+            return _error(503, str(exc))
+        if "error" in reply:
+            return _error(500, f"{u.machine}: {reply['error']}")
+        text = "".join(f"{line}\n" for line in reply.get("lines", []))
+        return web.Response(text=text, content_type="text/plain")
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await response.prepare(request)
+    try:
+        async for msg in session.stream("follow", "unfollow", unit=name, lines=lines):
+            chunk = "".join(f"{line}\n" for line in msg.get("lines", []))
+            if chunk:
+                await response.write(chunk.encode())
+    except (TransportError, ConnectionResetError):
+        pass
+    return response
+
+
 def _wait_verdict(d: Daemon, name: str, until: str) -> Tuple[Optional[bool], str]:
     """(True: reached, False: will not be reached, None: not yet) and why."""
     u = d.registry.get_unit(name)
@@ -394,6 +431,7 @@ def make_app(d: Daemon) -> web.Application:
     app.router.add_get("/v1/units/{name}", get_unit)
     app.router.add_get("/v1/units/{name}/wait", wait_unit)
     app.router.add_get("/v1/units/{name}/status", unit_status)
+    app.router.add_get("/v1/units/{name}/journal", unit_journal)
     return app
 
 

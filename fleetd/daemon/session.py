@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional
 
 from fleetd import protocol
 from fleetd.registry.base import MachineRecord, ObservedRecord, Registry
@@ -53,6 +53,7 @@ class MachineSession:
         self._channel: Optional[Channel] = None
         self._task: Optional[asyncio.Task[None]] = None
         self._replies: Dict[int, asyncio.Future[Dict[str, Any]]] = {}
+        self._streams: Dict[int, asyncio.Queue[Optional[Dict[str, Any]]]] = {}
         self._next_id = 0
 
     # --- engine side -------------------------------------------------------------
@@ -88,6 +89,30 @@ class MachineSession:
                                  ) from None
         finally:
             self._replies.pop(ident, None)
+
+    async def stream(self, kind: str, stop: str, **fields: Any
+                     ) -> AsyncIterator[Dict[str, Any]]:
+        """Messages the agent sends for a standing request (``follow`` a unit's log)
+        until the caller stops iterating; then ``stop`` ({id}) tells the agent to end it.
+        Ends by itself if the session drops."""
+        if not self.connected or self._channel is None:
+            raise TransportError("unreachable", f"machine {self.name} is not connected")
+        self._next_id += 1
+        ident = self._next_id
+        queue: asyncio.Queue[Optional[Dict[str, Any]]] = asyncio.Queue(maxsize=1000)
+        self._streams[ident] = queue
+        channel = self._channel
+        try:
+            channel.write(protocol.encode(kind, id=ident, **fields))
+            while True:
+                msg = await queue.get()
+                if msg is None:
+                    return
+                yield msg
+        finally:
+            self._streams.pop(ident, None)
+            if self._channel is channel and self.connected:
+                channel.write(protocol.encode(stop, id=ident))
 
     # --- life --------------------------------------------------------------------------
     def start(self) -> None:
@@ -125,6 +150,8 @@ class MachineSession:
             for future in self._replies.values():
                 if not future.done():
                     future.set_exception(TransportError("unreachable", reason))
+            for queue in self._streams.values():
+                queue.put_nowait(None)
             self._channel = None
             self._sent = None
             log.info("%s: %s", self.name, reason)
@@ -189,6 +216,13 @@ class MachineSession:
             future = self._replies.get(int(msg.get("id", -1)))
             if future is not None and not future.done():
                 future.set_result(msg)
+            return
+        if kind == "log":
+            queue = self._streams.get(int(msg.get("id", -1)))
+            if queue is not None:
+                if queue.full():  # a reader this far behind loses lines, not fleetd
+                    queue.get_nowait()
+                queue.put_nowait(msg)
             return
         if kind == "status":
             rows = [self._observed(u) for u in protocol.spec_list(msg)]

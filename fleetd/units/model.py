@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from fleetd import protocol
 from fleetd.units import service, systemd_text, xfleet, xjava
@@ -87,11 +87,14 @@ def load(name: str, text: str, source: Optional[str] = None, template_ok: bool =
     else:
         config = service.config(ctx)
     requirements = xfleet.requirements(ctx, config["limits"])
-    needs = {"java": lambda: xjava.capabilities(config["java"]),
-             "systemd": lambda: ("systemd",)}.get(driver)
-    if needs is not None:
+    needs: Tuple[str, ...] = ()
+    if driver == "java":
+        needs = xjava.capabilities(config["java"])
+    elif driver == "systemd":
+        needs = ("systemd",)
+    if needs:
         requirements = dataclasses.replace(
-            requirements, capabilities=requirements.capabilities + tuple(needs()))
+            requirements, capabilities=requirements.capabilities + needs)
     return Unit(name=name, text=text, hash=content_hash(text), file=ctx.file,
                 description=description, driver=driver, config=config,
                 requirements=requirements)
