@@ -63,7 +63,8 @@ def register(lab: Lab, client: Client, hosts: List[Host]) -> None:
         client.post("/v1/machines", {
             "name": h.name, "address": h.address, "user": "root",
             "identity": lab.identity, "known_hosts": lab.known_hosts,
-            "agent_command": agent_command(), "metadata": {"lab": lab.prefix},
+            "agent_command": agent_command(),
+            "metadata": {"hostname": h.name, "lab": lab.prefix},
         })
 
 

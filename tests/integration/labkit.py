@@ -145,6 +145,7 @@ class Fleet:
             ) -> subprocess.CompletedProcess[str]:
         assert self.lab is not None
         return self.ctl("machine", "add", f"root@{h.address}", "--name", h.name,
+                        "--metadata", f"hostname={h.name},lab={self.lab.prefix}",
                         "--identity", self.lab.identity,
                         "--known-hosts", known_hosts or self.lab.known_hosts,
                         "--agent-command", agent_command(), check=check)
