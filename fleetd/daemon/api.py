@@ -86,8 +86,15 @@ def _token_middleware(token: Optional[str]) -> Any:
 def is_current(d: Daemon, u: Optional[UnitRecord], o: ObservedRecord) -> bool:
     """Is this report about the content and generation fleetd wants on that machine now?
     (The agent reports the hash of the unit as rendered for its machine.)"""
-    return (u is not None and o.machine == u.machine and o.generation == u.generation
+    return (u is not None and o.generation == u.generation
             and o.hash == d.engine.expected.get((u.name, o.machine)))
+
+
+def targets(d: Daemon, u: UnitRecord) -> List[str]:
+    """Where the unit should be: its machine, or every machine of a Global unit."""
+    if u.name in d.engine.global_targets:
+        return d.engine.global_targets[u.name]
+    return [u.machine] if u.machine else []
 
 
 # --- views ---------------------------------------------------------------------------
@@ -105,15 +112,14 @@ def unit_rows(d: Daemon, units: List[UnitRecord], observed: List[ObservedRecord]
     rows: List[Dict[str, Any]] = []
     seen = set()
     for u in units:
-        if u.machine is None:
-            continue
-        o = by_key.get((u.name, u.machine))
-        seen.add((u.name, u.machine))
-        row: Dict[str, Any] = _observed_row(o) if o else {
-            "unit": u.name, "machine": u.machine, "state": "-", "pid": None}
-        row["desired"] = u.desired
-        row["current"] = o is not None and is_current(d, u, o)
-        rows.append(row)
+        for machine in targets(d, u):
+            o = by_key.get((u.name, machine))
+            seen.add((u.name, machine))
+            row: Dict[str, Any] = _observed_row(o) if o else {
+                "unit": u.name, "machine": machine, "state": "-", "pid": None}
+            row["desired"] = u.desired
+            row["current"] = o is not None and is_current(d, u, o)
+            rows.append(row)
     for key, o in by_key.items():
         if key not in seen:  # a copy the host still has, not (or no longer) placed there
             rows.append({**_observed_row(o), "desired": "-", "current": False})
@@ -121,12 +127,15 @@ def unit_rows(d: Daemon, units: List[UnitRecord], observed: List[ObservedRecord]
     return rows
 
 
-def _unit_file_row(u: UnitRecord, observed: Dict[Tuple[str, str], ObservedRecord],
-                   ) -> Dict[str, Any]:
-    o = observed.get((u.name, u.machine)) if u.machine else None
-    return {"unit": u.name, "hash": u.hash, "desired": u.desired,
-            "state": o.state if o else ("inactive" if u.machine is None else "-"),
-            "machine": u.machine, "reason": u.reason}
+def _unit_file_row(d: Daemon, u: UnitRecord,
+                   observed: Dict[Tuple[str, str], ObservedRecord]) -> Dict[str, Any]:
+    where = targets(d, u)
+    states = sorted({observed[(u.name, m)].state for m in where if (u.name, m) in observed})
+    state = ",".join(states) or ("inactive" if not where else "-")
+    machine = u.machine if u.name not in d.engine.global_targets \
+        else f"global ({len(where)})"
+    return {"unit": u.name, "hash": u.hash, "desired": u.desired, "state": state,
+            "machine": machine, "machines": where, "reason": u.reason}
 
 
 def _machine_row(m: MachineRecord, units: int, last_seen: Optional[float]) -> Dict[str, Any]:
@@ -210,7 +219,7 @@ async def list_unit_files(request: web.Request) -> web.Response:
     d = _daemon(request)
     observed = {(o.unit, o.machine): o for o in d.registry.list_observed()}
     return web.json_response(
-        {"unit_files": [_unit_file_row(u, observed) for u in d.registry.list_units()]}
+        {"unit_files": [_unit_file_row(d, u, observed) for u in d.registry.list_units()]}
     )
 
 
@@ -221,7 +230,7 @@ async def get_unit(request: web.Request) -> web.Response:
     if u is None:
         return _error(404, f"unit {name} does not exist")
     observed = {(o.unit, o.machine): o for o in d.registry.list_observed(name)}
-    return web.json_response({**_unit_file_row(u, observed),
+    return web.json_response({**_unit_file_row(d, u, observed),
                               "text": d.registry.unit_text(u.hash)})
 
 
@@ -312,7 +321,8 @@ async def unit_status(request: web.Request) -> web.Response:
                               "machine": u.machine, "reason": u.reason, "hash": u.hash,
                               "generation": u.generation, "vars": u.vars, "copies": copies,
                               "log": None}
-    session = d.sessions.get(u.machine) if u.machine else None
+    where = targets(d, u)  # a Global unit's log: from the first of its machines
+    session = d.sessions.get(where[0]) if where else None
     if lines and session is not None:
         try:
             reply = await session.request("tail", unit=name, lines=lines)
@@ -333,7 +343,8 @@ async def unit_journal(request: web.Request) -> web.StreamResponse:
     u = d.registry.get_unit(name)
     if u is None:
         return _error(404, f"unit {name} does not exist")
-    session = d.sessions.get(u.machine) if u.machine else None
+    where = targets(d, u)  # a Global unit's log: from the first of its machines
+    session = d.sessions.get(where[0]) if where else None
     if session is None:
         return _error(409, f"unit {name} is not placed on any machine")
     try:
@@ -374,20 +385,33 @@ def _wait_verdict(d: Daemon, name: str, until: str) -> Tuple[Optional[bool], str
         return None, "still known"
     if u is None:
         return False, f"unit {name} does not exist"
-    if u.machine is None:
+    where = targets(d, u)
+    if not where:
         return None, f"not placed: {u.reason or 'waiting for the engine'}"
-    here = next((o for o in copies if o.machine == u.machine), None)
+    verdicts = [_verdict_on(d, u, m, copies, until) for m in where]
+    for reached, why in verdicts:
+        if reached is False:
+            return False, why
+    whys = "; ".join(why for _, why in verdicts)
+    if all(reached for reached, _ in verdicts):
+        return True, whys
+    return None, whys
+
+
+def _verdict_on(d: Daemon, u: UnitRecord, machine: str, copies: List[ObservedRecord],
+                until: str) -> Tuple[Optional[bool], str]:
+    here = next((o for o in copies if o.machine == machine), None)
     if here is None or not is_current(d, u, here):
-        return None, f"placed on {u.machine}, not reported there yet"
+        return None, f"placed on {machine}, not reported there yet"
     if until == "running":
         if here.state == protocol.RUNNING:
-            return True, f"running on {u.machine} (pid {here.pid})"
+            return True, f"running on {machine} (pid {here.pid})"
         if here.state in (protocol.FAILED, protocol.EXITED):
-            return False, f"{here.state} on {u.machine}: {here.error or 'exited'}"
-        return None, f"{here.state} on {u.machine}"
+            return False, f"{here.state} on {machine}: {here.error or 'exited'}"
+        return None, f"{here.state} on {machine}"
     if until == "stopped":
         done = here.state in (protocol.STOPPED, protocol.EXITED, protocol.FAILED)
-        return (True if done else None), f"{here.state} on {u.machine}"
+        return (True if done else None), f"{here.state} on {machine}"
     return False, f"cannot wait until {until!r}"
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from fleetd.registry.base import INACTIVE, Registry, UnitInput
-from fleetd.units import render
-from fleetd.units.model import Unit, content_hash, load, parse_name
+from fleetd.units.model import content_hash, parse_name
 from fleetd.units.parser import UnitError
+from fleetd.units.validate import validate
 
 
 class SubmitError(Exception):
@@ -22,13 +22,6 @@ class SubmitError(Exception):
         self.status = status
         self.errors = errors or [message]
         super().__init__(message)
-
-
-def validate(name: str, text: str, variables: Dict[str, str], source: str) -> Unit:
-    """The unit as it would be on any machine: machine.* references left as placeholders."""
-    uname = parse_name(name)
-    probed = render.probe(text, name, uname.prefix, uname.instance, variables, source)
-    return load(name, probed, source, template_ok=True)
 
 
 def _variables(item: Dict[str, Any]) -> Optional[Dict[str, str]]:

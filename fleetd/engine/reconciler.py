@@ -3,16 +3,43 @@
 Pure, like fleet's engine reconciler: the loop (engine/loop.py) gathers the inputs and
 applies the tasks. A task changes one unit's placement; the reason is stored with the
 unit and shown by ``fleetctl list-unit-files`` so nobody has to guess why a unit sits
-where it sits (or nowhere).
+where it sits (or nowhere). Only changes come out: a unit that stays where it is, or
+stays unplaced for the same reason, produces no task.
+
+A pass works as fleet's did (unschedule first, then schedule), in four steps, so that
+loads only grow once placing starts and the scheduler's heaps stay exact:
+
+1. **keep**: every placed unit stays unless it must leave: it is inactive, its machine
+   was removed, the machine no longer satisfies a hard constraint (MachineID=,
+   MachineMetadata=, capabilities), its MachineOf= target is no longer there, a unit
+   that Replaces= it sits on the same machine, or it conflicts with a unit kept there
+   before it (MachineOf= targets first, then name order). A machine that is merely not
+   up keeps its units (rescheduling lost machines is the engine's job later), and
+   capacity is checked on admission only: a machine that shrinks does not evict.
+2. **globals**: Global units land on every matching machine with room where nothing
+   kept conflicts with them; from then on they are residents like any other.
+3. **Replaces=** (fleet's meaning, from fleet PRs #1572 and #1698): an unplaced unit
+   that replaces a placed one takes that machine when it can (room, constraints and
+   conflicts with everything else there, Global units included), and the replaced unit
+   (with whatever follows it by MachineOf=) moves on like a conflicting one.
+4. **place**: the rest, targets before their MachineOf= followers, then by name.
+
+Circular Replaces= (fleet refuses it; its functional test wants one unit of the two to
+run): in a cycle, one unit runs (the placed one whose name sorts first, else the first by
+name) and the rest wait with a reason, the same answer every pass, so nothing flaps.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from fleetd.engine.scheduler import Candidate, choose
-from fleetd.registry.base import INACTIVE, MachineRecord, UnitRecord
+from fleetd.engine.scheduler import Cluster, Group, Host, metadata_text, relations
+from fleetd.engine.views import MachineView, UnitView
+from fleetd.registry.base import INACTIVE
+
+UNLOADED = "unloaded: desired state is inactive"
+GLOBAL = "Global=true: runs on every matching machine, so it is not placed on one"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,31 +51,332 @@ class Place:
     reason: str
 
 
-def plan(units: Sequence[UnitRecord], machines: Sequence[MachineRecord]) -> List[Place]:
-    """The placement changes that bring ``units`` in line with ``machines``."""
-    known = {m.name for m in machines}
-    candidates = [Candidate(name=m.name, up=m.state == "up") for m in machines]
-    load: Dict[str, int] = {}
-    for u in units:
-        if u.machine in known and u.desired != INACTIVE:
-            load[u.machine] = load.get(u.machine, 0) + 1
+def plan(units: Sequence[UnitView], machines: Sequence[MachineView]) -> List[Place]:
+    """The placement changes that bring ``units`` in line with ``machines``, in input order."""
+    return _Pass(units, machines).run()
 
-    tasks: List[Place] = []
-    for u in units:
-        if u.desired == INACTIVE:
-            if u.machine is not None:
-                tasks.append(Place(u.name, None, "unloaded: desired state is inactive"))
+
+class _Pass:
+    def __init__(self, units: Sequence[UnitView], machines: Sequence[MachineView]) -> None:
+        self.units = units
+        self.by_name = {u.name: u for u in units}
+        self.cluster = Cluster(machines)
+        # the units this pass places: wanted somewhere, and not Global
+        self.movable = {u.name: u for u in units
+                        if u.desired != INACTIVE and not u.req.is_global}
+        self.where: Dict[str, Host] = {}  # where each movable unit ends up
+        self.left: Dict[str, str] = {}  # why it had to leave its machine
+        self.placed: Dict[str, str] = {}  # why it goes where it goes (placed in this pass)
+        self.refused: Dict[str, str] = {}  # why it goes nowhere
+        self._followers: Optional[Dict[str, List[str]]] = None  # target -> its followers
+        self.cluster.expect(p for u in self.movable.values() for p in relations(u.req).globs)
+        self.cluster.expect(p for u in units if u.req.is_global and u.desired != INACTIVE
+                            for p in relations(u.req).globs)
+        self.depth, self.stuck = _machine_of_order(self.movable)
+        self.stuck.update(_replace_losers(self.movable, self.cluster))
+
+    def order(self, u: UnitView) -> Tuple[int, str]:
+        return (self.depth.get(u.name, 0), u.name)
+
+    def run(self) -> List[Place]:
+        self.keep()
+        self.cluster.place_globals([u for u in self.units
+                                    if u.req.is_global and u.desired != INACTIVE])
+        self.take_over()
+        self.place_rest()
+        return self.tasks()
+
+    # -- 1. keep ----------------------------------------------------------------------
+
+    def keep(self) -> None:
+        placed = sorted((u for u in self.movable.values() if u.machine is not None),
+                        key=lambda u: u.name)
+        for u in placed:
+            if u.machine not in self.cluster.by_name:
+                self.left[u.name] = f"machine {u.machine} was removed"
+            elif u.name in self.stuck:
+                self.left[u.name] = self.stuck[u.name]
+        for r in placed:  # the replaced unit yields the machine, whatever the name order
+            if r.name in self.left:
+                continue
+            for x in r.req.replaces:
+                other = self.movable.get(x)
+                if other is not None and other.machine == r.machine and x not in self.left:
+                    self.left[x] = f"replaced by {r.name} on {r.machine}"
+        for u in sorted(placed, key=self.order):
+            if u.name in self.left:
+                continue
+            host = self.cluster.by_name[u.machine or ""]
+            why = self.must_leave(u, host)
+            if why:
+                self.left[u.name] = why
+            else:
+                self.cluster.add(host, u.name, u.req)
+                self.where[u.name] = host
+
+    def must_leave(self, u: UnitView, host: Host) -> Optional[str]:
+        req = u.req
+        if req.machine_id and not host.machine_id.startswith(req.machine_id):
+            return f"{host.name} is not MachineID={req.machine_id}"
+        if any(host.metadata.get(k) not in values for k, values in req.metadata):
+            return f"{host.name} no longer matches MachineMetadata={metadata_text(req.metadata)}"
+        missing = [c for c in req.capabilities if c not in host.capabilities]
+        if missing and host.up:  # a down machine's facts may be stale: leave it be
+            return f"{host.name} no longer has {', '.join(missing)}"
+        for t in req.machine_of:
+            if self.where.get(t) is not host:
+                return f"{t} is not on {host.name}"
+        if not self.cluster.blocked(host, u.name, relations(req)):
+            return None
+        why = host.blocker(u.name, req) or "it conflicts with a unit there"
+        return f"{why} on {host.name}"
+
+    def take_over(self) -> None:
+        """Replaces=: an unplaced unit takes the machine of the unit it replaces."""
+        replacing = [u for u in self.movable.values() if u.req.replaces]
+        for r in sorted(replacing, key=lambda u: u.name):
+            if r.name in self.where or r.name in self.stuck:
+                continue
+            for x in r.req.replaces:
+                host = self.where.get(x)
+                if (host is None or x in r.req.machine_of or host.static_refusal(r.req)
+                        or self.not_pinned_to(r, host)):
+                    continue
+                if any(self.where.get(t) is not host for t in r.req.machine_of):
+                    continue
+                self.cluster.remove(host, x)
+                if not self.cluster.can_take(host, r.name, r.req):
+                    self.cluster.add(host, x, self.movable[x].req)
+                    continue
+                del self.where[x]
+                self.left[x] = f"replaced by {r.name} on {host.name}"
+                for f in self.followers(x, host):
+                    self.cluster.remove(host, f)
+                    del self.where[f]
+                    self.left[f] = f"following {x}, which {r.name} replaced on {host.name}"
+                self.cluster.add(host, r.name, r.req)
+                self.where[r.name] = host
+                self.placed[r.name] = f"replaces {x} on {host.name}"
+                break
+
+    def followers(self, target: str, host: Host) -> Iterator[str]:
+        """Units kept on ``host`` only because they follow ``target`` there (transitively)."""
+        if self._followers is None:
+            self._followers = {}
+            for u in sorted(self.movable.values(), key=lambda u: u.name):
+                for t in u.req.machine_of:
+                    self._followers.setdefault(t, []).append(u.name)
+        todo = [target]
+        while todo:
+            for f in self._followers.get(todo.pop(), ()):
+                if self.where.get(f) is host:
+                    todo.append(f)
+                    yield f
+
+    # -- 3. place ---------------------------------------------------------------------
+
+    def place_rest(self) -> None:
+        later: List[Tuple[UnitView, List[Host], str, Optional[Group]]] = []
+        pending = sorted((u for u in self.movable.values() if u.name not in self.where),
+                         key=self.order)
+        for u in pending:
+            if u.name in self.stuck:
+                self.refused[u.name] = self.stuck[u.name]
+                continue
+            req = u.req
+            if req.machine_of or req.machine_id:
+                host, context = self.follow(u) if req.machine_of else self.pin(u)
+                if host is None:
+                    self.refused[u.name] = context
+                    continue
+                refusal = host.static_refusal(req) or self.not_pinned_to(u, host)
+                if refusal:
+                    self.refused[u.name] = f"{context}, which {refusal}"
+                elif self.cluster.can_take(host, u.name, req):
+                    self.put(u, host, context)
+                else:
+                    later.append((u, [host], context, None))
+                continue
+            group = self.cluster.group(req)
+            if not group.members:
+                self.refused[u.name] = group.refusal
+                continue
+            chosen = self.cluster.choose(group, u.name, req)
+            if chosen is None:
+                later.append((u, group.members, "", group))
+                continue
+            n = len(group.members)
+            self.put(u, chosen, f"least loaded of {n} candidate machine{'s' * (n != 1)}")
+        # explained once everything is placed, so the reason describes the final state
+        # and the next pass, seeing that same state, computes the same words
+        for u, hosts, context, whole in later:
+            why = self.cluster.explain(u.name, u.req, hosts, whole)
+            self.refused[u.name] = f"{context}, but {why}" if context else why
+
+    def put(self, u: UnitView, host: Host, why: str) -> None:
+        self.cluster.add(host, u.name, u.req)
+        self.where[u.name] = host
+        self.placed[u.name] = why
+
+    def not_pinned_to(self, u: UnitView, host: Host) -> Optional[str]:
+        """A new placement honours MachineID= only on the one machine it resolves to: a
+        prefix that has become ambiguous admits no machine (while a unit already placed
+        where its prefix matches may stay, see must_leave)."""
+        if not u.req.machine_id:
+            return None
+        pinned, why = self.cluster.resolve_machine_id(u.req.machine_id)
+        if pinned is host:
+            return None
+        return (f"is not where MachineID={u.req.machine_id} points "
+                f"({pinned.name if pinned else why})")
+
+    def pin(self, u: UnitView) -> Tuple[Optional[Host], str]:
+        value = u.req.machine_id or ""
+        host, why = self.cluster.resolve_machine_id(value)
+        return (host, f"MachineID={value} is {host.name}") if host else (None, why)
+
+    def follow(self, u: UnitView) -> Tuple[Optional[Host], str]:
+        """MachineOf=: the machine of all its targets, or why there is none yet."""
+        found: List[Tuple[str, Host]] = []
+        for t in u.req.machine_of:
+            target = self.by_name.get(t)
+            if target is None:
+                return None, f"waiting for {t}, which does not exist"
+            if target.req.is_global:
+                return None, f"MachineOf={t} names a Global unit, which has no one machine"
+            if target.desired == INACTIVE:
+                return None, f"waiting for {t} to be placed (it is inactive)"
+            host = self.where.get(t)
+            if host is None:
+                return None, f"waiting for {t} to be placed"
+            found.append((t, host))
+        if len({h.name for _, h in found}) > 1:
+            spread = ", ".join(f"{t} on {h.name}" for t, h in found)
+            return None, f"its MachineOf= targets are on different machines: {spread}"
+        targets = " ".join(u.req.machine_of)
+        return found[0][1], f"MachineOf={targets} puts it on {found[0][1].name}"
+
+    # -- tasks ------------------------------------------------------------------------
+
+    def tasks(self) -> List[Place]:
+        out: List[Place] = []
+        for u in self.units:
+            if u.desired == INACTIVE or u.req.is_global:
+                if u.machine is not None:
+                    out.append(Place(u.name, None, UNLOADED if u.desired == INACTIVE else GLOBAL))
+                continue
+            host = self.where.get(u.name)
+            prefix = self.left.get(u.name)
+            if host is not None:
+                if u.name not in self.placed:
+                    continue  # kept where it is
+                reason = f"{prefix}; {self.placed[u.name]}" if prefix else self.placed[u.name]
+                if host.name != u.machine or reason != u.reason:
+                    out.append(Place(u.name, host.name, reason))
+                continue
+            why = self.refused[u.name]
+            if u.machine is None and (u.reason == why or u.reason.endswith("; " + why)):
+                continue  # still unplaced for the same reason (keep "machine h1 was removed; ...")
+            out.append(Place(u.name, None, f"{prefix}; {why}" if prefix else why))
+        return out
+
+
+def _machine_of_order(units: Mapping[str, UnitView]) -> Tuple[Dict[str, int], Dict[str, str]]:
+    """Each unit's depth in MachineOf= (targets first), and why units in a cycle wait.
+
+    Iterative, so a long chain cannot exhaust the stack.
+    """
+    depth: Dict[str, int] = {}
+    stuck: Dict[str, str] = {}
+    state: Dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def targets(name: str) -> List[str]:
+        return [t for t in units[name].req.machine_of if t in units]
+
+    for start in sorted(units):
+        if start in state:
             continue
-        if u.machine in known:
+        if not units[start].req.machine_of:
+            state[start], depth[start] = 2, 0
             continue
-        target, why = choose(u.name, candidates, load)
-        if u.machine is not None:
-            why = f"machine {u.machine} was removed; {why}"
-        if target is None:
-            # keep "machine X was removed; ..." rather than rewriting it every pass
-            if u.machine is not None or not u.reason.endswith(why):
-                tasks.append(Place(u.name, None, why))
+        state[start] = 1
+        path = [start]
+        stack: List[Tuple[str, Iterator[str]]] = [(start, iter(targets(start)))]
+        while stack:
+            node, todo = stack[-1]
+            for t in todo:
+                if t not in state:
+                    state[t] = 1
+                    path.append(t)
+                    stack.append((t, iter(targets(t))))
+                    break
+                if state[t] == 1:
+                    cycle = path[path.index(t):]
+                    text = "MachineOf= is circular: " + " -> ".join([*cycle, t])
+                    for c in cycle:
+                        stuck.setdefault(c, text)
+            else:
+                stack.pop()
+                path.pop()
+                state[node] = 2
+                depth[node] = 1 + max((depth.get(t, 0) for t in targets(node)), default=-1)
+    return depth, stuck
+
+
+def _replace_losers(units: Mapping[str, UnitView], cluster: Cluster) -> Dict[str, str]:
+    """Units that wait because they sit in a Replaces= cycle that another unit of runs."""
+    graph = {n: [x for x in u.req.replaces if x in units] for n, u in units.items()
+             if u.req.replaces}
+    graph = {n: [x for x in xs if x in graph] for n, xs in graph.items()}
+    out: Dict[str, str] = {}
+    for cycle in _cycles(graph):
+        placed = [n for n in cycle if units[n].machine in cluster.by_name]
+        winner = (placed or cycle)[0]
+        text = f"Replaces= is circular ({' '.join(cycle)}): {winner} runs instead"
+        for n in cycle:
+            if n != winner:
+                out[n] = text
+    return out
+
+
+def _cycles(graph: Mapping[str, List[str]]) -> List[List[str]]:
+    """Strongly connected components with a cycle (Tarjan's, iterative), names sorted."""
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    on_stack: Dict[str, bool] = {}
+    stack: List[str] = []
+    found: List[List[str]] = []
+    for root in sorted(graph):
+        if root in index:
             continue
-        load[target] = load.get(target, 0) + 1
-        tasks.append(Place(u.name, target, why))
-    return tasks
+        work = [(root, 0)]
+        while work:
+            node, i = work.pop()
+            if i == 0:
+                index[node] = low[node] = len(index)
+                stack.append(node)
+                on_stack[node] = True
+            succ = graph[node]
+            for j in range(i, len(succ)):
+                w = succ[j]
+                if w not in index:
+                    work.append((node, j + 1))
+                    work.append((w, 0))
+                    break
+                if on_stack.get(w):
+                    low[node] = min(low[node], index[w])
+            else:
+                if low[node] == index[node]:
+                    comp: List[str] = []
+                    while True:
+                        w = stack.pop()
+                        on_stack[w] = False
+                        comp.append(w)
+                        if w == node:
+                            break
+                    if len(comp) > 1 or node in graph[node]:
+                        found.append(sorted(comp))
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+    return found

@@ -80,6 +80,8 @@ def requirements(ctx: UnitContext, limits: Dict[str, Any]) -> Requirements:
             key, eq, value = item.partition("=")
             if not eq or not key:
                 ctx.fail(entry, f"{item!r} is not key=value")
+            if not value:
+                ctx.fail(entry, f"{key}= has no value (a machine never matches an empty one)")
             metadata.setdefault(key, [])
             if value not in metadata[key]:
                 metadata[key].append(value)
