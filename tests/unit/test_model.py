@@ -88,6 +88,8 @@ def test_load_minimal_unit_defaults() -> None:
         "timeout_stop_s": DEFAULT_TIMEOUT_STOP_S,
         "restart": "no",
         "restart_s": 0.1,
+        "restart_steps": 0,
+        "restart_max_delay_s": None,
         "start_limit_burst": 5,
         "start_limit_interval_s": 10.0,
         "success_exit_status": {"codes": [], "signals": []},
@@ -513,3 +515,35 @@ def test_empty_assignment_resets_single_options_to_their_default() -> None:
     assert config["kill_signal"] == signal.SIGTERM
     assert config["working_directory"] is None
     assert config["type"] == "simple"
+
+
+@pytest.mark.parametrize(("text", "line", "fragment"), [
+    ("[Service]\nExecStart=/bin/a\n[X-Fleet]\nMachineMetdata=role=web\n", 4,
+     "unknown option MachineMetdata= in [X-Fleet]; did you mean MachineMetadata=?"),
+    ("[Service]\nExecStart=/bin/a\n[X-Fleet]\nConflict=web*\n", 4,
+     "did you mean Conflicts=?"),
+    ("[Service]\nExecStart=/bin/a\n[X-Fleet]\nMachineMetadata=role=\n", 4,
+     "role= has no value"),
+    ("[Service]\nExecStart=/bin/a\n[X-Fleet]\nGlobal=true\nMachineID=abc\n", 5,
+     "MachineID= cannot be combined with Global=true"),
+    ("[Service]\nExecStart=/bin/a\n[X-Fleet]\nGlobal=maybe\n", 4, "is not a boolean"),
+])
+def test_x_fleet_errors_name_line_and_suggest(text: str, line: int, fragment: str) -> None:
+    with pytest.raises(UnitError) as err:
+        load("a.service", text, "units/a.service")
+    assert str(err.value).startswith(f"units/a.service:{line}: ")
+    assert fragment in str(err.value)
+
+
+def test_unknown_systemd_options_are_kept_for_the_systemd_driver() -> None:
+    text = "[Unit]\nAfter=network.target\n[Service]\nExecStart=/bin/a\nProtectSystem=strict\n"
+    unit = load("a.service", text)
+    assert [(e.key, e.value) for e in unit.file.entries if e.key == "ProtectSystem"] == [
+        ("ProtectSystem", "strict")]
+
+
+def test_fleet_spellings_of_x_fleet_options_still_work() -> None:
+    text = ("[Service]\nExecStart=/bin/a\n[X-Fleet]\nX-ConditionMachineOf=db.service\n"
+            "X-Conflicts=web*.service\n")
+    req = load("a.service", text).requirements
+    assert req.machine_of == ("db.service",) and req.conflicts == ("web*.service",)
