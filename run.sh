@@ -12,9 +12,10 @@ VENV=$ROOT/.venv
 # (nsenter, unshare, setsid and setpriv come with util-linux, which Debian always has);
 # redis-server and nginx are real programs the tests supervise (forking, own signals);
 # a JDK builds and runs the java driver's test jar; debootstrap builds the lab's systemd
-# host (cached in /var/cache/fleetd-lab).
+# host (cached in /var/cache/fleetd-lab); supervisor is the peer bench/restart_latency.py
+# measures against (its daemon is never started by the package: see policy-rc.d below).
 APT_PACKAGES=(openssh-server openssh-client iproute2 python3 python3-venv
-              redis-server nginx-light openjdk-17-jdk-headless debootstrap)
+              redis-server nginx-light openjdk-17-jdk-headless debootstrap supervisor)
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then
@@ -72,7 +73,9 @@ The lab is up: fleetd at unix:///run/fleetd/fleetd.sock, hosts h1..h3 (lab dir /
 Go on with (PATH=$VENV/bin:\$PATH):
   fleetctl list-unit-files          fleetctl cat hello.service
   fleetctl stop hello.service       fleetctl destroy hello.service
-  fleetctl start units/*.service    fleetctl lab status
+  fleetctl status hello.service     fleetctl journal -f hello.service
+  fleetctl start --var port=8080 units/web@1.service units/web@2.service
+  fleetctl lab status
 Tear it all down with:
   $VENV/bin/fleetctl lab down
 MSG

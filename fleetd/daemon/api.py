@@ -30,6 +30,8 @@ from fleetd.registry.base import (
     UnitRecord,
 )
 from fleetd.transport.base import TransportError
+from fleetd.units.parser import UnitError
+from fleetd.units.validate import validate
 
 if TYPE_CHECKING:  # app imports this module to serve it
     from fleetd.daemon.app import Daemon
@@ -314,9 +316,11 @@ async def unit_status(request: web.Request) -> web.Response:
         row = _observed_row(o)
         row["current"] = is_current(d, u, o)
         copies.append(row)
-    text = d.registry.unit_text(u.hash) or ""
-    description = next((ln.partition("=")[2].strip() for ln in text.splitlines()
-                        if ln.strip().startswith("Description=")), "")
+    try:  # the description as systemd would show it: specifiers expanded
+        description = validate(name, d.registry.unit_text(u.hash) or "", u.vars,
+                               name).description
+    except UnitError as exc:
+        description = f"(invalid: {exc})"
     result: Dict[str, Any] = {"unit": name, "description": description, "desired": u.desired,
                               "machine": u.machine, "reason": u.reason, "hash": u.hash,
                               "generation": u.generation, "vars": u.vars, "copies": copies,

@@ -39,6 +39,7 @@ def test_template_instances_render_per_machine_and_replace_updates_them(
     row = running(cluster, "web@3.service")
     wait_for("the rendered greeting", lambda: "web@3.service on " + row["machine"] +
              " port 803" in log_of(cluster, row))
+    assert "● web@3.service - web instance 3" in cluster.ctl("status", "web@3.service").stdout
 
     # the template is now submitted: another instance by name alone, from anywhere
     cluster.ctl("start", "web@4.service")
