@@ -129,7 +129,8 @@ class AgentDaemon:
             interval = float(msg.get("heartbeat_s", 1.0))
             client.send(protocol.encode(
                 "hello", machine_id=self.machine_id, hostname=os.uname().nodename,
-                agent_version=__version__, facts=facts.gather(self.machine_id),
+                agent_version=__version__,
+                facts=facts.gather(self.machine_id, self.supervisor.backend.facts()),
             ))
             client.send(protocol.encode("status", units=self.supervisor.snapshot()))
             client.ready = True

@@ -5,27 +5,25 @@ from __future__ import annotations
 import os
 import platform
 import socket
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import psutil
 
 from fleetd import __version__
 from fleetd.drivers import java
+from fleetd.drivers.systemd import SystemdDriver
 
 
-def _pid1() -> str:
-    try:
-        with open("/proc/1/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def gather(machine_id: str) -> Dict[str, Any]:
+def gather(machine_id: str, cgroups: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Facts for scheduling and rendering; ``capabilities`` are what units may require
-    ("systemd", "java", "java:17", ...)."""
+    ("systemd", "java", "java:17", ...). ``cgroups`` is the agent's cgroup backend's
+    facts (version, enforceable ``limits``, ...), so that fleetd can place units with
+    MemoryMax= and friends only where they are enforced.
+
+    "systemd" means Driver=systemd units can run here: PID 1 is systemd *and* the agent
+    can install units and reach it (SystemdDriver.available), not only the former."""
     javas = java.installed_javas()
-    systemd = _pid1() == "systemd"
+    systemd = SystemdDriver().available()
     return {
         "machine_id": machine_id,
         "hostname": socket.gethostname(),
@@ -36,6 +34,7 @@ def gather(machine_id: str) -> Dict[str, Any]:
         "python": platform.python_version(),
         "agent_version": __version__,
         "systemd": systemd,
+        "cgroups": cgroups if cgroups is not None else {"version": "unknown", "limits": []},
         "java": [j.to_fact() for j in javas],
         "capabilities": sorted({*(["systemd"] if systemd else []),
                                 *java.machine_capabilities(javas)}),

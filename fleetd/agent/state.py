@@ -9,8 +9,12 @@
   agent.sock           where ``fleet-agent attach`` finds the daemon (mode 0600)
   agent.lock, agent.pid, agent.log
 
-Every file is replaced atomically (write, fsync, rename, fsync the directory): a crash
-leaves the old version or the new one, never half of one.
+Every file is replaced atomically (write, rename): a crash leaves the old version or the
+new one, never half of one. Files that must outlive a reboot (machine-id, desired.json)
+are also fsynced, with their directory. Unit records are not: a record only matters in
+the boot that wrote it (a restarted agent discards records of an earlier boot), and an
+agent's crash does not lose the page cache - so the fsync, milliseconds on a restart's
+path, would buy nothing.
 """
 
 from __future__ import annotations
@@ -24,16 +28,20 @@ from typing import Any, Dict, List
 DEFAULT_STATE_DIR = "/var/lib/fleet-agent"
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
+def atomic_write(path: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically; ``durable``: also across a power loss."""
     directory = os.path.dirname(path)
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    if not durable:
+        return
     dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
@@ -105,7 +113,8 @@ class AgentState:
         return records
 
     def save_record(self, unit: str, record: Dict[str, Any]) -> None:
-        atomic_write(os.path.join(self.units_dir, unit + ".json"), json.dumps(record).encode())
+        atomic_write(os.path.join(self.units_dir, unit + ".json"), json.dumps(record).encode(),
+                     durable=False)
 
     def delete_record(self, unit: str) -> None:
         with contextlib.suppress(FileNotFoundError):

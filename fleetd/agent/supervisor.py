@@ -2,35 +2,68 @@
 
 One ``Managed`` per unit. Changes to a unit are serialised by its lock: ``converge(name)``
 asks the pure reconciler for the next task and executes it until there is none, so a
-burst of desired-set updates always ends at the latest one.
+burst of desired-set updates always ends at the latest one. Everything else that acts
+on a unit - handling an exit, a restart after its delay, sweeping its leftovers - takes
+the same lock, so two programs of one unit can never be started side by side.
 
-Exits are seen through a pidfd per program (Linux 5.3+): it works for children and for
-programs a previous agent started (adopted ones, which are not our children), costs no
-thread and no polling, and fires the moment the program dies. For children the exit
-status then comes from waitpid; for adopted programs it cannot be known, and is
-reported as unknown rather than guessed.
+A unit's life with the exec and java drivers, as systemd runs a service:
+
+  start    start limit -> leftovers of an earlier run killed -> ExecStartPre= in order
+           (each must succeed unless "-") -> the main process -> ExecStartPost=
+           (running once they succeeded; Type=oneshot: after its ExecStart= lines ran)
+  exit     seen through a pidfd (fleetd.agent.procwatch), at once. The main process is
+           the unit: when it ends, whatever it left in the cgroup is stopped too
+           (KillSignal=, SIGKILL after TimeoutStopSec=) - systemd's KillMode=
+           control-group. A program that forks into the background and exits is not a
+           Type=simple service; its daemon would be killed right away (run it in the
+           foreground, or use Driver=systemd for Type=forking).
+  restart  by Restart= on the run's result (fleetd.agent.restart), after RestartSec=
+           growing by RestartSteps= up to RestartMaxDelaySec=; with a delay of 0 the new
+           program is forked in the same turn of the event loop that saw the exit. While
+           it waits the unit is reported ``starting`` (systemd: activating/auto-restart),
+           not ``failed``: fleetd must not reschedule a unit that is about to come back.
+  limit    more than StartLimitBurst= starts within StartLimitIntervalSec=: ``failed``,
+           with the reason, and no more restarts here (fleetd may reschedule it).
+  stop     ExecStop= (if the program runs), then KillSignal= to the whole cgroup, then
+           SIGKILL after TimeoutStopSec= (none: wait for ever), then the cgroup is removed.
+
+A unit's cgroup (fleet/<machine-id>/<unit> in every hierarchy) lives from its first
+start until the unit settles (exited, failed, stopped) or is forgotten; restarts reuse
+it (its limits are written again, so a changed limit applies), and its OOM kill counter
+then tells an OOM kill from any other SIGKILL. At agent start every cgroup of ours that
+no adopted program explains is emptied (SIGKILL) and removed: a program whose record was
+lost in a crash must not run on beside the copy the agent is about to start.
+
+Driver=systemd units are systemd's to run, restart and limit: they are started and
+stopped through the driver and polled (fleetd.agent.systemd_units).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import os
 import signal
+import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
 
 from fleetd import protocol
-from fleetd.agent import reconciler
+from fleetd.agent import procwatch, reconciler, restart
+from fleetd.agent.managed import Managed
 from fleetd.agent.reconciler import Current
 from fleetd.agent.state import AgentState
-from fleetd.drivers.base import Driver, DriverError, Handle, StartContext
-from fleetd.drivers.exec import ExecDriver, exit_description, same_process, wait_status_to_code
+from fleetd.agent.systemd_units import SystemdUnits
+from fleetd.cgroups import Backend, CgroupError, Limits, detect
+from fleetd.drivers.base import Driver, DriverError, Handle, ProcessDriver, StartContext
+from fleetd.drivers.exec import ExecDriver
 from fleetd.drivers.java import JavaDriver
+from fleetd.drivers.systemd import SystemdDriver
 
 log = logging.getLogger("fleet-agent")
 
 KILL_GRACE_S = 5.0  # after SIGKILL, how long to wait before giving up on a process
+EMPTY_POLL_S = 0.01  # how often a cgroup is looked at while waiting for it to empty
 
 
 def boot_id() -> str:
@@ -42,62 +75,47 @@ def boot_id() -> str:
         return ""
 
 
-class Managed:
-    """A unit on this host: its spec, its program (if any) and its last outcome."""
-
-    def __init__(self, spec: Dict[str, Any], state: str = protocol.STOPPED) -> None:
-        self.spec = spec
-        self.state = state
-        self.handle: Optional[Handle] = None
-        self.exit_status: Optional[int] = None
-        self.restarts = 0
-        self.error: Optional[str] = None
-        self.command_index = 0
-        self.gone = asyncio.Event()  # set while no program runs
-        self.gone.set()
-
-    @property
-    def name(self) -> str:
-        return str(self.spec["name"])
-
-    def status(self) -> Dict[str, Any]:
-        h = self.handle
-        return protocol.unit_status(
-            self.name, self.spec["hash"], self.state,
-            pid=h.pid if h and self.state in reconciler.ACTIVE else None,
-            started_at=h.started_at if h else None,
-            exit_status=self.exit_status, restarts=self.restarts, error=self.error,
-            generation=self.spec.get("generation", 0),
-        )
-
-
 class Supervisor:
     def __init__(
         self,
         state: AgentState,
         machine_id: str,
         emit: Callable[[bytes], None],
+        backend: Optional[Backend] = None,
     ) -> None:
         self.state = state
         self.machine_id = machine_id
         self.emit = emit
-        exec_driver = ExecDriver()  # shared: java runs through the exec driver's machinery
+        # several agents may share one kernel (lab hosts): each owns fleet/<machine-id>
+        self.backend = backend if backend is not None else detect(parent=f"fleet/{machine_id}")
+        exec_driver = ExecDriver(self.backend)  # java runs through the exec driver
         self.drivers: Dict[str, Driver] = {"exec": exec_driver,
                                            "java": JavaDriver(exec_driver)}
+        sd = SystemdDriver()
+        if sd.available():
+            self.drivers["systemd"] = sd
+        self.systemd = SystemdUnits(self, sd if "systemd" in self.drivers else None)
         self.desired: Dict[str, Dict[str, Any]] = {}
         self.units: Dict[str, Managed] = {}
         self.boot_id = boot_id()
         # one lock per unit name, kept for the agent's life: two converges of one unit
         # must never run side by side (that is how duplicates are born)
         self._locks: Dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: Set[asyncio.Task[None]] = set()
 
     # --- reports -----------------------------------------------------------------
     def snapshot(self) -> List[Dict[str, Any]]:
         return [m.status() for m in self.units.values()]
 
-    def _report(self, m: Managed) -> None:
+    def report(self, m: Managed) -> None:
         self.emit(protocol.encode("unit", unit=m.status()))
+
+    def save(self, m: Managed) -> None:
+        """The evidence a restarted agent re-adopts the program by."""
+        assert m.handle is not None
+        self.state.save_record(m.name, {"spec": m.spec, "handle": m.handle.to_record(),
+                                        "boot_id": self.boot_id, "restarts": m.restarts,
+                                        "streak": m.streak})
 
     # --- desired state ---------------------------------------------------------------
     def set_desired(self, specs: List[Dict[str, Any]]) -> None:
@@ -105,16 +123,23 @@ class Supervisor:
         self.state.save_desired(specs)
         self.desired = {s["name"]: s for s in specs}
         for name in set(self.desired) | set(self.units):
-            self._spawn(self.converge(name))
+            self.spawn(self.converge(name))
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("internal error", exc_info=task.exception())
+
+    def lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
 
     async def converge(self, name: str) -> None:
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
+        async with self.lock(name):
             while True:
                 m = self.units.get(name)
                 spec = self.desired.get(name)
@@ -129,173 +154,471 @@ class Supervisor:
                     self.state.delete_record(name)
                     fresh = Managed(spec)
                     self.units[name] = fresh
-                    self._report(fresh)
+                    self.report(fresh)
                 elif task.kind == reconciler.START:
                     assert m is not None
-                    self._start(m)
+                    await self._start(m)
                 elif task.kind == reconciler.STOP:
                     assert m is not None
                     await self._stop(m)
                 elif task.kind == reconciler.FORGET:
-                    self.units.pop(name, None)
-                    self.state.delete_record(name)
-                    self.emit(protocol.encode("removed", name=name))
+                    assert m is not None
+                    await self._forget(m)
+
+    def _wanted(self, m: Managed) -> bool:
+        """Is ``m`` still the spec fleetd wants running (checked before a delayed
+        restart: the desired set may have changed while it waited)?"""
+        spec = self.desired.get(m.name)
+        return (self.units.get(m.name) is m and spec is not None
+                and spec["hash"] == m.spec["hash"]
+                and spec.get("generation", 0) == m.spec.get("generation", 0)
+                and spec["want"] == protocol.WANT_RUNNING)
+
+    def _driver(self, m: Managed) -> Optional[Driver]:
+        return self.drivers.get(m.spec["driver"])
+
+    def _context(self, m: Managed) -> StartContext:
+        return StartContext(unit=m.name, machine_id=self.machine_id,
+                            log_path=self.state.unit_log(m.name),
+                            invocation_id=uuid.uuid4().hex)
 
     # --- starting ------------------------------------------------------------------
-    def _start(self, m: Managed) -> None:
-        driver = self.drivers.get(m.spec["driver"])
-        m.exit_status = None
-        m.error = None
+    async def _start(self, m: Managed, automatic: bool = False) -> None:
+        """Start the unit (under its lock). ``automatic``: a restart by Restart=."""
+        driver = self._driver(m)
+        m.cancel_timers()
+        last_error, m.error = m.error, None
         if driver is None:
-            m.state, m.error = protocol.FAILED, f"driver {m.spec['driver']} is not available here"
-            self._report(m)
+            self._finish(m, protocol.FAILED, f"driver {m.spec['driver']} is not available here")
             return
-        ctx = StartContext(unit=m.name, machine_id=self.machine_id,
-                           log_path=self.state.unit_log(m.name),
-                           invocation_id=uuid.uuid4().hex)
+        if getattr(driver, "supervises", False):
+            await self.systemd.start(m, driver)
+            return
+        proc = cast(ProcessDriver, driver)
+        loop = asyncio.get_running_loop()
+        if not automatic:
+            m.exit_status, m.streak = None, 0
+        if not m.limiter.allow(loop.time()):
+            hit = m.limiter.describe()
+            self._finish(m, protocol.FAILED, f"{hit} (last: {last_error})" if automatic
+                         and last_error else hit)
+            self._release(m)
+            return
+        if automatic:
+            m.restarts += 1
+        if not await self._clear(m, signal.SIGKILL, KILL_GRACE_S):
+            self._finish(m, protocol.FAILED, "processes of an earlier run of this unit "
+                                             "survived SIGKILL in its cgroup")
+            return
+        config = m.config
+        timeout = config.get("timeout_start_s")
+        m.deadline = loop.time() + timeout if timeout is not None else None
+        ctx = self._context(m)
+        if config.get("pre") and m.state != protocol.STARTING:
+            m.state = protocol.STARTING
+            self.report(m)
+        for command in config.get("pre") or []:
+            outcome, why = await self._control(m, proc, ctx, command, "ExecStartPre")
+            if outcome != restart.SUCCESS:
+                await self._after_run(m, outcome, why, ran_s=0.0)
+                return
         try:
-            handle = driver.start(m.spec["config"], ctx, m.command_index)
+            handle = proc.start(config, ctx, m.command_index)
         except DriverError as exc:
-            m.state, m.error = protocol.FAILED, str(exc)
             log.warning("%s: cannot start: %s", m.name, exc)
-            self._report(m)
+            await self._after_run(m, restart.EXIT_CODE, str(exc), ran_s=0.0)
             return
+        self._running(m, handle)
+        if m.oneshot:
+            self._arm_start_timeout(m, handle)
+            if m.state != protocol.STARTING:
+                m.state = protocol.STARTING
+                self.report(m)
+            return
+        if config.get("post"):
+            if m.state != protocol.STARTING:
+                m.state = protocol.STARTING
+                self.report(m)
+            ok = await self._posts(m, proc, ctx, handle)
+            if not ok or m.handle is not handle or m.gone.is_set():
+                return  # _life handles the end
+        m.state = protocol.RUNNING
+        self.report(m)
+
+    def _running(self, m: Managed, handle: Handle) -> None:
+        """The main process is up: remember it (on disk too) and watch it."""
         m.handle = handle
         m.gone.clear()
-        oneshot = m.spec["config"].get("type") == "oneshot"
-        m.state = protocol.STARTING if oneshot else protocol.RUNNING
-        self.state.save_record(m.name, {"spec": m.spec, "handle": handle.to_record(),
-                                        "boot_id": self.boot_id, "restarts": m.restarts})
-        self._watch(m, handle)
-        self._report(m)
+        m.forced = None
+        m.started_mono = asyncio.get_running_loop().time()
+        m.oom_before = self._oom_kills(m)
+        self.save(m)
+        self.spawn(self._life(m, handle))
+
+    async def _posts(self, m: Managed, proc: ProcessDriver, ctx: StartContext,
+                     handle: Handle) -> bool:
+        """ExecStartPost=, with $MAINPID; a failure ends the program (systemd: the
+        start failed, so the unit goes down and Restart= decides)."""
+        for command in m.config.get("post") or []:
+            outcome, why = await self._control(m, proc, ctx, command, "ExecStartPost",
+                                               {"MAINPID": str(handle.pid)})
+            if outcome != restart.SUCCESS:
+                if m.handle is handle and not m.gone.is_set():
+                    m.forced = (outcome, why or "ExecStartPost= failed")
+                    self.spawn(self._terminate(m, handle))
+                return False
+        return True
+
+    def _arm_start_timeout(self, m: Managed, handle: Handle) -> None:
+        """Type=oneshot: TimeoutStartSec= bounds its whole run."""
+        if m.deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def expired() -> None:
+            if m.handle is handle and not m.gone.is_set():
+                timeout = restart.format_seconds(float(m.config.get("timeout_start_s") or 0))
+                m.forced = (restart.TIMEOUT, f"did not finish within TimeoutStartSec={timeout}")
+                self.spawn(self._terminate(m, handle))
+
+        m.timeout_timer = loop.call_at(m.deadline, expired)
+
+    async def _terminate(self, m: Managed, handle: Handle) -> None:
+        """End a program we gave up on: KillSignal=, SIGKILL after TimeoutStopSec=."""
+        driver = cast(ProcessDriver, self._driver(m))
+        driver.signal(handle, int(m.config.get("kill_signal", signal.SIGTERM)))
+        if not await _wait(m.gone, m.config.get("timeout_stop_s", 90.0)):
+            driver.signal(handle, signal.SIGKILL)
+
+    async def _control(self, m: Managed, proc: ProcessDriver, ctx: StartContext,
+                       command: Dict[str, Any], option: str,
+                       extra_env: Optional[Dict[str, str]] = None,
+                       timeout: Optional[float] = None) -> Tuple[str, Optional[str]]:
+        """Run one control command to its end: (result, why it failed)."""
+        words = " ".join(str(w) for w in command.get("words", []))
+        what = f"{option}={words}"
+        try:
+            h = proc.run(m.config, ctx, command, extra_env)
+        except DriverError as exc:
+            return restart.EXIT_CODE, f"{what}: {exc}"
+        ended = procwatch.watch(h.pid, h.start_ticks)
+        loop = asyncio.get_running_loop()
+        if timeout is None and m.deadline is not None and option.startswith("ExecStart"):
+            timeout = max(m.deadline - loop.time(), 0.0)
+        try:
+            end = await asyncio.wait_for(asyncio.shield(ended), timeout)
+        except asyncio.TimeoutError:
+            # the command's own process group (it leads one), not the unit's cgroup
+            proc.signal(dataclasses.replace(h, unit=""), signal.SIGKILL)
+            await ended
+            return restart.TIMEOUT, f"{what}: did not finish in time ({option})"
+        if command.get("ignore_failure"):
+            return restart.SUCCESS, None
+        outcome = restart.result(end, m.config.get("success_exit_status"), oneshot=True)
+        if outcome == restart.SUCCESS:
+            return outcome, None
+        return outcome, f"{what}: {restart.describe(outcome, end)}"
+
+    def end_run(self, name: str, outcome: str, why: str) -> bool:
+        """End the unit's running program for a reason of the agent's own - for a failing
+        health check: ``end_run(name, restart.WATCHDOG, "health check failing: ...")``,
+        systemd's nearest equivalent being WatchdogSec= - with KillSignal=, then SIGKILL
+        after TimeoutStopSec=. Restart= then judges ``outcome`` like any other end.
+        False if no program of the unit runs (or it is the host's systemd's)."""
+        m = self.units.get(name)
+        driver = self._driver(m) if m is not None else None
+        if (m is None or driver is None or getattr(driver, "supervises", False)
+                or m.handle is None or m.gone.is_set() or m.state == protocol.STOPPING):
+            return False
+        m.forced = (outcome, why)
+        self.spawn(self._terminate(m, m.handle))
+        return True
+
+    # --- exits ------------------------------------------------------------------------
+    async def _life(self, m: Managed, handle: Handle) -> None:
+        """Wait for the main process to end, then decide what follows (under the lock)."""
+        end = await procwatch.watch(handle.pid, handle.start_ticks)
+        if m.handle is handle:
+            m.gone.set()  # before taking the lock: a stop holding it waits for this
+        if m.handle is not handle:
+            return  # a stale watcher of an earlier program of this unit
+        if m.state == protocol.STOPPING:
+            m.exit_status = end.code
+            return  # _stop reports the outcome
+        async with self.lock(m.name):
+            if (self.units.get(m.name) is not m or m.handle is not handle
+                    or m.state in (protocol.STOPPING, protocol.STOPPED)):
+                return
+            await self._ended(m, handle, end)
+
+    async def _ended(self, m: Managed, handle: Handle, end: restart.Exit) -> None:
+        if m.timeout_timer is not None:
+            m.timeout_timer.cancel()
+            m.timeout_timer = None
+        config = m.config
+        loop = asyncio.get_running_loop()
+        ran_s = loop.time() - m.started_mono
+        forced, m.forced = m.forced, None
+        # the main process was the unit: what it left behind goes too (KillMode=control-group)
+        await self._clear(m, int(config.get("kill_signal", signal.SIGTERM)),
+                          config.get("timeout_stop_s", 90.0))
+        commands = config.get("commands") or []
+        ignore = bool(commands and commands[m.command_index].get("ignore_failure"))
+        oom = end.code == -signal.SIGKILL and self._oom_kills(m) > m.oom_before
+        if forced is not None:
+            outcome, why = forced[0], forced[1]
+        elif ignore:
+            outcome, why = restart.SUCCESS, None
+        else:
+            outcome = restart.result(end, config.get("success_exit_status"), m.oneshot, oom)
+            why = None if outcome == restart.SUCCESS else restart.describe(
+                outcome, end, Limits.from_config(config.get("limits") or {}).describe(
+                    ["memory_max"]))
+        log.info("%s: pid %d %s", m.name, handle.pid, why or "ended cleanly")
+        m.exit_status = end.code
+        if outcome == restart.SUCCESS and m.oneshot:
+            if m.command_index + 1 < len(commands):
+                m.command_index += 1  # oneshot: the next ExecStart= in order
+                if await self._next_command(m):
+                    return
+                outcome, why = restart.EXIT_CODE, m.error
+            else:
+                m.command_index = 0
+                proc = cast(ProcessDriver, self._driver(m))
+                ok = await self._posts(m, proc, self._context(m), handle)
+                if not ok:
+                    outcome, why = restart.EXIT_CODE, "ExecStartPost= failed"
+        m.command_index = 0
+        await self._after_run(m, outcome, why, ran_s)
+
+    async def _next_command(self, m: Managed) -> bool:
+        proc = cast(ProcessDriver, self._driver(m))
+        try:
+            handle = proc.start(m.config, self._context(m), m.command_index)
+        except DriverError as exc:
+            m.error = str(exc)
+            return False
+        self._running(m, handle)
+        self._arm_start_timeout(m, handle)
+        return True
+
+    async def _after_run(self, m: Managed, outcome: str, why: Optional[str],
+                         ran_s: float) -> None:
+        """A run (or a start) ended with ``outcome``: restart by policy, or settle."""
+        opts = restart.restart_options(m.config)
+        if restart.streak_broken(ran_s, opts["max_delay_s"]):
+            m.streak = 0
+        if restart.shall_restart(opts["policy"], outcome):
+            m.streak += 1
+            delay = restart.delay(m.streak, opts["restart_s"], opts["steps"],
+                                  opts["max_delay_s"])
+            m.state, m.error = protocol.STARTING, why
+            log.info("%s: restarting in %s (%s)", m.name, restart.format_seconds(delay),
+                     why or outcome)
+            self.report(m)
+            self._restart_after(m, delay)
+            return  # the record stays until the next program's replaces it: it proves
+            # nothing (its pid is dead), and a restarted agent restarts the unit by it
+        self.state.delete_record(m.name)
+        await self._clear(m, signal.SIGKILL, KILL_GRACE_S)  # what a failed ExecStartPre= left
+        self._release(m)
+        self._finish(m, protocol.EXITED if outcome == restart.SUCCESS else protocol.FAILED,
+                     why)
+        self.spawn(self.converge(m.name))
+
+    def _finish(self, m: Managed, state: str, why: Optional[str]) -> None:
+        m.state, m.error = state, why
+        if why and state == protocol.FAILED:
+            log.warning("%s: failed: %s", m.name, why)
+        self.report(m)
+
+    def _restart_after(self, m: Managed, delay: float) -> None:
+        m.restart_pending = True
+        if delay <= 0:  # no timer: the next turn of the loop forks it
+            self.spawn(self._restart(m))
+            return
+        loop = asyncio.get_running_loop()
+        m.restart_timer = loop.call_later(delay, lambda: self.spawn(self._restart(m)))
+
+    async def _restart(self, m: Managed) -> None:
+        async with self.lock(m.name):
+            if not m.restart_pending or m.state != protocol.STARTING:
+                return  # stopped or replaced meanwhile
+            m.restart_pending, m.restart_timer = False, None
+            if not self._wanted(m):
+                self.spawn(self.converge(m.name))
+                return
+            await self._start(m, automatic=True)
 
     # --- stopping ------------------------------------------------------------------
     async def _stop(self, m: Managed) -> None:
-        handle, driver = m.handle, self.drivers.get(m.spec["driver"])
-        if handle is None or driver is None or m.gone.is_set():
-            m.state = protocol.STOPPED
-            self._report(m)
+        driver = self._driver(m)
+        m.cancel_timers()
+        if driver is not None and getattr(driver, "supervises", False) and m.handle is not None:
+            await self.systemd.stop(m, driver)
             return
+        handle = m.handle
+        if handle is None or driver is None or m.gone.is_set():
+            await self._clear(m, signal.SIGKILL, KILL_GRACE_S)
+            self._release(m)
+            m.state = protocol.STOPPED
+            self.state.delete_record(m.name)
+            self.report(m)
+            return
+        proc = cast(ProcessDriver, driver)
         m.state = protocol.STOPPING
-        self._report(m)
-        config = m.spec["config"]
-        driver.signal(handle, int(config.get("kill_signal", signal.SIGTERM)))
+        self.report(m)
+        config = m.config
         timeout = config.get("timeout_stop_s", 90.0)  # None: wait as long as it takes
-        if not await _wait(m.gone, timeout):
-            log.warning("%s: still running %ss after its stop signal: SIGKILL", m.name, timeout)
-            driver.signal(handle, signal.SIGKILL)
-            if not await _wait(m.gone, KILL_GRACE_S):
-                m.error = f"pid {handle.pid} survived SIGKILL"
+        ctx = self._context(m)
+        for command in config.get("stop") or []:
+            if m.gone.is_set():
+                break
+            _outcome, why = await self._control(m, proc, ctx, command, "ExecStop",
+                                               {"MAINPID": str(handle.pid)}, timeout)
+            if why:
+                log.warning("%s: %s", m.name, why)
+        await self._clear(m, int(config.get("kill_signal", signal.SIGTERM)), timeout,
+                          handle=handle)
+        if not m.gone.is_set():
+            m.error = f"pid {handle.pid} survived SIGKILL"
+        self._release(m)
         m.state = protocol.STOPPED
         self.state.delete_record(m.name)
-        self._report(m)
+        self.report(m)
 
-    # --- exits -----------------------------------------------------------------------
-    def _watch(self, m: Managed, handle: Handle) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            fd = os.pidfd_open(handle.pid)
-        except ProcessLookupError:
-            loop.call_soon(self._exited, m, handle, _reap(handle.pid))
-            return
-        except (AttributeError, OSError):  # no pidfd here (kernel < 5.3): poll instead
-            self._spawn(self._poll_exit(m, handle))
-            return
-
-        def ready() -> None:
-            loop.remove_reader(fd)
-            os.close(fd)
-            self._exited(m, handle, _reap(handle.pid))
-
-        loop.add_reader(fd, ready)
-
-    async def _poll_exit(self, m: Managed, handle: Handle) -> None:
-        while same_process(handle):
-            code = _reap(handle.pid, block=False)
-            if code is not None:
-                self._exited(m, handle, code)
-                return
-            await asyncio.sleep(0.2)
-        self._exited(m, handle, _reap(handle.pid))
-
-    def _exited(self, m: Managed, handle: Handle, code: Optional[int]) -> None:
-        if m.handle is not handle:
-            return  # a stale watcher of an earlier program of this unit
-        m.gone.set()
-        if m.state == protocol.STOPPING:
-            m.exit_status = code
-            return  # _stop reports the outcome
+    async def _forget(self, m: Managed) -> None:
+        driver = self._driver(m)
+        self.units.pop(m.name, None)
         self.state.delete_record(m.name)
-        config = m.spec["config"]
-        commands = config.get("commands", [])
-        ignore = bool(commands and commands[m.command_index].get("ignore_failure"))
-        ok = code is not None and (code == 0 or ignore or is_success(code, config))
-        if ok and m.command_index + 1 < len(commands):
-            m.command_index += 1  # oneshot: run the next ExecStart= in order
-            self._start(m)
-            return
-        m.command_index = 0
-        m.exit_status = code
-        if code is None:
-            m.state = protocol.FAILED
-            m.error = "exited while not a child of this agent (status unknown)"
-        elif ok:
-            m.state = protocol.EXITED
+        if driver is not None and getattr(driver, "supervises", False):
+            await self.systemd.forget(m, driver)
         else:
-            m.state = protocol.FAILED
-            m.error = exit_description(code)
-        log.info("%s: pid %d %s", m.name, handle.pid, m.error or "exited 0")
-        self._report(m)
-        self._spawn(self.converge(m.name))
+            self._release(m)
+        self.emit(protocol.encode("removed", name=m.name))
+
+    # --- the unit's cgroup --------------------------------------------------------------
+    async def _clear(self, m: Managed, signum: int, timeout: Optional[float],
+                     handle: Optional[Handle] = None) -> bool:
+        """Make the unit's cgroup empty (and its main process gone, if ``handle``):
+        ``signum`` to every process, SIGKILL after ``timeout``. True once empty."""
+        cg = self.backend.unit(m.name, handle.pid if handle else None)
+        outside = handle is not None and not handle.unit  # adopted from a pre-cgroup agent
+
+        def empty() -> bool:
+            return (handle is None or m.gone.is_set()) and cg.empty()
+
+        if empty():
+            return True
+        for sig, wait in ((signum, timeout), (signal.SIGKILL, KILL_GRACE_S)):
+            try:
+                cg.kill(sig)
+            except CgroupError as exc:
+                log.warning("%s: %s", m.name, exc)
+            if outside and handle is not None:
+                cast(ProcessDriver, self._driver(m)).signal(handle, sig)
+            if await _until(empty, wait):
+                return True
+            if sig == signal.SIGKILL:
+                break
+            log.warning("%s: still running %ss after %s: SIGKILL", m.name, wait,
+                        signal.Signals(sig).name)
+        return empty()
+
+    def _release(self, m: Managed) -> None:
+        """Remove the unit's cgroup: it runs nothing any more."""
+        try:
+            self.backend.unit(m.name).remove()
+        except CgroupError as exc:
+            log.warning("%s: cannot remove its cgroup: %s", m.name, exc)
+
+    def _oom_kills(self, m: Managed) -> int:
+        try:
+            return self.backend.unit(m.name).oom_kills()
+        except CgroupError:
+            return 0
+
+    async def _sweep(self, name: str) -> None:
+        """A cgroup of ours that no adopted program explains: kill what is in it (a
+        program whose record was lost, or the leftovers of one that died) and remove it."""
+        async with self.lock(name):
+            m = self.units.get(name)
+            if m is not None and not m.gone.is_set():
+                return  # adopted after all
+            cg = self.backend.unit(name)
+            if cg.empty():
+                pass
+            else:
+                log.warning("%s: killing processes no record explains: %s", name, cg.pids())
+                try:
+                    cg.kill(signal.SIGKILL)
+                except CgroupError as exc:
+                    log.warning("%s: %s", name, exc)
+                await _until(cg.empty, KILL_GRACE_S)
+            try:
+                cg.remove()
+            except CgroupError as exc:
+                log.warning("%s: cannot remove its cgroup: %s", name, exc)
 
     # --- recovery -----------------------------------------------------------------------
     def recover(self) -> None:
-        """Rebuild the picture after an agent (re)start: adopt what still runs."""
+        """Rebuild the picture after an agent (re)start: adopt what provably still runs
+        (pid + exact start tick + cgroup membership), sweep every other cgroup of ours,
+        and converge."""
         self.desired = {s["name"]: s for s in self.state.load_desired()}
         records = self.state.load_records()
+        adopted: Set[str] = set()
+        dead: List[Managed] = []
         for name, record in records.items():
             spec = record.get("spec")
-            if not isinstance(spec, dict):
+            if not isinstance(spec, dict) or not isinstance(record.get("handle"), dict):
+                self.state.delete_record(name)
                 continue
             m = Managed(spec)
             m.restarts = int(record.get("restarts", 0))
+            m.streak = int(record.get("streak", 0))
             driver = self.drivers.get(spec.get("driver", ""))
             same_boot = record.get("boot_id") == self.boot_id
-            handle = driver.recover(record["handle"]) if driver and same_boot else None
-            if handle is not None:
+            handle: Optional[Handle] = None
+            if driver is not None and same_boot:
+                try:
+                    handle = driver.recover(record["handle"])
+                except DriverError as exc:
+                    log.warning("%s: cannot recover: %s", name, exc)
+            if handle is not None and getattr(driver, "supervises", False):
+                self.systemd.adopt(m, handle)
+            elif handle is not None:
                 m.handle, m.state = handle, protocol.RUNNING
                 m.gone.clear()
-                self._watch(m, handle)
+                loop = asyncio.get_running_loop()
+                m.started_mono = loop.time() - max(time.time() - handle.started_at, 0.0)
+                m.oom_before = self._oom_kills(m)
+                self.spawn(self._life(m, handle))
+                adopted.add(name)
                 log.info("%s: re-adopted pid %d", name, handle.pid)
             elif same_boot and name in self.desired:
                 m.state = protocol.FAILED
                 m.error = "exited while the agent was not running (status unknown)"
+                m.exit_status = None
                 self.state.delete_record(name)
+                dead.append(m)
             else:
                 self.state.delete_record(name)
                 continue  # from an earlier boot: start afresh below
             self.units[name] = m
+        for name in self.backend.units():
+            if name not in adopted:
+                self.spawn(self._sweep(name))
+        for m in dead:  # ended unseen: an unknown result, for Restart= to judge
+            self.spawn(self._dead_on_arrival(m))
+        self.systemd.recovered(records)
         for name in set(self.desired) | set(self.units):
-            self._spawn(self.converge(name))
+            self.spawn(self.converge(name))
 
-
-def is_success(code: int, config: Dict[str, Any]) -> bool:
-    """SuccessExitStatus=: listed exit codes, and deaths by listed signals, are clean."""
-    listed = config.get("success_exit_status") or {}
-    if code >= 0:
-        return code in listed.get("codes", [])
-    return -code in listed.get("signals", [])
-
-
-def _reap(pid: int, block: bool = True) -> Optional[int]:
-    """The exit code of our child ``pid``; None if it is not our child."""
-    try:
-        wpid, status = os.waitpid(pid, 0 if block else os.WNOHANG)
-    except ChildProcessError:
-        return None
-    if wpid == 0:
-        return None
-    return wait_status_to_code(status)
+    async def _dead_on_arrival(self, m: Managed) -> None:
+        async with self.lock(m.name):
+            if self.units.get(m.name) is m and m.state == protocol.FAILED and self._wanted(m):
+                await self._after_run(m, restart.UNKNOWN, m.error, ran_s=0.0)
 
 
 async def _wait(event: asyncio.Event, timeout: Optional[float]) -> bool:
@@ -305,3 +628,13 @@ async def _wait(event: asyncio.Event, timeout: Optional[float]) -> bool:
     except asyncio.TimeoutError:
         return False
 
+
+async def _until(predicate: Callable[[], bool], timeout: Optional[float]) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` (None: no limit) has passed."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    while not predicate():
+        if deadline is not None and loop.time() >= deadline:
+            return False
+        await asyncio.sleep(EMPTY_POLL_S)
+    return True

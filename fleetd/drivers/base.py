@@ -3,12 +3,16 @@
 Modelled on Nomad's driver plugins, with one rule Nomad's exec driver lacks: a driver
 must be able to *recover* a task it did not start in this process, from the record it
 wrote when it started it, so that a restarted agent adopts running programs instead of
-starting duplicates. Identity is never the pid alone: pid + process start time +
-the invocation id the driver put in the program's environment (and, with cgroups, the
-cgroup), because pids are reused.
+starting duplicates. Identity is never the pid alone: pid + the exact start tick of
+the process + membership of the unit's cgroup (+ the invocation id the driver put in the
+program's environment, where it can still be read), because pids are reused.
 
 Stopping is generic (signal, wait, escalate) and lives in the supervisor; drivers only
-deliver signals to every process of the unit.
+deliver signals to every process of the unit. Drivers that run processes themselves
+(exec, and java through it) are ``ProcessDriver``s: they also run a unit's control
+commands (ExecStartPre=, ExecStartPost=, ExecStop=) in the same environment and cgroup.
+A driver whose host service manager supervises for it (systemd) says so with
+``supervises = True`` and is polled instead.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class Handle:
     started_at: float  # wall clock, for users
     invocation_id: str
     start_ticks: int = -1  # the kernel's start time of ``pid`` in clock ticks: the reuse guard
+    unit: str = ""  # the unit (and so its cgroup); "" in records of older agents
 
     def to_record(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -78,3 +83,13 @@ class Driver(Protocol):
     def recover(self, record: Dict[str, Any]) -> Optional[Handle]:
         """The handle for a program this driver started earlier, if it still runs and is
         provably the same program; None otherwise."""
+
+
+class ProcessDriver(Driver, Protocol):
+    """A driver that forks the unit's processes itself, into the unit's cgroup."""
+
+    def run(self, config: Dict[str, Any], ctx: StartContext, command: Dict[str, Any],
+            extra_env: Optional[Dict[str, str]] = None) -> Handle:
+        """Start one control command (ExecStartPre=/Post=/Stop=) of the unit, in its
+        environment (plus ``extra_env``, like MAINPID), cgroup and log; raise
+        DriverError. The supervisor waits for it."""

@@ -1,14 +1,26 @@
-"""The exec driver: a raw program, forked by the agent, in its own session.
+"""The exec driver: a raw program, forked by the agent, in the unit's cgroup.
 
-The program gets systemd's view of a service: a clean environment (PATH, LANG, then
-Environment=), ``/`` or WorkingDirectory= as its directory, stdin from /dev/null and
-stdout/stderr appended to the unit's log file. Its argv is ExecStart= split like systemd
-splits it (done by fleetd) and expanded here against that environment; no shell is
-involved unless the unit names one.
+The program gets systemd's view of a service: a clean environment (PATH, LANG, HOME;
+$USER/$LOGNAME/$HOME/$SHELL of User=; then Environment=, then EnvironmentFile=, each
+overriding the one before, as systemd.exec(5) orders them), ``/`` or WorkingDirectory=
+as its directory, stdin from /dev/null and stdout/stderr appended to the unit's log
+file. Its argv is ExecStart= split like systemd splits it (done by fleetd) and expanded
+here against that environment; no shell is involved unless the unit names one.
+
+Between fork and exec the child joins the unit's cgroup (created with the unit's limits
+first: MemoryMax=, CPUQuota=, CPUWeight=, TasksMax=), sets LimitNOFILE= and switches to
+User=/Group= - in that order, as the first two need root. So the program never runs a
+single instruction outside its limits or as the wrong user.
 
 It runs as the leader of a new session, so that it outlives the agent (no SIGHUP when
-the agent dies) and so that one ``killpg`` reaches its helpers. A FLEET_INVOCATION_ID
-in its environment lets a restarted agent prove it is the same program.
+the agent dies). ``signal`` goes to the whole cgroup, which reaches helpers that
+double-forked away from the session too. A FLEET_INVOCATION_ID in its environment, the
+kernel's start tick of its pid and its cgroup membership let a restarted agent prove it
+is the same program.
+
+The ``Popen`` call returns once the program has exec'd (or failed to), so a missing
+binary or an unknown user fails the start itself: Type=simple behaves like systemd's
+Type=exec here, which is what a supervisor that reports "running" should mean.
 """
 
 from __future__ import annotations
@@ -18,15 +30,18 @@ import os
 import signal
 import subprocess
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import psutil
 
+from fleetd.cgroups import Backend, CgroupError, Limits, LimitsUnsupported, UnitCgroup
+from fleetd.drivers import envfile, identity
 from fleetd.drivers.base import DriverError, Handle, StartContext, start_ticks
 from fleetd.units import execline
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INVOCATION_VAR = "FLEET_INVOCATION_ID"
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def base_environment(ctx: StartContext) -> Dict[str, str]:
@@ -35,10 +50,13 @@ def base_environment(ctx: StartContext) -> Dict[str, str]:
         "PATH": DEFAULT_PATH,
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         "HOME": "/root" if os.geteuid() == 0 else os.environ.get("HOME", "/"),
-        "FLEET_UNIT": ctx.unit,
-        "FLEET_MACHINE_ID": ctx.machine_id,
-        INVOCATION_VAR: ctx.invocation_id,
     }
+
+
+def fleet_environment(ctx: StartContext) -> Dict[str, str]:
+    """Set last, over anything a unit sets: the invocation id is identity evidence."""
+    return {"FLEET_UNIT": ctx.unit, "FLEET_MACHINE_ID": ctx.machine_id,
+            INVOCATION_VAR: ctx.invocation_id}
 
 
 def resolve(path: str, env: Dict[str, str]) -> str:
@@ -53,54 +71,114 @@ def resolve(path: str, env: Dict[str, str]) -> str:
 
 
 class ExecDriver:
+    """``backend``: the host's cgroups (the agent passes the one it detected). Without
+    one - tools and tests driving the driver directly - programs are not placed in
+    cgroups and limits are not applied."""
+
     name = "exec"
 
+    def __init__(self, backend: Optional[Backend] = None) -> None:
+        self.backend = backend
+
+    def cgroup(self, unit: str, pgid: Optional[int] = None) -> Optional[UnitCgroup]:
+        return self.backend.unit(unit, pgid) if self.backend is not None and unit else None
+
     def start(self, config: Dict[str, Any], ctx: StartContext, command_index: int = 0) -> Handle:
+        return self._spawn(config, ctx, config["commands"][command_index], None)
+
+    def run(self, config: Dict[str, Any], ctx: StartContext, command: Dict[str, Any],
+            extra_env: Optional[Dict[str, str]] = None) -> Handle:
+        return self._spawn(config, ctx, command, extra_env)
+
+    def environment(self, config: Dict[str, Any], ctx: StartContext,
+                    creds: Optional[identity.Credentials],
+                    extra_env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+        """The program's environment; EnvironmentFile= is read now, at every start."""
         env = base_environment(ctx)
+        if creds is not None:
+            env.update(creds.environment())
         env.update(config.get("environment") or {})
-        command = config["commands"][command_index]
+        try:
+            env.update(envfile.load(config.get("environment_files") or []))
+        except envfile.EnvironmentFileError as exc:
+            raise DriverError(str(exc)) from None
+        env.update(extra_env or {})
+        env.update(fleet_environment(ctx))
+        return env
+
+    def preexec(self, config: Dict[str, Any], unit: str) -> Callable[[], None]:
+        """What a unit's program does between fork and exec (join the unit's existing
+        cgroup, LimitNOFILE=, User=/Group=), for other processes that must run as the
+        unit does - an exec health check. Raises DriverError (unknown user, ...)."""
+        creds = identity.resolve(config.get("user"), config.get("group"))
+        cg = self.cgroup(unit)
+        steps = [cg.preexec()] if cg is not None else []
+        rlimit = identity.nofile((config.get("limits") or {}).get("nofile"))
+        return identity.preexec(steps, rlimit, creds)
+
+    def _spawn(self, config: Dict[str, Any], ctx: StartContext, command: Dict[str, Any],
+               extra_env: Optional[Dict[str, str]]) -> Handle:
+        creds = identity.resolve(config.get("user"), config.get("group"))
+        env = self.environment(config, ctx, creds, extra_env)
         try:
             path, argv = execline.argv(command, env)
         except execline.CommandLineError as exc:
-            raise DriverError(f"ExecStart=: {exc}") from None
+            raise DriverError(f"command line: {exc}") from None
         path = resolve(path, env)
         cwd = _working_directory(config.get("working_directory"), env)
+        limits = config.get("limits") or {}
+        rlimit = identity.nofile(limits.get("nofile"))
+        steps: List[Callable[[], None]] = []
+        cg = self.cgroup(ctx.unit)
+        if cg is not None:
+            _create(cg, limits)
+            steps.append(cg.preexec())
+        # "+" (privileged) commands keep the agent's credentials, as in systemd
+        run_as = None if command.get("privileged") else creds
+        why_r, why_w = os.pipe()  # close-on-exec: the child says here why preexec failed
         try:
             log_fd = os.open(ctx.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                              0o640)
         except OSError as exc:
+            os.close(why_r)
+            os.close(why_w)
             raise DriverError(f"cannot open log {ctx.log_path}: {exc.strerror}") from None
         try:
             proc = subprocess.Popen(
-                argv,
-                executable=path,
-                env=env,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=log_fd,
-                start_new_session=True,
-                close_fds=True,
+                argv, executable=path, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                stdout=log_fd, stderr=log_fd, start_new_session=True, close_fds=True,
                 restore_signals=True,
+                preexec_fn=_explained(identity.preexec(steps, rlimit, run_as), why_w, config),
             )
+        except subprocess.SubprocessError:
+            os.close(why_w)
+            why_w = -1
+            raise DriverError(_read_reason(why_r) or "the program could not be set up "
+                              "(cgroup, LimitNOFILE=, User=)") from None
         except (OSError, ValueError) as exc:  # ValueError: a NUL in argv or environment
             raise DriverError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
         finally:
             os.close(log_fd)
+            if why_w >= 0:
+                os.close(why_w)
+            os.close(why_r)
         # The supervisor reaps by pid (it must also watch programs a previous agent
         # started); marking the Popen done keeps subprocess's own reaper off this pid.
         proc.returncode = 0
-        try:
-            create_time = psutil.Process(proc.pid).create_time()
-        except psutil.NoSuchProcess:
-            create_time = 0.0  # already gone: the supervisor's waitpid will say how
+        ticks = start_ticks(proc.pid)
+        create_time = psutil.boot_time() + ticks / _CLK_TCK if ticks >= 0 else 0.0
         return Handle(driver=self.name, pid=proc.pid, create_time=create_time,
                       started_at=time.time(), invocation_id=ctx.invocation_id,
-                      start_ticks=start_ticks(proc.pid))
+                      start_ticks=ticks, unit=ctx.unit)
 
     def signal(self, handle: Handle, signum: int) -> None:
-        # The program leads its own process group (start_new_session); with cgroups the
-        # whole cgroup is signalled instead, which also reaches programs that daemonise.
+        """Every process of the unit: its cgroup, which also holds what daemonised away
+        from the program's session. Without a cgroup, the program's process group."""
+        cg = self.cgroup(handle.unit, handle.pid)
+        if cg is not None:
+            with contextlib.suppress(CgroupError):  # gone: so is every process it held
+                cg.kill(signum)
+            return
         for send in (os.killpg, os.kill):
             try:
                 send(handle.pid, signum)
@@ -114,10 +192,53 @@ class ExecDriver:
                 os.killpg(handle.pid, signal.SIGCONT)  # a stopped program must see it
 
     def recover(self, record: Dict[str, Any]) -> Optional[Handle]:
+        """The program of ``record`` if it provably still runs: same pid, same start
+        tick, and (with a backend) still in the unit's cgroup.
+
+        A record without ``unit`` was written by an agent from before cgroups, whose
+        programs run in none: it is adopted on the proof that agent used (pid + start
+        tick + invocation id), or upgrading the agent would start a second copy of every
+        program. Such a program is signalled through its process group, and gets its
+        cgroup when it next starts."""
         handle = Handle.from_record(record)
         if not same_process(handle):
             return None
-        return handle
+        if self.backend is None or not handle.unit:
+            return handle
+        cg = self.cgroup(handle.unit, handle.pid)
+        return handle if cg is not None and cg.contains(handle.pid) else None
+
+
+def _create(cg: UnitCgroup, limits: Dict[str, Any]) -> None:
+    try:
+        cg.create(Limits.from_config(limits))
+    except LimitsUnsupported as exc:
+        raise DriverError(str(exc)) from None
+    except (CgroupError, ValueError) as exc:
+        raise DriverError(f"cannot set up the unit's cgroup: {exc}") from None
+
+
+def _explained(run: Callable[[], None], fd: int, config: Dict[str, Any]) -> Callable[[], None]:
+    """``run`` as a preexec_fn that writes why it failed to ``fd`` before raising
+    (Popen itself only reports "Exception occurred in preexec_fn")."""
+    who = config.get("user") or config.get("group")
+
+    def explained() -> None:
+        try:
+            run()
+        except OSError as exc:
+            what = f"cannot switch to User={who}" if who else "cannot set up the process"
+            with contextlib.suppress(OSError):
+                os.write(fd, f"{what}: {exc.strerror or exc}".encode())
+            raise
+
+    return explained
+
+
+def _read_reason(fd: int) -> str:
+    with contextlib.suppress(OSError):
+        return os.read(fd, 4096).decode(errors="replace")
+    return ""
 
 
 def same_process(handle: Handle) -> bool:
@@ -169,4 +290,3 @@ def wait_status_to_code(status: int) -> int:
     if os.WIFEXITED(status):
         return os.WEXITSTATUS(status)
     return -1
-

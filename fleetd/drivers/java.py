@@ -296,6 +296,11 @@ class JavaDriver:
         handle = self._exec.start(self.exec_config(config), ctx, 0)
         return dataclasses.replace(handle, driver=self.name)
 
+    def run(self, config: Dict[str, Any], ctx: StartContext, command: Dict[str, Any],
+            extra_env: Optional[Dict[str, str]] = None) -> Handle:
+        """A control command (ExecStartPre=, ...) sees the JVM's environment too."""
+        return self._exec.run(self.exec_config(config), ctx, command, extra_env)
+
     def signal(self, handle: Handle, signum: int) -> None:
         self._exec.signal(handle, signum)
 

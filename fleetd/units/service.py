@@ -51,6 +51,7 @@ def config(ctx: UnitContext, needs_exec_start: bool = True) -> Dict[str, Any]:
     if len(starts) > 1 and service_type != "oneshot":
         ctx.fail(starts[1], f"more than one ExecStart= is only allowed with Type=oneshot "
                             f"(first at line {starts[0].line})")
+    restart_s = _timespan(ctx, S, "RestartSec", DEFAULT_RESTART_S)
     return {
         "type": service_type,
         "commands": _commands(ctx, starts),
@@ -66,7 +67,9 @@ def config(ctx: UnitContext, needs_exec_start: bool = True) -> Dict[str, Any]:
         "timeout_start_s": _timeout(ctx, "TimeoutStartSec"),
         "timeout_stop_s": _timeout(ctx, "TimeoutStopSec"),
         "restart": _choice(ctx, "Restart", RESTART_POLICIES, "no"),
-        "restart_s": _timespan(ctx, S, "RestartSec", DEFAULT_RESTART_S),
+        "restart_s": restart_s,
+        "restart_steps": _restart_steps(ctx),
+        "restart_max_delay_s": _restart_max_delay(ctx, restart_s),
         "start_limit_burst": _start_limit_burst(ctx),
         "start_limit_interval_s": _start_limit_interval(ctx),
         "success_exit_status": _success_exit_status(ctx),
@@ -167,6 +170,32 @@ def _choice(ctx: UnitContext, key: str, allowed: Tuple[str, ...], default: str) 
     if value not in allowed:
         ctx.fail(ctx.entry(S, key), f"{value!r} is not one of {', '.join(allowed)}")
     return value
+
+
+def _restart_steps(ctx: UnitContext) -> int:
+    """RestartSteps= (systemd 254): over how many restarts the delay grows from
+    RestartSec= to RestartMaxDelaySec=; 0 (the default) means it does not grow."""
+    value = ctx.single(S, "RestartSteps")
+    if value is None or value == "":
+        return 0
+    if not value.isdigit():
+        ctx.fail(ctx.entry(S, "RestartSteps"), f"{value!r} is not a count (0 turns growth off)")
+    return int(value)
+
+
+def _restart_max_delay(ctx: UnitContext, restart_s: float) -> Optional[float]:
+    """RestartMaxDelaySec= (systemd 254): the longest delay the growth reaches; None for
+    infinity, the default (no growth). Like systemd, it only matters together with
+    RestartSteps=. A value below RestartSec= is refused here: systemd would quietly
+    lower RestartSec= to it, and a unit is better told at submit time."""
+    seconds = _timespan(ctx, S, "RestartMaxDelaySec", math.inf)
+    if math.isinf(seconds):
+        return None
+    if seconds < restart_s:
+        ctx.fail(ctx.entry(S, "RestartMaxDelaySec"),
+                 f"{seconds:g}s is shorter than RestartSec= ({restart_s:g}s): the delay "
+                 "grows from RestartSec= up to this maximum")
+    return seconds
 
 
 def _start_limit_burst(ctx: UnitContext) -> int:

@@ -2,80 +2,22 @@
 
 What fleetd relies on: attach starts the agent if none runs, the agent outlives every
 attach, keeps its programs through its own kill -9, and re-adopts them by pid + start
-time + invocation id (a reused pid is not adopted).
+tick + cgroup membership (a reused pid is not adopted). The Attached helper lives in
+agentkit.py, shared with test_supervisor.py and test_readoption.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Any, Iterator, List
 
 import pytest
+from agentkit import Attached, agent_pid, clean, processes_with, spec
 from labkit import alive, cmdline, wait_for
-
-from fleetd import protocol
-from fleetd.units.model import load
-
-
-class Attached:
-    """One ``fleet-agent attach`` process, spoken to like fleetd does over SSH."""
-
-    def __init__(self, state_dir: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fleetd.agent", "attach", "--state-dir", state_dir],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        )
-        self.units: Dict[str, Dict[str, Any]] = {}
-        self.send("hello", daemon="test", heartbeat_s=0.2)
-        self.hello = self.read_until(lambda m: m["type"] == "hello")
-        self.read_until(lambda m: m["type"] == "status")  # the snapshot follows hello
-
-    def send(self, kind: str, **fields: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(protocol.encode(kind, **fields))
-        self.proc.stdin.flush()
-
-    def read(self) -> Dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line, "the agent closed the channel"
-        msg = protocol.decode(line)
-        if msg["type"] == "status":
-            self.units = {u["name"]: u for u in msg["units"]}
-        elif msg["type"] == "unit":
-            self.units[msg["unit"]["name"]] = msg["unit"]
-        elif msg["type"] == "removed":
-            self.units.pop(msg["name"], None)
-        return msg
-
-    def read_until(self, pred: Any, timeout: float = 10.0) -> Dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = self.read()
-            if pred(msg):
-                return msg
-        pytest.fail("no such message from the agent")
-
-    def wait_state(self, name: str, state: str) -> Dict[str, Any]:
-        self.read_until(lambda m: self.units.get(name, {}).get("state") == state)
-        return self.units[name]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            self.proc.wait(5)
-
-
-def spec(name: str, text: str, want: str = protocol.WANT_RUNNING) -> Dict[str, Any]:
-    return load(name, text).spec(want)
-
 
 SLEEPER = "[Service]\nExecStart=/bin/sleep 1000\n"
 
@@ -84,30 +26,11 @@ SLEEPER = "[Service]\nExecStart=/bin/sleep 1000\n"
 def state_dir(tmp_path: Any) -> Iterator[str]:
     d = str(tmp_path / "agent")
     yield d
-    for pid in _agent_and_programs(d):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    clean(d, b"FLEET_UNIT=agent-test")
 
 
 def _agent_and_programs(state_dir: str) -> List[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    env = f.read()
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    cmd = f.read()
-            except OSError:
-                continue
-            if state_dir.encode() in cmd or b"FLEET_UNIT=agent-test" in env:
-                pids.append(int(entry))
-    return pids
-
-
-def agent_pid(state_dir: str) -> int:
-    with open(os.path.join(state_dir, "agent.pid")) as f:
-        return int(f.read())
+    return processes_with(state_dir.encode()) + processes_with(b"FLEET_UNIT=agent-test")
 
 
 def test_agent_outlives_attach_and_its_own_kill9_readopting_programs(state_dir: str) -> None:
