@@ -64,9 +64,11 @@ def config(ctx: UnitContext, needs_exec_start: bool = True) -> Dict[str, Any]:
         "user": _identity(ctx, "User"),
         "group": _identity(ctx, "Group"),
         "kill_signal": _signal(ctx, "KillSignal", int(signal.SIGTERM)),
-        "timeout_start_s": _timeout(ctx, "TimeoutStartSec"),
+        "timeout_start_s": _timeout(ctx, "TimeoutStartSec")
+        if service_type != "oneshot" or ctx.single(S, "TimeoutStartSec") is not None
+        else None,  # systemd: a oneshot's start (its whole run) has no default timeout
         "timeout_stop_s": _timeout(ctx, "TimeoutStopSec"),
-        "restart": _choice(ctx, "Restart", RESTART_POLICIES, "no"),
+        "restart": _restart(ctx, service_type),
         "restart_s": restart_s,
         "restart_steps": _restart_steps(ctx),
         "restart_max_delay_s": _restart_max_delay(ctx, restart_s),
@@ -196,6 +198,15 @@ def _restart_max_delay(ctx: UnitContext, restart_s: float) -> Optional[float]:
                  f"{seconds:g}s is shorter than RestartSec= ({restart_s:g}s): the delay "
                  "grows from RestartSec= up to this maximum")
     return seconds
+
+
+def _restart(ctx: UnitContext, service_type: str) -> str:
+    policy = _choice(ctx, "Restart", RESTART_POLICIES, "no")
+    if service_type == "oneshot" and policy in ("always", "on-success"):
+        ctx.fail(ctx.entry(S, "Restart"), f"Restart={policy} is not allowed with "
+                                          "Type=oneshot (it would run again at once, as "
+                                          "systemd refuses it too); use on-failure")
+    return policy
 
 
 def _start_limit_burst(ctx: UnitContext) -> int:

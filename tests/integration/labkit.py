@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+import agentkit
 import pytest
 
 from fleetd.cli.client import ApiError, Client
@@ -71,6 +72,7 @@ def reset_host(lab: Lab, h: Host) -> None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
     wait_for(f"{h.name} to be empty", lambda: set(lab.pids(h)) <= {keep}, 5)
+    agentkit.clean(h.state_dir)  # the agent's unit cgroups (shared by all lab hosts' kernel)
     for entry in os.listdir(h.state_dir):
         path = os.path.join(h.state_dir, entry)
         if os.path.isdir(path):

@@ -547,3 +547,13 @@ def test_fleet_spellings_of_x_fleet_options_still_work() -> None:
             "X-Conflicts=web*.service\n")
     req = load("a.service", text).requirements
     assert req.machine_of == ("db.service",) and req.conflicts == ("web*.service",)
+
+
+def test_oneshot_has_no_start_timeout_by_default_and_refuses_restart_always() -> None:
+    one = load("a.service", "[Service]\nType=oneshot\nExecStart=/bin/a\n")
+    assert one.config["timeout_start_s"] is None
+    bounded = load("a.service", "[Service]\nType=oneshot\nExecStart=/bin/a\n"
+                                "TimeoutStartSec=5\n")
+    assert bounded.config["timeout_start_s"] == 5.0
+    with pytest.raises(UnitError, match="not allowed with Type=oneshot"):
+        load("a.service", "[Service]\nType=oneshot\nExecStart=/bin/a\nRestart=always\n")
