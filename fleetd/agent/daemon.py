@@ -16,17 +16,19 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import signal
 import time
 from typing import Any, Dict, Optional, Set
 
 from fleetd import __version__, protocol
-from fleetd.agent import facts, logs
+from fleetd.agent import facts, logfile
 from fleetd.agent.state import AgentState
 from fleetd.agent.supervisor import Supervisor
 
 log = logging.getLogger("fleet-agent")
 
+_UNIT = re.compile(r"[A-Za-z0-9:_\\-][A-Za-z0-9:_.\\-]*(@[A-Za-z0-9:_.\\-]*)?\.service")
 MAX_CLIENT_BUFFER = 64 * 1024 * 1024  # a client this far behind is dropped, not waited for
 
 
@@ -38,6 +40,7 @@ class Client:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.ready = False  # after hello: only then does it get reports
+        self.follows: Dict[int, asyncio.Task[None]] = {}  # journal -f, by request id
         self.heartbeat: Optional[asyncio.Task[None]] = None
 
     def send(self, data: bytes) -> None:
@@ -91,6 +94,8 @@ class AgentDaemon:
             os.umask(old_umask)
         os.chmod(self.state.socket_path, 0o600)
         self.supervisor.recover()
+        rotation = asyncio.ensure_future(
+            logfile.rotate_periodically(self.state.logs_dir, also=[self.state.log_path]))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopped.set)
@@ -98,6 +103,7 @@ class AgentDaemon:
                  self.machine_id)
         async with server:
             await self._stopped.wait()
+        rotation.cancel()
         # Stopping the agent never stops the programs: they are re-adopted next start.
         log.info("agent stopping; %d programs keep running", len(self.supervisor.units))
 
@@ -121,6 +127,8 @@ class AgentDaemon:
             self.clients.discard(client)
             if client.heartbeat:
                 client.heartbeat.cancel()
+            for task in client.follows.values():
+                task.cancel()
             writer.close()
 
     def _handle(self, client: Client, msg: Dict[str, Any]) -> None:
@@ -137,18 +145,43 @@ class AgentDaemon:
             client.heartbeat = asyncio.ensure_future(self._heartbeat(client, interval))
         elif kind == "desired":
             self.supervisor.set_desired(protocol.spec_list(msg))
+        elif kind in ("tail", "follow") and not _UNIT.fullmatch(str(msg.get("unit", ""))):
+            client.send(protocol.encode("reply", id=msg.get("id"),
+                                        error=f"not a unit name: {msg.get('unit')!r}"))
         elif kind == "tail":
             unit, lines = str(msg.get("unit", "")), int(msg.get("lines", 10))
             try:
-                found = logs.tail(self.state.unit_log(unit), lines)
+                found = logfile.last_lines(self.state.unit_log(unit), lines)
             except (OSError, ValueError) as exc:
                 client.send(protocol.encode("reply", id=msg.get("id"), error=str(exc)))
             else:
                 client.send(protocol.encode("reply", id=msg.get("id"), lines=found))
+        elif kind == "follow":
+            ident = int(msg.get("id", 0))
+            unit, lines = str(msg.get("unit", "")), int(msg.get("lines", 10))
+            client.follows[ident] = asyncio.ensure_future(
+                self._follow(client, ident, self.state.unit_log(unit), lines))
+        elif kind == "unfollow":
+            task = client.follows.pop(int(msg.get("id", 0)), None)
+            if task is not None:
+                task.cancel()
         elif kind == "bye":
             client.writer.close()
         else:
             client.send(protocol.encode("error", message=f"unknown message type {kind!r}"))
+
+    async def _follow(self, client: Client, ident: int, path: str, lines: int) -> None:
+        """``fleetctl journal -f``: the last lines, then new ones, until unfollowed."""
+        follower = logfile.follow(path, lines)
+        first = True  # the first batch always goes out, even empty: the caller waits on it
+        try:
+            async for batch in follower:
+                if batch or first:
+                    client.send(protocol.encode("log", id=ident, lines=batch))
+                first = False
+        finally:
+            await follower.aclose()
+            client.follows.pop(ident, None)
 
     async def _heartbeat(self, client: Client, interval: float) -> None:
         seq = 0

@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from fleetd import protocol
 from fleetd.agent import reconciler
+from fleetd.agent.health import HealthChecker
 from fleetd.agent.restart import StartLimit
 from fleetd.drivers.base import Handle
 
@@ -37,6 +38,8 @@ class Managed:
         self.restart_timer: Optional[asyncio.TimerHandle] = None
         self.restart_pending = False
         self.timeout_timer: Optional[asyncio.TimerHandle] = None
+        self.health = "unknown"  # the [X-Check] verdict for the current program
+        self.checker: Optional[HealthChecker] = None
 
     @property
     def name(self) -> str:
@@ -67,5 +70,5 @@ class Managed:
             else None,
             started_at=h.started_at if h else None,
             exit_status=self.exit_status, restarts=self.restarts, error=self.error,
-            generation=self.spec.get("generation", 0),
+            generation=self.spec.get("generation", 0), health=self.health,
         )

@@ -50,6 +50,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
 
 from fleetd import protocol
 from fleetd.agent import procwatch, reconciler, restart
+from fleetd.agent.health import HealthChecker, acts_on_failing
 from fleetd.agent.managed import Managed
 from fleetd.agent.reconciler import Current
 from fleetd.agent.state import AgentState
@@ -88,7 +89,7 @@ class Supervisor:
         self.emit = emit
         # several agents may share one kernel (lab hosts): each owns fleet/<machine-id>
         self.backend = backend if backend is not None else detect(parent=f"fleet/{machine_id}")
-        exec_driver = ExecDriver(self.backend)  # java runs through the exec driver
+        exec_driver = self.exec_driver = ExecDriver(self.backend)  # java runs through it
         self.drivers: Dict[str, Driver] = {"exec": exec_driver,
                                            "java": JavaDriver(exec_driver)}
         sd = SystemdDriver()
@@ -254,6 +255,44 @@ class Supervisor:
         m.oom_before = self._oom_kills(m)
         self.save(m)
         self.spawn(self._life(m, handle))
+        self._check_health(m, handle)
+
+    # --- health checks ---------------------------------------------------------------
+    def _check_health(self, m: Managed, handle: Handle) -> None:
+        """Start the [X-Check] loop for this run of the program (none without a check).
+        An exec check runs as the unit does: its user, environment and cgroup."""
+        self._stop_health(m)
+        check = m.config.get("check")
+        if not check:
+            return
+        env, preexec = None, None
+        if check.get("type") == "exec" and m.spec.get("driver") in ("exec", "java"):
+            try:
+                preexec = self.exec_driver.preexec(m.config, m.name)
+                env = self.exec_driver.environment(m.config, self._context(m), None)
+            except DriverError as exc:
+                log.warning("%s: exec check runs without the unit's settings: %s", m.name, exc)
+        m.checker = HealthChecker(m.name, check,
+                                  lambda health, detail: self._verdict(m, handle, health, detail),
+                                  env=env, preexec=preexec)
+        m.checker.start(since_start_s=max(time.time() - handle.started_at, 0.0))
+
+    def _stop_health(self, m: Managed) -> None:
+        if m.checker is not None:
+            m.checker.stop()
+            m.checker = None
+        m.health = "unknown"
+
+    def _verdict(self, m: Managed, handle: Handle, health: str, detail: str) -> None:
+        """A health verdict changed: report it; a failing one with OnFailure=restart ends
+        the program as a watchdog timeout would, and Restart= decides what follows."""
+        if m.handle is not handle or m.gone.is_set():
+            return
+        m.health = health
+        log.info("%s: health %s (%s)", m.name, health, detail)
+        self.report(m)
+        if health == "failing" and acts_on_failing(m.config.get("check")):
+            self.end_run(m.name, restart.WATCHDOG, f"health check failing: {detail}")
 
     async def _posts(self, m: Managed, proc: ProcessDriver, ctx: StartContext,
                      handle: Handle) -> bool:
@@ -340,6 +379,7 @@ class Supervisor:
         end = await procwatch.watch(handle.pid, handle.start_ticks)
         if m.handle is handle:
             m.gone.set()  # before taking the lock: a stop holding it waits for this
+            self._stop_health(m)
         if m.handle is not handle:
             return  # a stale watcher of an earlier program of this unit
         if m.state == protocol.STOPPING:
@@ -594,6 +634,7 @@ class Supervisor:
                 m.started_mono = loop.time() - max(time.time() - handle.started_at, 0.0)
                 m.oom_before = self._oom_kills(m)
                 self.spawn(self._life(m, handle))
+                self._check_health(m, handle)
                 adopted.add(name)
                 log.info("%s: re-adopted pid %d", name, handle.pid)
             elif same_boot and name in self.desired:

@@ -160,6 +160,12 @@ class Lab:
                 known.append(self._make_host(h))
             with open(self.known_hosts, "w") as f:
                 f.write("".join(known))
+            # Each host resolves every lab host by name, as VMs on a network would: a
+            # program that looks its own name up (http.server does) must not wait on DNS.
+            names = "".join(f"{h.address} {h.name}\n" for h in hosts)
+            for h in hosts:
+                with open(os.path.join(h.dir, "hosts"), "w") as f:
+                    f.write(f"127.0.0.1 localhost\n::1 localhost ip6-localhost\n{names}")
             for h in hosts:
                 self._start_sshd(h)
             for h in hosts:
@@ -201,6 +207,7 @@ class Lab:
             "mount -t tmpfs -o mode=755 tmpfs /run && mkdir -m 755 /run/sshd && "
             f"mount --bind {h.dir}/etc-ssh /etc/ssh && "
             f"mount --bind {h.dir}/root /root && "
+            f"mount --bind {h.dir}/hosts /etc/hosts && "
             f"mount --bind {h.state_dir} {AGENT_STATE_MOUNT} && "
             f"echo $$ > {h.dir}/sshd.pid && "
             f"exec {SSHD} -D -e -f /etc/ssh/sshd_config"

@@ -15,7 +15,7 @@ import re
 from typing import Any, Dict, Optional, Tuple
 
 from fleetd import protocol
-from fleetd.units import service, systemd_text, xfleet, xjava
+from fleetd.units import service, systemd_text, xcheck, xfleet, xjava
 from fleetd.units.context import UnitContext, UnitName
 from fleetd.units.parser import UnitError, UnitFile, parse
 from fleetd.units.xfleet import Requirements
@@ -84,8 +84,14 @@ def load(name: str, text: str, source: Optional[str] = None, template_ok: bool =
         config = xjava.config(ctx, service.config(ctx, needs_exec_start=False))
     elif driver == "systemd":
         config = systemd_text.config(ctx)  # systemd reads [Service] itself
+        if ctx.file.last("X-Check", "Type") is not None or "X-Check" in ctx.file.sections():
+            ctx.fail(next(ctx.file.section("X-Check"), None),
+                     "[X-Check] applies to exec and java units; a systemd unit's health is "
+                     "systemd's (Restart=, WatchdogSec=)")
     else:
         config = service.config(ctx)
+    if driver != "systemd":
+        config["check"] = xcheck.config(ctx)
     requirements = xfleet.requirements(ctx, config["limits"])
     needs: Tuple[str, ...] = ()
     if driver == "java":

@@ -11,7 +11,6 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-import agentkit
 import pytest
 
 from fleetd.cli.client import ApiError, Client
@@ -72,6 +71,8 @@ def reset_host(lab: Lab, h: Host) -> None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
     wait_for(f"{h.name} to be empty", lambda: set(lab.pids(h)) <= {keep}, 5)
+    import agentkit  # here: agentkit imports this module
+
     agentkit.clean(h.state_dir)  # the agent's unit cgroups (shared by all lab hosts' kernel)
     for entry in os.listdir(h.state_dir):
         path = os.path.join(h.state_dir, entry)

@@ -49,6 +49,11 @@ def test_lab_up_starts_fleetd_registers_hosts_and_down_leaves_nothing(tmp_path) 
             ["h1", "10.79.0.11", "up"], ["h2", "10.79.0.12", "up"]]
         status = run("lab", "status", env=env).stdout
         assert "fx-h1" in status and "fx-h2" in status and "down" not in status
+        # a host resolves its neighbours by name without DNS, as on a VM network
+        sshd = netns.Lab(lab_dir).sshd_pid(netns.Lab(lab_dir).host(1))
+        names = subprocess.run(["nsenter", "-t", str(sshd), "-m", "-u", "getent", "hosts",
+                                "h2"], capture_output=True, text=True, timeout=10).stdout
+        assert names.split()[:2] == ["10.79.0.12", "h2"]
 
         start = run("start", os.path.join(ROOT, "units", "hello.service"), env=env)
         assert start.returncode == 0, start.stderr

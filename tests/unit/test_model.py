@@ -96,6 +96,7 @@ def test_load_minimal_unit_defaults() -> None:
         "limits": {"memory_max": None, "memory_max_percent": None, "cpu_quota": None,
                    "cpu_weight": None, "tasks_max": None, "tasks_max_percent": None,
                    "nofile": None},
+        "check": None,
     }
     assert unit.requirements == Requirements()
 
