@@ -23,10 +23,13 @@ from fleetd.units.model import load
 class Attached:
     """One ``fleet-agent attach`` process, spoken to like fleetd does over SSH."""
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, command: Optional[List[str]] = None) -> None:
+        """``command``: how to run the agent's Python elsewhere (inside another host's
+        namespaces, say); by default this machine's interpreter."""
         self.state_dir = state_dir
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fleetd.agent", "attach", "--state-dir", state_dir],
+            [*(command or [sys.executable]), "-m", "fleetd.agent", "attach", "--state-dir",
+             state_dir],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         self.units: Dict[str, Dict[str, Any]] = {}

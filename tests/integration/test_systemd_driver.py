@@ -20,14 +20,16 @@ import time
 from typing import Any, Dict, Iterator
 
 import pytest
+from agentkit import Attached
 from labkit import wait_for
 
+from fleetd import protocol
 from fleetd.drivers.systemd import SystemdDriver
 from fleetd.lab import systemd_host
 from fleetd.lab.systemd_host import SystemdHost, SystemdHostError
 from fleetd.units import systemd_text
 from fleetd.units.context import UnitContext
-from fleetd.units.model import parse_name
+from fleetd.units.model import load, parse_name
 from fleetd.units.parser import parse
 
 NETNS = "fs-sd1"
@@ -283,3 +285,42 @@ def test_boot_and_poweroff_leave_nothing_behind(rootfs: str) -> None:
         assert workdir not in f.read()
     with open(os.path.join(rootfs, "etc", "machine-id")) as f:
         assert f.read() == ""  # the cache stays pristine: per-host files went to the overlay
+
+
+AGENT_UNIT = """\
+[Service]
+ExecStart=/bin/sleep infinity
+Restart=always
+RestartSec=100ms
+[X-Fleet]
+Driver=systemd
+"""
+
+
+def test_the_agent_runs_systemd_units_through_the_hosts_systemd(host: SystemdHost) -> None:
+    """The whole agent, not the driver alone, inside the systemd host: it reports the
+    systemd capability, starts a Driver=systemd unit through systemd, sees systemd
+    restart it after kill -9, and forgets it (unit file gone) when it is undesired."""
+    inside = ["nsenter", "-t", str(host.pid1), "-a", "-r", "-w", "--", "env", "-i",
+              "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH=/opt/fleetd", "python3"]
+    agent = Attached("/var/lib/fleet-agent", command=inside)
+    try:
+        facts = agent.hello["facts"]
+        assert facts["systemd"] is True and "systemd" in facts["capabilities"]
+        unit = load("sd-agent.service", AGENT_UNIT)
+        assert "systemd" in unit.requirements.capabilities
+        agent.desire(unit.spec(protocol.WANT_RUNNING))
+        first = agent.wait_state("sd-agent.service", "running", timeout=20)["pid"]
+        assert first and "sd-agent.service" in read(host, f"/proc/{first}/cgroup")
+        host.run(["kill", "-9", str(first)], check=True)
+        again = agent.wait_units(lambda units: (
+            (u := units.get("sd-agent.service", {})).get("restarts", 0) >= 1
+            and u.get("state") == "running" and u.get("pid") not in (None, first)), 20)
+        assert again["sd-agent.service"]["restarts"] == 1
+        agent.desire()
+        agent.read_until(lambda m: m["type"] == "removed", 20)
+        gone = host.run(["test", "-e", "/run/systemd/system/sd-agent.service"])
+        assert gone.returncode != 0, "the runtime unit file is still there"
+    finally:
+        agent.close()
+        host.run(["sh", "-c", "kill $(cat /var/lib/fleet-agent/agent.pid)"])
