@@ -299,6 +299,15 @@ async def destroy_units(request: web.Request) -> web.Response:
     return web.json_response({"destroyed": names})
 
 
+def _lines(request: web.Request) -> int:
+    """The ``lines`` query parameter (how many log lines), 0 to 10,000."""
+    try:
+        return max(0, min(int(request.query.get("lines", "10")), 10000))
+    except ValueError:
+        raise web.HTTPBadRequest(text='{"error": "lines: want a number"}',
+                                 content_type="application/json") from None
+
+
 async def unit_status(request: web.Request) -> web.Response:
     """Everything about one unit: desired state, placement and why, each copy's state,
     and the last lines of its log, asked from the agent of the machine it is placed on."""
@@ -307,10 +316,7 @@ async def unit_status(request: web.Request) -> web.Response:
     u = d.registry.get_unit(name)
     if u is None:
         return _error(404, f"unit {name} does not exist")
-    try:
-        lines = max(0, min(int(request.query.get("lines", "10")), 10000))
-    except ValueError:
-        return _error(400, "lines: want a number")
+    lines = _lines(request)
     copies = []
     for o in d.registry.list_observed(name):
         row = _observed_row(o)
@@ -351,10 +357,7 @@ async def unit_journal(request: web.Request) -> web.StreamResponse:
     session = d.sessions.get(where[0]) if where else None
     if session is None:
         return _error(409, f"unit {name} is not placed on any machine")
-    try:
-        lines = max(0, min(int(request.query.get("lines", "10")), 10000))
-    except ValueError:
-        return _error(400, "lines: want a number")
+    lines = _lines(request)
     follow = request.query.get("follow") in ("1", "true", "yes")
     if not follow:
         try:

@@ -14,6 +14,7 @@ import difflib
 import re
 from typing import Dict, List, NoReturn, Optional, Sequence
 
+from fleetd.units import execline
 from fleetd.units.parser import Entry, UnitError, UnitFile
 
 # fleet's old spellings, still accepted so that fleet users' units load unchanged
@@ -127,6 +128,17 @@ class UnitContext:
         for e in self.file.entries:
             if e.section == section and e.key in keys:
                 out = [] if e.value == "" else [*out, e]
+        return out
+
+    def words(self, section: str, key: str) -> List[str]:
+        """A list option's values, each assignment split into words as systemd splits
+        them (quotes, escapes), after systemd's empty-assignment reset."""
+        out: List[str] = []
+        for entry in self.many(section, key):
+            try:
+                out += execline.split_words(self.expand(entry))
+            except execline.CommandLineError as exc:
+                self.fail(entry, str(exc))
         return out
 
     def boolean(self, section: str, key: str, default: bool) -> bool:

@@ -42,16 +42,6 @@ class Requirements:
         return any(fnmatch.fnmatchcase(other_name, g) for g in self.conflicts)
 
 
-def _words(ctx: UnitContext, key: str) -> List[str]:
-    words: List[str] = []
-    for entry in ctx.many(X, key):
-        try:
-            words += execline.split_words(ctx.expand(entry))
-        except execline.CommandLineError as exc:
-            ctx.fail(entry, str(exc))
-    return words
-
-
 def driver(ctx: UnitContext) -> str:
     name = ctx.single(X, "Driver") or "exec"
     if name not in DRIVERS:
@@ -67,7 +57,7 @@ def requirements(ctx: UnitContext, limits: Dict[str, Any]) -> Requirements:
         ctx.fail(ctx.entry(X, "MachineID"), f"{machine_id!r} is not a machine id")
     units: Dict[str, Tuple[str, ...]] = {}
     for key in ("MachineOf", "Replaces"):
-        names = _words(ctx, key)
+        names = ctx.words(X, key)
         for n in names:
             if not _UNIT_NAME.fullmatch(n):
                 ctx.fail(ctx.many(X, key)[-1], f"{n!r} is not a unit name")
@@ -85,7 +75,7 @@ def requirements(ctx: UnitContext, limits: Dict[str, Any]) -> Requirements:
             metadata.setdefault(key, [])
             if value not in metadata[key]:
                 metadata[key].append(value)
-    conflicts = tuple(dict.fromkeys(_words(ctx, "Conflicts")))
+    conflicts = tuple(dict.fromkeys(ctx.words(X, "Conflicts")))
     is_global = ctx.boolean(X, "Global", False)
     if is_global:
         for key, present in (("MachineID", machine_id), ("MachineOf", units["MachineOf"]),

@@ -118,7 +118,7 @@ def config(ctx: UnitContext, service_config: Dict[str, Any]) -> Dict[str, Any]:
             "main_class": main_class,
             "class_path": class_path,
             "jvm_options": _jvm_options(ctx),
-            "args": _words(ctx, "Args"),
+            "args": ctx.words(X, "Args"),
             "java_home": java_home,
             "min_version": min_version,
         },
@@ -192,16 +192,6 @@ def _class_path(ctx: UnitContext, working_directory: Optional[str]) -> List[str]
             if item not in entries:
                 entries.append(item)
     return entries
-
-
-def _words(ctx: UnitContext, key: str) -> List[str]:
-    words: List[str] = []
-    for entry in ctx.many(X, key):
-        try:
-            words += execline.split_words(ctx.expand(entry))
-        except execline.CommandLineError as exc:
-            ctx.fail(entry, str(exc))
-    return words
 
 
 def _jvm_options(ctx: UnitContext) -> List[str]:
