@@ -7,6 +7,7 @@ registry/, host conversations in session.py, HTTP in api.py.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import Any, Dict, List, Optional
 from fleetd.daemon.changes import Changes
 from fleetd.daemon.config import Config
 from fleetd.daemon.session import MachineSession, TransportFactory
+from fleetd.engine import liveness
 from fleetd.engine.leadership import FileLease
 from fleetd.engine.loop import Engine
 from fleetd.registry.base import MachineRecord
@@ -26,6 +28,15 @@ from fleetd.transport.ssh import SshTransport
 log = logging.getLogger("fleetd")
 
 REMOVE_DRAIN_S = 30.0  # how long machine removal waits for the host to stop its units
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: every asyncio task's stack into the log, to see what fleetd waits on."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        out.write(f"--- {task.get_name()}\n")
+        task.print_stack(limit=15, file=out)
+    log.warning("asyncio tasks on SIGUSR1:\n%s", out.getvalue())
 
 
 def ssh_transport(machine: MachineRecord) -> Transport:
@@ -87,6 +98,32 @@ class Daemon:
             await session.stop()
         self.changed()
 
+    async def _liveness(self) -> None:
+        """Judge every machine by how long its agent has been silent (engine/liveness);
+        a machine that becomes lost, or comes back, wakes the engine."""
+        tick = min(self.config.heartbeat_s, 0.5)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.time()
+            for name, session in list(self.sessions.items()):
+                verdict = liveness.assess(session.connected, session.last_seen, now,
+                                          self.config.machine_ttl_s)
+                if verdict is None:
+                    continue
+                state, why = verdict
+                current = session.machine.state
+                if state == current or (state == liveness.UNREACHABLE and current == "error"):
+                    continue
+                if state == liveness.UNREACHABLE and current != liveness.UP:
+                    continue  # the session says why it is down; do not overwrite it
+                if state == liveness.LOST:
+                    last = session.machine.error
+                    why = f"{why}; last error: {last}" if last and current != "up" else why
+                    log.warning("machine %s lost: %s", name, why)
+                self.registry.update_machine(name, state=state, error=why)
+                session.machine = self.registry.get_machine(name) or session.machine
+                self.changed()
+
     # --- life ------------------------------------------------------------------------
     async def run(self, ready: Optional[asyncio.Future[None]] = None) -> None:
         from fleetd.daemon.api import serve
@@ -95,9 +132,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         for machine in self.registry.list_machines():
             self._open_session(machine)
         self._tasks.append(asyncio.ensure_future(self.engine.run()))
+        self._tasks.append(asyncio.ensure_future(self._liveness()))
         self.engine.wake()
         runner = await serve(self)
         log.info("fleetd ready: %d machines, %d units, API on %s%s",

@@ -2,6 +2,7 @@
 
     state_dir = "/var/lib/fleetd"        # registry (SQLite), lease
     heartbeat_s = 1.0                    # agents' heartbeat interval
+    machine_ttl_s = 5.0                  # silent this long: the machine is lost, units move
 
     [api]
     socket = "/run/fleetd/fleetd.sock"   # always on, mode 0600: root's fleetctl
@@ -31,6 +32,7 @@ class ConfigError(ValueError):
 class Config:
     state_dir: str = DEFAULT_STATE_DIR
     heartbeat_s: float = 1.0
+    machine_ttl_s: float = 5.0
     socket: str = DEFAULT_SOCKET
     listen: Optional[str] = None
     token: Optional[str] = None
@@ -70,6 +72,13 @@ def load(path: Optional[str]) -> Config:
         if heartbeat <= 0:
             raise ConfigError(f"{where}heartbeat_s: must be > 0")
         cfg.heartbeat_s = float(heartbeat)
+    ttl = _take(data, "machine_ttl_s", (int, float), where)
+    if ttl is not None:
+        cfg.machine_ttl_s = float(ttl)
+    if cfg.machine_ttl_s <= cfg.heartbeat_s:
+        raise ConfigError(f"{where}machine_ttl_s ({cfg.machine_ttl_s:g}) must be longer than "
+                          f"heartbeat_s ({cfg.heartbeat_s:g}): a machine would be lost "
+                          "between two heartbeats")
     api = _take(data, "api", (dict,), where) or {}
     cfg.socket = _take(api, "socket", (str,), f"{where}api.") or cfg.socket
     cfg.listen = _take(api, "listen", (str,), f"{where}api.")

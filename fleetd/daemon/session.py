@@ -11,7 +11,6 @@ not this session, supervises them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -26,7 +25,8 @@ log = logging.getLogger("fleetd.session")
 HELLO_TIMEOUT_S = 15.0
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
-SILENCE_HEARTBEATS = 5  # this many heartbeats missed: the channel is dead, reconnect
+STOP_WAIT_S = 5.0
+SILENCE_HEARTBEATS = 3  # this many heartbeats missed: the channel is dead, reconnect
 
 TransportFactory = Callable[[MachineRecord], Transport]
 
@@ -119,13 +119,20 @@ class MachineSession:
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """End the session: the channel and connection first, which ends any read in
+        flight (a read cancelled inside asyncssh was seen never to finish after a
+        partition, and fleetd then never exited), then the task, waited for a while."""
+        task = self._task
+        if task is not None:
+            task.cancel()
         if self._channel is not None:
             self._channel.close()
         await self.transport.close()
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_S)
+            if not done:
+                log.warning("%s: session task did not end within %.0fs of stop",
+                            self.name, STOP_WAIT_S)
 
     async def _run(self) -> None:
         backoff = BACKOFF_MIN_S
@@ -155,6 +162,10 @@ class MachineSession:
             self._channel = None
             self._sent = None
             log.info("%s: %s", self.name, reason)
+            if self.machine.state == "lost":
+                state = "lost"  # lost stays lost until its agent is heard again
+                lost = (self.machine.error or "lost").split("; last error:")[0]
+                reason = f"{lost}; last error: {reason}"
             self.registry.update_machine(self.name, state=state, error=reason,
                                          last_seen=self.last_seen)
             if was_up or state != self.machine.state:
@@ -193,7 +204,7 @@ class MachineSession:
                      hello.get("agent_version"), hello.get("machine_id"))
             self.changed(True)  # the engine may place units here now, and push our set
             self._send_desired()
-            silence = max(self.heartbeat_s * SILENCE_HEARTBEATS, 3.0)
+            silence = max(self.heartbeat_s * SILENCE_HEARTBEATS, 2.0)
             while True:
                 try:
                     line = await asyncio.wait_for(channel.readline(), silence)

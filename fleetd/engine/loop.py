@@ -175,4 +175,5 @@ def machine_view(m: MachineRecord) -> MachineView:
         name=m.name, machine_id=m.machine_id, up=m.state == "up", metadata=m.metadata,
         cpus=float(facts.get("cpus") or 0), memory_bytes=int(facts.get("memory_bytes") or 0),
         capabilities=frozenset(str(c) for c in facts.get("capabilities") or ()),
+        lost=(m.error or "silent past its TTL") if m.state == "lost" else None,
     )

@@ -11,11 +11,12 @@ loads only grow once placing starts and the scheduler's heaps stay exact:
 
 1. **keep**: every placed unit stays unless it must leave: it is inactive, its machine
    was removed, the machine no longer satisfies a hard constraint (MachineID=,
-   MachineMetadata=, capabilities), its MachineOf= target is no longer there, a unit
-   that Replaces= it sits on the same machine, or it conflicts with a unit kept there
-   before it (MachineOf= targets first, then name order). A machine that is merely not
-   up keeps its units (rescheduling lost machines is the engine's job later), and
-   capacity is checked on admission only: a machine that shrinks does not evict.
+   MachineMetadata=, capabilities), the machine is lost (silent past its TTL), its
+   MachineOf= target is no longer there, a unit that Replaces= it sits on the same
+   machine, or it conflicts with a unit kept there before it (MachineOf= targets first,
+   then name order). A machine that is merely unreachable (within its TTL) keeps its
+   units, and capacity is checked on admission only: a machine that shrinks does not
+   evict.
 2. **globals**: Global units land on every matching machine with room where nothing
    kept conflicts with them; from then on they are residents like any other.
 3. **Replaces=** (fleet's meaning, from fleet PRs #1572 and #1698): an unplaced unit
@@ -94,6 +95,9 @@ class _Pass:
         for u in placed:
             if u.machine not in self.cluster.by_name:
                 self.left[u.name] = f"machine {u.machine} was removed"
+            elif self.cluster.by_name[u.machine or ""].lost:
+                self.left[u.name] = (f"machine {u.machine} was lost "
+                                     f"({self.cluster.by_name[u.machine or ''].lost})")
             elif u.name in self.stuck:
                 self.left[u.name] = self.stuck[u.name]
         for r in placed:  # the replaced unit yields the machine, whatever the name order

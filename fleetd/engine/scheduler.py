@@ -202,14 +202,34 @@ class Host:
     thrown away, so nothing leaks between calls.
     """
 
-    __slots__ = ("capabilities", "count", "cpu_cap", "cpu_rank", "cpu_used", "glob_count",
-                 "glob_refs", "index", "literal_refs", "machine_id", "mem_cap", "mem_rank",
-                 "mem_used", "metadata", "name", "residents", "tiebreak", "up", "version")
+    __slots__ = (
+        "capabilities",
+        "count",
+        "cpu_cap",
+        "cpu_rank",
+        "cpu_used",
+        "glob_count",
+        "glob_refs",
+        "index",
+        "literal_refs",
+        "lost",
+        "machine_id",
+        "mem_cap",
+        "mem_rank",
+        "mem_used",
+        "metadata",
+        "name",
+        "residents",
+        "tiebreak",
+        "up",
+        "version",
+    )
 
     def __init__(self, view: MachineView, index: int) -> None:
         self.name = view.name
         self.index = index
         self.up = view.up
+        self.lost = view.lost
         self.machine_id = view.machine_id or ""
         self.metadata = view.metadata
         self.capabilities = view.capabilities

@@ -30,3 +30,4 @@ class MachineView:
     cpus: float  # capacity from the agent's facts
     memory_bytes: int
     capabilities: FrozenSet[str] = frozenset()  # e.g. "systemd", "java:17"
+    lost: Optional[str] = None  # why it is lost (silent past its TTL): its units move

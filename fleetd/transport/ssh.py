@@ -17,7 +17,7 @@ import asyncssh
 
 from fleetd.transport.base import Channel, TransportError
 
-CONNECT_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 5.0
 KEEPALIVE_S = 5.0
 
 
@@ -125,7 +125,7 @@ class SshTransport:
 
     async def close(self) -> None:
         if self._conn is not None:
-            self._conn.close()
+            self._conn.abort()  # now: a graceful close waits on a peer that may be gone
             with contextlib.suppress(asyncio.TimeoutError, OSError, asyncssh.Error):
                 await asyncio.wait_for(self._conn.wait_closed(), 2.0)
             self._conn = None

@@ -126,6 +126,7 @@ class Fleet:
         self.proc.wait()
 
     def stop(self) -> None:
+        """SIGTERM, as an operator stops it; a fleetd that does not exit fails the test."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -133,6 +134,7 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+                pytest.fail(f"fleetd did not stop within 15s of SIGTERM:\n{self.dump()}")
 
     def ctl(self, *args: str, check: bool = True, timeout: float = 60
             ) -> subprocess.CompletedProcess[str]:
