@@ -40,7 +40,6 @@ STOPPED = "stopped"
 EXITED = "exited"
 FAILED = "failed"
 UNIT_STATES = (STARTING, RUNNING, STOPPING, STOPPED, EXITED, FAILED)
-HEALTH_STATES = ("unknown", "passing", "failing")
 
 # What the daemon wants of a unit on a host (fleet's model, seen from one host):
 # ``launched`` -> running, ``loaded`` -> present but stopped.

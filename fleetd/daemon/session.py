@@ -11,10 +11,9 @@ not this session, supervises them.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional
+from typing import Any, AsyncIterator, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from fleetd import protocol
 from fleetd.registry.base import MachineRecord, ObservedRecord, Registry
@@ -28,6 +27,7 @@ BACKOFF_MAX_S = 5.0
 STOP_WAIT_S = 5.0
 SILENCE_HEARTBEATS = 3  # this many heartbeats missed: the channel is dead, reconnect
 
+Fingerprint = FrozenSet[Tuple[str, str, str, int]]
 TransportFactory = Callable[[MachineRecord], Transport]
 
 
@@ -49,7 +49,7 @@ class MachineSession:
         self.last_seen: Optional[float] = machine.last_seen
         self.connected = False
         self._desired: Optional[List[Dict[str, Any]]] = None
-        self._sent: Optional[str] = None  # fingerprint of the set the agent has
+        self._sent: Optional[Fingerprint] = None  # of the set the agent has
         self._channel: Optional[Channel] = None
         self._task: Optional[asyncio.Task[None]] = None
         self._replies: Dict[int, asyncio.Future[Dict[str, Any]]] = {}
@@ -66,7 +66,10 @@ class MachineSession:
     def _send_desired(self) -> None:
         if self._desired is None or self._channel is None:
             return
-        fingerprint = json.dumps(self._desired, sort_keys=True)
+        # a spec is the rendered content (its hash), what is wanted of it and its restart
+        # generation: comparing those is enough, and cheap on every engine pass
+        fingerprint = frozenset((u["name"], u["hash"], u["want"], u.get("generation", 0))
+                                for u in self._desired)
         if fingerprint == self._sent:
             return
         self._channel.write(protocol.encode("desired", units=self._desired))

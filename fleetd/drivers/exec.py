@@ -272,21 +272,3 @@ def _working_directory(value: Optional[str], env: Dict[str, str]) -> str:
         return "/"
     raise DriverError(f"WorkingDirectory={path}: no such directory")
 
-
-def exit_description(status: int) -> str:
-    """``exited 3`` / ``killed by SIGKILL``, as a user reads it."""
-    if status < 0:
-        try:
-            return f"killed by {signal.Signals(-status).name}"
-        except ValueError:
-            return f"killed by signal {-status}"
-    return f"exited {status}"
-
-
-def wait_status_to_code(status: int) -> int:
-    """os.waitpid's status as a returncode (negative signal numbers, like subprocess)."""
-    if os.WIFSIGNALED(status):
-        return -os.WTERMSIG(status)
-    if os.WIFEXITED(status):
-        return os.WEXITSTATUS(status)
-    return -1

@@ -43,6 +43,7 @@ DROPIN = "50-fleetd.conf"
 PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "MainPID", "NRestarts",
               "ExecMainStatus", "ExecMainCode", "Result", "MemoryMax", "LoadError",
               "NeedDaemonReload")
+EXIT_EXEC = 203  # systemd's exit status when it cannot execute the command
 SYSTEMCTL_TIMEOUT_S = 30.0  # for calls that do not wait on a unit (show, daemon-reload)
 STOP_GRACE_S = 15.0  # beyond the unit's own timeout: systemd kills, then reports
 _NAME = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]+)?\.service")
@@ -276,6 +277,11 @@ class SystemdDriver:
                 parts.append(st["load_error"])
             if st["error"]:
                 parts.append(st["error"])
+            if st.get("exit_status") == EXIT_EXEC:  # without waiting on the journal
+                shown = self._systemctl("show", "-p", "ExecStart", "--value", name).stdout
+                path = re.search(r"path=(\S+)", shown)
+                if path:
+                    parts.append(f"systemd could not execute {path.group(1)}")
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             journal = subprocess.run(
                 ["journalctl", "-u", name, "-n", "5", "-o", "cat", "--no-pager", "-q"],

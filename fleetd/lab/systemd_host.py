@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import fcntl
 import glob
 import json
@@ -44,6 +43,9 @@ import tempfile
 import time
 import uuid
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from fleetd.cgroups import fs
+from fleetd.cgroups.base import CgroupError
 
 SUITE = "bookworm"
 VARIANT = "minbase"
@@ -213,25 +215,17 @@ def _hierarchies() -> List[Tuple[str, str]]:
 
 
 def _remove_tree(path: str, timeout: float = 5.0) -> None:
-    """rmdir a cgroup and its children, deepest first; the kernel frees a cgroup a
-    moment after its last process is gone, so EBUSY is retried."""
+    """rmdir a cgroup and its children (cgroups.fs.remove_tree); the kernel frees a
+    cgroup a moment after its last process is gone, so a busy one is retried."""
     deadline = time.monotonic() + timeout
-    while os.path.isdir(path):
-        busy = False
-        for dirpath, _dirs, _files in os.walk(path, topdown=False):
-            try:
-                os.rmdir(dirpath)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                if exc.errno != errno.EBUSY:
-                    raise
-                busy = True
-        if not busy:
+    while True:
+        try:
+            fs.remove_tree(path)
             return
-        if time.monotonic() > deadline:
-            raise SystemdHostError(f"cgroup {path} is still busy: processes left in it?")
-        time.sleep(0.02)
+        except CgroupError as exc:
+            if time.monotonic() > deadline:
+                raise SystemdHostError(f"cgroup {path} is still busy: {exc}") from None
+            time.sleep(0.02)
 
 
 # --- the booted host ------------------------------------------------------------------------

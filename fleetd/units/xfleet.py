@@ -9,7 +9,6 @@ the scheduler counts against each machine's capacity (fleet counted units only).
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -37,9 +36,6 @@ class Requirements:
     memory_percent: float = 0.0  # reservation from MemoryMax=N% (of each machine)
     cpus: float = 0.0  # reservation from CPUQuota= (200% -> 2.0)
     capabilities: Tuple[str, ...] = ()  # facts a machine must have ("systemd", ...)
-
-    def conflicts_with(self, other_name: str) -> bool:
-        return any(fnmatch.fnmatchcase(other_name, g) for g in self.conflicts)
 
 
 def driver(ctx: UnitContext) -> str:

@@ -5,28 +5,16 @@ convergence each unit runs exactly once."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from typing import Dict, List
 
+from agentkit import processes_with
 from labkit import Fleet, alive, wait_for
 
 
 def copies(unit: str) -> List[int]:
     """Every live process of ``unit`` on the whole machine (all lab hosts share it)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if f"FLEET_UNIT={unit}".encode() + b"\0" not in f.read():
-                    continue
-        except OSError:
-            continue
-        if alive(int(entry)):
-            found.append(int(entry))
-    return found
+    return [p for p in processes_with(f"FLEET_UNIT={unit}\0".encode()) if alive(p)]
 
 
 def placed(fleet: Fleet) -> Dict[str, str]:

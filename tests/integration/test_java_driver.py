@@ -23,7 +23,7 @@ import pytest
 
 from fleetd.drivers import java as jd
 from fleetd.drivers.base import DriverError, Handle, StartContext
-from fleetd.drivers.exec import same_process, wait_status_to_code
+from fleetd.drivers.exec import same_process
 from fleetd.units import service, xjava
 from fleetd.units.context import UnitContext
 from fleetd.units.model import parse_name
@@ -260,7 +260,7 @@ class Run:
             return None
         if wpid == 0:
             return None
-        self.reaped[pid] = wait_status_to_code(status)
+        self.reaped[pid] = os.waitstatus_to_exitcode(status)
         return self.reaped[pid]
 
     def wait(self, handle: Handle) -> Optional[int]:

@@ -58,11 +58,13 @@ def test_conflicts_one_way_and_multiple(cluster: Fleet, tmp_path) -> None:
     # multiple: cache conflicts with all three -> no machine is left for it
     cache = write(tmp_path, "cache.service", "Conflicts=db.service\nConflicts=web1.service "
                                              "web2.service")
+    # the least loaded machine wins, so the three sit on three machines...
+    assert len({where["db.service"], where["web1.service"], where["web2.service"]}) == 3
     cluster.ctl("start", "--no-block", cache)
-    if len({where["db.service"], where["web1.service"], where["web2.service"]}) == 3:
-        wait_for("cache unplaced with a reason", lambda: "conflict" in
-                 reason(cluster, "cache.service").lower())
-        assert placement(cluster)["cache.service"] is None
+    # ...and cache, conflicting with all three, has nowhere to go
+    wait_for("cache unplaced with a reason", lambda: "conflict" in
+             reason(cluster, "cache.service").lower())
+    assert placement(cluster)["cache.service"] is None
 
 
 def test_machine_id_pins_by_full_id_and_prefix(cluster: Fleet, tmp_path) -> None:
