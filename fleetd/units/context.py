@@ -16,6 +16,7 @@ from typing import Dict, List, NoReturn, Optional, Sequence
 
 from fleetd.units import execline
 from fleetd.units.parser import Entry, UnitError, UnitFile
+from fleetd.units.timespan import TimespanError, parse_timespan
 
 # fleet's old spellings, still accepted so that fleet users' units load unchanged
 ALIASES: Dict[str, Dict[str, str]] = {
@@ -150,6 +151,16 @@ class UnitContext:
         if value.lower() in _FALSE:
             return False
         self.fail(self.entry(section, key), f"{value!r} is not a boolean (yes/no, true/false, 1/0)")
+
+    def timespan(self, section: str, key: str, default: float) -> float:
+        """A systemd time span in seconds (``5s``, ``1min 30s``, ``infinity``)."""
+        value = self.single(section, key)
+        if value is None:
+            return default
+        try:
+            return parse_timespan(value)
+        except TimespanError as exc:
+            self.fail(self.entry(section, key), str(exc))
 
     def check_known(self, section: str, known: Sequence[str]) -> None:
         """Refuse options fleetd does not know in its own sections, with a suggestion."""

@@ -101,6 +101,8 @@ def load(name: str, text: str, source: Optional[str] = None, template_ok: bool =
     if needs:
         requirements = dataclasses.replace(
             requirements, capabilities=requirements.capabilities + needs)
+    if requirements.fence_after_s is not None:
+        config["fence_after_s"] = requirements.fence_after_s  # the agent does the fencing
     return Unit(name=name, text=text, hash=content_hash(text), file=ctx.file,
                 description=description, driver=driver, config=config,
                 requirements=requirements)

@@ -15,7 +15,6 @@ from typing import Any, Dict, List, Optional, Tuple
 from fleetd.units import execline
 from fleetd.units.context import UnitContext
 from fleetd.units.parser import Entry
-from fleetd.units.timespan import TimespanError, parse_timespan
 
 SERVICE_TYPES = ("simple", "exec", "oneshot")
 RESTART_POLICIES = ("no", "on-success", "on-failure", "on-abnormal", "on-watchdog",
@@ -51,7 +50,7 @@ def config(ctx: UnitContext, needs_exec_start: bool = True) -> Dict[str, Any]:
     if len(starts) > 1 and service_type != "oneshot":
         ctx.fail(starts[1], f"more than one ExecStart= is only allowed with Type=oneshot "
                             f"(first at line {starts[0].line})")
-    restart_s = _timespan(ctx, S, "RestartSec", DEFAULT_RESTART_S)
+    restart_s = ctx.timespan(S, "RestartSec", DEFAULT_RESTART_S)
     return {
         "type": service_type,
         "commands": _commands(ctx, starts),
@@ -151,19 +150,10 @@ def signal_number(value: str) -> Optional[int]:
     return int(sig) if sig is not None else None
 
 
-def _timespan(ctx: UnitContext, section: str, key: str, default: float) -> float:
-    value = ctx.single(section, key)
-    if value is None:
-        return default
-    try:
-        return parse_timespan(value)
-    except TimespanError as exc:
-        ctx.fail(ctx.entry(section, key), str(exc))
-
 
 def _timeout(ctx: UnitContext, key: str) -> Optional[float]:
     """Seconds, or None for no timeout (systemd: both 0 and infinity mean none)."""
-    seconds = _timespan(ctx, S, key, DEFAULT_TIMEOUT_S)
+    seconds = ctx.timespan(S, key, DEFAULT_TIMEOUT_S)
     return None if seconds == 0 or math.isinf(seconds) else seconds
 
 
@@ -190,7 +180,7 @@ def _restart_max_delay(ctx: UnitContext, restart_s: float) -> Optional[float]:
     infinity, the default (no growth). Like systemd, it only matters together with
     RestartSteps=. A value below RestartSec= is refused here: systemd would quietly
     lower RestartSec= to it, and a unit is better told at submit time."""
-    seconds = _timespan(ctx, S, "RestartMaxDelaySec", math.inf)
+    seconds = ctx.timespan(S, "RestartMaxDelaySec", math.inf)
     if math.isinf(seconds):
         return None
     if seconds < restart_s:
@@ -223,7 +213,7 @@ def _start_limit_interval(ctx: UnitContext) -> float:
     for section, key in (("Unit", "StartLimitIntervalSec"), (S, "StartLimitIntervalSec"),
                          (S, "StartLimitInterval")):
         if ctx.single(section, key) is not None:
-            return _timespan(ctx, section, key, DEFAULT_START_LIMIT_INTERVAL_S)
+            return ctx.timespan(section, key, DEFAULT_START_LIMIT_INTERVAL_S)
     return DEFAULT_START_LIMIT_INTERVAL_S
 
 

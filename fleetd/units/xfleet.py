@@ -4,11 +4,27 @@ fleet's options keep fleet's meaning (MachineID, MachineOf, MachineMetadata, Con
 Global, Replaces; fleet's old ``X-Condition...`` spellings are accepted too). On top:
 ``Driver=`` picks the driver, and [Service]'s MemoryMax=/CPUQuota= become a reservation
 the scheduler counts against each machine's capacity (fleet counted units only).
+
+What happens when things fail (fleet had neither):
+
+``RescheduleAttempts=``       moves to another machine after the unit *failed* on one
+                              (start limit hit, or its health check ended it for good)
+                              within ``RescheduleIntervalSec=``; ``infinity``: no limit,
+                              ``0``: never move (default 5 in 1h)
+``RescheduleDelaySec=``       wait before each move (default 5s), growing by
+``RescheduleDelayFunction=``  ``exponential`` (default: doubles per attempt) or
+                              ``constant``, up to ``RescheduleMaxDelaySec=`` (5min)
+``FenceAfterSec=``            fencing: the agent stops the unit once it has heard
+                              nothing from fleetd for this long, and fleetd starts a
+                              new copy elsewhere only after that time has surely passed
+                              (for programs where two copies are worse than none).
+                              Default: never; units keep running while cut off.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -17,9 +33,42 @@ from fleetd.units.context import UnitContext
 
 X = "X-Fleet"
 KNOWN = ("MachineID", "MachineOf", "MachineMetadata", "Conflicts", "Global", "Replaces",
-         "Driver")
+         "Driver", "RescheduleAttempts", "RescheduleIntervalSec", "RescheduleDelaySec",
+         "RescheduleDelayFunction", "RescheduleMaxDelaySec", "FenceAfterSec")
+DELAY_FUNCTIONS = ("exponential", "constant")
 DRIVERS = ("exec", "java", "systemd")
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.service")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reschedule:
+    """Where a unit goes after failing on a machine: Nomad's reschedule policy, in
+    systemd's spelling. ``attempts`` None means no limit."""
+
+    attempts: Optional[int] = 5
+    interval_s: float = 3600.0
+    delay_s: float = 5.0
+    exponential: bool = True
+    max_delay_s: float = 300.0
+
+    def delay(self, used: int) -> float:
+        """Seconds to wait before the move that follows ``used`` earlier ones."""
+        if not self.exponential:
+            return min(self.delay_s, self.max_delay_s)
+        return min(self.delay_s * (2.0 ** min(used, 60)), self.max_delay_s)
+
+    def describe(self) -> str:
+        limit = "unlimited" if self.attempts is None else str(self.attempts)
+        return f"{limit} in {_span(self.interval_s)}"
+
+
+def _span(seconds: float) -> str:
+    if seconds == math.inf:
+        return "infinity"
+    for unit, size in (("h", 3600.0), ("min", 60.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +85,8 @@ class Requirements:
     memory_percent: float = 0.0  # reservation from MemoryMax=N% (of each machine)
     cpus: float = 0.0  # reservation from CPUQuota= (200% -> 2.0)
     capabilities: Tuple[str, ...] = ()  # facts a machine must have ("systemd", ...)
+    reschedule: Reschedule = Reschedule()  # after failing on a machine
+    fence_after_s: Optional[float] = None  # FenceAfterSec=: stop when cut off this long
 
 
 def driver(ctx: UnitContext) -> str:
@@ -82,6 +133,10 @@ def requirements(ctx: UnitContext, limits: Dict[str, Any]) -> Requirements:
                          "on every matching machine)")
     if machine_id and units["MachineOf"]:
         ctx.fail(ctx.entry(X, "MachineOf"), "MachineOf= cannot be combined with MachineID=")
+    fence = ctx.timespan(X, "FenceAfterSec", math.inf)
+    if fence <= 0:
+        ctx.fail(ctx.entry(X, "FenceAfterSec"),
+                 "must be more than 0 (infinity, the default, never fences)")
     return Requirements(
         machine_id=machine_id,
         machine_of=units["MachineOf"],
@@ -92,4 +147,37 @@ def requirements(ctx: UnitContext, limits: Dict[str, Any]) -> Requirements:
         memory_bytes=int(limits.get("memory_max") or 0),
         memory_percent=float(limits.get("memory_max_percent") or 0.0),
         cpus=float(limits.get("cpu_quota") or 0.0),
+        reschedule=reschedule(ctx),
+        fence_after_s=None if fence == math.inf else fence,
     )
+
+
+def reschedule(ctx: UnitContext) -> Reschedule:
+    default = Reschedule()
+    attempts: Optional[int] = default.attempts
+    text = ctx.single(X, "RescheduleAttempts")
+    if text is not None:
+        if text.strip() in ("infinity", "unlimited"):
+            attempts = None
+        elif text.strip().isdigit():
+            attempts = int(text)
+        else:
+            ctx.fail(ctx.entry(X, "RescheduleAttempts"),
+                     f"{text!r} is not a count (a number, or infinity)")
+    function = ctx.single(X, "RescheduleDelayFunction") or "exponential"
+    if function not in DELAY_FUNCTIONS:
+        ctx.fail(ctx.entry(X, "RescheduleDelayFunction"),
+                 f"{function!r} is not one of {', '.join(DELAY_FUNCTIONS)}")
+    policy = Reschedule(
+        attempts=attempts,
+        interval_s=ctx.timespan(X, "RescheduleIntervalSec", default.interval_s),
+        delay_s=ctx.timespan(X, "RescheduleDelaySec", default.delay_s),
+        exponential=function == "exponential",
+        max_delay_s=ctx.timespan(X, "RescheduleMaxDelaySec", default.max_delay_s),
+    )
+    if policy.interval_s <= 0:
+        ctx.fail(ctx.entry(X, "RescheduleIntervalSec"), "must be more than 0")
+    if policy.delay_s == math.inf:
+        ctx.fail(ctx.entry(X, "RescheduleDelaySec"),
+                 "infinity would never move the unit; say RescheduleAttempts=0")
+    return policy
