@@ -2,15 +2,18 @@
 the real ``fleetctl`` console script. Nothing here is mocked.
 
 One 3-host lab serves the whole session (prefix ``ft``, 10.78.0.0/24, apart from the
-demo lab's ``fl``/10.77.0.0/24). Each test gets a fresh fleetd (own state dir and
+demo lab's ``fl``/10.77.0.0/24). A second test run at the same time (two engineers on
+one machine) takes the next free slot (``t1``/10.78.1.0/24, ...), claimed by a flock
+that dies with its run, so runs never sweep each other's namespaces. Each test gets a fresh fleetd (own state dir and
 socket) and, afterwards, hosts wiped back to "sshd only": every other process in the
 host's namespace is killed and the agent state directory emptied.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
-from typing import Any, Iterator, List
+from typing import Any, Iterator, List, Tuple
 
 import pytest
 from labkit import Fleet, reset_host, wait_for
@@ -24,15 +27,32 @@ def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
             item.add_marker(pytest.mark.lab)
 
 
+def _claim_slot() -> Tuple[int, str, str]:
+    """(lock fd, prefix, subnet) of the first lab slot no other test run holds."""
+    for slot in range(10):
+        fd = os.open(f"/run/fleetd-test-lab-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return fd, ("ft" if slot == 0 else f"t{slot}"), f"10.78.{slot}"
+    pytest.fail("ten test runs hold every lab slot")
+
+
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.fail("integration tests need root (network namespaces, sshd, cgroups)")
-    the_lab = Lab(str(tmp_path_factory.mktemp("lab")), prefix="ft", subnet="10.78.0")
+    fd, prefix, subnet = _claim_slot()
+    the_lab = Lab(str(tmp_path_factory.mktemp("lab")), prefix=prefix, subnet=subnet)
     the_lab.down()  # sweeps namespaces and the bridge a crashed earlier run left behind
-    the_lab.up(3)
-    yield the_lab
-    the_lab.down()
+    try:
+        the_lab.up(3)
+        yield the_lab
+    finally:
+        the_lab.down()
+        os.close(fd)
 
 
 @pytest.fixture
