@@ -3,20 +3,37 @@
 All decisions are the pure reconciler's; this layer only reads the registry, writes the
 placements it planned and gives every machine session its host's desired set (the
 session sends it only if it changed). Wakes coalesce: a burst of submits costs one pass.
+
+It also turns agents' reports into the reconciler's facts: a unit reported ``failed``
+for the content and generation fleetd wants on its machine is a failure, recorded once
+per placement (so the reschedule policy can count it after a restart of fleetd); a unit
+running (and passing its check, if it has one) where it is placed is ``ready``, which
+is what a drain's hand-off waits for. When the reconciler says a decision is due later
+(a reschedule delay, a fence), the loop sets a timer for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from fleetd import protocol
 from fleetd.engine import reconciler
 from fleetd.engine.scheduler import global_placements
-from fleetd.engine.views import MachineView, UnitView
-from fleetd.registry.base import LAUNCHED, LOADED, MachineRecord, Registry, UnitRecord
+from fleetd.engine.views import Failure, MachineView, UnitView
+from fleetd.registry.base import (
+    LAUNCHED,
+    LOADED,
+    FailureRecord,
+    MachineRecord,
+    ObservedRecord,
+    Registry,
+    UnitRecord,
+)
 from fleetd.units import render
 from fleetd.units.model import Unit, load, parse_name
 from fleetd.units.parser import UnitError
@@ -26,15 +43,21 @@ from fleetd.units.xfleet import Requirements
 log = logging.getLogger("fleetd.engine")
 
 PushFn = Callable[[str, List[Dict[str, Any]]], None]
+HeardFn = Callable[[str], Optional[float]]  # machine -> when its agent was last heard
 CacheKey = Tuple[str, str, str, str]  # name, content hash, vars, machine (rendered units)
 
 
 class Engine:
-    def __init__(self, registry: Registry, push: PushFn, changed: Callable[[], None]) -> None:
+    def __init__(self, registry: Registry, push: PushFn, changed: Callable[[], None],
+                 heard: Optional[HeardFn] = None, heartbeat_s: float = 1.0) -> None:
         self.registry = registry
         self.push = push
         self.changed = changed
+        self.heard: HeardFn = heard or (lambda name: None)
+        self.heartbeat_s = heartbeat_s
         self._wake = asyncio.Event()
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self.watching: Set[str] = set()  # units in a hand-off: their reports matter
         self._units: Dict[CacheKey, Unit] = {}  # parsed, validated, rendered
         # (unit, machine) -> hash of the rendered content last handed to that machine:
         # what "current" means for an agent's report
@@ -45,6 +68,10 @@ class Engine:
     def wake(self) -> None:
         self._wake.set()
 
+    def requirements_of(self, u: UnitRecord) -> Optional[Requirements]:
+        """The unit's [X-Fleet] as the last pass read it (None: not read yet, or invalid)."""
+        return self._requirements.get((u.name, u.hash, _vars_key(u)))
+
     async def run(self) -> None:
         while True:
             await self._wake.wait()
@@ -54,28 +81,97 @@ class Engine:
             except Exception:
                 log.exception("engine pass failed; retrying on the next event")
 
-    def reconcile_once(self) -> None:
+    def reconcile_once(self, now: Optional[float] = None) -> None:
+        now = time.time() if now is None else now
         units = [u for u in self.registry.list_units() if "@." not in u.name]  # no templates
         machines = self.registry.list_machines()
-        machine_views = [machine_view(m) for m in machines]
-        unit_views = self._unit_views(units)
-        tasks = reconciler.plan(unit_views, machine_views)
+        machine_views = [self.machine_view(m, now) for m in machines]
+        observed = {(o.unit, o.machine): o for o in self.registry.list_observed()}
+        failures = self._record_failures(units, machines, observed, now)
+        unit_views = self._unit_views(units, machines, observed, failures)
+        outcome = reconciler.reconcile(unit_views, machine_views, now)
+        tasks = outcome.tasks
         if tasks:
             for t in tasks:
-                log.info("%s -> %s: %s", t.unit, t.machine or "(unplaced)", t.reason)
-            self.registry.set_placements((t.unit, t.machine, t.reason) for t in tasks)
+                log.info("%s -> %s%s: %s", t.unit, t.machine or "(unplaced)",
+                         f" (handing over from {t.handoff})" if t.handoff else "", t.reason)
+            self.registry.set_placements([(t.unit, t.machine, t.reason) for t in tasks],
+                                         handoffs={t.unit: t.handoff for t in tasks},
+                                         retry=[t.unit for t in tasks if t.retry])
             units = [u for u in self.registry.list_units() if "@." not in u.name]
-            unit_views = self._unit_views(units)
+            unit_views = self._unit_views(units, machines, observed, failures)
             self.changed()
+        deadlines = [m.drain_deadline for m in machines
+                     if m.draining is not None and m.drain_deadline and m.drain_deadline > now]
+        self._arm(min([*deadlines, *([outcome.wake_at] if outcome.wake_at else [])],
+                      default=None), now)
+        self.watching = {u.name for u in units if u.handoff}
         self.global_targets = global_placements(unit_views, machine_views)
         sets = self.desired_sets(units, machines)
         for machine, specs in sets.items():
             self.push(machine, specs)
 
-    def _unit_views(self, units: List[UnitRecord]) -> List[UnitView]:
+    def _arm(self, at: Optional[float], now: float) -> None:
+        """A pass at ``at`` (a reschedule delay or a fence ends then), replacing any
+        timer set before: each pass says again what it waits for."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if at is not None:
+            delay = max(0.0, at - now) + 0.01  # just after, so the pass sees it is due
+            self._timer = asyncio.get_running_loop().call_later(delay, self.wake)
+
+    def machine_view(self, m: MachineRecord, now: float) -> MachineView:
+        view = machine_view(m)
+        heard = self.heard(m.name) or m.last_seen
+        # surely silent this long: the agent may have heard us up to a heartbeat later
+        silent = max(0.0, now - heard - self.heartbeat_s) if heard is not None else 0.0
+        overdue = m.drain_deadline is not None and now >= m.drain_deadline
+        return dataclasses.replace(view, silent_s=silent, drain_overdue=overdue)
+
+    def _record_failures(self, units: List[UnitRecord], machines: List[MachineRecord],
+                         observed: Mapping[Tuple[str, str], ObservedRecord],
+                         now: float) -> Dict[str, List[FailureRecord]]:
+        """A unit reported failed where it is placed, for the content and generation
+        fleetd wants there, since it was placed there: one failure, recorded once.
+        Returns every unit's failures."""
+        by_name = {m.name: m for m in machines}
+        recorded = self.registry.list_failures()
+        new = False
+        for u in units:
+            if u.desired != LAUNCHED or u.machine is None or u.machine not in by_name:
+                continue
+            o = observed.get((u.name, u.machine))
+            if o is None or o.state != protocol.FAILED or o.generation != u.generation:
+                continue
+            if o.hash != self._hash_on(u, by_name[u.machine]):
+                continue
+            since = u.placed_at or 0.0
+            if any(f.machine == u.machine and f.at >= since and f.hash == u.hash
+                   for f in recorded.get(u.name, ())):
+                continue
+            why = o.error or f"exit status {o.exit_status}"
+            log.warning("%s failed on %s: %s", u.name, u.machine, why)
+            self.registry.record_failure(FailureRecord(u.name, u.hash, u.machine, now, why))
+            new = True
+        return self.registry.list_failures() if new else recorded
+
+    def _hash_on(self, u: UnitRecord, machine: MachineRecord) -> Optional[str]:
+        expected = self.expected.get((u.name, machine.name))
+        if expected is not None:
+            return expected
+        try:
+            return self._rendered(u, machine)[0].hash
+        except (UnitError, LookupError):
+            return None
+
+    def _unit_views(self, units: List[UnitRecord], machines: List[MachineRecord],
+                    observed: Mapping[Tuple[str, str], ObservedRecord],
+                    failures: Mapping[str, List[FailureRecord]]) -> List[UnitView]:
         """What the scheduler needs of each unit; requirements come from the unit as it
         reads before any machine is chosen (render.probe), so [X-Fleet] never depends
         on the machine it would pick."""
+        by_name = {m.name: m for m in machines}
         views = []
         keys = {(u.name, u.hash, _vars_key(u)) for u in units}
         for stale in set(self._requirements) - keys:
@@ -95,10 +191,36 @@ class Engine:
                         invalid.append((u.name, None, why))
                     continue
                 self._requirements[key] = req
-            views.append(UnitView(u.name, u.desired, u.machine, u.reason, req))
+            mine = tuple(Failure(f.machine, f.at, f.reason) for f in failures.get(u.name, ())
+                         if f.hash == u.hash)
+            failed = next((f for f in reversed(mine) if f.machine == u.machine
+                           and f.at >= (u.placed_at or 0.0)), None)
+            ready = False
+            machine = by_name.get(u.machine or "")
+            if u.handoff and machine is not None:
+                ready = self._ready(u, machine, observed.get((u.name, machine.name)))
+            views.append(UnitView(u.name, u.desired, u.machine, u.reason, req, mine, failed,
+                                  u.handoff, ready))
         if invalid:
             self.registry.set_placements(invalid)
         return views
+
+    def _ready(self, u: UnitRecord, machine: MachineRecord, o: Optional[ObservedRecord]
+               ) -> bool:
+        """Does ``u`` run on ``machine`` as fleetd wants it, healthy if it is checked?"""
+        if o is None or o.generation != u.generation or o.hash != self._hash_on(u, machine):
+            return False
+        if u.desired == LOADED:
+            return o.state == protocol.STOPPED
+        if o.state == protocol.EXITED:
+            return True
+        if o.state != protocol.RUNNING or o.health == "failing":
+            return False
+        try:
+            checked = bool(self._rendered(u, machine)[0].config.get("check"))
+        except (UnitError, LookupError):
+            return False
+        return o.health == "passing" or not checked
 
     def desired_sets(
         self, units: List[UnitRecord], machines: List[MachineRecord]
@@ -114,6 +236,8 @@ class Engine:
             if u.desired not in (LOADED, LAUNCHED):
                 continue
             targets = self.global_targets.get(u.name, [u.machine] if u.machine else [])
+            if u.handoff and u.handoff != u.machine:
+                targets = [*targets, u.handoff]  # the old copy runs until the new is ready
             want = protocol.WANT_RUNNING if u.desired == LAUNCHED else protocol.WANT_STOPPED
             for target in targets:
                 machine = by_name.get(target)
@@ -123,7 +247,7 @@ class Engine:
                     unit, key = self._rendered(u, machine)
                 except UnitError as exc:
                     why = f"cannot render for {machine.name}: {exc}"
-                    if u.reason != why:
+                    if u.reason != why and target == u.machine:
                         reasons.append((u.name, u.machine, why))
                     continue
                 live.add(key)
@@ -176,4 +300,5 @@ def machine_view(m: MachineRecord) -> MachineView:
         cpus=float(facts.get("cpus") or 0), memory_bytes=int(facts.get("memory_bytes") or 0),
         capabilities=frozenset(str(c) for c in facts.get("capabilities") or ()),
         lost=(m.error or "silent past its TTL") if m.state == "lost" else None,
+        draining=m.draining is not None,
     )

@@ -25,6 +25,25 @@ loads only grow once placing starts and the scheduler's heaps stay exact:
    (with whatever follows it by MachineOf=) moves on like a conflicting one.
 4. **place**: the rest, targets before their MachineOf= followers, then by name.
 
+Failures and drains (fleet had neither), decided in the same pass:
+
+* **failed units** (the agent gave up on one: start limit hit, or its health check ended
+  it) move by their ``[X-Fleet]`` reschedule policy: after a delay that grows per
+  attempt, while attempts are left in the interval, to a machine where they have not
+  failed lately if there is one (else back where they failed, as a fresh start). With
+  no attempts left they stay failed where they are, saying so, until old failures
+  age out of the interval.
+* **fencing**: a lost machine's unit with ``FenceAfterSec=`` moves only once the machine
+  has been silent long enough that its agent has surely stopped it, so two copies
+  never run.
+* **draining** machines take no new units and hand theirs over one at a time: the unit
+  is placed elsewhere while its old copy keeps running (``handoff``), and only once the
+  new copy is running and healthy does the old one stop and the next unit go. After
+  the drain's deadline whatever is left moves at once (or stops, if it fits nowhere).
+
+Time enters only as ``now`` and the machines' silences; the outcome says when the next
+pass is due (a delay ends, a fence expires), since nothing else would wake the engine.
+
 Circular Replaces= (fleet refuses it; its functional test wants one unit of the two to
 run): in a cycle, one unit runs (the placed one whose name sorts first, else the first by
 name) and the rest wait with a reason, the same answer every pass, so nothing flaps.
@@ -33,11 +52,12 @@ name) and the rest wait with a reason, the same answer every pass, so nothing fl
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from fleetd.engine.scheduler import Cluster, Group, Host, metadata_text, relations
 from fleetd.engine.views import MachineView, UnitView
-from fleetd.registry.base import INACTIVE
+from fleetd.registry.base import INACTIVE, LAUNCHED
+from fleetd.units.xfleet import Reschedule
 
 UNLOADED = "unloaded: desired state is inactive"
 GLOBAL = "Global=true: runs on every matching machine, so it is not placed on one"
@@ -50,15 +70,38 @@ class Place:
     unit: str
     machine: Optional[str]
     reason: str
+    handoff: Optional[str] = None  # the machine whose copy runs until this one is ready
+    retry: bool = False  # it failed where it is and starts there again (new generation)
 
 
-def plan(units: Sequence[UnitView], machines: Sequence[MachineView]) -> List[Place]:
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    tasks: List[Place]
+    wake_at: Optional[float]  # when a pass must run again although nothing happened
+
+
+def plan(units: Sequence[UnitView], machines: Sequence[MachineView],
+         now: float = 0.0) -> List[Place]:
     """The placement changes that bring ``units`` in line with ``machines``, in input order."""
-    return _Pass(units, machines).run()
+    return reconcile(units, machines, now).tasks
+
+
+def reconcile(units: Sequence[UnitView], machines: Sequence[MachineView],
+              now: float) -> Outcome:
+    """plan(), and when the next pass is due at the latest."""
+    p = _Pass(units, machines, now)
+    return Outcome(p.run(), p.wake_at)
+
+
+def _limit(policy: Reschedule) -> str:
+    return "unlimited" if policy.attempts is None else str(policy.attempts)
 
 
 class _Pass:
-    def __init__(self, units: Sequence[UnitView], machines: Sequence[MachineView]) -> None:
+    def __init__(self, units: Sequence[UnitView], machines: Sequence[MachineView],
+                 now: float = 0.0) -> None:
+        self.now = now
+        self.wake_at: Optional[float] = None
         self.units = units
         self.by_name = {u.name: u for u in units}
         self.cluster = Cluster(machines)
@@ -69,6 +112,10 @@ class _Pass:
         self.left: Dict[str, str] = {}  # why it had to leave its machine
         self.placed: Dict[str, str] = {}  # why it goes where it goes (placed in this pass)
         self.refused: Dict[str, str] = {}  # why it goes nowhere
+        self.noted: Dict[str, str] = {}  # a new reason for a unit that stays where it is
+        self.avoid: Dict[str, FrozenSet[str]] = {}  # where it failed lately
+        self.handoff: Dict[str, Optional[str]] = {  # as it ends up after this pass
+            u.name: u.handoff for u in units if u.handoff}
         self._followers: Optional[Dict[str, List[str]]] = None  # target -> its followers
         self.cluster.expect(p for u in self.movable.values() for p in relations(u.req).globs)
         self.cluster.expect(p for u in units if u.req.is_global and u.desired != INACTIVE
@@ -85,7 +132,12 @@ class _Pass:
                                     if u.req.is_global and u.desired != INACTIVE])
         self.take_over()
         self.place_rest()
+        self.drain()
         return self.tasks()
+
+    def wake(self, at: float) -> None:
+        if self.wake_at is None or at < self.wake_at:
+            self.wake_at = at
 
     # -- 1. keep ----------------------------------------------------------------------
 
@@ -93,13 +145,18 @@ class _Pass:
         placed = sorted((u for u in self.movable.values() if u.machine is not None),
                         key=lambda u: u.name)
         for u in placed:
-            if u.machine not in self.cluster.by_name:
+            host = self.cluster.by_name.get(u.machine or "")
+            if host is None:
                 self.left[u.name] = f"machine {u.machine} was removed"
-            elif self.cluster.by_name[u.machine or ""].lost:
-                self.left[u.name] = (f"machine {u.machine} was lost "
-                                     f"({self.cluster.by_name[u.machine or ''].lost})")
+            elif host.lost:
+                if not self.fenced_there(u, host):
+                    self.left[u.name] = f"machine {u.machine} was lost ({host.lost})"
             elif u.name in self.stuck:
                 self.left[u.name] = self.stuck[u.name]
+            elif host.draining and host.drain_overdue:
+                self.left[u.name] = f"{host.name} is draining and its deadline passed"
+            elif u.failed is not None and u.desired == LAUNCHED:
+                self.after_failure(u)
         for r in placed:  # the replaced unit yields the machine, whatever the name order
             if r.name in self.left:
                 continue
@@ -117,6 +174,44 @@ class _Pass:
             else:
                 self.cluster.add(host, u.name, u.req)
                 self.where[u.name] = host
+
+    def fenced_there(self, u: UnitView, host: Host) -> bool:
+        """A lost machine's unit with FenceAfterSec= stays placed there until the machine
+        has been silent long enough that its agent has surely stopped it."""
+        wait = u.req.fence_wait_s
+        if wait is None or host.silent_s >= wait:
+            return False
+        self.noted[u.name] = (f"machine {host.name} was lost ({host.lost}); it moves once "
+                              f"its fenced copy there is surely stopped ({wait:g}s of silence)")
+        self.wake(self.now + wait - host.silent_s)
+        return True
+
+    def after_failure(self, u: UnitView) -> None:
+        """Failed where it is placed: leave now, later (the policy's delay), or not at all
+        (no attempts left in the interval); the unit's reason says which."""
+        failed = u.failed
+        assert failed is not None
+        policy = u.req.reschedule
+        window = [f for f in u.failures if f.at > self.now - policy.interval_s]
+        earlier = [f for f in window if f.at < failed.at]
+        used = len(earlier)
+        what = f"failed on {failed.machine}: {failed.reason}"
+        if policy.attempts is not None and used >= policy.attempts:
+            if policy.attempts == 0:
+                self.noted[u.name] = f"{what}; RescheduleAttempts=0 keeps it there"
+                return
+            self.noted[u.name] = (f"{what}; not moved: all {policy.attempts} reschedule "
+                                  f"attempts in {policy.describe().split(' in ')[1]} used")
+            self.wake(earlier[0].at + policy.interval_s)
+            return
+        attempt = f"reschedule attempt {used + 1} of {_limit(policy)}"
+        due = failed.at + policy.delay(used)
+        if self.now < due:
+            self.noted[u.name] = f"{what}; {attempt} in {policy.delay(used):g}s"
+            self.wake(due)
+            return
+        self.left[u.name] = f"{what} ({attempt})"
+        self.avoid[u.name] = frozenset(f.machine for f in window)
 
     def must_leave(self, u: UnitView, host: Host) -> Optional[str]:
         req = u.req
@@ -205,17 +300,23 @@ class _Pass:
             if not group.members:
                 self.refused[u.name] = group.refusal
                 continue
-            chosen = self.cluster.choose(group, u.name, req)
+            chosen = self.cluster.choose(group, u.name, req, self.avoid.get(u.name, frozenset()))
             if chosen is None:
                 later.append((u, group.members, "", group))
                 continue
-            n = len(group.members)
-            self.put(u, chosen, f"least loaded of {n} candidate machine{'s' * (n != 1)}")
+            self.put(u, chosen, self.chosen_because(u, chosen, group))
         # explained once everything is placed, so the reason describes the final state
         # and the next pass, seeing that same state, computes the same words
         for u, hosts, context, whole in later:
             why = self.cluster.explain(u.name, u.req, hosts, whole)
             self.refused[u.name] = f"{context}, but {why}" if context else why
+
+    def chosen_because(self, u: UnitView, host: Host, group: Group) -> str:
+        n = len(group.members)
+        why = f"least loaded of {n} candidate machine{'s' * (n != 1)}"
+        if host.name in self.avoid.get(u.name, ()):
+            return f"{why}; it failed there lately, but no other machine can take it"
+        return why
 
     def put(self, u: UnitView, host: Host, why: str) -> None:
         self.cluster.add(host, u.name, u.req)
@@ -260,28 +361,92 @@ class _Pass:
         targets = " ".join(u.req.machine_of)
         return found[0][1], f"MachineOf={targets} puts it on {found[0][1].name}"
 
+    # -- 5. drain ------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Hand-offs: finish the ones whose new copy is ready, drop the ones whose old
+        machine is gone, and start the next unit off each draining machine that has
+        nothing in flight."""
+        in_flight: Dict[str, List[str]] = {}
+        for name, old in sorted(self.handoff.items()):
+            u = self.by_name.get(name)
+            host = self.cluster.by_name.get(old or "")
+            if (u is None or old is None or host is None or host.lost
+                    or u.desired == INACTIVE or self.where.get(name) is None
+                    or self.where[name] is host or (host.draining and host.drain_overdue)):
+                self.handoff[name] = None  # nothing (more) to hand over from there
+            elif u.ready and u.machine == self.where[name].name:
+                self.handoff[name] = None  # the new copy is healthy: the old one may stop
+            else:
+                in_flight.setdefault(old, []).append(name)
+        for host in self.cluster.draining:
+            if host.drain_overdue or in_flight.get(host.name):
+                continue
+            staying = sorted((self.movable[n] for n, h in self.where.items()
+                              if h is host and not self.movable[n].req.machine_of),
+                             key=self.order)
+            for u in staying:
+                if self.hand_over(u, host):
+                    break
+
+    def hand_over(self, u: UnitView, host: Host) -> bool:
+        """Move ``u`` (and what follows it by MachineOf=) off draining ``host``, its old
+        copy running on until the new one is ready. False, with the reason noted, when
+        no other machine can take it."""
+        self.cluster.remove(host, u.name)
+        del self.where[u.name]
+        req = u.req
+        if req.machine_id:
+            target: Optional[Host] = None
+            why = f"MachineID={req.machine_id} pins it there"
+        else:
+            group = self.cluster.group(req)
+            target = self.cluster.choose(group, u.name, req) if group.members else None
+            why = (self.chosen_because(u, target, group) if target is not None
+                   else group.refusal or self.cluster.explain(u.name, req, group.members, group))
+        if target is None:
+            self.cluster.add(host, u.name, req)
+            self.where[u.name] = host
+            self.noted[u.name] = f"{host.name} is draining, but {why}"
+            return False
+        moved = [u.name, *self.followers(u.name, host)]
+        for name in moved[1:]:
+            self.cluster.remove(host, name)
+        for name in moved:
+            why_here = why if name == u.name else f"MachineOf= follows {u.name} there"
+            self.put(self.movable[name], target, f"{host.name} is draining: its copy there "
+                                                 f"runs until this one is healthy; {why_here}")
+            self.handoff[name] = host.name
+        return True
+
     # -- tasks ------------------------------------------------------------------------
 
     def tasks(self) -> List[Place]:
         out: List[Place] = []
         for u in self.units:
             if u.desired == INACTIVE or u.req.is_global:
-                if u.machine is not None:
+                if u.machine is not None or u.handoff is not None:
                     out.append(Place(u.name, None, UNLOADED if u.desired == INACTIVE else GLOBAL))
                 continue
             host = self.where.get(u.name)
             prefix = self.left.get(u.name)
+            handoff = self.handoff.get(u.name)
             if host is not None:
-                if u.name not in self.placed:
-                    continue  # kept where it is
+                if u.name not in self.placed:  # kept where it is
+                    reason = self.noted.get(u.name, u.reason)
+                    if reason != u.reason or handoff != u.handoff:
+                        out.append(Place(u.name, host.name, reason, handoff))
+                    continue
                 reason = f"{prefix}; {self.placed[u.name]}" if prefix else self.placed[u.name]
-                if host.name != u.machine or reason != u.reason:
-                    out.append(Place(u.name, host.name, reason))
+                retry = host.name == u.machine and u.failed is not None and prefix is not None
+                if host.name != u.machine or reason != u.reason or handoff != u.handoff or retry:
+                    out.append(Place(u.name, host.name, reason, handoff, retry))
                 continue
             why = self.refused[u.name]
-            if u.machine is None and (u.reason == why or u.reason.endswith("; " + why)):
+            if u.machine is None and handoff == u.handoff and (
+                    u.reason == why or u.reason.endswith("; " + why)):
                 continue  # still unplaced for the same reason (keep "machine h1 was removed; ...")
-            out.append(Place(u.name, None, f"{prefix}; {why}" if prefix else why))
+            out.append(Place(u.name, None, f"{prefix}; {why}" if prefix else why, handoff))
         return out
 
 

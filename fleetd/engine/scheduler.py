@@ -35,6 +35,7 @@ identical units fail without another scan.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import fnmatch
 import functools
 import heapq
@@ -208,6 +209,8 @@ class Host:
         "cpu_cap",
         "cpu_rank",
         "cpu_used",
+        "drain_overdue",
+        "draining",
         "glob_count",
         "glob_refs",
         "index",
@@ -220,6 +223,7 @@ class Host:
         "metadata",
         "name",
         "residents",
+        "silent_s",
         "tiebreak",
         "up",
         "version",
@@ -230,6 +234,9 @@ class Host:
         self.index = index
         self.up = view.up
         self.lost = view.lost
+        self.silent_s = view.silent_s
+        self.draining = view.draining
+        self.drain_overdue = view.drain_overdue
         self.machine_id = view.machine_id or ""
         self.metadata = view.metadata
         self.capabilities = view.capabilities
@@ -324,11 +331,13 @@ class Host:
         unknown = 0 if (self.mem_cap or self.cpu_cap) else 1
         return (unknown, self.load(), self.count, self.tiebreak, self.index, self.version)
 
-    def static_refusal(self, req: Requirements) -> Optional[str]:
+    def static_refusal(self, req: Requirements, draining_ok: bool = False) -> Optional[str]:
         """Why this machine cannot take the unit whatever else runs there, as a predicate
         ("is not up", "lacks capability x"); None when it can."""
         if not self.up:
             return "is not up"
+        if self.draining and not draining_ok:
+            return "is draining"
         if req.machine_id and not self.machine_id.startswith(req.machine_id):
             return f"is not MachineID={req.machine_id}"
         if not metadata_matches(self.metadata, req.metadata):
@@ -366,7 +375,9 @@ class Cluster:
     def __init__(self, machines: Sequence[MachineView]) -> None:
         self.hosts = [Host(m, i) for i, m in enumerate(sorted(machines, key=lambda m: m.name))]
         self.by_name = {h.name: h for h in self.hosts}
-        self.up = [h for h in self.hosts if h.up]
+        # machines that take new units: up and not draining
+        self.up = [h for h in self.hosts if h.up and not h.draining]
+        self.draining = [h for h in self.hosts if h.up and h.draining]
         self._meta: Dict[str, Dict[str, Set[int]]] = {}
         self._caps: Dict[str, Set[int]] = {}
         for h in self.up:
@@ -455,6 +466,9 @@ class Cluster:
                  caps: Tuple[str, ...]) -> str:
         if not self.hosts:
             return "no machines are registered"
+        if not self.up and self.draining:
+            return (f"no machine takes new units ({_some([h.name for h in self.draining])} "
+                    f"draining, {len(self.hosts) - len(self.draining)} more not up)")
         if not self.up:
             return f"no machine is up ({len(self.hosts)} registered, none connected)"
         if metadata:
@@ -471,8 +485,12 @@ class Cluster:
 
     # -- placing ------------------------------------------------------------------------
 
-    def choose(self, group: Group, name: str, req: Requirements) -> Optional[Host]:
+    def choose(self, group: Group, name: str, req: Requirements,
+               avoid: FrozenSet[str] = frozenset()) -> Optional[Host]:
         """The least loaded member of ``group`` that can take ``name`` now, or None.
+
+        Members named in ``avoid`` (where the unit failed lately) are taken only when no
+        other member can take it: avoiding them must not leave the unit nowhere.
 
         Only valid while loads grow (the reconciler's placing phase): a stale heap entry
         then understates its host's load, so popping it and pushing the fresh one keeps
@@ -492,6 +510,7 @@ class Cluster:
         hosts = self.hosts
         popped: List[Entry] = []
         chosen: Optional[Host] = None
+        fallback: Optional[Host] = None  # the best of the avoided members
         only_room = True  # every member refused for lack of room (not for a conflict)
         while heap:
             top = heap[0]
@@ -505,10 +524,15 @@ class Cluster:
             if self.blocked(host, name, rel):
                 only_room = False
                 continue
+            if host.name in avoid:
+                fallback = fallback or host
+                continue
             chosen = host
             break
         for e in popped:
             heapq.heappush(heap, e)
+        if chosen is None and fallback is not None:
+            return fallback
         if chosen is None and only_room:
             self._no_fit.add(memo)  # a later unit asking as much fails too: loads only grow
         return chosen
@@ -638,7 +662,10 @@ class Cluster:
             milli = millicpus(unit.req.cpus)
             group = self.group(Requirements(metadata=unit.req.metadata,
                                             capabilities=unit.req.capabilities))
-            targets = [h for h in group.members
+            # a draining machine keeps its global units until its other units are gone
+            staying = [h for h in self.draining if h.count and not h.static_refusal(
+                dataclasses.replace(unit.req, machine_id=None), draining_ok=True)]
+            targets = [h for h in sorted(group.members + staying, key=lambda h: h.index)
                        if h.fits(unit.req, milli) and not self.blocked(h, unit.name, rel)]
             for h in targets:
                 self.add(h, unit.name, unit.req)

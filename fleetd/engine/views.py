@@ -7,9 +7,18 @@ reconciler and the scheduler never touch storage or I/O, so tests feed them tabl
 from __future__ import annotations
 
 import dataclasses
-from typing import FrozenSet, Mapping, Optional
+from typing import FrozenSet, Mapping, Optional, Tuple
 
 from fleetd.units.xfleet import Requirements
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """The unit failed on ``machine`` at ``at`` (for its current content)."""
+
+    machine: str
+    at: float
+    reason: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +28,10 @@ class UnitView:
     machine: Optional[str]  # current placement (None: unplaced; always None for Global)
     reason: str  # the reason stored with the current placement
     req: Requirements
+    failures: Tuple[Failure, ...] = ()  # oldest first, for the current content
+    failed: Optional[Failure] = None  # it failed where it is placed now (not retried yet)
+    handoff: Optional[str] = None  # a drain moves it from this machine; that copy runs
+    ready: bool = False  # running (and healthy, if checked) where it is placed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,3 +44,6 @@ class MachineView:
     memory_bytes: int
     capabilities: FrozenSet[str] = frozenset()  # e.g. "systemd", "java:17"
     lost: Optional[str] = None  # why it is lost (silent past its TTL): its units move
+    silent_s: float = 0.0  # how long since it was last heard (fencing waits on this)
+    draining: bool = False  # `fleetctl drain`: takes no new units, its units move away
+    drain_overdue: bool = False  # the drain's deadline passed: what is left moves at once

@@ -9,7 +9,18 @@ whole or not at all, so a failed ``fleetctl start a b c`` leaves nothing behind.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Protocol, Sequence, Tuple
+from typing import (
+    Any,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+)
 
 INACTIVE = "inactive"  # known, not placed
 LOADED = "loaded"  # placed, not running
@@ -39,6 +50,9 @@ class UnitRecord:
     updated_at: float
     vars: Dict[str, str] = dataclasses.field(default_factory=dict)  # for rendering
     generation: int = 0  # bumped by restart: the agent restarts on a new generation
+    placed_at: Optional[float] = None  # when it was put on ``machine``
+    handoff: Optional[str] = None  # a drain moves it from here: that copy runs until
+    # the one on ``machine`` is healthy
 
 
 class UnitInput(NamedTuple):
@@ -63,9 +77,23 @@ class MachineRecord:
     metadata: Dict[str, str]
     machine_id: Optional[str] = None
     facts: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    state: str = "new"  # new, up, unreachable, error
+    state: str = "new"  # new, up, unreachable, lost, error
     error: Optional[str] = None
     last_seen: Optional[float] = None
+    draining: Optional[float] = None  # since when `fleetctl drain` empties it
+    drain_deadline: Optional[float] = None  # after this, what is left moves at once
+
+
+@dataclasses.dataclass(frozen=True)
+class FailureRecord:
+    """A unit failed on a machine (start limit hit, or its health check ended it):
+    what its reschedule policy counts, and where it avoids going next."""
+
+    unit: str
+    hash: str  # the content that failed: new content starts with a clean slate
+    machine: str
+    at: float
+    reason: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +127,8 @@ class Registry(Protocol):
         same content only the desired state changes."""
 
     def restart(self, names: Sequence[str]) -> None:
-        """Bump the units' generation and make them launched (NotFound if one is missing)."""
+        """Bump the units' generation and make them launched (NotFound if one is missing);
+        their failures are forgotten (a user's restart is a fresh start)."""
 
     def set_desired(self, names: Sequence[str], desired: str) -> None:
         """Change the desired state of existing units (NotFound if one is missing)."""
@@ -114,8 +143,19 @@ class Registry(Protocol):
 
     def unit_text(self, content_hash: str) -> Optional[str]: ...
 
-    def set_placements(self, placements: Iterable[Tuple[str, Optional[str], str]]) -> None:
-        """(unit, machine or None, reason) for each unit the engine (re)placed."""
+    def set_placements(self, placements: Iterable[Tuple[str, Optional[str], str]],
+                       handoffs: Optional[Mapping[str, Optional[str]]] = None,
+                       retry: Sequence[str] = ()) -> None:
+        """In one transaction: (unit, machine or None, reason) for each unit the engine
+        (re)placed (one put on another machine gets a new ``placed_at``); ``handoffs``:
+        unit -> the machine whose copy runs until the new one is healthy (None: no
+        hand-off); ``retry``: failed units started again where they are (a new generation
+        and ``placed_at``; their failures are kept, unlike a user's restart)."""
+
+    def record_failure(self, failure: FailureRecord) -> None: ...
+
+    def list_failures(self) -> Dict[str, List[FailureRecord]]:
+        """Each unit's recorded failures, oldest first (the newest hundred per unit)."""
 
     # --- machines --------------------------------------------------------------
     def add_machine(self, machine: MachineRecord) -> None: ...
@@ -127,7 +167,8 @@ class Registry(Protocol):
     def list_machines(self) -> List[MachineRecord]: ...
 
     def update_machine(self, name: str, **fields: Any) -> None:
-        """Record what a session learnt: state, error, facts, machine_id, last_seen."""
+        """Record what a session learnt (state, error, facts, machine_id, last_seen) or
+        what a user asked of the machine (draining, drain_deadline)."""
 
     # --- observed state -----------------------------------------------------------
     def replace_observed(self, machine: str, rows: Sequence[ObservedRecord]) -> None:

@@ -11,12 +11,13 @@ import json
 import os
 import sqlite3
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from fleetd.registry.base import (
     DESIRED_STATES,
     INACTIVE,
     Conflict,
+    FailureRecord,
     MachineRecord,
     NotFound,
     ObservedRecord,
@@ -25,7 +26,7 @@ from fleetd.registry.base import (
     UnitRecord,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS contents (
     hash TEXT PRIMARY KEY,
@@ -39,7 +40,9 @@ CREATE TABLE IF NOT EXISTS units (
     reason TEXT NOT NULL DEFAULT '',
     updated_at REAL NOT NULL,
     vars TEXT NOT NULL DEFAULT '{}',
-    generation INTEGER NOT NULL DEFAULT 0
+    generation INTEGER NOT NULL DEFAULT 0,
+    placed_at REAL,
+    handoff TEXT
 );
 CREATE TABLE IF NOT EXISTS machines (
     name TEXT PRIMARY KEY,
@@ -54,7 +57,9 @@ CREATE TABLE IF NOT EXISTS machines (
     facts TEXT NOT NULL DEFAULT '{}',
     state TEXT NOT NULL DEFAULT 'new',
     error TEXT,
-    last_seen REAL
+    last_seen REAL,
+    draining REAL,
+    drain_deadline REAL
 );
 CREATE TABLE IF NOT EXISTS observed (
     unit TEXT NOT NULL,
@@ -71,6 +76,14 @@ CREATE TABLE IF NOT EXISTS observed (
     health TEXT NOT NULL DEFAULT 'unknown',
     PRIMARY KEY (unit, machine)
 );
+CREATE TABLE IF NOT EXISTS failures (
+    unit TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    at REAL NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS failures_by_unit ON failures(unit, at);
 """
 # _MIGRATIONS[v] takes a registry from schema v to v + 1, inside one transaction.
 _MIGRATIONS = [
@@ -79,10 +92,19 @@ _MIGRATIONS = [
     "ALTER TABLE units ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE observed ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE observed ADD COLUMN health TEXT NOT NULL DEFAULT 'unknown';",
+    "ALTER TABLE units ADD COLUMN placed_at REAL;"
+    "ALTER TABLE units ADD COLUMN handoff TEXT;"
+    "ALTER TABLE machines ADD COLUMN draining REAL;"
+    "ALTER TABLE machines ADD COLUMN drain_deadline REAL;"
+    "CREATE TABLE failures (unit TEXT NOT NULL, hash TEXT NOT NULL, machine TEXT NOT NULL,"
+    " at REAL NOT NULL, reason TEXT NOT NULL);"
+    "CREATE INDEX failures_by_unit ON failures(unit, at);",
 ]
-_UNIT_SELECT = ("SELECT name, hash, desired, machine, reason, updated_at, vars, generation"
-                " FROM units")
-_MACHINE_FIELDS = ("machine_id", "facts", "state", "error", "last_seen")
+FAILURES_KEPT = 100  # per unit: more than any reschedule policy counts
+_UNIT_SELECT = ("SELECT name, hash, desired, machine, reason, updated_at, vars, generation,"
+                " placed_at, handoff FROM units")
+_MACHINE_FIELDS = ("machine_id", "facts", "state", "error", "last_seen", "draining",
+                   "drain_deadline")
 
 
 class SqliteRegistry:
@@ -181,6 +203,7 @@ class SqliteRegistry:
                     " updated_at=? WHERE name=?", (now, name))
                 if cur.rowcount == 0:
                     raise NotFound(f"unit {name} does not exist")
+                self._db.execute("DELETE FROM failures WHERE unit=?", (name,))
 
     def _collect_contents(self) -> None:
         self._db.execute("DELETE FROM contents WHERE hash NOT IN (SELECT hash FROM units)")
@@ -202,6 +225,7 @@ class SqliteRegistry:
                 cur = self._db.execute("DELETE FROM units WHERE name=?", (name,))
                 if cur.rowcount == 0:
                     raise NotFound(f"unit {name} does not exist")
+                self._db.execute("DELETE FROM failures WHERE unit=?", (name,))
             self._collect_contents()
 
     def get_unit(self, name: str) -> Optional[UnitRecord]:
@@ -216,12 +240,39 @@ class SqliteRegistry:
         row = self._db.execute("SELECT text FROM contents WHERE hash=?", (content_hash,)).fetchone()
         return row[0] if row else None
 
-    def set_placements(self, placements: Iterable[Tuple[str, Optional[str], str]]) -> None:
+    def set_placements(self, placements: Iterable[Tuple[str, Optional[str], str]],
+                       handoffs: Optional[Mapping[str, Optional[str]]] = None,
+                       retry: Sequence[str] = ()) -> None:
+        now = time.time()
         with self._tx():
-            self._db.executemany(
-                "UPDATE units SET machine=?, reason=? WHERE name=?",
-                [(machine, reason, unit) for unit, machine, reason in placements],
+            self._db.executemany(  # right-hand sides see the old row: placed_at moves
+                "UPDATE units SET placed_at=CASE WHEN machine IS ? THEN placed_at ELSE ? END,"
+                " machine=?, reason=? WHERE name=?",
+                [(machine, now, machine, reason, unit) for unit, machine, reason in placements],
             )
+            self._db.executemany("UPDATE units SET handoff=? WHERE name=?",
+                                 [(machine, unit) for unit, machine in (handoffs or {}).items()])
+            self._db.executemany(
+                "UPDATE units SET generation=generation+1, placed_at=? WHERE name=?",
+                [(now, n) for n in retry])
+
+    def record_failure(self, failure: FailureRecord) -> None:
+        f = failure
+        with self._tx():
+            self._db.execute("INSERT INTO failures(unit, hash, machine, at, reason)"
+                             " VALUES (?, ?, ?, ?, ?)",
+                             (f.unit, f.hash, f.machine, f.at, f.reason))
+            self._db.execute(
+                "DELETE FROM failures WHERE unit=? AND rowid NOT IN (SELECT rowid FROM"
+                " failures WHERE unit=? ORDER BY at DESC LIMIT ?)",
+                (f.unit, f.unit, FAILURES_KEPT))
+
+    def list_failures(self) -> Dict[str, List[FailureRecord]]:
+        out: Dict[str, List[FailureRecord]] = {}
+        for row in self._db.execute("SELECT unit, hash, machine, at, reason FROM failures"
+                                    " ORDER BY unit, at"):
+            out.setdefault(row[0], []).append(FailureRecord(*row))
+        return out
 
     # --- machines --------------------------------------------------------------
     def add_machine(self, machine: MachineRecord) -> None:
@@ -307,7 +358,7 @@ class _Transaction:
 
 _MACHINE_SELECT = (
     "SELECT name, address, port, user, identity, known_hosts, agent_command, metadata,"
-    " machine_id, facts, state, error, last_seen FROM machines"
+    " machine_id, facts, state, error, last_seen, draining, drain_deadline FROM machines"
 )
 _OBSERVED_UPSERT = (
     "INSERT OR REPLACE INTO observed(unit, machine, hash, state, pid, started_at, exit_status,"
@@ -317,20 +368,22 @@ _OBSERVED_UPSERT = (
 
 
 def _unit(row: Tuple[Any, ...]) -> UnitRecord:
-    name, content_hash, desired, machine, reason, updated_at, variables, generation = row
+    (name, content_hash, desired, machine, reason, updated_at, variables, generation,
+     placed_at, handoff) = row
     return UnitRecord(name=name, hash=content_hash, desired=desired, machine=machine,
                       reason=reason, updated_at=updated_at, vars=json.loads(variables),
-                      generation=generation)
+                      generation=generation, placed_at=placed_at, handoff=handoff)
 
 
 def _machine(row: Tuple[Any, ...]) -> MachineRecord:
     (name, address, port, user, identity, known_hosts, agent_command, metadata, machine_id,
-     facts, state, error, last_seen) = row
+     facts, state, error, last_seen, draining, drain_deadline) = row
     meta: Dict[str, str] = json.loads(metadata)
     return MachineRecord(name=name, address=address, port=port, user=user, identity=identity,
                          known_hosts=known_hosts, agent_command=agent_command, metadata=meta,
                          machine_id=machine_id, facts=json.loads(facts), state=state,
-                         error=error, last_seen=last_seen)
+                         error=error, last_seen=last_seen, draining=draining,
+                         drain_deadline=drain_deadline)
 
 
 def _observed_row(r: ObservedRecord) -> Tuple[Any, ...]:

@@ -103,6 +103,13 @@ def load(name: str, text: str, source: Optional[str] = None, template_ok: bool =
             requirements, capabilities=requirements.capabilities + needs)
     if requirements.fence_after_s is not None:
         config["fence_after_s"] = requirements.fence_after_s  # the agent does the fencing
+        stop = config.get("timeout_stop_s")
+        if not isinstance(stop, (int, float)):
+            ctx.fail(ctx.entry(xfleet.X, "FenceAfterSec"),
+                     "needs a finite TimeoutStopSec= (fleetd starts another copy only "
+                     "once the fenced one is surely stopped)")
+        requirements = dataclasses.replace(
+            requirements, fence_wait_s=requirements.fence_after_s + float(stop))
     return Unit(name=name, text=text, hash=content_hash(text), file=ctx.file,
                 description=description, driver=driver, config=config,
                 requirements=requirements)

@@ -87,6 +87,8 @@ class Requirements:
     capabilities: Tuple[str, ...] = ()  # facts a machine must have ("systemd", ...)
     reschedule: Reschedule = Reschedule()  # after failing on a machine
     fence_after_s: Optional[float] = None  # FenceAfterSec=: stop when cut off this long
+    fence_wait_s: Optional[float] = None  # silence after which the fenced copy is surely
+    # gone: FenceAfterSec= plus the unit's stop timeout (fleetd moves it only then)
 
 
 def driver(ctx: UnitContext) -> str:

@@ -50,3 +50,16 @@ def test_bad_values_name_file_line_and_option(line: str, why: str) -> None:
         load("a.service", BASE + line + "\n", "/units/a.service")
     assert str(err.value).startswith("/units/a.service:4: ")
     assert why in str(err.value)
+
+
+def test_fleetd_waits_for_the_fenced_copy_to_stop_surely() -> None:
+    unit = load("a.service", "[Service]\nExecStart=/bin/sleep 1\nTimeoutStopSec=7\n"
+                "[X-Fleet]\nFenceAfterSec=10s\n")
+    assert unit.requirements.fence_wait_s == 17  # fenced after 10 s, SIGKILL by 17 s
+
+
+def test_fencing_needs_a_stop_that_ends() -> None:
+    with pytest.raises(UnitError, match=r"a.service:5: FenceAfterSec=: needs a finite "
+                                        r"TimeoutStopSec="):
+        load("a.service", "[Service]\nExecStart=/bin/sleep 1\nTimeoutStopSec=infinity\n"
+             "[X-Fleet]\nFenceAfterSec=10s\n")
