@@ -7,19 +7,29 @@ as fleet did. fleetd validates everything and stores a request all or none.
 
 Blocking verbs wait for the agents' reports, as fleet's did; ``--no-block`` returns
 once fleetd has stored the wish, ``--block-attempts N`` waits at most N seconds.
+
+``restart`` also takes globs (``'web@*.service'``: every launched instance) and, with
+``--rolling``, restarts one unit at a time, each healthy again (fleetd's wait
+``until=healthy``) before the next goes (fleet's issue 760).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import math
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple
+import re
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 import tomllib
 
 from fleetd.cli.context import Ctx, pass_ctx
+from fleetd.registry.base import LAUNCHED
 from fleetd.units.model import parse_name
 from fleetd.units.parser import UnitError
+from fleetd.units.timespan import TimespanError, parse_timespan
 
 
 def parse_vars(pairs: Tuple[str, ...], vars_file: Optional[str]) -> Optional[Dict[str, str]]:
@@ -188,20 +198,157 @@ unload = _state_verb("unload", "inactive", "unplaced",
                      "Stop units and take them off their machines; they stay submitted.")
 
 
+GLOB_CHARS = "*?["  # never in a unit name (parse_name), so never ambiguous
+
+
+def is_glob(arg: str) -> bool:
+    return any(ch in arg for ch in GLOB_CHARS)
+
+
+def name_key(name: str) -> Tuple[Tuple[Any, ...], str]:
+    """Name order with the numbers in names compared as numbers: web@2 before web@10."""
+    parts = re.split(r"(\d+)", name)  # text, number, text, ...: the kinds line up
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
+
+
+def expand_units(args: Sequence[str], unit_files: Sequence[Dict[str, Any]]) -> List[str]:
+    """The units restart's arguments stand for. A plain name stands for itself (fleetd
+    says whether it exists); a glob (fnmatch's ``*``, ``?``, ``[...]``) for every launched
+    unit whose name matches, in name order (``name_key``) - templates never, as they
+    do not run, nor units someone stopped or unloaded. Each unit once, where an argument
+    first names it. A glob that matches nothing launched is an error naming the glob."""
+    names: List[str] = []
+    for arg in args:
+        arg = os.path.basename(arg)
+        if not is_glob(arg):
+            found = [arg]
+        else:
+            matching = [f for f in unit_files if fnmatch.fnmatchcase(f["unit"], arg)
+                        and "@." not in f["unit"]]
+            found = sorted((f["unit"] for f in matching if f.get("desired") == LAUNCHED),
+                           key=name_key)
+            if not found:
+                idle = sorted((f["unit"] for f in matching), key=name_key)
+                raise click.ClickException(
+                    f"{arg!r} matches no launched unit" + (
+                        f" ({', '.join(idle)} matched but are not launched: name them to "
+                        "start them)" if idle else ""))
+        names += [n for n in found if n not in names]
+    return names
+
+
+class Timespan(click.ParamType[float, Any]):
+    """A systemd time span (``90``, ``90s``, ``2min 30s``, ``infinity``) -> seconds."""
+
+    name = "span"
+
+    def convert(self, value: Any, param: Optional[click.Parameter],
+                ctx: Optional[click.Context]) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            seconds = parse_timespan(str(value))
+        except TimespanError as exc:
+            self.fail(str(exc), param, ctx)
+        if seconds <= 0:
+            self.fail(f"{value!r}: want a time span above 0", param, ctx)
+        return seconds
+
+
+_MAX_WAIT_S = 3600.0  # fleetd answers a wait after an hour at most: ask again
+
+
+def _explicit(ctx: click.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source != click.core.ParameterSource.DEFAULT
+
+
 @click.command()
 @click.argument("units", nargs=-1, required=True)
+@click.option("--rolling", is_flag=True,
+              help="One unit at a time, each healthy again before the next goes; stop at "
+                   "the first that is not, leaving the rest untouched.")
+@click.option("--rolling-timeout", type=Timespan(), default="5min", show_default=True,
+              help="With --rolling: how long each unit may take to be healthy again "
+                   "(a time span: 90s, 2min, infinity).")
 @blocking
 @pass_ctx
-def restart(c: Ctx, units: Tuple[str, ...], no_block: bool, block_attempts: int,
-            timeout: float) -> None:
-    """Stop and start units again where they are."""
-    names = [os.path.basename(u) for u in units]
+def restart(c: Ctx, units: Tuple[str, ...], rolling: bool, rolling_timeout: float,
+            no_block: bool, block_attempts: int, timeout: float) -> None:
+    """Stop and start units again where they are.
+
+    A UNIT may be a glob: 'web@*.service' restarts every launched instance of web@
+    (quote it from the shell). With --rolling, units go one at a time in the order
+    named (a glob's in name order, web@2 before web@10): each is restarted and waited
+    for until it is healthy again - running its new generation and, if it has an
+    [X-Check], passing it - before the next one is touched.
+    """
+    ctx = click.get_current_context()
+    if rolling:
+        if no_block:
+            raise click.UsageError("--rolling waits for each unit; it cannot --no-block")
+        given = [f"--{n.replace('_', '-')}" for n in ("timeout", "block_attempts")
+                 if _explicit(ctx, n)]
+        if given:
+            raise click.UsageError(f"{' and '.join(given)}: with --rolling, "
+                                   "--rolling-timeout bounds each unit's wait")
+    elif _explicit(ctx, "rolling_timeout"):
+        raise click.UsageError("--rolling-timeout applies only with --rolling")
+    unit_files: List[Dict[str, Any]] = []
+    if rolling or any(is_glob(u) for u in units):
+        unit_files = list(c.call("GET", "/v1/unit-files")["unit_files"])
+    names = expand_units(units, unit_files)
+    if rolling:
+        known = {f["unit"] for f in unit_files}
+        missing = [n for n in names if n not in known]
+        if missing:  # before touching any: a rolling restart must not stop half way
+            raise click.ClickException(
+                f"{', '.join(missing)}: no such unit; nothing was restarted")
+        rolling_restart(c, names, rolling_timeout)
+        return
     c.call("POST", "/v1/units/restart", {"names": names})
     if no_block:
         click.echo("\n".join(f"Triggered unit {n} restart" for n in names))
         return
     wait_all(c, names, "running", _timeout(block_attempts, timeout),
              lambda n, why: f"Unit {n} restarted: {why}")
+
+
+def rolling_restart(c: Ctx, names: Sequence[str], timeout: float) -> None:
+    """Restart ``names`` one by one, each healthy again before the next; on the first
+    that is not, stop with an error naming it, its machine, why, and what was left."""
+    for i, name in enumerate(names):
+        t0 = time.monotonic()
+        c.call("POST", "/v1/units/restart", {"names": [name]})
+        res = _wait_healthy(c, name, t0 + timeout)
+        took = time.monotonic() - t0
+        if res["reached"]:
+            click.echo(f"{name}: {res['why']} after {took:.1f}s")
+            continue
+        if res.get("timeout"):
+            failure = f"{name}: not healthy after {_span(timeout)}: {res['why']}"
+        else:
+            failure = f"{name}: not healthy after {took:.1f}s: {res['why']}"
+        rest = names[i + 1:]
+        raise click.ClickException(failure + "\nrolling restart stopped: " + (
+            f"{', '.join(rest)} not restarted" if rest else f"{name} was the last unit"))
+
+
+def _wait_healthy(c: Ctx, name: str, deadline: float) -> Dict[str, Any]:
+    while True:
+        left = min(max(deadline - time.monotonic(), 0.0), _MAX_WAIT_S)
+        res = c.call("GET", f"/v1/units/{name}/wait?until=healthy&timeout={left:.3f}",
+                     timeout=left + 10)
+        if res["reached"] or not res.get("timeout") or time.monotonic() >= deadline:
+            return res
+
+
+def _span(seconds: float) -> str:
+    if seconds == math.inf:
+        return "infinity"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}min"
+    return f"{seconds:g}s"
 
 
 @click.command()

@@ -9,6 +9,7 @@ it was. Errors are JSON ``{"error": "..."}`` with text for the user.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import os
 import re
@@ -18,10 +19,12 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional
 from aiohttp import web
 
 from fleetd import __version__, protocol
+from fleetd.agent.health import acts_on_failing
 from fleetd.daemon import submit
 from fleetd.registry.base import (
     DESIRED_STATES,
     INACTIVE,
+    LAUNCHED,
     Conflict,
     MachineRecord,
     NotFound,
@@ -278,6 +281,10 @@ async def set_state(request: web.Request) -> web.Response:
 async def restart_units(request: web.Request) -> web.Response:
     d = _daemon(request)
     names = _names(await _body(request))
+    for name in names:  # restarting would make it launched, and a template never runs
+        if "@." in name:
+            return _error(400, f"{name} is a template; restart its instances, such as "
+                               f"'{name.replace('@.', '@*.')}'")
     d.registry.restart(names)
     d.changed()
     return web.json_response({"restarted": names})
@@ -380,6 +387,9 @@ async def unit_journal(request: web.Request) -> web.StreamResponse:
     return response
 
 
+WAIT_UNTIL = ("running", "healthy", "stopped", "gone", "unplaced")
+
+
 def _wait_verdict(d: Daemon, name: str, until: str) -> Tuple[Optional[bool], str]:
     """(True: reached, False: will not be reached, None: not yet) and why."""
     u = d.registry.get_unit(name)
@@ -392,10 +402,13 @@ def _wait_verdict(d: Daemon, name: str, until: str) -> Tuple[Optional[bool], str
         return None, "still known"
     if u is None:
         return False, f"unit {name} does not exist"
+    if until == "healthy" and u.desired != LAUNCHED:
+        return False, f"no longer launched (desired state {u.desired})"
     where = targets(d, u)
     if not where:
         return None, f"not placed: {u.reason or 'waiting for the engine'}"
-    verdicts = [_verdict_on(d, u, m, copies, until) for m in where]
+    check = _check_of(d, u) if until == "healthy" else None
+    verdicts = [_verdict_on(d, u, m, copies, until, check) for m in where]
     for reached, why in verdicts:
         if reached is False:
             return False, why
@@ -406,9 +419,11 @@ def _wait_verdict(d: Daemon, name: str, until: str) -> Tuple[Optional[bool], str
 
 
 def _verdict_on(d: Daemon, u: UnitRecord, machine: str, copies: List[ObservedRecord],
-                until: str) -> Tuple[Optional[bool], str]:
+                until: str, check: Optional[Dict[str, Any]] = None
+                ) -> Tuple[Optional[bool], str]:
     here = next((o for o in copies if o.machine == machine), None)
     if here is None or not is_current(d, u, here):
+        # a report of an earlier generation (before a restart) or content never counts
         return None, f"placed on {machine}, not reported there yet"
     if until == "running":
         if here.state == protocol.RUNNING:
@@ -416,19 +431,67 @@ def _verdict_on(d: Daemon, u: UnitRecord, machine: str, copies: List[ObservedRec
         if here.state in (protocol.FAILED, protocol.EXITED):
             return False, f"{here.state} on {machine}: {here.error or 'exited'}"
         return None, f"{here.state} on {machine}"
+    if until == "healthy":
+        return healthy_verdict(here, check)
     if until == "stopped":
         done = here.state in (protocol.STOPPED, protocol.EXITED, protocol.FAILED)
         return (True if done else None), f"{here.state} on {machine}"
     return False, f"cannot wait until {until!r}"
 
 
+def healthy_verdict(o: ObservedRecord, check: Optional[Dict[str, Any]]
+                    ) -> Tuple[Optional[bool], str]:
+    """Is this current report of a unit (``check``: its [X-Check], None without one)
+    healthy: running the program this generation started - no end and restart since -
+    with its check passing? A rolling restart goes on only past a healthy unit, so
+    anything that shows the new run went wrong is a final no, with the agent's why."""
+    machine = o.machine
+    pid = f" (pid {o.pid})" if o.pid else ""
+    if o.state in (protocol.FAILED, protocol.EXITED):
+        return False, f"{o.state} on {machine}: {o.error or 'exited'}"
+    if o.state == protocol.STARTING and o.error:  # it ended; Restart= starts it again
+        return False, f"ended on {machine} and is being restarted by its policy: {o.error}"
+    if o.restarts:
+        return False, (f"restarted {o.restarts} time(s) on {machine}{pid} by its policy "
+                       "since this restart" + (f": {o.error}" if o.error else ""))
+    if o.state != protocol.RUNNING:
+        return None, f"{o.state} on {machine}"
+    if check is None or o.health == "passing":
+        how = "running; no health check" if check is None else "health check passing"
+        return True, f"healthy on {machine} ({f'pid {o.pid}, ' if o.pid else ''}{how})"
+    if o.health == "failing":
+        if acts_on_failing(check):  # the agent is ending the run: its report says why
+            return None, f"health check failing on {machine}{pid}; the agent ends it"
+        return False, f"health check failing on {machine}{pid}" + (
+            f": {o.error}" if o.error else "")
+    return None, f"running on {machine}{pid}, health check not passing yet"
+
+
+def _check_of(d: Daemon, u: UnitRecord) -> Optional[Dict[str, Any]]:
+    """The unit's [X-Check] (None without one), as the unit reads on any machine."""
+    return _check_config(u.name, d.registry.unit_text(u.hash) or "",
+                         tuple(sorted(u.vars.items())))
+
+
+@functools.lru_cache(maxsize=512)
+def _check_config(name: str, text: str, variables: Tuple[Tuple[str, str], ...]
+                  ) -> Optional[Dict[str, Any]]:
+    try:
+        check = validate(name, text, dict(variables), name).config.get("check")
+    except UnitError:
+        return None  # the engine does not place it: waiters learn why from its reason
+    return dict(check) if check else None
+
+
 async def wait_unit(request: web.Request) -> web.Response:
-    """Block until a unit reaches a state (or cannot), for ``fleetctl start`` and friends."""
+    """Block until a unit reaches a state (or cannot), for ``fleetctl start`` and friends.
+    ``until=healthy``: running the current generation and content, with its [X-Check]
+    passing if it has one (``fleetctl restart --rolling`` waits for that)."""
     d = _daemon(request)
     name = request.match_info["name"]
     until = request.query.get("until", "running")
-    if until not in ("running", "stopped", "gone", "unplaced"):
-        return _error(400, f"until: {until!r} is not running, stopped, unplaced or gone")
+    if until not in WAIT_UNTIL:
+        return _error(400, f"until: {until!r} is not one of {', '.join(WAIT_UNTIL)}")
     try:
         timeout = min(float(request.query.get("timeout", "30")), MAX_WAIT_S)
     except ValueError:
