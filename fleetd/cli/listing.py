@@ -27,6 +27,26 @@ def _short(text: Optional[str], n: int, full: bool) -> Optional[str]:
     return text[: n - 1] + "…"
 
 
+def _machine_state(r: Row, full: bool) -> str:
+    """``up``, ``lost: silent for 6.2s ...``, ``up, draining (3 left)``, ``up, drained``."""
+    text = r["state"] if r["state"] == "up" or not r.get("error") \
+        else f"{r['state']}: {_short(r['error'], 60, full)}"
+    drained = r.get("drain")
+    if drained:
+        left = len(drained["left"])
+        text += ", drained" if not left else f", draining ({left} left)"
+    return text
+
+
+def _attempts(r: Row) -> Optional[str]:
+    """Reschedules spent of those allowed (``1/5``), once a unit has failed."""
+    info = r.get("reschedule") or {}
+    if not info.get("failures"):
+        return None
+    limit = info["attempts"]
+    return f"{info['used']}/{'∞' if limit is None else limit}"
+
+
 UNIT_COLUMNS: Dict[str, Column] = {
     "unit": ("UNIT", lambda r, f: r["unit"]),
     "machine": ("MACHINE", lambda r, f: r["machine"]),
@@ -47,14 +67,14 @@ UNIT_FILE_COLUMNS: Dict[str, Column] = {
     "desired": ("DSTATE", lambda r, f: r["desired"]),
     "state": ("STATE", lambda r, f: r["state"]),
     "target": ("TARGET", lambda r, f: r["machine"]),
-    "reason": ("REASON", lambda r, f: None if r["state"] == "running"
-               else _short(r["reason"] or None, 70, f)),
+    "attempts": ("RESCHEDULED", lambda r, f: _attempts(r)),
+    "reason": ("REASON", lambda r, f: None if r["state"] == "running" and not _attempts(r)
+               and not r.get("handoff") else _short(r["reason"] or None, 70, f)),
 }
 MACHINE_COLUMNS: Dict[str, Column] = {
     "machine": ("MACHINE", lambda r, f: r["name"]),
     "address": ("ADDRESS", lambda r, f: r["address"]),
-    "state": ("STATE", lambda r, f: r["state"] if r["state"] == "up" or not r.get("error")
-              else f"{r['state']}: {_short(r['error'], 60, f)}"),
+    "state": ("STATE", lambda r, f: _machine_state(r, f)),
     "metadata": ("METADATA", lambda r, f: r["metadata"]),
     "units": ("UNITS", lambda r, f: r["units"]),
     "last-seen": ("LAST SEEN", lambda r, f: ago(r["last_seen"])),
@@ -99,7 +119,8 @@ def list_units(c: Ctx, fields: str, full: bool, no_legend: bool, output: str) ->
 
 
 @click.command("list-unit-files")
-@listing(UNIT_FILE_COLUMNS, ["unit", "hash", "desired", "state", "target", "reason"])
+@listing(UNIT_FILE_COLUMNS, ["unit", "hash", "desired", "state", "target", "attempts",
+                             "reason"])
 @pass_ctx
 def list_unit_files(c: Ctx, fields: str, full: bool, no_legend: bool, output: str) -> None:
     """Submitted units: content hash, desired and current state, target, and why."""
@@ -133,6 +154,18 @@ def status(c: Ctx, unit: str, lines: int, output: str) -> None:
                                                  if s.get("generation") else ""))
     click.echo(f"   Placed: {s['machine'] or '-'}" +
                (f"  ({s['reason']})" if s.get("reason") else ""))
+    if s.get("handoff"):
+        click.echo(f"   Handing over from: {s['handoff']} (its copy runs until this one "
+                   "is healthy)")
+    resched = s.get("reschedule") or {}
+    if resched.get("failures"):
+        limit = resched["attempts"]
+        click.echo(f"   Rescheduled: {resched['used']} of "
+                   f"{'unlimited' if limit is None else limit} attempts in "
+                   f"{resched['interval_s']:g}s")
+        for failure in resched["failures"]:
+            click.echo(f"     failed on {failure['machine']} {ago(failure['at'])}: "
+                       f"{failure['reason']}")
     now = time.time()
     for o in s["copies"]:
         line = f"   {o['machine']}: {o['state']}"

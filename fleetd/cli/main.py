@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Tuple
 import click
 
 from fleetd import __version__
-from fleetd.cli import listing
+from fleetd.cli import drain, listing
 from fleetd.cli import units as unit_commands
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.lab import lab
@@ -123,7 +123,7 @@ def machine_remove(c: Ctx, name: str) -> None:
     click.echo(f"Machine {name} removed")
 
 
-for command in [*unit_commands.COMMANDS, *listing.COMMANDS, lab]:
+for command in [*unit_commands.COMMANDS, *listing.COMMANDS, *drain.COMMANDS, lab]:
     cli.add_command(command)
 
 

@@ -14,18 +14,31 @@ import hmac
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Awaitable,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 from aiohttp import web
 
 from fleetd import __version__, protocol
 from fleetd.agent.health import acts_on_failing
-from fleetd.daemon import submit
+from fleetd.daemon import drain, submit
+from fleetd.daemon.failures import reschedule_info
 from fleetd.registry.base import (
     DESIRED_STATES,
     INACTIVE,
     LAUNCHED,
     Conflict,
+    FailureRecord,
     MachineRecord,
     NotFound,
     ObservedRecord,
@@ -133,21 +146,26 @@ def unit_rows(d: Daemon, units: List[UnitRecord], observed: List[ObservedRecord]
 
 
 def _unit_file_row(d: Daemon, u: UnitRecord,
-                   observed: Dict[Tuple[str, str], ObservedRecord]) -> Dict[str, Any]:
+                   observed: Dict[Tuple[str, str], ObservedRecord],
+                   failures: Mapping[str, Sequence[FailureRecord]]) -> Dict[str, Any]:
     where = targets(d, u)
     states = sorted({observed[(u.name, m)].state for m in where if (u.name, m) in observed})
     state = ",".join(states) or ("inactive" if not where else "-")
     machine = u.machine if u.name not in d.engine.global_targets \
         else f"global ({len(where)})"
     return {"unit": u.name, "hash": u.hash, "desired": u.desired, "state": state,
-            "machine": machine, "machines": where, "reason": u.reason}
+            "machine": machine, "machines": where, "reason": u.reason,
+            "handoff": u.handoff,
+            "reschedule": reschedule_info(u, d.engine.requirements_of(u),
+                                          failures.get(u.name, ()), time.time())}
 
 
-def _machine_row(m: MachineRecord, units: int, last_seen: Optional[float]) -> Dict[str, Any]:
+def _machine_row(m: MachineRecord, units: int, last_seen: Optional[float],
+                 drained: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     return {"name": m.name, "address": m.address, "port": m.port, "user": m.user,
             "state": m.state, "error": m.error, "metadata": m.metadata,
             "machine_id": m.machine_id, "units": units, "last_seen": last_seen,
-            "facts": m.facts}
+            "facts": m.facts, "drain": drained}
 
 
 # --- handlers -----------------------------------------------------------------------------
@@ -160,14 +178,16 @@ async def health(request: web.Request) -> web.Response:
 async def list_machines(request: web.Request) -> web.Response:
     d = _daemon(request)
     counts: Dict[str, int] = {}
-    for u in d.registry.list_units():
+    units = d.registry.list_units()
+    for u in units:
         if u.machine:
             counts[u.machine] = counts.get(u.machine, 0) + 1
     rows = []
     for m in d.registry.list_machines():
         session = d.sessions.get(m.name)
         rows.append(_machine_row(m, counts.get(m.name, 0),
-                                 session.last_seen if session else m.last_seen))
+                                 session.last_seen if session else m.last_seen,
+                                 drain.progress(m, units)))
     return web.json_response({"machines": rows})
 
 
@@ -204,6 +224,14 @@ async def add_machine(request: web.Request) -> web.Response:
     return web.json_response({"machine": _machine_row(record, 0, None)}, status=201)
 
 
+async def drain_machine(request: web.Request) -> web.Response:
+    return drain.drain(_daemon(request), request.match_info["name"], await _body(request))
+
+
+async def undrain_machine(request: web.Request) -> web.Response:
+    return drain.undrain(_daemon(request), request.match_info["name"])
+
+
 async def remove_machine(request: web.Request) -> web.Response:
     d = _daemon(request)
     name = request.match_info["name"]
@@ -223,8 +251,10 @@ async def list_units(request: web.Request) -> web.Response:
 async def list_unit_files(request: web.Request) -> web.Response:
     d = _daemon(request)
     observed = {(o.unit, o.machine): o for o in d.registry.list_observed()}
+    failures = d.registry.list_failures()
     return web.json_response(
-        {"unit_files": [_unit_file_row(d, u, observed) for u in d.registry.list_units()]}
+        {"unit_files": [_unit_file_row(d, u, observed, failures)
+                        for u in d.registry.list_units()]}
     )
 
 
@@ -235,7 +265,7 @@ async def get_unit(request: web.Request) -> web.Response:
     if u is None:
         return _error(404, f"unit {name} does not exist")
     observed = {(o.unit, o.machine): o for o in d.registry.list_observed(name)}
-    return web.json_response({**_unit_file_row(d, u, observed),
+    return web.json_response({**_unit_file_row(d, u, observed, d.registry.list_failures()),
                               "text": d.registry.unit_text(u.hash)})
 
 
@@ -337,7 +367,10 @@ async def unit_status(request: web.Request) -> web.Response:
     result: Dict[str, Any] = {"unit": name, "description": description, "desired": u.desired,
                               "machine": u.machine, "reason": u.reason, "hash": u.hash,
                               "generation": u.generation, "vars": u.vars, "copies": copies,
-                              "log": None}
+                              "log": None, "handoff": u.handoff,
+                              "reschedule": reschedule_info(
+                                  u, d.engine.requirements_of(u),
+                                  d.registry.list_failures().get(name, ()), time.time())}
     where = targets(d, u)  # a Global unit's log: from the first of its machines
     session = d.sessions.get(where[0]) if where else None
     if lines and session is not None:
@@ -516,6 +549,8 @@ def make_app(d: Daemon) -> web.Application:
     app.router.add_get("/v1/machines", list_machines)
     app.router.add_post("/v1/machines", add_machine)
     app.router.add_delete("/v1/machines/{name}", remove_machine)
+    app.router.add_post("/v1/machines/{name}/drain", drain_machine)
+    app.router.add_post("/v1/machines/{name}/undrain", undrain_machine)
     app.router.add_get("/v1/units", list_units)
     app.router.add_post("/v1/units", submit_units)
     app.router.add_post("/v1/units/state", set_state)
