@@ -66,8 +66,16 @@ class Daemon:
             self.engine.wake()
 
     def _push(self, machine: str, specs: List[Dict[str, Any]]) -> None:
+        """Hand a machine's session its desired set, only while it is connected.
+
+        A set computed while the machine is not up is no set for it: Global units are
+        only placed on machines that are up, so it would lack them, and the session
+        sends what it holds the moment it reconnects, before the engine's next pass:
+        the agent would stop every Global unit and start it again. Kept back, the
+        session holds nothing (after a fleetd restart) or the set the agent already
+        has; the connect wakes the engine, whose pass sends the current set."""
         session = self.sessions.get(machine)
-        if session is not None:
+        if session is not None and session.connected:
             session.push(specs)
 
     # --- machines --------------------------------------------------------------------
@@ -100,14 +108,21 @@ class Daemon:
 
     async def _liveness(self) -> None:
         """Judge every machine by how long its agent has been silent (engine/liveness);
-        a machine that becomes lost, or comes back, wakes the engine."""
+        a machine that becomes lost, or comes back, wakes the engine.
+
+        Silence counts from this fleetd's start at the earliest: the last_seen a
+        restarted fleetd finds in the registry is as old as the last connect of the one
+        before it, and while no fleetd ran, nobody was listening. Every machine gets
+        a whole TTL to be heard again before its units move."""
         tick = min(self.config.heartbeat_s, 0.5)
         while True:
             await asyncio.sleep(tick)
             now = time.time()
             for name, session in list(self.sessions.items()):
-                verdict = liveness.assess(session.connected, session.last_seen, now,
-                                          self.config.machine_ttl_s)
+                heard = session.last_seen
+                verdict = liveness.assess(
+                    session.connected, None if heard is None else max(heard, self.started_at),
+                    now, self.config.machine_ttl_s)
                 if verdict is None:
                     continue
                 state, why = verdict
@@ -134,6 +149,10 @@ class Daemon:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         for machine in self.registry.list_machines():
+            if machine.state == liveness.UP:  # as the fleetd before this one left it
+                self.registry.update_machine(machine.name, state=liveness.UNREACHABLE,
+                                             error="not heard since fleetd started")
+                machine = self.registry.get_machine(machine.name) or machine
             self._open_session(machine)
         self._tasks.append(asyncio.ensure_future(self.engine.run()))
         self._tasks.append(asyncio.ensure_future(self._liveness()))
