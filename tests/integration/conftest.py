@@ -4,9 +4,10 @@ the real ``fleetctl`` console script. Nothing here is mocked.
 One 3-host lab serves the whole session (prefix ``ft``, 10.78.0.0/24, apart from the
 demo lab's ``fl``/10.77.0.0/24). A second test run at the same time (two engineers on
 one machine) takes the next free slot (``t1``/10.78.1.0/24, ...), claimed by a flock
-that dies with its run, so runs never sweep each other's namespaces. Each test gets a fresh fleetd (own state dir and
-socket) and, afterwards, hosts wiped back to "sshd only": every other process in the
-host's namespace is killed and the agent state directory emptied.
+that dies with its run, so runs never sweep each other's namespaces. Each test gets a
+fresh fleetd (own state dir and socket) and, afterwards, hosts wiped back to "sshd
+only": every other process in the host's namespace is killed and the agent state
+directory emptied.
 """
 
 from __future__ import annotations

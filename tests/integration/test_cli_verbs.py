@@ -21,7 +21,8 @@ def test_start_by_name_cat_and_no_block(cluster: Fleet, tmp_path) -> None:
     again = cluster.ctl("start", "hello.service")
     assert "hello.service running on" in again.stdout
     listing = cluster.ctl("list-unit-files").stdout.splitlines()
-    assert listing[0].split() == ["UNIT", "HASH", "DSTATE", "STATE", "TARGET", "REASON"]
+    assert listing[0].split() == ["UNIT", "HASH", "DSTATE", "STATE", "TARGET", "RESCHEDULED",
+                                  "REASON"]
     assert listing[1].split()[2:4] == ["launched", "running"]
 
     missing = cluster.ctl("start", "nope.service", check=False)
