@@ -12,9 +12,12 @@ Daemon -> agent:
   follow    {id, unit, lines}               the last lines, then new ones as they come
   unfollow  {id}                            stop a follow
   bye       {}                              the daemon is detaching on purpose
+  ping      {seq}                           every heartbeat while attached: fleetd is
+                                            there (no reply; any message from fleetd
+                                            counts, ping makes silence mean a cut)
 
 Agent -> daemon:
-  hello     {machine_id, hostname, agent_version, facts}
+  hello     {machine_id, hostname, agent_version, facts, fenced}
   status    {units: [UnitStatus]}           full snapshot: what the agent runs now
   unit      {unit: UnitStatus}              one unit changed state
   removed   {name}                          the agent forgot a unit (it was undesired)
@@ -22,6 +25,14 @@ Agent -> daemon:
   log       {id, lines}                     lines for a follow with that id
   heartbeat {seq, time}
   error     {message}
+
+Fencing: a unit whose config has ``fence_after_s`` (FenceAfterSec=) is stopped by the
+agent once it has heard nothing from fleetd for that long. It is reported ``stopped``
+with an error starting ``fenced:`` (``FENCED``), and stays stopped - no Restart= - until
+the next ``desired`` message; fleetd answers such a report by sending its desired set
+again (the session may have survived the cut, with nothing new to send). The agent's
+``hello`` lists the units it keeps fenced (``fenced``: names), so that after a reconnect
+fleetd sends a desired set computed since, not one from before the cut.
 """
 
 from __future__ import annotations
@@ -40,6 +51,10 @@ STOPPED = "stopped"
 EXITED = "exited"
 FAILED = "failed"
 UNIT_STATES = (STARTING, RUNNING, STOPPING, STOPPED, EXITED, FAILED)
+
+# The error of a unit the agent stopped because fleetd was silent past its FenceAfterSec=:
+# "fenced: no word from fleetd for 12.3s (FenceAfterSec=10s)".
+FENCED = "fenced:"
 
 # What the daemon wants of a unit on a host (fleet's model, seen from one host):
 # ``launched`` -> running, ``loaded`` -> present but stopped.

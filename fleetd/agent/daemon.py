@@ -7,6 +7,13 @@ report, and the last desired set received wins.
 
 A flock on ``agent.lock`` makes the agent a singleton per state directory, so two
 attaches racing to start it end with one agent.
+
+Every message from a client that said hello as fleetd (``daemon: "fleetd"``) counts as
+"heard from fleetd" - fleetd pings every heartbeat, so silence means it is cut off - and
+feeds fencing (units with FenceAfterSec= stop after that long without a word; see
+fleetd.agent.fencing). The clock starts when the agent starts: a restarted agent counts
+from its own start, the last contact is not persisted. Other clients (tests, tools) do
+not count.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ class Client:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.ready = False  # after hello: only then does it get reports
+        self.fleetd = False  # said hello as fleetd: its messages count as contact
         self.follows: Dict[int, asyncio.Task[None]] = {}  # journal -f, by request id
         self.heartbeat: Optional[asyncio.Task[None]] = None
 
@@ -134,11 +142,16 @@ class AgentDaemon:
     def _handle(self, client: Client, msg: Dict[str, Any]) -> None:
         kind = msg["type"]
         if kind == "hello":
+            client.fleetd = msg.get("daemon") == "fleetd"
+        if client.fleetd:
+            self.supervisor.heard()
+        if kind == "hello":
             interval = float(msg.get("heartbeat_s", 1.0))
             client.send(protocol.encode(
                 "hello", machine_id=self.machine_id, hostname=os.uname().nodename,
                 agent_version=__version__,
                 facts=facts.gather(self.machine_id, self.supervisor.backend.facts()),
+                fenced=sorted(self.supervisor.fenced),
             ))
             client.send(protocol.encode("status", units=self.supervisor.snapshot()))
             client.ready = True
@@ -165,6 +178,8 @@ class AgentDaemon:
             task = client.follows.pop(int(msg.get("id", 0)), None)
             if task is not None:
                 task.cancel()
+        elif kind == "ping":
+            pass  # fleetd is there: counted above, no answer
         elif kind == "bye":
             client.writer.close()
         else:

@@ -36,6 +36,11 @@ lost in a crash must not run on beside the copy the agent is about to start.
 
 Driver=systemd units are systemd's to run, restart and limit: they are started and
 stopped through the driver and polled (fleetd.agent.systemd_units).
+
+Fencing (fleetd.agent.fencing): a unit with FenceAfterSec= that runs or is starting is
+stopped through the stop path above once fleetd has been silent longer than that, and
+reported ``stopped`` with the reason (``fenced: ...``). It stays in ``fenced`` - no
+Restart=, no converge starts it - until fleetd's next desired set.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ import uuid
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
 
 from fleetd import protocol
-from fleetd.agent import procwatch, reconciler, restart
+from fleetd.agent import fencing, procwatch, reconciler, restart
 from fleetd.agent.health import HealthChecker, acts_on_failing
 from fleetd.agent.managed import Managed
 from fleetd.agent.reconciler import Current
@@ -64,6 +69,7 @@ from fleetd.drivers.systemd import SystemdDriver
 log = logging.getLogger("fleet-agent")
 
 KILL_GRACE_S = 5.0  # after SIGKILL, how long to wait before giving up on a process
+FENCEABLE = (protocol.STARTING, protocol.RUNNING)  # what fencing stops
 EMPTY_POLL_S = 0.01  # how often a cgroup is looked at while waiting for it to empty
 
 
@@ -103,6 +109,11 @@ class Supervisor:
         # must never run side by side (that is how duplicates are born)
         self._locks: Dict[str, asyncio.Lock] = {}
         self._tasks: Set[asyncio.Task[None]] = set()
+        # fencing: when fleetd was last heard (monotonic; from agent start, not persisted),
+        # and the units stopped for its silence, with why, until its next desired set
+        self.last_heard = time.monotonic()
+        self.fenced: Dict[str, str] = {}
+        self._fencer: Optional[asyncio.Task[None]] = None
 
     # --- reports -----------------------------------------------------------------
     def snapshot(self) -> List[Dict[str, Any]]:
@@ -120,11 +131,21 @@ class Supervisor:
 
     # --- desired state ---------------------------------------------------------------
     def set_desired(self, specs: List[Dict[str, Any]]) -> None:
-        """Take fleetd's whole desired set for this host (persisted before acting)."""
+        """Take fleetd's whole desired set for this host (persisted before acting).
+        It also ends every fence: fleetd has spoken, and this set says what runs here."""
         self.state.save_desired(specs)
         self.desired = {s["name"]: s for s in specs}
+        if self.fenced:
+            log.info("fleetd's desired set arrived: no longer fenced: %s",
+                     ", ".join(sorted(self.fenced)))
+            self.fenced.clear()
         for name in set(self.desired) | set(self.units):
             self.spawn(self.converge(name))
+        self._ensure_fencing()
+
+    def heard(self) -> None:
+        """fleetd said something (any message of a client that said hello as fleetd)."""
+        self.last_heard = time.monotonic()
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -149,6 +170,10 @@ class Supervisor:
                 task = reconciler.next_task(spec, cur)
                 if task is None:
                     return
+                if task.kind == reconciler.START and name in self.fenced:
+                    log.info("%s: not starting: %s (until fleetd's next desired set)",
+                             name, self.fenced[name])
+                    return
                 log.info("%s: %s (%s)", name, task.kind, task.reason)
                 if task.kind == reconciler.LOAD:
                     assert spec is not None
@@ -168,9 +193,10 @@ class Supervisor:
 
     def _wanted(self, m: Managed) -> bool:
         """Is ``m`` still the spec fleetd wants running (checked before a delayed
-        restart: the desired set may have changed while it waited)?"""
+        restart: the desired set may have changed while it waited), and not fenced?"""
         spec = self.desired.get(m.name)
         return (self.units.get(m.name) is m and spec is not None
+                and m.name not in self.fenced
                 and spec["hash"] == m.spec["hash"]
                 and spec.get("generation", 0) == m.spec.get("generation", 0)
                 and spec["want"] == protocol.WANT_RUNNING)
@@ -537,6 +563,46 @@ class Supervisor:
             self._release(m)
         self.emit(protocol.encode("removed", name=m.name))
 
+    # --- fencing ------------------------------------------------------------------------
+    def _ensure_fencing(self) -> None:
+        """Run the fencing timer while any unit here has FenceAfterSec=."""
+        if (self._fencer is None or self._fencer.done()) and self._fences_any():
+            self._fencer = asyncio.ensure_future(self._fencing())
+            self._fencer.add_done_callback(self._done)
+
+    def _fences_any(self) -> bool:
+        configs = [s.get("config") or {} for s in self.desired.values()]
+        configs += [m.config for m in self.units.values()]
+        return any(fencing.fence_after(c) is not None for c in configs)
+
+    async def _fencing(self) -> None:
+        """Look at every unit with FenceAfterSec= when the next one falls due (at least
+        every fencing.CHECK_S); fence the ones fleetd has been silent on for too long."""
+        while self._fences_any():
+            limits: Dict[str, float] = {}
+            for m in self.units.values():
+                limit = fencing.fence_after(m.config)
+                if limit is not None and m.state in FENCEABLE and m.name not in self.fenced:
+                    limits[m.name] = limit
+            due, wait = fencing.plan(limits, self.last_heard, time.monotonic())
+            for name, why in due:
+                self.fenced[name] = why  # from now on nothing starts it: not even Restart=
+                self.spawn(self._fence(self.units[name]))
+            await asyncio.sleep(wait)
+
+    async def _fence(self, m: Managed) -> None:
+        """Stop a unit fleetd was silent on past its FenceAfterSec=, as any stop (ExecStop=,
+        KillSignal= to its whole cgroup, SIGKILL after TimeoutStopSec=), reported
+        ``stopped`` with the reason. Contact regained meanwhile does not save it: its
+        deadline passed, and fleetd may already count on it being stopped."""
+        async with self.lock(m.name):
+            why = self.fenced.get(m.name)
+            if why is None or self.units.get(m.name) is not m or m.state not in FENCEABLE:
+                return  # a desired set came meanwhile, or it ended by itself
+            log.warning("%s: stopping: %s", m.name, why)
+            m.error = why
+            await self._stop(m)
+
     # --- the unit's cgroup --------------------------------------------------------------
     async def _clear(self, m: Managed, signum: int, timeout: Optional[float],
                      handle: Optional[Handle] = None) -> bool:
@@ -655,6 +721,7 @@ class Supervisor:
         self.systemd.recovered(records)
         for name in set(self.desired) | set(self.units):
             self.spawn(self.converge(name))
+        self._ensure_fencing()
 
     async def _dead_on_arrival(self, m: Managed) -> None:
         async with self.lock(m.name):

@@ -6,6 +6,15 @@ sends the host's whole desired set whenever the engine changes it (and once afte
 agent reports into the registry. When the channel ends or goes silent it reconnects by
 itself with backoff; programs on the host are untouched meanwhile, because the agent,
 not this session, supervises them.
+
+While connected it also pings the agent every heartbeat (a sibling task of the reader),
+so that a cut-off agent can tell: units with FenceAfterSec= are stopped there once
+fleetd has been silent that long. An agent reports such a unit ``stopped`` with a
+``fenced:`` error, and keeps it stopped until its next desired set; the session sends
+the set again on that report (a short cut may leave the connection up, with nothing
+new to send). After a reconnect, though, the set it holds dates from before the cut:
+to an agent whose hello lists fenced units it sends only the engine's next set, which
+the connect asks for (the unit may run elsewhere by now; the old set would start it).
 """
 
 from __future__ import annotations
@@ -55,16 +64,20 @@ class MachineSession:
         self._replies: Dict[int, asyncio.Future[Dict[str, Any]]] = {}
         self._streams: Dict[int, asyncio.Queue[Optional[Dict[str, Any]]]] = {}
         self._next_id = 0
+        # the set held from before this connect is not sent to an agent that fenced
+        # units (it would start them again): the engine's next pass sends a current one
+        self._held_back = False
 
     # --- engine side -------------------------------------------------------------
     def push(self, specs: List[Dict[str, Any]]) -> None:
         """The host's desired set changed (or may have): send it if it differs."""
         self._desired = specs
+        self._held_back = False  # an engine pass's set: it knows where units run now
         if self.connected:
             self._send_desired()
 
     def _send_desired(self) -> None:
-        if self._desired is None or self._channel is None:
+        if self._desired is None or self._channel is None or self._held_back:
             return
         # a spec is the rendered content (its hash), what is wanted of it and its restart
         # generation: comparing those is enough, and cheap on every engine pass
@@ -206,19 +219,47 @@ class MachineSession:
             log.info("%s: agent %s up (machine id %s)", self.name,
                      hello.get("agent_version"), hello.get("machine_id"))
             self.changed(True)  # the engine may place units here now, and push our set
+            fenced = hello.get("fenced") or []
+            self._held_back = bool(fenced)
+            if fenced:
+                log.info("%s: agent fenced %s while cut off: its desired set waits for the "
+                         "engine's pass", self.name, ", ".join(map(str, fenced)))
             self._send_desired()
-            silence = max(self.heartbeat_s * SILENCE_HEARTBEATS, 2.0)
-            while True:
-                try:
-                    line = await asyncio.wait_for(channel.readline(), silence)
-                except asyncio.TimeoutError:
-                    raise TransportError(
-                        "unreachable", f"agent silent for {silence:.0f}s") from None
-                if not line:
-                    return
-                self._handle(protocol.decode(line))
+            # an agent older than fencing has no "fenced" in its hello, and would answer
+            # every ping with an error
+            pinger = asyncio.ensure_future(self._ping(channel)) if "fenced" in hello else None
+            try:
+                await self._read(channel)
+            finally:
+                if pinger is not None:
+                    pinger.cancel()
         finally:
             channel.close()
+
+    async def _read(self, channel: Channel) -> None:
+        silence = max(self.heartbeat_s * SILENCE_HEARTBEATS, 2.0)
+        while True:
+            try:
+                line = await asyncio.wait_for(channel.readline(), silence)
+            except asyncio.TimeoutError:
+                raise TransportError(
+                    "unreachable", f"agent silent for {silence:.0f}s") from None
+            if not line:
+                return
+            self._handle(protocol.decode(line))
+
+    async def _ping(self, channel: Channel) -> None:
+        """fleetd -> agent liveness: ``ping`` every heartbeat until cancelled with the
+        session. A channel that fails to take one is left to the reader to notice."""
+        seq = 0
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            seq += 1
+            try:
+                channel.write(protocol.encode("ping", seq=seq))
+            except Exception as exc:  # the transport's own errors: the reader ends it
+                log.debug("%s: cannot ping: %r", self.name, exc)
+                return
 
     # --- agent side -------------------------------------------------------------------
     def _handle(self, msg: Dict[str, Any]) -> None:
@@ -242,7 +283,14 @@ class MachineSession:
             rows = [self._observed(u) for u in protocol.spec_list(msg)]
             self.registry.replace_observed(self.name, rows)
         elif kind == "unit":
-            self.registry.upsert_observed(self._observed(msg["unit"]))
+            row = self._observed(msg["unit"])
+            self.registry.upsert_observed(row)
+            if row.state == protocol.STOPPED and (row.error or "").startswith(protocol.FENCED):
+                # fenced while cut off, and we hear of it: the cut is over. The agent
+                # keeps it stopped until a desired set comes; send ours again.
+                log.warning("%s: %s: %s", self.name, row.unit, row.error)
+                self._sent = None
+                self._send_desired()
         elif kind == "removed":
             self.registry.delete_observed(self.name, str(msg["name"]))
         elif kind == "error":

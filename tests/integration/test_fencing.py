@@ -1,0 +1,123 @@
+"""FenceAfterSec= under a real partition (the host's veth link down, not a hook inside
+fleetd or the agent): the cut-off agent stops the unit that asked for fencing - and only
+that one - once fleetd has been silent that long, and Restart= does not bring it back
+while the cut lasts. When the link returns, fleetd's desired set starts it again where
+it is still placed; a unit that could move has moved meanwhile, with never two copies
+at once, and the returning host does not start it again. After convergence each unit
+runs exactly once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from typing import Dict, List
+
+from agentkit import processes_with
+from labkit import Fleet, alive, netns_inode, pid_netns_inode, wait_for
+
+UNIT = """[Service]
+ExecStart=/bin/sleep 100000
+Restart=always
+RestartSec=100ms
+TimeoutStopSec=5s
+
+[X-Fleet]
+MachineMetadata=hostname={host}
+"""
+
+
+def hosts_running(fleet: Fleet, unit: str) -> Dict[int, str]:
+    """pid -> lab host of every live process of ``unit`` on this test's lab (all its hosts
+    share one kernel; another test run's lab, which may run a unit of that name, not)."""
+    assert fleet.lab is not None
+    ours = {netns_inode(h): h.name for h in fleet.lab.hosts()}
+    found = {p: ours.get(pid_netns_inode(p) or 0)
+             for p in processes_with(f"FLEET_UNIT={unit}\0".encode()) if alive(p)}
+    return {p: host for p, host in found.items() if host is not None}
+
+
+def copies(fleet: Fleet, unit: str) -> List[int]:
+    return sorted(hosts_running(fleet, unit))
+
+
+def placed(fleet: Fleet) -> Dict[str, str]:
+    return {u["unit"]: u["machine"] for u in fleet.units()
+            if u["state"] == "running" and u["current"]}
+
+
+def test_a_cut_off_agent_fences_only_the_unit_that_asks(cluster: Fleet, tmp_path) -> None:
+    victim = sorted(cluster.machines())[-1]
+    fenced, free = "fence-yes.service", "fence-no.service"
+    (tmp_path / fenced).write_text(UNIT.format(host=victim) + "FenceAfterSec=2s\n")
+    (tmp_path / free).write_text(UNIT.format(host=victim))
+    cluster.ctl("start", str(tmp_path / fenced), str(tmp_path / free))
+    wait_for(f"both running on {victim}", lambda: placed(cluster) == {
+        fenced: victim, free: victim}, 20)
+    wait_for("one copy of each",
+             lambda: len(copies(cluster, fenced)) == len(copies(cluster, free)) == 1)
+    before_fenced, before_free = copies(cluster, fenced), copies(cluster, free)
+    agent_log = os.path.join(cluster.host(victim).state_dir, "agent.log")
+    link = f"{cluster.host(victim).netns}-br"
+
+    subprocess.run(["ip", "link", "set", link, "down"], check=True)
+    cut = time.monotonic()
+    try:
+        wait_for("the fenced unit stopped on the cut-off host",
+                 lambda: not any(alive(p) for p in before_fenced), 15)
+        # fleetd pings every second: 2s of silence cannot be over before 1s of cut
+        assert time.monotonic() - cut > 1.0
+        assert all(alive(p) for p in before_free)  # no FenceAfterSec=: it keeps running
+        wait_for(f"{victim} lost", lambda: cluster.machines()[victim]["state"] == "lost", 20)
+        # seconds later, still cut off: Restart=always did not bring it back
+        assert copies(cluster, fenced) == []
+        assert all(alive(p) for p in before_free)
+        with open(agent_log) as f:
+            text = f.read()
+        assert f"{fenced}: stopping: fenced: no word from fleetd for " in text
+        assert "(FenceAfterSec=2s)" in text
+    finally:
+        subprocess.run(["ip", "link", "set", link, "up"], check=True)
+
+    wait_for(f"{victim} up again", lambda: cluster.machines()[victim]["state"] == "up", 30)
+    # pinned there: fleetd's desired set, sent as the session resumes, starts it again
+    wait_for("the fenced unit running again", lambda: placed(cluster).get(fenced) == victim
+             and len(copies(cluster, fenced)) == 1, 30)
+    wait_for("the other one running", lambda: placed(cluster).get(free) == victim
+             and len(copies(cluster, free)) == 1, 30)
+    time.sleep(1.0)  # settled: nothing starts a second copy after convergence
+    assert len(copies(cluster, fenced)) == 1 and len(copies(cluster, free)) == 1
+    assert not set(copies(cluster, fenced)) & set(before_fenced)
+
+
+def test_a_fenced_unit_moves_without_ever_running_twice(cluster: Fleet, tmp_path) -> None:
+    first, second = sorted(cluster.machines())[1:]
+    fenced = "fence-move.service"
+    (tmp_path / fenced).write_text(
+        UNIT.format(host=f"{first} hostname={second}").replace(
+            "TimeoutStopSec=5s", "TimeoutStopSec=1s") + "FenceAfterSec=2s\n")
+    cluster.ctl("start", str(tmp_path / fenced))
+    victim = wait_for("it runs", lambda: placed(cluster).get(fenced))
+    other = second if victim == first else first
+    wait_for("one copy", lambda: len(copies(cluster, fenced)) == 1)
+    most = 0
+
+    def moved() -> bool:
+        nonlocal most
+        running = hosts_running(cluster, fenced)
+        most = max(most, len(running))
+        return list(running.values()) == [other] and placed(cluster).get(fenced) == other
+
+    link = f"{cluster.host(victim).netns}-br"
+    subprocess.run(["ip", "link", "set", link, "down"], check=True)
+    try:
+        wait_for(f"it runs on {other} only", moved, 30)
+    finally:
+        subprocess.run(["ip", "link", "set", link, "up"], check=True)
+    wait_for(f"{victim} up again", lambda: cluster.machines()[victim]["state"] == "up", 30)
+    # the returning agent gets a current set (without the unit), not the one from before
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        assert moved(), hosts_running(cluster, fenced)
+        time.sleep(0.02)
+    assert most == 1, "two copies ran at once"
