@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 from fleetd.daemon.changes import Changes
 from fleetd.daemon.config import Config
-from fleetd.daemon.session import MachineSession, TransportFactory
+from fleetd.daemon.session import MachineSession, TransportFactory, silence_window
 from fleetd.engine import liveness
 from fleetd.engine.leadership import FileLease
 from fleetd.engine.loop import Engine
@@ -54,7 +54,8 @@ class Daemon:
         self.transport_factory = transport_factory
         self.changes = Changes()
         self.sessions: Dict[str, MachineSession] = {}
-        self.engine = Engine(self.registry, self._push, lambda: self.changed(False))
+        self.engine = Engine(self.registry, self._push, lambda: self.changed(False),
+                             heard=self._heard, skew_s=silence_window(config.heartbeat_s))
         self.started_at = time.time()
         self._tasks: List[asyncio.Task[None]] = []
 
@@ -64,6 +65,15 @@ class Daemon:
         self.changes.bump()
         if placement_relevant:
             self.engine.wake()
+
+    def _heard(self, machine: str) -> Optional[float]:
+        session = self.sessions.get(machine)
+        return session.last_seen if session is not None else None
+
+    def _report_matters(self, unit: str, state: str) -> bool:
+        """Does an agent's report about ``unit`` bear on placement? A failure does (the
+        reschedule policy), and so does any news of a unit in a drain's hand-off."""
+        return state == "failed" or unit in self.engine.watching
 
     def _push(self, machine: str, specs: List[Dict[str, Any]]) -> None:
         """Hand a machine's session its desired set, only while it is connected.
@@ -82,6 +92,7 @@ class Daemon:
     def _open_session(self, machine: MachineRecord) -> None:
         session = MachineSession(machine, self.registry, self.transport_factory, self.changed,
                                  self.config.heartbeat_s)
+        session.report_matters = self._report_matters
         self.sessions[machine.name] = session
         session.start()
 

@@ -36,6 +36,13 @@ BACKOFF_MAX_S = 5.0
 STOP_WAIT_S = 5.0
 SILENCE_HEARTBEATS = 3  # this many heartbeats missed: the channel is dead, reconnect
 
+
+def silence_window(heartbeat_s: float) -> float:
+    """How long a session reads nothing before it gives up on the channel. Until then
+    the agent still gets pings: in a cut where only the agent's words are lost, the
+    agent's silence begins up to this much later than fleetd's."""
+    return max(heartbeat_s * SILENCE_HEARTBEATS, 2.0)
+
 Fingerprint = FrozenSet[Tuple[str, str, str, int]]
 TransportFactory = Callable[[MachineRecord], Transport]
 
@@ -67,6 +74,8 @@ class MachineSession:
         # the set held from before this connect is not sent to an agent that fenced
         # units (it would start them again): the engine's next pass sends a current one
         self._held_back = False
+        # (unit, state) -> whether the engine must hear of it (a failure, a hand-off)
+        self.report_matters: Callable[[str, str], bool] = lambda unit, state: False
 
     # --- engine side -------------------------------------------------------------
     def push(self, specs: List[Dict[str, Any]]) -> None:
@@ -237,7 +246,7 @@ class MachineSession:
             channel.close()
 
     async def _read(self, channel: Channel) -> None:
-        silence = max(self.heartbeat_s * SILENCE_HEARTBEATS, 2.0)
+        silence = silence_window(self.heartbeat_s)
         while True:
             try:
                 line = await asyncio.wait_for(channel.readline(), silence)
@@ -282,6 +291,8 @@ class MachineSession:
         if kind == "status":
             rows = [self._observed(u) for u in protocol.spec_list(msg)]
             self.registry.replace_observed(self.name, rows)
+            self.changed(True)  # a whole snapshot (after a connect): the engine looks
+            return
         elif kind == "unit":
             row = self._observed(msg["unit"])
             self.registry.upsert_observed(row)
@@ -291,6 +302,9 @@ class MachineSession:
                 log.warning("%s: %s: %s", self.name, row.unit, row.error)
                 self._sent = None
                 self._send_desired()
+            if self.report_matters(row.unit, row.state):
+                self.changed(True)
+                return
         elif kind == "removed":
             self.registry.delete_observed(self.name, str(msg["name"]))
         elif kind == "error":

@@ -49,12 +49,14 @@ CacheKey = Tuple[str, str, str, str]  # name, content hash, vars, machine (rende
 
 class Engine:
     def __init__(self, registry: Registry, push: PushFn, changed: Callable[[], None],
-                 heard: Optional[HeardFn] = None, heartbeat_s: float = 1.0) -> None:
+                 heard: Optional[HeardFn] = None, skew_s: float = 2.0) -> None:
         self.registry = registry
         self.push = push
         self.changed = changed
         self.heard: HeardFn = heard or (lambda name: None)
-        self.heartbeat_s = heartbeat_s
+        # how much later than fleetd's silence the agent's may begin (a one-way cut
+        # leaves it hearing pings until the session gives up): fencing waits this longer
+        self.skew_s = skew_s
         self._wake = asyncio.Event()
         self._timer: Optional[asyncio.TimerHandle] = None
         self.watching: Set[str] = set()  # units in a hand-off: their reports matter
@@ -124,8 +126,8 @@ class Engine:
     def machine_view(self, m: MachineRecord, now: float) -> MachineView:
         view = machine_view(m)
         heard = self.heard(m.name) or m.last_seen
-        # surely silent this long: the agent may have heard us up to a heartbeat later
-        silent = max(0.0, now - heard - self.heartbeat_s) if heard is not None else 0.0
+        # surely silent this long, seen from the agent too
+        silent = max(0.0, now - heard - self.skew_s) if heard is not None else 0.0
         overdue = m.drain_deadline is not None and now >= m.drain_deadline
         return dataclasses.replace(view, silent_s=silent, drain_overdue=overdue)
 

@@ -20,6 +20,8 @@ from fleetd.units.context import UnitContext, UnitName
 from fleetd.units.parser import UnitError, UnitFile, parse
 from fleetd.units.xfleet import Requirements
 
+KILL_GRACE_S = 5.0  # the agent's wait after SIGKILL (agent/supervisor.py), for fencing
+
 __all__ = ["Unit", "UnitName", "content_hash", "load", "parse_name"]
 
 # systemd's unit-name rules (unit-name.c), restricted to the types fleetd runs.
@@ -108,8 +110,12 @@ def load(name: str, text: str, source: Optional[str] = None, template_ok: bool =
             ctx.fail(ctx.entry(xfleet.X, "FenceAfterSec"),
                      "needs a finite TimeoutStopSec= (fleetd starts another copy only "
                      "once the fenced one is surely stopped)")
+        # the agent's stop: each ExecStop= and then KillSignal= get TimeoutStopSec=
+        # each, SIGKILL its grace (agent/supervisor.py KILL_GRACE_S)
+        stops = len(config.get("stop") or ()) + 1
         requirements = dataclasses.replace(
-            requirements, fence_wait_s=requirements.fence_after_s + float(stop))
+            requirements,
+            fence_wait_s=requirements.fence_after_s + stops * float(stop) + KILL_GRACE_S)
     return Unit(name=name, text=text, hash=content_hash(text), file=ctx.file,
                 description=description, driver=driver, config=config,
                 requirements=requirements)

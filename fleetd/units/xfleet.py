@@ -36,6 +36,7 @@ KNOWN = ("MachineID", "MachineOf", "MachineMetadata", "Conflicts", "Global", "Re
          "Driver", "RescheduleAttempts", "RescheduleIntervalSec", "RescheduleDelaySec",
          "RescheduleDelayFunction", "RescheduleMaxDelaySec", "FenceAfterSec")
 DELAY_FUNCTIONS = ("exponential", "constant")
+MIN_FENCE_S = 3.0  # three default heartbeats
 DRIVERS = ("exec", "java", "systemd")
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.service")
 
@@ -136,9 +137,10 @@ def requirements(ctx: UnitContext, limits: Dict[str, Any]) -> Requirements:
     if machine_id and units["MachineOf"]:
         ctx.fail(ctx.entry(X, "MachineOf"), "MachineOf= cannot be combined with MachineID=")
     fence = ctx.timespan(X, "FenceAfterSec", math.inf)
-    if fence <= 0:
+    if fence < MIN_FENCE_S:
         ctx.fail(ctx.entry(X, "FenceAfterSec"),
-                 "must be more than 0 (infinity, the default, never fences)")
+                 f"must be at least {MIN_FENCE_S:g}s: fleetd pings the agent every heartbeat "
+                 "(1s by default), and a shorter fence would stop units on one late ping")
     return Requirements(
         machine_id=machine_id,
         machine_of=units["MachineOf"],

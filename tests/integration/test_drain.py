@@ -44,7 +44,7 @@ def test_drain_moves_units_one_at_a_time_each_healthy_before_the_old_stops(
     for h in ("h2", "h3"):
         cluster.ctl("undrain", h)
     wait_for("all passing on h1", lambda: all(
-        u["health"] == "passing" for u in cluster.units() if u["unit"] in names), 20)
+        u.get("health") == "passing" for u in cluster.units() if u["unit"] in names), 20)
     old = {n: copies(n) for n in names}
     assert all(len(p) == 1 for p in old.values())
 

@@ -42,7 +42,8 @@ def test_exponential_delay_doubles_up_to_the_maximum() -> None:
     ("RescheduleDelaySec=soon", "RescheduleDelaySec=: invalid time span"),
     ("RescheduleDelaySec=infinity", "say RescheduleAttempts=0"),
     ("RescheduleIntervalSec=0", "RescheduleIntervalSec=: must be more than 0"),
-    ("FenceAfterSec=0", "FenceAfterSec=: must be more than 0"),
+    ("FenceAfterSec=0", "FenceAfterSec=: must be at least 3s"),
+    ("FenceAfterSec=1s", "FenceAfterSec=: must be at least 3s"),
     ("FenceAfter=5s", "did you mean FenceAfterSec=?"),
 ])
 def test_bad_values_name_file_line_and_option(line: str, why: str) -> None:
@@ -55,7 +56,7 @@ def test_bad_values_name_file_line_and_option(line: str, why: str) -> None:
 def test_fleetd_waits_for_the_fenced_copy_to_stop_surely() -> None:
     unit = load("a.service", "[Service]\nExecStart=/bin/sleep 1\nTimeoutStopSec=7\n"
                 "[X-Fleet]\nFenceAfterSec=10s\n")
-    assert unit.requirements.fence_wait_s == 17  # fenced after 10 s, SIGKILL by 17 s
+    assert unit.requirements.fence_wait_s == 22  # fenced at 10 s, SIGKILL at 17, gone by 22
 
 
 def test_fencing_needs_a_stop_that_ends() -> None:
