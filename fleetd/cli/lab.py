@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import shlex
+from typing import Any, Dict, List, Optional
 
 import click
 
 from fleetd.cli.client import ApiError, Client
 from fleetd.cli.output import table
 from fleetd.lab import daemon as lab_daemon
-from fleetd.lab.netns import DEFAULT_LAB_DIR, Lab, LabError
+from fleetd.lab.netns import DEFAULT_LAB_DIR, Host, Lab, LabError
 
 
 def _lab(lab_dir: str, prefix: str, subnet: str) -> Lab:
@@ -25,11 +26,19 @@ lab_dir_option = click.option("--lab-dir", envvar="FLEET_LAB_DIR", default=DEFAU
 
 @click.group()
 def lab() -> None:
-    """A local lab: N hosts as network namespaces, each with its own sshd."""
+    """A local lab: N hosts as network namespaces, each with its own sshd; some of them
+    may be real systemd hosts with a file system of their own (--systemd)."""
 
 
 @lab.command("up")
 @click.option("--hosts", "count", default=3, show_default=True, help="How many hosts.")
+@click.option("--systemd", "systemd", default=0, show_default=True, metavar="M",
+              help="The last M of the hosts are real systemd hosts: a Debian rootfs of "
+                   "their own (cached in /var/cache/fleetd-lab) booted with systemd as "
+                   "PID 1, with its own sshd and python3. fleetd reaches them only by "
+                   "bootstrap (fleetctl machine add).")
+@click.option("--without-psutil", "without_psutil", default=0, show_default=True,
+              metavar="K", help="The last K of the systemd hosts lack python3-psutil.")
 @click.option("--prefix", default="fl", show_default=True,
               help="Name prefix for namespaces and the bridge.")
 @click.option("--subnet", default="10.77.0", show_default=True,
@@ -37,15 +46,18 @@ def lab() -> None:
 @click.option("--no-fleetd", is_flag=True, help="Do not start or register with fleetd.")
 @lab_dir_option
 @click.pass_context
-def lab_up(ctx: click.Context, count: int, prefix: str, subnet: str, no_fleetd: bool,
-           lab_dir: str) -> None:
-    """Create the hosts; start fleetd if none runs; register the hosts with it."""
+def lab_up(ctx: click.Context, count: int, systemd: int, without_psutil: int, prefix: str,
+           subnet: str, no_fleetd: bool, lab_dir: str) -> None:
+    """Create the hosts; start fleetd if none runs; register the plain hosts with it."""
     the_lab = _lab(lab_dir, prefix, subnet)
     try:
-        hosts = the_lab.up(count)
-        click.echo(f"Lab up: {count} hosts on {the_lab.subnet}.0/24 "
+        hosts = the_lab.up(count, systemd=systemd, without_psutil=without_psutil)
+        sd = [h.name for h in hosts if h.systemd]
+        kinds = f"; systemd host{'s' if len(sd) > 1 else ''} {', '.join(sd)}" if sd else ""
+        click.echo(f"Lab up: {count} hosts on {the_lab.subnet}.0/24{kinds} "
                    f"(bridge {the_lab.bridge}, dir {the_lab.dir})")
         if no_fleetd:
+            _bootstrap_hints(the_lab, [h for h in hosts if h.systemd])
             return
         client: Client = ctx.find_root().obj.client
         pid = lab_daemon.ensure_fleetd(the_lab, client)
@@ -53,11 +65,20 @@ def lab_up(ctx: click.Context, count: int, prefix: str, subnet: str, no_fleetd: 
             the_lab._save(fleetd_pid=pid)
             click.echo(f"Started fleetd (pid {pid}) at {client.endpoint}; "
                        f"log {the_lab.dir}/fleetd.log")
-        lab_daemon.register(the_lab, client, hosts)
-        lab_daemon.wait_up(client, [h.name for h in hosts])
-        click.echo(f"Registered {', '.join(h.name for h in hosts)} with fleetd; all up")
+        left_out = lab_daemon.register(the_lab, client, hosts)
+        plain = [h.name for h in hosts if not h.systemd]
+        if plain:
+            lab_daemon.wait_up(client, plain)
+            click.echo(f"Registered {', '.join(plain)} with fleetd; all up")
+        _bootstrap_hints(the_lab, left_out)
     except (LabError, ApiError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _bootstrap_hints(the_lab: Lab, hosts: List[Host]) -> None:
+    for h in hosts:
+        click.echo(f"{h.name}: systemd host, add it with "
+                   f"`{shlex.join(lab_daemon.machine_add_argv(the_lab, h))}`")
 
 
 @lab.command("status")
@@ -69,18 +90,29 @@ def lab_status(lab_dir: str) -> None:
     if not rows:
         click.echo(f"No lab in {the_lab.dir}")
         return
-    click.echo(table(["HOST", "ADDRESS", "NETNS", "SSHD", "AGENT", "PROCESSES"],
-                     [[r["host"], r["address"], r["netns"] if r["netns_up"] else "missing",
+    click.echo(table(["HOST", "KIND", "ADDRESS", "NETNS", "SSHD", "AGENT", "PROCESSES"],
+                     [[r["host"], _kind(r), r["address"],
+                       r["netns"] if r["netns_up"] else "missing",
                        r["sshd"] or "down", r["agent"] or "-", r["processes"]] for r in rows]))
     pid: Optional[int] = the_lab.info().get("fleetd_pid")
     if pid:
         click.echo(f"fleetd started by the lab: pid {pid}")
 
 
+def _kind(row: Dict[str, Any]) -> str:
+    """netns (shares this machine's file system) or systemd (pid 1234: its PID 1 here,
+    "down" once it is gone), with "no psutil" for a host built without python3-psutil."""
+    if not row["systemd"]:
+        return "netns"
+    kind = f"systemd (pid {row['pid1']})" if row["pid1"] else "systemd (down)"
+    return kind + (", no psutil" if row["without_psutil"] else "")
+
+
 @lab.command("down")
 @lab_dir_option
 def lab_down(lab_dir: str) -> None:
-    """Remove every namespace, veth, bridge, mount and process the lab made."""
+    """Power off the systemd hosts; remove every namespace, veth, bridge, mount, cgroup
+    and process the lab made."""
     the_lab = _lab(lab_dir, "fl", "10.77.0")
     try:
         the_lab.require_root()

@@ -1,4 +1,11 @@
-"""The lab's fleetd: started detached if none answers, and told about the lab's hosts."""
+"""The lab's fleetd: started detached if none answers, and told about the lab's hosts.
+
+Only the plain hosts are registered here, with an agent command that runs this machine's
+fleetd source (they share its file system). A systemd host shares nothing with the
+machine, so the agent must reach it the way it reaches a real VM: by bootstrap over SSH,
+``fleetctl machine add root@ADDRESS ...``; ``machine_add_argv`` is that command for a lab
+host, and ``register`` returns the systemd hosts it left out so the caller can say so.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import fleetd
 from fleetd.cli.client import ApiError, Client
@@ -55,17 +62,36 @@ def ensure_fleetd(lab: Lab, client: Client) -> Optional[int]:
                    f"see {lab.dir}/fleetd.log")
 
 
-def register(lab: Lab, client: Client, hosts: List[Host]) -> None:
+def metadata(lab: Lab, h: Host) -> Dict[str, str]:
+    """A lab host's fleetd metadata: its name and lab, and ``systemd=true`` on systemd
+    hosts (``MachineMetadata=systemd=true`` targets them)."""
+    meta = {"hostname": h.name, "lab": lab.prefix}
+    if h.systemd:
+        meta["systemd"] = "true"
+    return meta
+
+
+def machine_add_argv(lab: Lab, h: Host) -> List[str]:
+    """``fleetctl machine add`` for a lab host, with the lab's identity and known_hosts."""
+    meta = ",".join(f"{k}={v}" for k, v in metadata(lab, h).items())
+    return ["fleetctl", "machine", "add", f"root@{h.address}", "--name", h.name,
+            "--metadata", meta, "--identity", lab.identity, "--known-hosts", lab.known_hosts]
+
+
+def register(lab: Lab, client: Client, hosts: List[Host]) -> List[Host]:
+    """Register the plain hosts (those fleetd does not know yet); returns the systemd
+    hosts, which are left to the bootstrap (``machine_add_argv``)."""
     known = {m["name"] for m in client.get("/v1/machines")["machines"]}
     for h in hosts:
-        if h.name in known:
+        if h.systemd or h.name in known:
             continue
         client.post("/v1/machines", {
             "name": h.name, "address": h.address, "user": "root",
             "identity": lab.identity, "known_hosts": lab.known_hosts,
             "agent_command": agent_command(),
-            "metadata": {"hostname": h.name, "lab": lab.prefix},
+            "metadata": metadata(lab, h),
         })
+    return [h for h in hosts if h.systemd]
 
 
 def wait_up(client: Client, names: List[str], timeout: float = 20.0) -> None:

@@ -21,9 +21,22 @@ the lab's recipe (shared/lab/sd-pid1.sh), whose every step prevents a leak or a 
   empty children behind.
 
 Mounts live only in the guest's private mount namespace and vanish with its processes,
-so poweroff leaves no mounts, no processes and no cgroups behind. The fleetd source tree
-is bind-mounted read-only at /opt/fleetd, so the agent-side code runs in the guest
-against the guest's own python3 and psutil (PYTHONPATH=/opt/fleetd).
+so poweroff leaves no mounts, no processes and no cgroups behind.
+
+Two uses, two ways for fleetd's code to get in:
+
+* the systemd driver's tests (``boot(..., source=REPO_ROOT)``): the fleetd source tree
+  is bind-mounted read-only at /opt/fleetd, so the agent-side code runs in the guest
+  against the guest's own python3 and psutil (PYTHONPATH=/opt/fleetd);
+* the lab's systemd hosts (``fleetctl lab up --systemd M``, fleetd.lab.netns): no
+  ``source`` (the default), nothing of the machine is mounted in, and the agent arrives
+  the way it arrives on a real VM, over SSH. Their sshd is the guest's own (ssh.service), with
+  the files the lab puts into the overlay's upper layer before boot (``files=``): a host
+  key, root's authorized_keys and an sshd_config.d drop-in.
+
+A host booted by one process can be powered off by another (``lab up`` and ``lab down``
+are two fleetctl runs): ``poweroff_pid`` takes PID 1's pid and start time (checked, so a
+reused pid is never signalled) and the cgroup subtrees, which the lab records.
 
 This module is lab code (daemon side): it is never imported on a managed host.
 """
@@ -42,7 +55,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from fleetd.cgroups import fs
 from fleetd.cgroups.base import CgroupError
@@ -261,8 +274,10 @@ touch "$R/dev/console"; mount --bind /dev/null "$R/dev/console"
 mkdir "$R/dev/pts" "$R/dev/shm"
 mount -t devpts -o newinstance,ptmxmode=0666 devpts "$R/dev/pts"
 ln -s pts/ptmx "$R/dev/ptmx"; mount -t tmpfs -o mode=1777 tmpfs "$R/dev/shm"
-mkdir -p "$R$GUEST_SOURCE"
-mount --bind "$SOURCE" "$R$GUEST_SOURCE"; mount -o remount,bind,ro "$R$GUEST_SOURCE"
+if [ -n "$SOURCE" ]; then
+  mkdir -p "$R$GUEST_SOURCE"
+  mount --bind "$SOURCE" "$R$GUEST_SOURCE"; mount -o remount,bind,ro "$R$GUEST_SOURCE"
+fi
 hostname "$HOST_NAME"
 cd "$R"; mkdir -p .oldroot; pivot_root . .oldroot; umount -l /.oldroot; rmdir /.oldroot
 exec env -i container=fleetd-lab /lib/systemd/systemd
@@ -289,14 +304,18 @@ class SystemdHost:
     launcher: subprocess.Popen[bytes]
     boot_seconds: float = 0.0
     state: str = ""  # systemctl is-system-running once booted: running or degraded
+    source: bool = False  # the fleetd source tree is mounted at /opt/fleetd
+    pid1_start: int = 0  # PID 1's start time (clock ticks after the machine's boot)
 
     def run(self, argv: Sequence[str], *, timeout: Optional[float] = 60.0, check: bool = False,
             env: Optional[Dict[str, str]] = None,
             input: Optional[str] = None) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside the host: its namespaces, its root, a clean environment
-        (PATH, LANG, HOME and PYTHONPATH=/opt/fleetd, then ``env``)."""
+        (PATH, LANG, HOME, PYTHONPATH=/opt/fleetd if the source is mounted, then ``env``)."""
         environment = {"PATH": GUEST_PATH, "LANG": "C.UTF-8", "HOME": "/root",
-                       "PYTHONPATH": GUEST_SOURCE, "PYTHONDONTWRITEBYTECODE": "1"}
+                       "PYTHONDONTWRITEBYTECODE": "1"}
+        if self.source:
+            environment["PYTHONPATH"] = GUEST_SOURCE
         environment.update(env or {})
         # -a: every namespace of PID 1; -r/-w: its root and working directory too, else
         # the command would resolve paths against the machine's root
@@ -339,34 +358,88 @@ class SystemdHost:
         return time.monotonic() - began
 
 
-def boot(netns: str, name: str, *, root: Optional[str] = None, source: str = REPO_ROOT,
-         timeout: float = 30.0) -> SystemdHost:
+def start_time(pid: int) -> Optional[int]:
+    """A process's start time in clock ticks since the machine booted (None: gone or a
+    zombie). With the pid it names one process for good: pids are reused, this is not."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def request_poweroff(pid1: int, pid1_start: int) -> bool:
+    """Ask the host whose PID 1 is (``pid1``, ``pid1_start``) to power off; False if that
+    process is gone already (a different process with a reused pid is left alone)."""
+    if start_time(pid1) != pid1_start:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid1, signal.SIGRTMIN + 4)
+    return True
+
+
+def poweroff_pid(pid1: int, pid1_start: int, cgroups: Sequence[str],
+                 timeout: float = 20.0) -> float:
+    """Power off a host that another process booted, given what it recorded (PID 1's pid
+    and start time, the cgroup subtrees): poweroff request, wait until PID 1 is gone,
+    SIGKILL if it is not within ``timeout``, then remove the subtrees. Returns seconds.
+
+    The caller removes the overlay's directory (it chose where it was, ``workdir_parent``)."""
+    began = time.monotonic()
+    if request_poweroff(pid1, pid1_start):
+        deadline = began + timeout
+        while start_time(pid1) == pid1_start and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if start_time(pid1) == pid1_start:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid1, signal.SIGKILL)  # the whole PID namespace dies with it
+            while start_time(pid1) == pid1_start and time.monotonic() < deadline + 10:
+                time.sleep(0.02)
+    for path in cgroups:
+        _remove_tree(path)
+    return time.monotonic() - began
+
+
+def boot(netns: str, name: str, *, root: Optional[str] = None,
+         source: Optional[str] = None, hostname: Optional[str] = None,
+         files: Optional[Mapping[str, Tuple[Union[str, bytes], int]]] = None,
+         workdir_parent: Optional[str] = None, timeout: float = 30.0) -> SystemdHost:
     """Boot a systemd host called ``name`` in the network namespace ``netns`` (from
     ``ip netns add``) and wait until systemd says it is running (or degraded).
 
     ``root`` is the read-only lower layer (default: the cached rootfs, built if needed);
-    ``source`` is bind-mounted read-only at /opt/fleetd."""
+    ``source`` (a fleetd source tree, e.g. REPO_ROOT) is bind-mounted read-only at
+    /opt/fleetd; by default nothing of the machine is.
+    ``name`` names the host's cgroup subtrees and overlay directory, so it must be
+    unique on the machine; ``hostname`` is what the guest calls itself (default: name).
+    ``files`` maps guest paths to (content, mode): written into the overlay's upper layer
+    before boot, they replace the rootfs's files (missing directories are made 0700).
+    The overlay's directory is made in ``workdir_parent`` (default: the temp dir)."""
     if os.geteuid() != 0:
         raise SystemdHostError("booting a systemd host needs root (namespaces, mounts, cgroups)")
-    if not name.replace("-", "").isalnum():
-        raise SystemdHostError(f"host name {name!r}: letters, digits and - only")
+    hostname = hostname or name
+    for what in (name, hostname):
+        if not what.replace("-", "").isalnum():
+            raise SystemdHostError(f"host name {what!r}: letters, digits and - only")
     netns_path = f"/run/netns/{netns}"
     if not os.path.exists(netns_path):
         raise SystemdHostError(f"network namespace {netns} does not exist (ip netns add {netns})")
     lower = root or rootfs()
     began = time.monotonic()
     cgroups = _make_cgroups(name)
-    workdir = tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{name}-")
+    workdir = tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{name}-", dir=workdir_parent)
     launcher: Optional[subprocess.Popen[bytes]] = None
     try:
         upper, work, merged = (os.path.join(workdir, d) for d in ("upper", "work", "merged"))
         for d in (upper, work, merged):
             os.mkdir(d, 0o755)
-        _personalise(upper, name)
+        _personalise(upper, lower, hostname, files or {})
         env = {"PATH": GUEST_PATH, "NETNS_PATH": netns_path, "INNER": _INNER,
                "R": merged, "LOWER": lower, "UPPER": upper, "WORK": work,
-               "SOURCE": os.path.abspath(source), "GUEST_SOURCE": GUEST_SOURCE,
-               "HOST_NAME": name, "CG": " ".join(d for d, _ in _hierarchies())}
+               "SOURCE": os.path.abspath(source) if source else "",
+               "GUEST_SOURCE": GUEST_SOURCE,
+               "HOST_NAME": hostname, "CG": " ".join(d for d, _ in _hierarchies())}
         with open(os.path.join(workdir, "launcher.log"), "wb") as log:
             # a session of its own: a Ctrl-C at the test runner must not reach the guest's
             # PID 1 (SIGINT is systemd's ctrl-alt-del)
@@ -375,7 +448,8 @@ def boot(netns: str, name: str, *, root: Optional[str] = None, source: str = REP
                                         start_new_session=True)
         pid1 = _wait_pid1(launcher, workdir)
         host = SystemdHost(name=name, netns=netns, pid1=pid1, dir=workdir, cgroups=cgroups,
-                           launcher=launcher)
+                           launcher=launcher, source=bool(source),
+                           pid1_start=start_time(pid1) or 0)
         host.state = _wait_running(host, began + timeout)
         host.boot_seconds = time.monotonic() - began
         return host
@@ -440,19 +514,53 @@ def sweep(name: str) -> int:
     return killed
 
 
-def _personalise(upper: str, name: str) -> None:
+HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
+
+
+def _make_dirs(upper: str, lower: str, guest_dir: str) -> None:
+    """Make ``guest_dir`` in the upper layer. The upper layer's directory decides the
+    merged one's mode, so each takes the rootfs's mode where the rootfs has it, else 0700
+    (safe for /root/.ssh, which sshd's StrictModes checks)."""
+    here = upper
+    for part in guest_dir.strip("/").split("/"):
+        if not part:
+            continue
+        here = os.path.join(here, part)
+        if os.path.isdir(here):
+            continue
+        try:
+            mode = os.stat(lower + here[len(upper):]).st_mode & 0o7777
+        except OSError:
+            mode = 0o700
+        os.mkdir(here)
+        os.chmod(here, mode)
+
+
+def _personalise(upper: str, lower: str, name: str,
+                 files: Mapping[str, Tuple[Union[str, bytes], int]]) -> None:
     """Per-host files, put into the overlay's upper layer before boot: a machine id (else
-    systemd treats every boot as a first boot), a hostname and an ssh host key."""
+    systemd treats every boot as a first boot), a hostname, an ssh host key (unless
+    ``files`` brings one), then ``files``."""
     etc = os.path.join(upper, "etc")
-    os.makedirs(os.path.join(etc, "ssh"), mode=0o755)
+    _make_dirs(upper, lower, "/etc/ssh")
     with open(os.path.join(etc, "machine-id"), "w") as f:
         f.write(uuid.uuid4().hex + "\n")
     with open(os.path.join(etc, "hostname"), "w") as f:
         f.write(name + "\n")
-    if shutil.which("ssh-keygen"):
+    if HOST_KEY not in files and shutil.which("ssh-keygen"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name,
-                        "-f", os.path.join(etc, "ssh", "ssh_host_ed25519_key")],
+                        "-f", upper + HOST_KEY],
                        check=True, stdin=subprocess.DEVNULL, capture_output=True)
+    for guest_path, (content, mode) in files.items():
+        if not guest_path.startswith("/") or ".." in guest_path.split("/"):
+            raise SystemdHostError(f"files: {guest_path!r} is not an absolute guest path")
+        _make_dirs(upper, lower, os.path.dirname(guest_path))
+        path = upper + guest_path
+        data = content.encode() if isinstance(content, str) else content
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(path, mode)
 
 
 def _children(pid: int) -> List[int]:

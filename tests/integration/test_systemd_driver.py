@@ -1,6 +1,8 @@
 """The systemd driver against a real systemd: a Debian bookworm booted with systemd as
 PID 1 in its own namespaces (fleetd.lab.systemd_host), the driver running inside it on
-the guest's python3, exactly as the agent would run on such a host.
+the guest's python3, exactly as the agent would run on such a host. Here the fleetd source
+is bind-mounted at /opt/fleetd (``source=REPO_ROOT``), to test the driver and the agent
+alone; the lab's systemd hosts (test_lab_systemd_hosts.py) have no such mount.
 
 What is checked is what we rely on systemd for: it runs the unit, restarts it by
 Restart=, enforces MemoryMax=/TasksMax=/CPUQuota=, and tells us all of that through
@@ -92,7 +94,7 @@ def host(rootfs: str) -> Iterator[SystemdHost]:
     _netns(NETNS)
     systemd_host.sweep("sd1")  # what a crashed earlier run left behind
     try:
-        h = systemd_host.boot(NETNS, "sd1", root=rootfs)
+        h = systemd_host.boot(NETNS, "sd1", root=rootfs, source=systemd_host.REPO_ROOT)
         TIMINGS["boot"] = h.boot_seconds
         yield h
         TIMINGS["poweroff"] = h.poweroff()
@@ -267,7 +269,7 @@ def test_boot_and_poweroff_leave_nothing_behind(rootfs: str) -> None:
     _netns(netns)
     systemd_host.sweep("sd2")
     try:
-        h = systemd_host.boot(netns, "sd2", root=rootfs)
+        h = systemd_host.boot(netns, "sd2", root=rootfs, source=systemd_host.REPO_ROOT)
         assert h.state in ("running", "degraded"), h.failed_units()
         assert h.run(["cat", "/proc/1/comm"]).stdout.strip() == "systemd"
         assert h.run(["hostname"]).stdout.strip() == "sd2"
