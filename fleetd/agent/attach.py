@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import List, Optional
 
 from fleetd.agent.state import AgentState
 
@@ -30,22 +31,36 @@ def _connect(path: str) -> socket.socket:
     return sock
 
 
-def start_agent(state: AgentState) -> None:
-    """Start the agent daemon detached: new session, no terminal, log to agent.log."""
+def start_agent(state: AgentState, launcher: Optional[List[str]] = None,
+                service: Optional[str] = None) -> None:
+    """Start the agent daemon detached: new session, no terminal, log to agent.log.
+
+    ``launcher`` runs this agent's code (default: ``python -m fleetd.agent.main``);
+    with ``service`` the agent is a systemd service, and systemd starts it (a detached
+    one would hold the state directory's lock, and the service's would exit)."""
     with open(state.log_path, "ab") as logf:
+        if service:
+            done = subprocess.run(["systemctl", "start", service], stdin=subprocess.DEVNULL,
+                                  stdout=logf, stderr=logf, timeout=START_TIMEOUT_S * 3)
+            if done.returncode != 0:
+                raise SystemExit(f"fleet-agent: systemctl start {service} failed "
+                                 f"(exit {done.returncode}); see journalctl -u {service}")
+            return
         subprocess.Popen(
-            [sys.executable, "-m", "fleetd.agent.main", "daemon", "--state-dir", state.root],
+            [*(launcher or [sys.executable, "-m", "fleetd.agent.main"]),
+             "daemon", "--state-dir", state.root],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
             start_new_session=True, close_fds=True, cwd="/",
         )
 
 
-def connect_or_start(state: AgentState) -> socket.socket:
+def connect_or_start(state: AgentState, launcher: Optional[List[str]] = None,
+                     service: Optional[str] = None) -> socket.socket:
     try:
         return _connect(state.socket_path)
     except (FileNotFoundError, ConnectionRefusedError):
         pass
-    start_agent(state)
+    start_agent(state, launcher, service)
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         try:
@@ -96,9 +111,10 @@ def relay(sock: socket.socket, fd_in: int = 0, fd_out: int = 1) -> None:
             return
 
 
-def attach(state_dir: str) -> int:
+def attach(state_dir: str, launcher: Optional[List[str]] = None,
+           service: Optional[str] = None) -> int:
     state = AgentState(state_dir)
-    sock = connect_or_start(state)
+    sock = connect_or_start(state, launcher, service)
     try:
         relay(sock)
     finally:

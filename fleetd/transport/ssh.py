@@ -4,6 +4,10 @@ The host key must be in the machine's known_hosts file (``--known-hosts``, defau
 ``~/.ssh/known_hosts``); a key that is missing or different stops the connection during
 key exchange, before authentication, so nothing runs on a host that is not the one the
 user registered. The error names the address, the key offered and the file checked.
+
+Besides the session's long-lived channel (``open``), it is the ``Shell`` that
+fleetd.bootstrap installs the agent through: ``run`` a command to its end, ``put`` a
+file over SFTP, on the same connection.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import List, Optional
 
 import asyncssh
 
-from fleetd.transport.base import Channel, TransportError
+from fleetd.transport.base import Channel, CommandResult, TransportError
 
 CONNECT_TIMEOUT_S = 5.0
 KEEPALIVE_S = 5.0
@@ -112,16 +116,61 @@ class SshTransport:
         return (f"host key mismatch for {self.address}:{self.port}:{offered} that key is not "
                 f"trusted by {self.known_hosts} ({detail}); nothing was run there")
 
-    async def open(self, command: str) -> Channel:
+    async def _connection(self) -> asyncssh.SSHClientConnection:
         if self._conn is None or self._conn.is_closed():
             self._conn = await self._connect()
-        try:
-            process = await self._conn.create_process(command, encoding=None)
-        except (OSError, asyncssh.Error) as exc:
+        return self._conn
+
+    def _lost(self, exc: BaseException) -> TransportError:
+        if self._conn is not None:
             self._conn.close()
             self._conn = None
-            raise TransportError("unreachable", f"{self.where}: {exc}") from None
+        return TransportError("unreachable", f"{self.where}: {exc}")
+
+    async def open(self, command: str) -> Channel:
+        conn = await self._connection()
+        try:
+            process = await conn.create_process(command, encoding=None)
+        except (OSError, asyncssh.Error) as exc:
+            raise self._lost(exc) from None
         return SshChannel(process)
+
+    async def run(self, command: str, *, input: Optional[str] = None,
+                  timeout: float = 60.0) -> CommandResult:
+        conn = await self._connection()
+        process: Optional[asyncssh.SSHClientProcess[str]] = None
+        try:
+            process = await conn.create_process(command, encoding="utf-8", errors="replace")
+            if input:
+                process.stdin.write(input)
+            process.stdin.write_eof()  # no input is an empty stdin, never an open one
+            done = await asyncio.wait_for(process.wait(check=False), timeout)
+        except asyncio.TimeoutError:
+            if process is not None:
+                process.close()
+            raise TransportError(
+                "command", f"{self.where}: {command.split()[0]!r} did not end within "
+                           f"{timeout:g}s") from None
+        except (OSError, asyncssh.Error) as exc:
+            raise self._lost(exc) from None
+        status = done.exit_status if done.exit_status is not None else -1
+        return CommandResult(status, str(done.stdout or ""), str(done.stderr or ""))
+
+    async def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        conn = await self._connection()
+        try:
+            async with conn.start_sftp_client() as sftp:
+                async with sftp.open(path, "wb") as f:
+                    await f.write(data)
+                await sftp.chmod(path, mode)
+        except asyncssh.SFTPError as exc:
+            raise TransportError("sftp", f"{self.where}: writing {path} over SFTP: "
+                                         f"{exc.reason}") from None
+        except asyncssh.ChannelOpenError as exc:
+            raise TransportError("sftp", f"{self.where}: no SFTP subsystem ({exc.reason}); "
+                                         "the host's sshd must offer sftp") from None
+        except (OSError, asyncssh.Error) as exc:
+            raise self._lost(exc) from None
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -1,0 +1,146 @@
+"""fleetd.bootstrap.install end to end on this machine, through an in-process SSH server
+whose commands run here: prefix and state directory in tmp, the agent started detached
+(PID 1 here is not systemd), python3 = this venv's (it has psutil).
+
+What it pins: a fresh install, the no-op re-install, an upgrade (a new agent process, the
+old version kept as previous), a failed upgrade that leaves the running version alone and
+no staged files, a failed fresh install that leaves nothing, and a purge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import pytest
+from inproc_ssh import ssh_server
+
+from fleetd.bootstrap import bundle
+from fleetd.bootstrap.install import BootstrapError, Installed, Target, install, uninstall
+
+VENV_BIN = os.path.dirname(sys.executable)
+ENV = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin"}
+
+
+def tree(root: Path) -> List[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+def agent_pid(state: Path) -> int:
+    return int((state / "agent.pid").read_text())
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def answers(state: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(state / "agent.sock"))
+            return True
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def where(tmp_path: Path) -> Iterator[Target]:
+    target = Target(prefix=str(tmp_path / "opt" / "fleetd-agent"),
+                    state_dir=str(tmp_path / "state" / "fleet-agent"))
+    yield target
+    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+        os.kill(agent_pid(Path(target.state_dir)), signal.SIGKILL)
+
+
+def run(tmp_path: Path, target: Target, **kwargs: object) -> Installed:
+    async def go() -> Installed:
+        async with ssh_server(str(tmp_path), env=ENV) as shell:
+            return await install(shell, "root@test", target, **kwargs)  # type: ignore[arg-type]
+    return asyncio.run(go())
+
+
+def test_install_upgrade_and_purge(tmp_path: Path, where: Target) -> None:
+    prefix, state = Path(where.prefix), Path(where.state_dir)
+    first = run(tmp_path, where, suffix="a")
+    assert first.changed and not first.systemd and first.previous is None
+    assert first.psutil.startswith("host ")
+    assert first.agent_command == f"{prefix}/current/bin/fleet-agent attach --state-dir {state}"
+    assert os.readlink(prefix / "current") == f"versions/{first.version}"
+    assert tree(prefix / "versions") and os.listdir(prefix / "versions") == [first.version]
+    pid = agent_pid(state)
+    assert alive(pid) and answers(state)
+    with open(f"/proc/{pid}/cmdline", "rb") as f:  # the launcher of that very version
+        assert f"versions/{first.version}/bin/fleet-agent".encode() in f.read()
+    assert set(first.steps) >= {"probe", "stage", "upload", "unpack", "activate", "start",
+                                "ready"}
+
+    again = run(tmp_path, where, suffix="a")
+    assert not again.changed and agent_pid(state) == pid
+
+    second = run(tmp_path, where, suffix="b")
+    assert second.changed and second.previous == first.version != second.version
+    new_pid = agent_pid(state)
+    assert new_pid != pid and not alive(pid) and alive(new_pid) and answers(state)
+    assert sorted(os.listdir(prefix / "versions")) == sorted([first.version, second.version])
+
+    broken: Dict[str, bytes] = bundle.agent_files()
+    broken["fleetd/agent/daemon.py"] = b"raise ImportError('this agent is broken')\n"
+    with pytest.raises(BootstrapError) as err:
+        run(tmp_path, where, suffix="c", files=broken)
+    message = str(err.value)
+    assert message.startswith("root@test: unpacking and importing the agent in ")
+    assert "this agent is broken" in message
+    # the running version is untouched, nothing staged is left
+    assert os.readlink(prefix / "current") == f"versions/{second.version}"
+    assert agent_pid(state) == new_pid and alive(new_pid)
+    assert sorted(os.listdir(prefix / "versions")) == sorted([first.version, second.version])
+
+    third = run(tmp_path, where, suffix="d")  # keeps current and previous only
+    assert sorted(os.listdir(prefix / "versions")) == sorted([second.version, third.version])
+
+    async def purge() -> None:
+        async with ssh_server(str(tmp_path), env=ENV) as shell:
+            removed = await uninstall(shell, "root@test", where, purge=True)
+            assert removed.stopped and removed.purged and removed.left_running == []
+    last = agent_pid(state)
+    asyncio.run(purge())
+    deadline = time.monotonic() + 5
+    while alive(last) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive(last)
+    assert not prefix.exists() and not state.exists()
+    assert os.listdir(tmp_path / "opt") == [] and os.listdir(tmp_path / "state") == []
+
+
+def test_a_failed_fresh_install_leaves_nothing(tmp_path: Path, where: Target) -> None:
+    broken = bundle.agent_files()
+    broken["fleetd/drivers/exec.py"] = b"import no_such_module_here\n"
+    with pytest.raises(BootstrapError) as err:
+        run(tmp_path, where, suffix="x", files=broken)
+    assert "No module named 'no_such_module_here'" in str(err.value)
+    assert not (tmp_path / "opt").exists()  # the attempt made it, the undo removed it
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_host_problem_is_refused_before_anything_is_written(tmp_path: Path,
+                                                              where: Target) -> None:
+    (tmp_path / "opt").mkdir()
+    (tmp_path / "opt").chmod(0o500)
+    if os.geteuid() == 0:  # root writes through the mode bits: make it unusable otherwise
+        (tmp_path / "opt").chmod(0o755)
+        (tmp_path / "opt" / "fleetd-agent").write_text("a file where a directory belongs")
+    with pytest.raises(BootstrapError) as err:
+        run(tmp_path, where)
+    assert str(err.value).startswith("root@test: cannot write under ")
+    assert err.value.problems and err.value.report is not None
+    assert not (tmp_path / "state").exists()
