@@ -55,7 +55,22 @@ setup_venv() {
   fi
 }
 
-setup() { need_root; setup_system; setup_venv; }
+# psutil wheels fleetd pushes to hosts that have no psutil (fleetd.bootstrap): psutil's
+# abi3 manylinux wheels for x86_64 and aarch64, fetched once into the venv, where fleetd
+# looks for them (FLEETD_WHEELHOUSE overrides). No pip is needed on the hosts.
+WHEELHOUSE=$VENV/share/fleetd-wheels
+setup_wheels() {
+  local arch
+  for arch in x86_64 aarch64; do
+    ls "$WHEELHOUSE"/psutil-*-abi3-*"$arch"*.whl >/dev/null 2>&1 && continue
+    mkdir -p "$WHEELHOUSE"
+    "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+      --platform "manylinux2014_$arch" --implementation cp --python-version 3.9 \
+      --abi abi3 --dest "$WHEELHOUSE" "psutil>=5.9"
+  done
+}
+
+setup() { need_root; setup_system; setup_venv; setup_wheels; }
 
 demo() {
   setup
