@@ -23,10 +23,9 @@ from fleetd.agent.state import AgentState
 from fleetd.agent.supervisor import Supervisor
 from fleetd.cgroups.none import NoneBackend
 from fleetd.daemon.session import MachineSession
-from fleetd.drivers.base import Handle, StartContext
-from fleetd.drivers.systemd import SystemdDriver, SystemdHandle
 from fleetd.registry.base import MachineRecord
 from fleetd.registry.sqlite import SqliteRegistry
+from fleetd.testing.systemd import FakeSystemd
 
 # --- the timer ----------------------------------------------------------------------
 
@@ -73,41 +72,6 @@ def test_plan_with_a_clock_that_stepped_back_is_not_silence() -> None:
 
 
 # --- the supervisor ----------------------------------------------------------------------
-
-def status(state: str, pid: Optional[int] = None) -> Dict[str, Any]:
-    return {"state": state, "pid": pid, "restarts": 0, "exit_status": None, "error": None,
-            "known": True, "active_state": state, "sub_state": "", "result": "success"}
-
-
-class FakeSystemd(SystemdDriver):
-    """systemd as far as the supervisor asks it (the real one: tests/integration)."""
-
-    def __init__(self) -> None:
-        super().__init__(unit_dir="/nonexistent")
-        self.now: Dict[str, Dict[str, Any]] = {}
-        self.calls: List[str] = []
-
-    def start(self, config: Dict[str, Any], ctx: StartContext, command_index: int = 0) -> Handle:
-        self.calls.append(f"start {ctx.unit}")
-        self.now[ctx.unit] = status("running", pid=4242)
-        return SystemdHandle(driver="systemd", pid=4242, create_time=0.0, started_at=1.0,
-                             invocation_id=ctx.invocation_id, unit=ctx.unit)
-
-    def statuses(self, names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
-        return {n: dict(self.now.get(n, status("stopped"))) for n in names}
-
-    def stop(self, name: str, timeout: Optional[float] = None) -> Dict[str, Any]:
-        self.calls.append(f"stop {name}")
-        self.now[name] = status("stopped")
-        return self.now[name]
-
-    def forget(self, name: str, timeout: Optional[float] = None) -> None:
-        self.calls.append(f"forget {name}")
-        self.now.pop(name, None)
-
-    def installed(self) -> List[str]:
-        return []
-
 
 def unit(name: str, fence: Optional[float]) -> Dict[str, Any]:
     config: Dict[str, Any] = {"unit_text": "[Service]\nExecStart=/bin/true\n"}

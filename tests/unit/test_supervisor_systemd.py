@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List
 
 import pytest
 
@@ -16,49 +16,7 @@ from fleetd.agent import systemd_units
 from fleetd.agent.state import AgentState
 from fleetd.agent.supervisor import Supervisor
 from fleetd.cgroups.none import NoneBackend
-from fleetd.drivers.base import Handle, StartContext
-from fleetd.drivers.systemd import SystemdDriver, SystemdHandle
-
-
-def status(state: str, pid: Optional[int] = None, restarts: int = 0,
-           error: Optional[str] = None) -> Dict[str, Any]:
-    return {"state": state, "pid": pid, "restarts": restarts, "exit_status": None,
-            "error": error, "known": True, "active_state": state, "sub_state": "",
-            "result": "success"}
-
-
-class FakeSystemd(SystemdDriver):
-    def __init__(self) -> None:
-        super().__init__(unit_dir="/nonexistent")
-        self.now: Dict[str, Dict[str, Any]] = {}
-        self.calls: List[str] = []
-        self.left: List[str] = []
-
-    def start(self, config: Dict[str, Any], ctx: StartContext, command_index: int = 0) -> Handle:
-        self.calls.append(f"start {ctx.unit}")
-        self.now[ctx.unit] = status("running", pid=4242)
-        return SystemdHandle(driver="systemd", pid=4242, create_time=0.0, started_at=1.0,
-                             invocation_id=ctx.invocation_id, unit=ctx.unit)
-
-    def statuses(self, names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
-        return {n: dict(self.now.get(n, status("stopped"))) for n in names}
-
-    def stop(self, name: str, timeout: Optional[float] = None) -> Dict[str, Any]:
-        self.calls.append(f"stop {name}")
-        self.now[name] = status("stopped")
-        return self.now[name]
-
-    def forget(self, name: str, timeout: Optional[float] = None) -> None:
-        self.calls.append(f"forget {name}")
-        self.now.pop(name, None)
-
-    def installed(self) -> List[str]:
-        return list(self.left)
-
-    def recover(self, record: Dict[str, Any]) -> Optional[Handle]:
-        handle = SystemdHandle.from_record(record)
-        return handle if handle.unit in self.now else None
-
+from fleetd.testing.systemd import FakeSystemd, status
 
 UNIT = {"name": "sd.service", "hash": "h" * 64, "want": protocol.WANT_RUNNING,
         "driver": "systemd", "config": {"unit_text": "[Service]\nExecStart=/bin/true\n"},
