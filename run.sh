@@ -13,9 +13,10 @@ VENV=$ROOT/.venv
 # redis-server and nginx are real programs the tests supervise (forking, own signals);
 # a JDK builds and runs the java driver's test jar; debootstrap builds the lab's systemd
 # host (cached in /var/cache/fleetd-lab); supervisor is the peer bench/restart_latency.py
-# measures against (its daemon is never started by the package: see policy-rc.d below).
+# measures against (its daemon is never started by the package: see policy-rc.d below);
+# vagrant (2.3.4, ~7 s without recommends) runs `vagrant validate` on vagrant/Vagrantfile.
 APT_PACKAGES=(openssh-server openssh-client iproute2 python3 python3-venv
-              redis-server nginx-light openjdk-17-jdk-headless debootstrap supervisor)
+              redis-server nginx-light openjdk-17-jdk-headless debootstrap supervisor vagrant)
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then

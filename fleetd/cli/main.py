@@ -18,6 +18,7 @@ import click
 from fleetd import __version__
 from fleetd.cli import drain, listing
 from fleetd.cli import units as unit_commands
+from fleetd.cli import vagrant as vagrant_cli
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.lab import lab
 
@@ -73,7 +74,16 @@ def parse_metadata(text: Optional[str]) -> Dict[str, str]:
 
 
 @machine.command("add")
-@click.argument("address")
+@click.argument("address", required=False)
+@click.option("--vagrant", type=click.Path(exists=True, file_okay=False), metavar="DIR",
+              help="Instead of ADDRESS: add the running machines of the Vagrant project in "
+                   "DIR (all but one named fleetd), each with the user, port and key "
+                   "`vagrant ssh-config` gives. Host key: DIR/.keys/host_NAME_ed25519.pub "
+                   "if the project pinned one, else what ssh-keyscan reads now (trust on "
+                   "first use), kept in DIR/.vagrant/fleetd/NAME.known_hosts. A user other "
+                   "than root runs the agent with `sudo -n`.")
+@click.option("--machine", "vagrant_machines", multiple=True, metavar="NAME",
+              help="With --vagrant: add this Vagrant machine only (repeatable).")
 @click.option("--name", help="Machine name (default: the host).")
 @click.option("--metadata", help="key=value,... for scheduling and templates.")
 @click.option("--identity", type=click.Path(exists=True, dir_okay=False),
@@ -85,10 +95,18 @@ def parse_metadata(text: Optional[str]) -> Dict[str, str]:
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait until the machine is up (or says why not).")
 @pass_ctx
-def machine_add(c: Ctx, address: str, name: Optional[str], metadata: Optional[str],
+def machine_add(c: Ctx, address: Optional[str], name: Optional[str], metadata: Optional[str],
+                vagrant: Optional[str], vagrant_machines: Tuple[str, ...],
                 identity: Optional[str], known_hosts: Optional[str],
                 agent_command: Optional[str], wait: bool) -> None:
-    """Register the machine at [USER@]HOST[:PORT]."""
+    """Register the machine at [USER@]HOST[:PORT] (or a Vagrant project's: --vagrant)."""
+    if vagrant is not None or vagrant_machines:
+        vagrant_cli.add_command(c, vagrant, vagrant_machines, parse_metadata(metadata),
+                                agent_command, wait, {"ADDRESS": address, "--name": name,
+                                "--identity": identity, "--known-hosts": known_hosts})
+        return
+    if address is None:
+        raise click.UsageError("Missing argument 'ADDRESS' (or --vagrant DIR).")
     user, host, port = parse_address(address)
     body: Dict[str, Any] = {
         "address": host, "port": port, "user": user, "name": name or host,

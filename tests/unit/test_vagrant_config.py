@@ -1,0 +1,242 @@
+"""fleetd.cli.vagrant: reading ``vagrant ssh-config`` and ``vagrant status
+--machine-readable``, choosing machines, known_hosts lines, and the option checks of
+``fleetctl machine add --vagrant``.
+
+The ssh-config samples are Vagrant 2.3.4's own output: its template
+(templates/commands/ssh_config/config.erb) rendered by its own TemplateRenderer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fleetd.cli.main import cli
+from fleetd.cli.vagrant import (
+    SshHost,
+    VagrantError,
+    default_agent_command,
+    known_hosts_lines,
+    parse_ssh_config,
+    parse_status,
+    prepare,
+    select_machines,
+)
+
+# `vagrant ssh-config` for two VirtualBox machines (forwarded ports on 127.0.0.1); the
+# second's project lives under a path with a space, so Vagrant quotes it, and it has two
+# keys (the generated one and the insecure one). Vagrant prints a blank line after each.
+VIRTUALBOX = """\
+Host agent1
+  HostName 127.0.0.1
+  User vagrant
+  Port 2222
+  UserKnownHostsFile /dev/null
+  StrictHostKeyChecking no
+  PasswordAuthentication no
+  IdentityFile /home/me/fleetd/vagrant/.vagrant/machines/agent1/virtualbox/private_key
+  IdentitiesOnly yes
+  LogLevel FATAL
+
+Host agent2
+  HostName 127.0.0.1
+  User vagrant
+  Port 2200
+  UserKnownHostsFile /dev/null
+  StrictHostKeyChecking no
+  PasswordAuthentication no
+  IdentityFile "/home/John Doe/fleetd/vagrant/.vagrant/machines/agent2/virtualbox/private_key"
+  IdentityFile "/home/John Doe/.vagrant.d/insecure_private_key"
+  IdentitiesOnly yes
+  LogLevel FATAL
+
+"""
+
+# vagrant-libvirt: the VM's own address on libvirt's management network, port 22.
+LIBVIRT = """\
+Host agent3
+  HostName 192.168.121.45
+  User vagrant
+  Port 22
+  UserKnownHostsFile /dev/null
+  StrictHostKeyChecking no
+  PasswordAuthentication no
+  IdentityFile /home/me/fleetd/vagrant/.vagrant/machines/agent3/libvirt/private_key
+  IdentitiesOnly yes
+  LogLevel FATAL
+  ForwardAgent yes
+
+"""
+
+# `vagrant status --machine-readable` as Vagrant 2.3.4 prints it (commas in data are
+# escaped as %!(VAGRANT_COMMA), newlines as \\n); two machines up, one off, one never made.
+STATUS = "".join(f"{line}\n" for line in [
+    r"1795525310,fleetd,metadata,provider,virtualbox",
+    r"1795525310,agent1,metadata,provider,virtualbox",
+    r"1795525310,agent2,metadata,provider,virtualbox",
+    r"1795525310,agent3,metadata,provider,virtualbox",
+    r"1795525310,fleetd,provider-name,virtualbox",
+    r"1795525310,fleetd,state,running",
+    r"1795525310,fleetd,state-human-short,running",
+    r"1795525310,fleetd,state-human-long,The VM is running. To stop this VM%!(VAGRANT_COMMA)"
+    r" you can run `vagrant halt` to\nshut it down forcefully%!(VAGRANT_COMMA) or you can"
+    r" run `vagrant suspend` to simply\nsuspend the virtual machine.",
+    r"1795525310,agent1,provider-name,virtualbox",
+    r"1795525310,agent1,state,running",
+    r"1795525310,agent1,state-human-short,running",
+    r"1795525310,agent2,provider-name,virtualbox",
+    r"1795525310,agent2,state,poweroff",
+    r"1795525310,agent2,state-human-short,poweroff",
+    r"1795525310,agent3,provider-name,virtualbox",
+    r"1795525310,agent3,state,not_created",
+    r"1795525310,agent3,state-human-short,not created",
+    r"1795525310,agent3,state-human-long,The environment has not yet been created. Run"
+    r" `vagrant up` to\ncreate the environment. If a machine is not created%!(VAGRANT_COMMA)"
+    r" only the\ndefault provider will be shown.",
+    r"1795525310,,ui,info,Current machine states:\n\nfleetd                    running"
+    r" (virtualbox)\nagent1                    running (virtualbox)",
+])
+
+
+def test_virtualbox_output_gives_each_host_with_port_user_and_keys() -> None:
+    assert parse_ssh_config(VIRTUALBOX) == [
+        SshHost("agent1", "127.0.0.1", "vagrant", 2222, (
+            "/home/me/fleetd/vagrant/.vagrant/machines/agent1/virtualbox/private_key",)),
+        SshHost("agent2", "127.0.0.1", "vagrant", 2200, (
+            "/home/John Doe/fleetd/vagrant/.vagrant/machines/agent2/virtualbox/private_key",
+            "/home/John Doe/.vagrant.d/insecure_private_key")),
+    ]
+
+
+def test_libvirt_output_and_several_commands_concatenated() -> None:
+    hosts = parse_ssh_config(VIRTUALBOX + LIBVIRT)
+    assert [(h.name, h.hostname, h.port) for h in hosts] == [
+        ("agent1", "127.0.0.1", 2222), ("agent2", "127.0.0.1", 2200),
+        ("agent3", "192.168.121.45", 22)]
+
+
+def test_comments_equals_signs_tabs_case_and_unknown_options() -> None:
+    text = f"""\
+# written by hand, as ssh_config allows
+Host=web1
+\thostname = 10.0.0.5{"   "}
+  USER root
+  # Port 2222
+  port=2022
+  PubkeyAcceptedKeyTypes +ssh-rsa
+  HostKeyAlgorithms +ssh-rsa
+  IdentityFile="C:/Users/John Doe/.vagrant.d/insecure_private_key"
+  IdentityFile C:\\vagrant\\key
+Host web2
+  HostName web2.example
+"""
+    assert parse_ssh_config(text) == [
+        SshHost("web1", "10.0.0.5", "root", 2022, (
+            "C:/Users/John Doe/.vagrant.d/insecure_private_key", "C:\\vagrant\\key")),
+        SshHost("web2", "web2.example", "root", 22, ()),
+    ]
+
+
+def test_no_output_gives_no_hosts() -> None:
+    assert parse_ssh_config("") == []
+    assert parse_ssh_config("\n\n# nothing\n") == []
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("Host a\n  User vagrant\n", "Host a: no HostName"),
+    ("  HostName 10.0.0.1\nHost a\n", "line 1: 'HostName 10.0.0.1' comes before any Host"),
+    ("Host a\n  HostName x\n  Port 70000\n", "line 3: bad Port '70000'"),
+    ("Host a\n  HostName x\n  Port ssh\n", "line 3: bad Port 'ssh'"),
+    ("Host a\n  HostName x\n  IdentityFile \"/home/a b/key\n", "line 3: No closing quotation"),
+    ("Host a b\n  HostName x\n", "line 1: want one name after Host"),
+    ("Host a\n  HostName\n", "line 2: hostname has no value"),
+    ("Host a\n  -x y\n", "line 2: '-x y' is not 'Keyword value'"),
+])
+def test_what_cannot_be_used_names_the_line(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_ssh_config(text)
+    assert message in str(info.value)
+
+
+def test_status_gives_each_machines_state_in_vagrants_order() -> None:
+    assert parse_status(STATUS) == {
+        "fleetd": "running", "agent1": "running", "agent2": "poweroff",
+        "agent3": "not_created"}
+    assert parse_status("") == {}
+
+
+def test_default_selection_is_every_running_machine_but_fleetd() -> None:
+    assert select_machines(parse_status(STATUS), []) == ["agent1"]
+
+
+def test_named_machines_must_exist_and_run() -> None:
+    states = parse_status(STATUS)
+    assert select_machines(states, ["fleetd", "agent1", "fleetd"]) == ["fleetd", "agent1"]
+    with pytest.raises(VagrantError, match=r"agent2 is poweroff, not running \(vagrant up"):
+        select_machines(states, ["agent1", "agent2"])
+    with pytest.raises(VagrantError, match=r"no machine 'db1' .*fleetd, agent1, agent2, agent3"):
+        select_machines(states, ["db1"])
+
+
+def test_nothing_running_is_an_error_naming_the_states() -> None:
+    with pytest.raises(VagrantError, match=r"fleetd is skipped \(--machine fleetd adds it\), "
+                                           r"agent2 is poweroff; vagrant up first"):
+        select_machines({"fleetd": "running", "agent2": "poweroff"}, [])
+
+
+def test_known_hosts_lines_from_keyscan_and_from_a_pub_file() -> None:
+    scanned = ["# 127.0.0.1:2222 SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3",
+               "[127.0.0.1]:2222 ssh-ed25519 AAAAC3Nza1",
+               "[127.0.0.1]:2222 ecdsa-sha2-nistp256 AAAAE2Vj2", ""]
+    assert known_hosts_lines("127.0.0.1", 2222, scanned) == [
+        "[127.0.0.1]:2222 ssh-ed25519 AAAAC3Nza1",
+        "[127.0.0.1]:2222 ecdsa-sha2-nistp256 AAAAE2Vj2"]
+    assert known_hosts_lines("10.0.0.5", 22, ["ssh-ed25519 AAAAC3Nza1 root@agent1"]) == [
+        "10.0.0.5 ssh-ed25519 AAAAC3Nza1"]
+    assert known_hosts_lines("10.0.0.5", 22, ["10.0.0.5 ssh-rsa AAAAB3"]) == [
+        "10.0.0.5 ssh-rsa AAAAB3"]
+
+
+def test_agent_runs_with_sudo_unless_the_user_is_root() -> None:
+    assert default_agent_command("root") is None  # fleetd's default, as machine add
+    assert default_agent_command("vagrant") == "sudo -n fleet-agent attach"
+
+
+def test_a_pinned_host_key_is_used_as_is_no_keyscan(tmp_path: Path) -> None:
+    (tmp_path / ".keys").mkdir()
+    (tmp_path / ".keys" / "host_agent1_ed25519.pub").write_text(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPinned root@agent1\n")
+    key = tmp_path / "my key"
+    key.write_text("private")
+    # the port is closed: were it scanned, this would fail
+    host = SshHost("agent1", "127.0.0.1", "vagrant", 1, ("/nonexistent/key", str(key)))
+    plan = prepare(str(tmp_path), host)
+    assert (plan.identity, plan.trust) == (str(key), "pinned")
+    assert plan.known_hosts == str(tmp_path / ".vagrant" / "fleetd" / "agent1.known_hosts")
+    assert Path(plan.known_hosts).read_text() == (
+        "[127.0.0.1]:1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPinned\n")
+
+
+def test_a_machine_without_a_readable_key_is_refused(tmp_path: Path) -> None:
+    host = SshHost("agent1", "127.0.0.1", "vagrant", 2222, ("/nonexistent/key",))
+    with pytest.raises(VagrantError, match=r"agent1: no readable IdentityFile .*/nonexistent/key"):
+        prepare(str(tmp_path), host)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--vagrant", "{dir}", "--name", "x"], "drop --name"),
+    (["root@h1", "--vagrant", "{dir}", "--identity", "{key}"], "drop ADDRESS, --identity"),
+    (["--machine", "agent1"], "give --vagrant DIR too"),
+    ([], "Missing argument 'ADDRESS' (or --vagrant DIR)"),
+])
+def test_vagrant_option_conflicts_are_usage_errors(tmp_path: Path, args: list,
+                                                   message: str) -> None:
+    key = tmp_path / "key"
+    key.write_text("k")
+    argv = [a.format(dir=tmp_path, key=key) for a in args]
+    result = CliRunner().invoke(cli, ["--endpoint", f"unix://{tmp_path}/none.sock",
+                                      "machine", "add", *argv])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
