@@ -223,10 +223,25 @@ while [ -d "/proc/$pid" ] && [ $i -lt $((wait_s * 20)) ]; do sleep 0.05; i=$((i 
 if [ -d "/proc/$pid" ]; then kill -KILL "$pid" 2>/dev/null; echo "killed=$pid"; fi
 """
 
+# wait for the agent's socket; a systemd service whose agent exits (systemd restarts it,
+# NRestarts grows) has failed at once: its journal says why
 _READY = r"""
-import os, socket, sys, time
-state, timeout = sys.argv[1], float(sys.argv[2])
+import os, socket, subprocess, sys, time
+state, timeout, service = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 path = os.path.join(state, "agent.sock")
+
+def restarts():
+    out = subprocess.run(["systemctl", "show", "-p", "NRestarts", "--value", service],
+                         stdout=subprocess.PIPE, universal_newlines=True)
+    return out.stdout.strip()
+
+def journal():
+    out = subprocess.run(["journalctl", "-u", service, "-n", "8", "-o", "cat", "--no-pager"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         universal_newlines=True)
+    return out.stdout.strip()
+
+before = restarts() if service else ""
 deadline = time.monotonic() + timeout
 while True:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -234,10 +249,12 @@ while True:
         s.connect(path)
         break
     except OSError as exc:
+        if service and restarts() != before:
+            sys.exit("%s exited and is being restarted by systemd:\n%s" % (service, journal()))
         if time.monotonic() > deadline:
-            sys.exit("the agent's socket %s did not answer within %ds: %s"
-                     % (path, timeout, exc))
-        time.sleep(0.02)
+            sys.exit("the agent's socket %s did not answer within %ds: %s%s" % (
+                path, timeout, exc, ("\n" + journal()) if service else ""))
+        time.sleep(0.05)
     finally:
         s.close()
 with open(os.path.join(state, "agent.pid")) as f:
@@ -411,7 +428,8 @@ async def _install(host: _Host, target: Target, suffix: Optional[str],
         else:
             await _start_detached(host, target, undo)
         await host.py("ready", "waiting for the agent to answer", python.path, _READY,
-                      target.state_dir, str(READY_TIMEOUT_S), timeout=READY_TIMEOUT_S + 10)
+                      target.state_dir, str(READY_TIMEOUT_S),
+                      target.service if systemd else "", timeout=READY_TIMEOUT_S + 10)
         if systemd:
             await host.run("ready", f"checking {target.service}",
                            f"systemctl is-active --quiet {target.service}")

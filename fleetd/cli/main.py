@@ -90,15 +90,17 @@ def parse_metadata(text: Optional[str]) -> Dict[str, str]:
               help="SSH private key.")
 @click.option("--known-hosts", type=click.Path(exists=True, dir_okay=False),
               help="known_hosts file the host key must be in (default ~/.ssh/known_hosts).")
-@click.option("--agent-command", help="Command that attaches to the agent "
-                                      "(default: fleet-agent attach).")
+@click.option("--agent-command", help="Command that attaches to an agent you installed "
+                                      "yourself (default: fleetd installs the agent).")
+@click.option("--prefix", metavar="DIR",
+              help="Where fleetd installs the agent on the host (default /opt/fleetd-agent).")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait until the machine is up (or says why not).")
 @pass_ctx
 def machine_add(c: Ctx, address: Optional[str], name: Optional[str], metadata: Optional[str],
                 vagrant: Optional[str], vagrant_machines: Tuple[str, ...],
                 identity: Optional[str], known_hosts: Optional[str],
-                agent_command: Optional[str], wait: bool) -> None:
+                agent_command: Optional[str], wait: bool, prefix: Optional[str]) -> None:
     """Register the machine at [USER@]HOST[:PORT] (or a Vagrant project's: --vagrant)."""
     if vagrant is not None or vagrant_machines:
         vagrant_cli.add_command(c, vagrant, vagrant_machines, parse_metadata(metadata),
@@ -114,8 +116,12 @@ def machine_add(c: Ctx, address: Optional[str], name: Optional[str], metadata: O
         "identity": os.path.abspath(identity) if identity else None,
         "known_hosts": os.path.abspath(known_hosts) if known_hosts else None,
         "agent_command": agent_command,
+        **({"prefix": prefix} if prefix else {}),
     }
-    added = c.call("POST", "/v1/machines", body)["machine"]
+    answer = c.call("POST", "/v1/machines", body, timeout=300)
+    added = answer["machine"]
+    if answer.get("agent"):
+        click.echo(describe_install(added["name"], answer["agent"]))
     if not wait:
         click.echo(f"Machine {added['name']} added")
         return
@@ -132,13 +138,58 @@ def machine_add(c: Ctx, address: Optional[str], name: Optional[str], metadata: O
     raise click.ClickException(f"machine {added['name']} not up after 30s: {m.get('error')}")
 
 
+def describe_install(name: str, agent: Dict[str, Any]) -> str:
+    """One line on what the bootstrap did (fleetd.bootstrap.install.Installed.to_json)."""
+    host = agent.get("host") or {}
+    how = "as a systemd service" if agent["mode"] == "systemd" else "detached"
+    facts = ", ".join(str(x) for x in (
+        host.get("arch"), f"Python {host.get('python')}" if host.get("python") else None,
+        f"cgroups {host.get('cgroups')}", f"psutil {agent.get('psutil')}",
+        "Java " + "/".join(host["java"]) if host.get("java") else None) if x)
+    if not agent["changed"]:
+        return f"Machine {name}: agent {agent['version']} already runs there {how} ({facts})"
+    verb = (f"upgraded from {agent['previous']} to" if agent.get("previous") and
+            agent["previous"] != agent["version"] else "installed")
+    return (f"Machine {name}: agent {verb} {agent['version']}, running {how}, in "
+            f"{agent['seconds']:.1f}s ({facts})")
+
+
+@machine.command("upgrade")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Reinstall even if that version runs there.")
+@pass_ctx
+def machine_upgrade(c: Ctx, name: str, force: bool) -> None:
+    """Install this fleetd's agent where fleetd installed an older one; the units keep
+    running (same pids), the new agent re-adopts them."""
+    answer = c.call("POST", f"/v1/machines/{name}/upgrade", {"force": force}, timeout=300)
+    click.echo(describe_install(name, answer["agent"]))
+    if answer.get("state") != "up":
+        raise click.ClickException(f"machine {name} is {answer.get('state')} after the "
+                                   f"upgrade: {answer.get('error')}")
+
+
 @machine.command("remove")
 @click.argument("name")
+@click.option("--purge", is_flag=True,
+              help="Also remove what fleetd installed there: the agent's versions, its "
+                   "service and its state directory.")
 @pass_ctx
-def machine_remove(c: Ctx, name: str) -> None:
-    """Stop the machine's units and forget it (they are placed elsewhere)."""
-    c.call("DELETE", f"/v1/machines/{name}", timeout=120)
-    click.echo(f"Machine {name} removed")
+def machine_remove(c: Ctx, name: str, purge: bool) -> None:
+    """Stop the machine's units and forget it (they are placed elsewhere); where fleetd
+    installed the agent, stop it there too."""
+    answer = c.call("DELETE", f"/v1/machines/{name}" + ("?purge=1" if purge else ""),
+                    timeout=300)
+    done = [f"Machine {name} removed"]
+    if answer.get("agent_stopped"):
+        done.append("its agent stopped")
+    if answer.get("purged"):
+        done.append("what fleetd installed there removed")
+    click.echo("; ".join(done))
+    if answer.get("units_left"):
+        click.echo(f"Warning: units still there: {', '.join(answer['units_left'])}",
+                   err=True)
+    if answer.get("warning"):
+        click.echo(f"Warning: {answer['warning']}", err=True)
 
 
 for command in [*unit_commands.COMMANDS, *listing.COMMANDS, *drain.COMMANDS, lab]:

@@ -9,6 +9,7 @@ it was. Errors are JSON ``{"error": "..."}`` with text for the user.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hmac
 import os
@@ -24,6 +25,7 @@ from typing import (
     Mapping,
     Optional,
     Sequence,
+    Set,
     Tuple,
 )
 
@@ -31,6 +33,7 @@ from aiohttp import web
 
 from fleetd import __version__, protocol
 from fleetd.agent.health import acts_on_failing
+from fleetd.bootstrap import machines as bootstrap
 from fleetd.daemon import drain, submit
 from fleetd.daemon.failures import reschedule_info
 from fleetd.registry.base import (
@@ -56,6 +59,9 @@ DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
 _MACHINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _META = re.compile(r"[A-Za-z0-9_.-]+")
 MAX_WAIT_S = 3600.0
+UPGRADE_RECONNECT_S = 20.0  # how long an upgrade waits for the session to reconnect
+# machine names and (address, port) whose agent is being installed: one install at a time
+_ADDING: Set[Any] = set()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -214,14 +220,48 @@ async def add_machine(request: web.Request) -> web.Response:
         path = body.get(key)
         if path is not None and (not isinstance(path, str) or not os.path.isfile(path)):
             return _error(400, f"{key}: {path!r} is not a readable file on the fleetd host")
+    agent_command = body.get("agent_command")
+    target = bootstrap.Target(prefix=str(body.get("prefix") or bootstrap.DEFAULT_PREFIX))
+    if not agent_command:
+        try:
+            target.check()
+        except bootstrap.BootstrapError as exc:
+            return _error(400, f"prefix: {exc}")
     record = MachineRecord(
         name=name, address=address, port=port, user=str(body.get("user") or "root"),
         identity=body.get("identity"), known_hosts=body.get("known_hosts"),
-        agent_command=str(body.get("agent_command") or "fleet-agent attach"),
+        agent_command=str(agent_command or target.agent_command(False)),
         metadata={str(k): str(v) for k, v in metadata.items()},
     )
+    # Refused before anything touches the host: a name or address already taken, or
+    # being added right now.
+    taken = d.registry.get_machine(name) is not None or name in _ADDING
+    if taken:
+        return _error(409, f"machine {name} already exists" + (
+            " (fleetctl machine upgrade NAME updates the agent fleetd installed there)"
+            if not agent_command else ""))
+    for m in d.registry.list_machines():
+        if (m.address, m.port) == (address, port):
+            return _error(409, f"{address}:{port} is already machine {m.name}")
+    if (address, port) in _ADDING:
+        return _error(409, f"{address}:{port} is being added right now")
+    installed: Optional[bootstrap.Installed] = None
+    if not agent_command:  # fleetd installs the agent first, registers the machine after
+        _ADDING.update((name, (address, port)))
+        try:
+            installed = await bootstrap.install_on(record, target)
+        except bootstrap.BootstrapError as exc:
+            return _error(422, str(exc), problems=exc.problems,
+                          host=exc.report.summary() if exc.report else None)
+        except TransportError as exc:
+            return _error(422, str(exc), kind=exc.kind)
+        finally:
+            _ADDING.difference_update((name, (address, port)))
+        record = dataclasses.replace(record, agent_command=installed.agent_command)
     d.add_machine(record)
-    return web.json_response({"machine": _machine_row(record, 0, None)}, status=201)
+    return web.json_response({"machine": _machine_row(record, 0, None),
+                              **({"agent": installed.to_json()} if installed else {})},
+                             status=201)
 
 
 async def drain_machine(request: web.Request) -> web.Response:
@@ -235,10 +275,49 @@ async def undrain_machine(request: web.Request) -> web.Response:
 async def remove_machine(request: web.Request) -> web.Response:
     d = _daemon(request)
     name = request.match_info["name"]
-    if d.registry.get_machine(name) is None:
+    machine = d.registry.get_machine(name)
+    if machine is None:
         return _error(404, f"machine {name} does not exist")
-    await d.remove_machine(name)
-    return web.json_response({"removed": name})
+    purge = request.query.get("purge", "") in ("1", "true", "yes")
+    if purge and bootstrap.installed_by_fleetd(machine) is None:
+        return _error(400, f"machine {name} was added with --agent-command: fleetd did not "
+                           "install its agent and removes nothing there (no --purge)")
+    return web.json_response(await d.remove_machine(name, purge=purge))
+
+
+async def upgrade_machine(request: web.Request) -> web.Response:
+    """Install this fleetd's agent on a machine where fleetd installed an older one, in
+    place: its units keep running (the new agent re-adopts them); the machine's session
+    reconnects to the new agent by itself."""
+    d = _daemon(request)
+    name = request.match_info["name"]
+    machine = d.registry.get_machine(name)
+    if machine is None:
+        return _error(404, f"machine {name} does not exist")
+    found = bootstrap.installed_by_fleetd(machine)
+    if found is None:
+        return _error(409, f"machine {name} was added with --agent-command: fleetd did not "
+                           "install its agent and does not upgrade it")
+    if name in _ADDING:
+        return _error(409, f"machine {name} is being installed right now")
+    body = await _body(request) if request.can_read_body else {}
+    _ADDING.add(name)
+    try:
+        installed = await bootstrap.install_on(machine, found[0], force=bool(body.get("force")),
+                                               systemd=found[1])
+    except bootstrap.BootstrapError as exc:
+        return _error(422, str(exc), problems=exc.problems)
+    except TransportError as exc:
+        return _error(422, str(exc), kind=exc.kind)
+    finally:
+        _ADDING.discard(name)
+    session = d.sessions.get(name)
+    deadline = time.monotonic() + UPGRADE_RECONNECT_S
+    while session is not None and not session.connected and time.monotonic() < deadline:
+        await d.changes.wait(0.1)
+    current = d.registry.get_machine(name) or machine
+    return web.json_response({"agent": installed.to_json(), "state": current.state,
+                              "error": current.error})
 
 
 async def list_units(request: web.Request) -> web.Response:
@@ -549,6 +628,7 @@ def make_app(d: Daemon) -> web.Application:
     app.router.add_get("/v1/machines", list_machines)
     app.router.add_post("/v1/machines", add_machine)
     app.router.add_delete("/v1/machines/{name}", remove_machine)
+    app.router.add_post("/v1/machines/{name}/upgrade", upgrade_machine)
     app.router.add_post("/v1/machines/{name}/drain", drain_machine)
     app.router.add_post("/v1/machines/{name}/undrain", undrain_machine)
     app.router.add_get("/v1/units", list_units)

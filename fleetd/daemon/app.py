@@ -14,6 +14,7 @@ import signal
 import time
 from typing import Any, Dict, List, Optional
 
+from fleetd.bootstrap import machines as bootstrap
 from fleetd.daemon.changes import Changes
 from fleetd.daemon.config import Config
 from fleetd.daemon.session import MachineSession, TransportFactory, silence_window
@@ -22,7 +23,7 @@ from fleetd.engine.leadership import FileLease
 from fleetd.engine.loop import Engine
 from fleetd.registry.base import MachineRecord
 from fleetd.registry.sqlite import SqliteRegistry
-from fleetd.transport.base import Transport
+from fleetd.transport.base import Transport, TransportError
 from fleetd.transport.ssh import SshTransport
 
 log = logging.getLogger("fleetd")
@@ -101,8 +102,13 @@ class Daemon:
         self._open_session(machine)
         self.changed()
 
-    async def remove_machine(self, name: str) -> None:
-        """Stop the host's units (its desired set becomes empty), then forget it."""
+    async def remove_machine(self, name: str, purge: bool = False) -> Dict[str, Any]:
+        """Stop the host's units (its desired set becomes empty), then forget it. Where
+        fleetd installed the agent (fleetd.bootstrap), it then stops the agent there -
+        after the session, which would start it again - and with ``purge`` removes what
+        it installed. A host that cannot be reached is forgotten all the same: the answer
+        says what was left there."""
+        machine = self.registry.get_machine(name)
         session = self.sessions.get(name)
         if session is not None and session.connected:
             session.push([])
@@ -111,11 +117,27 @@ class Daemon:
                 o.machine == name for o in self.registry.list_observed()
             ):
                 await self.changes.wait(1.0)
+        left = sorted(o.unit for o in self.registry.list_observed() if o.machine == name)
         self.registry.remove_machine(name)
         session = self.sessions.pop(name, None)
         if session is not None:
             await session.stop()
         self.changed()
+        result: Dict[str, Any] = {"removed": name}
+        if left:
+            result["units_left"] = left
+        if machine is None or bootstrap.installed_by_fleetd(machine) is None:
+            return result
+        try:
+            removed = await bootstrap.uninstall_from(machine, purge)
+        except (bootstrap.BootstrapError, TransportError) as exc:
+            result["warning"] = (f"the agent on {bootstrap.where(machine)} may still run"
+                                 f"{' and its files remain' if purge else ''}: {exc}")
+            return result
+        result.update(agent_stopped=removed.stopped, purged=removed.purged)
+        if removed.left_running:
+            result["units_left"] = sorted({*left, *removed.left_running})
+        return result
 
     async def _liveness(self) -> None:
         """Judge every machine by how long its agent has been silent (engine/liveness);

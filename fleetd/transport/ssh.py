@@ -159,18 +159,28 @@ class SshTransport:
     async def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
         conn = await self._connection()
         try:
-            async with conn.start_sftp_client() as sftp:
-                async with sftp.open(path, "wb") as f:
-                    await f.write(data)
-                await sftp.chmod(path, mode)
+            sftp = await conn.start_sftp_client()
+        except (asyncssh.Error, asyncio.IncompleteReadError) as exc:
+            if conn.is_closed():
+                raise self._lost(exc) from None
+            reason = getattr(exc, "reason", "") or str(exc)
+            raise TransportError(
+                "sftp", f"{self.where}: the host's SFTP server did not start ({reason}): its "
+                        "sshd must offer the sftp subsystem (Subsystem sftp in sshd_config)"
+            ) from None
+        except OSError as exc:
+            raise self._lost(exc) from None
+        try:
+            async with sftp.open(path, "wb") as f:
+                await f.write(data)
+            await sftp.chmod(path, mode)
         except asyncssh.SFTPError as exc:
             raise TransportError("sftp", f"{self.where}: writing {path} over SFTP: "
                                          f"{exc.reason}") from None
-        except asyncssh.ChannelOpenError as exc:
-            raise TransportError("sftp", f"{self.where}: no SFTP subsystem ({exc.reason}); "
-                                         "the host's sshd must offer sftp") from None
         except (OSError, asyncssh.Error) as exc:
             raise self._lost(exc) from None
+        finally:
+            sftp.exit()
 
     async def close(self) -> None:
         if self._conn is not None:
