@@ -65,12 +65,12 @@ def lab_up(ctx: click.Context, count: int, systemd: int, without_psutil: int, pr
             the_lab._save(fleetd_pid=pid)
             click.echo(f"Started fleetd (pid {pid}) at {client.endpoint}; "
                        f"log {the_lab.dir}/fleetd.log")
-        left_out = lab_daemon.register(the_lab, client, hosts)
+        bootstrapped = [h.name for h in lab_daemon.register(the_lab, client, hosts)]
+        lab_daemon.wait_up(client, [h.name for h in hosts])
         plain = [h.name for h in hosts if not h.systemd]
-        if plain:
-            lab_daemon.wait_up(client, plain)
-            click.echo(f"Registered {', '.join(plain)} with fleetd; all up")
-        _bootstrap_hints(the_lab, left_out)
+        click.echo(f"Registered {', '.join(plain) or 'no plain host'} with fleetd"
+                   + (f"; installed the agent on {', '.join(bootstrapped)}" if bootstrapped
+                      else "") + "; all up")
     except (LabError, ApiError) as exc:
         raise click.ClickException(str(exc)) from None
 

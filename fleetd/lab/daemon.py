@@ -1,10 +1,10 @@
 """The lab's fleetd: started detached if none answers, and told about the lab's hosts.
 
-Only the plain hosts are registered here, with an agent command that runs this machine's
-fleetd source (they share its file system). A systemd host shares nothing with the
-machine, so the agent must reach it the way it reaches a real VM: by bootstrap over SSH,
-``fleetctl machine add root@ADDRESS ...``; ``machine_add_argv`` is that command for a lab
-host, and ``register`` returns the systemd hosts it left out so the caller can say so.
+The plain hosts are registered with an agent command that runs this machine's fleetd
+source (they share its file system). A systemd host shares nothing with the machine, so
+the agent reaches it the way it reaches a real VM: by bootstrap over SSH (fleetd pushes
+and starts it, fleetd.bootstrap), which ``register`` asks for; ``machine_add_argv`` is
+the same as a ``fleetctl machine add`` command line.
 """
 
 from __future__ import annotations
@@ -79,19 +79,23 @@ def machine_add_argv(lab: Lab, h: Host) -> List[str]:
 
 
 def register(lab: Lab, client: Client, hosts: List[Host]) -> List[Host]:
-    """Register the plain hosts (those fleetd does not know yet); returns the systemd
-    hosts, which are left to the bootstrap (``machine_add_argv``)."""
+    """Register the hosts fleetd does not know yet: the plain ones with this machine's
+    agent command, the systemd ones by bootstrap (no agent command: fleetd installs the
+    agent there, as ``machine_add_argv`` would). Returns the systemd hosts it added."""
     known = {m["name"] for m in client.get("/v1/machines")["machines"]}
+    added = []
     for h in hosts:
-        if h.systemd or h.name in known:
+        if h.name in known:
             continue
         client.post("/v1/machines", {
             "name": h.name, "address": h.address, "user": "root",
             "identity": lab.identity, "known_hosts": lab.known_hosts,
-            "agent_command": agent_command(),
+            "agent_command": None if h.systemd else agent_command(),
             "metadata": metadata(lab, h),
-        })
-    return [h for h in hosts if h.systemd]
+        }, timeout=300)
+        if h.systemd:
+            added.append(h)
+    return added
 
 
 def wait_up(client: Client, names: List[str], timeout: float = 20.0) -> None:
