@@ -210,6 +210,15 @@ os.symlink(os.path.join("versions", version), new)
 os.replace(new, link)
 """
 
+# a process is gone once it is a zombie: a detached agent's parent (the attach that
+# started it) is long gone, and whoever inherited it may reap it late
+_ALIVE = r"""
+alive() {
+  [ -r "/proc/$1/stat" ] || return 1
+  [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d ' ' -f 1)" != Z ]
+}
+"""
+
 # stop the agent named by the pid file, if it is one (not a reused pid): SIGTERM, wait
 _STOP_DETACHED = r"""
 state=$1; wait_s=$2
@@ -218,9 +227,10 @@ pid=$(cat "$state/agent.pid" 2>/dev/null) || exit 0
 tr '\000' ' ' < "/proc/$pid/cmdline" | grep -q fleet || exit 0
 kill -TERM "$pid" 2>/dev/null || exit 0
 echo "stopped=$pid"
+""" + _ALIVE + r"""
 i=0
-while [ -d "/proc/$pid" ] && [ $i -lt $((wait_s * 20)) ]; do sleep 0.05; i=$((i + 1)); done
-if [ -d "/proc/$pid" ]; then kill -KILL "$pid" 2>/dev/null; echo "killed=$pid"; fi
+while alive "$pid" && [ $i -lt $((wait_s * 20)) ]; do sleep 0.05; i=$((i + 1)); done
+if alive "$pid"; then kill -KILL "$pid" 2>/dev/null; echo "killed=$pid"; fi
 """
 
 # wait for the agent's socket; a systemd service whose agent exits (systemd restarts it,
@@ -266,7 +276,6 @@ cd "$1/versions" || exit 0
 for d in *; do
   [ -e "$d" ] || continue
   case " $2 " in *" $d "*) continue ;; esac
-  case "$d" in *.partial) continue ;; esac
   rm -rf "$d" && echo "pruned=$d"
 done
 """
@@ -284,8 +293,9 @@ fi
 pid=$(cat "$state/agent.pid" 2>/dev/null) && [ -r "/proc/$pid/cmdline" ] \
   && tr '\000' ' ' < "/proc/$pid/cmdline" | grep -q fleet && kill -TERM "$pid" 2>/dev/null \
   && echo "stopped=1"
+""" + _ALIVE + r"""
 i=0
-while [ -n "$pid" ] && [ -d "/proc/$pid" ] && [ $i -lt 300 ]; do sleep 0.05; i=$((i + 1)); done
+while [ -n "$pid" ] && alive "$pid" && [ $i -lt 300 ]; do sleep 0.05; i=$((i + 1)); done
 [ "$purge" = 1 ] || exit 0
 for r in "$state"/units/*.json; do [ -e "$r" ] && basename "$r" .json | sed 's/^/left=/'; done
 mid=$(cat "$state/machine-id" 2>/dev/null)
@@ -303,7 +313,13 @@ if [ -n "$mid" ]; then
   done
 fi
 for p in "$prefix" "$state" "/etc/systemd/system/$service"; do
-  if [ -e "$p" ]; then echo "remains=$p"; fi
+  [ -e "$p" ] || continue
+  # a mount point cannot go (a lab host's own state directory is one): emptied is gone
+  if [ -d "$p" ] && [ -z "$(ls -A "$p")" ] \
+     && awk -v p="$p" '$5 == p { m = 1 } END { exit !m }' /proc/self/mountinfo; then
+    continue
+  fi
+  echo "remains=$p"
 done
 echo "purged=1"
 """

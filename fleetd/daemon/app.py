@@ -130,9 +130,12 @@ class Daemon:
             return result
         try:
             removed = await bootstrap.uninstall_from(machine, purge)
-        except (bootstrap.BootstrapError, TransportError) as exc:
+        except TransportError as exc:
             result["warning"] = (f"the agent on {bootstrap.where(machine)} may still run"
                                  f"{' and its files remain' if purge else ''}: {exc}")
+            return result
+        except bootstrap.BootstrapError as exc:
+            result["warning"] = str(exc)
             return result
         result.update(agent_stopped=removed.stopped, purged=removed.purged)
         if removed.left_running:

@@ -532,6 +532,8 @@ UsePAM no
 UseDNS no
 PidFile /run/sshd.pid
 MaxStartups 100:30:200
+# as Debian's own sshd_config: fleetd's bootstrap pushes the agent over SFTP
+Subsystem sftp internal-sftp
 """
 
 # A systemd host's sshd is the rootfs's own (Debian's sshd_config, ssh.service); the lab

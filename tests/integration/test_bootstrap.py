@@ -24,7 +24,7 @@ import time
 from typing import Any, Dict, Iterator, List, Set
 
 import pytest
-from labkit import Fleet, wait_for
+from labkit import Fleet, alive, wait_for
 
 from fleetd.bootstrap import bundle
 from fleetd.bootstrap.install import BootstrapError, Target, install
@@ -80,6 +80,20 @@ def fleet(lab: Lab, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     f.start()
     yield f
     f.stop()
+
+
+@pytest.fixture(scope="module")
+def plain_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """One plain lab host (PID 1 not systemd: the agent runs detached). It shares this
+    machine's file system but for /root and the agent's state directory, so the agent is
+    installed under /root."""
+    the_lab = Lab(str(tmp_path_factory.mktemp("plainlab")), prefix="fj", subnet="10.89.0")
+    the_lab.down()
+    try:
+        the_lab.up(1)
+        yield the_lab
+    finally:
+        the_lab.down()
 
 
 def host(lab: Lab, name: str) -> Host:
@@ -378,3 +392,50 @@ def test_purge_needs_an_agent_fleetd_installed(lab: Lab, fleet: Fleet) -> None:
     out = fleet.ctl("machine", "upgrade", "h3", check=False)
     assert out.returncode == 1 and "does not upgrade it" in out.stderr
     assert fleet.ctl("machine", "remove", "h3").stdout.strip() == "Machine h3 removed"
+
+
+def test_detached_agent_upgrade_and_purge(plain_lab: Lab, tmp_path: Any,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where PID 1 is not systemd the agent runs detached; an upgrade stops it with SIGTERM
+    and starts the new one, which re-adopts the units (same pids)."""
+    monkeypatch.delenv(bundle.SUFFIX_VARIABLE, raising=False)
+    lab, h = plain_lab, plain_lab.hosts()[0]
+    prefix = "/root/fleetd-agent"
+    fleet = Fleet(lab, str(tmp_path))
+    fleet.start()
+    try:
+        began = time.monotonic()
+        out = fleet.ctl("machine", "add", f"root@{h.address}", "--name", h.name,
+                        "--metadata", f"hostname={h.name}", "--identity", lab.identity,
+                        "--known-hosts", lab.known_hosts, "--prefix", prefix, timeout=300)
+        TIMINGS["add (plain host, detached)"] = round(time.monotonic() - began, 3)
+        assert ", running detached, in " in out.stdout, out.stdout
+        unit = os.path.join(str(tmp_path), "bt-plain.service")
+        with open(unit, "w") as f:
+            f.write("[Service]\nExecStart=/bin/sleep infinity\nMemoryMax=32M\n")
+        fleet.ctl("start", unit, timeout=120)
+        pid = running(fleet, "bt-plain.service")["pid"]
+        agent = lab.agent_pid(h)
+        assert agent is not None
+        fleet.stop()
+        monkeypatch.setenv(bundle.SUFFIX_VARIABLE, "detached-upgrade")
+        fleet.start()
+        began = time.monotonic()
+        out = fleet.ctl("machine", "upgrade", h.name, timeout=300)
+        TIMINGS["upgrade (plain host, detached)"] = round(time.monotonic() - began, 3)
+        assert "agent upgraded from " in out.stdout and "running detached" in out.stdout
+        new_agent = lab.agent_pid(h)
+        assert new_agent is not None and new_agent != agent
+        assert not alive(agent)  # a zombie until whoever inherited it reaps it
+        assert [(u["unit"], u["pid"]) for u in fleet.units()] == [("bt-plain.service", pid)]
+        TIMINGS["pids before/after detached upgrade"] = {"unit": [pid, pid],
+                                                         "agent": [agent, new_agent]}
+        out = fleet.ctl("machine", "remove", h.name, "--purge", timeout=300)
+        assert out.stdout.strip() == (f"Machine {h.name} removed; its agent stopped; what "
+                                      "fleetd installed there removed"), out.stderr
+        assert out.stderr == ""
+        assert lab.agent_pid(h) is None and not alive(new_agent)
+        # the state directory is the lab host's own mount point: emptied, not removed
+        assert ssh(lab, h, f"test -e {prefix} || echo gone; ls -A {STATE}").split() == ["gone"]
+    finally:
+        fleet.stop()
