@@ -78,10 +78,10 @@ def parse_metadata(text: Optional[str]) -> Dict[str, str]:
 @click.option("--vagrant", type=click.Path(exists=True, file_okay=False), metavar="DIR",
               help="Instead of ADDRESS: add the running machines of the Vagrant project in "
                    "DIR (all but one named fleetd), each with the user, port and key "
-                   "`vagrant ssh-config` gives. Host key: DIR/.keys/host_NAME_ed25519.pub "
+                   "`vagrant ssh-config` gives, logging in as root (fleetd pushes the "
+                   "agent, as for ADDRESS). Host key: DIR/.keys/host_NAME_ed25519.pub "
                    "if the project pinned one, else what ssh-keyscan reads now (trust on "
-                   "first use), kept in DIR/.vagrant/fleetd/NAME.known_hosts. A user other "
-                   "than root runs the agent with `sudo -n`.")
+                   "first use), kept in DIR/.vagrant/fleetd/NAME.known_hosts.")
 @click.option("--machine", "vagrant_machines", multiple=True, metavar="NAME",
               help="With --vagrant: add this Vagrant machine only (repeatable).")
 @click.option("--name", help="Machine name (default: the host).")

@@ -19,10 +19,11 @@ preference:
    only as safe as the path to the VM at this moment (normally a local hypervisor's
    network); from then on fleetd refuses a different key.
 
-Vagrant's user is ``vagrant`` with password-less sudo, while the agent runs as root:
-unless ``--agent-command`` says otherwise, a machine whose user is not root runs
-``sudo -n fleet-agent attach`` (the agent must be installed there, as this repository's
-Vagrantfile does); for root, fleetd's default applies, as with ``fleetctl machine add``.
+The user: fleetd logs in as root, with the key ``vagrant ssh-config`` names (its user
+is ``vagrant``, but the agent is installed and runs as root; this repository's
+Vagrantfile authorizes the box's key for root too). So, as with ``fleetctl machine add
+root@HOST``, fleetd checks the host and pushes the agent itself (the bootstrap), unless
+``--agent-command`` names an agent already installed there.
 
 Parsing is pure (``parse_ssh_config``, ``parse_status``) and tested on Vagrant's real
 output; the rest runs ``vagrant`` (``$FLEETCTL_VAGRANT`` overrides which) and
@@ -190,9 +191,7 @@ def known_hosts_lines(hostname: str, port: int, keys: Iterable[str]) -> List[str
     return lines
 
 
-def default_agent_command(user: str) -> Optional[str]:
-    """None for root: fleetd's own default, as for ``fleetctl machine add``."""
-    return None if user == "root" else "sudo -n fleet-agent attach"
+LOGIN_USER = "root"  # the bootstrap installs the agent as root
 
 
 # --- running vagrant and ssh-keyscan ------------------------------------------------------
@@ -316,13 +315,14 @@ def add_machines(c: Ctx, directory: str, wanted: Sequence[str], metadata: Dict[s
     for p in plans:
         h = p.host
         c.call("POST", "/v1/machines", timeout=300, body={
-            "address": h.hostname, "port": h.port, "user": h.user, "name": h.name,
+            "address": h.hostname, "port": h.port, "user": LOGIN_USER, "name": h.name,
             "metadata": metadata, "identity": p.identity, "known_hosts": p.known_hosts,
-            "agent_command": agent_command or default_agent_command(h.user),
+            "agent_command": agent_command,  # None: fleetd bootstraps the agent
         })
         trust = ("pinned host key" if p.trust == "pinned"
                  else "host key from ssh-keyscan, trusted on first use")
-        click.echo(f"Machine {h.name} added ({h.user}@{known_hosts_host(h.hostname, h.port)}, "
+        click.echo(f"Machine {h.name} added ({LOGIN_USER}@"
+                   f"{known_hosts_host(h.hostname, h.port)}, "
                    f"{trust})")
         added.append(h.name)
     if wait:

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from fleetd.cli.main import cli
 from fleetd.cli.vagrant import (
+    LOGIN_USER,
     SshHost,
     VagrantError,
-    default_agent_command,
     known_hosts_lines,
     parse_ssh_config,
     parse_status,
@@ -199,9 +199,8 @@ def test_known_hosts_lines_from_keyscan_and_from_a_pub_file() -> None:
         "10.0.0.5 ssh-rsa AAAAB3"]
 
 
-def test_agent_runs_with_sudo_unless_the_user_is_root() -> None:
-    assert default_agent_command("root") is None  # fleetd's default, as machine add
-    assert default_agent_command("vagrant") == "sudo -n fleet-agent attach"
+def test_fleetd_logs_in_as_root_to_push_the_agent() -> None:
+    assert LOGIN_USER == "root"  # the bootstrap installs the agent as root
 
 
 def test_a_pinned_host_key_is_used_as_is_no_keyscan(tmp_path: Path) -> None:

@@ -1,8 +1,7 @@
 #!/bin/sh
 # Provisioning of the fleetd VM (run as root by `vagrant up`/`vagrant provision`):
 # fleetd from the project in /vagrant as a systemd service, the lab's key and known
-# hosts, and the agents registered. Agents that are not up yet are fine: fleetd keeps
-# retrying a machine until its sshd answers.
+# hosts, and the agents added (fleetd pushes the agent to each: the bootstrap).
 # Env: FLEETD_AGENTS, "NAME:IP:METADATA ..." (set by the Vagrantfile).
 set -eu
 KEYS=/vagrant/vagrant/.keys   # made on the host by the Vagrantfile's trigger, rsynced here
@@ -46,16 +45,33 @@ until fleetctl list-machines >/dev/null 2>&1; do
 done
 
 known=$(fleetctl list-machines --no-legend --fields machine)
+pending=""
 for agent in $FLEETD_AGENTS; do
+  name=${agent%%:*}
+  echo "$known" | grep -qx "$name" && echo "fleetd: $name already registered" && continue
+  pending="$pending $agent"
+done
+# fleetd pushes the agent to each (the bootstrap), so an agent VM must answer first: the
+# VMs may boot in parallel (libvirt), so retry for a while, then say how to add it later.
+tries=0
+while [ -n "$pending" ] && [ $tries -lt 60 ]; do
+  left=""
+  for agent in $pending; do
+    name=${agent%%:*}; rest=${agent#*:}; ip=${rest%%:*}; metadata=${rest#*:}
+    if ! fleetctl machine add "root@$ip" --name "$name" --metadata "$metadata" \
+        --identity /etc/fleetd/id_ed25519 --known-hosts /etc/fleetd/known_hosts 2>/tmp/add.err
+    then
+      left="$left $agent"
+    fi
+  done
+  pending=$left
+  [ -z "$pending" ] || { tries=$((tries + 1)); sleep 5; }
+done
+for agent in $pending; do
   name=${agent%%:*}; rest=${agent#*:}; ip=${rest%%:*}; metadata=${rest#*:}
-  if echo "$known" | grep -qx "$name"; then
-    echo "fleetd: $name already registered"
-    continue
-  fi
-  # The agent VMs install fleet-agent themselves (provision/agent.sh): --agent-command
-  # registers each at once, reachable or not yet, and fleetd connects when it boots.
-  fleetctl machine add "root@$ip" --name "$name" --metadata "$metadata" \
-      --identity /etc/fleetd/id_ed25519 --known-hosts /etc/fleetd/known_hosts \
-      --agent-command "fleet-agent attach" --no-wait
+  echo "fleetd: $name not reachable yet ($(tail -1 /tmp/add.err)); add it later with:" >&2
+  echo "  vagrant ssh fleetd -c 'sudo fleetctl machine add root@$ip --name $name" \
+       "--metadata $metadata --identity /etc/fleetd/id_ed25519" \
+       "--known-hosts /etc/fleetd/known_hosts'" >&2
 done
 echo "fleetd ready: vagrant ssh fleetd -c 'sudo fleetctl list-machines'"
