@@ -16,6 +16,7 @@ import pytest
 from fleetd.cli.client import ApiError, Client
 from fleetd.lab.daemon import agent_command
 from fleetd.lab.netns import Host, Lab
+from fleetd.testing.waiting import alive as alive  # the tests' one meaning of alive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
@@ -44,14 +45,6 @@ def pid_netns_inode(pid: int) -> Optional[int]:
         return os.stat(f"/proc/{pid}/ns/net").st_ino
     except FileNotFoundError:
         return None
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def cmdline(pid: int) -> str:

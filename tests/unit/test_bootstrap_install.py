@@ -23,6 +23,7 @@ from inproc_ssh import ssh_server
 
 from fleetd.bootstrap import bundle
 from fleetd.bootstrap.install import BootstrapError, Installed, Target, install, uninstall
+from fleetd.testing.waiting import alive
 
 VENV_BIN = os.path.dirname(sys.executable)
 ENV = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin"}
@@ -34,14 +35,6 @@ def tree(root: Path) -> List[str]:
 
 def agent_pid(state: Path) -> int:
     return int((state / "agent.pid").read_text())
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def answers(state: Path) -> bool:

@@ -26,6 +26,7 @@ from fleetd.daemon.session import MachineSession
 from fleetd.registry.base import MachineRecord
 from fleetd.registry.sqlite import SqliteRegistry
 from fleetd.testing.systemd import FakeSystemd
+from fleetd.testing.waiting import until
 
 # --- the timer ----------------------------------------------------------------------
 
@@ -108,13 +109,6 @@ class Harness:
         while True:
             self.sup.heard()
             await asyncio.sleep(0.05)
-
-
-async def until(check: Any, timeout: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(autouse=True)

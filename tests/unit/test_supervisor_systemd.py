@@ -17,6 +17,7 @@ from fleetd.agent.state import AgentState
 from fleetd.agent.supervisor import Supervisor
 from fleetd.cgroups.none import NoneBackend
 from fleetd.testing.systemd import FakeSystemd, status
+from fleetd.testing.waiting import until
 
 UNIT = {"name": "sd.service", "hash": "h" * 64, "want": protocol.WANT_RUNNING,
         "driver": "systemd", "config": {"unit_text": "[Service]\nExecStart=/bin/true\n"},
@@ -37,13 +38,6 @@ class Harness:
 
     def states(self) -> List[str]:
         return [r["state"] for r in self.reports]
-
-
-async def until(check: Any, timeout: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(autouse=True)
