@@ -151,5 +151,8 @@ def serialise(unit: UnitFile) -> str:
                 out.append("")
             out.append(f"[{e.section}]")
             current = e.section
-        out.append(f"{e.key}={e.value}")
+        line = f"{e.key}={e.value}"
+        # a value ending in an odd run of backslashes would continue onto the next line:
+        # a trailing space stops that, and parsing strips it again
+        out.append(line + " " if _continues(line) else line)
     return "\n".join(out) + ("\n" if out else "")

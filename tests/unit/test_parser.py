@@ -335,3 +335,11 @@ def test_backslash_followed_by_spaces_does_not_continue() -> None:
     f = parse("[Service]\nExecStart=/bin/echo a\\  \nDescription=b\n")
     assert [(e.key, e.value) for e in f.entries] == [
         ("ExecStart", "/bin/echo a\\"), ("Description", "b")]
+
+
+def test_a_value_ending_in_a_backslash_survives_serialising() -> None:
+    # found by hypothesis: "K=\\\t" holds a lone backslash, which must not become a
+    # line continuation when written back
+    unit = parse("[Unit]\nK=\\\t\nL=x\n")
+    assert [(e.key, e.value) for e in unit.entries] == [("K", "\\"), ("L", "x")]
+    assert triples(parse(serialise(unit))) == triples(unit)
