@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from typing import AsyncIterator, Dict, Optional
 
 import asyncssh
@@ -25,7 +26,8 @@ def _handler(env: Dict[str, str]):  # type: ignore[no-untyped-def]
         local = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", process.command or "true",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env={**os.environ, **env})
+            stderr=asyncio.subprocess.PIPE, env={**os.environ, **env},
+            start_new_session=True)  # a process group of its own, to end as a whole
         assert local.stdin and local.stdout and local.stderr
 
         async def feed() -> None:
@@ -43,10 +45,20 @@ def _handler(env: Dict[str, str]):  # type: ignore[no-untyped-def]
                 dst.write(data)
 
         feeding = asyncio.ensure_future(feed())
-        await asyncio.gather(pump(local.stdout, process.stdout),
-                             pump(local.stderr, process.stderr))
-        status = await local.wait()
-        feeding.cancel()
+        try:
+            await asyncio.gather(pump(local.stdout, process.stdout),
+                                 pump(local.stderr, process.stderr))
+            status = await local.wait()
+        finally:
+            feeding.cancel()
+            # A session that ends first (the client gave up on a timeout, the test's loop
+            # is shutting down) ends its command here and reaps it: left running, it
+            # outlives the test, and its subprocess transport is collected after the loop
+            # closed ("Event loop is closed" in whichever test runs then).
+            if local.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(local.pid, signal.SIGKILL)  # sh and what it started
+                await local.wait()
         process.exit(status)
     return handle
 
