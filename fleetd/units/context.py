@@ -109,12 +109,7 @@ class UnitContext:
 
     def entry(self, section: str, key: str) -> Optional[Entry]:
         """The assignment that wins for a single-valued option (the last one)."""
-        found = None
-        keys = self._key(section, key)
-        for e in self.file.entries:
-            if e.section == section and e.key in keys:
-                found = e
-        return found
+        return self.file.last(section, *self._key(section, key))
 
     def single(self, section: str, key: str) -> Optional[str]:
         """The winning value, or None if unset; an empty assignment resets to the
@@ -124,12 +119,7 @@ class UnitContext:
 
     def many(self, section: str, key: str) -> List[Entry]:
         """Every assignment of a list option, after the last empty one (systemd's reset)."""
-        keys = self._key(section, key)
-        out: List[Entry] = []
-        for e in self.file.entries:
-            if e.section == section and e.key in keys:
-                out = [] if e.value == "" else [*out, e]
-        return out
+        return self.file.values(section, *self._key(section, key))
 
     def words(self, section: str, key: str) -> List[str]:
         """A list option's values, each assignment split into words as systemd splits

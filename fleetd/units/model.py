@@ -86,7 +86,7 @@ def load(name: str, text: str, source: Optional[str] = None, template_ok: bool =
         config = xjava.config(ctx, service.config(ctx, needs_exec_start=False))
     elif driver == "systemd":
         config = systemd_text.config(ctx)  # systemd reads [Service] itself
-        if ctx.file.last("X-Check", "Type") is not None or "X-Check" in ctx.file.sections():
+        if "X-Check" in ctx.file.sections():
             ctx.fail(next(ctx.file.section("X-Check"), None),
                      "[X-Check] applies to exec and java units; a systemd unit's health is "
                      "systemd's (Restart=, WatchdogSec=)")

@@ -54,23 +54,25 @@ class UnitFile:
     def section(self, name: str) -> Iterator[Entry]:
         return (e for e in self.entries if e.section == name)
 
-    def values(self, section: str, key: str) -> List[Entry]:
-        """All assignments of a list-valued key, honouring systemd's reset rule:
-        an empty assignment drops everything assigned before it."""
+    def values(self, section: str, *keys: str) -> List[Entry]:
+        """All assignments of a list-valued key (under any of its spellings ``keys``),
+        honouring systemd's reset rule: an empty assignment drops everything assigned
+        before it."""
         out: List[Entry] = []
         for e in self.entries:
-            if e.section == section and e.key == key:
+            if e.section == section and e.key in keys:
                 if e.value == "":
                     out = []
                 else:
                     out.append(e)
         return out
 
-    def last(self, section: str, key: str) -> Optional[Entry]:
-        """The assignment that wins for a single-valued key (the last one)."""
+    def last(self, section: str, *keys: str) -> Optional[Entry]:
+        """The assignment that wins for a single-valued key (the last one, under any of
+        the spellings ``keys``)."""
         found = None
         for e in self.entries:
-            if e.section == section and e.key == key:
+            if e.section == section and e.key in keys:
                 found = e
         return found
 

@@ -22,14 +22,13 @@ from typing import Any, Dict, Optional
 
 from fleetd.units import service
 from fleetd.units.context import UnitContext
-from fleetd.units.parser import Entry, UnitFile, serialise
+from fleetd.units.parser import UnitFile, serialise
 from fleetd.units.timespan import TimespanError, parse_timespan
 
 FLEET_SECTION_PREFIX = "X-"
 # systemd.service(5) Type= values; all are systemd's business with this driver
 SYSTEMD_TYPES = ("simple", "exec", "forking", "oneshot", "dbus", "notify", "notify-reload",
                  "idle")
-DEFAULT_TIMEOUT_S = 90.0  # systemd's DefaultTimeoutStartSec= / DefaultTimeoutStopSec=
 S = "Service"
 
 
@@ -64,22 +63,19 @@ def config(ctx: UnitContext) -> Dict[str, Any]:
         ctx.fail(None, "[Service] has no ExecStart=: systemd needs a program to run "
                        "(only Type=oneshot may go without)")
     # oneshot: systemd's start job lasts as long as the program, and has no timeout
-    start_default = math.inf if service_type == "oneshot" else DEFAULT_TIMEOUT_S
+    start_default = math.inf if service_type == "oneshot" else service.DEFAULT_TIMEOUT_S
     return {
         "unit_text": render(ctx.file),
         "type": service_type,
         "timeout_start_s": _timeout(ctx, "TimeoutStartSec", start_default),
-        "timeout_stop_s": _timeout(ctx, "TimeoutStopSec", DEFAULT_TIMEOUT_S),
+        "timeout_stop_s": _timeout(ctx, "TimeoutStopSec", service.DEFAULT_TIMEOUT_S),
         "limits": service.limits(ctx),
     }
 
 
 def _timeout(ctx: UnitContext, key: str, default: float) -> Optional[float]:
     """Seconds, or None for none; TimeoutSec= sets both, as in systemd."""
-    entry: Optional[Entry] = None
-    for e in ctx.file.section(S):  # the last of TimeoutSec= and KEY= wins
-        if e.key in ("TimeoutSec", key):
-            entry = e
+    entry = ctx.file.last(S, "TimeoutSec", key)  # the last of the two wins
     seconds = default
     if entry is not None and entry.value != "":
         try:

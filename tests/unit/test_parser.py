@@ -121,6 +121,14 @@ def test_last_returns_an_empty_assignment_too() -> None:
     assert last.value == ""
 
 
+def test_several_spellings_of_one_key_count_as_one() -> None:
+    # fleet's X-ConditionMachineOf= and MachineOf=, TimeoutSec= and TimeoutStopSec=
+    unit = parse("[S]\nA=1\nB=2\nA=\nB=3\nA=4\n[T]\nB=5\n")
+    assert [e.value for e in unit.values("S", "A", "B")] == ["3", "4"]
+    assert unit.last("S", "B", "A") == Entry("S", "A", "4", 6)
+    assert unit.last("S", "B") == Entry("S", "B", "3", 5)
+
+
 def test_keys_and_sections_are_case_sensitive() -> None:
     unit = parse("[Service]\nexecstart=/a\n")
     assert unit.last("Service", "ExecStart") is None
