@@ -121,16 +121,18 @@ class UnitContext:
         """Every assignment of a list option, after the last empty one (systemd's reset)."""
         return self.file.values(section, *self._key(section, key))
 
+    def split(self, entry: Entry) -> List[str]:
+        """One assignment's value split into words as systemd splits them (quotes,
+        escapes), specifiers expanded; a bad quote is an error naming its line."""
+        try:
+            return execline.split_words(self.expand(entry))
+        except execline.CommandLineError as exc:
+            self.fail(entry, str(exc))
+
     def words(self, section: str, key: str) -> List[str]:
-        """A list option's values, each assignment split into words as systemd splits
-        them (quotes, escapes), after systemd's empty-assignment reset."""
-        out: List[str] = []
-        for entry in self.many(section, key):
-            try:
-                out += execline.split_words(self.expand(entry))
-            except execline.CommandLineError as exc:
-                self.fail(entry, str(exc))
-        return out
+        """A list option's values, each assignment split into words (``split``), after
+        systemd's empty-assignment reset."""
+        return [word for entry in self.many(section, key) for word in self.split(entry)]
 
     def boolean(self, section: str, key: str, default: bool) -> bool:
         value = self.single(section, key)

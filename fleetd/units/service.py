@@ -91,11 +91,7 @@ def _commands(ctx: UnitContext, entries: List[Entry]) -> List[Dict[str, object]]
 def _environment(ctx: UnitContext) -> Dict[str, str]:
     environment: Dict[str, str] = {}
     for entry in ctx.many(S, "Environment"):
-        try:
-            words = execline.split_words(ctx.expand(entry))
-        except execline.CommandLineError as exc:
-            ctx.fail(entry, str(exc))
-        for word in words:
+        for word in ctx.split(entry):
             key, eq, value = word.partition("=")
             if not eq or not _ENV_NAME.fullmatch(key):
                 ctx.fail(entry, f"{word!r} is not a VAR=value assignment")

@@ -28,7 +28,6 @@ import math
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from fleetd.units import execline
 from fleetd.units.context import UnitContext
 
 X = "X-Fleet"
@@ -107,16 +106,18 @@ def requirements(ctx: UnitContext, limits: Dict[str, Any]) -> Requirements:
         ctx.fail(ctx.entry(X, "MachineID"), f"{machine_id!r} is not a machine id")
     units: Dict[str, Tuple[str, ...]] = {}
     for key in ("MachineOf", "Replaces"):
-        names = ctx.words(X, key)
-        for n in names:
-            if not _UNIT_NAME.fullmatch(n):
-                ctx.fail(ctx.many(X, key)[-1], f"{n!r} is not a unit name")
-            if n == ctx.name.full:
-                ctx.fail(ctx.many(X, key)[-1], f"a unit cannot name itself in {key}=")
+        names: List[str] = []
+        for entry in ctx.many(X, key):
+            for n in ctx.split(entry):
+                if not _UNIT_NAME.fullmatch(n):
+                    ctx.fail(entry, f"{n!r} is not a unit name")
+                if n == ctx.name.full:
+                    ctx.fail(entry, f"a unit cannot name itself in {key}=")
+                names.append(n)
         units[key] = tuple(dict.fromkeys(names))
     metadata: Dict[str, List[str]] = {}
     for entry in ctx.many(X, "MachineMetadata"):
-        for item in execline.split_words(ctx.expand(entry)):
+        for item in ctx.split(entry):
             key, eq, value = item.partition("=")
             if not eq or not key:
                 ctx.fail(entry, f"{item!r} is not key=value")

@@ -42,7 +42,6 @@ import re
 import signal
 from typing import Any, Dict, List, Optional, Tuple
 
-from fleetd.units import execline
 from fleetd.units.context import UnitContext
 from fleetd.units.parser import Entry
 
@@ -201,10 +200,7 @@ def _jvm_options(ctx: UnitContext) -> List[str]:
     agent expands."""
     words: List[str] = []
     for entry in ctx.many(X, "JvmOptions"):
-        try:
-            these = execline.split_words(ctx.expand(entry))
-        except execline.CommandLineError as exc:
-            ctx.fail(entry, str(exc))
+        these = ctx.split(entry)
         expects_value = False
         for word in these:
             if expects_value:
@@ -241,8 +237,7 @@ def _refuse_java_home_environment(ctx: UnitContext, service_config: Dict[str, An
     if "JAVA_HOME" not in (service_config.get("environment") or {}):
         return
     for entry in reversed(ctx.many("Service", "Environment")):
-        words = execline.split_words(ctx.expand(entry))  # valid: service.config read it
-        if any(w.startswith("JAVA_HOME=") for w in words):
+        if any(w.startswith("JAVA_HOME=") for w in ctx.split(entry)):
             ctx.fail(entry, "with Driver=java the agent sets JAVA_HOME to the Java it "
                             "runs; choose it with JavaHome= in [X-Java]")
     ctx.fail(None, "Environment=: with Driver=java the agent sets JAVA_HOME; "

@@ -528,6 +528,14 @@ def test_empty_assignment_resets_single_options_to_their_default() -> None:
     ("[Service]\nExecStart=/bin/a\n[X-Fleet]\nGlobal=true\nMachineID=abc\n", 5,
      "MachineID= cannot be combined with Global=true"),
     ("[Service]\nExecStart=/bin/a\n[X-Fleet]\nGlobal=maybe\n", 4, "is not a boolean"),
+    # a bad quote is the unit's error, located, not a crash of the submit
+    ("[Service]\nExecStart=/bin/a\n[X-Fleet]\nMachineMetadata=\"role=web\n", 4,
+     "MachineMetadata=: unbalanced quote"),
+    # the assignment that holds the bad name is blamed, not the last one
+    ("[Service]\nExecStart=/bin/a\n[X-Fleet]\nMachineOf=db@x\nMachineOf=b.service\n", 4,
+     "MachineOf=: 'db@x' is not a unit name"),
+    ("[Service]\nExecStart=/bin/a\n[X-Fleet]\nReplaces=a.service\nReplaces=b.service\n", 4,
+     "a unit cannot name itself in Replaces="),
 ])
 def test_x_fleet_errors_name_line_and_suggest(text: str, line: int, fragment: str) -> None:
     with pytest.raises(UnitError) as err:
