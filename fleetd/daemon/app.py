@@ -14,6 +14,7 @@ import signal
 import time
 from typing import Any, Dict, List, Optional
 
+from fleetd import protocol
 from fleetd.bootstrap import machines as bootstrap
 from fleetd.daemon.changes import Changes
 from fleetd.daemon.config import Config
@@ -74,19 +75,11 @@ class Daemon:
     def _report_matters(self, unit: str, state: str) -> bool:
         """Does an agent's report about ``unit`` bear on placement? A failure does (the
         reschedule policy), and so does any news of a unit in a drain's hand-off."""
-        return state == "failed" or unit in self.engine.watching
+        return state == protocol.FAILED or unit in self.engine.watching
 
     def _push(self, machine: str, specs: List[Dict[str, Any]]) -> None:
-        """Hand a machine's session its desired set, only while it is connected.
-
-        A set computed while the machine is not up is no set for it: Global units are
-        only placed on machines that are up, so it would lack them, and the session
-        sends what it holds the moment it reconnects, before the engine's next pass:
-        the agent would stop every Global unit and start it again. Kept back, the
-        session holds nothing (after a fleetd restart) or the set the agent already
-        has; the connect wakes the engine, whose pass sends the current set."""
         session = self.sessions.get(machine)
-        if session is not None and session.connected:
+        if session is not None:
             session.push(specs)
 
     # --- machines --------------------------------------------------------------------

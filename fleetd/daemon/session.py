@@ -1,9 +1,12 @@
 """One machine session: fleetd's side of the conversation with one host's agent.
 
 It keeps one SSH connection, runs the agent's ``attach`` command over it, and then:
-sends the host's whole desired set whenever the engine changes it (and once after every
-(re)connect, so the agent converges on what fleetd wants *now*), and writes what the
-agent reports into the registry. When the channel ends or goes silent it reconnects by
+sends the host's whole desired set whenever the engine changes it, and writes what the
+agent reports into the registry. It only holds a set the engine computed while this
+connection was up: a set from before a disconnect (or from while the machine was down,
+which lacks its Global units) would stop or start units on a picture that is out of
+date, so after every (re)connect the session asks the engine for a pass and sends what
+that pass computes. When the channel ends or goes silent it reconnects by
 itself with backoff; programs on the host are untouched meanwhile, because the agent,
 not this session, supervises them.
 
@@ -12,9 +15,7 @@ so that a cut-off agent can tell: units with FenceAfterSec= are stopped there on
 fleetd has been silent that long. An agent reports such a unit ``stopped`` with a
 ``fenced:`` error, and keeps it stopped until its next desired set; the session sends
 the set again on that report (a short cut may leave the connection up, with nothing
-new to send). After a reconnect, though, the set it holds dates from before the cut:
-to an agent whose hello lists fenced units it sends only the engine's next set, which
-the connect asks for (the unit may run elsewhere by now; the old set would start it).
+new to send).
 """
 
 from __future__ import annotations
@@ -71,22 +72,20 @@ class MachineSession:
         self._replies: Dict[int, asyncio.Future[Dict[str, Any]]] = {}
         self._streams: Dict[int, asyncio.Queue[Optional[Dict[str, Any]]]] = {}
         self._next_id = 0
-        # the set held from before this connect is not sent to an agent that fenced
-        # units (it would start them again): the engine's next pass sends a current one
-        self._held_back = False
         # (unit, state) -> whether the engine must hear of it (a failure, a hand-off)
         self.report_matters: Callable[[str, str], bool] = lambda unit, state: False
 
     # --- engine side -------------------------------------------------------------
     def push(self, specs: List[Dict[str, Any]]) -> None:
-        """The host's desired set changed (or may have): send it if it differs."""
+        """The host's desired set changed (or may have): send it if it differs. A set
+        pushed while not connected is dropped (see the module's docstring)."""
+        if not self.connected:
+            return
         self._desired = specs
-        self._held_back = False  # an engine pass's set: it knows where units run now
-        if self.connected:
-            self._send_desired()
+        self._send_desired()
 
     def _send_desired(self) -> None:
-        if self._desired is None or self._channel is None or self._held_back:
+        if self._desired is None or self._channel is None:
             return
         # a spec is the rendered content (its hash), what is wanted of it and its restart
         # generation: comparing those is enough, and cheap on every engine pass
@@ -186,6 +185,7 @@ class MachineSession:
                 queue.put_nowait(None)
             self._channel = None
             self._sent = None
+            self._desired = None  # computed for a connection that is gone
             log.info("%s: %s", self.name, reason)
             if self.machine.state == "lost":
                 state = "lost"  # lost stays lost until its agent is heard again
@@ -227,13 +227,11 @@ class MachineSession:
             self.connected = True
             log.info("%s: agent %s up (machine id %s)", self.name,
                      hello.get("agent_version"), hello.get("machine_id"))
-            self.changed(True)  # the engine may place units here now, and push our set
+            self.changed(True)  # the engine's pass places units here and pushes the set
             fenced = hello.get("fenced") or []
-            self._held_back = bool(fenced)
             if fenced:
-                log.info("%s: agent fenced %s while cut off: its desired set waits for the "
-                         "engine's pass", self.name, ", ".join(map(str, fenced)))
-            self._send_desired()
+                log.info("%s: agent fenced %s while cut off", self.name,
+                         ", ".join(map(str, fenced)))
             # an agent older than fencing has no "fenced" in its hello, and would answer
             # every ping with an error
             pinger = asyncio.ensure_future(self._ping(channel)) if "fenced" in hello else None

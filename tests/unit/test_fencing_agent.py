@@ -287,27 +287,35 @@ def fenced_report(error: Optional[str]) -> bytes:
         "a.service", "h" * 64, protocol.STOPPED, error=error))
 
 
-def new_session(tmp_path: Path, transport: FakeTransport
+def new_session(tmp_path: Path, transport: FakeTransport,
+                engine_set: Optional[List[Dict[str, Any]]] = None
                 ) -> tuple[MachineSession, SqliteRegistry]:
+    """A session whose ``changed(True)`` (a connect, a report that matters) is answered
+    as the engine answers it: a pass that pushes ``engine_set`` (None: no pass)."""
     registry = SqliteRegistry(str(tmp_path / "registry.db"))
     machine = MachineRecord(name="h1", address="10.0.0.1", port=22, user="root",
                             identity=None, known_hosts=None, agent_command="agent",
                             metadata={})
     registry.add_machine(machine)
-    session = MachineSession(machine, registry, lambda m: transport,
-                             lambda placed: None, heartbeat_s=0.05)
+
+    def changed(placement_relevant: bool) -> None:
+        if placement_relevant and engine_set is not None:
+            asyncio.get_running_loop().call_soon(session.push, list(engine_set))
+
+    session = MachineSession(machine, registry, lambda m: transport, changed,
+                             heartbeat_s=0.05)
     return session, registry
 
 
 def test_session_pings_while_connected_and_resends_on_a_fenced_report(tmp_path: Path) -> None:
     async def scenario() -> None:
         transport = FakeTransport()
-        session, registry = new_session(tmp_path, transport)
         spec = SPEC
-        session.push([spec])
+        session, registry = new_session(tmp_path, transport, engine_set=[spec])
         session.start()
         await until(lambda: session.connected)
         channel = transport.channels[0]
+        await until(lambda: "desired" in channel.kinds())
         assert channel.kinds()[:2] == ["hello", "desired"]
         await until(lambda: channel.kinds().count("ping") >= 3)
         pings = [m["seq"] for m in channel.written if m["type"] == "ping"]
@@ -342,7 +350,7 @@ def test_after_a_reconnect_an_agent_with_fenced_units_gets_only_a_fresh_set(
     async def scenario() -> None:
         transport = FakeTransport(fenced=["a.service"])
         session, registry = new_session(tmp_path, transport)
-        session.push([SPEC])  # held from before the cut
+        session.push([SPEC])  # a set from before the connect: never sent
         session.start()
         await until(lambda: session.connected)
         channel = transport.channels[0]
@@ -361,8 +369,7 @@ def test_after_a_reconnect_an_agent_with_fenced_units_gets_only_a_fresh_set(
 def test_an_agent_older_than_fencing_is_not_pinged(tmp_path: Path) -> None:
     async def scenario() -> None:
         transport = FakeTransport(fenced=None)
-        session, registry = new_session(tmp_path, transport)
-        session.push([SPEC])
+        session, registry = new_session(tmp_path, transport, engine_set=[SPEC])
         session.start()
         await until(lambda: session.connected)
         await asyncio.sleep(0.3)  # six heartbeats
