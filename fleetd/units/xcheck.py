@@ -49,7 +49,6 @@ from typing import Any, Dict, List, Optional, Tuple
 from fleetd.units import execline
 from fleetd.units.context import UnitContext
 from fleetd.units.parser import Entry, UnitError
-from fleetd.units.timespan import TimespanError, parse_timespan
 
 X = "X-Check"
 KNOWN = ("Type", "URL", "ExpectStatus", "Address", "Port", "Command", "Interval", "Timeout",
@@ -291,8 +290,6 @@ def _timing(ctx: UnitContext) -> Dict[str, Any]:
         ctx.fail(ctx.entry(X, "Interval"), f"at least {MIN_INTERVAL_S:g}s: every check is "
                                            "a connection or a process on the host")
     timeout = _span(ctx, "Timeout", DEFAULT_TIMEOUT_S)
-    if timeout <= 0:
-        ctx.fail(ctx.entry(X, "Timeout"), "must be more than 0")
     if timeout >= interval:
         # blame whichever the user wrote (Timeout= if both): that is what to change
         entry = ctx.entry(X, "Timeout") or ctx.entry(X, "Interval")
@@ -308,18 +305,12 @@ def _timing(ctx: UnitContext) -> Dict[str, Any]:
 
 
 def _span(ctx: UnitContext, key: str, default: float, zero_ok: bool = False) -> float:
-    value = ctx.single(X, key)
-    if value is None:
-        return default
-    entry = ctx.entry(X, key)
-    try:
-        seconds = parse_timespan(value)
-    except TimespanError as exc:
-        ctx.fail(entry, str(exc))
+    """ctx.timespan, finite (and above 0 unless ``zero_ok``); the defaults are."""
+    seconds = ctx.timespan(X, key, default)
     if math.isinf(seconds):
-        ctx.fail(entry, "must be a finite time span")
+        ctx.fail(ctx.entry(X, key), "must be a finite time span")
     if seconds == 0 and not zero_ok:
-        ctx.fail(entry, "must be more than 0")
+        ctx.fail(ctx.entry(X, key), "must be more than 0")
     return seconds
 
 
