@@ -56,18 +56,6 @@ _ACTIVE = {"active": "running", "reloading": "running", "activating": "starting"
            "deactivating": "stopping", "maintenance": "stopping", "refreshing": "running"}
 
 
-@dataclasses.dataclass(frozen=True)
-class SystemdHandle(Handle):
-    """A Handle that knows its unit: systemd finds the processes by name."""
-
-    unit: str = ""
-
-    @classmethod
-    def from_record(cls, record: Dict[str, Any]) -> SystemdHandle:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in record.items() if k in fields})
-
-
 class SystemdDriver:
     """Driver=systemd. Besides the Driver protocol (start, signal, recover) it offers
     ``status``/``statuses``/``stop``/``forget`` for a supervisor that polls instead of
@@ -130,9 +118,8 @@ class SystemdDriver:
             raise DriverError(self._why(name, out.stderr))
         status = self.status(name)
         pid = int(status["pid"] or 0)
-        return SystemdHandle(driver=self.name, pid=pid, create_time=_create_time(pid),
-                             started_at=time.time(), invocation_id=ctx.invocation_id,
-                             unit=name)
+        return Handle(driver=self.name, pid=pid, create_time=_create_time(pid),
+                      started_at=time.time(), invocation_id=ctx.invocation_id, unit=name)
 
     def reload(self) -> None:
         out = self._systemctl("daemon-reload")
@@ -196,13 +183,12 @@ class SystemdDriver:
 
     def signal(self, handle: Handle, signum: int) -> None:
         """Every process of the unit, through systemd (it knows its cgroup)."""
-        unit = getattr(handle, "unit", "")
-        if not unit:
+        if not handle.unit:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 if handle.pid > 0:
                     os.kill(handle.pid, signum)
             return
-        self._systemctl("kill", f"--signal={int(signum)}", "--", _check_name(unit))
+        self._systemctl("kill", f"--signal={int(signum)}", "--", _check_name(handle.unit))
 
     # --- recovery --------------------------------------------------------------------------------
     def installed(self) -> List[str]:
@@ -220,7 +206,7 @@ class SystemdDriver:
         """The handle of a unit this driver installed earlier, if systemd still has it
         (it may have failed or exited since: ``status`` says so). None if its runtime
         file is gone (a reboot) or systemd does not know it."""
-        handle = SystemdHandle.from_record(record)
+        handle = Handle.from_record(record)
         if not handle.unit or not _NAME.fullmatch(handle.unit):
             return None
         if not os.path.exists(self._unit_path(handle.unit)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence
 
 from fleetd.drivers.base import Handle, StartContext
-from fleetd.drivers.systemd import SystemdDriver, SystemdHandle
+from fleetd.drivers.systemd import SystemdDriver
 
 FAKE_PID = 4242
 
@@ -36,8 +36,8 @@ class FakeSystemd(SystemdDriver):
     def start(self, config: Dict[str, Any], ctx: StartContext, command_index: int = 0) -> Handle:
         self.calls.append(f"start {ctx.unit}")
         self.now[ctx.unit] = status("running", pid=FAKE_PID)
-        return SystemdHandle(driver="systemd", pid=FAKE_PID, create_time=0.0, started_at=1.0,
-                             invocation_id=ctx.invocation_id, unit=ctx.unit)
+        return Handle(driver="systemd", pid=FAKE_PID, create_time=0.0, started_at=1.0,
+                      invocation_id=ctx.invocation_id, unit=ctx.unit)
 
     def statuses(self, names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
         return {n: dict(self.now.get(n, status("stopped"))) for n in names}
@@ -55,5 +55,5 @@ class FakeSystemd(SystemdDriver):
         return list(self.left)
 
     def recover(self, record: Dict[str, Any]) -> Optional[Handle]:
-        handle = SystemdHandle.from_record(record)
+        handle = Handle.from_record(record)
         return handle if handle.unit in self.now else None
