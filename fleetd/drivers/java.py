@@ -153,12 +153,6 @@ def machine_capabilities(javas: Sequence[JavaInstall]) -> List[str]:
     return ["java", *(f"java:{k}" for k in range(CAPABILITY_FLOOR, newest + 1))]
 
 
-def facts() -> Dict[str, Any]:
-    """The host facts the agent reports about Java."""
-    javas = installed_javas()
-    return {"java": [j.to_fact() for j in javas], "capabilities": machine_capabilities(javas)}
-
-
 def choose_java(java_cfg: Dict[str, Any],
                 installed: Optional[Sequence[JavaInstall]] = None) -> JavaInstall:
     """JavaHome= if it holds a Java; else the newest installed Java meeting
