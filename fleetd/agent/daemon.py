@@ -150,7 +150,8 @@ class AgentDaemon:
             client.send(protocol.encode(
                 "hello", machine_id=self.machine_id, hostname=os.uname().nodename,
                 agent_version=__version__,
-                facts=facts.gather(self.machine_id, self.supervisor.backend.facts()),
+                facts=facts.gather(self.machine_id, self.supervisor.backend.facts(),
+                                   systemd="systemd" in self.supervisor.drivers),
                 fenced=sorted(self.supervisor.fenced),
             ))
             client.send(protocol.encode("status", units=self.supervisor.snapshot()))

@@ -11,19 +11,21 @@ import psutil
 
 from fleetd import __version__
 from fleetd.drivers import java
-from fleetd.drivers.systemd import SystemdDriver
 
 
-def gather(machine_id: str, cgroups: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def gather(machine_id: str, cgroups: Optional[Dict[str, Any]] = None,
+           systemd: bool = False) -> Dict[str, Any]:
     """Facts for scheduling and rendering; ``capabilities`` are what units may require
     ("systemd", "java", "java:17", ...). ``cgroups`` is the agent's cgroup backend's
     facts (version, enforceable ``limits``, ...), so that fleetd can place units with
     MemoryMax= and friends only where they are enforced.
 
-    "systemd" means Driver=systemd units can run here: PID 1 is systemd *and* the agent
-    can install units and reach it (SystemdDriver.available), not only the former."""
+    ``systemd`` means Driver=systemd units can run here: PID 1 is systemd *and* the agent
+    can install units and reach it (SystemdDriver.available), not only the former. The
+    supervisor decides that once, when it starts, and the fact must say what it decided:
+    a host that advertised "systemd" to a supervisor without the driver would take units
+    only to fail them."""
     javas = java.installed_javas()
-    systemd = SystemdDriver().available()
     return {
         "machine_id": machine_id,
         "hostname": socket.gethostname(),
