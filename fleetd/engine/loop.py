@@ -19,7 +19,7 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from fleetd import protocol
 from fleetd.engine import reconciler
@@ -148,10 +148,8 @@ class Engine:
                 continue
             if o.hash != self._hash_on(u, by_name[u.machine]):
                 continue
-            since = u.placed_at or 0.0
-            if any(f.machine == u.machine and f.at >= since and f.hash == u.hash
-                   for f in recorded.get(u.name, ())):
-                continue
+            if _failed_here(u, recorded.get(u.name, ())) is not None:
+                continue  # this placement's failure is on record already
             why = o.error or f"exit status {o.exit_status}"
             log.warning("%s failed on %s: %s", u.name, u.machine, why)
             self.registry.record_failure(FailureRecord(u.name, u.hash, u.machine, now, why))
@@ -195,8 +193,8 @@ class Engine:
                 self._requirements[key] = req
             mine = tuple(Failure(f.machine, f.at, f.reason) for f in failures.get(u.name, ())
                          if f.hash == u.hash)
-            failed = next((f for f in reversed(mine) if f.machine == u.machine
-                           and f.at >= (u.placed_at or 0.0)), None)
+            here = _failed_here(u, failures.get(u.name, ()))
+            failed = Failure(here.machine, here.at, here.reason) if here else None
             ready = False
             machine = by_name.get(u.machine or "")
             if u.handoff and machine is not None:
@@ -266,28 +264,42 @@ class Engine:
         return sets
 
     def _rendered(self, record: UnitRecord, machine: MachineRecord) -> Tuple[Unit, CacheKey]:
-        """The unit as it runs on ``machine`` (parsed once per content, vars and machine)."""
+        """The unit as it runs on ``machine`` (parsed once per content, vars and machine).
+
+        Called for every unit and target on every pass: a cached unit costs no registry
+        read. Content without markup is the same everywhere, so its key has no machine.
+        """
+        plain: CacheKey = (record.name, record.hash, "", "")
+        unit = self._units.get(plain)
+        if unit is not None:
+            return unit, plain
+        key: CacheKey = (record.name, record.hash, _vars_key(record),
+                         json.dumps([machine.name, machine.address, machine.machine_id,
+                                     machine.metadata, machine.facts], sort_keys=True))
+        unit = self._units.get(key)
+        if unit is not None:
+            return unit, key
         text = self.registry.unit_text(record.hash)
         if text is None:
             raise LookupError(f"content {record.hash} of {record.name} is missing")
         if not render.has_markup(text):
-            key: CacheKey = (record.name, record.hash, "", "")
+            key = plain
         else:
-            key = (record.name, record.hash, json.dumps(record.vars, sort_keys=True),
-                   json.dumps([machine.name, machine.address, machine.machine_id,
-                               machine.metadata, machine.facts], sort_keys=True))
-        unit = self._units.get(key)
-        if unit is None:
-            if key[3]:
-                uname = parse_name(record.name)
-                text = render.for_machine(
-                    text, record.name, uname.prefix, uname.instance, record.vars,
-                    render.MachineContext(machine.name, machine.address,
-                                          machine.machine_id or "", machine.metadata,
-                                          machine.facts))
-            unit = load(record.name, text)
-            self._units[key] = unit
+            uname = parse_name(record.name)
+            text = render.for_machine(
+                text, record.name, uname.prefix, uname.instance, record.vars,
+                render.MachineContext(machine.name, machine.address, machine.machine_id or "",
+                                      machine.metadata, machine.facts))
+        unit = self._units[key] = load(record.name, text)
         return unit, key
+
+
+def _failed_here(u: UnitRecord, failures: Sequence[FailureRecord]) -> Optional[FailureRecord]:
+    """The failure of ``u``'s current content on its machine since it was placed there
+    (the newest), if any: what the reconciler acts on, recorded once per placement."""
+    since = u.placed_at or 0.0
+    return next((f for f in reversed(failures) if f.machine == u.machine
+                 and f.hash == u.hash and f.at >= since), None)
 
 
 def _vars_key(u: UnitRecord) -> str:
