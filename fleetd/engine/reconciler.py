@@ -201,7 +201,7 @@ class _Pass:
                 self.noted[u.name] = f"{what}; RescheduleAttempts=0 keeps it there"
                 return
             self.noted[u.name] = (f"{what}; not moved: all {policy.attempts} reschedule "
-                                  f"attempts in {policy.describe().split(' in ')[1]} used")
+                                  f"attempts in {policy.interval()} used")
             self.wake(earlier[0].at + policy.interval_s)
             return
         attempt = f"reschedule attempt {used + 1} of {_limit(policy)}"

@@ -35,7 +35,6 @@ identical units fail without another scan.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import fnmatch
 import functools
 import heapq
@@ -663,8 +662,8 @@ class Cluster:
             group = self.group(Requirements(metadata=unit.req.metadata,
                                             capabilities=unit.req.capabilities))
             # a draining machine keeps its global units until its other units are gone
-            staying = [h for h in self.draining if h.count and not h.static_refusal(
-                dataclasses.replace(unit.req, machine_id=None), draining_ok=True)]
+            staying = [h for h in self.draining
+                       if h.count and not h.static_refusal(unit.req, draining_ok=True)]
             targets = [h for h in sorted(group.members + staying, key=lambda h: h.index)
                        if h.fits(unit.req, milli) and not self.blocked(h, unit.name, rel)]
             for h in targets:

@@ -57,9 +57,9 @@ class Reschedule:
             return min(self.delay_s, self.max_delay_s)
         return min(self.delay_s * (2.0 ** min(used, 60)), self.max_delay_s)
 
-    def describe(self) -> str:
-        limit = "unlimited" if self.attempts is None else str(self.attempts)
-        return f"{limit} in {_span(self.interval_s)}"
+    def interval(self) -> str:
+        """RescheduleIntervalSec= as a person writes it: ``1h``, ``10min``, ``90s``."""
+        return _span(self.interval_s)
 
 
 def _span(seconds: float) -> str:
