@@ -155,8 +155,19 @@ class UnitContext:
             self.fail(self.entry(section, key), str(exc))
 
     def check_known(self, section: str, known: Sequence[str]) -> None:
-        """Refuse options fleetd does not know in its own sections, with a suggestion."""
+        """Refuse options fleetd does not know in its own sections, with a suggestion.
+
+        ``Url=`` for ``URL=`` first, everywhere in the section: option names are
+        case-sensitive (as in systemd), and the similarity test below misses a
+        difference of case alone."""
         accepted = set(known) | set(ALIASES.get(section, {}))
+        by_lower = {k.lower(): k for k in accepted}
+        for e in self.file.section(section):
+            meant = by_lower.get(e.key.lower())
+            if meant is not None and meant != e.key:
+                raise UnitError(self.source, e.line,
+                                f"unknown option {e.key}= in [{section}]; did you mean "
+                                f"{meant}=? (option names are case-sensitive)")
         for e in self.file.section(section):
             if e.key in accepted:
                 continue
@@ -164,3 +175,4 @@ class UnitContext:
             hint = f"; did you mean {close[0]}=?" if close else \
                 f" (known: {', '.join(sorted(known))})"
             raise UnitError(self.source, e.line, f"unknown option {e.key}= in [{section}]{hint}")
+

@@ -83,7 +83,6 @@ def config(ctx: UnitContext) -> Optional[Dict[str, Any]]:
     entries = list(ctx.file.section(X))
     if not entries:
         return None
-    _check_case(ctx, entries)
     ctx.check_known(X, KNOWN)
     if ctx.single("Service", "Type") == "oneshot":
         raise UnitError(ctx.source, entries[0].line,
@@ -110,18 +109,6 @@ def config(ctx: UnitContext) -> Optional[Dict[str, Any]]:
     out.update(_timing(ctx))
     out["on_failure"] = _on_failure(ctx)
     return out
-
-
-def _check_case(ctx: UnitContext, entries: List[Entry]) -> None:
-    """``Url=`` for ``URL=``: option names are case-sensitive (as in systemd), and
-    check_known's similarity test misses a difference of case alone."""
-    by_lower = {k.lower(): k for k in KNOWN}
-    for entry in entries:
-        known = by_lower.get(entry.key.lower())
-        if known is not None and known != entry.key:
-            raise UnitError(ctx.source, entry.line,
-                            f"unknown option {entry.key}= in [{X}]; did you mean {known}=? "
-                            "(option names are case-sensitive)")
 
 
 # --- http ----------------------------------------------------------------------------

@@ -523,6 +523,10 @@ def test_empty_assignment_resets_single_options_to_their_default() -> None:
      "unknown option MachineMetdata= in [X-Fleet]; did you mean MachineMetadata=?"),
     ("[Service]\nExecStart=/bin/a\n[X-Fleet]\nConflict=web*\n", 4,
      "did you mean Conflicts=?"),
+    # a difference of case alone, which the similarity test misses
+    ("[Service]\nExecStart=/bin/a\n[X-Fleet]\nGLOBAL=true\n", 4,
+     "unknown option GLOBAL= in [X-Fleet]; did you mean Global=? (option names are "
+     "case-sensitive)"),
     ("[Service]\nExecStart=/bin/a\n[X-Fleet]\nMachineMetadata=role=\n", 4,
      "role= has no value"),
     ("[Service]\nExecStart=/bin/a\n[X-Fleet]\nGlobal=true\nMachineID=abc\n", 5,

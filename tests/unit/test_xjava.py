@@ -117,6 +117,7 @@ def test_service_settings_still_apply() -> None:
         (HEAD + "Jar=/a.jar\nJarr=/b.jar\n", 5, ["unknown option Jarr= in [X-Java]",
                                                   "did you mean Jar=?"]),
         (HEAD + "Jar=/a.jar\nJvmOption=-Xss1m\n", 5, ["did you mean JvmOptions=?"]),
+        (HEAD + "JAR=/a.jar\n", 4, ["did you mean Jar=? (option names are case-sensitive)"]),
         (HEAD + "Jar=/a.jar\nHeap=1g\n", 5, ["unknown option Heap=", "known: Args, ClassPath"]),
         (HEAD + "Jar=app.jar\n", 4, ["Jar=:", "'app.jar' is not an absolute path"]),
         (HEAD + "Jar=/opt/%h.jar\n", 4, ["Jar=:", "specifier %h is not supported"]),
