@@ -176,3 +176,9 @@ class UnitContext:
                 f" (known: {', '.join(sorted(known))})"
             raise UnitError(self.source, e.line, f"unknown option {e.key}= in [{section}]{hint}")
 
+
+def later(a: Optional[Entry], b: Optional[Entry]) -> Optional[Entry]:
+    """The second of two conflicting assignments: the one the user added last."""
+    if a is None or b is None:
+        return a or b
+    return a if a.line > b.line else b

@@ -47,7 +47,7 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from fleetd.units import execline
-from fleetd.units.context import UnitContext
+from fleetd.units.context import UnitContext, later
 from fleetd.units.parser import Entry, UnitError
 
 X = "X-Check"
@@ -177,7 +177,7 @@ def _tcp(ctx: UnitContext, type_entry: Optional[Entry]) -> Dict[str, Any]:
         ctx.fail(entry, f"{address!r}: want HOST:PORT, not a URL")
     has_port = _has_port(address)
     if has_port and port_value is not None:
-        ctx.fail(_later(entry, port_entry), "the port is given twice: in Address= and Port=")
+        ctx.fail(later(entry, port_entry), "the port is given twice: in Address= and Port=")
     if not has_port and port_value is None:
         ctx.fail(entry, f"{address!r} has no port: write HOST:PORT or add Port=")
     host, address_port = _host_port(ctx, entry, address, default_port=None)
@@ -315,10 +315,3 @@ def _on_failure(ctx: UnitContext) -> str:
     if value not in ON_FAILURE:
         ctx.fail(ctx.entry(X, "OnFailure"), f"{value!r} is not one of {', '.join(ON_FAILURE)}")
     return value
-
-
-def _later(a: Optional[Entry], b: Optional[Entry]) -> Optional[Entry]:
-    """The second of two conflicting assignments: the one the user added last."""
-    if a is None or b is None:
-        return a or b
-    return a if a.line > b.line else b

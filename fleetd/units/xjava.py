@@ -42,8 +42,7 @@ import re
 import signal
 from typing import Any, Dict, List, Optional, Tuple
 
-from fleetd.units.context import UnitContext
-from fleetd.units.parser import Entry
+from fleetd.units.context import UnitContext, later
 
 X = "X-Java"
 KNOWN = ("Jar", "MainClass", "ClassPath", "JvmOptions", "Args", "JavaHome", "JavaVersion")
@@ -86,7 +85,7 @@ def config(ctx: UnitContext, service_config: Dict[str, Any]) -> Dict[str, Any]:
     main_class = _main_class(ctx)
     class_path = _class_path(ctx, service_config.get("working_directory"))
     if jar is not None and main_class is not None:
-        ctx.fail(_later(ctx.entry(X, "Jar"), ctx.entry(X, "MainClass")),
+        ctx.fail(later(ctx.entry(X, "Jar"), ctx.entry(X, "MainClass")),
                  "Jar= and MainClass= exclude each other: a runnable jar names its own "
                  "main class (use MainClass= + ClassPath= to pick another)")
     if jar is not None and class_path:
@@ -102,7 +101,7 @@ def config(ctx: UnitContext, service_config: Dict[str, Any]) -> Dict[str, Any]:
     java_home = _absolute(ctx, "JavaHome")
     min_version = _min_version(ctx)
     if java_home is not None and min_version is not None:
-        ctx.fail(_later(ctx.entry(X, "JavaHome"), ctx.entry(X, "JavaVersion")),
+        ctx.fail(later(ctx.entry(X, "JavaHome"), ctx.entry(X, "JavaVersion")),
                  "JavaHome= and JavaVersion= exclude each other: JavaHome= picks one "
                  "Java exactly, JavaVersion= lets the agent pick the newest that fits")
     _refuse_java_home_environment(ctx, service_config)
@@ -148,13 +147,6 @@ def check_unused(ctx: UnitContext, driver: str) -> None:
 
 
 # --- options -------------------------------------------------------------------------------
-def _later(a: Optional[Entry], b: Optional[Entry]) -> Optional[Entry]:
-    """The second of two conflicting assignments: the one the user added last."""
-    if a is None or b is None:
-        return a or b
-    return a if a.line > b.line else b
-
-
 def _absolute(ctx: UnitContext, key: str) -> Optional[str]:
     value = ctx.single(X, key)
     if value is not None and not value.startswith("/"):
