@@ -188,7 +188,7 @@ def last_lines(path: str, lines: int) -> List[str]:
     """The last ``lines`` complete lines of a unit's log, reaching into NAME.log.1 when
     the live file holds fewer (just after a rotation it is empty). A last line still
     without its newline is left out: ``follow`` shows it once it is complete."""
-    found, _, _ = _tail_of_path(path, lines, finished=False)
+    found = _tail_of_path(path, lines, finished=False)
     return [_text(b) for b in _with_older(path, found, lines)]
 
 
@@ -196,19 +196,18 @@ def _with_older(path: str, found: List[bytes], lines: int) -> List[bytes]:
     """``found`` (from the live file) preceded by NAME.log.1's last lines, up to ``lines``."""
     if len(found) >= lines or lines <= 0:
         return found[-lines:] if lines > 0 else []
-    older, _, _ = _tail_of_path(rotated_path(path, 1), lines - len(found), finished=True)
+    older = _tail_of_path(rotated_path(path, 1), lines - len(found), finished=True)
     return older + found
 
 
-def _tail_of_path(path: str, lines: int, finished: bool) -> Tuple[List[bytes], bytes, int]:
+def _tail_of_path(path: str, lines: int, finished: bool) -> List[bytes]:
+    """The last ``lines`` complete lines of ``path`` (none if it does not exist)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return [], b"", 0
+        return []
     try:
-        end = os.fstat(fd).st_size
-        found, rest = _tail_of(fd, end, lines, finished)
-        return found, rest, end
+        return _tail_of(fd, os.fstat(fd).st_size, lines, finished)[0]
     finally:
         os.close(fd)
 
