@@ -150,12 +150,6 @@ def oversized(directory: str, max_bytes: int) -> List[str]:
     return found
 
 
-def scan(directory: str, max_bytes: int = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP
-         ) -> List[str]:
-    """Rotate every unit log in ``directory`` that needs it; the paths rotated."""
-    return [p for p in oversized(directory, max_bytes) if rotate_if_needed(p, max_bytes, keep)]
-
-
 async def rotate_periodically(directory: str, max_bytes: int = DEFAULT_MAX_BYTES,
                               keep: int = DEFAULT_KEEP,
                               interval_s: float = SCAN_INTERVAL_S,

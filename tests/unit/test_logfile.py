@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import AsyncGenerator, Callable, List, Optional
+from typing import AsyncGenerator, Callable, List, Optional, Sequence
 
 import pytest
 
@@ -89,18 +89,40 @@ def test_copies_past_a_smaller_keep_are_removed(tmp_path: object) -> None:
     assert read(rotated_path(path, 2)) == "old 1\n"
 
 
+def _rotate_periodically_until(directory: str, max_bytes: int, keep: int,
+                               done: Callable[[], bool], also: Sequence[str] = ()) -> None:
+    """Run the agent's rotation loop (every 50 ms) until ``done()``, at most 2 s."""
+    async def main() -> None:
+        task = asyncio.ensure_future(logfile.rotate_periodically(
+            directory, max_bytes, keep, interval_s=0.05, also=also))
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if done():
+                break
+        task.cancel()
+
+    asyncio.run(main())
+
+
 def test_scan_rotates_only_big_unit_logs(tmp_path: object) -> None:
     d = str(tmp_path)
-    write(os.path.join(d, "big.service.log"), "b" * 500)
-    write(os.path.join(d, "small.service.log"), "s" * 10)
-    write(os.path.join(d, "big.service.log.1"), "r" * 500)  # a rotated copy: not a log
+    big, small = os.path.join(d, "big.service.log"), os.path.join(d, "small.service.log")
+    write(big, "b" * 500)
+    write(small, "s" * 10)
+    write(rotated_path(big, 1), "r" * 500)  # a rotated copy: not a log
     write(os.path.join(d, "notes.txt"), "n" * 500)
     os.mkdir(os.path.join(d, "dir.log"))
-    assert logfile.oversized(d, 100) == [os.path.join(d, "big.service.log")]
-    assert logfile.scan(d, 100, 2) == [os.path.join(d, "big.service.log")]
-    assert read(os.path.join(d, "big.service.log.1")) == "b" * 500
-    assert read(os.path.join(d, "big.service.log.2")) == "r" * 500
-    assert logfile.scan(os.path.join(d, "absent"), 100, 2) == []
+    assert logfile.oversized(d, 100) == [big]
+    assert logfile.oversized(os.path.join(d, "absent"), 100) == []
+    _rotate_periodically_until(d, 100, 2, lambda: os.path.exists(rotated_path(big, 2)))
+    assert read(rotated_path(big, 1)) == "b" * 500 and read(big) == ""
+    assert read(rotated_path(big, 2)) == "r" * 500
+    assert not os.path.exists(rotated_path(big, 3))  # rotated once: its copy is no log
+    assert read(small) == "s" * 10 and not os.path.exists(rotated_path(small, 1))
+    assert read(os.path.join(d, "notes.txt")) == "n" * 500
+    assert sorted(os.listdir(d)) == ["big.service.log", "big.service.log.1",
+                                     "big.service.log.2", "dir.log", "notes.txt",
+                                     "small.service.log"]
 
 
 def test_rotate_periodically_runs_the_scan(tmp_path: object) -> None:
@@ -109,17 +131,10 @@ def test_rotate_periodically_runs_the_scan(tmp_path: object) -> None:
     unit_log, agent_log = os.path.join(d, "logs", "u.log"), os.path.join(d, "agent.log")
     write(unit_log, "x" * 500)
     write(agent_log, "a" * 500)
-
-    async def main() -> None:
-        task = asyncio.ensure_future(logfile.rotate_periodically(
-            os.path.join(d, "logs"), 100, 1, interval_s=0.05, also=[agent_log]))
-        for _ in range(100):
-            await asyncio.sleep(0.02)
-            if os.path.exists(unit_log + ".1") and os.path.exists(agent_log + ".1"):
-                break
-        task.cancel()
-
-    asyncio.run(main())
+    _rotate_periodically_until(
+        os.path.join(d, "logs"), 100, 1,
+        lambda: os.path.exists(unit_log + ".1") and os.path.exists(agent_log + ".1"),
+        also=[agent_log])
     assert read(unit_log + ".1") == "x" * 500 and read(unit_log) == ""
     assert read(agent_log + ".1") == "a" * 500 and read(agent_log) == ""
 
