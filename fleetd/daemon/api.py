@@ -25,7 +25,6 @@ from typing import (
     Mapping,
     Optional,
     Sequence,
-    Set,
     Tuple,
 )
 
@@ -60,8 +59,6 @@ _MACHINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _META = re.compile(r"[A-Za-z0-9_.-]+")
 MAX_WAIT_S = 3600.0
 UPGRADE_RECONNECT_S = 20.0  # how long an upgrade waits for the session to reconnect
-# machine names and (address, port) whose agent is being installed: one install at a time
-_ADDING: Set[Any] = set()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -235,7 +232,7 @@ async def add_machine(request: web.Request) -> web.Response:
     )
     # Refused before anything touches the host: a name or address already taken, or
     # being added right now.
-    taken = d.registry.get_machine(name) is not None or name in _ADDING
+    taken = d.registry.get_machine(name) is not None or name in d.installing
     if taken:
         return _error(409, f"machine {name} already exists" + (
             " (fleetctl machine upgrade NAME updates the agent fleetd installed there)"
@@ -243,11 +240,11 @@ async def add_machine(request: web.Request) -> web.Response:
     for m in d.registry.list_machines():
         if (m.address, m.port) == (address, port):
             return _error(409, f"{address}:{port} is already machine {m.name}")
-    if (address, port) in _ADDING:
+    if (address, port) in d.installing:
         return _error(409, f"{address}:{port} is being added right now")
     installed: Optional[bootstrap.Installed] = None
     if not agent_command:  # fleetd installs the agent first, registers the machine after
-        _ADDING.update((name, (address, port)))
+        d.installing.update((name, (address, port)))
         try:
             installed = await bootstrap.install_on(record, target)
         except bootstrap.BootstrapError as exc:
@@ -256,7 +253,7 @@ async def add_machine(request: web.Request) -> web.Response:
         except TransportError as exc:
             return _error(422, str(exc), kind=exc.kind)
         finally:
-            _ADDING.difference_update((name, (address, port)))
+            d.installing.difference_update((name, (address, port)))
         record = dataclasses.replace(record, agent_command=installed.agent_command)
     d.add_machine(record)
     return web.json_response({"machine": _machine_row(record, 0, None),
@@ -298,10 +295,10 @@ async def upgrade_machine(request: web.Request) -> web.Response:
     if found is None:
         return _error(409, f"machine {name} was added with --agent-command: fleetd did not "
                            "install its agent and does not upgrade it")
-    if name in _ADDING:
+    if name in d.installing:
         return _error(409, f"machine {name} is being installed right now")
     body = await _body(request) if request.can_read_body else {}
-    _ADDING.add(name)
+    d.installing.add(name)
     try:
         installed = await bootstrap.install_on(machine, found[0], force=bool(body.get("force")),
                                                systemd=found[1])
@@ -310,7 +307,7 @@ async def upgrade_machine(request: web.Request) -> web.Response:
     except TransportError as exc:
         return _error(422, str(exc), kind=exc.kind)
     finally:
-        _ADDING.discard(name)
+        d.installing.discard(name)
     session = d.sessions.get(name)
     deadline = time.monotonic() + UPGRADE_RECONNECT_S
     while session is not None and not session.connected and time.monotonic() < deadline:
@@ -344,7 +341,7 @@ async def get_unit(request: web.Request) -> web.Response:
     if u is None:
         return _error(404, f"unit {name} does not exist")
     observed = {(o.unit, o.machine): o for o in d.registry.list_observed(name)}
-    return web.json_response({**_unit_file_row(d, u, observed, d.registry.list_failures()),
+    return web.json_response({**_unit_file_row(d, u, observed, d.registry.list_failures(name)),
                               "text": d.registry.unit_text(u.hash)})
 
 
@@ -449,7 +446,7 @@ async def unit_status(request: web.Request) -> web.Response:
                               "log": None, "handoff": u.handoff,
                               "reschedule": reschedule_info(
                                   u, d.engine.requirements_of(u),
-                                  d.registry.list_failures().get(name, ()), time.time())}
+                                  d.registry.list_failures(name).get(name, ()), time.time())}
     where = targets(d, u)  # a Global unit's log: from the first of its machines
     session = d.sessions.get(where[0]) if where else None
     if lines and session is not None:

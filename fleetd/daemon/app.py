@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from fleetd import protocol
 from fleetd.bootstrap import machines as bootstrap
@@ -56,6 +56,9 @@ class Daemon:
         self.transport_factory = transport_factory
         self.changes = Changes()
         self.sessions: Dict[str, MachineSession] = {}
+        # machine names and (address, port)s whose agent is being installed right now:
+        # one install at a time each, and none registered twice meanwhile
+        self.installing: Set[object] = set()
         self.engine = Engine(self.registry, self._push, lambda: self.changed(False),
                              heard=self._heard, skew_s=silence_window(config.heartbeat_s))
         self.started_at = time.time()

@@ -154,8 +154,9 @@ class Registry(Protocol):
 
     def record_failure(self, failure: FailureRecord) -> None: ...
 
-    def list_failures(self) -> Dict[str, List[FailureRecord]]:
-        """Each unit's recorded failures, oldest first (the newest hundred per unit)."""
+    def list_failures(self, unit: Optional[str] = None) -> Dict[str, List[FailureRecord]]:
+        """Each unit's recorded failures (or one unit's), oldest first (the newest
+        hundred per unit)."""
 
     # --- machines --------------------------------------------------------------
     def add_machine(self, machine: MachineRecord) -> None: ...

@@ -267,10 +267,11 @@ class SqliteRegistry:
                 " failures WHERE unit=? ORDER BY at DESC LIMIT ?)",
                 (f.unit, f.unit, FAILURES_KEPT))
 
-    def list_failures(self) -> Dict[str, List[FailureRecord]]:
+    def list_failures(self, unit: Optional[str] = None) -> Dict[str, List[FailureRecord]]:
         out: Dict[str, List[FailureRecord]] = {}
         for row in self._db.execute("SELECT unit, hash, machine, at, reason FROM failures"
-                                    " ORDER BY unit, at"):
+                                    " WHERE ? IS NULL OR unit=? ORDER BY unit, at",
+                                    (unit, unit)):
             out.setdefault(row[0], []).append(FailureRecord(*row))
         return out
 

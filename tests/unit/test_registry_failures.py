@@ -117,3 +117,11 @@ def test_a_version_2_registry_is_migrated_in_place(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     raw.close()
+
+
+def test_failures_of_one_unit(reg: SqliteRegistry) -> None:
+    reg.record_failure(FailureRecord("a.service", "h", "m1", 1.0, "boom"))
+    reg.record_failure(FailureRecord("b.service", "h", "m1", 2.0, "bang"))
+    assert list(reg.list_failures("b.service")) == ["b.service"]
+    assert reg.list_failures("c.service") == {}
+    assert set(reg.list_failures()) == {"a.service", "b.service"}
