@@ -16,7 +16,6 @@ once fleetd has stored the wish, ``--block-attempts N`` waits at most N seconds.
 from __future__ import annotations
 
 import fnmatch
-import math
 import os
 import re
 import time
@@ -29,7 +28,7 @@ from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.registry.base import LAUNCHED
 from fleetd.units.model import parse_name
 from fleetd.units.parser import UnitError
-from fleetd.units.timespan import TimespanError, parse_timespan
+from fleetd.units.timespan import TimespanError, format_timespan, parse_timespan
 
 
 def parse_vars(pairs: Tuple[str, ...], vars_file: Optional[str]) -> Optional[Dict[str, str]]:
@@ -326,7 +325,7 @@ def rolling_restart(c: Ctx, names: Sequence[str], timeout: float) -> None:
             click.echo(f"{name}: {res['why']} after {took:.1f}s")
             continue
         if res.get("timeout"):
-            failure = f"{name}: not healthy after {_span(timeout)}: {res['why']}"
+            failure = f"{name}: not healthy after {format_timespan(timeout)}: {res['why']}"
         else:
             failure = f"{name}: not healthy after {took:.1f}s: {res['why']}"
         rest = names[i + 1:]
@@ -341,14 +340,6 @@ def _wait_healthy(c: Ctx, name: str, deadline: float) -> Dict[str, Any]:
                      timeout=left + 10)
         if res["reached"] or not res.get("timeout") or time.monotonic() >= deadline:
             return res
-
-
-def _span(seconds: float) -> str:
-    if seconds == math.inf:
-        return "infinity"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g}min"
-    return f"{seconds:g}s"
 
 
 @click.command()

@@ -1,4 +1,4 @@
-"""systemd time spans: ``90``, ``5s``, ``1min 30s``, ``500ms``, ``infinity``."""
+"""systemd time spans: ``90``, ``5s``, ``1min 30s``, ``500ms``, ``infinity``, both ways."""
 
 from __future__ import annotations
 
@@ -41,3 +41,14 @@ def parse_timespan(text: str) -> float:
         while pos < len(value) and value[pos].isspace():
             pos += 1
     return total
+
+
+def format_timespan(seconds: float) -> str:
+    """``seconds`` as a person writes a span: ``1h``, ``10min``, ``90s``, ``infinity``
+    (parse_timespan reads it back)."""
+    if seconds == math.inf:
+        return "infinity"
+    for unit, size in (("h", 3600.0), ("min", 60.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"

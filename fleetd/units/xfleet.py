@@ -29,6 +29,7 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from fleetd.units.context import UnitContext
+from fleetd.units.timespan import format_timespan
 
 X = "X-Fleet"
 KNOWN = ("MachineID", "MachineOf", "MachineMetadata", "Conflicts", "Global", "Replaces",
@@ -59,16 +60,7 @@ class Reschedule:
 
     def interval(self) -> str:
         """RescheduleIntervalSec= as a person writes it: ``1h``, ``10min``, ``90s``."""
-        return _span(self.interval_s)
-
-
-def _span(seconds: float) -> str:
-    if seconds == math.inf:
-        return "infinity"
-    for unit, size in (("h", 3600.0), ("min", 60.0)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
+        return format_timespan(self.interval_s)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from fleetd.units.model import (
 )
 from fleetd.units.parser import UnitError
 from fleetd.units.service import DEFAULT_TIMEOUT_S as DEFAULT_TIMEOUT_STOP_S
-from fleetd.units.timespan import TimespanError, parse_timespan
+from fleetd.units.timespan import TimespanError, format_timespan, parse_timespan
 from fleetd.units.xfleet import Requirements
 
 WEB = """\
@@ -507,6 +507,16 @@ def test_parse_timespan_errors(text: str, fragment: str) -> None:
     with pytest.raises(TimespanError) as info:
         parse_timespan(text)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.2, "0.2s"), (90.0, "90s"), (60.0, "1min"), (600.0, "10min"), (3600.0, "1h"),
+     (5400.0, "90min"), (7200.0, "2h"), (math.inf, "infinity")],
+)
+def test_format_timespan_reads_back(seconds: float, text: str) -> None:
+    assert format_timespan(seconds) == text
+    assert parse_timespan(text) == seconds
 
 
 def test_empty_assignment_resets_single_options_to_their_default() -> None:
