@@ -35,7 +35,7 @@ share one wake-up, halving that cost, and no check runs more than 0.25 s late.
   passes, and the last line of its output explains a failure.
 
 The checker trusts its config: fleetd/units/xcheck.py validated it at submit time.
-Standard library only; Python 3.9+ (agent side).
+Agent side: standard library and psutil only, Python 3.9+.
 """
 
 from __future__ import annotations
@@ -46,11 +46,12 @@ import logging
 import math
 import os
 import random
-import shutil
 import signal
 import subprocess
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+from fleetd.drivers.base import DriverError
+from fleetd.drivers.exec import resolve
 from fleetd.units import execline
 
 log = logging.getLogger("fleet-agent")
@@ -64,7 +65,6 @@ MAX_DRAIN = 64 * 1024  # body bytes an http check reads before hanging up anyway
 KILL_WAIT_S = 2.0  # after SIGKILL, how long to wait for a check command to be reaped
 COALESCE_S = 0.25  # the wake-up grid that checks due close together share
 OUTPUT_WAIT_S = 0.1  # after the command exits, how long its output may still trickle in
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 Verdict = Callable[[str, str], None]
 
@@ -301,13 +301,11 @@ class HealthChecker:
         env = self.env if self.env is not None else dict(os.environ)
         try:
             path, argv = execline.argv(self.check["command"], env)
+            path = resolve(path, env)  # as the exec driver finds a unit's program
         except execline.CommandLineError as exc:
             return f"Command=: {exc}"
-        if "/" not in path:
-            found = shutil.which(path, path=env.get("PATH", DEFAULT_PATH))
-            if found is None:
-                return f"{path}: command not found in PATH={env.get('PATH', DEFAULT_PATH)}"
-            path = found
+        except DriverError as exc:
+            return str(exc)
         self._argv = (path, argv)
         return self._argv
 
