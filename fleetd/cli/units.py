@@ -89,12 +89,25 @@ def _read(path: str) -> str:
         raise click.ClickException(f"{path}: {exc}") from None
 
 
+_MAX_WAIT_S = 3600.0  # fleetd answers a wait after an hour at most: ask again
+
+
+def wait_for(c: Ctx, name: str, until: str, deadline: float) -> Dict[str, Any]:
+    """fleetd's verdict once ``name`` reaches ``until`` (or never will), or at
+    ``deadline`` (time.monotonic()); a wait longer than fleetd's longest is asked again."""
+    while True:
+        left = min(max(deadline - time.monotonic(), 0.0), _MAX_WAIT_S)
+        res = c.call("GET", f"/v1/units/{name}/wait?until={until}&timeout={left:.3f}",
+                     timeout=left + 10)
+        if res["reached"] or not res.get("timeout") or time.monotonic() >= deadline:
+            return res
+
+
 def wait_all(c: Ctx, names: List[str], until: str, timeout: float,
              say: Callable[[str, str], str]) -> None:
     failed = []
     for name in names:
-        res = c.call("GET", f"/v1/units/{name}/wait?until={until}&timeout={timeout}",
-                     timeout=timeout + 10)
+        res = wait_for(c, name, until, time.monotonic() + timeout)
         if res["reached"]:
             click.echo(say(name, res["why"]))
         else:
@@ -254,9 +267,6 @@ class Timespan(click.ParamType[float, Any]):
         return seconds
 
 
-_MAX_WAIT_S = 3600.0  # fleetd answers a wait after an hour at most: ask again
-
-
 def _explicit(ctx: click.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     return source is not None and source != click.core.ParameterSource.DEFAULT
@@ -319,7 +329,7 @@ def rolling_restart(c: Ctx, names: Sequence[str], timeout: float) -> None:
     for i, name in enumerate(names):
         t0 = time.monotonic()
         c.call("POST", "/v1/units/restart", {"names": [name]})
-        res = _wait_healthy(c, name, t0 + timeout)
+        res = wait_for(c, name, "healthy", t0 + timeout)
         took = time.monotonic() - t0
         if res["reached"]:
             click.echo(f"{name}: {res['why']} after {took:.1f}s")
@@ -331,15 +341,6 @@ def rolling_restart(c: Ctx, names: Sequence[str], timeout: float) -> None:
         rest = names[i + 1:]
         raise click.ClickException(failure + "\nrolling restart stopped: " + (
             f"{', '.join(rest)} not restarted" if rest else f"{name} was the last unit"))
-
-
-def _wait_healthy(c: Ctx, name: str, deadline: float) -> Dict[str, Any]:
-    while True:
-        left = min(max(deadline - time.monotonic(), 0.0), _MAX_WAIT_S)
-        res = c.call("GET", f"/v1/units/{name}/wait?until=healthy&timeout={left:.3f}",
-                     timeout=left + 10)
-        if res["reached"] or not res.get("timeout") or time.monotonic() >= deadline:
-            return res
 
 
 @click.command()

@@ -78,7 +78,8 @@ class FakeApi:
     """fleetd as far as restart sees it: unit files, restarts, and scripted waits."""
 
     def __init__(self, unit_files: List[Dict[str, Any]],
-                 verdicts: Optional[Dict[str, Dict[str, Any]]] = None) -> None:
+                 verdicts: Optional[Dict[str, Any]] = None) -> None:
+        """``verdicts``: a unit's answer to every wait, or a list of its answers in turn."""
         self.unit_files = unit_files
         self.verdicts = verdicts or {}
         self.calls: List[Tuple[str, str, Optional[Dict[str, Any]]]] = []
@@ -97,7 +98,8 @@ class FakeApi:
         if "/wait?" in path:
             name = path.split("/")[3]
             default = {"reached": True, "why": "healthy on h1 (pid 7, health check passing)"}
-            return {"unit": name, **self.verdicts.get(name, default)}
+            verdict = self.verdicts.get(name, default)
+            return {"unit": name, **(verdict.pop(0) if isinstance(verdict, list) else verdict)}
         raise AssertionError(f"unexpected call {method} {path}")
 
     def restarts(self) -> List[List[str]]:
@@ -123,7 +125,10 @@ def test_rolling_goes_one_at_a_time_in_name_order(monkeypatch: pytest.MonkeyPatc
         "/v1/units/restart", "/v1/units/web@1.service/wait",
         "/v1/units/restart", "/v1/units/web@2.service/wait",
         "/v1/units/restart", "/v1/units/web@10.service/wait"]
-    assert all("until=healthy&timeout=1" in p for p in fake.waits())  # 119.99x s left
+    # each unit's wait asks for what is left of its 2 minutes
+    for path in fake.waits():
+        query = dict(kv.split("=") for kv in path.split("?")[1].split("&"))
+        assert query["until"] == "healthy" and 119 < float(query["timeout"]) <= 120
     lines = out.output.splitlines()
     assert len(lines) == 3 and lines[0].startswith(
         "web@1.service: healthy on h1 (pid 7, health check passing) after ")
@@ -194,6 +199,29 @@ def test_plain_restart_of_a_glob_restarts_all_at_once(monkeypatch: pytest.Monkey
     plain = FakeApi(FILES)
     assert fleetctl(monkeypatch, plain, "db.service", "--no-block").exit_code == 0
     assert plain.calls == [("POST", "/v1/units/restart", {"names": ["db.service"]})]
+
+
+def test_a_wait_longer_than_fleetds_longest_is_asked_again(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fleetd ends any wait after an hour with "timeout"; a longer --timeout asks again
+    assert cli_units._MAX_WAIT_S == api.MAX_WAIT_S
+    fake = FakeApi(FILES, {"db.service": [
+        {"reached": False, "timeout": True, "why": "starting on h1"},
+        {"reached": True, "why": "running on h1 (pid 7)"}]})
+    out = fleetctl(monkeypatch, fake, "db.service", "--timeout", "7200")
+    assert out.exit_code == 0, out.output
+    assert out.output == "Unit db.service restarted: running on h1 (pid 7)\n"
+    assert [p.split("?")[1] for p in fake.waits()] == [
+        "until=running&timeout=3600.000", "until=running&timeout=3600.000"]
+
+
+def test_a_wait_that_runs_out_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeApi(FILES, {"db.service": {"reached": False, "timeout": True,
+                                          "why": "starting on h1"}})
+    out = fleetctl(monkeypatch, fake, "db.service", "--timeout", "0.1")
+    assert out.exit_code == 1
+    assert "Error: db.service: timed out: starting on h1" in out.stderr
 
 
 # --- the API's healthy verdict ------------------------------------------------------------
