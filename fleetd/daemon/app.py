@@ -72,8 +72,16 @@ class Daemon:
             self.engine.wake()
 
     def _heard(self, machine: str) -> Optional[float]:
+        """When this fleetd last heard the machine's agent, as silence is counted: from
+        this fleetd's start at the earliest. The last_seen a restarted fleetd finds in
+        the registry is as old as the last connect of the one before it, and while no
+        fleetd ran, nobody was listening; liveness (a whole TTL before a machine's units
+        move) and fencing (the agent heard the old fleetd until it died) both need the
+        later of the two."""
         session = self.sessions.get(machine)
-        return session.last_seen if session is not None else None
+        if session is None or session.last_seen is None:
+            return None
+        return max(session.last_seen, self.started_at)
 
     def _report_matters(self, unit: str, state: str) -> bool:
         """Does an agent's report about ``unit`` bear on placement? A failure does (the
@@ -140,21 +148,15 @@ class Daemon:
 
     async def _liveness(self) -> None:
         """Judge every machine by how long its agent has been silent (engine/liveness);
-        a machine that becomes lost, or comes back, wakes the engine.
-
-        Silence counts from this fleetd's start at the earliest: the last_seen a
-        restarted fleetd finds in the registry is as old as the last connect of the one
-        before it, and while no fleetd ran, nobody was listening. Every machine gets
-        a whole TTL to be heard again before its units move."""
+        a machine that becomes lost, or comes back, wakes the engine. Silence counts as
+        ``_heard`` says."""
         tick = min(self.config.heartbeat_s, 0.5)
         while True:
             await asyncio.sleep(tick)
             now = time.time()
             for name, session in list(self.sessions.items()):
-                heard = session.last_seen
-                verdict = liveness.assess(
-                    session.connected, None if heard is None else max(heard, self.started_at),
-                    now, self.config.machine_ttl_s)
+                verdict = liveness.assess(session.connected, self._heard(name), now,
+                                          self.config.machine_ttl_s)
                 if verdict is None:
                     continue
                 state, why = verdict

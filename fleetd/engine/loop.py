@@ -125,7 +125,7 @@ class Engine:
 
     def machine_view(self, m: MachineRecord, now: float) -> MachineView:
         view = machine_view(m)
-        heard = self.heard(m.name) or m.last_seen
+        heard = self.heard(m.name)
         # surely silent this long, seen from the agent too
         silent = max(0.0, now - heard - self.skew_s) if heard is not None else 0.0
         overdue = m.drain_deadline is not None and now >= m.drain_deadline

@@ -1,0 +1,38 @@
+"""How long fleetd counts a machine as silent, for liveness and for fencing alike."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from fleetd.daemon.app import Daemon
+from fleetd.daemon.config import Config
+from fleetd.daemon.session import MachineSession
+from fleetd.registry.base import MachineRecord
+from fleetd.transport.base import Transport
+
+
+def test_a_restarted_fleetd_counts_silence_from_its_start_not_from_the_old_last_seen(
+        tmp_path: Path) -> None:
+    """The registry's last_seen is the previous fleetd's last connect, maybe an hour old;
+    the agent heard that fleetd until it died. Counting from last_seen would move a
+    fenced unit at once, while its agent may still run it."""
+    async def scenario() -> None:
+        d = Daemon(Config(state_dir=str(tmp_path / "state"), socket=str(tmp_path / "s")))
+        try:
+            hour_ago = time.time() - 3600
+            record = MachineRecord("h1", "10.0.0.1", 22, "root", None, None, "agent", {},
+                                   last_seen=hour_ago, state="unreachable")
+            d.registry.add_machine(record)
+
+            unused: Transport = object()  # type: ignore[assignment]  # never started
+            d.sessions["h1"] = MachineSession(record, d.registry, lambda m: unused, d.changed)
+            now = d.started_at + 2.0
+            view = d.engine.machine_view(record, now)
+            assert view.silent_s < 2.0  # not ~3600 s
+        finally:
+            d.registry.close()
+            d.lease.release()
+
+    asyncio.run(scenario())
