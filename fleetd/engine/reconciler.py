@@ -54,7 +54,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from fleetd.engine.scheduler import Cluster, Group, Host, metadata_text, relations
+from fleetd.engine.scheduler import (
+    Cluster,
+    Group,
+    Host,
+    metadata_matches,
+    metadata_text,
+    relations,
+)
 from fleetd.engine.views import MachineView, UnitView
 from fleetd.registry.base import INACTIVE, LAUNCHED
 from fleetd.units.xfleet import Reschedule
@@ -217,7 +224,7 @@ class _Pass:
         req = u.req
         if req.machine_id and not host.machine_id.startswith(req.machine_id):
             return f"{host.name} is not MachineID={req.machine_id}"
-        if any(host.metadata.get(k) not in values for k, values in req.metadata):
+        if not metadata_matches(host.metadata, req.metadata):
             return f"{host.name} no longer matches MachineMetadata={metadata_text(req.metadata)}"
         missing = [c for c in req.capabilities if c not in host.capabilities]
         if missing and host.up:  # a down machine's facts may be stale: leave it be
