@@ -20,7 +20,7 @@ import os
 from typing import Optional
 
 from fleetd.agent.restart import Exit
-from fleetd.drivers.base import start_ticks
+from fleetd.drivers.base import alive, start_ticks
 
 POLL_S = 0.05
 
@@ -39,17 +39,6 @@ def reap(pid: int, block: bool = True) -> Optional[Exit]:
     if os.WIFEXITED(status):
         return Exit(os.WEXITSTATUS(status))
     return Exit(-1)
-
-
-def alive(pid: int, ticks: int) -> bool:
-    """Does the process that started at ``ticks`` still run (zombies do not)?"""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    fields = data[data.rfind(b")") + 2:].split()
-    return fields[0] != b"Z" and (ticks < 0 or int(fields[19]) == ticks)
 
 
 def watch(pid: int, ticks: int) -> asyncio.Future[Exit]:

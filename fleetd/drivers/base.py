@@ -18,7 +18,7 @@ A driver whose host service manager supervises for it (systemd) says so with
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Protocol
+from typing import Any, Dict, List, Optional, Protocol
 
 
 class DriverError(Exception):
@@ -56,19 +56,31 @@ class Handle:
         return cls(**{k: v for k, v in record.items() if k in fields})
 
 
+def _stat(pid: int) -> Optional[List[bytes]]:
+    """/proc/PID/stat from field 3 (the state) on; None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+    return data[data.rfind(b")") + 2:].split()
+
+
 def start_ticks(pid: int) -> int:
     """Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
 
     Exact, unlike a float of seconds: two processes that share a pid and a start tick
     would need the pid to be freed and reused within one tick (10 ms). -1 if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return -1
-    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
-    fields = data[data.rfind(b")") + 2:].split()
-    return int(fields[19])
+    fields = _stat(pid)
+    return int(fields[19]) if fields else -1
+
+
+def alive(pid: int, ticks: int) -> bool:
+    """Does the process that started at ``ticks`` (-1: whichever has the pid) still run?
+    A zombie does not: it has ended, and only waits for its parent to reap it."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != b"Z" and (ticks < 0 or int(fields[19]) == ticks)
 
 
 class Driver(Protocol):

@@ -36,7 +36,7 @@ import psutil
 
 from fleetd.cgroups import Backend, CgroupError, Limits, LimitsUnsupported, UnitCgroup
 from fleetd.drivers import envfile, identity
-from fleetd.drivers.base import DriverError, Handle, StartContext, start_ticks
+from fleetd.drivers.base import DriverError, Handle, StartContext, alive, start_ticks
 from fleetd.units import execline
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -245,13 +245,10 @@ def same_process(handle: Handle) -> bool:
     """Is ``handle.pid`` still the program we started? The kernel's start tick must be
     exactly the recorded one (a reused pid fails it), and the invocation id in its
     environment must match where it is still there to read."""
-    if handle.start_ticks < 0 or start_ticks(handle.pid) != handle.start_ticks:
+    if handle.start_ticks < 0 or not alive(handle.pid, handle.start_ticks):
         return False
     try:
-        proc = psutil.Process(handle.pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        environ = proc.environ()
+        environ = psutil.Process(handle.pid).environ()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
     # A program may rewrite its environment (setproctitle does); the tick still vouches.
