@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import psutil
 
+from fleetd.cgroups.limits import format_size
 from fleetd.drivers.base import DriverError, Handle, StartContext
 
 UNIT_DIR = "/run/systemd/system"
@@ -417,11 +418,9 @@ def _describe(result: str, exit_status: Optional[int], memory_max: str) -> str:
 
 
 def _size(value: str) -> str:
+    """systemctl's MemoryMax= (bytes) as the unit file writes it: ``64M``."""
     number = _int(value)
-    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if number and number % size == 0:
-            return f"{number // size}{unit}"
-    return value
+    return format_size(number) if number > 0 else value
 
 
 def _load_error(value: str) -> str:
