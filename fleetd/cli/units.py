@@ -155,36 +155,37 @@ def submit(c: Ctx, units: Tuple[str, ...], replace: bool, var_pairs: Tuple[str, 
         click.echo(f"Unit {name} submitted")
 
 
-@click.command()
-@click.argument("units", nargs=-1, required=True)
-@submit_options
-@blocking
-@pass_ctx
-def load(c: Ctx, units: Tuple[str, ...], replace: bool, var_pairs: Tuple[str, ...],
-         vars_file: Optional[str], no_block: bool, block_attempts: int, timeout: float) -> None:
-    """Submit if needed and place units on machines, without starting them."""
-    names = _submit(c, units, "loaded", replace, var_pairs, vars_file)
+def _block(c: Ctx, names: List[str], verb: str, until: str, no_block: bool,
+           block_attempts: int, timeout: float, say: Callable[[str, str], str]) -> None:
+    """The end of a blocking verb: with --no-block say what was triggered, else wait
+    for each unit to reach ``until`` (``say`` words each success)."""
     if no_block:
-        click.echo("\n".join(f"Triggered unit {n} load" for n in names))
+        click.echo("\n".join(f"Triggered unit {n} {verb}" for n in names))
         return
-    wait_all(c, names, "stopped", _timeout(block_attempts, timeout),
-             lambda n, why: f"Unit {n} loaded: {why}")
+    wait_all(c, names, until, _timeout(block_attempts, timeout), say)
 
 
-@click.command()
-@click.argument("units", nargs=-1, required=True)
-@submit_options
-@blocking
-@pass_ctx
-def start(c: Ctx, units: Tuple[str, ...], replace: bool, var_pairs: Tuple[str, ...],
-          vars_file: Optional[str], no_block: bool, block_attempts: int, timeout: float) -> None:
-    """Submit if needed, place and run units."""
-    names = _submit(c, units, "launched", replace, var_pairs, vars_file)
-    if no_block:
-        click.echo("\n".join(f"Triggered unit {n} start" for n in names))
-        return
-    wait_all(c, names, "running", _timeout(block_attempts, timeout),
-             lambda n, why: f"Unit {n} {why}")
+def _placing_verb(verb: str, desired: str, until: str, say: Callable[[str, str], str],
+                  doc: str) -> click.Command:
+    """load and start: submit what is not submitted yet, then set the desired state."""
+    @click.command(verb, help=doc)
+    @click.argument("units", nargs=-1, required=True)
+    @submit_options
+    @blocking
+    @pass_ctx
+    def command(c: Ctx, units: Tuple[str, ...], replace: bool, var_pairs: Tuple[str, ...],
+                vars_file: Optional[str], no_block: bool, block_attempts: int,
+                timeout: float) -> None:
+        names = _submit(c, units, desired, replace, var_pairs, vars_file)
+        _block(c, names, verb, until, no_block, block_attempts, timeout, say)
+
+    return command
+
+
+load = _placing_verb("load", "loaded", "stopped", lambda n, why: f"Unit {n} loaded: {why}",
+                     "Submit if needed and place units on machines, without starting them.")
+start = _placing_verb("start", "launched", "running", lambda n, why: f"Unit {n} {why}",
+                      "Submit if needed, place and run units.")
 
 
 def _state_verb(verb: str, desired: str, until: str, doc: str) -> click.Command:
@@ -196,11 +197,8 @@ def _state_verb(verb: str, desired: str, until: str, doc: str) -> click.Command:
                 timeout: float) -> None:
         names = [os.path.basename(u) for u in units]
         c.call("POST", "/v1/units/state", {"names": names, "desired": desired})
-        if no_block:
-            click.echo("\n".join(f"Triggered unit {n} {verb}" for n in names))
-            return
-        wait_all(c, names, until, _timeout(block_attempts, timeout),
-                 lambda n, why: f"Unit {n} {why}")
+        _block(c, names, verb, until, no_block, block_attempts, timeout,
+               lambda n, why: f"Unit {n} {why}")
 
     return command
 
@@ -316,11 +314,8 @@ def restart(c: Ctx, units: Tuple[str, ...], rolling: bool, rolling_timeout: floa
         rolling_restart(c, names, rolling_timeout)
         return
     c.call("POST", "/v1/units/restart", {"names": names})
-    if no_block:
-        click.echo("\n".join(f"Triggered unit {n} restart" for n in names))
-        return
-    wait_all(c, names, "running", _timeout(block_attempts, timeout),
-             lambda n, why: f"Unit {n} restarted: {why}")
+    _block(c, names, "restart", "running", no_block, block_attempts, timeout,
+           lambda n, why: f"Unit {n} restarted: {why}")
 
 
 def rolling_restart(c: Ctx, names: Sequence[str], timeout: float) -> None:
