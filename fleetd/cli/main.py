@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import Any, Dict, Optional, Tuple
 
 import click
@@ -125,17 +124,7 @@ def machine_add(c: Ctx, address: Optional[str], name: Optional[str], metadata: O
     if not wait:
         click.echo(f"Machine {added['name']} added")
         return
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        m = next(x for x in c.call("GET", "/v1/machines")["machines"]
-                 if x["name"] == added["name"])
-        if m["state"] == "up":
-            click.echo(f"Machine {m['name']} up ({m['address']}, machine id {m['machine_id']})")
-            return
-        if m["state"] == "error":
-            raise click.ClickException(f"machine {m['name']}: {m['error']}")
-        time.sleep(0.05)
-    raise click.ClickException(f"machine {added['name']} not up after 30s: {m.get('error')}")
+    vagrant_cli.wait_up(c, [added["name"]])
 
 
 def describe_install(name: str, agent: Dict[str, Any]) -> str:
