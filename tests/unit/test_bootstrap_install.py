@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -23,7 +22,7 @@ from inproc_ssh import ssh_server
 
 from fleetd.bootstrap import bundle
 from fleetd.bootstrap.install import BootstrapError, Installed, Target, install, uninstall
-from fleetd.testing.waiting import alive
+from fleetd.testing.waiting import alive, until
 
 VENV_BIN = os.path.dirname(sys.executable)
 ENV = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin"}
@@ -69,7 +68,11 @@ def test_install_upgrade_and_purge(tmp_path: Path, where: Target) -> None:
     assert first.psutil.startswith("host ")
     assert first.agent_command == f"{prefix}/current/bin/fleet-agent attach --state-dir {state}"
     assert os.readlink(prefix / "current") == f"versions/{first.version}"
-    assert tree(prefix / "versions") and os.listdir(prefix / "versions") == [first.version]
+    assert os.listdir(prefix / "versions") == [first.version]
+    # the version directory holds the unpacked payload, not the uploaded zip
+    files = tree(prefix / "versions" / first.version)
+    assert {"VERSION", "bin/fleet-agent", "fleetd/agent/main.py"} <= set(files)
+    assert "agent.zip" not in files
     pid = agent_pid(state)
     assert alive(pid) and answers(state)
     with open(f"/proc/{pid}/cmdline", "rb") as f:  # the launcher of that very version
@@ -101,16 +104,14 @@ def test_install_upgrade_and_purge(tmp_path: Path, where: Target) -> None:
     third = run(tmp_path, where, suffix="d")  # keeps current and previous only
     assert sorted(os.listdir(prefix / "versions")) == sorted([second.version, third.version])
 
+    last = agent_pid(state)
+
     async def purge() -> None:
         async with ssh_server(str(tmp_path), env=ENV) as shell:
             removed = await uninstall(shell, "root@test", where, purge=True)
             assert removed.stopped and removed.purged and removed.left_running == []
-    last = agent_pid(state)
+        await until(lambda: not alive(last), timeout=5.0)
     asyncio.run(purge())
-    deadline = time.monotonic() + 5
-    while alive(last) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not alive(last)
     assert not prefix.exists() and not state.exists()
     assert os.listdir(tmp_path / "opt") == [] and os.listdir(tmp_path / "state") == []
 
@@ -137,3 +138,4 @@ def test_a_host_problem_is_refused_before_anything_is_written(tmp_path: Path,
     assert str(err.value).startswith("root@test: cannot write under ")
     assert err.value.problems and err.value.report is not None
     assert not (tmp_path / "state").exists()
+    assert os.listdir(tmp_path / "opt") == (["fleetd-agent"] if os.geteuid() == 0 else [])
