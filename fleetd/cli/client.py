@@ -65,17 +65,12 @@ class Client:
             resp = conn.getresponse()
             raw = resp.read()
         except (OSError, http.client.HTTPException) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise ApiError(0, f"cannot reach fleetd at {self.endpoint}: {reason} "
-                              "(is fleetd running? `fleetctl lab up` starts one)") from None
+            raise self._unreachable(exc) from None
         finally:
             conn.close()
-        try:
-            data = json.loads(raw) if raw else {}
-        except ValueError:
-            data = {"error": raw.decode(errors="replace")[:500]}
+        data = _decode(raw)
         if resp.status >= 400:
-            raise ApiError(resp.status, str(data.get("error") or resp.reason), data)
+            raise _refused(resp, data)
         return dict(data)
 
     def stream(self, path: str, timeout: Optional[float] = None) -> Iterator[bytes]:
@@ -88,24 +83,37 @@ class Client:
             conn.request("GET", path, headers=headers)
             resp = conn.getresponse()
             if resp.status >= 400:
-                raw = resp.read()
-                try:
-                    message = json.loads(raw).get("error") or resp.reason
-                except ValueError:
-                    message = raw.decode(errors="replace")[:500]
-                raise ApiError(resp.status, str(message))
+                raise _refused(resp, _decode(resp.read()))
             while True:
                 line = resp.readline()
                 if not line:
                     return
                 yield line
         except (OSError, http.client.HTTPException) as exc:
-            raise ApiError(0, f"cannot reach fleetd at {self.endpoint}: {exc}") from None
+            raise self._unreachable(exc) from None
         finally:
             conn.close()
+
+    def _unreachable(self, exc: Exception) -> ApiError:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return ApiError(0, f"cannot reach fleetd at {self.endpoint}: {reason} "
+                           "(is fleetd running? `fleetctl lab up` starts one)")
 
     def get(self, path: str, timeout: float = 60.0) -> Dict[str, Any]:
         return self.request("GET", path, timeout=timeout)
 
     def post(self, path: str, body: Dict[str, Any], timeout: float = 60.0) -> Dict[str, Any]:
         return self.request("POST", path, body, timeout=timeout)
+
+
+def _decode(raw: bytes) -> Dict[str, Any]:
+    """An answer's JSON body; a body that is not JSON becomes its ``error``."""
+    try:
+        data: Dict[str, Any] = json.loads(raw) if raw else {}
+    except ValueError:
+        data = {"error": raw.decode(errors="replace")[:500]}
+    return data
+
+
+def _refused(resp: http.client.HTTPResponse, data: Dict[str, Any]) -> ApiError:
+    return ApiError(resp.status, str(data.get("error") or resp.reason), data)
