@@ -291,11 +291,13 @@ class Supervisor:
         check = m.config.get("check")
         if not check:
             return
-        env, preexec = None, None
+        env: Optional[Dict[str, str]] = None
+        preexec: Optional[Callable[[], None]] = None
         if check.get("type") == "exec" and m.spec.get("driver") in ("exec", "java"):
+            # the run's own FLEET_INVOCATION_ID, as systemd gives a unit's every process
+            ctx = dataclasses.replace(self._context(m), invocation_id=handle.invocation_id)
             try:
-                preexec = self.exec_driver.preexec(m.config, m.name)
-                env = self.exec_driver.environment(m.config, self._context(m), None)
+                env, preexec = self.exec_driver.as_unit(m.config, ctx)
             except DriverError as exc:
                 log.warning("%s: exec check runs without the unit's settings: %s", m.name, exc)
         m.checker = HealthChecker(m.name, check,

@@ -30,7 +30,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import psutil
 
@@ -106,15 +106,15 @@ class ExecDriver:
         env.update(fleet_environment(ctx))
         return env
 
-    def preexec(self, config: Dict[str, Any], unit: str) -> Callable[[], None]:
-        """What a unit's program does between fork and exec (join the unit's existing
-        cgroup, LimitNOFILE=, User=/Group=), for other processes that must run as the
-        unit does - an exec health check. Raises DriverError (unknown user, ...)."""
+    def as_unit(self, config: Dict[str, Any], ctx: StartContext
+                ) -> Tuple[Dict[str, str], Callable[[], None]]:
+        """The environment of the unit's program and what it does between fork and
+        exec (join the unit's existing cgroup, LimitNOFILE=, User=/Group=), for other
+        processes that must run as the program does - an exec health check. Raises
+        DriverError (unknown user, ...)."""
         creds = identity.resolve(config.get("user"), config.get("group"))
-        cg = self.cgroup(unit)
-        steps = [cg.preexec()] if cg is not None else []
-        rlimit = identity.nofile((config.get("limits") or {}).get("nofile"))
-        return identity.preexec(steps, rlimit, creds)
+        return (self.environment(config, ctx, creds),
+                _preexec(config, self.cgroup(ctx.unit), creds))
 
     def _spawn(self, config: Dict[str, Any], ctx: StartContext, command: Dict[str, Any],
                extra_env: Optional[Dict[str, str]]) -> Handle:
@@ -126,15 +126,11 @@ class ExecDriver:
             raise DriverError(f"command line: {exc}") from None
         path = resolve(path, env)
         cwd = _working_directory(config.get("working_directory"), env)
-        limits = config.get("limits") or {}
-        rlimit = identity.nofile(limits.get("nofile"))
-        steps: List[Callable[[], None]] = []
         cg = self.cgroup(ctx.unit)
         if cg is not None:
-            _create(cg, limits)
-            steps.append(cg.preexec())
+            _create(cg, config.get("limits") or {})
         # "+" (privileged) commands keep the agent's credentials, as in systemd
-        run_as = None if command.get("privileged") else creds
+        preexec = _preexec(config, cg, None if command.get("privileged") else creds)
         why_r, why_w = os.pipe()  # close-on-exec: the child says here why preexec failed
         try:
             log_fd = os.open(ctx.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
@@ -148,7 +144,7 @@ class ExecDriver:
                 argv, executable=path, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                 stdout=log_fd, stderr=log_fd, start_new_session=True, close_fds=True,
                 restore_signals=True,
-                preexec_fn=_explained(identity.preexec(steps, rlimit, run_as), why_w, config),
+                preexec_fn=_explained(preexec, why_w, config),
             )
         except subprocess.SubprocessError:
             os.close(why_w)
@@ -207,6 +203,14 @@ class ExecDriver:
             return handle
         cg = self.cgroup(handle.unit, handle.pid)
         return handle if cg is not None and cg.contains(handle.pid) else None
+
+
+def _preexec(config: Dict[str, Any], cg: Optional[UnitCgroup],
+             creds: Optional[identity.Credentials]) -> Callable[[], None]:
+    """The preexec_fn: join ``cg`` (created already), LimitNOFILE=, switch to ``creds``."""
+    steps = [cg.preexec()] if cg is not None else []
+    return identity.preexec(steps, identity.nofile((config.get("limits") or {}).get("nofile")),
+                            creds)
 
 
 def _create(cg: UnitCgroup, limits: Dict[str, Any]) -> None:
