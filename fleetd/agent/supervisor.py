@@ -654,9 +654,7 @@ class Supervisor:
             if m is not None and not m.gone.is_set():
                 return  # adopted after all
             cg = self.backend.unit(name)
-            if cg.empty():
-                pass
-            else:
+            if not cg.empty():
                 log.warning("%s: killing processes no record explains: %s", name, cg.pids())
                 try:
                     cg.kill(signal.SIGKILL)
