@@ -241,9 +241,8 @@ class Supervisor:
         timeout = config.get("timeout_start_s")
         m.deadline = loop.time() + timeout if timeout is not None else None
         ctx = self._context(m)
-        if config.get("pre") and m.state != protocol.STARTING:
-            m.state = protocol.STARTING
-            self.report(m)
+        if config.get("pre"):
+            self._starting(m)
         for command in config.get("pre") or []:
             outcome, why = await self._control(m, proc, ctx, command, "ExecStartPre")
             if outcome != restart.SUCCESS:
@@ -258,19 +257,21 @@ class Supervisor:
         self._running(m, handle)
         if m.oneshot:
             self._arm_start_timeout(m, handle)
-            if m.state != protocol.STARTING:
-                m.state = protocol.STARTING
-                self.report(m)
+            self._starting(m)
             return
         if config.get("post"):
-            if m.state != protocol.STARTING:
-                m.state = protocol.STARTING
-                self.report(m)
+            self._starting(m)
             ok = await self._posts(m, proc, ctx, handle)
             if not ok or m.handle is not handle or m.gone.is_set():
                 return  # _life handles the end
         m.state = protocol.RUNNING
         self.report(m)
+
+    def _starting(self, m: Managed) -> None:
+        """Report ``starting`` while ExecStartPre=/Post= or a oneshot run (once)."""
+        if m.state != protocol.STARTING:
+            m.state = protocol.STARTING
+            self.report(m)
 
     def _running(self, m: Managed, handle: Handle) -> None:
         """The main process is up: remember it (on disk too) and watch it."""
