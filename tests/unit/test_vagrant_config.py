@@ -9,6 +9,7 @@ The ssh-config samples are Vagrant 2.3.4's own output: its template
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 from click.testing import CliRunner
@@ -18,6 +19,7 @@ from fleetd.cli.vagrant import (
     LOGIN_USER,
     SshHost,
     VagrantError,
+    add_machines,
     known_hosts_lines,
     parse_ssh_config,
     parse_status,
@@ -199,8 +201,49 @@ def test_known_hosts_lines_from_keyscan_and_from_a_pub_file() -> None:
         "10.0.0.5 ssh-rsa AAAAB3"]
 
 
-def test_fleetd_logs_in_as_root_to_push_the_agent() -> None:
-    assert LOGIN_USER == "root"  # the bootstrap installs the agent as root
+class RecordingApi:
+    """fleetd's API as ``add_machines`` calls it (Ctx.call): no machine registered yet;
+    each POST recorded."""
+
+    def __init__(self) -> None:
+        self.posts: List[Tuple[str, Dict[str, Any]]] = []
+
+    def call(self, method: str, path: str, body: Optional[Dict[str, Any]] = None,
+             timeout: float = 60.0) -> Dict[str, Any]:
+        if method == "GET" and path == "/v1/machines":
+            return {"machines": []}
+        assert method == "POST" and body is not None, (method, path)
+        self.posts.append((path, body))
+        return {}
+
+
+def test_fleetd_logs_in_as_root_to_push_the_agent(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """ssh-config says ``User vagrant``; the machine fleetd is given logs in as root (the
+    bootstrap installs the agent as root), with ssh-config's address, port and key."""
+    assert LOGIN_USER == "root"
+    key = tmp_path / "private_key"
+    key.write_text("k")
+    (tmp_path / ".keys").mkdir()
+    (tmp_path / ".keys" / "host_agent1_ed25519.pub").write_text(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPinned root@agent1\n")  # pinned: no keyscan
+    (tmp_path / "status.txt").write_text(STATUS)
+    (tmp_path / "ssh-config.txt").write_text(
+        VIRTUALBOX.split("\nHost agent2")[0].replace(
+            "/home/me/fleetd/vagrant/.vagrant/machines/agent1/virtualbox/private_key",
+            str(key)))
+    stub = tmp_path / "vagrant"
+    stub.write_text(f"#!/bin/sh\ncase \"$1\" in status) cat {tmp_path}/status.txt ;;\n"
+                    f"  ssh-config) cat {tmp_path}/ssh-config.txt ;;\n  *) exit 1 ;;\nesac\n")
+    stub.chmod(0o755)
+    monkeypatch.setenv("FLEETCTL_VAGRANT", str(stub))
+    api = RecordingApi()
+    add_machines(api, str(tmp_path), [], {"role": "web"}, None, wait=False)  # type: ignore[arg-type]
+    known = tmp_path / ".vagrant" / "fleetd" / "agent1.known_hosts"
+    assert api.posts == [("/v1/machines", {
+        "address": "127.0.0.1", "port": 2222, "user": "root", "name": "agent1",
+        "metadata": {"role": "web"}, "identity": str(key), "known_hosts": str(known),
+        "agent_command": None})]
 
 
 def test_a_pinned_host_key_is_used_as_is_no_keyscan(tmp_path: Path) -> None:
