@@ -146,7 +146,6 @@ def signal_number(value: str) -> Optional[int]:
     return int(sig) if sig is not None else None
 
 
-
 def _timeout(ctx: UnitContext, key: str) -> Optional[float]:
     """Seconds, or None for no timeout (systemd: both 0 and infinity mean none)."""
     seconds = ctx.timespan(S, key, DEFAULT_TIMEOUT_S)
@@ -163,8 +162,8 @@ def _choice(ctx: UnitContext, key: str, allowed: Tuple[str, ...], default: str) 
 def _restart_steps(ctx: UnitContext) -> int:
     """RestartSteps= (systemd 254): over how many restarts the delay grows from
     RestartSec= to RestartMaxDelaySec=; 0 (the default) means it does not grow."""
-    value = ctx.single(S, "RestartSteps")
-    if value is None or value == "":
+    value = ctx.single(S, "RestartSteps")  # None too for an empty (resetting) assignment
+    if value is None:
         return 0
     if not value.isdigit():
         ctx.fail(ctx.entry(S, "RestartSteps"), f"{value!r} is not a count (0 turns growth off)")

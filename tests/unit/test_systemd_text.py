@@ -130,7 +130,9 @@ def test_config_errors_name_file_line_and_option(text: str, message: str) -> Non
 
 
 def test_oneshot_may_go_without_exec_start() -> None:
-    assert systemd_text.config(ctx("[Service]\nType=oneshot\nExecStop=/bin/a\n"))
+    cfg = systemd_text.config(ctx("[Service]\nType=oneshot\nExecStop=/bin/a\n"))
+    assert (cfg["type"], cfg["timeout_start_s"]) == ("oneshot", None)
+    assert "ExecStart" not in cfg["unit_text"] and "ExecStop=/bin/a" in cfg["unit_text"]
 
 
 # --- the driver reading systemctl show ------------------------------------------------------
