@@ -47,10 +47,9 @@ class SystemdUnits:
 
     # --- start / stop / forget (under the unit's lock) -------------------------------------
     async def start(self, m: Managed, driver: Driver) -> None:
-        sd = driver
         ctx = self.sup._context(m)
         try:
-            handle = await self._call(sd.start, m.config, ctx, m.command_index)
+            handle = await self._call(driver.start, m.config, ctx, m.command_index)
             st = await self._call(self._status, m.name)
         except DriverError as exc:
             log.warning("%s: cannot start: %s", m.name, exc)
