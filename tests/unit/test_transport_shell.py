@@ -77,6 +77,10 @@ def test_put_without_an_sftp_subsystem_says_so(tmp_path: Path) -> None:
                 await t.put(str(tmp_path / "f"), b"x")
             assert err.value.kind == "sftp"
             assert "SFTP" in str(err.value)
+            # not a failed write: the subsystem is missing, and the message says what to fix
+            assert "the host's SFTP server did not start" in str(err.value)
+            assert "Subsystem sftp in sshd_config" in str(err.value)
+            assert (await t.run("true")).ok  # the connection survives
 
     asyncio.run(scenario())
 
