@@ -1,14 +1,19 @@
 """A fake systemd driver for unit tests of the supervisor's Driver=systemd wiring.
 
 It answers what the supervisor asks a systemd driver (start, statuses, stop, forget,
-installed, recover) from a dict, and records the calls. The real driver is tested
-against a real systemd host in tests/integration.
+installed, recover) from a dict, and records the calls. ``Supervised`` is a supervisor
+wired to one. The real driver is tested against a real systemd host in
+tests/integration.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, List, Optional, Sequence
 
+from fleetd.agent.state import AgentState
+from fleetd.agent.supervisor import Supervisor
+from fleetd.cgroups.none import NoneBackend
 from fleetd.drivers.base import Handle, StartContext
 from fleetd.drivers.systemd import SystemdDriver
 
@@ -57,3 +62,31 @@ class FakeSystemd(SystemdDriver):
     def recover(self, record: Dict[str, Any]) -> Optional[Handle]:
         handle = Handle.from_record(record)
         return handle if handle.unit in self.now else None
+
+
+class Supervised:
+    """A supervisor (machine m1, no cgroups) whose systemd driver is ``fake`` (a new
+    FakeSystemd by default; share one to play an agent restart), and the ``unit``
+    reports it emits, in order."""
+
+    def __init__(self, root: str, fake: Optional[FakeSystemd] = None) -> None:
+        self.fake = fake if fake is not None else FakeSystemd()
+        self.reports: List[Dict[str, Any]] = []
+        self.sup = Supervisor(AgentState(root), "m1", self._emit, backend=NoneBackend("test"))
+        self.sup.drivers["systemd"] = self.fake
+        self.sup.systemd.driver = self.fake
+
+    def _emit(self, data: bytes) -> None:
+        msg = json.loads(data)
+        if msg["type"] == "unit":
+            self.reports.append(msg["unit"])
+
+    def states(self) -> List[str]:
+        return [r["state"] for r in self.reports]
+
+    def last(self, name: str) -> Dict[str, Any]:
+        """The last report of unit ``name`` ({} before the first)."""
+        return ([r for r in self.reports if r["name"] == name] or [{}])[-1]
+
+    def starts(self, name: str) -> int:
+        return self.fake.calls.count(f"start {name}")

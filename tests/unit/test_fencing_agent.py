@@ -7,7 +7,6 @@ the session pinging while connected and answering a fenced report with its desir
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 from pathlib import Path
@@ -20,12 +19,11 @@ from fleetd.agent import daemon as agent_daemon
 from fleetd.agent import fencing, systemd_units
 from fleetd.agent import supervisor as agent_supervisor
 from fleetd.agent.state import AgentState
-from fleetd.agent.supervisor import Supervisor
 from fleetd.cgroups.none import NoneBackend
 from fleetd.daemon.session import MachineSession
 from fleetd.registry.base import MachineRecord
 from fleetd.registry.sqlite import SqliteRegistry
-from fleetd.testing.systemd import FakeSystemd
+from fleetd.testing.systemd import Supervised
 from fleetd.testing.waiting import until
 
 # --- the timer ----------------------------------------------------------------------
@@ -84,26 +82,7 @@ def unit(name: str, fence: Optional[float]) -> Dict[str, Any]:
 FENCED, FREE = unit("fenced.service", 0.3), unit("free.service", None)
 
 
-class Harness:
-    def __init__(self, root: Path) -> None:
-        self.fake = FakeSystemd()
-        self.reports: List[Dict[str, Any]] = []
-        self.sup = Supervisor(AgentState(str(root)), "m1", self._emit,
-                              backend=NoneBackend("test"))
-        self.sup.drivers["systemd"] = self.fake
-        self.sup.systemd.driver = self.fake
-
-    def _emit(self, data: bytes) -> None:
-        msg = json.loads(data)
-        if msg["type"] == "unit":
-            self.reports.append(msg["unit"])
-
-    def last(self, name: str) -> Dict[str, Any]:
-        return ([r for r in self.reports if r["name"] == name] or [{}])[-1]
-
-    def starts(self, name: str) -> int:
-        return self.fake.calls.count(f"start {name}")
-
+class Harness(Supervised):
     async def fleetd_talks(self) -> None:
         """fleetd's pings, as the agent daemon passes them on."""
         while True:
@@ -119,7 +98,7 @@ def fast(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_silence_fences_only_units_that_ask_and_they_stay_stopped(tmp_path: Path) -> None:
     async def scenario() -> None:
-        h = Harness(tmp_path)
+        h = Harness(str(tmp_path))
         talk = asyncio.ensure_future(h.fleetd_talks())
         h.sup.recover()
         h.sup.set_desired([FENCED, FREE])
@@ -154,7 +133,7 @@ def test_silence_fences_only_units_that_ask_and_they_stay_stopped(tmp_path: Path
 
 def test_a_desired_set_without_the_fenced_unit_forgets_it(tmp_path: Path) -> None:
     async def scenario() -> None:
-        h = Harness(tmp_path)
+        h = Harness(str(tmp_path))
         h.sup.recover()
         h.sup.set_desired([FENCED])
         await until(lambda: h.last("fenced.service").get("state") == "stopped")  # nobody talks
