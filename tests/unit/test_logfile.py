@@ -282,6 +282,11 @@ class Follow:
             assert time.monotonic() < deadline, f"timed out; got {self.batches!r}"
             await asyncio.sleep(0.01)
 
+    async def first(self) -> List[str]:
+        """The first batch: the last lines there were (always yielded, maybe empty)."""
+        await self.until(lambda: len(self.batches) >= 1)
+        return self.batches[0]
+
     async def stop(self) -> None:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -302,8 +307,7 @@ def test_follow_yields_the_last_lines_then_appended_ones(tmp_path: object) -> No
 
     async def main() -> None:
         f = Follow(path, 3)
-        await f.until(lambda: len(f.batches) >= 1)
-        assert f.batches[0] == ["old 7", "old 8", "old 9"]
+        assert await f.first() == ["old 7", "old 8", "old 9"]
         write(path, "new 1\nnew 2\n")
         await f.until(lambda: f.lines == ["new 1", "new 2"])
         write(path, "new 3\n")
@@ -319,8 +323,7 @@ def test_follow_holds_a_partial_line_until_its_newline(tmp_path: object) -> None
 
     async def main() -> None:
         f = Follow(path, 5, partial_flush_s=30)
-        await f.until(lambda: len(f.batches) >= 1)
-        assert f.batches[0] == ["done"]
+        assert await f.first() == ["done"]
         write(path, "tial")
         await asyncio.sleep(0.2)
         assert f.lines == []  # still no newline: held
@@ -337,7 +340,7 @@ def test_follow_flushes_a_partial_line_after_a_while(tmp_path: object) -> None:
 
     async def main() -> None:
         f = Follow(path, 5, partial_flush_s=0.3)
-        await f.until(lambda: len(f.batches) >= 1)
+        await f.first()
         write(path, "Password: ")  # a prompt that never gets its newline
         t0 = time.monotonic()
         await f.until(lambda: f.lines == ["Password: "])
@@ -352,8 +355,7 @@ def test_follow_waits_for_a_log_that_does_not_exist_yet(tmp_path: object) -> Non
 
     async def main() -> None:
         f = Follow(path, 5)
-        await f.until(lambda: len(f.batches) >= 1)
-        assert f.batches[0] == []  # always a first batch, so the caller can answer
+        assert await f.first() == []  # always a first batch, so the caller can answer
         write(path, "first\n")
         await f.until(lambda: f.lines == ["first"])
         await f.stop()
@@ -369,7 +371,7 @@ def test_follow_across_rotations_misses_nothing(tmp_path: object) -> None:
 
     async def main() -> None:
         f = Follow(path, 1)
-        await f.until(lambda: len(f.batches) >= 1)
+        await f.first()
         expected: List[str] = []
         for r in range(3):
             batch = [f"r{r} line {i}" for i in range(50)]
@@ -409,7 +411,7 @@ def test_follow_moves_to_a_replaced_file(tmp_path: object) -> None:
 
     async def main() -> None:
         f = Follow(path, 5)
-        await f.until(lambda: len(f.batches) >= 1)
+        await f.first()
         write(path, "last words")  # no newline: the old file ends with it
         other = os.path.join(str(tmp_path), "new.log")
         write(other, "fresh\n")
@@ -448,7 +450,7 @@ def test_follow_cuts_an_endless_line(tmp_path: object, size: int) -> None:
 
     async def main() -> None:
         f = Follow(path, 0, partial_flush_s=30)
-        await f.until(lambda: len(f.batches) >= 1)
+        await f.first()
         write(path, "y" * size)
         await f.until(lambda: len(f.lines) == 2)
         assert [len(line) for line in f.lines] == [logfile.MAX_LINE_BYTES] * 2
