@@ -55,6 +55,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from fleetd.drivers.base import alive
 from fleetd.lab import systemd_host
 
 SSHD = "/usr/sbin/sshd"
@@ -361,7 +362,7 @@ class Lab:
         if not guest:
             return None
         pid: int = guest["pid1"]
-        return pid if systemd_host.start_time(pid) == guest["pid1_start"] else None
+        return pid if alive(pid, guest["pid1_start"]) else None
 
     def sshd_pid(self, h: Host) -> Optional[int]:
         if h.systemd:  # the guest's sshd is a child of its PID 1

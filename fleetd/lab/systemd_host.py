@@ -59,6 +59,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Uni
 
 from fleetd.cgroups import fs
 from fleetd.cgroups.base import CgroupError
+from fleetd.drivers.base import alive, start_ticks
 
 SUITE = "bookworm"
 VARIANT = "minbase"
@@ -358,21 +359,10 @@ class SystemdHost:
         return time.monotonic() - began
 
 
-def start_time(pid: int) -> Optional[int]:
-    """A process's start time in clock ticks since the machine booted (None: gone or a
-    zombie). With the pid it names one process for good: pids are reused, this is not."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] == "Z" else int(fields[19])
-
-
 def request_poweroff(pid1: int, pid1_start: int) -> bool:
     """Ask the host whose PID 1 is (``pid1``, ``pid1_start``) to power off; False if that
     process is gone already (a different process with a reused pid is left alone)."""
-    if start_time(pid1) != pid1_start:
+    if not alive(pid1, pid1_start):
         return False
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid1, signal.SIGRTMIN + 4)
@@ -389,12 +379,12 @@ def poweroff_pid(pid1: int, pid1_start: int, cgroups: Sequence[str],
     began = time.monotonic()
     if request_poweroff(pid1, pid1_start):
         deadline = began + timeout
-        while start_time(pid1) == pid1_start and time.monotonic() < deadline:
+        while alive(pid1, pid1_start) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if start_time(pid1) == pid1_start:
+        if alive(pid1, pid1_start):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid1, signal.SIGKILL)  # the whole PID namespace dies with it
-            while start_time(pid1) == pid1_start and time.monotonic() < deadline + 10:
+            while alive(pid1, pid1_start) and time.monotonic() < deadline + 10:
                 time.sleep(0.02)
     for path in cgroups:
         _remove_tree(path)
@@ -449,7 +439,7 @@ def boot(netns: str, name: str, *, root: Optional[str] = None,
         pid1 = _wait_pid1(launcher, workdir)
         host = SystemdHost(name=name, netns=netns, pid1=pid1, dir=workdir, cgroups=cgroups,
                            launcher=launcher, source=bool(source),
-                           pid1_start=start_time(pid1) or 0)
+                           pid1_start=start_ticks(pid1))
         host.state = _wait_running(host, began + timeout)
         host.boot_seconds = time.monotonic() - began
         return host
@@ -492,19 +482,12 @@ def sweep(name: str) -> int:
     """Kill what a crashed run left of the host ``name`` (its guest's processes, found
     through the host's own cgroup subtree, never by name) and remove the subtree.
     Returns how many processes were killed. For test set-up, like Lab.down before up."""
-    killed = 0
-    for path in _subtrees(name):
-        for dirpath, _dirs, _files in os.walk(path):
-            try:
-                with open(os.path.join(dirpath, "cgroup.procs")) as f:
-                    pids = [int(p) for p in f.read().split()]
-            except OSError:
-                continue
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                    killed += 1
-    for path in _subtrees(name):
+    subtrees = _subtrees(name)
+    try:
+        killed = sum(fs.signal_all(fs.procs(path), signal.SIGKILL) for path in subtrees)
+    except CgroupError as exc:
+        raise SystemdHostError(str(exc)) from None
+    for path in subtrees:
         _remove_tree(path)
     # its overlay layers (the mounts went with the guest's mount namespace); mkdtemp adds
     # exactly 8 characters, so a host "a" never sweeps the layers of a host "a-b"
