@@ -415,12 +415,22 @@ def test_v1_oom_kills_and_stats(pure_v1: FakeKernel) -> None:
 
 
 # --- hybrid: limits on v1, membership on v2 ----------------------------------------------
+def tree(root: str) -> Dict[str, Optional[str]]:
+    """Every directory (None) and file (its text) below ``root``."""
+    out: Dict[str, Optional[str]] = {}
+    for here, dirs, files in os.walk(root):
+        out.update({os.path.join(here, d): None for d in dirs})
+        out.update({os.path.join(here, f): read(os.path.join(here, f)) for f in files})
+    return out
+
+
 def test_hybrid_limits_go_to_v1_and_v2_enables_nothing(hybrid: FakeKernel) -> None:
+    devices = tree(f"{hybrid.root}/devices")
     hybrid.backend().unit(UNIT).create(Limits(memory_max=64 << 20, tasks_max=10))
     assert read(f"{hybrid.unit_dir('memory')}/memory.limit_in_bytes") == str(64 << 20)
     assert read(f"{hybrid.unit_dir('pids')}/pids.max") == "10"
     assert read(f"{hybrid.v2_path}/cgroup.subtree_control") == ""
-    assert not os.path.exists(f"{hybrid.root}/devices/{PARENT}/{UNIT}/x")
+    assert tree(f"{hybrid.root}/devices") == devices  # a hierarchy fleetd does not use
 
 
 def test_preexec_joins_every_hierarchy_with_its_own_pid(hybrid: FakeKernel) -> None:
