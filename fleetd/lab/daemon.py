@@ -17,7 +17,7 @@ import time
 import urllib.parse
 from typing import Dict, List, Optional
 
-import fleetd
+from fleetd.bootstrap.bundle import source_root
 from fleetd.cli.client import ApiError, Client
 from fleetd.lab.netns import Host, Lab, LabError
 
@@ -27,8 +27,8 @@ START_TIMEOUT_S = 15.0
 def agent_command(state_dir: Optional[str] = None) -> str:
     """How a lab host runs the agent: this very Python and this very fleetd source, which
     the host shares (named explicitly: an SSH session inherits no PYTHONPATH)."""
-    source = os.path.dirname(os.path.dirname(os.path.abspath(fleetd.__file__)))
-    cmd = f"env PYTHONPATH={shlex.quote(source)} {sys.executable} -m fleetd.agent attach"
+    source = shlex.quote(source_root())
+    cmd = f"env PYTHONPATH={source} {sys.executable} -m fleetd.agent attach"
     return cmd + (f" --state-dir {state_dir}" if state_dir else "")
 
 

@@ -57,6 +57,7 @@ import time
 import uuid
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+from fleetd.bootstrap.bundle import source_root
 from fleetd.cgroups import fs
 from fleetd.cgroups.base import CgroupError
 from fleetd.drivers.base import alive, start_ticks
@@ -79,7 +80,7 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 GUEST_SOURCE = "/opt/fleetd"
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _TEMP_PREFIX = "fleetd-sdhost-"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = source_root()  # the fleetd source tree a driver test mounts at GUEST_SOURCE
 
 
 class SystemdHostError(Exception):
