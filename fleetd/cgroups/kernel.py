@@ -136,12 +136,12 @@ class KernelUnit:
                 f"{self.name}: {limits.describe(missing)} cannot be enforced on this host: "
                 f"its cgroups ({self._layout.version}) have no "
                 f"{' or '.join(controllers)} controller")
-        if self._v2 is not None and self._layout.v2 is not None:
+        if self._layout.v2 is not None:
             v2.enable(self._layout.v2.path, self._parent, self._v2_controllers)
-            fs.make(self._v2)
-            v2.apply(self._v2, limits, self._v2_controllers)
         for d in self.directories():
             fs.make(d)
+        if self._v2 is not None:
+            v2.apply(self._v2, limits, self._v2_controllers)
         v1.apply({c: d for c, d in self._v1.items() if c in ("memory", "cpu", "pids")}, limits)
 
     def preexec(self) -> Callable[[], None]:
