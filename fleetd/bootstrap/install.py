@@ -24,9 +24,9 @@ So a host that cannot take the agent keeps nothing, and a failed upgrade leaves 
 version running. The error names the host and the step and quotes what the host said.
 
 ``uninstall`` stops the agent (``systemctl disable --now``, or SIGTERM to the pid in
-its state directory) and, with ``purge``, removes what ``install`` put there: the
-version directories and link, the service file, the state directory, and the agent's
-now-empty cgroups.
+its state directory, SIGKILL past STOP_TIMEOUT_S, as ``install`` stops a detached one)
+and, with ``purge``, removes what ``install`` put there: the version directories and
+link, the service file, the state directory, and the agent's now-empty cgroups.
 """
 
 from __future__ import annotations
@@ -219,18 +219,23 @@ alive() {
 }
 """
 
-# stop the agent named by the pid file, if it is one (not a reused pid): SIGTERM, wait
-_STOP_DETACHED = r"""
-state=$1; wait_s=$2
-pid=$(cat "$state/agent.pid" 2>/dev/null) || exit 0
-[ -r "/proc/$pid/cmdline" ] || exit 0
-tr '\000' ' ' < "/proc/$pid/cmdline" | grep -q fleet || exit 0
-kill -TERM "$pid" 2>/dev/null || exit 0
-echo "stopped=$pid"
-""" + _ALIVE + r"""
-i=0
-while alive "$pid" && [ $i -lt $((wait_s * 20)) ]; do sleep 0.05; i=$((i + 1)); done
-if alive "$pid"; then kill -KILL "$pid" 2>/dev/null; echo "killed=$pid"; fi
+# stop_detached STATE WAIT_S: stop the agent named by the pid file, if it is one (not a
+# reused pid): SIGTERM, wait, SIGKILL past WAIT_S (its programs are not signalled)
+_STOP_DETACHED_FN = _ALIVE + r"""
+stop_detached() {
+  pid=$(cat "$1/agent.pid" 2>/dev/null) || return 0
+  [ -r "/proc/$pid/cmdline" ] || return 0
+  tr '\000' ' ' < "/proc/$pid/cmdline" | grep -q fleet || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  echo "stopped=$pid"
+  i=0
+  while alive "$pid" && [ $i -lt $(($2 * 20)) ]; do sleep 0.05; i=$((i + 1)); done
+  if alive "$pid"; then kill -KILL "$pid" 2>/dev/null; echo "killed=$pid"; fi
+}
+"""
+
+_STOP_DETACHED = _STOP_DETACHED_FN + r"""
+stop_detached "$1" "$2"
 """
 
 # wait for the agent's socket; a systemd service whose agent exits (systemd restarts it,
@@ -284,18 +289,13 @@ _UNDO_DIRS = r"""
 for d in "$@"; do rmdir "$d" 2>/dev/null || true; done
 """
 
-_UNINSTALL = r"""
-prefix=$1; state=$2; service=$3; purge=$4
+_UNINSTALL = _STOP_DETACHED_FN + r"""
+prefix=$1; state=$2; service=$3; purge=$4; wait_s=$5
 if [ -f "/etc/systemd/system/$service" ] && command -v systemctl >/dev/null 2>&1; then
   if [ "$(systemctl is-active "$service" 2>/dev/null)" = active ]; then echo "stopped=1"; fi
   systemctl disable --now --quiet "$service" 2>&1 || true
 fi
-pid=$(cat "$state/agent.pid" 2>/dev/null) && [ -r "/proc/$pid/cmdline" ] \
-  && tr '\000' ' ' < "/proc/$pid/cmdline" | grep -q fleet && kill -TERM "$pid" 2>/dev/null \
-  && echo "stopped=1"
-""" + _ALIVE + r"""
-i=0
-while [ -n "$pid" ] && alive "$pid" && [ $i -lt 300 ]; do sleep 0.05; i=$((i + 1)); done
+stop_detached "$state" "$wait_s"
 [ "$purge" = 1 ] || exit 0
 for r in "$state"/units/*.json; do [ -e "$r" ] && basename "$r" .json | sed 's/^/left=/'; done
 mid=$(cat "$state/machine-id" 2>/dev/null)
@@ -597,7 +597,7 @@ async def uninstall(shell: Shell, where: str, target: Target, purge: bool) -> Re
     host = _Host(shell, where)
     out = await host.sh("uninstall", "removing the agent" if purge else "stopping the agent",
                         _UNINSTALL, target.prefix, target.state_dir, target.service,
-                        "1" if purge else "0", timeout=60.0)
+                        "1" if purge else "0", str(int(STOP_TIMEOUT_S)), timeout=60.0)
     facts = _facts(out.stdout)
     if facts.get("remains"):
         raise BootstrapError(f"{where}: could not remove " + ", ".join(facts["remains"]))

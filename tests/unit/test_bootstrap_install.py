@@ -13,7 +13,9 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -21,7 +23,14 @@ import pytest
 from inproc_ssh import ssh_server
 
 from fleetd.bootstrap import bundle
-from fleetd.bootstrap.install import BootstrapError, Installed, Target, install, uninstall
+from fleetd.bootstrap.install import (
+    STOP_TIMEOUT_S,
+    BootstrapError,
+    Installed,
+    Target,
+    install,
+    uninstall,
+)
 from fleetd.testing.waiting import alive, until
 
 VENV_BIN = os.path.dirname(sys.executable)
@@ -139,3 +148,27 @@ def test_a_host_problem_is_refused_before_anything_is_written(tmp_path: Path,
     assert err.value.problems and err.value.report is not None
     assert not (tmp_path / "state").exists()
     assert os.listdir(tmp_path / "opt") == (["fleetd-agent"] if os.geteuid() == 0 else [])
+
+
+def test_uninstall_leaves_a_process_that_reused_the_agents_pid_alone(
+        tmp_path: Path, where: Target) -> None:
+    """The pid file names a live process that is not an agent (the agent died, its pid was
+    reused): nothing is signalled, and nothing waits for that process to end."""
+    state = Path(where.state_dir)
+    state.mkdir(parents=True)
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        (state / "agent.pid").write_text(f"{stranger.pid}\n")
+
+        async def stop() -> None:
+            async with ssh_server(str(tmp_path), env=ENV) as shell:
+                removed = await uninstall(shell, "root@test", where, purge=False)
+                assert not removed.stopped and not removed.purged
+        began = time.monotonic()
+        asyncio.run(stop())
+        assert time.monotonic() - began < STOP_TIMEOUT_S  # it did not wait on the stranger
+        assert stranger.poll() is None
+    finally:
+        (state / "agent.pid").unlink()  # the fixture's teardown kills what it names
+        stranger.kill()
+        stranger.wait()
