@@ -325,6 +325,17 @@ echo "purged=1"
 """
 
 
+def _sh(*args: str) -> str:
+    """Run the script on stdin with ``args`` (``sh -s -- ARGS``): the script is then free
+    of the command line's quoting, which the user's login shell does."""
+    return shlex.join(["sh", "-s", "--", *args])
+
+
+def _py(python: str, *args: str) -> str:
+    """Run the Python script on stdin, isolated (``-I``, as the agent runs), with ``args``."""
+    return shlex.join([python, "-I", "-", *args])
+
+
 def _facts(out: str) -> Dict[str, List[str]]:
     found: Dict[str, List[str]] = {}
     for line in out.splitlines():
@@ -359,14 +370,12 @@ class _Host:
 
     async def sh(self, step: str, what: str, script: str, *args: str,
                  timeout: float = 60.0, check: bool = True) -> CommandResult:
-        command = "sh -s -- " + " ".join(shlex.quote(a) for a in args)
-        return await self.run(step, what, command, input=script, timeout=timeout,
+        return await self.run(step, what, _sh(*args), input=script, timeout=timeout,
                               check=check)
 
     async def py(self, step: str, what: str, python: str, script: str, *args: str,
                  timeout: float = 60.0) -> CommandResult:
-        command = " ".join(shlex.quote(a) for a in (python, "-I", "-", *args))
-        return await self.run(step, what, command, input=script, timeout=timeout)
+        return await self.run(step, what, _py(python, *args), input=script, timeout=timeout)
 
 
 async def probe(shell: Shell, where: str, target: Target = Target()) -> HostReport:
@@ -556,12 +565,11 @@ class _Undo:
         if self.restarted:  # the new agent may run: stop it before the files go
             if r.systemd:
                 await step("stopping the service", f"systemctl stop {t.service}")
-            await step("stopping the agent", "sh -s -- " + shlex.join(
-                [t.state_dir, str(int(STOP_TIMEOUT_S))]), _STOP_DETACHED)
+            await step("stopping the agent", _sh(t.state_dir, str(int(STOP_TIMEOUT_S))),
+                       _STOP_DETACHED)
         if self.switched:
             if r.installed:
-                await step("pointing current back",
-                           shlex.join([self.python, "-I", "-", t.prefix, r.installed]),
+                await step("pointing current back", _py(self.python, t.prefix, r.installed),
                            _ACTIVATE)
             else:
                 await step("removing current", f"rm -f {t.prefix}/current")
@@ -585,8 +593,8 @@ class _Undo:
             # the state directory did not exist before: the failed agent made it
             await step("removing the state directory", f"rm -rf {t.state_dir}")
         if self.created:
-            await step("removing created directories",
-                       "sh -s -- " + shlex.join(list(reversed(self.created))), _UNDO_DIRS)
+            await step("removing created directories", _sh(*reversed(self.created)),
+                       _UNDO_DIRS)
         if failed and isinstance(cause, BootstrapError):
             cause.args = (f"{cause.args[0]}; undoing it failed too: " + "; ".join(failed),)
 
