@@ -142,7 +142,6 @@ WantedBy=multi-user.target
 
 @dataclasses.dataclass
 class Installed:
-    where: str
     version: str
     previous: Optional[str]
     changed: bool  # False: that version already ran there
@@ -164,7 +163,6 @@ class Installed:
 
 @dataclasses.dataclass
 class Removed:
-    where: str
     stopped: bool  # an agent was running and was stopped
     purged: bool
     left_running: List[str]  # units whose records were still there (purge only)
@@ -431,7 +429,7 @@ async def _install(host: _Host, target: Target, suffix: Optional[str],
             f"ran {'detached' if systemd else 'as a systemd service'}: remove the machine "
             "and add it again", report=report)
     psutil = f"pushed {wheel.version}" if wheel else f"host {python.psutil}"
-    result = Installed(where=where, version=payload.version, previous=report.installed,
+    result = Installed(version=payload.version, previous=report.installed,
                        changed=True, systemd=systemd,
                        agent_command=target.agent_command(systemd), report=report,
                        psutil=psutil, seconds=0.0, steps=host.steps)
@@ -609,5 +607,5 @@ async def uninstall(shell: Shell, where: str, target: Target, purge: bool) -> Re
     facts = _facts(out.stdout)
     if facts.get("remains"):
         raise BootstrapError(f"{where}: could not remove " + ", ".join(facts["remains"]))
-    return Removed(where=where, stopped=bool(facts.get("stopped")),
+    return Removed(stopped=bool(facts.get("stopped")),
                    purged=bool(facts.get("purged")), left_running=facts.get("left", []))

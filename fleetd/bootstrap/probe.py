@@ -158,7 +158,6 @@ def _mib(kb: int, up: bool = True) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class HostReport:
-    where: str  # root@10.0.0.5, for messages
     uid: Optional[int]
     user: str
     arch: str
@@ -284,7 +283,7 @@ def parse(where: str, output: str, prefix: str, state_dir: str) -> HostReport:
                 mount=facts.get(f"{key}_mount", ""))
     pid = _int(facts.get("agent_pid"))
     return HostReport(
-        where=where, uid=_int(facts.get("uid")), user=facts.get("user", ""),
+        uid=_int(facts.get("uid")), user=facts.get("user", ""),
         arch=facts.get("arch", ""), kernel=facts.get("kernel", ""),
         pid1=facts.get("pid1", ""), run_systemd=facts.get("run_systemd") == "1",
         cgroup_fs=facts.get("cgroup_fs", ""), cgroup_unified=facts.get("cgroup_unified") == "1",
