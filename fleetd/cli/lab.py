@@ -1,19 +1,28 @@
-"""``fleetctl lab``: bring a local multi-host lab up, show it, tear it down."""
+"""``fleetctl lab``: bring a local multi-host lab up, show it, tear it down.
+
+The lab's modules (fleetd.lab.netns, .systemd_host, .daemon: cgroups, psutil, threads)
+are imported by the lab's commands only: every other fleetctl command, which imports
+this module too, does not pay for them at start-up.
+"""
 
 from __future__ import annotations
 
 import shlex
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import click
 
 from fleetd.cli.client import ApiError, Client
 from fleetd.cli.output import table
-from fleetd.lab import daemon as lab_daemon
-from fleetd.lab.netns import DEFAULT_LAB_DIR, Host, Lab, LabError
+from fleetd.lab import DEFAULT_LAB_DIR
+
+if TYPE_CHECKING:
+    from fleetd.lab.netns import Host, Lab
 
 
 def _lab(lab_dir: str, prefix: str, subnet: str) -> Lab:
+    from fleetd.lab.netns import Lab, LabError
+
     try:
         return Lab(lab_dir, prefix, subnet)
     except LabError as exc:
@@ -49,6 +58,9 @@ def lab() -> None:
 def lab_up(ctx: click.Context, count: int, systemd: int, without_psutil: int, prefix: str,
            subnet: str, no_fleetd: bool, lab_dir: str) -> None:
     """Create the hosts; start fleetd if none runs; register the plain hosts with it."""
+    from fleetd.lab import daemon as lab_daemon
+    from fleetd.lab.netns import LabError
+
     the_lab = _lab(lab_dir, prefix, subnet)
     try:
         hosts = the_lab.up(count, systemd=systemd, without_psutil=without_psutil)
@@ -76,6 +88,8 @@ def lab_up(ctx: click.Context, count: int, systemd: int, without_psutil: int, pr
 
 
 def _bootstrap_hints(the_lab: Lab, hosts: List[Host]) -> None:
+    from fleetd.lab import daemon as lab_daemon
+
     for h in hosts:
         click.echo(f"{h.name}: systemd host, add it with "
                    f"`{shlex.join(lab_daemon.machine_add_argv(the_lab, h))}`")
@@ -113,6 +127,8 @@ def _kind(row: Dict[str, Any]) -> str:
 def lab_down(lab_dir: str) -> None:
     """Power off the systemd hosts; remove every namespace, veth, bridge, mount, cgroup
     and process the lab made."""
+    from fleetd.lab.netns import LabError
+
     the_lab = _lab(lab_dir, "fl", "10.77.0")
     try:
         the_lab.require_root()

@@ -56,11 +56,10 @@ import time
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from fleetd.drivers.base import alive
-from fleetd.lab import systemd_host
+from fleetd.lab import DEFAULT_LAB_DIR, systemd_host
 
 SSHD = "/usr/sbin/sshd"
 AGENT_STATE_MOUNT = "/var/lib/fleet-agent"
-DEFAULT_LAB_DIR = "/var/lib/fleet-lab"
 
 
 class LabError(Exception):
