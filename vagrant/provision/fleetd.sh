@@ -59,7 +59,8 @@ while [ -n "$pending" ] && [ $tries -lt 60 ]; do
   for agent in $pending; do
     name=${agent%%:*}; rest=${agent#*:}; ip=${rest%%:*}; metadata=${rest#*:}
     if ! fleetctl machine add "root@$ip" --name "$name" --metadata "$metadata" \
-        --identity /etc/fleetd/id_ed25519 --known-hosts /etc/fleetd/known_hosts 2>/tmp/add.err
+        --identity /etc/fleetd/id_ed25519 --known-hosts /etc/fleetd/known_hosts \
+        2>"/tmp/fleetd-add-$name.err"
     then
       left="$left $agent"
     fi
@@ -69,7 +70,7 @@ while [ -n "$pending" ] && [ $tries -lt 60 ]; do
 done
 for agent in $pending; do
   name=${agent%%:*}; rest=${agent#*:}; ip=${rest%%:*}; metadata=${rest#*:}
-  echo "fleetd: $name not reachable yet ($(tail -1 /tmp/add.err)); add it later with:" >&2
+  echo "fleetd: $name not reachable yet ($(tail -1 "/tmp/fleetd-add-$name.err")); add it later with:" >&2
   echo "  vagrant ssh fleetd -c 'sudo fleetctl machine add root@$ip --name $name" \
        "--metadata $metadata --identity /etc/fleetd/id_ed25519" \
        "--known-hosts /etc/fleetd/known_hosts'" >&2
