@@ -13,10 +13,10 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 import pytest
-from labkit import alive
 
 from fleetd import protocol
 from fleetd.cgroups import UnitCgroup, detect
+from fleetd.testing.waiting import alive
 from fleetd.units.model import load
 
 
@@ -132,6 +132,25 @@ def processes_with(marker: bytes) -> List[int]:
             continue
         if marker in cmd or marker in env:
             found.append(int(entry))
+    return found
+
+
+def unit_processes() -> Dict[str, List[int]]:
+    """Every live process with ``FLEET_UNIT=`` in its environment, by unit: one pass over
+    /proc for all units."""
+    found: Dict[str, List[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        unit = next((v[len(b"FLEET_UNIT="):].decode() for v in env
+                     if v.startswith(b"FLEET_UNIT=")), None)
+        if unit is not None and alive(int(entry)):
+            found.setdefault(unit, []).append(int(entry))
     return found
 
 

@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+import agentkit
 import pytest
 
 from fleetd.cli.client import ApiError, Client
@@ -58,14 +59,11 @@ def cmdline(pid: int) -> str:
 def reset_host(lab: Lab, h: Host) -> None:
     """Back to a host with only its sshd listener: no agent, no programs, no state."""
     keep = lab.sshd_pid(h)
-    for sig in (signal.SIGKILL,):
-        for pid in lab.pids(h):
-            if pid != keep:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
+    for pid in lab.pids(h):
+        if pid != keep:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     wait_for(f"{h.name} to be empty", lambda: set(lab.pids(h)) <= {keep}, 5)
-    import agentkit  # here: agentkit imports this module
-
     agentkit.clean(h.state_dir)  # the agent's unit cgroups (shared by all lab hosts' kernel)
     for entry in os.listdir(h.state_dir):
         path = os.path.join(h.state_dir, entry)
@@ -159,6 +157,35 @@ class Fleet:
 
     def machines(self) -> Dict[str, Dict[str, Any]]:
         return {m["name"]: m for m in self.api.get("/v1/machines")["machines"]}
+
+    def heard_since(self, t0: float) -> bool:
+        """Every machine up, and its agent heard by this fleetd at or after ``t0`` (not a
+        state left in the registry by an earlier fleetd)."""
+        return all(m["state"] == "up" and (m["last_seen"] or 0) >= t0
+                   for m in self.machines().values())
+
+    def placed(self) -> Dict[str, str]:
+        """unit -> machine of every unit running there on its current content."""
+        return {u["unit"]: u["machine"] for u in self.units()
+                if u["state"] == "running" and u["current"]}
+
+    def programs(self) -> Dict[str, Dict[int, str]]:
+        """Live processes of units on this lab's hosts: unit -> {pid: host}, from each
+        process's FLEET_UNIT= (the lab hosts share this machine's kernel; another test
+        run's lab, which may run units of the same names, is left out)."""
+        assert self.lab is not None
+        ours = {netns_inode(h): h.name for h in self.lab.hosts()}
+        found: Dict[str, Dict[int, str]] = {}
+        for unit, pids in agentkit.unit_processes().items():
+            for pid in pids:
+                host = ours.get(pid_netns_inode(pid) or 0)
+                if host is not None:
+                    found.setdefault(unit, {})[pid] = host
+        return found
+
+    def copies(self, unit: str) -> List[int]:
+        """Live processes of ``unit`` on this lab's hosts."""
+        return sorted(self.programs().get(unit, {}))
 
     def host(self, name: str) -> Host:
         assert self.lab is not None

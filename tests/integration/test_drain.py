@@ -9,15 +9,9 @@ import threading
 import time
 from typing import Dict, List, Set, Tuple
 
-from agentkit import processes_with
 from labkit import Fleet, alive, wait_for
 
 READY_AFTER_S = 1.5  # each copy starts serving (passing its check) this long after start
-
-
-def copies(unit: str) -> List[int]:
-    """Live top processes of ``unit`` (sh, before it execs python: one per copy)."""
-    return [p for p in processes_with(f"FLEET_UNIT={unit}\0".encode()) if alive(p)]
 
 
 def web_unit(port: int) -> str:
@@ -45,7 +39,7 @@ def test_drain_moves_units_one_at_a_time_each_healthy_before_the_old_stops(
         cluster.ctl("undrain", h)
     wait_for("all passing on h1", lambda: all(
         u.get("health") == "passing" for u in cluster.units() if u["unit"] in names), 20)
-    old = {n: copies(n) for n in names}
+    old = {n: cluster.copies(n) for n in names}
     assert all(len(p) == 1 for p in old.values())
 
     # watch from outside while it drains: live copies of every unit, every 20 ms
@@ -54,7 +48,8 @@ def test_drain_moves_units_one_at_a_time_each_healthy_before_the_old_stops(
 
     def watch() -> None:
         while not done.is_set():
-            samples.append((time.monotonic(), {n: set(copies(n)) for n in names}))
+            programs = cluster.programs()  # one pass over /proc for all the units
+            samples.append((time.monotonic(), {n: set(programs.get(n, {})) for n in names}))
             time.sleep(0.02)
 
     watcher = threading.Thread(target=watch)
@@ -71,7 +66,7 @@ def test_drain_moves_units_one_at_a_time_each_healthy_before_the_old_stops(
     assert set(placed) == set(names) and "h1" not in placed.values()
     for name in names:  # the old copy is gone; exactly one new copy runs
         assert not any(alive(p) for p in old[name])
-        assert len(copies(name)) == 1
+        assert len(cluster.copies(name)) == 1
     assert len(samples) > 50
     for _, sample in samples:
         assert all(sample[n] for n in names), "a unit had no running copy"  # no downtime
@@ -80,7 +75,7 @@ def test_drain_moves_units_one_at_a_time_each_healthy_before_the_old_stops(
     # each old copy stopped only once the new one had been up long enough to serve
     # (it listens READY_AFTER_S after starting, and only then can its check pass)
     for name in names:
-        new_pid = copies(name)[0]
+        new_pid = cluster.copies(name)[0]
         last_old = max(t for t, s in samples if old[name][0] in s[name])
         first_new = min(t for t, s in samples if new_pid in s[name])
         assert last_old - first_new >= READY_AFTER_S * 0.9, (name, last_old - first_new)
@@ -105,7 +100,7 @@ def test_drain_deadline_moves_the_rest_at_once_and_stops_what_fits_nowhere(
         "[Service]\nExecStart=/bin/sleep 100000\n[X-Fleet]\nConflicts=pinned.service\n"
         "MachineMetadata=hostname=h1 hostname=h2\n")
     cluster.ctl("start", str(tmp_path / "pinned.service"))
-    pinned_pid = copies("pinned.service")
+    pinned_pid = cluster.copies("pinned.service")
     cluster.ctl("drain", "h1", "--deadline", "3s")
     time.sleep(1)
     info = next(f for f in cluster.unit_files() if f["unit"] == "pinned.service")
@@ -116,4 +111,4 @@ def test_drain_deadline_moves_the_rest_at_once_and_stops_what_fits_nowhere(
     info = next(f for f in cluster.unit_files() if f["unit"] == "pinned.service")
     assert info["machine"] is None and "deadline passed" in info["reason"]
     cluster.ctl("undrain", "h1")
-    wait_for("back on h1 once undrained", lambda: copies("pinned.service"), 10)
+    wait_for("back on h1 once undrained", lambda: cluster.copies("pinned.service"), 10)

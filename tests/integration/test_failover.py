@@ -6,20 +6,8 @@ convergence each unit runs exactly once."""
 from __future__ import annotations
 
 import subprocess
-from typing import Dict, List
 
-from agentkit import processes_with
 from labkit import Fleet, alive, wait_for
-
-
-def copies(unit: str) -> List[int]:
-    """Every live process of ``unit`` on the whole machine (all lab hosts share it)."""
-    return [p for p in processes_with(f"FLEET_UNIT={unit}\0".encode()) if alive(p)]
-
-
-def placed(fleet: Fleet) -> Dict[str, str]:
-    return {u["unit"]: u["machine"] for u in fleet.units()
-            if u["state"] == "running" and u["current"]}
 
 
 def test_partition_moves_units_and_the_return_stops_stale_copies(cluster: Fleet,
@@ -28,10 +16,10 @@ def test_partition_moves_units_and_the_return_stops_stale_copies(cluster: Fleet,
     for name in names:
         (tmp_path / name).write_text("[Service]\nExecStart=/bin/sleep 100000\n")
     cluster.ctl("start", *(str(tmp_path / n) for n in names))
-    before = placed(cluster)
+    before = cluster.placed()
     victim = before["p0.service"]
     moved = [n for n in names if before[n] == victim]
-    stale = {n: copies(n) for n in moved}
+    stale = {n: cluster.copies(n) for n in moved}
     link = f"{cluster.host(victim).netns}-br"
 
     subprocess.run(["ip", "link", "set", link, "down"], check=True)
@@ -39,7 +27,7 @@ def test_partition_moves_units_and_the_return_stops_stale_copies(cluster: Fleet,
         wait_for(f"{victim} lost", lambda: cluster.machines()[victim]["state"] == "lost", 20)
         assert "silent for" in cluster.machines()[victim]["error"]
         wait_for("its units running elsewhere", lambda: all(
-            placed(cluster).get(n) not in (None, victim) for n in moved), 20)
+            cluster.placed().get(n) not in (None, victim) for n in moved), 20)
         # cut off, the victim's agent goes on running its copies (no fencing asked)
         assert all(alive(pid) for pids in stale.values() for pid in pids)
         reason = next(f["reason"] for f in cluster.unit_files() if f["unit"] == moved[0])
@@ -51,8 +39,8 @@ def test_partition_moves_units_and_the_return_stops_stale_copies(cluster: Fleet,
     wait_for("stale copies stopped", lambda: not any(
         alive(pid) for pids in stale.values() for pid in pids), 20)
     for name in names:
-        assert len(copies(name)) == 1, f"{name} runs {len(copies(name))} times"
-    assert set(placed(cluster)) == set(names)
+        assert len(cluster.copies(name)) == 1, f"{name} runs {len(cluster.copies(name))} times"
+    assert set(cluster.placed()) == set(names)
     # and fleetd still shuts down (it once hung on a session's read after a partition)
     assert cluster.proc is not None
     cluster.proc.terminate()

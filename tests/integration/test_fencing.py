@@ -11,10 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from typing import Dict, List
 
-from agentkit import processes_with
-from labkit import Fleet, alive, netns_inode, pid_netns_inode, wait_for
+from labkit import Fleet, alive, wait_for
 
 UNIT = """[Service]
 ExecStart=/bin/sleep 100000
@@ -27,36 +25,17 @@ MachineMetadata=hostname={host}
 """
 
 
-def hosts_running(fleet: Fleet, unit: str) -> Dict[int, str]:
-    """pid -> lab host of every live process of ``unit`` on this test's lab (all its hosts
-    share one kernel; another test run's lab, which may run a unit of that name, not)."""
-    assert fleet.lab is not None
-    ours = {netns_inode(h): h.name for h in fleet.lab.hosts()}
-    found = {p: ours.get(pid_netns_inode(p) or 0)
-             for p in processes_with(f"FLEET_UNIT={unit}\0".encode()) if alive(p)}
-    return {p: host for p, host in found.items() if host is not None}
-
-
-def copies(fleet: Fleet, unit: str) -> List[int]:
-    return sorted(hosts_running(fleet, unit))
-
-
-def placed(fleet: Fleet) -> Dict[str, str]:
-    return {u["unit"]: u["machine"] for u in fleet.units()
-            if u["state"] == "running" and u["current"]}
-
-
 def test_a_cut_off_agent_fences_only_the_unit_that_asks(cluster: Fleet, tmp_path) -> None:
     victim = sorted(cluster.machines())[-1]
     fenced, free = "fence-yes.service", "fence-no.service"
     (tmp_path / fenced).write_text(UNIT.format(host=victim) + "FenceAfterSec=3s\n")
     (tmp_path / free).write_text(UNIT.format(host=victim))
     cluster.ctl("start", str(tmp_path / fenced), str(tmp_path / free))
-    wait_for(f"both running on {victim}", lambda: placed(cluster) == {
+    wait_for(f"both running on {victim}", lambda: cluster.placed() == {
         fenced: victim, free: victim}, 20)
     wait_for("one copy of each",
-             lambda: len(copies(cluster, fenced)) == len(copies(cluster, free)) == 1)
-    before_fenced, before_free = copies(cluster, fenced), copies(cluster, free)
+             lambda: len(cluster.copies(fenced)) == len(cluster.copies(free)) == 1)
+    before_fenced, before_free = cluster.copies(fenced), cluster.copies(free)
     agent_log = os.path.join(cluster.host(victim).state_dir, "agent.log")
     link = f"{cluster.host(victim).netns}-br"
 
@@ -70,7 +49,7 @@ def test_a_cut_off_agent_fences_only_the_unit_that_asks(cluster: Fleet, tmp_path
         assert all(alive(p) for p in before_free)  # no FenceAfterSec=: it keeps running
         wait_for(f"{victim} lost", lambda: cluster.machines()[victim]["state"] == "lost", 20)
         # seconds later, still cut off: Restart=always did not bring it back
-        assert copies(cluster, fenced) == []
+        assert cluster.copies(fenced) == []
         assert all(alive(p) for p in before_free)
         with open(agent_log) as f:
             text = f.read()
@@ -81,13 +60,13 @@ def test_a_cut_off_agent_fences_only_the_unit_that_asks(cluster: Fleet, tmp_path
 
     wait_for(f"{victim} up again", lambda: cluster.machines()[victim]["state"] == "up", 30)
     # pinned there: fleetd's desired set, sent as the session resumes, starts it again
-    wait_for("the fenced unit running again", lambda: placed(cluster).get(fenced) == victim
-             and len(copies(cluster, fenced)) == 1, 30)
-    wait_for("the other one running", lambda: placed(cluster).get(free) == victim
-             and len(copies(cluster, free)) == 1, 30)
+    wait_for("the fenced unit running again", lambda: cluster.placed().get(fenced) == victim
+             and len(cluster.copies(fenced)) == 1, 30)
+    wait_for("the other one running", lambda: cluster.placed().get(free) == victim
+             and len(cluster.copies(free)) == 1, 30)
     time.sleep(1.0)  # settled: nothing starts a second copy after convergence
-    assert len(copies(cluster, fenced)) == 1 and len(copies(cluster, free)) == 1
-    assert not set(copies(cluster, fenced)) & set(before_fenced)
+    assert len(cluster.copies(fenced)) == 1 and len(cluster.copies(free)) == 1
+    assert not set(cluster.copies(fenced)) & set(before_fenced)
 
 
 def test_a_fenced_unit_moves_without_ever_running_twice(cluster: Fleet, tmp_path) -> None:
@@ -97,16 +76,16 @@ def test_a_fenced_unit_moves_without_ever_running_twice(cluster: Fleet, tmp_path
         UNIT.format(host=f"{first} hostname={second}").replace(
             "TimeoutStopSec=5s", "TimeoutStopSec=1s") + "FenceAfterSec=3s\n")
     cluster.ctl("start", str(tmp_path / fenced))
-    victim = wait_for("it runs", lambda: placed(cluster).get(fenced))
+    victim = wait_for("it runs", lambda: cluster.placed().get(fenced))
     other = second if victim == first else first
-    wait_for("one copy", lambda: len(copies(cluster, fenced)) == 1)
+    wait_for("one copy", lambda: len(cluster.copies(fenced)) == 1)
     most = 0
 
     def moved() -> bool:
         nonlocal most
-        running = hosts_running(cluster, fenced)
+        running = cluster.programs().get(fenced, {})
         most = max(most, len(running))
-        return list(running.values()) == [other] and placed(cluster).get(fenced) == other
+        return list(running.values()) == [other] and cluster.placed().get(fenced) == other
 
     link = f"{cluster.host(victim).netns}-br"
     subprocess.run(["ip", "link", "set", link, "down"], check=True)
@@ -118,6 +97,6 @@ def test_a_fenced_unit_moves_without_ever_running_twice(cluster: Fleet, tmp_path
     # the returning agent gets a current set (without the unit), not the one from before
     deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline:
-        assert moved(), hosts_running(cluster, fenced)
+        assert moved(), cluster.programs().get(fenced, {})
         time.sleep(0.02)
     assert most == 1, "two copies ran at once"

@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from labkit import Fleet, netns_inode, pid_netns_inode, wait_for
+from labkit import Fleet, cmdline, wait_for
 
 from fleetd.cli.client import ApiError, Client
 from fleetd.units.model import content_hash
@@ -62,30 +62,11 @@ def text_of(name: str) -> str:
 
 
 def programs(fleet: Fleet) -> Dict[str, List[int]]:
-    """Live ``sleep`` programs of fleet units on this lab's hosts, by unit name, from each
-    process's FLEET_UNIT= environment variable (other test runs' labs are left out)."""
-    assert fleet.lab is not None
-    netns = {netns_inode(h) for h in fleet.lab.hosts()}
-    found: Dict[str, List[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if not f.read().startswith(b"/bin/sleep\0"):
-                    continue
-            with open(f"/proc/{entry}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    continue
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        unit = next((v[len(b"FLEET_UNIT="):].decode() for v in env
-                     if v.startswith(b"FLEET_UNIT=")), None)
-        if unit is not None and pid_netns_inode(int(entry)) in netns:
-            found.setdefault(unit, []).append(int(entry))
-    return {n: sorted(pids) for n, pids in found.items()}
+    """Live ``sleep`` programs of fleet units on this lab's hosts, by unit name (a health
+    check's command carries its unit's environment too, and is left out)."""
+    found = {unit: sorted(p for p in pids if cmdline(p).startswith("/bin/sleep "))
+             for unit, pids in fleet.programs().items()}
+    return {unit: pids for unit, pids in found.items() if pids}
 
 
 def snapshot(fleet: Fleet, names: List[str]) -> Dict[str, Tuple[Any, ...]]:
@@ -93,13 +74,6 @@ def snapshot(fleet: Fleet, names: List[str]) -> Dict[str, Tuple[Any, ...]]:
     rows = {u["unit"]: u for u in fleet.units() if u["current"]}
     return {n: (rows[n]["machine"], rows[n]["pid"], rows[n]["started_at"],
                 rows[n]["restarts"]) for n in names}
-
-
-def heard_since(fleet: Fleet, t0: float) -> bool:
-    """Every machine up, and its agent heard by this fleetd (not a state left over in
-    the registry by the killed one)."""
-    return all(m["state"] == "up" and (m["last_seen"] or 0) >= t0
-               for m in fleet.machines().values())
 
 
 def assert_same_programs(fleet: Fleet, before: Dict[str, List[int]], when: str) -> None:
@@ -203,7 +177,7 @@ def test_kill9_during_500_submits_loses_no_ack_and_restarts_nothing(cluster: Fle
     cluster.start()
     ready = time.time()
 
-    wait_for("every machine heard again", lambda: heard_since(cluster, t0), 15)
+    wait_for("every machine heard again", lambda: cluster.heard_since(t0), 15)
     up = time.time()
     why = Counter(reason.partition(f"{cluster.endpoint}: ")[2].split(" (")[0]
                   for _, reason in storm.failed.values())
@@ -298,7 +272,7 @@ def test_a_host_slow_to_answer_the_restarted_fleetd_keeps_its_units(cluster: Fle
             time.sleep(0.05)
     finally:
         os.kill(sshd, signal.SIGCONT)
-    wait_for("every machine heard again", lambda: heard_since(cluster, t0), 15)
+    wait_for("every machine heard again", lambda: cluster.heard_since(t0), 15)
     up = time.time()
     print(f"\n{victim} stalled {STALL_S}s: states seen meanwhile {sorted(seen)}; all "
           f"machines up {up - t0:.2f}s after fleetd started")

@@ -15,10 +15,10 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator
 
 import pytest
-from agentkit import Attached, clean, kill_agent, spec, unit_cgroup
+from agentkit import Attached, clean, kill_agent, spec, unit_cgroup, unit_processes
 from labkit import alive
 from test_java_driver import App, app  # noqa: F401  (the session's tiny jar)
 
@@ -50,28 +50,13 @@ def units_of(jar: Path) -> Dict[str, str]:
     return texts
 
 
-def copies(name: str) -> List[int]:
-    """Every live process that carries unit ``name``'s FLEET_UNIT in its environment."""
-    want = f"FLEET_UNIT={name}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    env = f.read().split(b"\0")
-            except OSError:
-                continue
-            if want in env and alive(int(entry)):
-                found.append(int(entry))
-    return found
-
-
 def assert_one_copy_each(state_dir: str, units: Dict[str, Dict[str, object]]) -> None:
+    programs = unit_processes()
     for name, u in units.items():
         if u["state"] != "running":
             continue
         assert unit_cgroup(state_dir, name).pids() == [u["pid"]], name
-        assert copies(name) == [u["pid"]], name
+        assert programs.get(name) == [u["pid"]], name
 
 
 def test_fifty_programs_outlive_the_agent_and_are_readopted(state_dir: str, app: App,  # noqa: F811
@@ -170,7 +155,7 @@ def test_a_record_from_an_agent_before_cgroups_is_adopted(state_dir: str) -> Non
     b = Attached(state_dir)
     u = b.units["ro-old.service"]
     assert (u["state"], u["pid"]) == ("running", pid)
-    assert copies("ro-old.service") == [pid]
+    assert unit_processes().get("ro-old.service") == [pid]
     b.desire(spec("ro-old.service", text, want="stopped"))  # reached by its process group
     b.wait_state("ro-old.service", "stopped")
     assert not alive(pid)
