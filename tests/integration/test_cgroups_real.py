@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
+from labkit import wait_for
 
 from fleetd.cgroups import Backend, Limits, LimitsUnsupported, UnitCgroup, detect
 from fleetd.cgroups.detect import DEFAULT_ROOT, parse_mountinfo
@@ -55,14 +56,6 @@ FORKER = ("import errno, json, os\n"
           "print(json.dumps({'ok': ok, 'failed': failed, 'errno': err}))\n")
 
 
-def wait_for(what: str, check: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
-
-
 def v2_mount() -> Optional[str]:
     with open("/proc/self/mountinfo") as f:
         for entry in parse_mountinfo(f.read()):
@@ -81,7 +74,7 @@ def clean(backend: Backend) -> List[str]:
         try:
             wait_for(f"{name} to empty", unit.empty, 5)
             unit.remove()
-        except Exception as exc:  # keep cleaning the rest
+        except (Exception, pytest.fail.Exception) as exc:  # keep cleaning the rest
             problems.append(f"{name}: {exc}")
     backend.remove()
     if isinstance(backend, KernelBackend):

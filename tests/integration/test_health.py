@@ -21,6 +21,7 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
+from labkit import alive, wait_for
 
 from fleetd.agent.health import FAILING, PASSING, HealthChecker, acts_on_failing
 from fleetd.units import xcheck
@@ -53,19 +54,6 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
                 return
         time.sleep(0.02)
     pytest.fail(f"nothing listens on {port} after {timeout}s")
-
-
-def pid_gone(pid: int, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.02)
-    return False
 
 
 class Server:
@@ -394,7 +382,9 @@ def test_a_hanging_command_is_killed_at_the_timeout_with_its_helpers(tmp_path: A
     assert 0.45 < took < 3.0
     with open(pids) as f:
         shell, helper = (int(p) for p in f.read().split())
-    assert pid_gone(shell) and pid_gone(helper)  # the whole session, not just the shell
+    # the whole session, not just the shell
+    wait_for("the shell and its helper to end", lambda: not alive(shell) and not alive(helper),
+             3)
 
 
 def test_stopping_the_checker_kills_a_running_command(tmp_path: Any) -> None:
@@ -414,7 +404,8 @@ def test_stopping_the_checker_kills_a_running_command(tmp_path: Any) -> None:
 
     asyncio.run(main())
     with open(pidfile) as f:
-        assert pid_gone(int(f.read()))
+        pid = int(f.read())
+    wait_for("the command to end", lambda: not alive(pid), 3)
 
 
 def test_exec_runs_in_the_units_environment_directory_and_preexec(tmp_path: Any) -> None:
