@@ -16,6 +16,7 @@ import click
 from fleetd.cli.client import ApiError
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.output import ago, table
+from fleetd.units.timespan import format_timespan
 
 Row = Dict[str, Any]
 Column = Tuple[str, Callable[[Row, bool], Any]]  # header, value(row, full)
@@ -162,7 +163,7 @@ def status(c: Ctx, unit: str, lines: int, output: str) -> None:
         limit = resched["attempts"]
         click.echo(f"   Rescheduled: {resched['used']} of "
                    f"{'unlimited' if limit is None else limit} attempts in "
-                   f"{resched['interval_s']:g}s")
+                   f"{format_timespan(resched['interval_s'])}")
         for failure in resched["failures"]:
             click.echo(f"     failed on {failure['machine']} {ago(failure['at'])}: "
                        f"{failure['reason']}")
