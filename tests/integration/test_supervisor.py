@@ -11,7 +11,6 @@ test run side by side in one agent, so the whole file takes a few seconds.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import pwd
@@ -326,42 +325,34 @@ def test_environment_files_pre_and_post(agent: Attached, state_dir: str,
     assert log.read_text() == f"post {ok['pid']}\n"
 
 
-# --- the hook a health check uses ------------------------------------------------------------
-def test_end_run_lets_restart_judge_the_reason(tmp_path: Path) -> None:
-    """In process (no relay): the supervisor's end_run, as a failing health check calls
-    it, ends the program; Restart=on-watchdog restarts it, Restart=on-abort does not."""
-    async def scenario() -> None:
-        state = AgentState(str(tmp_path / "agent"))
-        sup = Supervisor(state, state.machine_id(), lambda data: None)
-        sup.recover()
-        sup.set_desired([
-            spec("sup-wd.service", "[Service]\nExecStart=/bin/sleep 1000\n"
-                                   "Restart=on-watchdog\nRestartSec=0\n"),
-            spec("sup-abort.service", "[Service]\nExecStart=/bin/sleep 1001\n"
-                                      "Restart=on-abort\n")])
-        loop = asyncio.get_running_loop()
+# --- a failing health check ----------------------------------------------------------------
+FAILING_CHECK = ("[X-Check]\nType=tcp\nAddress=127.0.0.1:1\nInterval=1s\nTimeout=200ms\n"
+                 "StartGrace=0\nFailureThreshold=1\n")
 
-        async def until(check: Any) -> None:
-            deadline = loop.time() + 5
-            while not check():
-                assert loop.time() < deadline
-                await asyncio.sleep(0.01)
 
-        await until(lambda: all(m.state == "running" for m in sup.units.values())
-                    and len(sup.units) == 2)
-        first = {n: m.status()["pid"] for n, m in sup.units.items()}
-        for name in first:
-            assert sup.end_run(name, restart.WATCHDOG, "health check failing: no answer")
-        await until(lambda: sup.units["sup-abort.service"].state == "failed"
-                    and sup.units["sup-wd.service"].restarts == 1
-                    and sup.units["sup-wd.service"].state == "running")
-        assert sup.units["sup-abort.service"].error == "health check failing: no answer"
-        assert sup.units["sup-wd.service"].status()["pid"] != first["sup-wd.service"]
-        assert not sup.end_run("nope.service", restart.WATCHDOG, "x")
-        sup.set_desired([])
-        await until(lambda: not sup.units)
+def test_a_failing_check_ends_the_run_and_restart_judges_it(agent: Attached) -> None:
+    """A real check failing (nothing listens on its port) ends the program as a watchdog
+    would: Restart=on-watchdog restarts it, Restart=on-abort does not."""
+    agent.desire(
+        spec("sup-wd.service", "[Service]\nExecStart=/bin/sleep 1000\n"
+                               "Restart=on-watchdog\nRestartSec=0\n" + FAILING_CHECK),
+        spec("sup-abort.service", "[Service]\nExecStart=/bin/sleep 1001\n"
+                                  "Restart=on-abort\n" + FAILING_CHECK))
+    units = agent.wait_units(lambda us: us.get("sup-abort.service", {}).get("state") == "failed"
+                             and us.get("sup-wd.service", {}).get("restarts", 0) >= 1
+                             and us["sup-wd.service"]["state"] == "running", timeout=15)
+    first = {u["name"]: u["pid"] for u in reversed(agent.history) if u["state"] == "running"}
+    assert units["sup-abort.service"]["error"] == \
+        "health check failing: 127.0.0.1:1: Connection refused"
+    assert not alive(first["sup-abort.service"])
+    assert units["sup-wd.service"]["pid"] != first["sup-wd.service"]
+    assert not alive(first["sup-wd.service"])
 
+
+def test_end_run_of_a_unit_that_does_not_run_is_refused(tmp_path: Path) -> None:
+    state = AgentState(str(tmp_path / "agent"))
+    sup = Supervisor(state, state.machine_id(), lambda data: None)
     try:
-        asyncio.run(scenario())
+        assert not sup.end_run("nope.service", restart.WATCHDOG, "x")
     finally:
-        clean(str(tmp_path / "agent"), MARK)
+        clean(str(tmp_path / "agent"))
