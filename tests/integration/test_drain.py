@@ -96,16 +96,33 @@ def test_drain_deadline_moves_the_rest_at_once_and_stops_what_fits_nowhere(
     h1 = cluster.machines()["h1"]["machine_id"]
     (tmp_path / "pinned.service").write_text(
         f"[Service]\nExecStart=/bin/sleep 100000\n[X-Fleet]\nMachineID={h1}\n")
-    (tmp_path / "loose.service").write_text(
-        "[Service]\nExecStart=/bin/sleep 100000\n[X-Fleet]\nConflicts=pinned.service\n"
-        "MachineMetadata=hostname=h1 hostname=h2\n")
-    cluster.ctl("start", str(tmp_path / "pinned.service"))
+    # healthy only on h1: its copy elsewhere never passes, so its hand-off cannot end
+    # before the deadline
+    (tmp_path / "spare.service").write_text(
+        "[Service]\nExecStart=/bin/sleep 100000\n"
+        "[X-Check]\nType=exec\nCommand=test {{ machine.name }} = h1\nInterval=1s\nTimeout=500ms\n"
+        "StartGrace=0\nOnFailure=none\n"
+        "[X-Fleet]\nMachineMetadata=hostname=h1 hostname=h2\n")
+    for h in ("h2", "h3"):  # everything on h1 first
+        cluster.ctl("drain", h)
+    cluster.ctl("start", str(tmp_path / "pinned.service"), str(tmp_path / "spare.service"))
+    for h in ("h2", "h3"):
+        cluster.ctl("undrain", h)
+    wait_for("spare passing on h1", lambda: (cluster.unit("spare.service") or {}).get("health")
+             == "passing")
     pinned_pid = cluster.copies("pinned.service")
+    spare_old = cluster.copies("spare.service")
+    assert cluster.programs()["spare.service"] == {spare_old[0]: "h1"}
     cluster.ctl("drain", "h1", "--deadline", "3s")
     time.sleep(1)
     info = next(f for f in cluster.unit_files() if f["unit"] == "pinned.service")
     assert info["reason"] == f"h1 is draining, but MachineID={h1} pins it there"
     assert all(alive(p) for p in pinned_pid)  # before the deadline it keeps running
+    # spare's new copy runs on h2, failing its check; the old one waits for it
+    assert sorted(cluster.programs()["spare.service"].values()) == ["h1", "h2"]
+    wait_for("spare's old copy stopped at the deadline, the new one kept",
+             lambda: list(cluster.programs().get("spare.service", {}).values()) == ["h2"], 10)
+    assert not alive(spare_old[0])
     wait_for("the pinned unit stopped at the deadline",
              lambda: not any(alive(p) for p in pinned_pid), 10)
     info = next(f for f in cluster.unit_files() if f["unit"] == "pinned.service")
