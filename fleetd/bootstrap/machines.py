@@ -23,7 +23,7 @@ from fleetd.bootstrap.install import (
     uninstall,
 )
 from fleetd.registry.base import MachineRecord
-from fleetd.transport.ssh import SshTransport
+from fleetd.transport.ssh import to_machine
 
 __all__ = ["DEFAULT_PREFIX", "BootstrapError", "Installed", "Removed", "Target", "install_on",
            "installed_by_fleetd", "uninstall_from", "where"]
@@ -35,11 +35,6 @@ def where(machine: MachineRecord) -> str:
     return f"{machine.user}@{host}" + (f":{machine.port}" if machine.port != 22 else "")
 
 
-def _shell(machine: MachineRecord) -> SshTransport:
-    return SshTransport(machine.address, machine.port, machine.user, machine.identity,
-                        machine.known_hosts)
-
-
 def installed_by_fleetd(machine: MachineRecord) -> Optional[Tuple[Target, bool]]:
     return parse_agent_command(machine.agent_command)
 
@@ -48,7 +43,7 @@ async def install_on(machine: MachineRecord, target: Target, force: bool = False
                      systemd: Optional[bool] = None) -> Installed:
     """Install or upgrade the agent on ``machine`` (BootstrapError, TransportError);
     ``systemd``: how the agent ran there so far (an upgrade keeps it)."""
-    shell = _shell(machine)
+    shell = to_machine(machine)
     try:
         return await install(shell, where(machine), target, force=force, systemd=systemd)
     finally:
@@ -61,7 +56,7 @@ async def uninstall_from(machine: MachineRecord, purge: bool) -> Removed:
     if found is None:
         raise BootstrapError(f"machine {machine.name}: fleetd did not install its agent "
                              f"(agent command {machine.agent_command!r})")
-    shell = _shell(machine)
+    shell = to_machine(machine)
     try:
         return await uninstall(shell, where(machine), found[0], purge)
     finally:

@@ -24,8 +24,8 @@ from fleetd.engine.leadership import FileLease
 from fleetd.engine.loop import Engine
 from fleetd.registry.base import MachineRecord
 from fleetd.registry.sqlite import SqliteRegistry
-from fleetd.transport.base import Transport, TransportError
-from fleetd.transport.ssh import SshTransport
+from fleetd.transport.base import TransportError
+from fleetd.transport.ssh import to_machine
 
 log = logging.getLogger("fleetd")
 
@@ -41,13 +41,8 @@ def dump_tasks() -> None:
     log.warning("asyncio tasks on SIGUSR1:\n%s", out.getvalue())
 
 
-def ssh_transport(machine: MachineRecord) -> Transport:
-    return SshTransport(machine.address, machine.port, machine.user, machine.identity,
-                        machine.known_hosts)
-
-
 class Daemon:
-    def __init__(self, config: Config, transport_factory: TransportFactory = ssh_transport):
+    def __init__(self, config: Config, transport_factory: TransportFactory = to_machine):
         self.config = config
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
         self.lease = FileLease(os.path.join(config.state_dir, "fleetd.lock"))

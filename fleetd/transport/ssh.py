@@ -19,6 +19,7 @@ from typing import List, Optional
 
 import asyncssh
 
+from fleetd.registry.base import MachineRecord
 from fleetd.transport.base import Channel, CommandResult, TransportError
 
 CONNECT_TIMEOUT_S = 5.0
@@ -188,3 +189,10 @@ class SshTransport:
             with contextlib.suppress(asyncio.TimeoutError, OSError, asyncssh.Error):
                 await asyncio.wait_for(self._conn.wait_closed(), 2.0)
             self._conn = None
+
+
+def to_machine(machine: MachineRecord) -> SshTransport:
+    """SSH to a registered machine, as its record says (address, user, key, known_hosts):
+    the session's transport and the bootstrap's shell alike."""
+    return SshTransport(machine.address, machine.port, machine.user, machine.identity,
+                        machine.known_hosts)
