@@ -8,21 +8,26 @@ printing each unit as it leaves.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.units import Timespan
 
-POLL_S = 0.2
+WAIT_S = 60.0  # one long poll: fleetd answers at the next change, or after this
 
 
-def _drain_of(c: Ctx, machine: str) -> Optional[Dict[str, Any]]:
-    for m in c.call("GET", "/v1/machines")["machines"]:
+def _drain_of(c: Ctx, machine: str, after: Optional[int]
+              ) -> Tuple[Optional[Dict[str, Any]], int]:
+    """The machine's drain once something changed after version ``after`` (at once for
+    None), and the version it was read at."""
+    path = "/v1/machines" if after is None else f"/v1/machines?after={after}&timeout={WAIT_S:g}"
+    answer = c.call("GET", path, timeout=WAIT_S + 30)
+    for m in answer["machines"]:
         if m["name"] == machine:
             drained: Optional[Dict[str, Any]] = m.get("drain")
-            return drained
+            return drained, int(answer["version"])
     raise click.ClickException(f"machine {machine} was removed while draining")
 
 
@@ -43,9 +48,9 @@ def drain(c: Ctx, machine: str, deadline: Optional[float], wait: bool) -> None:
     if not wait:
         return
     started = time.monotonic()
+    version: Optional[int] = None
     while left:
-        time.sleep(POLL_S)
-        now = _drain_of(c, machine)
+        now, version = _drain_of(c, machine, version)
         if now is None:
             raise click.ClickException(f"{machine} was undrained with {len(left)} units left: "
                                        + ", ".join(left))

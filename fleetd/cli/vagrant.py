@@ -334,8 +334,10 @@ def wait_up(c: Ctx, names: List[str]) -> None:
     errors: Dict[str, str] = {}
     rows: Dict[str, Dict[str, Any]] = {}
     deadline = time.monotonic() + WAIT_UP_S
+    path = "/v1/machines"
     while pending and time.monotonic() < deadline:
-        rows = {m["name"]: m for m in c.call("GET", "/v1/machines")["machines"]}
+        answer = c.call("GET", path, timeout=WAIT_UP_S + 30)
+        rows = {m["name"]: m for m in answer["machines"]}
         for name in sorted(pending):
             m = rows.get(name)
             if m is None:
@@ -347,8 +349,8 @@ def wait_up(c: Ctx, names: List[str]) -> None:
             else:
                 continue
             pending.discard(name)
-        if pending:
-            time.sleep(0.05)
+        left = max(0.0, deadline - time.monotonic())
+        path = f"/v1/machines?after={answer['version']}&timeout={left:.1f}"  # the next change
     for name in sorted(pending):
         errors[name] = f"not up after {WAIT_UP_S:.0f}s: {rows.get(name, {}).get('error')}"
     if errors:

@@ -179,7 +179,19 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def list_machines(request: web.Request) -> web.Response:
+    """Every machine. With ``after=VERSION`` (the ``version`` of an earlier answer) it
+    answers once something has changed since, or after ``timeout`` seconds: how the CLI
+    waits for machines to come up or a drain to end, without polling."""
     d = _daemon(request)
+    if "after" in request.query:
+        try:
+            after = int(request.query["after"])
+            timeout = min(float(request.query.get("timeout", "30")), MAX_WAIT_S)
+        except ValueError:
+            return _error(400, "after: want a version (a number); timeout: want seconds")
+        deadline = time.monotonic() + timeout
+        while d.changes.version <= after and time.monotonic() < deadline:
+            await d.changes.wait(deadline - time.monotonic())
     counts: Dict[str, int] = {}
     units = d.registry.list_units()
     for u in units:
@@ -191,7 +203,7 @@ async def list_machines(request: web.Request) -> web.Response:
         rows.append(_machine_row(m, counts.get(m.name, 0),
                                  session.last_seen if session else m.last_seen,
                                  drain.progress(m, units)))
-    return web.json_response({"machines": rows})
+    return web.json_response({"machines": rows, "version": d.changes.version})
 
 
 async def add_machine(request: web.Request) -> web.Response:

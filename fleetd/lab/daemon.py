@@ -100,11 +100,14 @@ def register(lab: Lab, client: Client, hosts: List[Host]) -> List[Host]:
 
 def wait_up(client: Client, names: List[str], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
+    path = "/v1/machines"
     while time.monotonic() < deadline:
-        states = {m["name"]: m for m in client.get("/v1/machines")["machines"]}
+        answer = client.get(path, timeout=timeout + 5)
+        states = {m["name"]: m for m in answer["machines"]}
         if all(states.get(n, {}).get("state") == "up" for n in names):
             return
-        time.sleep(0.05)
+        left = max(0.0, deadline - time.monotonic())
+        path = f"/v1/machines?after={answer['version']}&timeout={left:.1f}"  # the next change
     bad = [f"{n}: {states.get(n, {}).get('error') or states.get(n, {}).get('state')}"
            for n in names if states.get(n, {}).get("state") != "up"]
     raise LabError("machines did not come up: " + "; ".join(bad))
