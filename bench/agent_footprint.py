@@ -20,39 +20,29 @@ Targets (issue): agent <= 25 MB RSS (supervisord measured 26.5 MB), <= 0.5 % of 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import psutil
+from benchkit import save
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "integration")]
 
-from fleetd import protocol  # noqa: E402
-from fleetd.units.model import load  # noqa: E402
+from agentkit import Attached, agent_pid, clean, spec  # noqa: E402
+from labkit import wait_for  # noqa: E402
 
 MB = 1024 * 1024
 TARGET_RSS_MB = 25.0
 TARGET_CPU_PCT = 0.5
 PROGRAM = "/bin/sleep 100000"
 SETTLE_S = 5.0
-
-
-def wait(what: str, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -95,81 +85,33 @@ def measure(pids: List[int], seconds: float) -> Dict[str, float]:
 
 
 # --- fleet-agent ---------------------------------------------------------------------
-class Attached:
-    """``fleet-agent attach``, spoken to like fleetd does; a thread keeps reading."""
-
-    def __init__(self, state_dir: str, heartbeat_s: float) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fleetd.agent", "attach", "--state-dir", state_dir],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
-        self.units: Dict[str, Dict[str, Any]] = {}
-        self.heartbeats = 0
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-        self.send("hello", daemon="bench", heartbeat_s=heartbeat_s)
-
-    def send(self, kind: str, **fields: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(protocol.encode(kind, **fields))
-        self.proc.stdin.flush()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            msg = protocol.decode(line)
-            with self.lock:
-                if msg["type"] == "heartbeat":
-                    self.heartbeats += 1
-                elif msg["type"] == "status":
-                    self.units = {u["name"]: u for u in msg["units"]}
-                elif msg["type"] == "unit":
-                    self.units[msg["unit"]["name"]] = msg["unit"]
-
-    def running(self) -> List[Dict[str, Any]]:
-        with self.lock:
-            return [u for u in self.units.values() if u["state"] == "running"]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            with contextlib.suppress(BrokenPipeError):
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
 def bench_agent(programs: int, seconds: float, heartbeat_s: float) -> Dict[str, Any]:
     work = tempfile.mkdtemp(prefix="fleet-footprint-")
     state_dir = os.path.join(work, "agent")
-    attached = Attached(state_dir, heartbeat_s)
-    pids: List[int] = []
-    agent_pid: Optional[int] = None
+    attached = Attached(state_dir, heartbeat_s=heartbeat_s)
     try:
-        text = f"[Service]\nExecStart={PROGRAM}\n"
-        specs = [load(f"fp-{i}.service", text).spec(protocol.WANT_RUNNING)
-                 for i in range(programs)]
-        wait("the agent's hello", lambda: os.path.exists(os.path.join(state_dir, "agent.pid")))
-        attached.send("desired", units=specs)
-        wait(f"{programs} programs running", lambda: len(attached.running()) == programs)
-        pids = [int(u["pid"]) for u in attached.running()]
-        with open(os.path.join(state_dir, "agent.pid")) as f:
-            agent_pid = int(f.read())
+        attached.desire(*(spec(f"fp-{i}.service", f"[Service]\nExecStart={PROGRAM}\n")
+                          for i in range(programs)))
+        attached.wait_units(lambda us: sum(u["state"] == "running" for u in us.values())
+                            == programs, timeout=60)
+        beats = [0]  # from here on a thread reads, counting heartbeats
+
+        def count(msg: Dict[str, Any]) -> None:
+            beats[0] += msg["type"] == "heartbeat"
+
+        attached.follow(count)
+        agent = agent_pid(state_dir)
         time.sleep(SETTLE_S)
-        beats = attached.heartbeats
-        agent = measure([agent_pid], seconds)
-        beats = attached.heartbeats - beats
-        both = measure([agent_pid, attached.proc.pid], seconds)
-        return {"programs": programs, "heartbeat_s": heartbeat_s, "agent": agent,
-                "agent_and_attach": both, "heartbeats_in_window": beats,
+        before = beats[0]
+        alone = measure([agent], seconds)
+        in_window = beats[0] - before
+        both = measure([agent, attached.proc.pid], seconds)
+        return {"programs": programs, "heartbeat_s": heartbeat_s, "agent": alone,
+                "agent_and_attach": both, "heartbeats_in_window": in_window,
                 "python": sys.version.split()[0]}
     finally:
         attached.close()
-        for pid in [*pids, *([agent_pid] if agent_pid else [])]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        clean(state_dir)  # the agent, its programs and their cgroups
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -195,8 +137,8 @@ def bench_supervisord(programs: int, seconds: float) -> Optional[Dict[str, Any]]
                             stderr=subprocess.DEVNULL)
     try:
         sup = psutil.Process(proc.pid)
-        wait(f"{programs} programs under supervisord",
-             lambda: sum(1 for c in sup.children() if c.name() == "sleep") == programs)
+        wait_for(f"{programs} programs under supervisord",
+                 lambda: sum(1 for c in sup.children() if c.name() == "sleep") == programs, 60)
         time.sleep(SETTLE_S)
         result = measure([proc.pid], seconds)
         version = subprocess.run([binary, "--version"], capture_output=True, text=True)
@@ -281,12 +223,9 @@ def main() -> None:
           f"CPU <= {TARGET_CPU_PCT:g} %: {'met' if verdict['cpu_ok'] else 'MISSED'} "
           f"({a['cpu_pct']:.3f})")
 
-    out = os.path.join(ROOT, "bench", "results", "agent_footprint.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"agent": agent, "supervisord": sup, "baselines": baselines,
-                   "targets": {"rss_mb": TARGET_RSS_MB, "cpu_pct": TARGET_CPU_PCT},
-                   "verdict": verdict}, f, indent=1)
+    out = save("agent_footprint", {
+        "agent": agent, "supervisord": sup, "baselines": baselines,
+        "targets": {"rss_mb": TARGET_RSS_MB, "cpu_pct": TARGET_CPU_PCT}, "verdict": verdict})
     print(f"wrote {out}")
 
 

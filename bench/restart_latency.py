@@ -32,7 +32,6 @@ favordynmods was set it stays in effect until reboot, whatever /proc/mounts says
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -40,25 +39,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
+
+from benchkit import pct, save
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "integration")]
 
-from fleetd import protocol  # noqa: E402
-from fleetd.units.model import load  # noqa: E402
+from agentkit import Attached, agent_pid, clean, spec  # noqa: E402
 
 POLL_S = 0.0002
 PROGRAM = "sleep"
 UNIT = ("[Service]\nExecStart=/bin/sleep 100000\nRestart=always\nRestartSec=0\n"
         "StartLimitIntervalSec=0\n")
-
-
-def pct(values: List[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
 
 
 def children(pid: int) -> Set[int]:
@@ -101,7 +95,8 @@ def wait_program(parent: int, not_pid: int = 0, timeout: float = 10.0) -> int:
     raise SystemExit(f"no new {PROGRAM} under pid {parent} within {timeout}s")
 
 
-def kill_loop(parent: int, kills: int, on_kill: Any = None) -> List[float]:
+def kill_loop(parent: int, kills: int, on_kill: Optional[Callable[[], None]] = None
+              ) -> List[float]:
     """kill -9 the program ``kills`` times; ms from each kill to its successor's exec."""
     samples: List[float] = []
     pid = wait_program(parent)
@@ -116,69 +111,31 @@ def kill_loop(parent: int, kills: int, on_kill: Any = None) -> List[float]:
     return samples
 
 
-class Agent:
-    """One fleet-agent behind its attach relay; reports read on a thread."""
-
-    def __init__(self, state_dir: str) -> None:
-        self.state_dir = state_dir
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fleetd.agent", "attach", "--state-dir", state_dir],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
-        self.running_at: List[float] = []
-        self.killed_at = 0.0
-        self.report_ms: List[float] = []
-        self._send("hello", daemon="bench", heartbeat_s=5)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _send(self, kind: str, **fields: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(protocol.encode(kind, **fields))
-        self.proc.stdin.flush()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            msg = protocol.decode(line)
-            if msg["type"] == "unit" and msg["unit"]["state"] == "running" and self.killed_at:
-                self.report_ms.append((time.perf_counter() - self.killed_at) * 1000)
-                self.killed_at = 0.0
-
-    def mark(self) -> None:
-        self.killed_at = time.perf_counter()
-
-    def start_unit(self) -> None:
-        self._send("desired", units=[load("bench-restart.service", UNIT).spec("running")])
-
-    @property
-    def pid(self) -> int:
-        deadline = time.monotonic() + 10
-        path = os.path.join(self.state_dir, "agent.pid")
-        while time.monotonic() < deadline:
-            try:
-                with open(path) as f:
-                    return int(f.read())
-            except (FileNotFoundError, ValueError):
-                time.sleep(0.01)
-        raise SystemExit("the agent did not start")
-
-    def stop(self) -> None:
-        self._send("desired", units=[])
-        time.sleep(0.3)
-        os.kill(self.pid, signal.SIGTERM)
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        self.proc.wait(5)
-
-
 def bench_agent(work: str, kills: int) -> Dict[str, Any]:
-    agent = Agent(os.path.join(work, "agent"))
+    """One fleet-agent behind its attach relay; its reports read on a thread, to time
+    the "running" report after each kill as well."""
+    state_dir = os.path.join(work, "agent")
+    agent = Attached(state_dir, heartbeat_s=5)
+    killed_at = [0.0]
+    report_ms: List[float] = []
+
+    def on_message(msg: Dict[str, Any]) -> None:
+        if msg["type"] == "unit" and msg["unit"]["state"] == "running" and killed_at[0]:
+            report_ms.append((time.perf_counter() - killed_at[0]) * 1000)
+            killed_at[0] = 0.0
+
+    def mark() -> None:
+        killed_at[0] = time.perf_counter()
+
     try:
-        agent.start_unit()
-        samples = kill_loop(agent.pid, kills, agent.mark)
+        agent.follow(on_message)
+        agent.desire(spec("bench-restart.service", UNIT))
+        samples = kill_loop(agent_pid(state_dir), kills, mark)
         time.sleep(0.1)
     finally:
-        agent.stop()
-    return {"samples_ms": samples, "report_samples_ms": agent.report_ms}
+        agent.close()
+        clean(state_dir)  # the agent, its program and their cgroups
+    return {"samples_ms": samples, "report_samples_ms": report_ms}
 
 
 SUPERVISORD_CONF = """\
@@ -262,10 +219,7 @@ def main() -> None:
     for key in ("fleet-agent", "supervisord"):
         if key in results:
             results[key].update(summary(results[key]["samples_ms"]))
-    out_dir = os.path.join(ROOT, "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "restart_latency.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    save("restart_latency", results)
 
 
 if __name__ == "__main__":

@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import os
 import platform
 import random
 import sys
 import time
 from typing import Any, Dict, List
+
+from benchkit import save
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -152,11 +153,8 @@ def main() -> None:
               f"{growth:>7.2f} {r['steady_seconds']:>9.2f} {r['steady_tasks']:>12}")
     print("growth: time ratio over unit ratio vs the smallest size (1.00 = linear). "
           "target: >= 2,000 placements/s, one core")
-    out_dir = os.path.join(ROOT, "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "schedule.json"), "w") as f:
-        json.dump({"python": platform.python_version(), "machine": platform.machine(),
-                   "seed": args.seed, "rows": rows}, f, indent=1)
+    save("schedule", {"python": platform.python_version(), "machine": platform.machine(),
+                      "seed": args.seed, "rows": rows})
 
 
 if __name__ == "__main__":

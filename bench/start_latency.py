@@ -12,26 +12,22 @@ Targets (issue 2): p50 <= 100 ms, p99 <= 300 ms.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Dict, List
 
+from benchkit import pct, save
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "integration")]
 
-from fleetd.cli.client import ApiError, Client  # noqa: E402
-from fleetd.lab.daemon import agent_command  # noqa: E402
+from labkit import Fleet, reset_host, wait_for  # noqa: E402
+
 from fleetd.lab.netns import Lab  # noqa: E402
-
-
-def pct(values: List[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
 
 
 def main() -> None:
@@ -44,34 +40,22 @@ def main() -> None:
     lab = Lab(os.path.join(work, "lab"), prefix="fb", subnet="10.80.0")
     lab.down()
     lab.up(3)
-    sock = os.path.join(work, "fleetd.sock")
-    log = open(os.path.join(work, "fleetd.log"), "ab")  # noqa: SIM115
-    fleetd = subprocess.Popen([sys.executable, "-m", "fleetd.daemon", "--state-dir",
-                               os.path.join(work, "fleetd"), "--socket", sock,
-                               "--log-level", "warning"], stdout=log, stderr=log)
-    api = Client(f"unix://{sock}")
+    fleet = Fleet(lab, work, args=["--log-level", "warning"])
     try:
-        for _ in range(300):
-            try:
-                api.get("/v1/health")
-                break
-            except ApiError:
-                time.sleep(0.05)
+        fleet.start()
         for h in lab.hosts():
-            api.post("/v1/machines", {"name": h.name, "address": h.address,
-                                      "identity": lab.identity, "known_hosts": lab.known_hosts,
-                                      "agent_command": agent_command()})
-        while not all(m["state"] == "up" for m in api.get("/v1/machines")["machines"]):
-            time.sleep(0.05)
+            fleet.add(h)
+        wait_for("3 machines up",
+                 lambda: all(m["state"] == "up" for m in fleet.machines().values()), 60)
 
         latencies: List[float] = []
         for i in range(args.starts):
             name = f"bench-{i}.service"
             text = f"[Service]\nExecStart=/bin/sleep 1000\nEnvironment=N={i}\n"
             t0 = time.perf_counter()
-            api.post("/v1/units", {"units": [{"name": name, "text": text}],
-                                   "desired": "launched"})
-            res = api.get(f"/v1/units/{name}/wait?until=running&timeout=30")
+            fleet.api.post("/v1/units", {"units": [{"name": name, "text": text}],
+                                         "desired": "launched"})
+            res = fleet.api.get(f"/v1/units/{name}/wait?until=running&timeout=30")
             latencies.append((time.perf_counter() - t0) * 1000)
             if not res["reached"]:
                 raise SystemExit(f"{name} did not run: {res['why']}")
@@ -79,20 +63,19 @@ def main() -> None:
         unit_dir = os.path.join(work, "units")
         os.makedirs(unit_dir)
         cli_walls: List[float] = []
-        fleetctl = os.path.join(os.path.dirname(sys.executable), "fleetctl")
-        env = dict(os.environ, FLEETCTL_ENDPOINT=f"unix://{sock}")
         for i in range(args.cli_starts):
             path = os.path.join(unit_dir, f"cli-{i}.service")
             with open(path, "w") as f:
                 f.write("[Service]\nExecStart=/bin/sleep 1000\n")
             t0 = time.perf_counter()
-            subprocess.run([fleetctl, "start", path], check=True, env=env,
-                           stdout=subprocess.DEVNULL)
+            fleet.ctl("start", path)
             cli_walls.append((time.perf_counter() - t0) * 1000)
     finally:
-        fleetd.terminate()
-        fleetd.wait()
+        fleet.stop()
+        for h in lab.hosts():
+            reset_host(lab, h)  # the agents' unit cgroups too
         lab.down()
+        shutil.rmtree(work, ignore_errors=True)
 
     result: Dict[str, float] = {
         "starts": args.starts,
@@ -107,10 +90,7 @@ def main() -> None:
     for key in list(result)[1:]:
         print(f"{key:<40}{result[key]:>10.1f}")
     print("targets: p50 <= 100 ms, p99 <= 300 ms")
-    out_dir = os.path.join(ROOT, "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "start_latency.json"), "w") as f:
-        json.dump({**result, "samples_ms": latencies, "cli_samples_ms": cli_walls}, f, indent=1)
+    save("start_latency", {**result, "samples_ms": latencies, "cli_samples_ms": cli_walls})
 
 
 if __name__ == "__main__":

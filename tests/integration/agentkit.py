@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -23,7 +24,8 @@ from fleetd.units.model import load
 class Attached:
     """One ``fleet-agent attach`` process, spoken to like fleetd does over SSH."""
 
-    def __init__(self, state_dir: str, command: Optional[List[str]] = None) -> None:
+    def __init__(self, state_dir: str, command: Optional[List[str]] = None,
+                 heartbeat_s: float = 0.2) -> None:
         """``command``: how to run the agent's Python elsewhere (inside another host's
         namespaces, say); by default this machine's interpreter."""
         self.state_dir = state_dir
@@ -34,7 +36,7 @@ class Attached:
         )
         self.units: Dict[str, Dict[str, Any]] = {}
         self.history: List[Dict[str, Any]] = []  # every unit report, in order
-        self.send("hello", daemon="test", heartbeat_s=0.2)
+        self.send("hello", daemon="test", heartbeat_s=heartbeat_s)
         self.hello = self.read_until(lambda m: m["type"] == "hello")
         self.read_until(lambda m: m["type"] == "status")  # the snapshot follows hello
 
@@ -50,7 +52,22 @@ class Attached:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert line, "the agent closed the channel"
-        msg = protocol.decode(line)
+        return self._take(protocol.decode(line))
+
+    def follow(self, on_message: Callable[[Dict[str, Any]], None]) -> threading.Thread:
+        """From now on read on a thread, until the channel closes, handing each message
+        to ``on_message`` (for benches that measure while the agent talks; nothing else
+        may read then)."""
+        def loop() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                on_message(self._take(protocol.decode(line)))
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        return thread
+
+    def _take(self, msg: Dict[str, Any]) -> Dict[str, Any]:
         if msg["type"] == "status":
             self.units = {u["name"]: u for u in msg["units"]}
         elif msg["type"] == "unit":

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import agentkit
 import pytest
@@ -74,14 +74,17 @@ def reset_host(lab: Lab, h: Host) -> None:
 
 
 class Fleet:
-    """A real fleetd process and the real fleetctl, for one test."""
+    """A real fleetd process and the real fleetctl, for one test (or one bench run)."""
 
-    def __init__(self, lab: Optional[Lab], workdir: str, config: Optional[str] = None) -> None:
+    def __init__(self, lab: Optional[Lab], workdir: str, config: Optional[str] = None,
+                 args: Sequence[str] = ()) -> None:
+        """``args``: more of fleetd's command-line options (``--log-level warning``)."""
         self.lab = lab
         self.state_dir = os.path.join(workdir, "fleetd")
         self.socket = os.path.join(workdir, "fleetd.sock")
         self.log = os.path.join(workdir, "fleetd.log")
         self.config = config
+        self.args = list(args)
         self.endpoint = f"unix://{self.socket}"
         self.api = Client(self.endpoint)
         self.proc: Optional[subprocess.Popen[bytes]] = None
@@ -91,6 +94,7 @@ class Fleet:
                 "--socket", self.socket]
         if self.config:
             argv += ["--config", self.config]
+        argv += self.args
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         wait_for("fleetd to answer", self._healthy, 15)
@@ -123,6 +127,8 @@ class Fleet:
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGUSR1)  # its tasks' stacks, into the log
+                time.sleep(0.5)
                 self.proc.kill()
                 self.proc.wait()
                 pytest.fail(f"fleetd did not stop within 15s of SIGTERM:\n{self.dump()}")
