@@ -110,11 +110,6 @@ class Fleet:
         except ApiError:
             return False
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.kill()
