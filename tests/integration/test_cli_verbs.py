@@ -35,7 +35,8 @@ def test_start_by_name_cat_and_no_block(cluster: Fleet, tmp_path) -> None:
 
 
 def test_machine_remove_moves_its_units_elsewhere(cluster: Fleet) -> None:
-    row = cluster.ctl("start", HELLO) and cluster.unit("hello.service")
+    cluster.ctl("start", HELLO)
+    row = cluster.unit("hello.service")
     first, pid = row["machine"], row["pid"]
     cluster.ctl("machine", "remove", first)
     assert not alive(pid), "the removed machine's copy still runs"

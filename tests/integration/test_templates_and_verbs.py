@@ -97,7 +97,8 @@ def test_verbs_submit_load_start_restart_unload(cluster: Fleet, tmp_path) -> Non
     row = cluster.unit("app.service")
     assert row["state"] == "stopped" and row["pid"] is None and row["machine"]
 
-    first = cluster.ctl("start", "app.service") and running(cluster, "app.service")
+    cluster.ctl("start", "app.service")
+    first = running(cluster, "app.service")
     out = cluster.ctl("restart", "app.service")
     assert "restarted: running on" in out.stdout
     second = running(cluster, "app.service")
