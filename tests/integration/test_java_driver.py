@@ -353,7 +353,10 @@ Args=x
 def test_java_home_explicit(app: App, run: Run) -> None:
     """JavaHome= wins over the newest Java (the oldest installed is taken, so that with
     two Javas here the choice is visibly not the default)."""
-    oldest = jd.installed_javas()[-1]
+    javas = jd.installed_javas()
+    if len(javas) < 2:
+        pytest.skip("one Java here: JavaHome= would name the default, proving nothing")
+    oldest = javas[-1]
     handle = run.start(f"[X-Fleet]\nDriver=java\n[X-Java]\nJar={app.jar}\n"
                        f"JavaHome={oldest.home}\n")
     out = run.output()
