@@ -305,6 +305,9 @@ class MachineSession:
                 return
         elif kind == "removed":
             self.registry.delete_observed(self.name, str(msg["name"]))
+            if self.report_matters(str(msg["name"]), "removed"):
+                self.changed(True)  # a hand-off's old copy is gone: the next unit may go
+                return
         elif kind == "error":
             log.warning("%s: agent says: %s", self.name, msg.get("message"))
             return

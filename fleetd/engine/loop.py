@@ -8,8 +8,9 @@ It also turns agents' reports into the reconciler's facts: a unit reported ``fai
 for the content and generation fleetd wants on its machine is a failure, recorded once
 per placement (so the reschedule policy can count it after a restart of fleetd); a unit
 running (and passing its check, if it has one) where it is placed is ``ready``, which
-is what a drain's hand-off waits for. When the reconciler says a decision is due later
-(a reschedule delay, a fence), the loop sets a timer for it.
+is what a drain's hand-off waits for: its old copy then leaves the old host's set, and
+the reconciler sends the next unit once that copy's row is gone. When the reconciler
+says a decision is due later (a reschedule delay, a fence), the loop sets a timer.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class Engine:
         self._wake = asyncio.Event()
         self._timer: Optional[asyncio.TimerHandle] = None
         self.watching: Set[str] = set()  # units in a hand-off: their reports matter
+        # units in a hand-off whose new copy is ready: their old copy leaves its host's set
+        self._handed_over: Set[str] = set()
         self._units: Dict[CacheKey, Unit] = {}  # parsed, validated, rendered
         # (unit, machine) -> hash of the rendered content last handed to that machine:
         # what "current" means for an agent's report
@@ -173,6 +176,7 @@ class Engine:
         on the machine it would pick."""
         by_name = {m.name: m for m in machines}
         views = []
+        self._handed_over = set()
         keys = {(u.name, u.hash, _vars_key(u)) for u in units}
         for stale in set(self._requirements) - keys:
             del self._requirements[stale]
@@ -199,8 +203,11 @@ class Engine:
             machine = by_name.get(u.machine or "")
             if u.handoff and machine is not None:
                 ready = self._ready(u, machine, observed.get((u.name, machine.name)))
+            if ready:
+                self._handed_over.add(u.name)
             views.append(UnitView(u.name, u.desired, u.machine, u.reason, req, mine, failed,
-                                  u.handoff, ready))
+                                  u.handoff, ready,
+                                  old_running=(u.name, u.handoff or "") in observed))
         if invalid:
             self.registry.set_placements(invalid)
         return views
@@ -236,7 +243,7 @@ class Engine:
             if u.desired not in (LOADED, LAUNCHED):
                 continue
             targets = self.global_targets.get(u.name, [u.machine] if u.machine else [])
-            if u.handoff and u.handoff != u.machine:
+            if u.handoff and u.handoff != u.machine and u.name not in self._handed_over:
                 targets = [*targets, u.handoff]  # the old copy runs until the new is ready
             want = protocol.WANT_RUNNING if u.desired == LAUNCHED else protocol.WANT_STOPPED
             for target in targets:

@@ -37,8 +37,8 @@ Failures and drains (fleet had neither), decided in the same pass:
   has been silent long enough that its agent has surely stopped it, so two copies
   never run.
 * **draining** machines take no new units and hand theirs over one at a time: the unit
-  is placed elsewhere while its old copy keeps running (``handoff``), and only once the
-  new copy is running and healthy does the old one stop and the next unit go. After
+  is placed elsewhere while its old copy keeps running (``handoff``); once the new copy
+  is running and healthy the old one stops, and once it is gone the next unit goes. After
   the drain's deadline whatever is left moves at once (or stops, if it fits nowhere).
 
 Time enters only as ``now`` and the machines' silences; the outcome says when the next
@@ -382,9 +382,9 @@ class _Pass:
                     or u.desired == INACTIVE or self.where.get(name) is None
                     or self.where[name] is host or (host.draining and host.drain_overdue)):
                 self.handoff[name] = None  # nothing (more) to hand over from there
-            elif u.ready and u.machine == self.where[name].name:
-                self.handoff[name] = None  # the new copy is healthy: the old one may stop
-            else:
+            elif u.ready and u.machine == self.where[name].name and not u.old_running:
+                self.handoff[name] = None  # the new copy is healthy and the old one gone
+            else:  # not ready yet, or ready and its old copy stopping (it leaves the set)
                 in_flight.setdefault(old, []).append(name)
         for host in self.cluster.draining:
             if host.drain_overdue or in_flight.get(host.name):

@@ -32,6 +32,7 @@ class UnitView:
     failed: Optional[Failure] = None  # it failed where it is placed now (not retried yet)
     handoff: Optional[str] = None  # a drain moves it from this machine; that copy runs
     ready: bool = False  # running (and healthy, if checked) where it is placed
+    old_running: bool = False  # the hand-off's old copy is still on its machine
 
 
 @dataclasses.dataclass(frozen=True)

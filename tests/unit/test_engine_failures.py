@@ -132,9 +132,12 @@ def test_drain_hands_over_one_unit_at_a_time_and_waits_for_health() -> None:
     assert first.reason.startswith("h1 is draining: its copy there runs until this one is")
     moving = [unit("a.service", "h2", handoff="h1", reason=first.reason), units[1]]
     assert reconcile(moving, ms, 1).tasks == []  # a is not healthy on h2 yet: b waits
-    ready = [dataclasses.replace(moving[0], ready=True), units[1]]
-    tasks = {t.unit: t for t in reconcile(ready, ms, 2).tasks}
-    assert tasks["a.service"].handoff is None  # the old copy may stop now
+    # healthy on h2: its old copy leaves h1's set, and b waits until that copy is gone
+    stopping = [dataclasses.replace(moving[0], ready=True, old_running=True), units[1]]
+    assert reconcile(stopping, ms, 2).tasks == []
+    gone = [dataclasses.replace(moving[0], ready=True), units[1]]
+    tasks = {t.unit: t for t in reconcile(gone, ms, 3).tasks}
+    assert tasks["a.service"].handoff is None  # done
     assert (tasks["b.service"].machine, tasks["b.service"].handoff) == ("h2", "h1")
 
 
