@@ -104,7 +104,8 @@ tests() {
   echo "== mypy";  mypy
   echo "== vermin (agent side runs on Python 3.9+)"
   vermin -q --no-tips --violations -t=3.9- --eval-annotations --backport typing \
-    fleetd/agent fleetd/drivers fleetd/cgroups fleetd/protocol.py fleetd/units/execline.py
+    fleetd/agent fleetd/drivers fleetd/cgroups fleetd/wire fleetd/protocol.py \
+    fleetd/units/execline.py
   echo "== pytest"
   pytest "$@"
 }

@@ -10,6 +10,7 @@ AGENT_MODULES = [
     "fleetd.agent.main", "fleetd.agent.attach", "fleetd.agent.daemon",
     "fleetd.agent.supervisor", "fleetd.drivers.exec", "fleetd.drivers.java",
     "fleetd.agent.facts", "fleetd.protocol", "fleetd.cgroups", "fleetd.drivers.systemd",
+    "fleetd.wire.names", "fleetd.wire.numbers",
 ]
 
 PROBE = """
