@@ -5,6 +5,10 @@ The host key must be in the machine's known_hosts file (``--known-hosts``, defau
 key exchange, before authentication, so nothing runs on a host that is not the one the
 user registered. The error names the address, the key offered and the file checked.
 
+fleetd reads the known_hosts file and the identity itself, before it connects, and says
+which file is wrong and how without quoting it: fleetd may run as root and the file may
+be one the caller could not read (asyncssh's own errors quote the line it choked on).
+
 Besides the session's long-lived channel (``open``), it is the ``Shell`` that
 fleetd.bootstrap installs the agent through: ``run`` a command to its end, ``put`` a
 file over SFTP, on the same connection.
@@ -15,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from typing import List, Optional
+from typing import Optional
 
 import asyncssh
 
@@ -24,6 +28,8 @@ from fleetd.transport.base import Channel, CommandResult, TransportError
 
 CONNECT_TIMEOUT_S = 5.0
 KEEPALIVE_S = 5.0
+KNOWN_HOSTS_MAX = 4 << 20  # bytes; far more than any real known_hosts file
+IDENTITY_MAX = 64 << 10  # bytes; an RSA-16384 private key is under 13 KiB
 
 
 class SshChannel:
@@ -53,6 +59,53 @@ class SshChannel:
         return data.decode(errors="replace").strip()[-2000:]
 
 
+def _read_bounded(path: str, limit: int, what: str) -> bytes:
+    """The file's bytes, or an error that names the file and says why not (never what
+    is in it): ``what`` is the error's kind."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise TransportError(what, f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise TransportError(what, f"{path} is larger than {limit >> 10} KiB")
+    return data
+
+
+def _bad_known_hosts_line(data: bytes) -> int:
+    """The number of the first line asyncssh refuses (1 when it is not text at all)."""
+    for number, raw in enumerate(data.splitlines(), 1):
+        try:
+            asyncssh.import_known_hosts(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return number
+    return 1
+
+
+def load_known_hosts(path: str) -> asyncssh.SSHKnownHosts:
+    """The known_hosts file at ``path``; TransportError("hostkey") names the file and
+    the first line that is not ``HOST KEYTYPE KEY``, without quoting it."""
+    data = _read_bounded(path, KNOWN_HOSTS_MAX, "hostkey")
+    try:
+        return asyncssh.import_known_hosts(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise TransportError(
+            "hostkey", f"{path} is not a known_hosts file: line "
+                       f"{_bad_known_hosts_line(data)} is not HOST KEYTYPE KEY") from None
+
+
+def load_identity(path: str) -> asyncssh.SSHKey:
+    """The private key at ``path``; TransportError("auth") names the file, without
+    quoting it (asyncssh's message may)."""
+    data = _read_bounded(path, IDENTITY_MAX, "auth")
+    try:
+        return asyncssh.import_private_key(data)
+    except (asyncssh.KeyImportError, ValueError):
+        raise TransportError(
+            "auth", f"{path} is not an SSH private key fleetd can use (OpenSSH, PEM or "
+                    "PKCS#8, without a passphrase)") from None
+
+
 class SshTransport:
     def __init__(
         self,
@@ -78,12 +131,16 @@ class SshTransport:
             raise TransportError(
                 "hostkey", f"{self.where}: known_hosts file {self.known_hosts} does not exist; "
                            "host keys are always checked")
-        keys: Optional[List[str]] = [self.identity] if self.identity else None
+        try:
+            known_hosts = load_known_hosts(self.known_hosts)
+            keys = [load_identity(self.identity)] if self.identity else None
+        except TransportError as exc:
+            raise TransportError(exc.kind, f"{self.where}: {exc}") from None
         try:
             return await asyncio.wait_for(
                 asyncssh.connect(
                     self.address, port=self.port, username=self.user,
-                    known_hosts=self.known_hosts, client_keys=keys,
+                    known_hosts=known_hosts, client_keys=keys,
                     agent_path=None, agent_forwarding=False, x11_forwarding=False,
                     keepalive_interval=KEEPALIVE_S, keepalive_count_max=3,
                     config=[],
