@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
 from fleetd.cli.client import ApiError
 from fleetd.cli.context import Ctx, pass_ctx
-from fleetd.cli.output import ago, table
+from fleetd.cli.output import ago, echo, table
 from fleetd.units.timespan import format_timespan
 
 Row = Dict[str, Any]
@@ -138,6 +139,12 @@ def list_machines(c: Ctx, fields: str, full: bool, no_legend: bool, output: str)
          output)
 
 
+def _quoted(unit: str) -> str:
+    """A unit argument as one path segment: fleetd judges the name, and a ``?``, ``/`` or
+    control character in it cannot change the request."""
+    return urllib.parse.quote(unit, safe="@")
+
+
 @click.command()
 @click.argument("unit")
 @click.option("-n", "--lines", default=10, show_default=True, help="Log lines to show.")
@@ -146,27 +153,27 @@ def list_machines(c: Ctx, fields: str, full: bool, no_legend: bool, output: str)
 def status(c: Ctx, unit: str, lines: int, output: str) -> None:
     """One unit: desired and current state, where, pid, since, restarts, last exit, why,
     and its last log lines."""
-    s = c.call("GET", f"/v1/units/{unit}/status?lines={lines}")
+    s = c.call("GET", f"/v1/units/{_quoted(unit)}/status?lines={lines}")
     if output == "json":
         click.echo(json.dumps(s, indent=2, sort_keys=True))
         return
-    click.echo(f"● {s['unit']}" + (f" - {s['description']}" if s.get("description") else ""))
-    click.echo(f"   Desired: {s['desired']}" + (f" (generation {s['generation']})"
-                                                 if s.get("generation") else ""))
-    click.echo(f"   Placed: {s['machine'] or '-'}" +
-               (f"  ({s['reason']})" if s.get("reason") else ""))
+    echo(f"● {s['unit']}" + (f" - {s['description']}" if s.get("description") else ""))
+    echo(f"   Desired: {s['desired']}" + (f" (generation {s['generation']})"
+                                           if s.get("generation") else ""))
+    echo(f"   Placed: {s['machine'] or '-'}" + (f"  ({s['reason']})" if s.get("reason")
+                                                else ""))
     if s.get("handoff"):
-        click.echo(f"   Handing over from: {s['handoff']} (its copy runs until this one "
-                   "is healthy)")
+        echo(f"   Handing over from: {s['handoff']} (its copy runs until this one is "
+             "healthy)")
     resched = s.get("reschedule") or {}
     if resched.get("failures"):
         limit = resched["attempts"]
-        click.echo(f"   Rescheduled: {resched['used']} of "
-                   f"{'unlimited' if limit is None else limit} attempts in "
-                   f"{format_timespan(resched['interval_s'])}")
+        echo(f"   Rescheduled: {resched['used']} of "
+             f"{'unlimited' if limit is None else limit} attempts in "
+             f"{format_timespan(resched['interval_s'])}")
         for failure in resched["failures"]:
-            click.echo(f"     failed on {failure['machine']} {ago(failure['at'])}: "
-                       f"{failure['reason']}")
+            echo(f"     failed on {failure['machine']} {ago(failure['at'])}: "
+                 f"{failure['reason']}")
     now = time.time()
     for o in s["copies"]:
         line = f"   {o['machine']}: {o['state']}"
@@ -181,15 +188,17 @@ def status(c: Ctx, unit: str, lines: int, output: str) -> None:
             line += f" — {o['error']}"
         if not o.get("current", True):
             line += " [not the current content]"
-        click.echo(line)
+        echo(line)
     if not s["copies"]:
-        click.echo("   (not on any machine)")
+        echo("   (not on any machine)")
     if s.get("log") is not None:
-        click.echo(f"\n-- last {len(s['log'])} log lines from {s['machine']} --")
+        click.echo()
+        echo(f"-- last {len(s['log'])} log lines from {s['machine']} --")
         for log_line in s["log"]:
-            click.echo(log_line)
+            click.echo(log_line)  # raw, as journalctl prints it (fleetd.cli.output)
     elif s.get("log_error"):
-        click.echo(f"\n-- no log: {s['log_error']} --")
+        click.echo()
+        echo(f"-- no log: {s['log_error']} --")
 
 
 @click.command()
@@ -198,8 +207,9 @@ def status(c: Ctx, unit: str, lines: int, output: str) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C ends).")
 @pass_ctx
 def journal(c: Ctx, unit: str, lines: int, follow: bool) -> None:
-    """A unit's output, from the machine it runs on, through fleetd."""
-    path = f"/v1/units/{unit}/journal?lines={lines}&follow={int(follow)}"
+    """A unit's output, from the machine it runs on, through fleetd (raw, as journalctl
+    prints it: control characters included)."""
+    path = f"/v1/units/{_quoted(unit)}/journal?lines={lines}&follow={int(follow)}"
     try:
         for line in c.client.stream(path):
             click.echo(line.decode(errors="replace"), nl=False)

@@ -20,9 +20,31 @@ from fleetd.cli import units as unit_commands
 from fleetd.cli import vagrant as vagrant_cli
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.lab import lab
+from fleetd.cli.output import echo, visible
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _VisibleError(click.ClickException):
+    """A command's error as printed: through ``visible``, since errors quote what fleetd
+    answered (a unit's text, a host's or an agent's words)."""
+
+    def __init__(self, error: click.ClickException) -> None:
+        super().__init__(visible(error.format_message(), lines=True))
+
+
+class _Fleetctl(click.Group):
+    """fleetctl's top group: every command's error is printed as a _VisibleError (usage
+    errors, about the command line itself, keep click's usage hint)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError:
+            raise
+        except click.ClickException as exc:
+            raise _VisibleError(exc) from None
+
+
+@click.group(cls=_Fleetctl, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--endpoint", envvar="FLEETCTL_ENDPOINT",
               help="fleetd API: unix:///PATH (default unix:///run/fleetd/fleetd.sock) "
                    "or http://HOST:PORT.")
@@ -120,7 +142,7 @@ def machine_add(c: Ctx, address: Optional[str], name: Optional[str], metadata: O
     answer = c.call("POST", "/v1/machines", body, timeout=300)
     added = answer["machine"]
     if answer.get("agent"):
-        click.echo(describe_install(added["name"], answer["agent"]))
+        echo(describe_install(added["name"], answer["agent"]))
     if not wait:
         click.echo(f"Machine {added['name']} added")
         return
@@ -151,7 +173,7 @@ def machine_upgrade(c: Ctx, name: str, force: bool) -> None:
     """Install this fleetd's agent where fleetd installed an older one; the units keep
     running (same pids), the new agent re-adopts them."""
     answer = c.call("POST", f"/v1/machines/{name}/upgrade", {"force": force}, timeout=300)
-    click.echo(describe_install(name, answer["agent"]))
+    echo(describe_install(name, answer["agent"]))
     if answer.get("state") != "up":
         raise click.ClickException(f"machine {name} is {answer.get('state')} after the "
                                    f"upgrade: {answer.get('error')}")
@@ -175,10 +197,9 @@ def machine_remove(c: Ctx, name: str, purge: bool) -> None:
         done.append("what fleetd installed there removed")
     click.echo("; ".join(done))
     if answer.get("units_left"):
-        click.echo(f"Warning: units still there: {', '.join(answer['units_left'])}",
-                   err=True)
+        echo(f"Warning: units still there: {', '.join(answer['units_left'])}", err=True)
     if answer.get("warning"):
-        click.echo(f"Warning: {answer['warning']}", err=True)
+        echo(f"Warning: {answer['warning']}", err=True, lines=True)
 
 
 for command in [*unit_commands.COMMANDS, *listing.COMMANDS, *drain.COMMANDS, lab]:

@@ -43,6 +43,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import click
 
 from fleetd.cli.context import Ctx
+from fleetd.cli.output import echo
 
 SKIPPED_BY_DEFAULT = ("fleetd",)  # the lab's daemon VM: not a machine to place units on
 VAGRANT_TIMEOUT_S = 120.0
@@ -343,7 +344,7 @@ def wait_up(c: Ctx, names: List[str]) -> None:
             if m is None:
                 errors[name] = "removed meanwhile"
             elif m["state"] == "up":
-                click.echo(f"Machine {name} up ({m['address']}, machine id {m['machine_id']})")
+                echo(f"Machine {name} up ({m['address']}, machine id {m['machine_id']})")
             elif m["state"] == "error":
                 errors[name] = str(m["error"])
             else:
