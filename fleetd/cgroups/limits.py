@@ -13,14 +13,18 @@ with ``resource.setrlimit``; it is not part of ``Limits``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any, List, Mapping, Optional
 
 import psutil
 
+from fleetd.wire.numbers import json_float, json_int
+
 DEFAULT_WEIGHT = 100  # systemd's and cgroup v2's default CPUWeight
 MAX_WEIGHT = 10000
 IDLE_WEIGHT = 0  # CPUWeight=idle
+MAX_BYTES = (1 << 63) - 1  # what cgroup files and setrlimit take (an int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +59,8 @@ class Limits:
     def __post_init__(self) -> None:
         if self.memory_max is not None and self.memory_max <= 0:
             raise ValueError(f"memory_max must be positive, not {self.memory_max}")
-        if self.cpu_quota is not None and self.cpu_quota <= 0:
-            raise ValueError(f"cpu_quota must be positive, not {self.cpu_quota}")
+        if self.cpu_quota is not None and not (0 < self.cpu_quota < math.inf):
+            raise ValueError(f"cpu_quota must be positive and finite, not {self.cpu_quota}")
         if self.cpu_weight is not None and not IDLE_WEIGHT <= self.cpu_weight <= MAX_WEIGHT:
             raise ValueError(f"cpu_weight must be 0 (idle) to {MAX_WEIGHT}, "
                              f"not {self.cpu_weight}")
@@ -66,21 +70,22 @@ class Limits:
     @classmethod
     def from_config(cls, limits: Mapping[str, Any], host: Optional[HostSize] = None) -> Limits:
         """From a unit's ``config["limits"]`` (see ``fleetd.units.service.limits``).
-        ``host`` is probed only if a percentage needs it."""
-        memory_max = _int(limits.get("memory_max"))
-        tasks_max = _int(limits.get("tasks_max"))
-        memory_percent = limits.get("memory_max_percent")
-        tasks_percent = limits.get("tasks_max_percent")
+        ``host`` is probed only if a percentage needs it. Every value is read as the
+        JSON number it must be (NumberError, a ValueError, otherwise): never a NaN, a
+        string or ``true``, which ``float()``/``int()`` would let through."""
+        memory_max = _int(limits.get("memory_max"), MAX_BYTES)
+        tasks_max = _int(limits.get("tasks_max"), MAX_BYTES)
+        memory_percent = _number(limits.get("memory_max_percent"), 100.0)
+        tasks_percent = _number(limits.get("tasks_max_percent"), 100.0)
         if memory_percent is not None or tasks_percent is not None:
             host = host or HostSize.probe()
             if memory_percent is not None:
-                memory_max = _scale(host.memory_bytes, float(memory_percent), "MemoryMax")
+                memory_max = _scale(host.memory_bytes, memory_percent, "MemoryMax")
             if tasks_percent is not None:
-                tasks_max = _scale(host.tasks, float(tasks_percent), "TasksMax")
-        quota = limits.get("cpu_quota")
+                tasks_max = _scale(host.tasks, tasks_percent, "TasksMax")
         return cls(memory_max=memory_max,
-                   cpu_quota=float(quota) if quota is not None else None,
-                   cpu_weight=_int(limits.get("cpu_weight")),
+                   cpu_quota=_number(limits.get("cpu_quota"), None),
+                   cpu_weight=_int(limits.get("cpu_weight"), MAX_WEIGHT),
                    tasks_max=tasks_max)
 
     def requested(self) -> List[str]:
@@ -114,8 +119,12 @@ def format_size(size: int) -> str:
     return str(size)
 
 
-def _int(value: Any) -> Optional[int]:
-    return int(value) if value is not None else None
+def _int(value: Any, hi: int) -> Optional[int]:
+    return json_int(value, 0, hi) if value is not None else None
+
+
+def _number(value: Any, hi: Optional[float]) -> Optional[float]:
+    return json_float(value, 0.0, hi) if value is not None else None
 
 
 def _scale(total: int, percent: float, option: str) -> int:

@@ -29,6 +29,8 @@ from fleetd.registry.base import LAUNCHED
 from fleetd.units.model import parse_name
 from fleetd.units.parser import UnitError
 from fleetd.units.timespan import TimespanError, format_timespan, parse_timespan
+from fleetd.units.xfleet import is_glob
+from fleetd.wire.names import is_template
 
 
 def parse_vars(pairs: Tuple[str, ...], vars_file: Optional[str]) -> Optional[Dict[str, str]]:
@@ -208,16 +210,9 @@ unload = _state_verb("unload", "inactive", "unplaced",
                      "Stop units and take them off their machines; they stay submitted.")
 
 
-GLOB_CHARS = "*?["  # never in a unit name (parse_name), so never ambiguous
-
-
-def is_glob(arg: str) -> bool:
-    return any(ch in arg for ch in GLOB_CHARS)
-
-
 def name_key(name: str) -> Tuple[Tuple[Any, ...], str]:
     """Name order with the numbers in names compared as numbers: web@2 before web@10."""
-    parts = re.split(r"(\d+)", name)  # text, number, text, ...: the kinds line up
+    parts = re.split(r"([0-9]+)", name)  # text, number, text, ...: the kinds line up
     return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
 
 
@@ -234,7 +229,7 @@ def expand_units(args: Sequence[str], unit_files: Sequence[Dict[str, Any]]) -> L
             found = [arg]
         else:
             matching = [f for f in unit_files if fnmatch.fnmatchcase(f["unit"], arg)
-                        and "@." not in f["unit"]]
+                        and not is_template(f["unit"])]
             found = sorted((f["unit"] for f in matching if f.get("desired") == LAUNCHED),
                            key=name_key)
             if not found:

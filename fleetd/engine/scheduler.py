@@ -55,7 +55,7 @@ from typing import (
 
 from fleetd.engine.views import MachineView, UnitView
 from fleetd.registry.base import INACTIVE
-from fleetd.units.xfleet import Requirements
+from fleetd.units.xfleet import Requirements, is_glob
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -82,10 +82,6 @@ def _matcher(pattern: str) -> Matcher:
     return re.compile(fnmatch.translate(pattern)).match
 
 
-def _is_glob(pattern: str) -> bool:
-    return any(c in pattern for c in "*?[")
-
-
 class Relations:
     """A unit's Conflicts= and Replaces= patterns, split into exact names and globs.
 
@@ -98,8 +94,8 @@ class Relations:
 
     def __init__(self, conflicts: Tuple[str, ...], replaces: Tuple[str, ...]) -> None:
         patterns = set(conflicts) | set(replaces)
-        self.literal = frozenset(p for p in patterns if not _is_glob(p))
-        self.globs = tuple(sorted(p for p in patterns if _is_glob(p)))
+        self.literal = frozenset(p for p in patterns if not is_glob(p))
+        self.globs = tuple(sorted(p for p in patterns if is_glob(p)))
 
 
 @functools.lru_cache(maxsize=65536)

@@ -25,6 +25,7 @@ from fleetd.registry.base import (
     UnitInput,
     UnitRecord,
 )
+from fleetd.wire import names
 
 SCHEMA_VERSION = 3
 _SCHEMA = """
@@ -176,7 +177,7 @@ class SqliteRegistry:
                         (content_hash, json.dumps(variables), wanted, now, name),
                     )
                 changed.append(name)
-                if row is not None and row[0] != content_hash and "@." in name:
+                if row is not None and row[0] != content_hash and names.is_template(name):
                     changed += self._follow_template(name, row[0], content_hash, now)
             self._collect_contents()
         return changed

@@ -17,6 +17,7 @@ from typing import Dict, List, NoReturn, Optional, Sequence
 from fleetd.units import execline
 from fleetd.units.parser import Entry, UnitError, UnitFile
 from fleetd.units.timespan import TimespanError, parse_timespan
+from fleetd.wire.numbers import NumberError, parse_float, parse_int
 
 # fleet's old spellings, still accepted so that fleet users' units load unchanged
 ALIASES: Dict[str, Dict[str, str]] = {
@@ -143,6 +144,31 @@ class UnitContext:
         if value.lower() in _FALSE:
             return False
         self.fail(self.entry(section, key), f"{value!r} is not a boolean (yes/no, true/false, 1/0)")
+
+    def whole(self, entry: Optional[Entry], text: str, lo: int, hi: int, what: str = ""
+              ) -> int:
+        """``text`` (a value, or a part of one: ``what``, like "the port") as a whole
+        number in [lo, hi], read the one way fleetd reads numbers (fleetd.wire.numbers):
+        ASCII digits only, since ``isdigit()`` takes ``²``, which ``int()`` refuses."""
+        try:
+            return parse_int(text, lo, hi)
+        except NumberError as exc:
+            self.fail(entry, f"{what}: {exc}" if what else str(exc))
+
+    def decimal(self, entry: Optional[Entry], text: str, lo: float, hi: float) -> float:
+        """``text`` as a finite number in [lo, hi]: never ``nan``, ``inf`` or ``1e999``,
+        which ``float()`` takes and which then break every sum they enter."""
+        try:
+            return parse_float(text, lo, hi)
+        except NumberError as exc:
+            self.fail(entry, str(exc))
+
+    def count(self, section: str, key: str, default: int, lo: int, hi: int) -> int:
+        """A single-valued whole-number option, ``default`` when unset."""
+        value = self.single(section, key)
+        if value is None:
+            return default
+        return self.whole(self.entry(section, key), value, lo, hi)
 
     def timespan(self, section: str, key: str, default: float) -> float:
         """A systemd time span in seconds (``5s``, ``1min 30s``, ``infinity``)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from typing import Any, Dict, Optional, Tuple
 
 from fleetd import protocol
@@ -19,26 +18,24 @@ from fleetd.units import service, systemd_text, xcheck, xfleet, xjava
 from fleetd.units.context import UnitContext, UnitName
 from fleetd.units.parser import UnitError, UnitFile, parse
 from fleetd.units.xfleet import Requirements
+from fleetd.wire import names
 
 KILL_GRACE_S = 5.0  # the agent's wait after SIGKILL (agent/supervisor.py), for fencing
 
 __all__ = ["Unit", "UnitName", "content_hash", "load", "parse_name"]
 
-# systemd's unit-name rules (unit-name.c), restricted to the types fleetd runs.
-_NAME = re.compile(r"([A-Za-z0-9:_.\\-]+)(@([A-Za-z0-9:_.\\-]*))?\.(service)")
-NAME_MAX = 255
+NAME_MAX = names.NAME_MAX
 
 
 def parse_name(name: str) -> UnitName:
-    """Check a unit name; raise UnitError naming what is wrong with it."""
-    m = _NAME.fullmatch(name)
-    if not m or len(name) > NAME_MAX:
-        raise UnitError(
-            name, None,
-            "invalid unit name: want NAME.service or NAME@INSTANCE.service "
-            "(letters, digits and : _ . \\ - only)",
-        )
-    return UnitName(full=name, prefix=m.group(1), instance=m.group(3), suffix=m.group(4))
+    """Check a unit name by the one rule both sides share (fleetd.wire.names); raise
+    UnitError naming what is wrong with it."""
+    try:
+        parts = names.split(name)
+    except names.UnitNameError as exc:
+        raise UnitError(name, None, str(exc)) from None
+    return UnitName(full=name, prefix=parts.prefix, instance=parts.instance,
+                    suffix=parts.suffix)
 
 
 def content_hash(text: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from fleetd.units import execline
 from fleetd.units.context import UnitContext
 from fleetd.units.parser import Entry
+from fleetd.wire.numbers import NumberError, parse_float, parse_int
 
 SERVICE_TYPES = ("simple", "exec", "oneshot")
 RESTART_POLICIES = ("no", "on-success", "on-failure", "on-abnormal", "on-watchdog",
@@ -27,6 +28,14 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?")
 _SIZE_SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
                 "P": 1 << 50, "E": 1 << 60}
+# Ranges of the numbers in [Service], as systemd and the kernel take them:
+MAX_SIZE = (1 << 63) - 1  # bytes: cgroup files and the scheduler hold an int64
+MAX_RESTART_STEPS = 10000  # systemd keeps the step count in an unsigned
+MAX_START_LIMIT_BURST = 1_000_000
+MAX_CPU_QUOTA_PERCENT = 1_000_000.0  # 10000 CPUs
+MAX_CPU_WEIGHT = 10000  # systemd's and cgroup v2's cpu.weight range is 1..10000
+MAX_TASKS = 4194304  # the kernel's PID_MAX_LIMIT: pids.max refuses more
+MAX_NOFILE = (1 << 31) - 1  # the kernel's fs.nr_open is an int
 
 S = "Service"
 
@@ -51,6 +60,9 @@ def config(ctx: UnitContext, needs_exec_start: bool = True) -> Dict[str, Any]:
         ctx.fail(starts[1], f"more than one ExecStart= is only allowed with Type=oneshot "
                             f"(first at line {starts[0].line})")
     restart_s = ctx.timespan(S, "RestartSec", DEFAULT_RESTART_S)
+    if math.isinf(restart_s):
+        ctx.fail(ctx.entry(S, "RestartSec"),
+                 "must be a finite time span (Restart=no turns restarting off)")
     return {
         "type": service_type,
         "commands": _commands(ctx, starts),
@@ -138,9 +150,8 @@ def _signal(ctx: UnitContext, key: str, default: int) -> int:
 
 def signal_number(value: str) -> Optional[int]:
     """``SIGTERM``, ``TERM`` or ``15`` -> 15; None if it names no signal."""
-    if re.fullmatch(r"[0-9]+", value):
-        number = int(value)
-        return number if 1 <= number < signal.NSIG else None
+    if _numeric(value):
+        return _number_in(value, 1, signal.NSIG - 1)
     name = value if value.startswith("SIG") else "SIG" + value
     sig = signal.Signals.__members__.get(name)
     return int(sig) if sig is not None else None
@@ -162,12 +173,7 @@ def _choice(ctx: UnitContext, key: str, allowed: Tuple[str, ...], default: str) 
 def _restart_steps(ctx: UnitContext) -> int:
     """RestartSteps= (systemd 254): over how many restarts the delay grows from
     RestartSec= to RestartMaxDelaySec=; 0 (the default) means it does not grow."""
-    value = ctx.single(S, "RestartSteps")  # None too for an empty (resetting) assignment
-    if value is None:
-        return 0
-    if not value.isdigit():
-        ctx.fail(ctx.entry(S, "RestartSteps"), f"{value!r} is not a count (0 turns growth off)")
-    return int(value)
+    return ctx.count(S, "RestartSteps", 0, 0, MAX_RESTART_STEPS)
 
 
 def _restart_max_delay(ctx: UnitContext, restart_s: float) -> Optional[float]:
@@ -196,11 +202,9 @@ def _restart(ctx: UnitContext, service_type: str) -> str:
 
 def _start_limit_burst(ctx: UnitContext) -> int:
     for section in ("Unit", S):  # [Unit] is where systemd wants it; [Service] is legacy
-        value = ctx.single(section, "StartLimitBurst")
-        if value is not None:
-            if not value.isdigit():
-                ctx.fail(ctx.entry(section, "StartLimitBurst"), f"{value!r} is not a count")
-            return int(value)
+        if ctx.single(section, "StartLimitBurst") is not None:
+            return ctx.count(section, "StartLimitBurst", DEFAULT_START_LIMIT_BURST, 0,
+                             MAX_START_LIMIT_BURST)
     return DEFAULT_START_LIMIT_BURST
 
 
@@ -217,23 +221,44 @@ def _success_exit_status(ctx: UnitContext) -> Dict[str, List[int]]:
     signals: List[int] = []
     for entry in ctx.many(S, "SuccessExitStatus"):
         for word in ctx.expand(entry).split():
-            if word.isdigit() and int(word) < 256:
-                codes.append(int(word))
+            if _numeric(word):  # a number is an exit status, as in systemd
+                code = _number_in(word, 0, 255)
+                if code is None:
+                    ctx.fail(entry, f"{word!r} is not an exit status (0-255)")
+                codes.append(code)
                 continue
-            number = signal_number(word) if not word.isdigit() else None
+            number = signal_number(word)
             if number is None:
                 ctx.fail(entry, f"{word!r} is neither an exit status (0-255) nor a signal")
             signals.append(number)
     return {"codes": codes, "signals": signals}
 
 
+def _numeric(text: str) -> bool:
+    """Written as a number (so not a name): it begins with an ASCII digit."""
+    return text[:1] in tuple("0123456789")
+
+
+def _number_in(text: str, lo: int, hi: int) -> Optional[int]:
+    """``text`` as a whole number in [lo, hi], or None: for words that may also be
+    something else (a signal's name)."""
+    try:
+        return parse_int(text, lo, hi)
+    except NumberError:
+        return None
+
+
 # --- resource limits ---------------------------------------------------------------------
 def parse_size(text: str) -> int:
-    """systemd sizes: bytes, or K/M/G/T/P/E (base 1024). Raises ValueError."""
+    """systemd sizes: bytes, or K/M/G/T/P/E (base 1024), at most MAX_SIZE. Raises
+    ValueError (NumberError for a number out of range)."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTPEB]?)\s*", text)
     if not m:
         raise ValueError(f"{text!r} is not a size (like 512M, 2G, or bytes)")
-    return int(float(m.group(1)) * _SIZE_SUFFIX[m.group(2)])
+    size = parse_float(m.group(1), 0) * _SIZE_SUFFIX[m.group(2)]
+    if size > MAX_SIZE:
+        raise NumberError(f"{text!r} is more than 8E (the largest size the kernel takes)")
+    return int(size)
 
 
 def limits(ctx: UnitContext) -> Dict[str, Any]:
@@ -258,28 +283,22 @@ def limits(ctx: UnitContext) -> Dict[str, Any]:
         entry = ctx.entry(S, "CPUQuota")
         if not value.endswith("%"):
             ctx.fail(entry, f"{value!r}: want a percentage of one CPU, like 20% or 200%")
-        quota = _percent(ctx, entry, value, upper=None)
+        quota = _percent(ctx, entry, value, upper=MAX_CPU_QUOTA_PERCENT)
         if quota <= 0:
             ctx.fail(entry, "must be more than 0%")
         out["cpu_quota"] = quota / 100.0  # in CPUs: 200% -> 2.0
     value = ctx.single(S, "CPUWeight")
     if value is not None:
         entry = ctx.entry(S, "CPUWeight")
-        if value == "idle":
-            out["cpu_weight"] = 0
-        elif not value.isdigit() or not 1 <= int(value) <= 10000:
-            ctx.fail(entry, f"{value!r}: want 1 to 10000, or idle")
-        else:
-            out["cpu_weight"] = int(value)
+        out["cpu_weight"] = 0 if value == "idle" else \
+            ctx.whole(entry, value, 1, MAX_CPU_WEIGHT)
     value = ctx.single(S, "TasksMax")
     if value is not None and value != "infinity":
         entry = ctx.entry(S, "TasksMax")
         if value.endswith("%"):
             out["tasks_max_percent"] = _percent(ctx, entry, value)
-        elif not value.isdigit() or int(value) < 1:
-            ctx.fail(entry, f"{value!r}: want a count, a percentage or infinity")
         else:
-            out["tasks_max"] = int(value)
+            out["tasks_max"] = ctx.whole(entry, value, 1, MAX_TASKS)
     value = ctx.single(S, "LimitNOFILE")
     if value is not None:
         out["nofile"] = _rlimit(ctx, ctx.entry(S, "LimitNOFILE"), value)
@@ -287,14 +306,9 @@ def limits(ctx: UnitContext) -> Dict[str, Any]:
 
 
 def _percent(ctx: UnitContext, entry: Optional[Entry], value: str,
-             upper: Optional[float] = 100.0) -> float:
-    try:
-        number = float(value[:-1])
-    except ValueError:
-        ctx.fail(entry, f"{value!r} is not a percentage")
-    if number < 0 or (upper is not None and number > upper):
-        ctx.fail(entry, f"{value!r} is out of range")
-    return number
+             upper: float = 100.0) -> float:
+    """``N%`` -> N, finite and in [0, upper]."""
+    return ctx.decimal(entry, value[:-1], 0.0, upper)
 
 
 def _rlimit(ctx: UnitContext, entry: Optional[Entry], value: str) -> List[Optional[int]]:
@@ -306,8 +320,8 @@ def _rlimit(ctx: UnitContext, entry: Optional[Entry], value: str) -> List[Option
     for part in parts:
         if part == "infinity":
             numbers.append(None)
-        elif part.isdigit():
-            numbers.append(int(part))
+        elif _numeric(part):
+            numbers.append(ctx.whole(entry, part, 0, MAX_NOFILE))
         else:
             ctx.fail(entry, f"{value!r}: want N, SOFT:HARD or infinity")
     if len(numbers) == 1:

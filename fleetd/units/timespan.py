@@ -1,9 +1,16 @@
-"""systemd time spans: ``90``, ``5s``, ``1min 30s``, ``500ms``, ``infinity``, both ways."""
+"""systemd time spans: ``90``, ``5s``, ``1min 30s``, ``500ms``, ``infinity``, both ways.
+
+Numbers are ASCII digits (``\\d`` would take ``٣``) and a finite span is at most
+``MAX_S``: every span ends up as a timer in fleetd or the agent, and ``1e400s`` or a
+span of centuries is a mistake, not a wish (``infinity`` says "never").
+"""
 
 from __future__ import annotations
 
 import math
 import re
+
+from fleetd.wire.numbers import NumberError, parse_float
 
 _UNITS = {
     "us": 1e-6, "usec": 1e-6, "µs": 1e-6,
@@ -14,7 +21,8 @@ _UNITS = {
     "d": 86400.0, "day": 86400.0, "days": 86400.0,
     "w": 604800.0, "week": 604800.0, "weeks": 604800.0,
 }
-_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zµ]*)")
+_PART = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zµ]*)")
+MAX_S = 10 * 365 * 86400.0  # ten years; longer is "infinity"
 
 
 class TimespanError(ValueError):
@@ -36,10 +44,16 @@ def parse_timespan(text: str) -> float:
         unit = m.group(2) or "s"
         if unit not in _UNITS:
             raise TimespanError(f"unknown time unit {unit!r} in {text!r}")
-        total += float(m.group(1)) * _UNITS[unit]
+        try:
+            total += parse_float(m.group(1)) * _UNITS[unit]
+        except NumberError as exc:
+            raise TimespanError(f"invalid time span {text!r}: {exc}") from None
         pos = m.end()
         while pos < len(value) and value[pos].isspace():
             pos += 1
+    if total > MAX_S:
+        raise TimespanError(f"time span {text!r} is longer than {format_timespan(MAX_S)} "
+                            "(ten years); say infinity for none")
     return total
 
 

@@ -69,6 +69,7 @@ DEFAULT_TCP_HOST = "127.0.0.1"
 # A check is a connection or a process: sub-second checks on a hundred units would cost
 # the host more than the programs they watch.
 MIN_INTERVAL_S = 1.0
+MAX_THRESHOLD = 10000  # consecutive results; more would never be reached in practice
 
 # render.py's stand-in for a value not known at submit time: @machine.address@, @vars.port@
 _PLACEHOLDER = re.compile(r"@(?:machine|vars)(?:\.[A-Za-z_][A-Za-z0-9_]*|\[[^\]@]*\])*@")
@@ -265,9 +266,7 @@ def _check_host(ctx: UnitContext, entry: Optional[Entry], host: str) -> None:
 def _port(ctx: UnitContext, entry: Optional[Entry], text: str) -> Optional[int]:
     if _PLACEHOLDER.fullmatch(text) and text.startswith("@vars"):
         return None  # a template's variable, checked when the instance is submitted
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        ctx.fail(entry, f"{text!r} is not a port (1-65535)")
-    return int(text)
+    return ctx.whole(entry, text, 1, 65535, "the port")
 
 
 # --- timing and policy ---------------------------------------------------------------
@@ -302,12 +301,7 @@ def _span(ctx: UnitContext, key: str, default: float, zero_ok: bool = False) -> 
 
 
 def _count(ctx: UnitContext, key: str, default: int) -> int:
-    value = ctx.single(X, key)
-    if value is None:
-        return default
-    if not value.isdigit() or int(value) < 1:
-        ctx.fail(ctx.entry(X, key), f"{value!r} is not a count (1 or more)")
-    return int(value)
+    return ctx.count(X, key, default, 1, MAX_THRESHOLD)
 
 
 def _on_failure(ctx: UnitContext) -> str:

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from fleetd.units.context import UnitContext
 from fleetd.units.timespan import format_timespan
+from fleetd.wire import names
 
 X = "X-Fleet"
 KNOWN = ("MachineID", "MachineOf", "MachineMetadata", "Conflicts", "Global", "Replaces",
@@ -38,7 +39,8 @@ KNOWN = ("MachineID", "MachineOf", "MachineMetadata", "Conflicts", "Global", "Re
 DELAY_FUNCTIONS = ("exponential", "constant")
 MIN_FENCE_S = 3.0  # three default heartbeats
 DRIVERS = ("exec", "java", "systemd")
-_UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.service")
+GLOB_CHARS = "*?["  # fnmatch's; never in a unit name (fleetd.wire.names), so never ambiguous
+MAX_RESCHEDULE_ATTEMPTS = 10000  # in one RescheduleIntervalSec=; more is "infinity"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,17 +98,7 @@ def requirements(ctx: UnitContext, limits: Dict[str, Any]) -> Requirements:
     machine_id = ctx.single(X, "MachineID")
     if machine_id is not None and not re.fullmatch(r"[0-9a-zA-Z_.-]+", machine_id):
         ctx.fail(ctx.entry(X, "MachineID"), f"{machine_id!r} is not a machine id")
-    units: Dict[str, Tuple[str, ...]] = {}
-    for key in ("MachineOf", "Replaces"):
-        names: List[str] = []
-        for entry in ctx.many(X, key):
-            for n in ctx.split(entry):
-                if not _UNIT_NAME.fullmatch(n):
-                    ctx.fail(entry, f"{n!r} is not a unit name")
-                if n == ctx.name.full:
-                    ctx.fail(entry, f"a unit cannot name itself in {key}=")
-                names.append(n)
-        units[key] = tuple(dict.fromkeys(names))
+    units = {key: _unit_names(ctx, key) for key in ("MachineOf", "Replaces")}
     metadata: Dict[str, List[str]] = {}
     for entry in ctx.many(X, "MachineMetadata"):
         for item in ctx.split(entry):
@@ -118,7 +110,7 @@ def requirements(ctx: UnitContext, limits: Dict[str, Any]) -> Requirements:
             metadata.setdefault(key, [])
             if value not in metadata[key]:
                 metadata[key].append(value)
-    conflicts = tuple(dict.fromkeys(ctx.words(X, "Conflicts")))
+    conflicts = _unit_names(ctx, "Conflicts", globs=True)
     is_global = ctx.boolean(X, "Global", False)
     if is_global:
         for key, present in (("MachineID", machine_id), ("MachineOf", units["MachineOf"]),
@@ -149,6 +141,32 @@ def requirements(ctx: UnitContext, limits: Dict[str, Any]) -> Requirements:
     )
 
 
+def is_glob(pattern: str) -> bool:
+    """A pattern of unit names (``web@*.service``), not one name."""
+    return any(c in pattern for c in GLOB_CHARS)
+
+
+def _unit_names(ctx: UnitContext, key: str, globs: bool = False) -> Tuple[str, ...]:
+    """The unit names an option lists, each once, in order. Every name follows the one
+    rule (fleetd.wire.names): a name no unit can have would never match, silently.
+    Conflicts= also takes globs, which match names (a unit may match its own:
+    ``Conflicts=web@*.service`` spreads the instances); MachineOf= and Replaces= name
+    other units, one each."""
+    found: List[str] = []
+    for entry in ctx.many(X, key):
+        for n in ctx.split(entry):
+            if globs and is_glob(n):
+                found.append(n)
+                continue
+            why = names.problem(n)
+            if why is not None:
+                ctx.fail(entry, f"{why} (or a glob like web@*.service)" if globs else why)
+            if n == ctx.name.full and not globs:
+                ctx.fail(entry, f"a unit cannot name itself in {key}=")
+            found.append(n)
+    return tuple(dict.fromkeys(found))
+
+
 def reschedule(ctx: UnitContext) -> Reschedule:
     default = Reschedule()
     attempts: Optional[int] = default.attempts
@@ -156,11 +174,9 @@ def reschedule(ctx: UnitContext) -> Reschedule:
     if text is not None:
         if text.strip() in ("infinity", "unlimited"):
             attempts = None
-        elif text.strip().isdigit():
-            attempts = int(text)
         else:
-            ctx.fail(ctx.entry(X, "RescheduleAttempts"),
-                     f"{text!r} is not a count (a number, or infinity)")
+            attempts = ctx.whole(ctx.entry(X, "RescheduleAttempts"), text, 0,
+                                 MAX_RESCHEDULE_ATTEMPTS)
     function = ctx.single(X, "RescheduleDelayFunction") or "exponential"
     if function not in DELAY_FUNCTIONS:
         ctx.fail(ctx.entry(X, "RescheduleDelayFunction"),

@@ -9,6 +9,7 @@ import signal
 import pytest
 
 from fleetd.units.model import (
+    NAME_MAX,
     UnitName,
     content_hash,
     load,
@@ -217,7 +218,7 @@ def test_parse_name(name: str, prefix: str, instance: str | None) -> None:
         "web/evil.service",
         "wéb.service",
         "web.service.bak",
-        "a" * 248 + ".service",  # 256 characters: one over NAME_MAX
+        "a" * 248 + ".service",  # 256 characters: over systemd's limit too
     ],
 )
 def test_invalid_unit_names(name: str) -> None:
@@ -226,9 +227,11 @@ def test_invalid_unit_names(name: str) -> None:
 
 
 def test_longest_valid_name() -> None:
-    name = "a" * 247 + ".service"
-    assert len(name) == 255
-    assert parse_name(name).prefix == "a" * 247
+    name = "a" * (NAME_MAX - len(".service")) + ".service"
+    assert len(name) == NAME_MAX == 200  # room for the agent's files derived from it
+    assert parse_name(name).prefix == name[:-len(".service")]
+    with pytest.raises(UnitError, match=r"invalid unit name \(201 characters\)"):
+        parse_name("a" + name)
 
 
 def test_name_with_trailing_newline_is_invalid() -> None:
@@ -547,7 +550,7 @@ def test_empty_assignment_resets_single_options_to_their_default() -> None:
      "MachineMetadata=: unbalanced quote"),
     # the assignment that holds the bad name is blamed, not the last one
     ("[Service]\nExecStart=/bin/a\n[X-Fleet]\nMachineOf=db@x\nMachineOf=b.service\n", 4,
-     "MachineOf=: 'db@x' is not a unit name"),
+     "MachineOf=: invalid unit name 'db@x': want NAME.service"),
     ("[Service]\nExecStart=/bin/a\n[X-Fleet]\nReplaces=a.service\nReplaces=b.service\n", 4,
      "a unit cannot name itself in Replaces="),
 ])

@@ -170,8 +170,8 @@ def test_backoff_options_parse() -> None:
 @pytest.mark.parametrize(
     ("line", "fragment"),
     [
-        ("RestartSteps=-1", "RestartSteps=: '-1' is not a count"),
-        ("RestartSteps=many", "is not a count"),
+        ("RestartSteps=-1", "RestartSteps=: want a whole number from 0 to 10000, not '-1'"),
+        ("RestartSteps=many", "not 'many'"),
         ("RestartMaxDelaySec=soon", "RestartMaxDelaySec="),
         ("RestartSec=5s\nRestartMaxDelaySec=1s", "1s is shorter than RestartSec= (5s)"),
     ],

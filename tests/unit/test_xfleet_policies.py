@@ -37,7 +37,7 @@ def test_exponential_delay_doubles_up_to_the_maximum() -> None:
 
 
 @pytest.mark.parametrize("line, why", [
-    ("RescheduleAttempts=some", "RescheduleAttempts=: 'some' is not a count"),
+    ("RescheduleAttempts=some", "RescheduleAttempts=: want a whole number from 0 to 10000"),
     ("RescheduleDelayFunction=linear", "'linear' is not one of exponential, constant"),
     ("RescheduleDelaySec=soon", "RescheduleDelaySec=: invalid time span"),
     ("RescheduleDelaySec=infinity", "say RescheduleAttempts=0"),

@@ -1,0 +1,167 @@
+"""Hostile unit files: every number an option holds is read one way (ASCII digits,
+finite, in range) and every refusal names ``file:line: Option=:``; one rule for names."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import pytest
+
+from fleetd.cgroups.limits import Limits
+from fleetd.units.model import load, parse_name
+from fleetd.units.parser import UnitError
+from fleetd.units.timespan import TimespanError, parse_timespan
+from fleetd.units.validate import validate
+
+SRC = "/units/a.service"
+SERVICE = "[Service]\nExecStart=/bin/true\n"
+# text before the hostile line, and that line's number, for each section's options
+BEFORE = {
+    "Service": (SERVICE, 3),
+    "Unit": ("[Unit]\n", 2),
+    "X-Fleet": (SERVICE + "[X-Fleet]\n", 4),
+    "X-Check": (SERVICE + "[X-Check]\nType=tcp\nAddress=127.0.0.1:80\n", 6),
+}
+TOO_MANY_DIGITS = "9" * 5000  # int() refuses more than 4300 digits with a ValueError
+
+
+def refusal(section: str, line: str) -> str:
+    before, at = BEFORE[section]
+    text = before + line + "\n" + (SERVICE if section == "Unit" else "")
+    with pytest.raises(UnitError) as info:
+        load("a.service", text, SRC)
+    message = str(info.value)
+    option = line.split("=", 1)[0]
+    assert message.startswith(f"{SRC}:{at}: {option}=: "), message
+    return message
+
+
+# --- numbers --------------------------------------------------------------------------
+
+HOSTILE_WHOLE = ["²", "٣", "nan", "inf", "1e3", "0x10", "1_000", TOO_MANY_DIGITS, "-1"]
+
+
+@pytest.mark.parametrize("section, option", [
+    ("Unit", "StartLimitBurst"), ("Service", "StartLimitBurst"),
+    ("Service", "RestartSteps"), ("Service", "CPUWeight"), ("Service", "TasksMax"),
+    ("Service", "LimitNOFILE"), ("X-Fleet", "RescheduleAttempts"),
+    ("X-Check", "FailureThreshold"), ("X-Check", "SuccessThreshold"),
+])
+@pytest.mark.parametrize("value", HOSTILE_WHOLE, ids=lambda v: v[:8])
+def test_whole_numbers_are_ascii_digits_in_range(section: str, option: str, value: str
+                                                 ) -> None:
+    """``isdigit()`` took ``²`` and ``int()`` then refused it: an answer 500."""
+    message = refusal(section, f"{option}={value}")
+    assert "want" in message or "not" in message
+
+
+@pytest.mark.parametrize("line, why", [
+    ("CPUQuota=nan%", "want a number from 0 to 1000000, not 'nan'"),
+    ("CPUQuota=inf%", "not 'inf'"),
+    ("CPUQuota=1e999%", "not '1e999'"),
+    ("CPUQuota=٣%", "not '٣'"),
+    ("CPUQuota=2000000%", "from 0 to 1000000"),
+    ("MemoryMax=nan%", "not 'nan'"),
+    ("MemoryMax=1e999%", "not '1e999'"),
+    ("MemoryMax=" + "9" * 400, "want a number of at least 0"),
+    ("MemoryMax=9999999E", "more than 8E"),
+    ("MemoryMax=²", "is not a size"),
+    ("TasksMax=nan%", "not 'nan'"),
+    ("TasksMax=5000000", "from 1 to 4194304"),
+    ("CPUWeight=10001", "from 1 to 10000"),
+    ("LimitNOFILE=1:²", "want N, SOFT:HARD or infinity"),
+    ("LimitNOFILE=" + TOO_MANY_DIGITS, "want a whole number"),
+    ("SuccessExitStatus=0 ²", "'²' is neither an exit status"),
+    ("SuccessExitStatus=" + TOO_MANY_DIGITS, "is not an exit status (0-255)"),
+    ("SuccessExitStatus=256", "is not an exit status (0-255)"),
+    ("KillSignal=" + TOO_MANY_DIGITS, "unknown signal"),
+    ("RestartSec=infinity", "must be a finite time span"),
+    ("RestartSec=٣s", "invalid time span"),
+    ("TimeoutStopSec=" + "9" * 400, "invalid time span"),
+    ("TimeoutStopSec=100000w", "longer than 87600h (ten years)"),
+    ("RestartSteps=10001", "from 0 to 10000"),
+])
+def test_service_numbers_are_finite_and_in_range(line: str, why: str) -> None:
+    """NaN and 1e999 reached the scheduler (every engine pass failed) or overflowed."""
+    assert why in refusal("Service", line)
+
+
+@pytest.mark.parametrize("section, line, why", [
+    ("X-Check", "Port=²", "the port: want a whole number from 1 to 65535, not '²'"),
+    ("X-Check", "Interval=" + "9" * 400, "invalid time span"),
+    ("X-Check", "StartGrace=٣", "invalid time span"),
+    ("X-Fleet", "RescheduleAttempts=²", "from 0 to 10000, not '²'"),
+    ("X-Fleet", "RescheduleDelaySec=1e999", "unknown time unit 'e'"),
+    ("X-Fleet", "FenceAfterSec=" + "9" * 400 + "s", "invalid time span"),
+])
+def test_fleet_and_check_numbers_are_finite_and_in_range(section: str, line: str, why: str
+                                                         ) -> None:
+    assert why in refusal(section, line)
+
+
+def test_a_port_in_a_url_is_read_the_same_way() -> None:
+    text = SERVICE + "[X-Check]\nType=http\nURL=http://127.0.0.1:٣/\n"
+    with pytest.raises(UnitError, match=r":5: URL=: the port: want a whole number"):
+        load("a.service", text, SRC)
+
+
+@pytest.mark.parametrize("line, key, value", [
+    ("CPUQuota=1e3%", "cpu_quota", 10.0),
+    ("CPUWeight=10000", "cpu_weight", 10000),
+    ("TasksMax=4194304", "tasks_max", 4194304),
+    ("MemoryMax=1.5G", "memory_max", 3 << 29),
+    ("LimitNOFILE=1024:4096", "nofile", [1024, 4096]),
+])
+def test_numbers_in_range_still_pass(line: str, key: str, value: object) -> None:
+    assert load("a.service", SERVICE + line + "\n").config["limits"][key] == value
+
+
+@pytest.mark.parametrize("text", ["٣s", "1٣min", "1e3", "nan", "9" * 31])
+def test_time_spans_take_ascii_digits_only(text: str) -> None:
+    with pytest.raises(TimespanError):
+        parse_timespan(text)
+
+
+def test_time_spans_up_to_ten_years_and_infinity_pass() -> None:
+    assert parse_timespan("520w") == 520 * 604800
+    assert parse_timespan("infinity") == float("inf")
+    with pytest.raises(TimespanError, match="say infinity for none"):
+        parse_timespan("600w")
+
+
+@pytest.mark.parametrize("limits", [
+    {"cpu_quota": float("nan")}, {"cpu_quota": float("inf")}, {"cpu_quota": "0.5"},
+    {"cpu_weight": True}, {"memory_max": 1.5}, {"tasks_max_percent": float("nan")},
+])
+def test_the_agent_refuses_limits_that_are_no_numbers(limits: Dict[str, Any]) -> None:
+    """A spec from a fleetd that let ``nan`` through must not reach cgroup files."""
+    with pytest.raises(ValueError):
+        Limits.from_config(limits)
+
+
+# --- names ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, why", [
+    (".hidden.service", "not beginning with . or -"),
+    ("-x.service", "not beginning with . or -"),
+    ("a" * 237 + ".service", "invalid unit name (245 characters)"),
+])
+def test_names_follow_the_one_rule_at_submit(name: str, why: str) -> None:
+    with pytest.raises(UnitError) as info:
+        validate(name, SERVICE, {}, "units/" + name[:20])
+    assert why in str(info.value)
+    with pytest.raises(UnitError, match="invalid unit name"):
+        parse_name(name)
+
+
+@pytest.mark.parametrize("line", [
+    "MachineOf=.hidden.service", "Replaces=" + "b" * 237 + ".service",
+    "Conflicts=.hidden.service", "MachineOf=web@*.service",
+])
+def test_names_in_x_fleet_follow_the_rule(line: str) -> None:
+    assert "invalid unit name" in refusal("X-Fleet", line)
+
+
+def test_conflicts_still_take_globs() -> None:
+    unit = load("web@1.service", SERVICE + "[X-Fleet]\nConflicts=web@*.service db?.service\n")
+    assert unit.requirements.conflicts == ("web@*.service", "db?.service")
