@@ -11,6 +11,11 @@ running (and passing its check, if it has one) where it is placed is ``ready``, 
 is what a drain's hand-off waits for: its old copy then leaves the old host's set, and
 the reconciler sends the next unit once that copy's row is gone. When the reconciler
 says a decision is due later (a reschedule delay, a fence), the loop sets a timer.
+
+One unit never stops the fleet: whatever its stored content holds (a unit stored by an
+older fleetd whose rules were looser, or a bug its content alone sets off), an error in
+reading, scheduling or rendering it stays with that unit, which waits unplaced with a
+reason that says why, while every other unit is placed as usual.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from fleetd import protocol
 from fleetd.engine import reconciler
@@ -40,12 +45,17 @@ from fleetd.units.model import Unit, load, parse_name
 from fleetd.units.parser import UnitError
 from fleetd.units.validate import validate
 from fleetd.units.xfleet import Requirements
+from fleetd.wire import names
+from fleetd.wire.numbers import NumberError, json_float, json_int
 
 log = logging.getLogger("fleetd.engine")
 
 PushFn = Callable[[str, List[Dict[str, Any]]], None]
 HeardFn = Callable[[str], Optional[float]]  # machine -> when its agent was last heard
 CacheKey = Tuple[str, str, str, str]  # name, content hash, vars, machine (rendered units)
+ContentKey = Tuple[str, str, str]  # name, content hash, vars: a unit as stored
+MAX_CPUS = 1_000_000.0  # what a machine's facts may claim; more is an agent's bug
+MAX_MEMORY = 1 << 62
 
 
 class Engine:
@@ -68,7 +78,10 @@ class Engine:
         # what "current" means for an agent's report
         self.expected: Dict[Tuple[str, str], str] = {}
         self.global_targets: Dict[str, List[str]] = {}  # Global unit -> its machines
-        self._requirements: Dict[Tuple[str, str, str], Requirements] = {}
+        self._requirements: Dict[ContentKey, Requirements] = {}
+        # units that cannot be scheduled, and why (invalid content, or content that
+        # broke a pass): they wait unplaced until their content or variables change
+        self._invalid: Dict[ContentKey, str] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -88,13 +101,17 @@ class Engine:
 
     def reconcile_once(self, now: Optional[float] = None) -> None:
         now = time.time() if now is None else now
-        units = [u for u in self.registry.list_units() if "@." not in u.name]  # no templates
+        units = self._placeable()
         machines = self.registry.list_machines()
         machine_views = [self.machine_view(m, now) for m in machines]
         observed = {(o.unit, o.machine): o for o in self.registry.list_observed()}
         failures = self._record_failures(units, machines, observed, now)
         unit_views = self._unit_views(units, machines, observed, failures)
-        outcome = reconciler.reconcile(unit_views, machine_views, now)
+        outcome = self._reconcile(unit_views, machine_views, now)
+        if outcome is None:  # some units broke the pass: they are set aside now
+            units = self._placeable()
+            unit_views = self._unit_views(units, machines, observed, failures)
+            outcome = reconciler.reconcile(unit_views, machine_views, now)
         tasks = outcome.tasks
         if tasks:
             for t in tasks:
@@ -103,7 +120,7 @@ class Engine:
             self.registry.set_placements([(t.unit, t.machine, t.reason) for t in tasks],
                                          handoffs={t.unit: t.handoff for t in tasks},
                                          retry=[t.unit for t in tasks if t.retry])
-            units = [u for u in self.registry.list_units() if "@." not in u.name]
+            units = self._placeable()
             unit_views = self._unit_views(units, machines, observed, failures)
             self.changed()
         deadlines = [m.drain_deadline for m in machines
@@ -115,6 +132,42 @@ class Engine:
         sets = self.desired_sets(units, machines)
         for machine, specs in sets.items():
             self.push(machine, specs)
+
+    def _placeable(self) -> List[UnitRecord]:
+        """Every unit but templates, which are never placed or run themselves."""
+        return [u for u in self.registry.list_units() if not names.is_template(u.name)]
+
+    def _reconcile(self, views: List[UnitView], machines: List[MachineView], now: float
+                   ) -> Optional[reconciler.Outcome]:
+        """The reconciler's outcome; None if it failed and the units that make it fail
+        were found and set aside (``_invalid``), so that the pass can run without them.
+
+        The reconciler sees all units at once, so an error there names no unit: each is
+        tried alone, and those that fail alone are the ones to blame. If none does (an
+        interplay of several), the error goes up and the pass fails as before."""
+        try:
+            return reconciler.reconcile(views, machines, now)
+        except Exception:  # the error is a unit's, found below
+            culprits = {v.name: why for v in views
+                        if (why := self._breaks(v, machines, now)) is not None}
+            if not culprits:
+                raise
+            log.exception("engine pass failed for %s; setting it aside", " ".join(culprits))
+        for key in list(self._requirements):
+            if key[0] in culprits:
+                self._invalid[key] = f"cannot be scheduled: {culprits[key[0]]}"
+                del self._requirements[key]
+        return None
+
+    @staticmethod
+    def _breaks(view: UnitView, machines: List[MachineView], now: float) -> Optional[str]:
+        """Why the reconciler fails for this unit alone, or None if it does not."""
+        try:
+            reconciler.reconcile([view], machines, now)
+        except Exception as exc:  # any error here is this unit's alone
+            log.warning("%s breaks the engine pass: %s", view.name, _error(exc))
+            return f"fleetd failed on it ({_error(exc)})"
+        return None
 
     def _arm(self, at: Optional[float], now: float) -> None:
         """A pass at ``at`` (a reschedule delay or a fence ends then), replacing any
@@ -163,10 +216,8 @@ class Engine:
         expected = self.expected.get((u.name, machine.name))
         if expected is not None:
             return expected
-        try:
-            return self._rendered(u, machine)[0].hash
-        except (UnitError, LookupError):
-            return None
+        rendered = self._render(u, machine)
+        return None if isinstance(rendered, str) else rendered[0].hash
 
     def _unit_views(self, units: List[UnitRecord], machines: List[MachineRecord],
                     observed: Mapping[Tuple[str, str], ObservedRecord],
@@ -180,21 +231,23 @@ class Engine:
         keys = {(u.name, u.hash, _vars_key(u)) for u in units}
         for stale in set(self._requirements) - keys:
             del self._requirements[stale]
+        for stale in set(self._invalid) - keys:
+            del self._invalid[stale]
         invalid: List[Tuple[str, Optional[str], str]] = []
         for u in units:
             key = (u.name, u.hash, _vars_key(u))
             req = self._requirements.get(key)
+            if req is None and key not in self._invalid:
+                read = self._read_requirements(u)
+                if isinstance(read, str):
+                    self._invalid[key] = read
+                else:
+                    req = self._requirements[key] = read
             if req is None:
-                text = self.registry.unit_text(u.hash) or ""
-                try:
-                    req = validate(u.name, text, u.vars, u.name).requirements
-                except UnitError as exc:
-                    # stored before a rule tightened: unplace it, and say exactly why
-                    why = f"invalid: {exc}"
-                    if u.machine is not None or u.reason != why:
-                        invalid.append((u.name, None, why))
-                    continue
-                self._requirements[key] = req
+                why = self._invalid[key]
+                if u.machine is not None or u.reason != why:
+                    invalid.append((u.name, None, why))
+                continue
             mine = tuple(Failure(f.machine, f.at, f.reason) for f in failures.get(u.name, ())
                          if f.hash == u.hash)
             here = _failed_here(u, failures.get(u.name, ()))
@@ -212,6 +265,19 @@ class Engine:
             self.registry.set_placements(invalid)
         return views
 
+    def _read_requirements(self, u: UnitRecord) -> Union[Requirements, str]:
+        """The unit's [X-Fleet] as it reads before any machine is chosen, or why it
+        cannot be read: its content was stored before a rule tightened (say exactly
+        which), or reading it failed in a way no rule foresaw (say that, and log it)."""
+        text = self.registry.unit_text(u.hash) or ""
+        try:
+            return validate(u.name, text, u.vars, u.name).requirements
+        except UnitError as exc:
+            return f"invalid: {exc}"
+        except Exception as exc:  # one unit's content never stops a pass
+            log.exception("%s: reading its content failed", u.name)
+            return f"invalid: fleetd failed reading it ({_error(exc)})"
+
     def _ready(self, u: UnitRecord, machine: MachineRecord, o: Optional[ObservedRecord]
                ) -> bool:
         """Does ``u`` run on ``machine`` as fleetd wants it, healthy if it is checked?"""
@@ -223,11 +289,10 @@ class Engine:
             return True
         if o.state != protocol.RUNNING or o.health == "failing":
             return False
-        try:
-            checked = bool(self._rendered(u, machine)[0].config.get("check"))
-        except (UnitError, LookupError):
+        rendered = self._render(u, machine)
+        if isinstance(rendered, str):
             return False
-        return o.health == "passing" or not checked
+        return o.health == "passing" or not rendered[0].config.get("check")
 
     def desired_sets(
         self, units: List[UnitRecord], machines: List[MachineRecord]
@@ -250,13 +315,13 @@ class Engine:
                 machine = by_name.get(target)
                 if machine is None:
                     continue
-                try:
-                    unit, key = self._rendered(u, machine)
-                except UnitError as exc:
-                    why = f"cannot render for {machine.name}: {exc}"
+                rendered = self._render(u, machine)
+                if isinstance(rendered, str):
+                    why = f"cannot render for {machine.name}: {rendered}"
                     if u.reason != why and target == u.machine:
                         reasons.append((u.name, u.machine, why))
                     continue
+                unit, key = rendered
                 live.add(key)
                 expected[(u.name, machine.name)] = unit.hash
                 sets[machine.name].append(unit.spec(want, u.generation))
@@ -269,6 +334,18 @@ class Engine:
         for key in set(self._units) - live:
             del self._units[key]
         return sets
+
+    def _render(self, u: UnitRecord, machine: MachineRecord
+                ) -> Union[Tuple[Unit, CacheKey], str]:
+        """``_rendered``, or why the unit cannot run on ``machine``: an error in one
+        unit's content stays with that unit (its reason), never with the pass."""
+        try:
+            return self._rendered(u, machine)
+        except (UnitError, LookupError) as exc:
+            return str(exc)
+        except Exception as exc:  # one unit's content never stops a pass
+            log.exception("%s: rendering it for %s failed", u.name, machine.name)
+            return f"fleetd failed on it ({_error(exc)})"
 
     def _rendered(self, record: UnitRecord, machine: MachineRecord) -> Tuple[Unit, CacheKey]:
         """The unit as it runs on ``machine`` (parsed once per content, vars and machine).
@@ -309,8 +386,26 @@ def _failed_here(u: UnitRecord, failures: Sequence[FailureRecord]) -> Optional[F
                  and f.hash == u.hash and f.at >= since), None)
 
 
+def _error(exc: BaseException) -> str:
+    """An unforeseen error in a unit's reason: its kind and its text, on one line."""
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+
+
 def _vars_key(u: UnitRecord) -> str:
     return json.dumps(u.vars, sort_keys=True)
+
+
+def _fact(m: MachineRecord, key: str, read: Callable[[object], float]) -> float:
+    """A capacity from the agent's facts, or 0 (unknown, as before its first report)
+    when it is missing or no sane number: a NaN there would break every pass."""
+    value = (m.facts or {}).get(key)
+    if value is None:
+        return 0.0
+    try:
+        return read(value)
+    except NumberError as exc:
+        log.warning("%s: fact %s: %s; counted as unknown", m.name, key, exc)
+        return 0.0
 
 
 def machine_view(m: MachineRecord) -> MachineView:
@@ -318,7 +413,8 @@ def machine_view(m: MachineRecord) -> MachineView:
     facts = m.facts or {}
     return MachineView(
         name=m.name, machine_id=m.machine_id, up=m.state == "up", metadata=m.metadata,
-        cpus=float(facts.get("cpus") or 0), memory_bytes=int(facts.get("memory_bytes") or 0),
+        cpus=_fact(m, "cpus", lambda v: json_float(v, 0.0, MAX_CPUS)),
+        memory_bytes=int(_fact(m, "memory_bytes", lambda v: json_int(v, 0, MAX_MEMORY))),
         capabilities=frozenset(str(c) for c in facts.get("capabilities") or ()),
         lost=(m.error or "silent past its TTL") if m.state == "lost" else None,
         draining=m.draining is not None,

@@ -1,14 +1,20 @@
 """Hostile unit files: every number an option holds is read one way (ASCII digits,
-finite, in range) and every refusal names ``file:line: Option=:``; one rule for names."""
+finite, in range) and every refusal names ``file:line: Option=:``; one rule for names;
+and one bad unit in the registry never stops the engine from placing the others."""
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import asyncio
+from pathlib import Path
+from typing import Any, Dict, List
 
 import pytest
 
 from fleetd.cgroups.limits import Limits
-from fleetd.units.model import load, parse_name
+from fleetd.engine.loop import Engine
+from fleetd.registry.base import INACTIVE, LAUNCHED, MachineRecord, UnitInput
+from fleetd.registry.sqlite import SqliteRegistry
+from fleetd.units.model import content_hash, load, parse_name
 from fleetd.units.parser import UnitError
 from fleetd.units.timespan import TimespanError, parse_timespan
 from fleetd.units.validate import validate
@@ -165,3 +171,89 @@ def test_names_in_x_fleet_follow_the_rule(line: str) -> None:
 def test_conflicts_still_take_globs() -> None:
     unit = load("web@1.service", SERVICE + "[X-Fleet]\nConflicts=web@*.service db?.service\n")
     assert unit.requirements.conflicts == ("web@*.service", "db?.service")
+
+
+# --- the engine -----------------------------------------------------------------------
+
+def _engine(tmp_path: Path) -> tuple[SqliteRegistry, Engine, Dict[str, List[Dict[str, Any]]]]:
+    registry = SqliteRegistry(str(tmp_path / "registry.db"))
+    registry.add_machine(MachineRecord(name="h1", address="10.0.0.1", port=22, user="root",
+                                       identity=None, known_hosts=None,
+                                       agent_command="fleet-agent", metadata={}))
+    registry.update_machine("h1", state="up", facts={"cpus": 4, "memory_bytes": 1 << 33})
+    pushed: Dict[str, List[Dict[str, Any]]] = {}
+    engine = Engine(registry, lambda m, specs: pushed.__setitem__(m, specs), lambda: None)
+    return registry, engine, pushed
+
+
+def _store(registry: SqliteRegistry, name: str, text: str) -> None:
+    """As an older fleetd stored it: straight into the registry, never validated."""
+    registry.put_units([UnitInput(name, text, content_hash(text))], LAUNCHED)
+
+
+@pytest.mark.parametrize("poison", [
+    "CPUQuota=nan%", "CPUQuota=1e999%", "StartLimitBurst=²", "MemoryMax=" + "9" * 400,
+])
+def test_one_poisoned_unit_never_stops_the_others(tmp_path: Path, poison: str) -> None:
+    registry, engine, pushed = _engine(tmp_path)
+    _store(registry, "bad.service", SERVICE + poison + "\n")
+    _store(registry, "good.service", SERVICE)
+    asyncio.run(_pass(engine))
+    good, bad = registry.get_unit("good.service"), registry.get_unit("bad.service")
+    assert good is not None and good.machine == "h1"
+    assert [s["name"] for s in pushed["h1"]] == ["good.service"]
+    assert bad is not None and bad.machine is None
+    assert bad.reason.startswith("invalid: bad.service:3: ") and poison.split("=")[0] in \
+        bad.reason
+
+
+def test_a_unit_that_breaks_scheduling_alone_is_set_aside(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Whatever a unit holds that no rule foresaw: here the scheduler fails on it."""
+    from fleetd.engine import scheduler
+
+    registry, engine, pushed = _engine(tmp_path)
+    _store(registry, "odd.service", SERVICE + "CPUQuota=20%\n")
+    _store(registry, "good.service", SERVICE)
+    real = scheduler.millicpus
+
+    def millicpus(cpus: float) -> int:
+        if cpus == 0.2:
+            raise ArithmeticError("a bug only odd.service sets off")
+        return real(cpus)
+
+    monkeypatch.setattr(scheduler, "millicpus", millicpus)
+    asyncio.run(_pass(engine))
+    good, odd = registry.get_unit("good.service"), registry.get_unit("odd.service")
+    assert good is not None and good.machine == "h1"
+    assert odd is not None and odd.machine is None
+    assert "a bug only odd.service sets off" in odd.reason
+    assert [s["name"] for s in pushed["h1"]] == ["good.service"]
+    asyncio.run(_pass(engine))  # set aside for good, until its content changes
+    assert registry.get_unit("good.service").machine == "h1"  # type: ignore[union-attr]
+
+
+def test_machine_facts_that_are_no_numbers_count_as_unknown(tmp_path: Path) -> None:
+    """An agent's NaN among its facts broke every pass, like a unit's NaN did."""
+    registry, engine, _ = _engine(tmp_path)
+    registry.update_machine("h1", facts={"cpus": float("nan"), "memory_bytes": "lots"})
+    _store(registry, "good.service", SERVICE)
+    _store(registry, "cpu.service", SERVICE + "CPUQuota=20%\n")
+    asyncio.run(_pass(engine))
+    good, cpu = registry.get_unit("good.service"), registry.get_unit("cpu.service")
+    assert good is not None and good.machine == "h1"
+    assert cpu is not None and cpu.machine is None and "reports its CPUs" in cpu.reason
+
+
+def test_templates_are_never_placed(tmp_path: Path) -> None:
+    registry, engine, pushed = _engine(tmp_path)
+    registry.put_units([UnitInput("web@.service", SERVICE, content_hash(SERVICE),
+                                  desired=INACTIVE)], LAUNCHED)
+    _store(registry, "web@1.service", SERVICE)
+    asyncio.run(_pass(engine))
+    assert [s["name"] for s in pushed["h1"]] == ["web@1.service"]
+
+
+async def _pass(engine: Engine) -> None:
+    engine.reconcile_once()
