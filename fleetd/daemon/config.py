@@ -9,19 +9,31 @@
     listen = "127.0.0.1:7070"            # optional TCP listener ...
     token = "..."                        # ... which then refuses requests without it
     token_file = "/etc/fleetd/token"     # or read the token from a file
+    idle_timeout_s = 30.0                # a connection without a whole request is closed
+    max_connections = 256                # the TCP listener holds at most this many
 
 Unknown keys are errors (a misspelt key silently ignored is a setting silently lost).
+Numbers are finite and in range (TOML reads ``nan`` and ``inf``; a NaN heartbeat would
+stop asyncio's timers). A token is at least 16 bytes, and a file that holds one (the
+token file, or this file with ``api.token``) is readable by its owner only: anyone who
+reads it is anyone on the network.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Tuple
+import os
+import stat
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 import tomllib
 
+from fleetd.wire import numbers
+
 DEFAULT_STATE_DIR = "/var/lib/fleetd"
 DEFAULT_SOCKET = "/run/fleetd/fleetd.sock"
+TOKEN_MIN = 16  # bytes: guessing it over the network must be hopeless
+N = TypeVar("N", int, float)
 
 
 class ConfigError(ValueError):
@@ -36,12 +48,20 @@ class Config:
     socket: str = DEFAULT_SOCKET
     listen: Optional[str] = None
     token: Optional[str] = None
+    idle_timeout_s: float = 30.0
+    max_connections: int = 256
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
         assert self.listen is not None
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "127.0.0.1", int(port)
+        return split_listen(self.listen)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:7070``, ``:7070`` for 127.0.0.1) as (host, port); raise
+    NumberError for a port that is not 1 to 65535 in ASCII digits."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", numbers.parse_int(port, 1, 65535)
 
 
 def _take(table: Dict[str, Any], key: str, kinds: Tuple[type, ...], where: str) -> Any:
@@ -52,6 +72,64 @@ def _take(table: Dict[str, Any], key: str, kinds: Tuple[type, ...], where: str) 
                               "dict": "a table"}[k.__name__] for k in kinds)
         raise ConfigError(f"{where}{key}: expected {wanted}, got {value!r}")
     return value
+
+
+def _check_listen(listen: str, where: str) -> None:
+    wrong = ConfigError(f"{where}api.listen: want HOST:PORT (a port from 1 to 65535), "
+                        f"got {listen!r}")
+    if ":" not in listen:
+        raise wrong
+    try:
+        split_listen(listen)
+    except numbers.NumberError:
+        raise wrong from None
+
+
+def _number(table: Dict[str, Any], key: str, where: str, read: Callable[[object], N],
+            default: N) -> N:
+    """A TOML number as ``read`` (numbers.json_*) takes it: never a bool, NaN or inf,
+    within the range it states; ``default`` when absent."""
+    value = _take(table, key, (int, float), where)
+    if value is None:
+        return default
+    try:
+        return read(value)
+    except numbers.NumberError as exc:
+        raise ConfigError(f"{where}{key}: {exc}") from None
+
+
+def _private(path: str, what: str) -> None:
+    """Refuse a file holding the token that others than its owner may read."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise ConfigError(f"{what}: {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{what}: mode {stat.S_IMODE(mode):04o}, but a file holding the "
+                          f"API token must be readable by its owner only (chmod 600 {path})")
+
+
+def _token(api: Dict[str, Any], path: str, where: str) -> Optional[str]:
+    """The API token, inline or from ``token_file`` (which wins), from a private file
+    and at least TOKEN_MIN bytes."""
+    token: Optional[str] = _take(api, "token", (str,), f"{where}api.")
+    if token is not None:
+        _private(path, f"{where}api.token")
+    token_file = _take(api, "token_file", (str,), f"{where}api.")
+    if token_file:
+        try:
+            with open(token_file) as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}api.token_file: {token_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where}api.token_file: {token_file}: not UTF-8 text") from None
+        _private(token_file, f"{where}api.token_file: {token_file}")
+    if token and len(token.encode()) < TOKEN_MIN:
+        key = "token_file" if token_file else "token"
+        raise ConfigError(f"{where}api.{key}: the token is {len(token.encode())} bytes; want "
+                          f"at least {TOKEN_MIN} (openssl rand -hex 16 makes one)")
+    return token
 
 
 def load(path: Optional[str]) -> Config:
@@ -67,14 +145,10 @@ def load(path: Optional[str]) -> Config:
         raise ConfigError(f"{path}: {exc}") from None
     where = f"{path}: "
     cfg.state_dir = _take(data, "state_dir", (str,), where) or cfg.state_dir
-    heartbeat = _take(data, "heartbeat_s", (int, float), where)
-    if heartbeat is not None:
-        if heartbeat <= 0:
-            raise ConfigError(f"{where}heartbeat_s: must be > 0")
-        cfg.heartbeat_s = float(heartbeat)
-    ttl = _take(data, "machine_ttl_s", (int, float), where)
-    if ttl is not None:
-        cfg.machine_ttl_s = float(ttl)
+    cfg.heartbeat_s = _number(data, "heartbeat_s", where,
+                              lambda v: numbers.json_float(v, 0.01, 3600), cfg.heartbeat_s)
+    cfg.machine_ttl_s = _number(data, "machine_ttl_s", where,
+                                lambda v: numbers.json_float(v, 0.02, 86400), cfg.machine_ttl_s)
     if cfg.machine_ttl_s <= cfg.heartbeat_s:
         raise ConfigError(f"{where}machine_ttl_s ({cfg.machine_ttl_s:g}) must be longer than "
                           f"heartbeat_s ({cfg.heartbeat_s:g}): a machine would be lost "
@@ -82,20 +156,16 @@ def load(path: Optional[str]) -> Config:
     api = _take(data, "api", (dict,), where) or {}
     cfg.socket = _take(api, "socket", (str,), f"{where}api.") or cfg.socket
     cfg.listen = _take(api, "listen", (str,), f"{where}api.")
-    cfg.token = _take(api, "token", (str,), f"{where}api.")
-    token_file = _take(api, "token_file", (str,), f"{where}api.")
-    if token_file:
-        try:
-            with open(token_file) as f:
-                cfg.token = f.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"{where}api.token_file: {token_file}: {exc.strerror}") from None
+    cfg.token = _token(api, path, where)
+    cfg.idle_timeout_s = _number(api, "idle_timeout_s", f"{where}api.",
+                                 lambda v: numbers.json_float(v, 0.1, 3600), cfg.idle_timeout_s)
+    cfg.max_connections = _number(api, "max_connections", f"{where}api.",
+                                  lambda v: numbers.json_int(v, 1, 65536), cfg.max_connections)
     for leftover, prefix in ((api, "api."), (data, "")):
         if leftover:
             raise ConfigError(f"{where}unknown key {prefix}{sorted(leftover)[0]}")
     if cfg.listen:
-        if ":" not in cfg.listen or not cfg.listen.rpartition(":")[2].isdigit():
-            raise ConfigError(f"{where}api.listen: want HOST:PORT, got {cfg.listen!r}")
+        _check_listen(cfg.listen, where)
         if not cfg.token:
             raise ConfigError(f"{where}api.listen needs api.token or api.token_file: "
                               "fleetd never serves TCP without authentication")

@@ -12,6 +12,9 @@ from labkit import Fleet
 from fleetd.cli.client import ApiError, Client
 
 
+TOKEN = "s3cret-s3cret-s3cret"  # at least 16 bytes, in a file only its owner reads
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -22,7 +25,8 @@ def free_port() -> int:
 def tcp_fleet(tmp_path):
     port = free_port()
     config = tmp_path / "fleetd.toml"
-    config.write_text(f'[api]\nlisten = "127.0.0.1:{port}"\ntoken = "s3cret"\n')
+    config.write_text(f'[api]\nlisten = "127.0.0.1:{port}"\ntoken = "{TOKEN}"\n')
+    config.chmod(0o600)
     f = Fleet(None, str(tmp_path), str(config))
     f.start()
     yield f, f"http://127.0.0.1:{port}"
@@ -31,12 +35,12 @@ def tcp_fleet(tmp_path):
 
 def test_tcp_api_refuses_requests_without_the_token(tcp_fleet) -> None:
     fleet, url = tcp_fleet
-    for token in (None, "wrong", "s3cre", "s3cret2"):
+    for token in (None, "wrong", TOKEN[:-1], TOKEN + "2"):
         with pytest.raises(ApiError) as err:
             Client(url, token).get("/v1/machines")
         assert err.value.status == 401
-    assert Client(url, "s3cret").get("/v1/machines")["machines"] == []
-    out = fleet.ctl("--endpoint", url, "--token", "s3cret", "list-unit-files")
+    assert Client(url, TOKEN).get("/v1/machines")["machines"] == []
+    out = fleet.ctl("--endpoint", url, "--token", TOKEN, "list-unit-files")
     assert out.stdout.startswith("UNIT")
     refused = fleet.ctl("--endpoint", url, "list-unit-files", check=False)
     assert refused.returncode != 0 and "bearer token" in refused.stderr

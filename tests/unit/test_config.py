@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,14 @@ from fleetd.daemon.config import (
     load,
 )
 
+TOKEN = "s3cret-s3cret-s3cret"  # the 16 bytes a token needs, and more
+
 
 def write(tmp_path: Path, text: str, name: str = "fleetd.toml") -> str:
+    """A private file (0600), as one holding the token must be."""
     path = tmp_path / name
     path.write_text(text)
+    path.chmod(0o600)
     return str(path)
 
 
@@ -46,11 +51,11 @@ heartbeat_s = 0.25
 [api]
 socket = "/tmp/fleetd.sock"
 listen = "0.0.0.0:7070"
-token = "s3cret"
+token = "s3cret-s3cret-s3cret"
 """)
     assert load(path) == Config(state_dir="/tmp/fleetd-state", heartbeat_s=0.25,
                                 socket="/tmp/fleetd.sock", listen="0.0.0.0:7070",
-                                token="s3cret")
+                                token=TOKEN)
 
 
 def test_partial_file_keeps_other_defaults(tmp_path: Path) -> None:
@@ -62,19 +67,17 @@ def test_partial_file_keeps_other_defaults(tmp_path: Path) -> None:
 
 
 def test_token_file_is_read_and_stripped(tmp_path: Path) -> None:
-    token = tmp_path / "token"
-    token.write_text("  from-file\n")
+    token = write(tmp_path, f"  {TOKEN}\n", "token")
     path = write(tmp_path, f'[api]\nlisten = "127.0.0.1:7070"\ntoken_file = "{token}"\n')
     cfg = load(path)
-    assert cfg.token == "from-file"
+    assert cfg.token == TOKEN
     assert cfg.listen == "127.0.0.1:7070"
 
 
 def test_token_file_wins_over_token(tmp_path: Path) -> None:
-    token = tmp_path / "token"
-    token.write_text("from-file")
-    path = write(tmp_path, f'[api]\ntoken = "inline"\ntoken_file = "{token}"\n')
-    assert load(path).token == "from-file"
+    token = write(tmp_path, "from-file-from-file", "token")
+    path = write(tmp_path, f'[api]\ntoken = "{TOKEN}"\ntoken_file = "{token}"\n')
+    assert load(path).token == "from-file-from-file"
 
 
 def test_missing_token_file_is_an_error(tmp_path: Path) -> None:
@@ -95,7 +98,7 @@ def test_missing_token_file_is_an_error(tmp_path: Path) -> None:
     ],
 )
 def test_listen_host_port(tmp_path: Path, listen: str, host: str, port: int) -> None:
-    cfg = load(write(tmp_path, f'[api]\nlisten = "{listen}"\ntoken = "t"\n'))
+    cfg = load(write(tmp_path, f'[api]\nlisten = "{listen}"\ntoken = "{TOKEN}"\n'))
     assert cfg.listen_host_port == (host, port)
 
 
@@ -133,16 +136,17 @@ def test_listen_without_token_is_an_error(tmp_path: Path) -> None:
 
 
 def test_listen_with_empty_token_file_is_an_error(tmp_path: Path) -> None:
-    token = tmp_path / "token"
-    token.write_text("\n")
+    token = write(tmp_path, "\n", "token")
     path = write(tmp_path, f"[api]\nlisten = '127.0.0.1:7070'\ntoken_file = '{token}'\n")
     assert "api.listen needs api.token" in error(path)
 
 
-@pytest.mark.parametrize("listen", ["127.0.0.1", "127.0.0.1:", "host:http", "7070"])
+@pytest.mark.parametrize("listen", ["127.0.0.1", "127.0.0.1:", "host:http", "7070",
+                                    "h:\u00b2", "h:0", "h:65536", "h:+1e3"])
 def test_listen_needs_host_and_port(tmp_path: Path, listen: str) -> None:
-    path = write(tmp_path, f"[api]\nlisten = '{listen}'\ntoken = 't'\n")
-    assert error(path) == f"{path}: api.listen: want HOST:PORT, got {listen!r}"
+    path = write(tmp_path, f"[api]\nlisten = '{listen}'\ntoken = '{TOKEN}'\n")
+    assert error(path) == (f"{path}: api.listen: want HOST:PORT (a port from 1 to 65535), "
+                           f"got {listen!r}")
 
 
 @pytest.mark.parametrize(
@@ -154,8 +158,8 @@ def test_listen_needs_host_and_port(tmp_path: Path, listen: str) -> None:
         ("[api]\nlisten = 7070\n", "api.listen: expected a string, got 7070"),
         ("[api]\ntoken = false\n", "api.token: expected a string, got False"),
         ("[api]\ntoken_file = ['a']\n", "api.token_file: expected a string, got ['a']"),
-        ("heartbeat_s = 0\n", "heartbeat_s: must be > 0"),
-        ("heartbeat_s = -1.5\n", "heartbeat_s: must be > 0"),
+        ("heartbeat_s = 0\n", "heartbeat_s: want a number from 0.01 to 3600, not 0"),
+        ("heartbeat_s = -1.5\n", "heartbeat_s: want a number from 0.01 to 3600, not -1.5"),
     ],
 )
 def test_wrong_types_and_values_are_named(tmp_path: Path, text: str, message: str) -> None:
@@ -170,3 +174,57 @@ def test_heartbeat_of_wrong_type_is_named(tmp_path: Path) -> None:
 
 def test_boolean_heartbeat_is_refused(tmp_path: Path) -> None:
     error(write(tmp_path, "heartbeat_s = true\n"))
+
+
+# --- hostile values (issue 10) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("heartbeat_s = nan\n", "heartbeat_s: want a number from 0.01 to 3600, not nan"),
+        ("heartbeat_s = inf\n", "heartbeat_s: want a number from 0.01 to 3600, not inf"),
+        ("machine_ttl_s = nan\n", "machine_ttl_s: want a number from 0.02 to 86400, not nan"),
+        ("machine_ttl_s = -inf\n", "machine_ttl_s: want a number from 0.02 to 86400, not -inf"),
+        ("[api]\nidle_timeout_s = nan\n", "api.idle_timeout_s: want a number from 0.1 to 3600"),
+        ("[api]\nmax_connections = 1.5\n", "api.max_connections: want a whole number from 1"),
+        ("[api]\nmax_connections = 0\n", "api.max_connections: want a whole number from 1"),
+        ("[api]\nmax_connections = true\n", "api.max_connections: expected a number"),
+    ],
+)
+def test_numbers_are_finite_and_in_range(tmp_path: Path, text: str, message: str) -> None:
+    """TOML reads nan and inf; a NaN heartbeat would sit in asyncio's timer heap."""
+    path = write(tmp_path, text)
+    assert error(path).startswith(f"{path}: {message}")
+
+
+def test_connection_settings_are_read(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, "[api]\nidle_timeout_s = 2\nmax_connections = 8\n"))
+    assert (cfg.idle_timeout_s, cfg.max_connections) == (2.0, 8)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_token_file_others_can_read_is_refused(tmp_path: Path, mode: int) -> None:
+    token = write(tmp_path, TOKEN, "token")
+    os.chmod(token, mode)
+    path = write(tmp_path, f"[api]\nlisten = '127.0.0.1:7070'\ntoken_file = '{token}'\n")
+    assert error(path) == (f"{path}: api.token_file: {token}: mode {mode:04o}, but a file "
+                           f"holding the API token must be readable by its owner only "
+                           f"(chmod 600 {token})")
+
+
+def test_a_config_file_others_can_read_may_not_hold_the_token(tmp_path: Path) -> None:
+    path = write(tmp_path, f"[api]\nlisten = '127.0.0.1:7070'\ntoken = '{TOKEN}'\n")
+    os.chmod(path, 0o644)
+    assert error(path).startswith(f"{path}: api.token: mode 0644, but a file holding")
+    os.chmod(path, 0o600)
+    assert load(path).token == TOKEN
+
+
+@pytest.mark.parametrize("key", ["token", "token_file"])
+def test_a_short_token_is_refused(tmp_path: Path, key: str) -> None:
+    short = "fifteen-bytes.."
+    value = write(tmp_path, short, "token") if key == "token_file" else short
+    path = write(tmp_path, f"[api]\nlisten = '127.0.0.1:7070'\n{key} = '{value}'\n")
+    assert error(path).startswith(f"{path}: api.{key}: the token is 15 bytes; want at "
+                                  "least 16")
