@@ -114,8 +114,10 @@ class SqliteRegistry:
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         self.path = path
+        _owner_only(path)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        _owner_only(path)  # and the -wal and -shm that WAL mode has just made
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -367,6 +369,17 @@ _OBSERVED_UPSERT = (
     " restarts, error, updated_at, generation, health)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+def _owner_only(path: str) -> None:
+    """The database and its -wal and -shm: 0600 whatever the directory's mode or the
+    umask (they hold every unit's text and every machine's address). SQLite makes -wal
+    and -shm with the database's mode, so a database made 0600 first keeps them so;
+    files an older fleetd left are made so here."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        if os.path.exists(name):
+            os.chmod(name, 0o600)
 
 
 def _unit(row: Tuple[Any, ...]) -> UnitRecord:
