@@ -12,6 +12,8 @@ import asyncio
 import dataclasses
 import functools
 import hmac
+import json
+import logging
 import os
 import re
 import time
@@ -26,6 +28,7 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
+    TypeVar,
 )
 
 from aiohttp import web
@@ -50,17 +53,36 @@ from fleetd.registry.base import (
 from fleetd.transport.base import TransportError
 from fleetd.units.parser import UnitError
 from fleetd.units.validate import validate
+from fleetd.wire import numbers
 
 if TYPE_CHECKING:  # app imports this module to serve it
     from fleetd.daemon.app import Daemon
 
+log = logging.getLogger("fleetd.api")
+
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
 _MACHINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _META = re.compile(r"[A-Za-z0-9_.-]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON's "\ud800": no UTF-8 for it, no SQLite
 MAX_WAIT_S = 3600.0
+MAX_LINES = 10000  # log lines one request asks of an agent
 UPGRADE_RECONNECT_S = 20.0  # how long an upgrade waits for the session to reconnect
+MIB = 1024 * 1024
+MAX_BODY = 4 * MIB  # one request: a few units at their largest
+MAX_UNIT_TEXT = 1 * MIB  # one unit file; a 50 MB "unit" is not a unit
+MAX_DEPTH = 16  # JSON nesting: fleetctl's bodies are 3 deep
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+N = TypeVar("N", int, float)
+
+
+class Refused(Exception):
+    """A request fleetd will not act on: answered ``status`` with ``message``, which
+    names the field, parameter or part of the request that is wrong."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -71,16 +93,158 @@ def _daemon(request: web.Request) -> Daemon:
     return request.app[DAEMON_KEY]
 
 
-async def _body(request: web.Request) -> Dict[str, Any]:
+def _route(request: web.Request) -> str:
+    """``POST /v1/units/{name}/wait``: the route, as errors name it."""
+    resource = request.match_info.route.resource
+    return f"{request.method} {resource.canonical if resource else request.path}"
+
+
+# --- what a request carries ---------------------------------------------------------------
+async def _read(request: web.Request) -> bytes:
+    """The whole body, at most MAX_BODY bytes (aiohttp answers 413 past it), arriving
+    within the idle timeout: a client that sends half a body does not hold a handler."""
     try:
-        data = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text='{"error": "request body is not JSON"}',
-                                 content_type="application/json") from None
+        return await asyncio.wait_for(request.read(), _daemon(request).config.idle_timeout_s)
+    except asyncio.TimeoutError:
+        raise Refused(408, "request body: not all of it arrived within "
+                           f"{_daemon(request).config.idle_timeout_s:g}s") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+async def _body(request: web.Request) -> Dict[str, Any]:
+    """The body as a JSON object of text fleetd can store: UTF-8, no ``NaN``, no lone
+    surrogate, at most MAX_DEPTH deep (100k levels would exhaust the parser's stack)."""
+    raw = await _read(request)
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError as exc:
+        raise Refused(400, f"request body is not UTF-8 (byte {exc.start})") from None
+    except RecursionError:
+        raise Refused(400, f"request body: JSON nested deeper than {MAX_DEPTH}") from None
+    except ValueError as exc:
+        raise Refused(400, f"request body is not JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise web.HTTPBadRequest(text='{"error": "request body is not a JSON object"}',
-                                 content_type="application/json")
+        raise Refused(400, "request body is not a JSON object")
+    why = _malformed(data)
+    if why:
+        raise Refused(400, f"request body: {why}")
     return data
+
+
+def _malformed(data: object) -> Optional[str]:
+    """Why decoded JSON cannot be taken (too deep, a lone surrogate), or None. A loop,
+    not a recursion: the depth is what is being checked."""
+    todo: List[Tuple[object, int]] = [(data, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            return f"JSON nested deeper than {MAX_DEPTH}"
+        if isinstance(value, dict):
+            todo.extend((k, depth) for k in value)
+            todo.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            todo.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str) and _SURROGATE.search(value):
+            return "a lone surrogate (\\ud800-\\udfff) is not text"
+    return None
+
+
+def _number(where: str, read: Callable[[], N]) -> N:
+    """``read()``'s number, or 400 naming ``where`` and what was wanted."""
+    try:
+        return read()
+    except numbers.NumberError as exc:
+        raise Refused(400, f"{where}: {exc}") from None
+
+
+def _query_float(request: web.Request, key: str, default: float, lo: float,
+                 hi: Optional[float] = None) -> float:
+    text = request.query.get(key)
+    if text is None:
+        return default
+    return _number(key, lambda: numbers.parse_float(text, lo, hi))
+
+
+def _query_int(request: web.Request, key: str, default: int, lo: int,
+               hi: Optional[int] = None) -> int:
+    text = request.query.get(key)
+    if text is None:
+        return default
+    return _number(key, lambda: numbers.parse_int(text, lo, hi))
+
+
+_YES, _NO = ("1", "true", "yes"), ("", "0", "false", "no")
+
+
+def _query_flag(request: web.Request, key: str) -> bool:
+    value = request.query.get(key, "")
+    if value not in _YES + _NO:
+        raise Refused(400, f"{key}: want one of 1, true, yes, 0, false, no; not {value!r}")
+    return value in _YES
+
+
+def _flag(body: Dict[str, Any], key: str) -> bool:
+    """A JSON field that must be true or false (absent: false); ``"no"`` is no false."""
+    value = body.get(key, False)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise Refused(400, f"{key}: want true or false, not {json.dumps(value)[:40]}")
+
+
+def _text(body: Dict[str, Any], key: str) -> Optional[str]:
+    """A JSON field that must be a string when given (a list would be stored as its
+    repr); None or "" when absent."""
+    value = body.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise Refused(400, f"{key}: want a string, not {type(value).__name__}")
+
+
+# --- the two middlewares ----------------------------------------------------------------------
+@web.middleware
+async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer that is not a success is JSON ``{"error": ...}`` naming what is wrong
+    or the route: a request fleetd refuses (``Refused``, a registry refusal, aiohttp's own
+    404/405/413), and a fault in fleetd itself, which is logged with its traceback here
+    and answered 500 without it. One bad request never takes anything else down."""
+    try:
+        if _SURROGATE.search(request.path) or _SURROGATE.search(request.query_string):
+            raise Refused(400, "the URL is not UTF-8")
+        return await handler(request)
+    except Refused as exc:
+        return _error(exc.status, str(exc))
+    except NotFound as exc:
+        return _error(404, str(exc))
+    except Conflict as exc:
+        return _error(409, str(exc))
+    except RegistryError as exc:
+        return _error(400, str(exc))
+    except web.HTTPException as exc:
+        return _error(exc.status, _http_error(request, exc))
+    except Exception:  # the one catch-all: a bug answers 500, never a traceback
+        log.exception("%s failed", _route(request))
+        return _error(500, f"{_route(request)}: internal error in fleetd (logged there)")
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 413:
+        return f"{_route(request)}: request body over {MAX_BODY // MIB} MiB"
+    if exc.status == 404:
+        return f"no such route: {request.method} {request.path}"
+    if exc.status == 405:
+        return f"{request.method} is not allowed on {request.path}"
+    return f"{_route(request)}: {exc.reason}"
+
+
+def authorized(header: str, token: str) -> bool:
+    """Does an Authorization header carry ``token``? ``Bearer`` in any case (RFC 7235);
+    bytes that are not UTF-8 (aiohttp hands them over escaped) simply do not match."""
+    scheme, _, given = header.strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("utf-8", "surrogatepass"), token.encode("utf-8"))
 
 
 def _token_middleware(token: Optional[str]) -> Any:
@@ -89,17 +253,9 @@ def _token_middleware(token: Optional[str]) -> Any:
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
         if isinstance(sockname, tuple):  # TCP: a token is required, always
             given = request.headers.get("Authorization", "")
-            expected = f"Bearer {token}" if token else None
-            if expected is None or not hmac.compare_digest(given.encode(), expected.encode()):
+            if token is None or not authorized(given, token):
                 return _error(401, "missing or wrong bearer token")
-        try:
-            return await handler(request)
-        except NotFound as exc:
-            return _error(404, str(exc))
-        except Conflict as exc:
-            return _error(409, str(exc))
-        except RegistryError as exc:
-            return _error(400, str(exc))
+        return await handler(request)
 
     return check
 
@@ -184,12 +340,8 @@ async def list_machines(request: web.Request) -> web.Response:
     waits for machines to come up or a drain to end, without polling."""
     d = _daemon(request)
     if "after" in request.query:
-        try:
-            after = int(request.query["after"])
-            timeout = min(float(request.query.get("timeout", "30")), MAX_WAIT_S)
-        except ValueError:
-            return _error(400, "after: want a version (a number); timeout: want seconds")
-        deadline = time.monotonic() + timeout
+        after = _query_int(request, "after", 0, 0)
+        deadline = time.monotonic() + _timeout(request)
         while d.changes.version <= after and time.monotonic() < deadline:
             await d.changes.wait(deadline - time.monotonic())
     counts: Dict[str, int] = {}
@@ -206,19 +358,23 @@ async def list_machines(request: web.Request) -> web.Response:
     return web.json_response({"machines": rows, "version": d.changes.version})
 
 
+def _timeout(request: web.Request) -> float:
+    """A long poll's ``timeout`` in seconds (default 30): finite, not negative; past
+    MAX_WAIT_S it answers at MAX_WAIT_S (the CLI asks again)."""
+    return min(_query_float(request, "timeout", 30.0, 0.0), MAX_WAIT_S)
+
+
 async def add_machine(request: web.Request) -> web.Response:
     d = _daemon(request)
     body = await _body(request)
-    address = body.get("address")
-    if not isinstance(address, str) or not address:
+    address = _text(body, "address")
+    if not address or address.strip() != address or not address.isprintable():
         return _error(400, "address: required (USER@HOST[:PORT] is split by fleetctl)")
-    name = body.get("name") or address
-    if not isinstance(name, str) or not _MACHINE_NAME.fullmatch(name):
-        return _error(400, f"name: {name!r} is not a valid machine name "
+    name = _text(body, "name") or address
+    if not _MACHINE_NAME.fullmatch(name):
+        return _error(400, f"name: {name[:80]!r} is not a valid machine name "
                            "(letters, digits, _ . -; at most 63)")
-    port = body.get("port", 22)
-    if not isinstance(port, int) or not 0 < port < 65536:
-        return _error(400, f"port: {port!r} is not a TCP port")
+    port = _number("port", lambda: numbers.json_int(body.get("port", 22), 1, 65535))
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and _META.fullmatch(k) and isinstance(v, str)
@@ -226,19 +382,19 @@ async def add_machine(request: web.Request) -> web.Response:
     ):
         return _error(400, "metadata: want key=value pairs of letters, digits, _ . -")
     for key in ("identity", "known_hosts"):
-        path = body.get(key)
-        if path is not None and (not isinstance(path, str) or not os.path.isfile(path)):
+        path = _text(body, key)
+        if path is not None and not os.path.isfile(path):
             return _error(400, f"{key}: {path!r} is not a readable file on the fleetd host")
-    agent_command = body.get("agent_command")
-    target = bootstrap.Target(prefix=str(body.get("prefix") or bootstrap.DEFAULT_PREFIX))
+    agent_command = _text(body, "agent_command")
+    target = bootstrap.Target(prefix=_text(body, "prefix") or bootstrap.DEFAULT_PREFIX)
     if not agent_command:
         try:
             target.check()
         except bootstrap.BootstrapError as exc:
             return _error(400, f"prefix: {exc}")
     record = MachineRecord(
-        name=name, address=address, port=port, user=str(body.get("user") or "root"),
-        identity=body.get("identity"), known_hosts=body.get("known_hosts"),
+        name=name, address=address, port=port, user=_text(body, "user") or "root",
+        identity=_text(body, "identity"), known_hosts=_text(body, "known_hosts"),
         agent_command=str(agent_command or target.agent_command(False)),
         metadata={str(k): str(v) for k, v in metadata.items()},
     )
@@ -287,7 +443,7 @@ async def remove_machine(request: web.Request) -> web.Response:
     machine = d.registry.get_machine(name)
     if machine is None:
         return _error(404, f"machine {name} does not exist")
-    purge = request.query.get("purge", "") in ("1", "true", "yes")
+    purge = _query_flag(request, "purge")
     if purge and bootstrap.installed_by_fleetd(machine) is None:
         return _error(400, f"machine {name} was added with --agent-command: fleetd did not "
                            "install its agent and removes nothing there (no --purge)")
@@ -312,7 +468,7 @@ async def upgrade_machine(request: web.Request) -> web.Response:
     body = await _body(request) if request.can_read_body else {}
     d.installing.add(name)
     try:
-        installed = await bootstrap.install_on(machine, found[0], force=bool(body.get("force")),
+        installed = await bootstrap.install_on(machine, found[0], force=_flag(body, "force"),
                                                systemd=found[1])
     except bootstrap.BootstrapError as exc:
         return _error(422, str(exc), problems=exc.problems)
@@ -364,10 +520,8 @@ async def submit_units(request: web.Request) -> web.Response:
     desired = body.get("desired")
     if desired is not None and desired not in DESIRED_STATES:
         return _error(400, f"desired: {desired!r} is not one of {', '.join(DESIRED_STATES)}")
-    items = body.get("units")
-    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
-        return _error(400, "units: want a non-empty list of {name, text?, source?, vars?}")
-    names = [i.get("name") for i in items]
+    items = _unit_items(body)
+    names = [i["name"] for i in items]
     if len(set(names)) != len(names):
         return _error(400, "units: the same unit name is given twice")
     if desired not in (None, INACTIVE):
@@ -379,10 +533,28 @@ async def submit_units(request: web.Request) -> web.Response:
         inputs = submit.resolve(d.registry, items)
     except submit.SubmitError as exc:
         return _error(exc.status, str(exc), errors=exc.errors)
-    changed = d.registry.put_units(inputs, desired, replace=bool(body.get("replace")))
+    changed = d.registry.put_units(inputs, desired, replace=_flag(body, "replace"))
     d.changed()
     return web.json_response({"units": [{"name": u.name, "hash": u.hash} for u in inputs],
                               "changed": changed})
+
+
+def _unit_items(body: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """A submit's ``units``: objects, each with a string ``name`` and texts of at most
+    MAX_UNIT_TEXT bytes (413 past it)."""
+    items = body.get("units")
+    if not isinstance(items, list) or not items or not all(
+            isinstance(i, dict) and isinstance(i.get("name"), str) for i in items):
+        raise Refused(400, "units: want a non-empty list of {name, text?, source?, vars?} "
+                           "with name a string")
+    for item in items:
+        for key in ("text", "template_text"):
+            text = item.get(key)
+            size = len(text.encode()) if isinstance(text, str) else 0
+            if size > MAX_UNIT_TEXT:
+                raise Refused(413, f"{item['name'][:80]}: {key} is {size:,} bytes; "
+                                   f"a unit has at most {MAX_UNIT_TEXT // MIB} MiB")
+    return items
 
 
 async def set_state(request: web.Request) -> web.Response:
@@ -411,8 +583,7 @@ async def restart_units(request: web.Request) -> web.Response:
 def _names(body: Dict[str, Any]) -> List[str]:
     names = body.get("names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise web.HTTPBadRequest(text='{"error": "names: want a non-empty list of unit names"}',
-                                 content_type="application/json")
+        raise Refused(400, "names: want a non-empty list of unit names")
     return names
 
 
@@ -425,12 +596,8 @@ async def destroy_units(request: web.Request) -> web.Response:
 
 
 def _lines(request: web.Request) -> int:
-    """The ``lines`` query parameter (how many log lines), 0 to 10,000."""
-    try:
-        return max(0, min(int(request.query.get("lines", "10")), 10000))
-    except ValueError:
-        raise web.HTTPBadRequest(text='{"error": "lines: want a number"}',
-                                 content_type="application/json") from None
+    """The ``lines`` query parameter (how many log lines), 0 to MAX_LINES."""
+    return _query_int(request, "lines", 10, 0, MAX_LINES)
 
 
 async def unit_status(request: web.Request) -> web.Response:
@@ -438,10 +605,10 @@ async def unit_status(request: web.Request) -> web.Response:
     and the last lines of its log, asked from the agent of the machine it is placed on."""
     d = _daemon(request)
     name = request.match_info["name"]
+    lines = _lines(request)
     u = d.registry.get_unit(name)
     if u is None:
         return _error(404, f"unit {name} does not exist")
-    lines = _lines(request)
     copies = []
     for o in d.registry.list_observed(name):
         row = _observed_row(o)
@@ -478,6 +645,7 @@ async def unit_journal(request: web.Request) -> web.StreamResponse:
     ``follow=1`` the response stays open and new lines arrive as the program writes."""
     d = _daemon(request)
     name = request.match_info["name"]
+    lines, follow = _lines(request), _query_flag(request, "follow")
     u = d.registry.get_unit(name)
     if u is None:
         return _error(404, f"unit {name} does not exist")
@@ -485,15 +653,13 @@ async def unit_journal(request: web.Request) -> web.StreamResponse:
     session = d.sessions.get(where[0]) if where else None
     if session is None:
         return _error(409, f"unit {name} is not placed on any machine")
-    lines = _lines(request)
-    follow = request.query.get("follow") in ("1", "true", "yes")
     if not follow:
         try:
             reply = await session.request("tail", unit=name, lines=lines)
         except TransportError as exc:
             return _error(503, str(exc))
-        if "error" in reply:
-            return _error(500, f"{u.machine}: {reply['error']}")
+        if "error" in reply:  # the agent's refusal: a bad gateway, not fleetd's fault
+            return _error(502, f"{where[0]}: {reply['error']}")
         text = "".join(f"{line}\n" for line in reply.get("lines", []))
         return web.Response(text=text, content_type="text/plain")
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
@@ -613,11 +779,7 @@ async def wait_unit(request: web.Request) -> web.Response:
     until = request.query.get("until", "running")
     if until not in WAIT_UNTIL:
         return _error(400, f"until: {until!r} is not one of {', '.join(WAIT_UNTIL)}")
-    try:
-        timeout = min(float(request.query.get("timeout", "30")), MAX_WAIT_S)
-    except ValueError:
-        return _error(400, "timeout: want seconds")
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + _timeout(request)
     while True:
         verdict, why = _wait_verdict(d, name, until)
         if verdict is not None:
@@ -629,15 +791,38 @@ async def wait_unit(request: web.Request) -> web.Response:
         await d.changes.wait(left)
 
 
+def _to_the_end(handler: Handler) -> Handler:
+    """A handler that works on a host (installs, upgrades, removes its agent) runs to its
+    end even if its client goes away: fleetd cancels a gone client's handler (so that
+    abandoned waits and ``journal -f`` end at once), and a half-done install would leave
+    an agent on a host that fleetd does not know of. What fails after the client went
+    away is logged."""
+    @functools.wraps(handler)
+    async def run(request: web.Request) -> web.StreamResponse:
+        task = asyncio.ensure_future(handler(request))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(functools.partial(_log_failure, _route(request)))
+            raise
+
+    return run
+
+
+def _log_failure(route: str, task: asyncio.Future[web.StreamResponse]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed after its client went away", route, exc_info=task.exception())
+
+
 def make_app(d: Daemon) -> web.Application:
-    app = web.Application(middlewares=[_token_middleware(d.config.token)],
-                          client_max_size=64 * 1024 * 1024)
+    app = web.Application(middlewares=[_answer_errors, _token_middleware(d.config.token)],
+                          client_max_size=MAX_BODY)
     app[DAEMON_KEY] = d
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/machines", list_machines)
-    app.router.add_post("/v1/machines", add_machine)
-    app.router.add_delete("/v1/machines/{name}", remove_machine)
-    app.router.add_post("/v1/machines/{name}/upgrade", upgrade_machine)
+    app.router.add_post("/v1/machines", _to_the_end(add_machine))
+    app.router.add_delete("/v1/machines/{name}", _to_the_end(remove_machine))
+    app.router.add_post("/v1/machines/{name}/upgrade", _to_the_end(upgrade_machine))
     app.router.add_post("/v1/machines/{name}/drain", drain_machine)
     app.router.add_post("/v1/machines/{name}/undrain", undrain_machine)
     app.router.add_get("/v1/units", list_units)
@@ -651,25 +836,3 @@ def make_app(d: Daemon) -> web.Application:
     app.router.add_get("/v1/units/{name}/status", unit_status)
     app.router.add_get("/v1/units/{name}/journal", unit_journal)
     return app
-
-
-async def serve(d: Daemon) -> web.AppRunner:
-    runner = web.AppRunner(make_app(d), access_log=None, handle_signals=False)
-    await runner.setup()
-    sock_dir = os.path.dirname(d.config.socket)
-    os.makedirs(sock_dir, mode=0o755, exist_ok=True)
-    if os.path.exists(d.config.socket):
-        os.unlink(d.config.socket)  # the lease says no other fleetd owns it
-    old = os.umask(0o177)  # the socket is born 0600: no window for other users
-    try:
-        # a client's connect to a full Unix-socket backlog fails at once (EAGAIN), not
-        # waits: aiohttp's 128 refused a third of 500 concurrent submits
-        await web.UnixSite(runner, d.config.socket, backlog=1024).start()
-    finally:
-        os.umask(old)
-    os.chmod(d.config.socket, 0o600)
-    if d.config.listen:
-        host, port = d.config.listen_host_port
-        await web.TCPSite(runner, host, port).start()
-    await asyncio.sleep(0)
-    return runner

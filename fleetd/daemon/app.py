@@ -170,7 +170,7 @@ class Daemon:
 
     # --- life ------------------------------------------------------------------------
     async def run(self, ready: Optional[asyncio.Future[None]] = None) -> None:
-        from fleetd.daemon.api import serve
+        from fleetd.daemon.listeners import serve
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -8,16 +8,18 @@ takes the new deadline, so a deadline can be set or extended while a drain runs.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from aiohttp import web
 
 from fleetd.registry.base import MachineRecord, UnitRecord
+from fleetd.wire import numbers
 
 if TYPE_CHECKING:
     from fleetd.daemon.app import Daemon
+
+MAX_DEADLINE_S = 366 * 86400.0
 
 
 def progress(m: MachineRecord, units: List[UnitRecord]) -> Optional[Dict[str, Any]]:
@@ -35,14 +37,14 @@ def drain(d: Daemon, name: str, body: Dict[str, Any]) -> web.Response:
     if m is None:
         return web.json_response({"error": f"machine {name} does not exist"}, status=404)
     deadline_s = body.get("deadline_s")
-    if deadline_s is not None and (isinstance(deadline_s, bool)
-                                   or not isinstance(deadline_s, (int, float))
-                                   or not 0 <= deadline_s < math.inf):
-        return web.json_response(
-            {"error": f"deadline_s: {deadline_s!r} is not a number of seconds"}, status=400)
+    if deadline_s is not None:
+        try:  # a year at most: a later time is no deadline, and may not even print
+            deadline_s = numbers.json_float(deadline_s, 0, MAX_DEADLINE_S)
+        except numbers.NumberError as exc:
+            return web.json_response({"error": f"deadline_s: {exc}"}, status=400)
     now = time.time()
     since = m.draining if m.draining is not None else now
-    deadline = None if deadline_s is None else now + float(deadline_s)
+    deadline = None if deadline_s is None else now + deadline_s
     d.registry.update_machine(name, draining=since, drain_deadline=deadline)
     d.changed()
     m = d.registry.get_machine(name) or m

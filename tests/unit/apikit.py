@@ -1,0 +1,124 @@
+"""fleetd's real API in the test's process: a real Daemon (real SQLite registry, real
+engine) served by aiohttp on a real Unix socket (and TCP if asked), in an event loop on
+a thread of its own, so that tests speak raw HTTP to it from the main thread. Machines
+never connect: their transport says the host is unreachable, and installing an agent
+(``machine add`` without ``--agent-command``) is not tried over SSH."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from aiohttp import web
+
+from fleetd.daemon.app import Daemon
+from fleetd.daemon.config import Config
+from fleetd.daemon.listeners import serve
+from fleetd.registry.base import MachineRecord
+from fleetd.transport.base import Channel, TransportError
+
+
+class Unreachable:
+    """A host that never answers: every session stays down, quietly."""
+
+    def __init__(self, machine: MachineRecord) -> None:
+        self.machine = machine
+
+    async def open(self, command: str) -> Channel:
+        raise TransportError("unreachable", f"{self.machine.name}: a test host, never there")
+
+    async def close(self) -> None:
+        pass
+
+
+class Served:
+    """A Daemon and its API on a loop thread; ``call`` runs a coroutine there."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.daemon: Daemon = self.call(self._start())
+        self.tcp_port: Optional[int] = None
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _start(self) -> Daemon:
+        d = Daemon(self.config, transport_factory=Unreachable)
+        self.runner: web.AppRunner = await serve(d)
+        self.engine = asyncio.ensure_future(d.engine.run())
+        return d
+
+    async def _stop(self) -> None:
+        await self.runner.cleanup()
+        self.engine.cancel()
+        await asyncio.gather(*(s.stop() for s in self.daemon.sessions.values()),
+                             return_exceptions=True)
+        self.daemon.registry.close()
+        self.daemon.lease.release()
+
+    def close(self) -> None:
+        self.call(self._stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@contextlib.contextmanager
+def served(tmp_path: Any, **config: Any) -> Iterator[Served]:
+    s = Served(Config(state_dir=str(tmp_path / "state"), socket=str(tmp_path / "api.sock"),
+                      **config))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def connect(where: Any, timeout: float = 10.0) -> socket.socket:
+    """A socket to the API: ``where`` is a Unix socket path or a (host, port)."""
+    if isinstance(where, tuple):
+        return socket.create_connection(where, timeout=timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(str(where))
+    return sock
+
+
+def exchange(where: Any, request: bytes, timeout: float = 10.0) -> Tuple[int, bytes]:
+    """Send raw request bytes (``Connection: close`` in them), read the whole answer."""
+    with connect(where, timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def http(where: Any, method: str, path: str, body: Optional[bytes] = None,
+         headers: Optional[Dict[str, bytes]] = None, timeout: float = 10.0
+         ) -> Tuple[int, Any]:
+    """One request with any bytes in path, headers and body; (status, the answer's JSON,
+    or its raw bytes if it is not JSON)."""
+    lines: List[bytes] = [f"{method} ".encode() + path.encode("utf-8", "surrogateescape")
+                          + b" HTTP/1.1", b"Host: fleetd", b"Connection: close"]
+    for key, value in (headers or {}).items():
+        lines.append(key.encode() + b": " + value)
+    if body is not None:
+        lines.append(b"Content-Type: application/json")
+        lines.append(b"Content-Length: %d" % len(body))
+    status, raw = exchange(where, b"\r\n".join(lines) + b"\r\n\r\n" + (body or b""), timeout)
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw
+
+
+def post(where: Any, path: str, data: Any, **kw: Any) -> Tuple[int, Any]:
+    return http(where, "POST", path, json.dumps(data).encode(), **kw)
