@@ -20,6 +20,9 @@ The option's value is a path, optionally prefixed with ``-`` (a missing or unrea
 file is then skipped), and may be a glob (every match, in sorted order). Later files
 override earlier ones, and files override Environment= (systemd.exec(5)); the driver
 does that merge. Nothing is expanded: ``$HOME`` in a value stays ``$HOME``.
+
+Only a regular file of at most ``files.MAX_BYTES`` is read (a FIFO or a device named
+here fails the start with that reason, and never blocks the agent).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from __future__ import annotations
 import glob
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from fleetd.drivers import files
 
 COMMENTS = "#;"
 WHITESPACE = " \t\n\r"
@@ -146,9 +151,8 @@ def load(specs: Sequence[str]) -> Dict[str, str]:
         if not paths and not optional:
             raise EnvironmentFileError(f"EnvironmentFile={pattern}: no file matches")
         for path in paths:
-            try:
-                with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                    text = f.read()
+            try:  # never blocks (a FIFO), never unbounded (/dev/zero): see files
+                text = files.read_regular(path).decode("utf-8", errors="surrogateescape")
             except OSError as exc:
                 if optional:
                     continue

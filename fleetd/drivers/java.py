@@ -26,14 +26,18 @@ import glob
 import os
 import re
 import subprocess
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import psutil
 
+from fleetd.drivers import files, identity
 from fleetd.drivers.base import DriverError, Handle, StartContext
 from fleetd.drivers.exec import DEFAULT_PATH, ExecDriver
 
 JVM_DIR = "/usr/lib/jvm"
+RELEASE_MAX = 64 * 1024  # a JDK's release file is a few hundred bytes
+PROBE_TIMEOUT_S = 10.0
 MiB = 1 << 20
 
 # Heap sizing from MemoryMax= (see heap_bytes): the share of the limit the heap gets,
@@ -85,39 +89,67 @@ def version_key(version: str) -> Tuple[int, ...]:
     return tuple(numbers)
 
 
-def _release_version(home: str) -> Optional[str]:
+def _release_version(home: str, creds: Optional[identity.Credentials] = None
+                     ) -> Optional[str]:
     try:
-        with open(os.path.join(home, "release"), encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, eq, value = line.strip().partition("=")
-                if eq and key == "JAVA_VERSION":
-                    return value.strip().strip('"')
+        data = _read(os.path.join(home, "release"), creds)
     except OSError:
-        pass
+        return None
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        key, eq, value = line.strip().partition("=")
+        if eq and key == "JAVA_VERSION":
+            return value.strip().strip('"')
     return None
 
 
-def _probe_version(java: str) -> str:
+def _read(path: str, creds: Optional[identity.Credentials]) -> bytes:
+    """``path`` as fleetd.drivers.files reads it (regular files only, bounded, never
+    blocking) - as ``creds`` in a child process if given: a unit's JavaHome= is its
+    user's choice, and root must not read for it what that user could not."""
+    if creds is None:
+        return files.read_regular(path, RELEASE_MAX)
+    try:
+        done = subprocess.run([sys.executable, "-I", files.__file__, path, str(RELEASE_MAX)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, timeout=PROBE_TIMEOUT_S,
+                              preexec_fn=_as(creds), check=False)
+    except subprocess.SubprocessError as exc:
+        raise OSError(f"{path}: {exc}") from None
+    if done.returncode != 0:
+        raise OSError(f"{path}: not readable as User={creds.user or creds.uid}")
+    return done.stdout
+
+
+def _as(creds: Optional[identity.Credentials]) -> Optional[Callable[[], None]]:
+    """The preexec_fn that makes a probe run as ``creds`` (None: as the agent)."""
+    return identity.preexec([], None, creds) if creds is not None else None
+
+
+def _probe_version(java: str, creds: Optional[identity.Credentials] = None) -> str:
     """Ask ``java -version`` (tens of milliseconds): only for a home without a release
-    file, which a hand-made $JAVA_HOME might be."""
+    file, which a hand-made $JAVA_HOME might be. As ``creds`` where given: a JavaHome=
+    is the unit's, and its ``java`` is then run as the unit's User=, never as root."""
     try:
         out = subprocess.run([java, "-version"], stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             timeout=10, check=False).stdout
+                             timeout=PROBE_TIMEOUT_S, check=False,
+                             preexec_fn=_as(creds)).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
     m = re.search(rb'version "([^"]+)"', out)
     return m.group(1).decode(errors="replace") if m else ""
 
 
-def inspect_home(home: str, probe: bool = True) -> Optional[JavaInstall]:
-    """The installation in ``home``, or None if it has no executable bin/java."""
+def inspect_home(home: str, probe: bool = True,
+                 creds: Optional[identity.Credentials] = None) -> Optional[JavaInstall]:
+    """The installation in ``home``, or None if it has no executable bin/java.
+    ``creds``: whose the home is (a unit's JavaHome=): read and probed as that user."""
     java = os.path.join(home, "bin", "java")
     if not (os.path.isfile(java) and os.access(java, os.X_OK)):
         return None
-    version = _release_version(home)
+    version = _release_version(home, creds)
     if version is None:
-        version = _probe_version(java) if probe else ""
+        version = _probe_version(java, creds) if probe else ""
     return JavaInstall(home=home, java=java, version=version)
 
 
@@ -154,12 +186,14 @@ def machine_capabilities(javas: Sequence[JavaInstall]) -> List[str]:
 
 
 def choose_java(java_cfg: Dict[str, Any],
-                installed: Optional[Sequence[JavaInstall]] = None) -> JavaInstall:
-    """JavaHome= if it holds a Java; else the newest installed Java meeting
-    JavaVersion= (any, without it). DriverError says what this host has otherwise."""
+                installed: Optional[Sequence[JavaInstall]] = None,
+                creds: Optional[identity.Credentials] = None) -> JavaInstall:
+    """JavaHome= if it holds a Java (looked into as ``creds``, the unit's User=);
+    else the newest installed Java meeting JavaVersion= (any, without it). DriverError
+    says what this host has otherwise."""
     home = java_cfg.get("java_home")
     if home:
-        install = inspect_home(str(home))
+        install = inspect_home(str(home), creds=creds)
         if install is None:
             raise DriverError(f"JavaHome={home}: no executable {home}/bin/java here "
                               f"({_listing(installed)})")
@@ -267,7 +301,9 @@ class JavaDriver:
         if not isinstance(java_cfg, dict):
             raise DriverError("this unit has no [X-Java] settings (was it validated by a "
                               "fleetd that knows Driver=java?)")
-        install = choose_java(java_cfg, installed)
+        creds = identity.resolve(config.get("user"), config.get("group")) \
+            if java_cfg.get("java_home") else None
+        install = choose_java(java_cfg, installed, creds)
         jar = java_cfg.get("jar")
         if jar and not os.path.isfile(str(jar)):
             raise DriverError(f"Jar={jar}: no such file on this host")

@@ -37,6 +37,7 @@ import psutil
 
 from fleetd.cgroups.limits import format_size
 from fleetd.drivers.base import DriverError, Handle, StartContext
+from fleetd.wire import names
 
 UNIT_DIR = "/run/systemd/system"
 DROPIN = "50-fleetd.conf"
@@ -47,7 +48,6 @@ PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "MainPID", "NRestart
 EXIT_EXEC = 203  # systemd's exit status when it cannot execute the command
 SYSTEMCTL_TIMEOUT_S = 30.0  # for calls that do not wait on a unit (show, daemon-reload)
 STOP_GRACE_S = 15.0  # beyond the unit's own timeout: systemd kills, then reports
-_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]+)?\.service")
 # waitid's si_code, as systemctl show prints ExecMainCode
 CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
 
@@ -108,8 +108,8 @@ class SystemdDriver:
             self.reload()
         # a unit that failed before (or hit its start limit) starts afresh, as a user's
         # `systemctl start` after `reset-failed` would
-        self._systemctl("reset-failed", name)
-        argv = ["start", name]
+        self._systemctl("reset-failed", "--", name)
+        argv = ["start", "--", name]
         if config.get("type") == "oneshot":
             argv.insert(1, "--no-block")
         timeout = config.get("timeout_start_s")
@@ -156,7 +156,7 @@ class SystemdDriver:
         TimeoutStopSec= and SIGKILLs, so this returns with the unit's processes gone.
         ``timeout`` is the unit's TimeoutStopSec= (None: none), bounding our wait."""
         name = _check_name(name)
-        out = self._systemctl("stop", name, timeout=None if timeout is None
+        out = self._systemctl("stop", "--", name, timeout=None if timeout is None
                               else float(timeout) + STOP_GRACE_S)
         if out.returncode != 0 and "not loaded" not in out.stderr:
             raise DriverError(f"systemctl stop {name}: {_first_line(out.stderr)}")
@@ -180,7 +180,7 @@ class SystemdDriver:
             removed = True
         if removed:
             self.reload()
-        self._systemctl("reset-failed", name)
+        self._systemctl("reset-failed", "--", name)
 
     def signal(self, handle: Handle, signum: int) -> None:
         """Every process of the unit, through systemd (it knows its cgroup)."""
@@ -200,7 +200,7 @@ class SystemdDriver:
             entries = os.listdir(self.unit_dir)
         except OSError:
             return []
-        return sorted(e for e in entries if _NAME.fullmatch(e)
+        return sorted(e for e in entries if names.is_valid(e)
                       and os.path.exists(os.path.join(self._dropin_dir(e), DROPIN)))
 
     def recover(self, record: Dict[str, Any]) -> Optional[Handle]:
@@ -208,7 +208,7 @@ class SystemdDriver:
         (it may have failed or exited since: ``status`` says so). None if its runtime
         file is gone (a reboot) or systemd does not know it."""
         handle = Handle.from_record(record)
-        if not handle.unit or not _NAME.fullmatch(handle.unit):
+        if not names.is_valid(handle.unit) or names.is_template(handle.unit):
             return None
         if not os.path.exists(self._unit_path(handle.unit)):
             return None
@@ -265,7 +265,7 @@ class SystemdDriver:
             if st["error"]:
                 parts.append(st["error"])
             if st.get("exit_status") == EXIT_EXEC:  # without waiting on the journal
-                shown = self._systemctl("show", "-p", "ExecStart", "--value", name).stdout
+                shown = self._systemctl("show", "-p", "ExecStart", "--value", "--", name).stdout
                 path = re.search(r"path=(\S+)", shown)
                 if path:
                     parts.append(f"systemd could not execute {path.group(1)}")
@@ -293,8 +293,11 @@ class SystemdDriver:
 
 def _check_name(name: str) -> str:
     """A service unit name, never a path: it becomes a file name under /run."""
-    if not _NAME.fullmatch(name) or len(name) > 255:
-        raise DriverError(f"{name!r} is not a service unit name")
+    why = names.problem(name)
+    if why is None and names.is_template(name):
+        why = f"{name}: a template is never run itself"
+    if why is not None:
+        raise DriverError(why)
     return name
 
 
