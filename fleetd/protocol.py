@@ -38,7 +38,7 @@ fleetd sends a desired set computed since, not one from before the cut.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 VERSION = 1
 
@@ -61,11 +61,20 @@ FENCED = "fenced:"
 WANT_RUNNING = "running"
 WANT_STOPPED = "stopped"
 
-MAX_LINE = 16 * 1024 * 1024  # a desired set of thousands of units still fits
+# The one size limit of a line, on both ends: the agent's socket reader, fleetd's SSH
+# channel (its receive window is sized from it) and every message either side writes.
+# What can be larger - a desired set, a status snapshot, the lines of a journal reply -
+# goes in several messages (``chunks``); one unit spec larger than a message is not
+# deliverable (fleetd reports it so, and sends the rest of the set).
+MAX_LINE = 4 * 1024 * 1024
 
 
 class ProtocolError(Exception):
     """A line that is not a message of this protocol version."""
+
+
+class TooLarge(ProtocolError):
+    """One item that does not fit in a message under MAX_LINE, even alone."""
 
 
 def encode(kind: str, **fields: Any) -> bytes:
@@ -145,3 +154,37 @@ def spec_list(msg: Dict[str, Any]) -> List[Dict[str, Any]]:
     if not isinstance(units, list) or not all(isinstance(u, dict) and "name" in u for u in units):
         raise ProtocolError(f"{msg.get('type')} message without a list of units")
     return units
+
+
+def item_size(item: Any) -> int:
+    """The bytes ``item`` takes inside a message's list (with its comma)."""
+    return len(json.dumps(item, separators=(",", ":"), sort_keys=True).encode()) + 1
+
+
+def chunks(kind: str, key: str, items: Sequence[Any], limit: int = MAX_LINE,
+           **fields: Any) -> List[bytes]:
+    """``kind`` messages that carry ``items`` under ``key`` between them, each line at
+    most ``limit`` bytes. Every message but the last says ``more: true``; the reader
+    joins the lists until one does not (a single message, as before, when all fit).
+    Raise TooLarge, naming the item's index, for one that fits in no message."""
+    budget = limit - len(encode(kind, **{key: [], "more": True}, **fields))
+    out: List[bytes] = []
+    part: List[Any] = []
+    used = 0
+    for index, item in enumerate(items):
+        size = item_size(item)
+        if size > budget:
+            raise TooLarge(f"{kind} item {index} is {size} bytes, over the {limit}-byte "
+                           "message limit")
+        if part and used + size > budget:
+            out.append(encode(kind, **{key: part, "more": True}, **fields))
+            part, used = [], 0
+        part.append(item)
+        used += size
+    out.append(encode(kind, **{key: part}, **fields))
+    return out
+
+
+def more(msg: Dict[str, Any]) -> bool:
+    """Does another part of this message follow (see ``chunks``)?"""
+    return msg.get("more") is True

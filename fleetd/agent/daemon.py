@@ -23,19 +23,17 @@ import contextlib
 import fcntl
 import logging
 import os
-import re
 import signal
 import time
-from typing import Any, Dict, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from fleetd import __version__, protocol
-from fleetd.agent import facts, logfile
+from fleetd.agent import facts, logfile, specs
 from fleetd.agent.state import AgentState
 from fleetd.agent.supervisor import Supervisor
 
 log = logging.getLogger("fleet-agent")
 
-_UNIT = re.compile(r"[A-Za-z0-9:_\\-][A-Za-z0-9:_.\\-]*(@[A-Za-z0-9:_.\\-]*)?\.service")
 MAX_CLIENT_BUFFER = 64 * 1024 * 1024  # a client this far behind is dropped, not waited for
 
 
@@ -50,6 +48,7 @@ class Client:
         self.fleetd = False  # said hello as fleetd: its messages count as contact
         self.follows: Dict[int, asyncio.Task[None]] = {}  # journal -f, by request id
         self.heartbeat: Optional[asyncio.Task[None]] = None
+        self.desired_parts: List[Any] = []  # a desired set in several messages, so far
 
     def send(self, data: bytes) -> None:
         transport = self.writer.transport
@@ -120,7 +119,13 @@ class AgentDaemon:
         self.clients.add(client)
         try:
             while True:
-                line = await reader.readline()
+                try:
+                    line = await reader.readline()
+                except ValueError:  # asyncio's LimitOverrunError: past protocol.MAX_LINE
+                    client.send(protocol.encode("error", message=(
+                        f"a line over {protocol.MAX_LINE} bytes (the protocol's limit); "
+                        "closing")))
+                    break
                 if not line:
                     break
                 try:
@@ -128,8 +133,9 @@ class AgentDaemon:
                 except protocol.ProtocolError as exc:
                     client.send(protocol.encode("error", message=str(exc)))
                     break
-                self._handle(client, msg)
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
+                if not self._handle(client, msg):
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("client gone: %s", exc)
         finally:
             self.clients.discard(client)
@@ -139,52 +145,102 @@ class AgentDaemon:
                 task.cancel()
             writer.close()
 
-    def _handle(self, client: Client, msg: Dict[str, Any]) -> None:
-        kind = msg["type"]
+    def _handle(self, client: Client, msg: Dict[str, Any]) -> bool:
+        """Act on one message; False ends the connection (a bad hello, a bye). A field
+        the agent cannot take is answered with an error naming it: to the request's
+        ``id`` where there is one, else as an ``error`` message."""
+        kind: str = msg["type"]
         if kind == "hello":
             client.fleetd = msg.get("daemon") == "fleetd"
         if client.fleetd:
             self.supervisor.heard()
-        if kind == "hello":
-            interval = float(msg.get("heartbeat_s", 1.0))
-            client.send(protocol.encode(
-                "hello", machine_id=self.machine_id, hostname=os.uname().nodename,
-                agent_version=__version__,
-                facts=facts.gather(self.machine_id, self.supervisor.backend.facts(),
-                                   systemd="systemd" in self.supervisor.drivers),
-                fenced=sorted(self.supervisor.fenced),
-            ))
-            client.send(protocol.encode("status", units=self.supervisor.snapshot()))
-            client.ready = True
-            client.heartbeat = asyncio.ensure_future(self._heartbeat(client, interval))
-        elif kind == "desired":
-            self.supervisor.set_desired(protocol.spec_list(msg))
-        elif kind in ("tail", "follow") and not _UNIT.fullmatch(str(msg.get("unit", ""))):
-            client.send(protocol.encode("reply", id=msg.get("id"),
-                                        error=f"not a unit name: {msg.get('unit')!r}"))
-        elif kind == "tail":
-            unit, lines = str(msg.get("unit", "")), int(msg.get("lines", 10))
-            try:
-                found = logfile.last_lines(self.state.unit_log(unit), lines)
-            except (OSError, ValueError) as exc:
-                client.send(protocol.encode("reply", id=msg.get("id"), error=str(exc)))
-            else:
-                client.send(protocol.encode("reply", id=msg.get("id"), lines=found))
-        elif kind == "follow":
-            ident = int(msg.get("id", 0))
-            unit, lines = str(msg.get("unit", "")), int(msg.get("lines", 10))
-            client.follows[ident] = asyncio.ensure_future(
-                self._follow(client, ident, self.state.unit_log(unit), lines))
-        elif kind == "unfollow":
-            task = client.follows.pop(int(msg.get("id", 0)), None)
-            if task is not None:
-                task.cancel()
-        elif kind == "ping":
-            pass  # fleetd is there: counted above, no answer
-        elif kind == "bye":
-            client.writer.close()
-        else:
+        handler = self._handlers.get(kind)
+        if handler is None:
             client.send(protocol.encode("error", message=f"unknown message type {kind!r}"))
+            return True
+        try:
+            return handler(client, msg)
+        except specs.SpecError as exc:
+            ident = msg.get("id")
+            if kind in ("tail", "follow") and specs.is_request_id(ident):
+                client.send(protocol.encode("reply", id=ident, error=str(exc)))
+            else:
+                client.send(protocol.encode("error", message=str(exc)))
+            return kind != "hello"  # a session that cannot begin ends here
+
+    @property
+    def _handlers(self) -> Dict[str, Callable[[Client, Dict[str, Any]], bool]]:
+        return {"hello": self._hello, "desired": self._desired, "tail": self._tail,
+                "follow": self._follow_request, "unfollow": self._unfollow,
+                "ping": lambda client, msg: True,  # fleetd is there: counted, no answer
+                "bye": lambda client, msg: False}
+
+    def _hello(self, client: Client, msg: Dict[str, Any]) -> bool:
+        interval = specs.heartbeat(msg)
+        client.send(protocol.encode(
+            "hello", machine_id=self.machine_id, hostname=os.uname().nodename,
+            agent_version=__version__,
+            facts=facts.gather(self.machine_id, self.supervisor.backend.facts(),
+                               systemd="systemd" in self.supervisor.drivers),
+            fenced=sorted(self.supervisor.fenced),
+        ))
+        for line in protocol.chunks("status", "units", self.supervisor.snapshot()):
+            client.send(line)
+        client.ready = True
+        if client.heartbeat is not None:
+            client.heartbeat.cancel()  # hello again: one heartbeat, at the new interval
+        client.heartbeat = asyncio.ensure_future(self._heartbeat(client, interval))
+        return True
+
+    def _desired(self, client: Client, msg: Dict[str, Any]) -> bool:
+        """A desired set, in one message or several (``more``): taken once whole. Specs
+        the agent cannot run are refused, each named in one error message; the rest of
+        the set is taken."""
+        units = msg.get("units")
+        if not isinstance(units, list):
+            raise specs.SpecError("desired: units: want a list")
+        client.desired_parts.extend(units)
+        if protocol.more(msg):
+            if len(client.desired_parts) > specs.DESIRED_MAX_UNITS:
+                client.desired_parts = []
+                raise specs.SpecError(f"desired: more than {specs.DESIRED_MAX_UNITS} units")
+            return True
+        whole, client.desired_parts = client.desired_parts, []
+        good, refused = specs.check_specs(whole)
+        self.supervisor.set_desired(good)
+        if refused:
+            log.warning("refused from the desired set: %s", "; ".join(refused))
+            client.send(protocol.encode("error", message="refused from the desired set: "
+                                        + "; ".join(refused)[:specs.ERROR_MAX]))
+        return True
+
+    def _tail(self, client: Client, msg: Dict[str, Any]) -> bool:
+        """The last lines of a unit's log, in as many replies as they need (``more``)."""
+        ident, unit, lines = specs.log_request(msg)
+        try:
+            found = logfile.last_lines(self.state.unit_log(unit), lines)
+            replies = protocol.chunks("reply", "lines", found, id=ident)
+        except (OSError, ValueError) as exc:
+            client.send(protocol.encode("reply", id=ident, error=str(exc)))
+            return True
+        for reply in replies:
+            client.send(reply)
+        return True
+
+    def _follow_request(self, client: Client, msg: Dict[str, Any]) -> bool:
+        ident, unit, lines = specs.log_request(msg)
+        old = client.follows.pop(ident, None)
+        if old is not None:
+            old.cancel()  # the same id again: one follow per id
+        client.follows[ident] = asyncio.ensure_future(
+            self._follow(client, ident, self.state.unit_log(unit), lines))
+        return True
+
+    def _unfollow(self, client: Client, msg: Dict[str, Any]) -> bool:
+        task = client.follows.pop(specs.request_id(msg), None)
+        if task is not None:
+            task.cancel()
+        return True
 
     async def _follow(self, client: Client, ident: int, path: str, lines: int) -> None:
         """``fleetctl journal -f``: the last lines, then new ones, until unfollowed."""
@@ -193,11 +249,13 @@ class AgentDaemon:
         try:
             async for batch in follower:
                 if batch or first:
-                    client.send(protocol.encode("log", id=ident, lines=batch))
+                    for line in protocol.chunks("log", "lines", batch, id=ident):
+                        client.send(line)
                 first = False
         finally:
             await follower.aclose()
-            client.follows.pop(ident, None)
+            if client.follows.get(ident) is asyncio.current_task():
+                del client.follows[ident]
 
     async def _heartbeat(self, client: Client, interval: float) -> None:
         seq = 0

@@ -21,9 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import uuid
 from typing import Any, Dict, List
+
+from fleetd.agent import specs
+from fleetd.wire import names
+
+log = logging.getLogger("fleet-agent")
 
 DEFAULT_STATE_DIR = "/var/lib/fleet-agent"
 
@@ -74,7 +80,7 @@ class AgentState:
         return os.path.join(self.root, "agent.log")
 
     def unit_log(self, unit: str) -> str:
-        return os.path.join(self.logs_dir, unit + ".log")
+        return _unit_file(self.logs_dir, unit, ".log")
 
     def machine_id(self) -> str:
         path = os.path.join(self.root, "machine-id")
@@ -90,12 +96,27 @@ class AgentState:
         return value
 
     def load_desired(self) -> List[Dict[str, Any]]:
+        """The last desired set, checked as a set from fleetd is: a spec the agent
+        cannot run (written by an older agent, or by hand) is left out and logged, so
+        it cannot stop the agent at every start. An unreadable file is an empty set
+        until fleetd sends one."""
+        path = os.path.join(self.root, "desired.json")
         try:
-            with open(os.path.join(self.root, "desired.json")) as f:
+            with open(path) as f:
                 units = json.load(f)
         except FileNotFoundError:
             return []
-        return list(units)
+        except (OSError, ValueError) as exc:
+            log.warning("%s: cannot read it (%s); no desired set until fleetd sends one",
+                        path, exc)
+            return []
+        if not isinstance(units, list):
+            log.warning("%s: not a list of unit specs; ignored", path)
+            return []
+        good, refused = specs.check_specs(units)
+        for why in refused:
+            log.warning("%s: left out: %s", path, why)
+        return good
 
     def save_desired(self, units: List[Dict[str, Any]]) -> None:
         atomic_write(os.path.join(self.root, "desired.json"), json.dumps(units).encode())
@@ -103,8 +124,8 @@ class AgentState:
     def load_records(self) -> Dict[str, Dict[str, Any]]:
         records: Dict[str, Dict[str, Any]] = {}
         for entry in os.listdir(self.units_dir):
-            if not entry.endswith(".json"):
-                continue
+            if not entry.endswith(".json") or not names.is_valid(entry[:-5]):
+                continue  # not a record of ours (a unit's name is never another)
             try:
                 with open(os.path.join(self.units_dir, entry)) as f:
                     records[entry[:-5]] = json.load(f)
@@ -113,9 +134,15 @@ class AgentState:
         return records
 
     def save_record(self, unit: str, record: Dict[str, Any]) -> None:
-        atomic_write(os.path.join(self.units_dir, unit + ".json"), json.dumps(record).encode(),
+        atomic_write(_unit_file(self.units_dir, unit, ".json"), json.dumps(record).encode(),
                      durable=False)
 
     def delete_record(self, unit: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.units_dir, unit + ".json"))
+            os.unlink(_unit_file(self.units_dir, unit, ".json"))
+
+
+def _unit_file(directory: str, unit: str, suffix: str) -> str:
+    """``directory/UNIT.suffix``; ValueError for a name that is not a unit's, which
+    could lead out of ``directory`` (specs are checked before, this is the last line)."""
+    return os.path.join(directory, specs.unit_name(unit) + suffix)

@@ -54,7 +54,7 @@ import uuid
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
 
 from fleetd import protocol
-from fleetd.agent import fencing, procwatch, reconciler, restart
+from fleetd.agent import fencing, procwatch, reconciler, restart, specs
 from fleetd.agent.health import HealthChecker, acts_on_failing
 from fleetd.agent.managed import Managed
 from fleetd.agent.reconciler import Current
@@ -677,8 +677,8 @@ class Supervisor:
         adopted: Set[str] = set()
         dead: List[Managed] = []
         for name, record in records.items():
-            spec = record.get("spec")
-            if not isinstance(spec, dict) or not isinstance(record.get("handle"), dict):
+            spec = _adoptable(name, record.get("spec"))
+            if spec is None or not isinstance(record.get("handle"), dict):
                 self.state.delete_record(name)
                 continue
             m = Managed(spec)
@@ -728,6 +728,16 @@ class Supervisor:
         async with self.lock(m.name):
             if self.units.get(m.name) is m and m.state == protocol.FAILED and self._wanted(m):
                 await self._after_run(m, restart.UNKNOWN, m.error, ran_s=0.0)
+
+
+def _adoptable(name: str, spec: object) -> Optional[Dict[str, Any]]:
+    """``spec`` (from the unit record of ``name`` on disk) if this agent can run it."""
+    try:
+        checked = specs.check_spec(spec)
+    except specs.SpecError as exc:
+        log.warning("%s: its record holds a spec this agent refuses: %s", name, exc)
+        return None
+    return checked if checked["name"] == name else None
 
 
 async def _wait(event: asyncio.Event, timeout: Optional[float]) -> bool:

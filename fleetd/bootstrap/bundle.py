@@ -38,8 +38,9 @@ import fleetd
 SUFFIX_VARIABLE = "FLEETD_AGENT_VERSION_SUFFIX"
 WHEELHOUSE_VARIABLE = "FLEETD_WHEELHOUSE"
 # relative to the directory holding the fleetd package; directories: every .py below
-AGENT_SIDE = ("fleetd/__init__.py", "fleetd/protocol.py", "fleetd/agent/", "fleetd/drivers/",
-              "fleetd/cgroups/", "fleetd/units/__init__.py", "fleetd/units/execline.py")
+AGENT_SIDE = ("fleetd/__init__.py", "fleetd/protocol.py", "fleetd/wire/", "fleetd/agent/",
+              "fleetd/drivers/", "fleetd/cgroups/", "fleetd/units/__init__.py",
+              "fleetd/units/execline.py")
 # the modules the host's python must import from the unpacked payload before it is used
 VERIFY_MODULES = ("fleetd.agent.main", "fleetd.agent.attach", "fleetd.agent.daemon",
                   "fleetd.agent.supervisor", "fleetd.agent.facts", "fleetd.drivers.exec",

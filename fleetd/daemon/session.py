@@ -23,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, AsyncIterator, Callable, Dict, FrozenSet, List, Optional, Tuple, TypeVar
 
 from fleetd import protocol
 from fleetd.registry.base import MachineRecord, ObservedRecord, Registry
 from fleetd.transport.base import Channel, Transport, TransportError
+from fleetd.wire import names, numbers
 
 log = logging.getLogger("fleetd.session")
 
@@ -36,6 +37,9 @@ BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 STOP_WAIT_S = 5.0
 SILENCE_HEARTBEATS = 3  # this many heartbeats missed: the channel is dead, reconnect
+# the largest unit spec a desired set carries: alone in a message, with room to spare
+SPEC_MAX = protocol.MAX_LINE - 4096
+PARTS_MAX = 100000  # items of a message in parts (a reply, a status) fleetd gathers
 
 
 def silence_window(heartbeat_s: float) -> float:
@@ -72,6 +76,8 @@ class MachineSession:
         self._replies: Dict[int, asyncio.Future[Dict[str, Any]]] = {}
         self._streams: Dict[int, asyncio.Queue[Optional[Dict[str, Any]]]] = {}
         self._next_id = 0
+        # a message that comes in parts (protocol.chunks): the items so far, by kind/id
+        self._parts: Dict[Tuple[str, int], List[Any]] = {}
         # (unit, state) -> whether the engine must hear of it (a failure, a hand-off)
         self.report_matters: Callable[[str, str], bool] = lambda unit, state: False
 
@@ -93,8 +99,30 @@ class MachineSession:
                                 for u in self._desired)
         if fingerprint == self._sent:
             return
-        self._channel.write(protocol.encode("desired", units=self._desired))
+        deliverable = [u for u in self._desired if self._deliverable(u)]
+        for line in protocol.chunks("desired", "units", deliverable):
+            self._channel.write(line)
         self._sent = fingerprint
+
+    def _deliverable(self, spec: Dict[str, Any]) -> bool:
+        """Does ``spec`` fit in a message (protocol.MAX_LINE)? One that does not is
+        left out of the set - it would end the session at every connect, and with it
+        every other unit's delivery - and reported on this machine as failed, with why.
+        The engine then treats it as any unit that failed here."""
+        size = protocol.item_size(spec)
+        if size <= SPEC_MAX:
+            return True
+        why = (f"not deliverable to machine {self.name}: its rendered spec is {size} "
+               f"bytes, over the {SPEC_MAX}-byte limit of a message to the agent "
+               "(Environment= or the command lines are too large)")
+        log.warning("%s: %s: %s", self.name, spec["name"], why)
+        self.registry.upsert_observed(ObservedRecord(
+            unit=str(spec["name"]), machine=self.name, hash=str(spec["hash"]),
+            state=protocol.FAILED, pid=None, started_at=None, exit_status=None,
+            restarts=0, error=why, updated_at=time.time(),
+            generation=int(spec.get("generation", 0))))
+        self.changed(False)
+        return False
 
     async def request(self, kind: str, timeout: float = 5.0, **fields: Any) -> Dict[str, Any]:
         """Ask the agent something (``tail`` of a unit's log, ...) and wait for its reply."""
@@ -185,6 +213,7 @@ class MachineSession:
                 queue.put_nowait(None)
             self._channel = None
             self._sent = None
+            self._parts.clear()
             self._desired = None  # computed for a connection that is gone
             log.info("%s: %s", self.name, reason)
             if self.machine.state == "lost":
@@ -269,25 +298,48 @@ class MachineSession:
                 return
 
     # --- agent side -------------------------------------------------------------------
+    def _whole(self, msg: Dict[str, Any], key: str, ident: int = 0) -> Optional[List[Any]]:
+        """The items under ``key`` of a message sent in parts (protocol.chunks), once its
+        last part is here; None before. At most PARTS_MAX items are kept."""
+        items = msg.get(key)
+        if not isinstance(items, list):
+            raise protocol.ProtocolError(f"{msg['type']} message: {key} is not a list")
+        gathered = self._parts.pop((msg["type"], ident), [])
+        gathered.extend(items[:max(PARTS_MAX - len(gathered), 0)])
+        if protocol.more(msg):
+            self._parts[(msg["type"], ident)] = gathered
+            return None
+        return gathered
+
     def _handle(self, msg: Dict[str, Any]) -> None:
         self.last_seen = time.time()
         kind = msg["type"]
         if kind == "heartbeat":
             return
         if kind == "reply":
-            future = self._replies.get(int(msg.get("id", -1)))
-            if future is not None and not future.done():
-                future.set_result(msg)
+            ident = _message_id(msg)
+            future = self._replies.get(ident)
+            if future is None or future.done():
+                return
+            if "lines" in msg:  # a journal tail: perhaps in several replies
+                lines = self._whole(msg, "lines", ident)
+                if lines is None:
+                    return
+                msg = {**msg, "lines": lines}
+            future.set_result(msg)
             return
         if kind == "log":
-            queue = self._streams.get(int(msg.get("id", -1)))
+            queue = self._streams.get(_message_id(msg))
             if queue is not None:
                 if queue.full():  # a reader this far behind loses lines, not fleetd
                     queue.get_nowait()
                 queue.put_nowait(msg)
             return
         if kind == "status":
-            rows = [self._observed(u) for u in protocol.spec_list(msg)]
+            units = self._whole({**msg, "units": protocol.spec_list(msg)}, "units")
+            if units is None:
+                return
+            rows = [self._observed(u) for u in units]
             self.registry.replace_observed(self.name, rows)
             self.changed(True)  # a whole snapshot (after a connect): the engine looks
             return
@@ -316,12 +368,46 @@ class MachineSession:
             return
         self.changed(False)
 
-    def _observed(self, u: Dict[str, Any]) -> ObservedRecord:
-        return ObservedRecord(
-            unit=str(u["name"]), machine=self.name, hash=str(u.get("hash", "")),
-            state=str(u.get("state", "")), pid=u.get("pid"), started_at=u.get("started_at"),
-            exit_status=u.get("exit_status"), restarts=int(u.get("restarts") or 0),
-            error=u.get("error"), updated_at=time.time(),
-            generation=int(u.get("generation") or 0),
-            health=str(u.get("health") or "unknown"),
-        )
+    def _observed(self, u: object) -> ObservedRecord:
+        """One unit's status from the agent, checked: a field of the wrong type is the
+        agent speaking nonsense (ProtocolError naming it), never a bad registry row."""
+        if not isinstance(u, dict):
+            raise protocol.ProtocolError(f"a unit status is an object, not {u!r:.40}")
+        name = u.get("name")
+        why = names.problem(name)
+        if why is not None:
+            raise protocol.ProtocolError(f"unit status: {why}")
+        try:
+            return ObservedRecord(
+                unit=str(name), machine=self.name, hash=str(u.get("hash", "")),
+                state=str(u.get("state", "")),
+                pid=_optional(numbers.json_int, u.get("pid"), 0, 2 ** 31),
+                started_at=_optional(numbers.json_float, u.get("started_at"), 0.0, None),
+                exit_status=_optional(numbers.json_int, u.get("exit_status"), -255, 255),
+                restarts=numbers.json_int(u.get("restarts") or 0, 0, None),
+                error=_optional_str(u.get("error")), updated_at=time.time(),
+                generation=numbers.json_int(u.get("generation") or 0, 0, None),
+                health=str(u.get("health") or "unknown"),
+            )
+        except numbers.NumberError as exc:
+            raise protocol.ProtocolError(f"unit status of {name}: {exc}") from None
+
+
+def _message_id(msg: Dict[str, Any]) -> int:
+    """The request id a reply or log message answers (-1: none of ours)."""
+    try:
+        return numbers.json_int(msg.get("id"), 0, None)
+    except numbers.NumberError:
+        return -1
+
+
+N = TypeVar("N", int, float)
+
+
+def _optional(read: Callable[[object, Optional[N], Optional[N]], N], value: object,
+              lo: Optional[N], hi: Optional[N]) -> Optional[N]:
+    return None if value is None else read(value, lo, hi)
+
+
+def _optional_str(value: object) -> Optional[str]:
+    return None if value is None else str(value)

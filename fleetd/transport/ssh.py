@@ -23,11 +23,17 @@ from typing import Optional
 
 import asyncssh
 
+from fleetd import protocol
 from fleetd.registry.base import MachineRecord
 from fleetd.transport.base import Channel, CommandResult, TransportError
 
 CONNECT_TIMEOUT_S = 5.0
 KEEPALIVE_S = 5.0
+# The session channel's receive window. asyncssh stops reading at a full window and
+# then hands readline() what it has, so a line longer than the window came back torn
+# (the default 2 MiB: "agent spoke nonsense"). With room for two whole lines of the
+# protocol's limit, every line the agent may send is read whole.
+WINDOW = 2 * protocol.MAX_LINE
 KNOWN_HOSTS_MAX = 4 << 20  # bytes; far more than any real known_hosts file
 IDENTITY_MAX = 64 << 10  # bytes; an RSA-16384 private key is under 13 KiB
 
@@ -37,10 +43,16 @@ class SshChannel:
         self._process = process
 
     async def readline(self) -> bytes:
+        """One line; ProtocolError for one over protocol.MAX_LINE (asyncssh hands back
+        the first window's worth of such a line, which would read as garbage)."""
         try:
-            return await self._process.stdout.readline()
+            line = await self._process.stdout.readline()
         except (asyncssh.Error, ConnectionError, asyncio.IncompleteReadError):
             return b""
+        if len(line) > protocol.MAX_LINE:
+            raise protocol.ProtocolError(
+                f"a line over {protocol.MAX_LINE} bytes (the protocol's limit)")
+        return line
 
     def write(self, data: bytes) -> None:
         self._process.stdin.write(data)
@@ -188,7 +200,7 @@ class SshTransport:
     async def open(self, command: str) -> Channel:
         conn = await self._connection()
         try:
-            process = await conn.create_process(command, encoding=None)
+            process = await conn.create_process(command, encoding=None, window=WINDOW)
         except (OSError, asyncssh.Error) as exc:
             raise self._lost(exc) from None
         return SshChannel(process)

@@ -14,7 +14,7 @@ from fleetd.agent import systemd_units
 from fleetd.testing.systemd import Supervised, status
 from fleetd.testing.waiting import until
 
-UNIT = {"name": "sd.service", "hash": "h" * 64, "want": protocol.WANT_RUNNING,
+UNIT = {"name": "sd.service", "hash": "a" * 64, "want": protocol.WANT_RUNNING,
         "driver": "systemd", "config": {"unit_text": "[Service]\nExecStart=/bin/true\n"},
         "generation": 0}
 
