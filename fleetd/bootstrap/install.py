@@ -23,10 +23,18 @@ agent is started again if it ran, and directories this attempt created are remov
 So a host that cannot take the agent keeps nothing, and a failed upgrade leaves the old
 version running. The error names the host and the step and quotes what the host said.
 
+A successful install leaves ``<prefix>/install-record`` (``InstallRecord``), written by
+the first one and kept by every later one: the paths it installed to, the directories
+it made, and whether the state directory was its own (absent or empty before).
+
 ``uninstall`` stops the agent (``systemctl disable --now``, or SIGTERM to the pid in
 its state directory, SIGKILL past STOP_TIMEOUT_S, as ``install`` stops a detached one)
-and, with ``purge``, removes what ``install`` put there: the version directories and
-link, the service file, the state directory, and the agent's now-empty cgroups.
+and, with ``purge``, removes what ``install`` put there and nothing else: the version
+directories and link, the service file, the record, the state directory if it was the
+install's own, the directories the install made (if empty), and the agent's now-empty
+cgroups. Without a record that matches the machine's paths, or when the prefix or the
+state directory is a symlink now, the purge is refused (the agent is stopped) and the
+error says why: what an agent command names is not proof that fleetd installed there.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import posixpath
 import re
 import shlex
 import time
@@ -51,6 +60,7 @@ UNIT_DIR = "/etc/systemd/system"
 STATE_NEED_KB = 8 * 1024
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
+RECORD = "install-record"  # in the prefix: what the first install made (InstallRecord)
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)+")
 # never removed by a purge, whatever --prefix or --state-dir said
 _PROTECTED = {"/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc",
@@ -79,11 +89,9 @@ class Target:
     def check(self) -> None:
         """Refuse paths a purge could not safely remove, or that need quoting."""
         for what, path in (("prefix", self.prefix), ("state directory", self.state_dir)):
-            if not _SAFE_PATH.fullmatch(path) or ".." in path.split("/") \
-                    or path.rstrip("/") in _PROTECTED:
-                raise BootstrapError(
-                    f"{what} {path!r}: want an absolute path of its own, two levels deep at "
-                    "least, of letters, digits and _ . + - (it is removed by a purge)")
+            problem = path_problem(path)
+            if problem:
+                raise BootstrapError(f"{what} {path!r}: {problem}")
         if not re.fullmatch(r"[A-Za-z0-9_.@-]+\.service", self.service):
             raise BootstrapError(f"service {self.service!r} is not a unit name")
 
@@ -99,6 +107,56 @@ class Target:
     @property
     def unit_path(self) -> str:
         return f"{UNIT_DIR}/{self.service}"
+
+
+def path_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be a prefix or state directory (None: it can): it must be
+    absolute and normal (no ``.``, ``..``, ``//`` or trailing ``/``: what the shell
+    removes is the path as written), two levels deep, of characters that need no
+    quoting, and none of the system's own directories."""
+    if not _SAFE_PATH.fullmatch(path) or posixpath.normpath(path) != path:
+        return ("want an absolute, normal path (no . or .. or //), two levels deep at "
+                "least, of letters, digits and _ . + -")
+    if path in _PROTECTED:
+        return "a system directory cannot be the agent's own (a purge removes it)"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class InstallRecord:
+    """What the first successful install on a host made, as ``<prefix>/install-record``
+    says (``key=value`` lines); a purge removes that and nothing else."""
+
+    target: Target
+    created: Tuple[str, ...]  # directories it made, outermost first (removed if empty)
+    own_state: bool  # the state directory was absent or empty before it
+
+    def text(self) -> str:
+        t = self.target
+        return "".join(f"{line}\n" for line in (
+            f"prefix={t.prefix}", f"state={t.state_dir}", f"service={t.service}",
+            *(f"created={d}" for d in self.created), f"own_state={int(self.own_state)}"))
+
+    @classmethod
+    def parse(cls, text: str, target: Target) -> InstallRecord:
+        """The record, if it is one of an install of ``target``; else BootstrapError
+        saying what does not match (the caller adds where)."""
+        facts = _facts(text)
+        recorded = {key: facts.get(key, []) for key in ("prefix", "state", "service")}
+        wanted = {"prefix": target.prefix, "state": target.state_dir,
+                  "service": target.service}
+        for key, value in wanted.items():
+            if recorded[key] != [value]:
+                raise BootstrapError(f"it records {key} {recorded[key] or 'none'}, not "
+                                     f"{value}")
+        created = tuple(facts.get("created", []))
+        mine = {target.prefix, f"{target.prefix}/versions"}
+        for d in created:
+            normal = d.startswith("/") and posixpath.normpath(d) == d
+            if not normal or not (d in mine or target.prefix.startswith(d + "/")):
+                raise BootstrapError(f"it records making {d!r}, which is not the prefix, "
+                                     "one of its parents or its versions directory")
+        return cls(target, created, facts.get("own_state") == ["1"])
 
 
 def parse_agent_command(command: str) -> Optional[Tuple[Target, bool]]:
@@ -178,6 +236,13 @@ for d in $missing; do mkdir "$d"; echo "created=$d"; done
 if [ ! -d "$1/versions" ]; then mkdir "$1/versions"; echo "created=$1/versions"; fi
 rm -rf "$1/versions/$2.partial"
 mkdir "$1/versions/$2.partial"
+if [ ! -e "$3" ] || { [ -d "$3" ] && [ -z "$(ls -A "$3")" ]; }; then echo "own_state=1"; fi
+"""
+
+# the first install's record stays: an upgrade makes nothing a purge would not remove
+_RECORD = r"""
+[ -e "$1" ] && exit 0
+printf '%s' "$2" > "$1.new" && mv "$1.new" "$1"
 """
 
 # run by the host's python3: unpack, byte-compile, import everything the agent needs
@@ -288,21 +353,26 @@ for d in "$@"; do rmdir "$d" 2>/dev/null || true; done
 """
 
 _UNINSTALL = _STOP_DETACHED_FN + r"""
-prefix=$1; state=$2; service=$3; purge=$4; wait_s=$5
+prefix=$1; state=$2; service=$3; purge=$4; wait_s=$5; own_state=$6; shift 6
 if [ -f "/etc/systemd/system/$service" ] && command -v systemctl >/dev/null 2>&1; then
   if [ "$(systemctl is-active "$service" 2>/dev/null)" = active ]; then echo "stopped=1"; fi
   systemctl disable --now --quiet "$service" 2>&1 || true
 fi
 stop_detached "$state" "$wait_s"
 [ "$purge" = 1 ] || exit 0
+for p in "$prefix" "$state"; do
+  if [ -L "$p" ]; then echo "symlink=$p"; exit 0; fi
+done
 for r in "$state"/units/*.json; do [ -e "$r" ] && basename "$r" .json | sed 's/^/left=/'; done
 mid=$(cat "$state/machine-id" 2>/dev/null)
 if [ -f "/etc/systemd/system/$service" ]; then
   rm -f "/etc/systemd/system/$service"
   systemctl daemon-reload 2>&1 || true
 fi
-rm -rf "$prefix/current" "$prefix/current.new" "$prefix/versions" "$state"
-rmdir "$prefix" 2>/dev/null || true
+rm -rf "$prefix/current" "$prefix/current.new" "$prefix/versions" "$prefix/install-record"
+mine="/etc/systemd/system/$service"
+if [ "$own_state" = 1 ]; then rm -rf "$state"; mine="$mine $state"; fi
+for d in "$@"; do rmdir "$d" 2>/dev/null || true; [ "$d" = "$prefix" ] && mine="$mine $d"; done
 if [ -n "$mid" ]; then
   for d in /sys/fs/cgroup/*/fleet/"$mid" /sys/fs/cgroup/fleet/"$mid"; do
     [ -d "$d" ] || continue
@@ -310,7 +380,7 @@ if [ -n "$mid" ]; then
     rmdir "$(dirname "$d")" 2>/dev/null || true
   done
 fi
-for p in "$prefix" "$state" "/etc/systemd/system/$service"; do
+for p in $mine; do
   [ -e "$p" ] || continue
   # a mount point cannot go (a lab host's own state directory is one): emptied is gone
   if [ -d "$p" ] && [ -z "$(ls -A "$p")" ] \
@@ -459,6 +529,9 @@ async def _install(host: _Host, target: Target, suffix: Optional[str],
     except BaseException as exc:
         await undo.run(exc)
         raise
+    record = InstallRecord(target, tuple(undo.created), undo.own_state)
+    await host.sh("record", f"writing {target.prefix}/{RECORD}", _RECORD,
+                  f"{target.prefix}/{RECORD}", record.text())
     keep = [payload.version] + ([report.installed] if report.installed else [])
     await host.sh("prune", "pruning old agent versions", _PRUNE, target.prefix, " ".join(keep),
                   check=False)
@@ -471,8 +544,10 @@ async def _stage(host: _Host, target: Target, payload: bundles.Bundle, python: s
     staged = f"{target.prefix}/versions/{payload.version}.partial"
     final = f"{target.prefix}/versions/{payload.version}"
     out = await host.sh("stage", f"creating {staged}", _PREPARE, target.prefix,
-                        payload.version)
-    undo.created = _facts(out.stdout).get("created", [])
+                        payload.version, target.state_dir)
+    facts = _facts(out.stdout)
+    undo.created = facts.get("created", [])
+    undo.own_state = bool(facts.get("own_state"))
     undo.staged = staged
     began = time.monotonic()
     try:
@@ -540,6 +615,7 @@ class _Undo:
         self.report = report
         self.python = python
         self.created: List[str] = []  # directories this attempt made, outermost first
+        self.own_state = False  # the state directory was absent or empty before it
         self.staged: Optional[str] = None  # the version directory it made (partial or not)
         self.switched = False
         self.unit_written = False
@@ -598,14 +674,46 @@ class _Undo:
 
 
 async def uninstall(shell: Shell, where: str, target: Target, purge: bool) -> Removed:
-    """Stop the agent; with ``purge``, remove everything ``install`` put on the host."""
+    """Stop the agent; with ``purge``, remove what the install recorded making there
+    (InstallRecord), or nothing, saying why."""
     target.check()
     host = _Host(shell, where)
-    out = await host.sh("uninstall", "removing the agent" if purge else "stopping the agent",
+    record: Optional[InstallRecord] = None
+    refused: Optional[str] = None
+    if purge:
+        try:
+            record = await _read_record(host, target)
+        except BootstrapError as exc:
+            refused = str(exc)
+    out = await host.sh("uninstall", "removing the agent" if record else "stopping the agent",
                         _UNINSTALL, target.prefix, target.state_dir, target.service,
-                        "1" if purge else "0", str(int(STOP_TIMEOUT_S)), timeout=60.0)
+                        "1" if record else "0", str(int(STOP_TIMEOUT_S)),
+                        "1" if record and record.own_state else "0",
+                        *reversed(record.created if record else ()), timeout=60.0)
     facts = _facts(out.stdout)
+    if facts.get("symlink"):
+        refused = f"{facts['symlink'][0]} is a symlink now, not the directory installed to"
+    if refused:
+        raise BootstrapError(f"{where}: the agent is stopped, but nothing was removed: "
+                             f"{refused}")
     if facts.get("remains"):
         raise BootstrapError(f"{where}: could not remove " + ", ".join(facts["remains"]))
+    if record and not record.own_state:
+        raise BootstrapError(f"{where}: removed what fleetd installed, but not "
+                             f"{target.state_dir}: it held files before the install")
     return Removed(stopped=bool(facts.get("stopped")),
                    purged=bool(facts.get("purged")), left_running=facts.get("left", []))
+
+
+async def _read_record(host: _Host, target: Target) -> InstallRecord:
+    """The install record in the prefix, if it is one of an install of ``target``."""
+    path = f"{target.prefix}/{RECORD}"
+    out = await host.run("uninstall", f"reading {path}", shlex.join(["cat", "--", path]),
+                         check=False)
+    if not out.ok:
+        raise BootstrapError(f"{path}, which fleetd's install leaves, is not there: "
+                             "fleetd removes only what its install recorded making")
+    try:
+        return InstallRecord.parse(out.stdout, target)
+    except BootstrapError as exc:
+        raise BootstrapError(f"{path} is not the record of this install: {exc}") from None
