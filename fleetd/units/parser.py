@@ -14,6 +14,7 @@ cheap to import for fleetctl.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Dict, Iterator, List, Optional, Tuple
 
 
@@ -87,18 +88,39 @@ def _continues(raw: str) -> bool:
     return (len(raw) - len(raw.rstrip("\\"))) % 2 == 1
 
 
+# Line ends as systemd's read_line() knows them; not str.splitlines(), which also breaks
+# at \v, \f, \x1c-\x1e, \x85 and U+2028/2029 (inside a value, for systemd)
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def _line_at(text: str, index: int) -> int:
+    return len(_LINE_END.findall(text, 0, index)) + 1
+
+
+def _check_text(text: str, source: str) -> None:
+    """Refuse what no unit file holds: a NUL, or a lone surrogate (JSON can carry
+    ``"\\ud800"``, which no file on disk can, and which no hash or agent can encode)."""
+    if "\x00" in text:
+        raise UnitError(source, _line_at(text, text.index("\x00")),
+                        "unit file contains a NUL byte")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UnitError(source, _line_at(text, exc.start),
+                        f"not UTF-8 text: a lone surrogate U+{ord(text[exc.start]):04X}"
+                        ) from None
+
+
 def parse(text: str, source: str = "<unit>") -> UnitFile:
     """Parse unit-file text; raise UnitError naming ``source:line`` on bad input."""
-    if "\x00" in text:
-        raise UnitError(source, text.count("\n", 0, text.index("\x00")) + 1,
-                        "unit file contains a NUL byte")
+    _check_text(text, source)
     if text.startswith("\ufeff"):
         text = text[1:]  # a UTF-8 byte-order mark, which systemd skips too
     entries: List[Entry] = []
     section: Optional[str] = None
     pending: Optional[str] = None  # a continued line being assembled
     pending_line = 0
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(_LINE_END.split(text), start=1):
         stripped = raw.strip()
         if _is_comment(stripped) and (stripped or pending is None):
             continue  # comments are skipped, even inside a continuation, as systemd does

@@ -173,6 +173,25 @@ def test_conflicts_still_take_globs() -> None:
     assert unit.requirements.conflicts == ("web@*.service", "db?.service")
 
 
+# --- text ---------------------------------------------------------------------------
+
+def test_a_lone_surrogate_is_refused_naming_its_line() -> None:
+    """JSON carries "\\ud800", a file cannot: hashing it raised UnicodeEncodeError."""
+    with pytest.raises(UnitError, match=r"^/units/a.service:3: not UTF-8 text: a lone "
+                                        r"surrogate U\+D800$"):
+        validate("a.service", SERVICE + "Description=\ud800\n", {}, SRC)
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\x0c", "\x85", "\x1e"])
+def test_lines_end_where_systemd_ends_them(separator: str) -> None:
+    """str.splitlines() broke a value at U+2028 and friends, and numbered lines
+    differently from the user's editor; systemd breaks at \\n and \\r only."""
+    unit = load("a.service", f"[Unit]\nDescription=a{separator}b\n" + SERVICE)
+    assert unit.description == f"a{separator}b"
+    with pytest.raises(UnitError, match=r":5: expected 'Key=Value'"):
+        load("a.service", f"[Unit]\nDescription=a{separator}b\n" + SERVICE + "oops\n")
+
+
 # --- the engine -----------------------------------------------------------------------
 
 def _engine(tmp_path: Path) -> tuple[SqliteRegistry, Engine, Dict[str, List[Dict[str, Any]]]]:
