@@ -43,6 +43,7 @@ import signal
 from typing import Any, Dict, List, Optional, Tuple
 
 from fleetd.units.context import UnitContext, later
+from fleetd.units.parser import Entry
 
 X = "X-Java"
 KNOWN = ("Jar", "MainClass", "ClassPath", "JvmOptions", "Args", "JavaHome", "JavaVersion")
@@ -70,6 +71,13 @@ _OWNED = {
 _TAKES_VALUE = ("-p", "--module-path", "--upgrade-module-path", "--add-modules",
                 "--limit-modules", "--add-reads", "--add-exports", "--add-opens",
                 "--patch-module", "--enable-native-access")
+# JVM options that take a size glued on (-Xmx512m): the JVM refuses a bad one only when
+# the unit starts on its host, so fleetd checks it at submit time
+_SIZED = ("-Xmx", "-Xms", "-Xmn", "-Xss")
+_JVM_SIZE = re.compile(r"([0-9]+)([kKmMgGtT]?)")
+_JVM_FACTOR = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+MAX_JVM_SIZE = (1 << 63) - 1  # bytes; the JVM keeps sizes in a 64-bit word
+
 # The JVM turns these signals into exit(128 + n) after running its shutdown hooks;
 # systemd counts a death by SIGHUP/SIGINT/SIGTERM as a clean stop, so the JVM's
 # equivalent exit codes are clean too (systemd users write SuccessExitStatus=143).
@@ -203,6 +211,7 @@ def _jvm_options(ctx: UnitContext) -> List[str]:
                     ctx.fail(entry, f"{word!r}: fleetd writes {name} itself; "
                                     f"use {_OWNED[name]}")
                 expects_value = word in _TAKES_VALUE
+                _jvm_size(ctx, entry, word)
             elif not word.startswith("$"):
                 ctx.fail(entry, f"{word!r} is not a JVM option (options start with -; "
                                 "the program's own arguments go in Args=)")
@@ -210,6 +219,19 @@ def _jvm_options(ctx: UnitContext) -> List[str]:
         if expects_value:
             ctx.fail(entry, f"{these[-1]} needs a value after it")
     return words
+
+
+def _jvm_size(ctx: UnitContext, entry: Entry, word: str) -> None:
+    """``-Xmx512m`` and its kin: ASCII digits and an optional k/m/g/t, at most
+    MAX_JVM_SIZE bytes (``-Xmx²g`` or ``-Xmx1e9`` would stop the JVM at start-up)."""
+    prefix = next((p for p in _SIZED if word.startswith(p)), None)
+    if prefix is None or word[len(prefix):].startswith("$"):
+        return
+    m = _JVM_SIZE.fullmatch(word[len(prefix):])
+    if m is None:
+        ctx.fail(entry, f"{word!r}: want {prefix}SIZE, like {prefix}512m (k, m, g or t)")
+    factor = _JVM_FACTOR[m.group(2).lower()]
+    ctx.whole(entry, m.group(1), 1, MAX_JVM_SIZE // factor, f"the size in {word!r}")
 
 
 def _min_version(ctx: UnitContext) -> Optional[int]:
