@@ -13,8 +13,10 @@ import socket
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+import pytest
 from aiohttp import web
 
+from fleetd.bootstrap import machines as bootstrap
 from fleetd.daemon.app import Daemon
 from fleetd.daemon.config import Config
 from fleetd.daemon.listeners import serve
@@ -35,11 +37,18 @@ class Unreachable:
         pass
 
 
+async def no_ssh(machine: MachineRecord, *args: Any, **kwargs: Any) -> Any:
+    raise TransportError("unreachable", f"{machine.address}: a test host, never there")
+
+
 class Served:
     """A Daemon and its API on a loop thread; ``call`` runs a coroutine there."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.patches = pytest.MonkeyPatch()
+        self.patches.setattr(bootstrap, "install_on", no_ssh)
+        self.patches.setattr(bootstrap, "uninstall_from", no_ssh)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -68,6 +77,7 @@ class Served:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+        self.patches.undo()
 
 
 @contextlib.contextmanager
