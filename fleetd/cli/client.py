@@ -60,8 +60,8 @@ class Client:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         try:
-            conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                         headers=headers)
+            conn.request(method, _quoted(path),
+                         body=json.dumps(body) if body is not None else None, headers=headers)
             resp = conn.getresponse()
             raw = resp.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -80,7 +80,7 @@ class Client:
             conn.timeout = None
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
-            conn.request("GET", path, headers=headers)
+            conn.request("GET", _quoted(path), headers=headers)
             resp = conn.getresponse()
             if resp.status >= 400:
                 raise _refused(resp, _decode(resp.read()))
@@ -104,6 +104,13 @@ class Client:
 
     def post(self, path: str, body: Dict[str, Any], timeout: float = 60.0) -> Dict[str, Any]:
         return self.request("POST", path, body, timeout=timeout)
+
+
+def _quoted(path: str) -> str:
+    """``path`` as a request line may carry it: a unit or machine name with a space, a
+    newline or ``é`` in it percent-encoded (http.client refuses those raw, with an error
+    that is no answer of fleetd's or a traceback), the URL's own ``/ ? & =`` kept."""
+    return urllib.parse.quote(path, safe="/?&=%:@!$'()*+,;~", errors="surrogatepass")
 
 
 def _decode(raw: bytes) -> Dict[str, Any]:

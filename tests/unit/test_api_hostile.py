@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 from apikit import Served, connect, exchange, http, post, served
 
+from fleetd.cli.client import ApiError, Client
 from fleetd.daemon import api
 from fleetd.registry.sqlite import SqliteRegistry
 
@@ -337,3 +338,16 @@ def test_the_registry_is_0600_whatever_the_umask_and_directory(tmp_path: Path) -
         assert {stat.S_IMODE(p.stat().st_mode) for p in state.iterdir()} <= {0o600}
     finally:
         os.umask(old)
+
+
+# --- fleetctl's client (class 4) ------------------------------------------------------------
+@pytest.mark.parametrize("name", ["caf\u00e9.service", "a b.service", "a\nb.service",
+                                  "a#b.service", "\udcff.service"])
+def test_the_client_sends_any_name_and_gets_fleetds_answer(fleetd: Served, name: str) -> None:
+    """http.client refused non-ASCII (UnicodeEncodeError: a traceback) and control
+    characters (InvalidURL, shown as 'cannot reach fleetd')."""
+    with pytest.raises(ApiError) as err:
+        Client(f"unix://{sock(fleetd)}").get(f"/v1/units/{name}")
+    assert err.value.status == 404, err.value
+    if "\udcff" not in name:  # a byte that is not UTF-8 comes back percent-encoded
+        assert str(err.value) == f"unit {name} does not exist"
