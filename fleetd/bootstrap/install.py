@@ -526,12 +526,12 @@ async def _install(host: _Host, target: Target, suffix: Optional[str],
         if systemd:
             await host.run("ready", f"checking {target.service}",
                            f"systemctl is-active --quiet {target.service}")
+        record = InstallRecord(target, tuple(undo.created), undo.own_state)
+        await host.sh("record", f"writing {target.prefix}/{RECORD}", _RECORD,
+                      f"{target.prefix}/{RECORD}", record.text())
     except BaseException as exc:
         await undo.run(exc)
         raise
-    record = InstallRecord(target, tuple(undo.created), undo.own_state)
-    await host.sh("record", f"writing {target.prefix}/{RECORD}", _RECORD,
-                  f"{target.prefix}/{RECORD}", record.text())
     keep = [payload.version] + ([report.installed] if report.installed else [])
     await host.sh("prune", "pruning old agent versions", _PRUNE, target.prefix, " ".join(keep),
                   check=False)
@@ -700,7 +700,7 @@ async def uninstall(shell: Shell, where: str, target: Target, purge: bool) -> Re
         raise BootstrapError(f"{where}: could not remove " + ", ".join(facts["remains"]))
     if record and not record.own_state:
         raise BootstrapError(f"{where}: removed what fleetd installed, but not "
-                             f"{target.state_dir}: it held files before the install")
+                             f"{target.state_dir}: it held files already when the install began")
     return Removed(stopped=bool(facts.get("stopped")),
                    purged=bool(facts.get("purged")), left_running=facts.get("left", []))
 

@@ -154,7 +154,7 @@ def test_a_state_directory_that_held_files_is_left(tmp_path: Path, target: Targe
     with pytest.raises(BootstrapError) as err:
         purge(tmp_path, target)
     assert str(err.value) == (f"root@test: removed what fleetd installed, but not {state}: "
-                              "it held files before the install")
+                              "it held files already when the install began")
     assert (state / ".bashrc").read_text() == "# mine\n" and (state / "work").is_dir()
     assert not Path(target.prefix).exists()
 
