@@ -5,6 +5,7 @@ request never stops anything else."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import socket
 import stat
 import threading
 import time
+import types
 import urllib.parse
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
@@ -19,6 +21,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 from apikit import Served, connect, exchange, http, post, served
 
+from fleetd.bootstrap import machines as bootstrap
 from fleetd.cli.client import ApiError, Client
 from fleetd.daemon import api
 from fleetd.registry.sqlite import SqliteRegistry
@@ -240,6 +243,32 @@ def test_a_fault_in_fleetd_answers_500_naming_the_route_without_a_traceback(
         "error": "GET /v1/units: internal error in fleetd (logged there)"})
     assert "KeyError: 'a bug'" in caplog.text  # the traceback is in fleetd's log
     assert http(sock(fleetd), "GET", "/v1/health")[0] == 200
+
+
+def test_a_machine_add_whose_client_went_away_still_registers_the_machine(
+        fleetd: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fleetd cancels a gone client's handler (an abandoned wait or journal -f ends), but
+    not an install under way: that would leave an agent on a host fleetd does not know."""
+    started, release = threading.Event(), threading.Event()
+
+    async def slow_install(machine: Any, target: Any, **kwargs: Any) -> Any:
+        started.set()
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        return types.SimpleNamespace(agent_command="/opt/fleetd/bin/fleet-agent attach",
+                                     to_json=dict)
+
+    monkeypatch.setattr(bootstrap, "install_on", slow_install)
+    body = json.dumps({"address": "10.9.9.9", "name": "m1"}).encode()
+    with connect(sock(fleetd)) as s:
+        s.sendall(b"POST /v1/machines HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(body), body))
+        assert started.wait(10)
+    release.set()  # the client is gone; the install ends after it
+    deadline = time.monotonic() + 10
+    while not http(sock(fleetd), "GET", "/v1/machines")[1]["machines"]:
+        assert time.monotonic() < deadline, "the machine was never registered"
+        time.sleep(0.02)
 
 
 # --- the token (class 8) and connections (class 4) over TCP -------------------------------
