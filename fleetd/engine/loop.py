@@ -25,7 +25,19 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 from fleetd import protocol
 from fleetd.engine import reconciler
@@ -53,6 +65,7 @@ log = logging.getLogger("fleetd.engine")
 PushFn = Callable[[str, List[Dict[str, Any]]], None]
 HeardFn = Callable[[str], Optional[float]]  # machine -> when its agent was last heard
 CacheKey = Tuple[str, str, str, str]  # name, content hash, vars, machine (rendered units)
+Number = TypeVar("Number", int, float)
 ContentKey = Tuple[str, str, str]  # name, content hash, vars: a unit as stored
 MAX_CPUS = 1_000_000.0  # what a machine's facts may claim; more is an agent's bug
 MAX_MEMORY = 1 << 62
@@ -395,17 +408,17 @@ def _vars_key(u: UnitRecord) -> str:
     return json.dumps(u.vars, sort_keys=True)
 
 
-def _fact(m: MachineRecord, key: str, read: Callable[[object], float]) -> float:
+def _fact(m: MachineRecord, key: str, read: Callable[[object], Number]) -> Number | int:
     """A capacity from the agent's facts, or 0 (unknown, as before its first report)
     when it is missing or no sane number: a NaN there would break every pass."""
     value = (m.facts or {}).get(key)
     if value is None:
-        return 0.0
+        return 0
     try:
         return read(value)
     except NumberError as exc:
         log.warning("%s: fact %s: %s; counted as unknown", m.name, key, exc)
-        return 0.0
+        return 0
 
 
 def machine_view(m: MachineRecord) -> MachineView:
@@ -414,7 +427,7 @@ def machine_view(m: MachineRecord) -> MachineView:
     return MachineView(
         name=m.name, machine_id=m.machine_id, up=m.state == "up", metadata=m.metadata,
         cpus=_fact(m, "cpus", lambda v: json_float(v, 0.0, MAX_CPUS)),
-        memory_bytes=int(_fact(m, "memory_bytes", lambda v: json_int(v, 0, MAX_MEMORY))),
+        memory_bytes=_fact(m, "memory_bytes", lambda v: json_int(v, 0, MAX_MEMORY)),
         capabilities=frozenset(str(c) for c in facts.get("capabilities") or ()),
         lost=(m.error or "silent past its TTL") if m.state == "lost" else None,
         draining=m.draining is not None,
