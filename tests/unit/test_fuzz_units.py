@@ -5,7 +5,8 @@ Files are built from the options fleetd really reads, with values a hostile or c
 user writes: unicode digits, nan and inf, huge numbers, empty values, quotes, control
 characters, specifiers and template markup. Anything but a Unit or a UnitError (which
 the API turns into a 400 naming ``file:line``) would be an answer 500; and a Unit that
-is accepted holds no NaN (``CPUQuota=nan%`` was accepted, and failed every engine pass).
+is accepted holds no NaN and the scheduler can place it (``CPUQuota=nan%`` was
+accepted, and failed every engine pass).
 
 What it found beyond the issue's examples is pinned below with ``@example``: a lone
 surrogate in the text (UnicodeEncodeError while hashing it) and an integer literal of
@@ -22,12 +23,18 @@ from typing import Iterator, List, Tuple
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from fleetd.engine.reconciler import reconcile
+from fleetd.engine.views import MachineView, UnitView
+from fleetd.registry.base import LAUNCHED
 from fleetd.units import xcheck, xfleet, xjava
 from fleetd.units.context import ALIASES
 from fleetd.units.parser import UnitError
 from fleetd.units.validate import validate
 
 SOURCE = "units/fuzz.service"
+MACHINES = [MachineView(name=f"h{i}", machine_id=f"{i}" * 8, up=True, metadata={"role": "web"},
+                        cpus=4.0, memory_bytes=8 << 30, capabilities=frozenset({"systemd"}))
+            for i in range(2)]
 SERVICE_OPTIONS = (
     "Type", "ExecStart", "ExecStartPre", "ExecStartPost", "ExecStop", "Environment",
     "EnvironmentFile", "WorkingDirectory", "User", "Group", "KillSignal", "TimeoutSec",
@@ -97,7 +104,7 @@ def unit_files(draw: st.DrawFn) -> str:
     return "\n".join(lines) + "\n"
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @example(text="[Service]\nExecStart=/bin/true\n[Unit]\nDescription=\ud800\n",
          name="fuzz.service")
 @example(text="[Service]\nExecStart=/bin/true\n[Unit]\nDescription={{" + "9" * 5000 + "}}\n",
@@ -114,6 +121,7 @@ def test_a_unit_file_is_accepted_or_refused_naming_where(text: str, name: str) -
     nan = [path for path, x in _numbers((unit.config, dataclasses.asdict(unit.requirements)))
            if math.isnan(x)]
     assert not nan, nan
+    reconcile([UnitView(name, LAUNCHED, None, "", unit.requirements)], MACHINES, 1000.0)
 
 
 def _numbers(value: object, path: str = "") -> Iterator[Tuple[str, float]]:
