@@ -16,6 +16,11 @@ Daemon -> agent:
                                             there (no reply; any message from fleetd
                                             counts, ping makes silence mean a cut)
 
+A set, a snapshot or a reply larger than one line (MAX_LINE) comes in several
+messages of its kind, each with ``more: true`` but the last (``chunks``): ``desired``
+and ``status`` are taken once whole, a ``reply``'s ``lines`` are joined, and each
+``log`` message stands alone.
+
 Agent -> daemon:
   hello     {machine_id, hostname, agent_version, facts, fenced}
   status    {units: [UnitStatus]}           full snapshot: what the agent runs now
@@ -90,6 +95,8 @@ def decode(line: bytes) -> Dict[str, Any]:
         msg = json.loads(line)
     except ValueError as exc:
         raise ProtocolError(f"not a JSON line: {exc}: {line[:80]!r}") from None
+    except RecursionError:  # [[[[...]]]] nested past the parser's stack
+        raise ProtocolError(f"JSON nested too deep: {line[:80]!r}") from None
     if not isinstance(msg, dict):
         raise ProtocolError(f"not a JSON object: {line[:80]!r}")
     version = msg.get("v")

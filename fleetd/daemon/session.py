@@ -344,7 +344,7 @@ class MachineSession:
             self.changed(True)  # a whole snapshot (after a connect): the engine looks
             return
         elif kind == "unit":
-            row = self._observed(msg["unit"])
+            row = self._observed(msg.get("unit"))
             self.registry.upsert_observed(row)
             if row.state == protocol.STOPPED and (row.error or "").startswith(protocol.FENCED):
                 # fenced while cut off, and we hear of it: the cut is over. The agent
@@ -356,8 +356,12 @@ class MachineSession:
                 self.changed(True)
                 return
         elif kind == "removed":
-            self.registry.delete_observed(self.name, str(msg["name"]))
-            if self.report_matters(str(msg["name"]), "removed"):
+            name = msg.get("name")
+            why = names.problem(name)
+            if why is not None:
+                raise protocol.ProtocolError(f"removed message: {why}")
+            self.registry.delete_observed(self.name, str(name))
+            if self.report_matters(str(name), "removed"):
                 self.changed(True)  # a hand-off's old copy is gone: the next unit may go
                 return
         elif kind == "error":

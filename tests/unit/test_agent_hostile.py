@@ -2,7 +2,7 @@
 from a client (fleetd.agent.specs), messages in parts under the one size limit
 (protocol.chunks), files read for a unit (EnvironmentFile=, a Java's release file),
 ``systemctl`` argument lists and JavaHome= probing as the unit's User=. The real agent
-and the real session are in tests/integration/test_agent_hostile.py."""
+and the real session are in tests/integration/test_agent_wire_hostile.py."""
 
 from __future__ import annotations
 
