@@ -103,7 +103,7 @@ def _private(path: str, what: str) -> None:
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
-        raise ConfigError(f"{what}: {path}: {exc.strerror}") from None
+        raise ConfigError(f"{what}: {exc.strerror}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"{what}: mode {stat.S_IMODE(mode):04o}, but a file holding the "
                           f"API token must be readable by its owner only (chmod 600 {path})")
@@ -117,6 +117,7 @@ def _token(api: Dict[str, Any], path: str, where: str) -> Optional[str]:
         _private(path, f"{where}api.token")
     token_file = _take(api, "token_file", (str,), f"{where}api.")
     if token_file:
+        _private(token_file, f"{where}api.token_file: {token_file}")  # before it is read
         try:
             with open(token_file) as f:
                 token = f.read().strip()
@@ -124,7 +125,6 @@ def _token(api: Dict[str, Any], path: str, where: str) -> Optional[str]:
             raise ConfigError(f"{where}api.token_file: {token_file}: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{where}api.token_file: {token_file}: not UTF-8 text") from None
-        _private(token_file, f"{where}api.token_file: {token_file}")
     if token and len(token.encode()) < TOKEN_MIN:
         key = "token_file" if token_file else "token"
         raise ConfigError(f"{where}api.{key}: the token is {len(token.encode())} bytes; want "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sqlite3
 import sys
 from typing import Optional
 
@@ -47,6 +49,9 @@ def cli(config_path: Optional[str], state_dir: Optional[str], socket_path: Optio
         asyncio.run(run())
     except (LeaseHeld, RegistryError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+    except sqlite3.Error as exc:  # a registry.db that is no SQLite database, or unreadable
+        raise click.ClickException(
+            f"{os.path.join(config.state_dir, 'registry.db')}: {exc}") from None
 
 
 def main() -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, Dict, Iterator, List
@@ -87,3 +89,16 @@ def test_a_journal_follow_whose_client_went_away_is_unfollowed(cluster: Fleet,
     for s in clients:
         s.close()
     wait_for("the agent to stop following it", lambda: open_fds_on(agent, log) == before)
+
+
+def test_a_registry_that_is_no_database_stops_fleetd_with_a_clear_error(tmp_path: Any) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "registry.db").write_text("not a database\n")
+    out = subprocess.run([sys.executable, "-m", "fleetd.daemon", "--state-dir", str(state),
+                          "--socket", str(tmp_path / "sock")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert f"{state}/registry.db: file is not a database" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert (state / "registry.db").read_text() == "not a database\n"  # nothing lost
