@@ -7,6 +7,7 @@ integrity check and holds exactly what was acknowledged. Bounded: a few seconds.
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import tempfile
 import urllib.parse
@@ -238,3 +239,40 @@ def test_after_any_calls_the_registry_is_whole_and_holds_what_was_acknowledged(
             answered_well(status, answer)
             acked.apply(route, payload, status, answer)
         check_registry(s, acked)
+
+
+@pytest.fixture(scope="module")
+def tcp_fleetd() -> Iterator[Served]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp, served(Path(tmp), listen=f"127.0.0.1:{port}",
+                                                      token=TOKEN) as s:
+        yield s
+
+
+TOKEN = "a-token-of-more-than-16-bytes"
+headers = st.one_of(
+    st.binary(max_size=60),
+    st.tuples(st.sampled_from([b"Bearer", b"bearer", b"BEARER", b"Basic", b"Bearer\t", b""]),
+              st.sampled_from([b" ", b"  ", b""]),
+              st.one_of(st.just(TOKEN.encode()), st.binary(max_size=40)),
+              ).map(b"".join))
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=headers)
+def test_any_authorization_header_is_a_token_or_a_401(tcp_fleetd: Served,
+                                                     header: bytes) -> None:
+    """Raw bytes that are not UTF-8 answered 500 (``str.encode`` of them)."""
+    header = header.replace(b"\r", b"").replace(b"\n", b"")  # one header line
+    status, answer = http(tcp_fleetd.config.listen_host_port, "GET", "/v1/units",
+                          headers={"Authorization": header})
+    if status == 400 and isinstance(answer, bytes):
+        return  # aiohttp's parser refused a control character in the header
+    if status == 200:
+        scheme, _, token = header.strip().partition(b" ")
+        assert scheme.lower() == b"bearer" and token.strip() == TOKEN.encode(), header
+    else:
+        assert (status, answer) == (401, {"error": "missing or wrong bearer token"})
