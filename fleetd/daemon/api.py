@@ -191,7 +191,13 @@ def _flag(body: Dict[str, Any], key: str) -> bool:
     value = body.get(key, False)
     if value is None or isinstance(value, bool):
         return bool(value)
-    raise Refused(400, f"{key}: want true or false, not {json.dumps(value)[:40]}")
+    raise Refused(400, f"{key}: want true or false, not {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    """A JSON value as an error quotes it: short (a 4 MiB "name" is not echoed back)."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _text(body: Dict[str, Any], key: str) -> Optional[str]:
@@ -562,7 +568,8 @@ async def set_state(request: web.Request) -> web.Response:
     body = await _body(request)
     names, desired = _names(body), body.get("desired")
     if desired not in DESIRED_STATES:
-        return _error(400, f"desired: {desired!r} is not one of {', '.join(DESIRED_STATES)}")
+        return _error(400, f"desired: {_shown(desired)} is not one of "
+                           f"{', '.join(DESIRED_STATES)}")
     d.registry.set_desired(names, desired)
     d.changed()
     return web.json_response({"names": names, "desired": desired})

@@ -380,3 +380,11 @@ def test_the_client_sends_any_name_and_gets_fleetds_answer(fleetd: Served, name:
     assert err.value.status == 404, err.value
     if "\udcff" not in name:  # a byte that is not UTF-8 comes back percent-encoded
         assert str(err.value) == f"unit {name} does not exist"
+
+
+def test_an_error_never_echoes_a_huge_value(fleetd: Served) -> None:
+    submit(fleetd)
+    status, answer = post(sock(fleetd), "/v1/units/state",
+                          {"names": ["a.service"], "desired": "x" * 100_000})
+    refused(answer, status, 400, 'desired: "xxx', "is not one of")
+    assert len(answer["error"]) < 200
