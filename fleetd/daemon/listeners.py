@@ -2,7 +2,7 @@
 
 The Unix socket (mode 0600) is root's; the TCP listener is for anyone who can reach the
 port, token or not, so it holds at most ``api.max_connections`` connections: one more is
-answered 503 and closed at once, before aiohttp reads a byte of it. On both, a
+answered 503 at once and closed, and aiohttp never sees it. On both, a
 connection that sends no complete request (idle, or headers sent half) is closed after
 ``api.idle_timeout_s`` (aiohttp's keep-alive timer runs from the connect), a body must
 arrive within as long (api.py), and a handler whose client went away is cancelled, so an
@@ -28,9 +28,9 @@ REFUSED_LINGER_S = 1.0  # a refused connection is closed this long after its ans
 
 
 class _Refuse(asyncio.Protocol):
-    """A connection over the limit: a 503 that says why, at once. Closed a moment later,
-    not at once: a client whose request arrives at a closed socket gets a reset, and
-    may lose the answer."""
+    """A connection over the limit: a 503 that says why, at once. Closed once the
+    client's request has come (or REFUSED_LINGER_S later), not at once: a request that
+    arrives at a closed socket gets the client a reset, which may lose the answer."""
 
     def __init__(self, limit: int) -> None:
         body = json.dumps({"error": f"fleetd holds its maximum of {limit} API connections; "
@@ -40,12 +40,13 @@ class _Refuse(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
         transport.write(self.answer)
         transport.write_eof()
         asyncio.get_running_loop().call_later(REFUSED_LINGER_S, transport.close)
 
     def data_received(self, data: bytes) -> None:
-        pass  # the request it came with: read, so that closing sends no reset
+        self.transport.close()  # the request it came with, read: closing sends no reset
 
 
 class _Counted(asyncio.Protocol):
