@@ -3,7 +3,11 @@
 Served on a Unix socket (mode 0600: the socket's permissions are the authentication)
 and, if configured, on TCP, where every request must carry the bearer token. Writes are
 validated whole, stored durably, and only then answered; a 4xx leaves the registry as
-it was. Errors are JSON ``{"error": "..."}`` with text for the user.
+it was. Errors are JSON ``{"error": "..."}`` with text for the user that names the
+field, parameter or route (``_answer_errors``; a fault in fleetd is logged and answered
+500 without its traceback). What a request may carry is bounded: a body of MAX_BODY
+bytes, a unit of MAX_UNIT_TEXT, JSON MAX_DEPTH deep, text that is UTF-8, numbers read by
+``fleetd.wire.numbers`` (finite, in range). Connections: ``listeners.py``.
 """
 
 from __future__ import annotations
