@@ -244,6 +244,8 @@ class MachineSession:
                     + (f": {err}" if err else ""),
                 )
             hello = protocol.decode(first)
+            if hello["type"] == "error":  # it refused our hello (a heartbeat out of range)
+                raise protocol.ProtocolError(f"the agent refused: {hello.get('message')}")
             if hello["type"] != "hello":
                 raise protocol.ProtocolError(f"expected hello, got {hello['type']}")
             self.last_seen = time.time()

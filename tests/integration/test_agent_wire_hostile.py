@@ -21,10 +21,11 @@ import pytest
 from agentkit import Attached, agent_pid, clean, spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from labkit import alive
+from labkit import Fleet, alive, wait_for
 
 from fleetd import protocol
 from fleetd.daemon.session import SPEC_MAX, MachineSession
+from fleetd.lab.netns import Lab
 from fleetd.registry.base import MachineRecord, ObservedRecord
 from fleetd.registry.sqlite import SqliteRegistry
 
@@ -86,7 +87,7 @@ def session_to(tmp_path: Path, state_dir: str) -> Callable[[], Any]:
     """An async context: a MachineSession connected over SSH to the real agent of
     ``state_dir`` (its ``connects`` counts the channels it opened)."""
     @contextlib.asynccontextmanager
-    async def connect() -> AsyncIterator[Session]:
+    async def connect(heartbeat_s: float = 0.5, wait: bool = True) -> AsyncIterator[Session]:
         async with ssh_server(str(tmp_path)) as transport:
             registry = SqliteRegistry(str(tmp_path / "registry.db"))
             registry.add_machine(MachineRecord(
@@ -97,7 +98,7 @@ def session_to(tmp_path: Path, state_dir: str) -> Callable[[], Any]:
             machine = registry.get_machine("h1")
             assert machine is not None
             session = MachineSession(machine, registry, lambda m: transport,
-                                     lambda relevant: None, heartbeat_s=0.5)
+                                     lambda relevant: None, heartbeat_s=heartbeat_s)
             handle = Session(session, registry)
             opened = transport.open
 
@@ -108,7 +109,8 @@ def session_to(tmp_path: Path, state_dir: str) -> Callable[[], Any]:
             transport.open = counting_open  # type: ignore[method-assign]
             session.start()
             try:
-                await until("the session to connect", lambda: session.connected)
+                if wait:
+                    await until("the session to connect", lambda: session.connected)
                 yield handle
             finally:
                 await session.stop()
@@ -160,6 +162,20 @@ def test_a_unit_over_the_message_limit_is_not_sent_and_the_machine_stays_up(
             await asyncio.sleep(1.5)  # three heartbeats: a torn session would show
             assert s.session.connected and s.connects == 1
             assert s.machine_state() == "up"
+
+    asyncio.run(scenario())
+
+
+def test_an_agent_that_refuses_the_hello_says_why_in_the_machines_error(
+        session_to: Callable[[], Any]) -> None:
+    """fleetd's heartbeat is the agent's too: one out of the agent's range is refused,
+    and the machine's error says so (not a busy loop on the host)."""
+    async def scenario() -> None:
+        async with session_to(heartbeat_s=0.01, wait=False) as s:
+            await until("the machine in error", lambda: "refused" in s.machine_state())
+            assert s.machine_state() == (
+                "error agent spoke nonsense: the agent refused: hello: heartbeat_s: want "
+                "a number from 0.05 to 3600, not 0.01")
 
     asyncio.run(scenario())
 
@@ -356,3 +372,34 @@ def test_fuzzed_messages_leave_the_agent_alive_and_correct(state_dir: str) -> No
     with open(os.path.join(state_dir, "agent.log")) as f:
         log = f.read()
     assert "Traceback" not in log and "internal error" not in log, log[-3000:]
+
+
+# --- the whole stack: fleetctl, fleetd, sshd, the agent -----------------------------------
+LOUD = """\
+[Service]
+ExecStart=/usr/bin/python3 -u -c "[print(str(i).zfill(6) + ' ' + 'x' * 600) for i in \
+range(10000)]; __import__('time').sleep(100000)"
+"""
+
+
+def test_fleetctl_journal_of_a_log_larger_than_a_message(fleet: Fleet, lab: Lab,
+                                                          tmp_path: Path) -> None:
+    """The issue's case through every real part: ``journal -n 10000`` of a 6 MB log
+    answers all 10000 lines, and the machine stays up (no reconnect)."""
+    h = lab.hosts()[0]
+    fleet.add(h)
+    wait_for("the machine up", lambda: fleet.machines()[h.name]["state"] == "up", 20)
+    path = tmp_path / f"{MARK}-loud.service"
+    path.write_text(LOUD)
+    fleet.ctl("start", str(path))
+    wait_for("the last line logged", lambda: "009999 " in fleet.ctl(
+        "journal", "-n", "1", path.name).stdout, 30)
+    since = fleet.machines()[h.name]["last_seen"]
+    out = fleet.ctl("journal", "-n", "10000", path.name).stdout.splitlines()
+    assert len(out) == 10000
+    assert out[0] == "000000 " + "x" * 600 and out[-1] == "009999 " + "x" * 600
+    machine = fleet.machines()[h.name]
+    assert machine["state"] == "up" and machine["error"] is None
+    assert machine["last_seen"] >= since
+    with open(fleet.log) as f:
+        assert "spoke nonsense" not in f.read()
