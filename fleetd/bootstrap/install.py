@@ -179,7 +179,7 @@ def parse_agent_command(command: str) -> Optional[Tuple[Target, bool]]:
 
 def unit_file(target: Target) -> str:
     return f"""\
-# Installed by fleetd (fleetd.bootstrap); `fleetctl machine remove --purge` removes it.
+{probes.UNIT_MARK}; `fleetctl machine remove --purge` removes it.
 [Unit]
 Description=fleet-agent: runs fleetd's units on this host
 After=network.target
@@ -353,8 +353,11 @@ for d in "$@"; do rmdir "$d" 2>/dev/null || true; done
 """
 
 _UNINSTALL = _STOP_DETACHED_FN + r"""
-prefix=$1; state=$2; service=$3; purge=$4; wait_s=$5; own_state=$6; shift 6
-if [ -f "/etc/systemd/system/$service" ] && command -v systemctl >/dev/null 2>&1; then
+prefix=$1; state=$2; service=$3; purge=$4; wait_s=$5; own_state=$6; mark=$7; shift 7
+unit="/etc/systemd/system/$service"
+ours=0  # a service file fleetd did not write is never stopped nor removed
+if [ -f "$unit" ]; then case "$(head -n 1 "$unit")" in "$mark"*) ours=1 ;; esac; fi
+if [ $ours = 1 ] && command -v systemctl >/dev/null 2>&1; then
   if [ "$(systemctl is-active "$service" 2>/dev/null)" = active ]; then echo "stopped=1"; fi
   systemctl disable --now --quiet "$service" 2>&1 || true
 fi
@@ -365,12 +368,13 @@ for p in "$prefix" "$state"; do
 done
 for r in "$state"/units/*.json; do [ -e "$r" ] && basename "$r" .json | sed 's/^/left=/'; done
 mid=$(cat "$state/machine-id" 2>/dev/null)
-if [ -f "/etc/systemd/system/$service" ]; then
-  rm -f "/etc/systemd/system/$service"
+mine=""
+if [ $ours = 1 ]; then
+  rm -f "$unit"
   systemctl daemon-reload 2>&1 || true
+  mine="$unit"
 fi
 rm -rf "$prefix/current" "$prefix/current.new" "$prefix/versions" "$prefix/install-record"
-mine="/etc/systemd/system/$service"
 if [ "$own_state" = 1 ]; then rm -rf "$state"; mine="$mine $state"; fi
 for d in "$@"; do rmdir "$d" 2>/dev/null || true; [ "$d" = "$prefix" ] && mine="$mine $d"; done
 if [ -n "$mid" ]; then
@@ -498,6 +502,10 @@ async def _install(host: _Host, target: Target, suffix: Optional[str],
             f"{where}: PID 1 is {'now' if systemd else 'no longer'} systemd, and the agent "
             f"ran {'detached' if systemd else 'as a systemd service'}: remove the machine "
             "and add it again", report=report)
+    if systemd and report.service_file and not report.service_ours:
+        raise BootstrapError(
+            f"{where}: {target.unit_path} is not a service file fleetd wrote (its first "
+            "line is not fleetd's): fleetd does not replace it", report=report)
     psutil = f"pushed {wheel.version}" if wheel else f"host {python.psutil}"
     result = Installed(version=payload.version, previous=report.installed,
                        changed=True, systemd=systemd,
@@ -688,14 +696,13 @@ async def uninstall(shell: Shell, where: str, target: Target, purge: bool) -> Re
     out = await host.sh("uninstall", "removing the agent" if record else "stopping the agent",
                         _UNINSTALL, target.prefix, target.state_dir, target.service,
                         "1" if record else "0", str(int(STOP_TIMEOUT_S)),
-                        "1" if record and record.own_state else "0",
+                        "1" if record and record.own_state else "0", probes.UNIT_MARK,
                         *reversed(record.created if record else ()), timeout=60.0)
     facts = _facts(out.stdout)
     if facts.get("symlink"):
         refused = f"{facts['symlink'][0]} is a symlink now, not the directory installed to"
     if refused:
-        raise BootstrapError(f"{where}: the agent is stopped, but nothing was removed: "
-                             f"{refused}")
+        raise BootstrapError(f"{where}: nothing was removed: {refused}")
     if facts.get("remains"):
         raise BootstrapError(f"{where}: could not remove " + ", ".join(facts["remains"]))
     if record and not record.own_state:

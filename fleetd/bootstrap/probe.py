@@ -19,14 +19,17 @@ import re
 import shlex
 from typing import Dict, List, Optional, Tuple
 
+from fleetd.wire import numbers
+
 MIN_PYTHON = (3, 9)
+UNIT_MARK = "# Installed by fleetd (fleetd.bootstrap)"  # a service file's first line: ours
 MIN_PSUTIL = (5, 9)  # pyproject's psutil>=5.9: an older one on the host is not used
 
 # Feeding the script on stdin keeps it free of the quoting of the command line (the
 # user's login shell runs ``sh -s -- ARGS``). Python snippets here must run on any
 # python3 (an old one reports its version too): no f-strings.
 SCRIPT = r"""
-prefix=$1; state=$2; service=$3
+prefix=$1; state=$2; service=$3; mark=$4
 echo "probe=1"
 echo "uid=$(id -u 2>/dev/null)"
 echo "user=$(id -un 2>/dev/null)"
@@ -72,7 +75,10 @@ check state "$state"
 if [ -d /run/systemd/system ]; then check units /etc/systemd/system; fi
 if cur=$(readlink "$prefix/current" 2>/dev/null); then echo "installed=${cur##*/}"; fi
 if [ -d "$prefix/versions" ]; then echo "versions=$(ls "$prefix/versions" | tr '\n' ' ')"; fi
-if [ -f "/etc/systemd/system/$service" ]; then echo "service_file=1"; fi
+if [ -f "/etc/systemd/system/$service" ]; then
+  echo "service_file=1"
+  case "$(head -n 1 "/etc/systemd/system/$service")" in "$mark"*) echo "service_ours=1" ;; esac
+fi
 if command -v systemctl >/dev/null 2>&1; then
   echo "service_active=$(systemctl is-active "$service" 2>/dev/null)"
 fi
@@ -94,7 +100,8 @@ echo "probe_end=1"
 
 
 def command(prefix: str, state_dir: str, service: str) -> str:
-    return "sh -s -- " + " ".join(shlex.quote(a) for a in (prefix, state_dir, service))
+    return "sh -s -- " + " ".join(shlex.quote(a) for a in (prefix, state_dir, service,
+                                                           UNIT_MARK))
 
 
 def _version(text: str) -> Optional[Tuple[int, ...]]:
@@ -175,6 +182,7 @@ class HostReport:
     agent_pid: Optional[int]  # the agent's pid file names a live process
     agent_cmdline: str
     javas: Tuple[Tuple[str, str], ...]  # (java home, version)
+    service_ours: bool = False  # the service file is one fleetd wrote (its first line)
 
     @property
     def systemd(self) -> bool:
@@ -292,12 +300,16 @@ def parse(where: str, output: str, prefix: str, state_dir: str) -> HostReport:
         service_file=facts.get("service_file") == "1",
         service_active=facts.get("service_active", ""),
         agent_pid=pid, agent_cmdline=facts.get("agent_cmdline", "") if pid else "",
-        javas=tuple(javas),
+        javas=tuple(javas), service_ours=facts.get("service_ours") == "1",
     )
 
 
 def _int(text: Optional[str]) -> Optional[int]:
-    return int(text) if text and text.strip().isdigit() else None
+    """A whole number the host printed, or None: what the host says is outside input."""
+    try:
+        return numbers.parse_int(text, 0) if text else None
+    except numbers.NumberError:
+        return None
 
 
 def _python(value: str) -> Python:

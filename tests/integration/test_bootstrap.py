@@ -394,6 +394,37 @@ def test_purge_needs_an_agent_fleetd_installed(lab: Lab, fleet: Fleet) -> None:
     assert fleet.ctl("machine", "remove", "h3").stdout.strip() == "Machine h3 removed"
 
 
+def test_an_agent_command_cannot_make_fleetd_stop_replace_or_remove_others(
+        lab: Lab, fleet: Fleet) -> None:
+    """An --agent-command shaped like one fleetd's install makes, naming a service and
+    directories of the host's own: ``machine upgrade`` does not replace that service,
+    ``machine remove --purge`` neither stops nor removes it nor the directories."""
+    h = host(lab, "h3")
+    victim = "/etc/systemd/system/victim.service"
+    ssh(lab, h, f"printf '[Service]\\nExecStart=/bin/sleep infinity\\n' > {victim} && "
+                "mkdir -p /srv/data && echo mine > /srv/data/file && "
+                "systemctl daemon-reload && systemctl start victim")
+    try:
+        fleet.ctl("machine", "add", f"root@{h.address}", "--name", "h3", "--identity",
+                  lab.identity, "--known-hosts", lab.known_hosts, "--agent-command",
+                  "/srv/data/current/bin/fleet-agent attach --state-dir /srv/data "
+                  "--systemd-service victim.service", "--no-wait")
+        out = fleet.ctl("machine", "upgrade", "h3", check=False, timeout=300)
+        assert out.returncode == 1
+        assert f"{victim} is not a service file fleetd wrote (its first line is not " \
+               "fleetd's): fleetd does not replace it" in out.stderr, out.stderr
+        out = fleet.ctl("machine", "remove", "h3", "--purge", timeout=300)
+        assert out.stdout.strip() == "Machine h3 removed", out.stdout
+        assert "nothing was removed: /srv/data/install-record, which fleetd's install " \
+               "leaves, is not there" in out.stderr, out.stderr
+        assert ssh(lab, h, "systemctl is-active victim").strip() == "active"
+        assert ssh(lab, h, f"head -n 1 {victim}").strip() == "[Service]"
+        assert ssh(lab, h, "cat /srv/data/file").strip() == "mine"
+    finally:
+        ssh(lab, h, f"systemctl stop victim; rm -f {victim}; systemctl daemon-reload; "
+                    "rm -rf /srv/data")
+
+
 def test_detached_agent_upgrade_and_purge(plain_lab: Lab, tmp_path: Any,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Where PID 1 is not systemd the agent runs detached; an upgrade stops it with SIGTERM

@@ -285,3 +285,16 @@ def test_the_unit_file_never_kills_the_supervised_programs() -> None:
     assert "\nExecStart=/opt/fleetd-agent/current/bin/fleet-agent daemon --state-dir " \
            "/var/lib/fleet-agent\n" in text
     assert "\nWantedBy=multi-user.target\n" in text
+
+
+def test_numbers_the_host_prints_are_read_as_numbers_or_not_at_all() -> None:
+    """The probe's output is the host's word: ``²`` passes str.isdigit() and int() refuses
+    it; neither it nor other non-ASCII digits may end the add with a traceback."""
+    r = report(uid="²", agent_pid="٣", agent_cmdline="fleet-agent", prefix_free_kb="1e9")
+    assert r.uid is None and r.agent_pid is None and r.paths["prefix"].free_kb is None
+
+
+def test_a_service_file_is_ours_by_its_first_line() -> None:
+    assert report(service_file="1", service_ours="1").service_ours
+    assert not report(service_file="1").service_ours
+    assert unit_file(Target()).startswith(probe.UNIT_MARK + ";")
