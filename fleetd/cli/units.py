@@ -28,9 +28,10 @@ from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.registry.base import LAUNCHED
 from fleetd.units.model import parse_name
 from fleetd.units.parser import UnitError
-from fleetd.units.timespan import TimespanError, format_timespan, parse_timespan
+from fleetd.units.timespan import MAX_S, TimespanError, format_timespan, parse_timespan
 from fleetd.units.xfleet import is_glob
 from fleetd.wire.names import is_template
+from fleetd.wire.numbers import NumberError, parse_float
 
 
 def parse_vars(pairs: Tuple[str, ...], vars_file: Optional[str]) -> Optional[Dict[str, str]]:
@@ -118,11 +119,31 @@ def wait_all(c: Ctx, names: List[str], until: str, timeout: float,
         raise click.ClickException("\n".join(failed))
 
 
+class Seconds(click.ParamType[float, Any]):
+    """A finite number of seconds in [lo, hi], read the one way (fleetd.wire.numbers):
+    click's FloatRange lets ``nan`` through (every comparison with it is false), and a
+    NaN deadline is a wait that never ends or ends at once."""
+
+    name = "seconds"
+
+    def __init__(self, lo: float, hi: float) -> None:
+        self.lo, self.hi = lo, hi
+
+    def convert(self, value: Any, param: Optional[click.Parameter],
+                ctx: Optional[click.Context]) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_float(str(value), self.lo, self.hi)
+        except NumberError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 def blocking(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--no-block", is_flag=True, help="Return once fleetd stored it.")(f)
     f = click.option("--block-attempts", type=click.IntRange(min=0), default=0,
                      help="Wait at most this many seconds (fleet's flag; 0: --timeout).")(f)
-    return click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0,
+    return click.option("--timeout", type=Seconds(0.1, MAX_S), default=60.0,
                         show_default=True, help="Seconds to wait.")(f)
 
 

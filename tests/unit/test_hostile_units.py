@@ -145,6 +145,20 @@ def test_the_agent_refuses_limits_that_are_no_numbers(limits: Dict[str, Any]) ->
         Limits.from_config(limits)
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "1e999", "²", "0"])
+def test_fleetctl_waits_only_a_finite_time(value: str) -> None:
+    """click's FloatRange took ``--timeout nan``: a NaN deadline, and fleetd asked to
+    wait ``timeout=nan``."""
+    from click.testing import CliRunner
+
+    from fleetd.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["--endpoint", "unix:///nonexistent", "start",
+                                      "--timeout", value, "a.service"])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--timeout': want a number from 0.1 to" in result.output
+
+
 # --- names ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, why", [
