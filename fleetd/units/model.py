@@ -33,9 +33,17 @@ def parse_name(name: str) -> UnitName:
     try:
         parts = names.split(name)
     except names.UnitNameError as exc:
-        raise UnitError(name, None, str(exc)) from None
+        raise UnitError(_shown(name), None, str(exc)) from None
     return UnitName(full=name, prefix=parts.prefix, instance=parts.instance,
                     suffix=parts.suffix)
+
+
+def _shown(name: str) -> str:
+    """A refused name as the start of its error: as typed if it is short and printable,
+    else quoted and cut (a 5000-character name, or one holding a terminal escape)."""
+    if len(name) <= NAME_MAX and name.isprintable():
+        return name
+    return repr(name[:40]) + ("..." if len(name) > 40 else "")
 
 
 def content_hash(text: str) -> str:

@@ -174,6 +174,14 @@ def test_names_follow_the_one_rule_at_submit(name: str, why: str) -> None:
         parse_name(name)
 
 
+def test_a_refused_name_is_shown_short_and_escaped() -> None:
+    """The name began its own error as typed: 5000 characters, or a terminal escape."""
+    for name in ("a" * 5000 + ".service", "x\x1b[2J.service"):
+        with pytest.raises(UnitError) as info:
+            parse_name(name)
+        assert "\x1b" not in str(info.value) and len(str(info.value)) < 300
+
+
 @pytest.mark.parametrize("line", [
     "MachineOf=.hidden.service", "Replaces=" + "b" * 237 + ".service",
     "Conflicts=.hidden.service", "MachineOf=web@*.service",
