@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from typing import Dict, List, NoReturn, Optional, Sequence
 
@@ -179,6 +180,15 @@ class UnitContext:
             return parse_timespan(value)
         except TimespanError as exc:
             self.fail(self.entry(section, key), str(exc))
+
+    def finite_timespan(self, section: str, key: str, default: float, hint: str = ""
+                        ) -> float:
+        """``timespan`` for options where ``infinity`` has no meaning fleetd or its
+        agent can honour (``hint`` says what to write instead)."""
+        seconds = self.timespan(section, key, default)
+        if math.isinf(seconds):
+            self.fail(self.entry(section, key), f"must be a finite time span{hint}")
+        return seconds
 
     def check_known(self, section: str, known: Sequence[str]) -> None:
         """Refuse options fleetd does not know in its own sections, with a suggestion.

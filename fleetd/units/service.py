@@ -59,10 +59,8 @@ def config(ctx: UnitContext, needs_exec_start: bool = True) -> Dict[str, Any]:
     if len(starts) > 1 and service_type != "oneshot":
         ctx.fail(starts[1], f"more than one ExecStart= is only allowed with Type=oneshot "
                             f"(first at line {starts[0].line})")
-    restart_s = ctx.timespan(S, "RestartSec", DEFAULT_RESTART_S)
-    if math.isinf(restart_s):
-        ctx.fail(ctx.entry(S, "RestartSec"),
-                 "must be a finite time span (Restart=no turns restarting off)")
+    restart_s = ctx.finite_timespan(S, "RestartSec", DEFAULT_RESTART_S,
+                                    " (Restart=no turns restarting off)")
     return {
         "type": service_type,
         "commands": _commands(ctx, starts),
@@ -212,7 +210,8 @@ def _start_limit_interval(ctx: UnitContext) -> float:
     for section, key in (("Unit", "StartLimitIntervalSec"), (S, "StartLimitIntervalSec"),
                          (S, "StartLimitInterval")):
         if ctx.single(section, key) is not None:
-            return ctx.timespan(section, key, DEFAULT_START_LIMIT_INTERVAL_S)
+            return ctx.finite_timespan(section, key, DEFAULT_START_LIMIT_INTERVAL_S,
+                                       " (0 turns the start limit off)")
     return DEFAULT_START_LIMIT_INTERVAL_S
 
 

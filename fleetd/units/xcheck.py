@@ -42,7 +42,6 @@ trace of empty sections either.
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -292,9 +291,7 @@ def _timing(ctx: UnitContext) -> Dict[str, Any]:
 
 def _span(ctx: UnitContext, key: str, default: float, zero_ok: bool = False) -> float:
     """ctx.timespan, finite (and above 0 unless ``zero_ok``); the defaults are."""
-    seconds = ctx.timespan(X, key, default)
-    if math.isinf(seconds):
-        ctx.fail(ctx.entry(X, key), "must be a finite time span")
+    seconds = ctx.finite_timespan(X, key, default)
     if seconds == 0 and not zero_ok:
         ctx.fail(ctx.entry(X, key), "must be more than 0")
     return seconds

@@ -5,12 +5,13 @@ Files are built from the options fleetd really reads, with values a hostile or c
 user writes: unicode digits, nan and inf, huge numbers, empty values, quotes, control
 characters, specifiers and template markup. Anything but a Unit or a UnitError (which
 the API turns into a 400 naming ``file:line``) would be an answer 500; and a Unit that
-is accepted holds no NaN and the scheduler can place it (``CPUQuota=nan%`` was
-accepted, and failed every engine pass).
+is accepted holds no NaN, the scheduler can place it (``CPUQuota=nan%`` was accepted,
+and failed every engine pass) and the agent takes its spec (the two ends agree).
 
 What it found beyond the issue's examples is pinned below with ``@example``: a lone
-surrogate in the text (UnicodeEncodeError while hashing it) and an integer literal of
-5000 digits in template markup (ValueError from Jinja's lexer, Python's int() limit).
+surrogate in the text (UnicodeEncodeError while hashing it), an integer literal of
+5000 digits in template markup (ValueError from Jinja's lexer, Python's int() limit),
+and StartLimitIntervalSec=infinity, which fleetd accepted and the agent refuses.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Iterator, List, Tuple
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from fleetd import protocol
+from fleetd.agent import specs
 from fleetd.engine.reconciler import reconcile
 from fleetd.engine.views import MachineView, UnitView
 from fleetd.registry.base import LAUNCHED
@@ -109,6 +112,8 @@ def unit_files(draw: st.DrawFn) -> str:
          name="fuzz.service")
 @example(text="[Service]\nExecStart=/bin/true\n[Unit]\nDescription={{" + "9" * 5000 + "}}\n",
          name="fuzz.service")
+@example(text="[Unit]\nStartLimitIntervalSec=infinity\n[Service]\nExecStart=/bin/true\n",
+         name="fuzz.service")
 @given(text=unit_files(), name=st.sampled_from(["fuzz.service", "fuzz@1.service",
                                                 "fuzz@.service"]))
 def test_a_unit_file_is_accepted_or_refused_naming_where(text: str, name: str) -> None:
@@ -122,6 +127,9 @@ def test_a_unit_file_is_accepted_or_refused_naming_where(text: str, name: str) -
            if math.isnan(x)]
     assert not nan, nan
     reconcile([UnitView(name, LAUNCHED, None, "", unit.requirements)], MACHINES, 1000.0)
+    if not unit.name.endswith("@.service"):  # a template never reaches an agent
+        wire = protocol.decode(protocol.encode("desired", units=[unit.spec("running")]))
+        specs.check_spec(wire["units"][0])
 
 
 def _numbers(value: object, path: str = "") -> Iterator[Tuple[str, float]]:

@@ -82,6 +82,7 @@ def test_whole_numbers_are_ascii_digits_in_range(section: str, option: str, valu
     ("SuccessExitStatus=256", "is not an exit status (0-255)"),
     ("KillSignal=" + TOO_MANY_DIGITS, "unknown signal"),
     ("RestartSec=infinity", "must be a finite time span"),
+    ("StartLimitIntervalSec=infinity", "must be a finite time span (0 turns the start"),
     ("RestartSec=٣s", "invalid time span"),
     ("TimeoutStopSec=" + "9" * 400, "invalid time span"),
     ("TimeoutStopSec=100000w", "longer than 87600h (ten years)"),
