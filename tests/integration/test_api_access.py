@@ -11,7 +11,6 @@ from labkit import Fleet
 
 from fleetd.cli.client import ApiError, Client
 
-
 TOKEN = "s3cret-s3cret-s3cret"  # at least 16 bytes, in a file only its owner reads
 
 
