@@ -245,6 +245,31 @@ def test_a_fault_in_fleetd_answers_500_naming_the_route_without_a_traceback(
     assert http(sock(fleetd), "GET", "/v1/health")[0] == 200
 
 
+def test_a_long_poll_whose_client_went_away_ends_at_once(fleetd: Served) -> None:
+    """An abandoned ``fleetctl start`` (Ctrl-C) left its wait running for up to an hour:
+    a task, and on TCP a connection counted against max_connections."""
+    submit(fleetd)  # launched, never placed: a wait runs to its timeout
+
+    async def handlers() -> int:
+        """aiohttp's tasks: one per connection, which runs its requests' handlers."""
+        return sum(getattr(t.get_coro(), "__qualname__", "") == "RequestHandler.start"
+                   for t in asyncio.all_tasks())
+
+    idle = fleetd.call(handlers())
+    clients = [connect(sock(fleetd)) for _ in range(5)]
+    for c in clients:
+        c.sendall(b"GET /v1/units/a.service/wait?timeout=3600 HTTP/1.1\r\nHost: x\r\n\r\n")
+    deadline = time.monotonic() + 10
+    while fleetd.call(handlers()) < idle + 5:
+        assert time.monotonic() < deadline, "the waits never began"
+        time.sleep(0.02)
+    for c in clients:
+        c.close()
+    while fleetd.call(handlers()) > idle:
+        assert time.monotonic() < deadline + 10, "the waits outlived their clients"
+        time.sleep(0.02)
+
+
 def test_a_machine_add_whose_client_went_away_still_registers_the_machine(
         fleetd: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     """fleetd cancels a gone client's handler (an abandoned wait or journal -f ends), but
