@@ -12,16 +12,9 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from fleetd.bootstrap.install import (
-    DEFAULT_PREFIX,
-    BootstrapError,
-    Installed,
-    Removed,
-    Target,
-    install,
-    parse_agent_command,
-    uninstall,
-)
+from fleetd.bootstrap.install import Installed, install
+from fleetd.bootstrap.target import DEFAULT_PREFIX, BootstrapError, Target, parse_agent_command
+from fleetd.bootstrap.uninstall import Removed, uninstall
 from fleetd.registry.base import MachineRecord
 from fleetd.transport.ssh import to_machine
 

@@ -27,7 +27,8 @@ import pytest
 from labkit import Fleet, alive, wait_for
 
 from fleetd.bootstrap import bundle
-from fleetd.bootstrap.install import BootstrapError, Target, install
+from fleetd.bootstrap.install import install
+from fleetd.bootstrap.target import BootstrapError, Target
 from fleetd.lab import systemd_host
 from fleetd.lab.netns import Host, Lab
 from fleetd.transport.ssh import SshTransport

@@ -21,16 +21,10 @@ from typing import Iterator, List
 import pytest
 from inproc_ssh import ssh_server
 
-from fleetd.bootstrap.install import (
-    RECORD,
-    BootstrapError,
-    Installed,
-    Removed,
-    Target,
-    install,
-    parse_agent_command,
-    uninstall,
-)
+from fleetd.bootstrap.install import Installed, install
+from fleetd.bootstrap.record import RECORD
+from fleetd.bootstrap.target import BootstrapError, Target, parse_agent_command
+from fleetd.bootstrap.uninstall import Removed, uninstall
 from fleetd.testing.waiting import alive
 
 ENV = {"PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin"}

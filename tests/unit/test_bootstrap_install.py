@@ -23,14 +23,10 @@ import pytest
 from inproc_ssh import ssh_server
 
 from fleetd.bootstrap import bundle
-from fleetd.bootstrap.install import (
-    STOP_TIMEOUT_S,
-    BootstrapError,
-    Installed,
-    Target,
-    install,
-    uninstall,
-)
+from fleetd.bootstrap.install import Installed, install
+from fleetd.bootstrap.remote import STOP_TIMEOUT_S
+from fleetd.bootstrap.target import BootstrapError, Target
+from fleetd.bootstrap.uninstall import uninstall
 from fleetd.testing.waiting import alive, until
 
 VENV_BIN = os.path.dirname(sys.executable)

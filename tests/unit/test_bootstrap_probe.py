@@ -13,7 +13,8 @@ from typing import Dict, List
 import pytest
 
 from fleetd.bootstrap import bundle, probe
-from fleetd.bootstrap.install import Target, parse_agent_command, unit_file
+from fleetd.bootstrap.install import unit_file
+from fleetd.bootstrap.target import BootstrapError, Target, parse_agent_command
 
 WHERE = "root@10.0.0.5"
 PREFIX, STATE = "/opt/fleetd-agent", "/var/lib/fleet-agent"
@@ -272,7 +273,6 @@ def test_agent_command_round_trip() -> None:
 
 
 def test_unsafe_targets_are_refused() -> None:
-    from fleetd.bootstrap.install import BootstrapError
     for prefix in ("/opt", "relative/path", "/opt/with space", "/var/lib", "/a/../etc"):
         with pytest.raises(BootstrapError):
             Target(prefix=prefix).check()
