@@ -26,6 +26,7 @@ import tomllib
 
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.registry.base import LAUNCHED
+from fleetd.units import values
 from fleetd.units.model import parse_name
 from fleetd.units.parser import UnitError
 from fleetd.units.timespan import MAX_S, TimespanError, format_timespan, parse_timespan
@@ -49,13 +50,23 @@ def parse_vars(pairs: Tuple[str, ...], vars_file: Optional[str]) -> Optional[Dic
             if isinstance(value, (dict, list)):
                 raise click.BadParameter(f"{vars_file}: {key}: only plain values are variables",
                                          param_hint="--vars-file")
-            variables[key] = str(value).lower() if isinstance(value, bool) else str(value)
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            variables[key] = _one_value(f"{vars_file}: {key}", text, "--vars-file")
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq or not key.isidentifier():
             raise click.BadParameter(f"{pair!r}: want NAME=VALUE", param_hint="--var")
-        variables[key] = value
+        variables[key] = _one_value(key, value, "--var")
     return variables
+
+
+def _one_value(where: str, value: str, option: str) -> str:
+    """A variable is a value, never unit text: a line break would add a directive."""
+    problem = values.problem(value)
+    if problem is not None:
+        raise click.BadParameter(f"{where} {problem}: a variable is a value on one line, "
+                                 "not unit text", param_hint=option)
+    return value
 
 
 def unit_items(args: Tuple[str, ...], variables: Optional[Dict[str, str]]

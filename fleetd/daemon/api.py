@@ -539,8 +539,8 @@ async def submit_units(request: web.Request) -> web.Response:
             if isinstance(name, str) and "@." in name:
                 return _error(400, f"{name} is a template; start an instance such as "
                                    f"{name.replace('@.', '@1.')}")
-    try:
-        inputs = submit.resolve(d.registry, items)
+    try:  # the registry is read here, on its thread; templates render in a worker
+        inputs = await asyncio.to_thread(submit.check, submit.gather(d.registry, items))
     except submit.SubmitError as exc:
         return _error(exc.status, str(exc), errors=exc.errors)
     changed = d.registry.put_units(inputs, desired, replace=_flag(body, "replace"))

@@ -9,9 +9,13 @@ name ``file:line`` before anything is stored; ``put_units`` then stores all or n
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 from typing import Any, Dict, List, Optional
 
 from fleetd.registry.base import INACTIVE, Registry, UnitInput
+from fleetd.units import values
 from fleetd.units.model import content_hash, parse_name
 from fleetd.units.parser import UnitError
 from fleetd.units.validate import validate
@@ -25,19 +29,55 @@ class SubmitError(Exception):
 
 
 def _variables(item: Dict[str, Any]) -> Optional[Dict[str, str]]:
+    """The item's ``vars``: names to values, each a string (or a number) that stays on
+    its line. A value is never unit text: a line break would add a directive (an
+    ``ExecStartPre=`` the unit's author never wrote, invisible in ``fleetctl cat``)."""
     raw = item.get("vars")
     if raw is None:
         return None
+    name = item.get("name")
     if not isinstance(raw, dict) or not all(isinstance(k, str) and k.isidentifier()
                                             for k in raw):
-        raise SubmitError(400, f"{item.get('name')}: vars must map identifiers to values")
-    return {k: str(v) for k, v in raw.items()}
+        raise SubmitError(400, f"{name}: vars must map identifiers to values")
+    return {key: _value(name, key, value) for key, value in raw.items()}
 
 
-def resolve(registry: Registry, items: List[Dict[str, Any]]) -> List[UnitInput]:
-    """Each requested unit as a UnitInput (templates they need included); SubmitError
-    lists every invalid unit at once."""
-    inputs: Dict[str, UnitInput] = {}
+def _value(name: Any, key: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) \
+            or (isinstance(value, float) and not math.isfinite(value)):
+        raise SubmitError(400, f"{name}: vars.{key}: want a string or a finite number, "
+                               f"not {json.dumps(value)[:40]}")
+    text = str(value)
+    problem = values.problem(text)
+    if problem is not None:
+        raise SubmitError(400, f"{name}: vars.{key} {problem}: a variable is a value, "
+                               "not unit text")
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pending:
+    """A unit to validate, with everything read from the registry it needs."""
+
+    name: str
+    text: str
+    variables: Dict[str, str]
+    source: str
+    desired: Optional[str]
+
+
+@dataclasses.dataclass
+class Plan:
+    """What ``gather`` read: units to validate, and the errors found so far."""
+
+    units: List[_Pending]
+    errors: List[str]
+
+
+def gather(registry: Registry, items: List[Dict[str, Any]]) -> Plan:
+    """Each requested unit with everything it needs from the registry (templates they
+    need included), read on the event loop: the registry's connection belongs to it."""
+    pending: Dict[str, _Pending] = {}
     errors: List[str] = []
     for item in items:
         name = item.get("name")
@@ -64,8 +104,8 @@ def resolve(registry: Registry, items: List[Dict[str, Any]]) -> List[UnitInput]:
             elif template_name and isinstance(item.get("template_text"), str):
                 text = item["template_text"]
                 source = str(item.get("template_source") or template_name)
-                inputs[template_name] = _checked(template_name, text, variables or {},
-                                                 source, errors, INACTIVE)
+                pending[template_name] = _Pending(template_name, text, variables or {},
+                                                  source, INACTIVE)
             else:
                 hint = f" and no template {template_name} is submitted or beside it" \
                     if template_name else ""
@@ -75,16 +115,21 @@ def resolve(registry: Registry, items: List[Dict[str, Any]]) -> List[UnitInput]:
         if variables is None and (stored := registry.get_unit(name)) is not None:
             variables = stored.vars  # a resubmitted file keeps the variables it had
         override = INACTIVE if uname.is_template else None  # a template is never placed
-        inputs[name] = _checked(name, text, variables or {}, source, errors, override)
+        pending[name] = _Pending(name, text, variables or {}, source, override)
+    return Plan(list(pending.values()), errors)
+
+
+def check(plan: Plan) -> List[UnitInput]:
+    """Validate every unit (``render.probe`` then load) into a UnitInput; SubmitError
+    lists every invalid unit at once. No registry access, so it may run in a worker
+    thread, where a template that runs to its budget stalls nobody."""
+    errors = list(plan.errors)
+    for unit in plan.units:
+        try:
+            validate(unit.name, unit.text, unit.variables, unit.source)
+        except UnitError as exc:
+            errors.append(str(exc))
     if errors:
         raise SubmitError(400, errors[0], errors)
-    return list(inputs.values())
-
-
-def _checked(name: str, text: str, variables: Dict[str, str], source: str,
-             errors: List[str], desired: Optional[str]) -> UnitInput:
-    try:
-        validate(name, text, variables, source)
-    except UnitError as exc:
-        errors.append(str(exc))
-    return UnitInput(name, text, content_hash(text), variables, desired)
+    return [UnitInput(u.name, u.text, content_hash(u.text), u.variables, u.desired)
+            for u in plan.units]

@@ -16,15 +16,21 @@ opaque placeholder. The machine-specific render happens when the unit is placed.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
+import hashlib
+import json
+import threading
 import types
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 import jinja2
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import SandboxedEnvironment
 
+from fleetd.units import budget, sandbox
 from fleetd.units.parser import UnitError
+from fleetd.units.sandbox import BoundedEnvironment
 
 
 class _Names(dict):  # type: ignore[type-arg]
@@ -56,12 +62,17 @@ class _Undefined(jinja2.StrictUndefined):
 
 
 TEMPLATE_NAME = "<template>"  # the file name Jinja gives compiled template code
-_ENV = SandboxedEnvironment(
+_ENV = BoundedEnvironment(
     undefined=_Undefined,
     autoescape=False,
     keep_trailing_newline=True,
     # systemd's "%" specifiers and shell "$" never collide with these delimiters
 )
+_ENV.filters = sandbox.filters()
+del _ENV.globals["lipsum"]  # a unit has no use for lorem ipsum, and it sizes its output
+_FAILURES_KEPT = 256
+MAX_TAGS = 5000  # a unit's template needs tens
+MAX_NODES = 20_000
 
 
 def has_markup(text: str) -> bool:
@@ -123,22 +134,118 @@ def _line_of(exc: BaseException) -> Optional[int]:
     return line
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled(text: str) -> jinja2.Template:
+    """The template, instrumented (see fleetd.units.sandbox) and compiled once: the
+    engine renders the same text for every machine. Compiling is not interruptible and
+    costs about a second per 20,000 nodes, so a template's size in tags and nodes is
+    bounded before (budget.Refused)."""
+    tags = text.count("{{") + text.count("{%")
+    if tags > MAX_TAGS:
+        raise budget.Refused(f"more than {MAX_TAGS} {{{{ }}}} and {{% %}} tags")
+    tree = _ENV.parse(text)
+    if sum(1 for _ in tree.find_all(jinja2.nodes.Node)) > MAX_NODES:
+        raise budget.Refused(f"more than {MAX_NODES} expressions and statements")
+    tree = sandbox.instrument(tree)
+    tree.set_environment(_ENV)
+    code = _ENV.compile(tree, filename=TEMPLATE_NAME)
+    return _ENV.template_class.from_code(_ENV, code, _ENV.make_globals(None), None)
+
+
 def _render(text: str, context: Dict[str, Any], source: str, where: str) -> str:
+    """Render within a fresh budget; every way a template can fail is a UnitError."""
     try:
-        template = _ENV.from_string(text)
+        template = _compiled(text)
     except jinja2.TemplateSyntaxError as exc:
         raise UnitError(source, exc.lineno, f"template syntax: {exc.message}") from None
-    try:
-        return template.render(context)
-    except SecurityError as exc:
-        raise UnitError(source, _line_of(exc), f"template{where}: not allowed: {exc}") from None
-    except jinja2.UndefinedError as exc:
-        raise UnitError(source, _line_of(exc), f"template{where}: {exc.message}") \
+    except budget.Refused as exc:
+        raise UnitError(source, None, f"template: {exc}") from None
+    except (RecursionError, MemoryError, SyntaxError):
+        # Jinja's parser and Python's compiler recurse on nested expressions
+        raise UnitError(source, None, "template syntax: expressions nested too deep") \
             from None
-    except jinja2.TemplateError as exc:
-        raise UnitError(source, _line_of(exc), f"template{where}: {exc}") from None
-    except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
-        raise UnitError(source, _line_of(exc), f"template{where}: {exc}") from None
+    except ValueError as exc:  # a literal Python refuses: {{ 9999... }} (5000 digits)
+        raise UnitError(source, None, f"template syntax: {exc}") from None
+    with budget.running():
+        try:
+            return _collected(template.generate(context))
+        except _FAILURES as exc:
+            raise UnitError(source, _line_of(exc), f"template{where}: {_why(exc)}") from None
+
+
+def _collected(chunks: Iterator[str]) -> str:
+    """The output, which may not pass the size of a unit: past it, the render is
+    stopped where it writes (so the error names that line)."""
+    out, total = [], 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > budget.MAX_VALUE:
+            chunks.throw(budget.Refused(  # type: ignore[attr-defined]
+                f"the rendered unit would pass {budget.MAX_VALUE >> 20} MiB"))
+        out.append(chunk)
+    return "".join(out)
+
+
+# what a template's own doing can raise (bad arithmetic, a missing key, a filter given
+# the wrong type: Jinja's wordwrap of a list is an AttributeError, a budget ...)
+_FAILURES = (budget.Refused, jinja2.TemplateError, TypeError, ValueError, ArithmeticError,
+             LookupError, AttributeError, RecursionError, MemoryError)
+
+
+def _why(exc: BaseException) -> str:
+    """What went wrong in a template, said for its author."""
+    if isinstance(exc, budget.Refused):
+        return str(exc)
+    if isinstance(exc, SecurityError):
+        return f"not allowed: {exc}"
+    if isinstance(exc, jinja2.UndefinedError):
+        return str(exc.message)
+    if isinstance(exc, RecursionError):
+        return "nested too deep (a macro that calls itself?)"
+    if isinstance(exc, MemoryError):
+        return "ran out of memory"
+    return str(exc)
+
+
+class _Failures:
+    """Renders that failed, by everything their outcome depends on: a template that
+    runs into its budget costs that once, not on every engine pass or resubmit.
+    Shared by the event loop's engine and submit's worker threads: locked."""
+
+    def __init__(self) -> None:
+        self._kept: collections.OrderedDict[str, UnitError] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(text: str, *inputs: Any) -> str:
+        blob = json.dumps([text, *inputs], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def get(self, key: str) -> Optional[UnitError]:
+        with self._lock:
+            return self._kept.get(key)
+
+    def add(self, key: str, error: UnitError) -> None:
+        with self._lock:
+            self._kept[key] = error
+            while len(self._kept) > _FAILURES_KEPT:
+                self._kept.popitem(last=False)
+
+
+_FAILED = _Failures()
+
+
+def _remembered(text: str, context: Dict[str, Any], source: str, where: str,
+                inputs: Tuple[Any, ...]) -> str:
+    key = _FAILED.key(text, source, where, *inputs)
+    failed = _FAILED.get(key)
+    if failed is not None:
+        raise UnitError(failed.source, failed.line, failed.message)
+    try:
+        return _render(text, context, source, where)
+    except UnitError as exc:
+        _FAILED.add(key, exc)
+        raise
 
 
 def probe(text: str, unit_name: str, prefix: str, instance: Optional[str],
@@ -149,7 +256,7 @@ def probe(text: str, unit_name: str, prefix: str, instance: Optional[str],
         return text
     context = _context(unit_name, prefix, instance, variables, _Placeholder(),
                        open_vars=instance == "")
-    return _render(text, context, source, "")
+    return _remembered(text, context, source, "", (unit_name, instance, dict(variables)))
 
 
 def for_machine(text: str, unit_name: str, prefix: str, instance: Optional[str],
@@ -162,5 +269,6 @@ def for_machine(text: str, unit_name: str, prefix: str, instance: Optional[str],
         "metadata": _Names("machine.metadata", machine.metadata),
         "facts": _Names("machine.facts", machine.facts),
     }))
-    return _render(text, ctx, unit_name, f" for machine {machine.name}")
+    return _remembered(text, ctx, unit_name, f" for machine {machine.name}",
+                       (unit_name, instance, dict(variables), dataclasses.asdict(machine)))
 
