@@ -147,14 +147,25 @@ def test_a_unit_over_the_message_limit_is_not_sent_and_the_machine_stays_up(
     small = unit()
     huge = unit(f"{MARK}-huge.service")
     huge["config"]["environment"] = {"BIG": "x" * (17 * 1024 * 1024)}
+    # each fits a message, together they do not: the set goes in parts, taken whole
+    # (1.5 MiB of environment each, in pieces execve takes: 128 KiB a string at most)
+    large = [unit(f"{MARK}-large{i}.service") for i in range(3)]
+    for u in large:
+        u["config"]["environment"] = {f"LARGE{k}": "y" * 100_000 for k in range(16)}
+    assert sum(map(protocol.item_size, large)) > protocol.MAX_LINE
+    delivered = [small, *large]
+    s: Any = None
+
+    def running() -> bool:
+        seen = s.observed()
+        return all(u["name"] in seen and seen[u["name"]].state == protocol.RUNNING
+                   for u in delivered) and huge["name"] in seen
 
     async def scenario() -> None:
+        nonlocal s
         async with session_to() as s:
-            s.session.push([small, huge])
-            await until("the small unit running and the huge one refused", lambda: (
-                s.observed().get(small["name"], None) is not None
-                and s.observed()[small["name"]].state == protocol.RUNNING
-                and huge["name"] in s.observed()))
+            s.session.push([small, huge, *large])
+            await until("the others running and the huge one refused", running)
             refused = s.observed()[huge["name"]]
             assert refused.state == protocol.FAILED
             assert refused.error is not None and "not deliverable to machine h1" in \

@@ -6,6 +6,7 @@ and the real session are in tests/integration/test_agent_wire_hostile.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
@@ -16,15 +17,18 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
 from fleetd import protocol
 from fleetd.agent import specs
+from fleetd.daemon.session import MachineSession
 from fleetd.drivers import envfile, files, java
 from fleetd.drivers.base import Handle, StartContext
 from fleetd.drivers.systemd import SystemdDriver
+from fleetd.registry.base import MachineRecord
+from fleetd.registry.sqlite import SqliteRegistry
 from fleetd.units.model import load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -294,3 +298,120 @@ def test_java_home_is_probed_as_the_units_user(shared_dir: Path) -> None:
     assert out.read_text().split() == [str(nobody.pw_uid)]
     assert stat.S_IMODE(os.stat(home / "release").st_mode) == 0o644
 
+
+
+# --- fleetd's session reading a hostile agent ---------------------------------------------
+class FakeChannel:
+    """The agent's side of a session channel, played by the test."""
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[bytes] = asyncio.Queue()
+        self.written: List[Dict[str, Any]] = []
+
+    async def readline(self) -> bytes:
+        return await self.incoming.get()
+
+    def write(self, data: bytes) -> None:
+        self.written.append(protocol.decode(data))
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.incoming.put_nowait(b"")
+
+    async def stderr_tail(self) -> str:
+        return ""
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.channel = FakeChannel()
+
+    async def open(self, command: str) -> FakeChannel:
+        self.channel.incoming.put_nowait(protocol.encode(
+            "hello", machine_id="m1", hostname="h1", agent_version="t", facts={},
+            fenced=[]))
+        return self.channel
+
+    async def close(self) -> None:
+        self.channel.close()
+
+
+def session_for(tmp_path: Path) -> Tuple[MachineSession, SqliteRegistry, FakeTransport]:
+    registry = SqliteRegistry(str(tmp_path / "registry.db"))
+    registry.add_machine(MachineRecord(name="h1", address="10.0.0.1", port=22, user="root",
+                                       identity=None, known_hosts=None,
+                                       agent_command="agent", metadata={}))
+    machine = registry.get_machine("h1")
+    assert machine is not None
+    transport = FakeTransport()
+    session = MachineSession(machine, registry, lambda m: transport, lambda r: None,
+                             heartbeat_s=60)
+    return session, registry, transport
+
+
+async def _until(predicate: Any) -> None:
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("not within 5s")
+
+
+def run_session(tmp_path: Path, body: Any) -> None:
+    """``body(session, registry, channel)`` against a connected session, stopped after
+    it whatever happens."""
+    async def scenario() -> None:
+        session, registry, transport = session_for(tmp_path)
+        session.start()
+        try:
+            await _until(lambda: session.connected)
+            await body(session, registry, transport.channel)
+        finally:
+            await session.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("status", "says"), [
+    ({"name": "../x"}, "unit status: invalid unit name '../x'"),
+    ({"name": "a.service", "restarts": "many"},
+     "unit status of a.service: want a whole number"),
+    ({"name": "a.service", "pid": True}, "unit status of a.service: want a whole number"),
+    ("a.service", "status message without a list of units"),
+])
+def test_a_bad_report_from_an_agent_is_named_in_the_machines_error(
+        tmp_path: Path, status: Any, says: str) -> None:
+    """Not "internal error" (a KeyError or int() deep in the session), not a bad row in
+    the registry: the agent spoke nonsense, and the error says what."""
+    async def body(session: MachineSession, registry: SqliteRegistry,
+                   channel: FakeChannel) -> None:
+        channel.incoming.put_nowait(protocol.encode("status", units=[status]))
+
+        def error() -> str:
+            record = registry.get_machine("h1")
+            return (record.error if record is not None else None) or ""
+
+        await _until(lambda: "nonsense" in error())
+        assert error().startswith("agent spoke nonsense: ") and says in error(), error()
+        assert registry.list_observed() == []
+
+    run_session(tmp_path, body)
+
+
+def test_a_reply_in_parts_is_joined(tmp_path: Path) -> None:
+    async def body(session: MachineSession, registry: SqliteRegistry,
+                   channel: FakeChannel) -> None:
+        asking = asyncio.ensure_future(session.request("tail", unit="a.service", lines=5))
+        await _until(lambda: any(m["type"] == "tail" for m in channel.written))
+        lines = [f"line {i} " + "x" * 40 for i in range(5)]
+        parts = protocol.chunks("reply", "lines", lines, limit=150,
+                                id=channel.written[-1]["id"])
+        assert len(parts) == 5
+        for part in parts:
+            channel.incoming.put_nowait(part)
+        reply = await asking
+        assert reply["lines"] == lines
+
+    run_session(tmp_path, body)
