@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional
 
 import click
 
-from fleetd.cli.client import ApiError, Client
+from fleetd.client import ApiError, Client
 
 
 class Ctx:

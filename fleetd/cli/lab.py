@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import click
 
-from fleetd.cli.client import ApiError, Client
 from fleetd.cli.output import table
+from fleetd.client import ApiError, Client
 from fleetd.lab import DEFAULT_LAB_DIR
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
-from fleetd.cli.client import ApiError
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.output import ago, echo, table
+from fleetd.client import ApiError
 from fleetd.units.timespan import format_timespan
 
 Row = Dict[str, Any]

@@ -18,7 +18,7 @@ import urllib.parse
 from typing import Dict, List, Optional
 
 from fleetd.bootstrap.bundle import source_root
-from fleetd.cli.client import ApiError, Client
+from fleetd.client import ApiError, Client
 from fleetd.lab.netns import Host, Lab, LabError
 
 START_TIMEOUT_S = 15.0

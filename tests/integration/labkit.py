@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import agentkit
 import pytest
 
-from fleetd.cli.client import ApiError, Client
+from fleetd.client import ApiError, Client
 from fleetd.lab.daemon import agent_command
 from fleetd.lab.netns import Host, Lab
 from fleetd.testing.waiting import alive as alive  # the tests' one meaning of alive

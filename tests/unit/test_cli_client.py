@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from fleetd.cli.client import ApiError, Client
+from fleetd.client import ApiError, Client
 
 ANSWERS = {  # path -> status, body
     "/ok": (200, b'{"units": []}'),
