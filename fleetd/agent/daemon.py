@@ -14,6 +14,13 @@ feeds fencing (units with FenceAfterSec= stop after that long without a word; se
 fleetd.agent.fencing). The clock starts when the agent starts: a restarted agent counts
 from its own start, the last contact is not persisted. Other clients (tests, tools) do
 not count.
+
+What a client sends is checked before it is acted on (fleetd.agent.specs): a line over
+protocol.MAX_LINE, or one that is not a message, ends that connection with an error; a
+field the agent cannot take (a unit name outside the one rule, a number out of range, a
+spec of the wrong shape) is answered with an error naming it, and the connection goes
+on. Nothing a client sends ends the agent or another client's connection. Replies that
+can be larger than a line (a journal tail, the status snapshot) go in parts.
 """
 
 from __future__ import annotations
@@ -83,6 +90,13 @@ class AgentDaemon:
         self.clients: Set[Client] = set()
         self.supervisor = Supervisor(state, self.machine_id, self.broadcast)
         self._stopped = asyncio.Event()
+        # what each message type does; False from a handler ends the connection
+        self._handlers: Dict[str, Callable[[Client, Dict[str, Any]], bool]] = {
+            "hello": self._hello, "desired": self._desired, "tail": self._tail,
+            "follow": self._follow_request, "unfollow": self._unfollow,
+            "ping": lambda client, msg: True,  # fleetd is there: counted, no answer
+            "bye": lambda client, msg: False,
+        }
 
     def broadcast(self, data: bytes) -> None:
         for client in list(self.clients):
@@ -167,13 +181,6 @@ class AgentDaemon:
             else:
                 client.send(protocol.encode("error", message=str(exc)))
             return kind != "hello"  # a session that cannot begin ends here
-
-    @property
-    def _handlers(self) -> Dict[str, Callable[[Client, Dict[str, Any]], bool]]:
-        return {"hello": self._hello, "desired": self._desired, "tail": self._tail,
-                "follow": self._follow_request, "unfollow": self._unfollow,
-                "ping": lambda client, msg: True,  # fleetd is there: counted, no answer
-                "bye": lambda client, msg: False}
 
     def _hello(self, client: Client, msg: Dict[str, Any]) -> bool:
         interval = specs.heartbeat(msg)

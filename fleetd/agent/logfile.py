@@ -58,6 +58,7 @@ COPY_CHUNK = 1024 * 1024
 COPY_ROUNDS = 8  # a program writing faster than a copy is bounded, not chased for ever
 CHECK_BYTES = 64  # bytes compared to tell "grew" from "rotated and grew again"
 TAIL_MAX_LINES = 10000
+TAIL_MAX_BYTES = 16 * 1024 * 1024  # a tail reads back this far at most (one huge "line")
 
 
 def rotated_path(path: str, n: int) -> str:
@@ -183,7 +184,14 @@ def last_lines(path: str, lines: int) -> List[str]:
     the live file holds fewer (just after a rotation it is empty). A last line still
     without its newline is left out: ``follow`` shows it once it is complete."""
     found = _tail_of_path(path, lines, finished=False)
-    return [_text(b) for b in _with_older(path, found, lines)]
+    pieces = [piece for line in _with_older(path, found, lines) for piece in _pieces(line)]
+    return [_text(b) for b in pieces[-lines:]] if lines > 0 else []
+
+
+def _pieces(line: bytes) -> List[bytes]:
+    """A line in pieces of at most MAX_LINE_BYTES, as ``follow`` shows a long one (and
+    so that every line fits in a message to fleetd)."""
+    return [line[i:i + MAX_LINE_BYTES] for i in range(0, len(line), MAX_LINE_BYTES)] or [line]
 
 
 def _with_older(path: str, found: List[bytes], lines: int) -> List[bytes]:
@@ -212,7 +220,7 @@ def _tail_of(fd: int, end: int, lines: int, finished: bool) -> Tuple[List[bytes]
     grow (a rotated copy), so an unterminated end is a line of its own."""
     lines = max(0, min(lines, TAIL_MAX_LINES))
     data, pos = b"", end
-    while pos > 0 and data.count(b"\n") <= lines:
+    while pos > 0 and data.count(b"\n") <= lines and end - pos < TAIL_MAX_BYTES:
         step = min(READ_CHUNK, pos)
         pos -= step
         data = os.pread(fd, step, pos) + data

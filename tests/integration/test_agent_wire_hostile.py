@@ -269,6 +269,29 @@ def test_log_requests_with_bad_fields_get_an_error_reply(
     assert_agent_answers(state_dir)
 
 
+def test_a_tail_of_one_huge_log_line_comes_in_pieces_under_the_limit(state_dir: str) -> None:
+    """A program that writes 10 MB without a newline: its tail is that line in pieces
+    (as ``follow`` shows it), each reply under protocol.MAX_LINE, and the agent goes on."""
+    with open(os.path.join(state_dir, "logs", f"{MARK}-huge.service.log"), "wb") as f:
+        f.write(b"y" * (10 * 1024 * 1024) + b"\n")
+    a = Attached(state_dir)
+    a.send("tail", id=9, unit=f"{MARK}-huge.service", lines=100)
+    assert a.proc.stdout is not None
+    lines: List[str] = []
+    while True:
+        raw = a.proc.stdout.readline()
+        assert len(raw) <= protocol.MAX_LINE
+        msg = protocol.decode(raw)
+        if msg["type"] == "reply":
+            lines += msg["lines"]
+            if not protocol.more(msg):
+                break
+    assert len(lines) == 100 and all(line == "y" * 65536 for line in lines)
+    a.send("tail", id=10, unit=f"{MARK}.service", lines=1)
+    assert a.read_until(lambda m: m["type"] == "reply")["lines"] == ["line 2"]
+    a.close()
+
+
 def test_a_line_over_the_limit_is_refused_and_the_agent_carries_on(state_dir: str) -> None:
     """The agent reads at most protocol.MAX_LINE of a line: past it, an error naming the
     limit and the connection ends; the agent and its other clients carry on."""
