@@ -16,6 +16,14 @@ fleetd has been silent that long. An agent reports such a unit ``stopped`` with 
 ``fenced:`` error, and keeps it stopped until its next desired set; the session sends
 the set again on that report (a short cut may leave the connection up, with nothing
 new to send).
+
+Every line either way is at most protocol.MAX_LINE. A desired set, a status snapshot or
+a journal reply larger than that travels in parts (protocol.chunks) and is taken once
+whole. A unit whose spec alone is larger (a huge Environment=) is left out of the set
+and reported failed on this machine with why: sent, it would end the session at every
+connect and keep every other unit of the machine from being delivered. What the agent
+reports is checked (names by the one rule, numbers by fleetd.wire.numbers); a report
+that is not one ends the session as nonsense, naming the field, never a bad registry row.
 """
 
 from __future__ import annotations
