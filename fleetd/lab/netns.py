@@ -55,7 +55,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from fleetd.drivers.base import alive
+from fleetd import procfs
 from fleetd.lab import DEFAULT_LAB_DIR, systemd_host
 
 SSHD = "/usr/sbin/sshd"
@@ -361,13 +361,13 @@ class Lab:
         if not guest:
             return None
         pid: int = guest["pid1"]
-        return pid if alive(pid, guest["pid1_start"]) else None
+        return pid if procfs.alive(pid, guest["pid1_start"]) else None
 
     def sshd_pid(self, h: Host) -> Optional[int]:
         if h.systemd:  # the guest's sshd is a child of its PID 1
             pid1 = self.pid1(h)
             for pid in self.pids(h) if pid1 else []:
-                if _ppid(pid) == pid1 and _comm(pid) == "sshd":
+                if procfs.ppid(pid) == pid1 and procfs.comm(pid) == "sshd":
                     return pid
             return None
         return self._pid_in(h, os.path.join(h.dir, "sshd.pid"))
@@ -390,7 +390,7 @@ class Lab:
         except (OSError, ValueError):
             return None
         for mine in self.pids(h):
-            if (_nspid(mine) if guest else mine) == pid:
+            if (procfs.nspid(mine) if guest else mine) == pid:
                 return mine
         return None
 
@@ -467,33 +467,6 @@ class Lab:
             deadline = time.monotonic() + pause
             while time.monotonic() < deadline and self.pids(h):
                 time.sleep(0.02)
-
-
-def _proc_status(pid: int, field: str) -> Optional[str]:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key == field:
-                    return value.strip()
-    except OSError:
-        pass
-    return None
-
-
-def _ppid(pid: int) -> Optional[int]:
-    value = _proc_status(pid, "PPid")
-    return int(value) if value else None
-
-
-def _comm(pid: int) -> Optional[str]:
-    return _proc_status(pid, "Name")
-
-
-def _nspid(pid: int) -> Optional[int]:
-    """The pid in the process's innermost PID namespace (a systemd host's numbering)."""
-    value = _proc_status(pid, "NSpid")
-    return int(value.split()[-1]) if value else None
 
 
 def stop_process(pid: int, timeout: float = 10.0) -> None:

@@ -57,10 +57,10 @@ import time
 import uuid
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+from fleetd import procfs
 from fleetd.bootstrap.bundle import source_root
 from fleetd.cgroups import fs
 from fleetd.cgroups.base import CgroupError
-from fleetd.drivers.base import alive, start_ticks
 
 SUITE = "bookworm"
 VARIANT = "minbase"
@@ -363,7 +363,7 @@ class SystemdHost:
 def request_poweroff(pid1: int, pid1_start: int) -> bool:
     """Ask the host whose PID 1 is (``pid1``, ``pid1_start``) to power off; False if that
     process is gone already (a different process with a reused pid is left alone)."""
-    if not alive(pid1, pid1_start):
+    if not procfs.alive(pid1, pid1_start):
         return False
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid1, signal.SIGRTMIN + 4)
@@ -380,12 +380,12 @@ def poweroff_pid(pid1: int, pid1_start: int, cgroups: Sequence[str],
     began = time.monotonic()
     if request_poweroff(pid1, pid1_start):
         deadline = began + timeout
-        while alive(pid1, pid1_start) and time.monotonic() < deadline:
+        while procfs.alive(pid1, pid1_start) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if alive(pid1, pid1_start):
+        if procfs.alive(pid1, pid1_start):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid1, signal.SIGKILL)  # the whole PID namespace dies with it
-            while alive(pid1, pid1_start) and time.monotonic() < deadline + 10:
+            while procfs.alive(pid1, pid1_start) and time.monotonic() < deadline + 10:
                 time.sleep(0.02)
     for path in cgroups:
         _remove_tree(path)
@@ -440,14 +440,14 @@ def boot(netns: str, name: str, *, root: Optional[str] = None,
         pid1 = _wait_pid1(launcher, workdir)
         host = SystemdHost(name=name, netns=netns, pid1=pid1, dir=workdir, cgroups=cgroups,
                            launcher=launcher, source=bool(source),
-                           pid1_start=start_ticks(pid1))
+                           pid1_start=procfs.start_ticks(pid1))
         host.state = _wait_running(host, began + timeout)
         host.boot_seconds = time.monotonic() - began
         return host
     except BaseException:
         if launcher is not None and launcher.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                for child in _children(launcher.pid):
+                for child in procfs.children(launcher.pid):
                     os.kill(child, signal.SIGKILL)
             launcher.kill()
             launcher.wait(10)
@@ -547,14 +547,6 @@ def _personalise(upper: str, lower: str, name: str,
         os.chmod(path, mode)
 
 
-def _children(pid: int) -> List[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except (OSError, ValueError):
-        return []
-
-
 def _launcher_log(workdir: str) -> str:
     try:
         with open(os.path.join(workdir, "launcher.log"), errors="replace") as f:
@@ -570,7 +562,7 @@ def _wait_pid1(launcher: subprocess.Popen[bytes], workdir: str, timeout: float =
         if launcher.poll() is not None:
             raise SystemdHostError(f"the systemd host's launcher exited {launcher.returncode} "
                                    f"before booting: {_launcher_log(workdir)}")
-        children = _children(launcher.pid)
+        children = procfs.children(launcher.pid)
         if children:
             return children[0]
         time.sleep(0.005)

@@ -1,13 +1,15 @@
 """Waiting in tests: for a condition inside an event loop, for a process to be gone.
 
 Shared by unit and integration tests, so that "alive" means one thing everywhere: a
-zombie is not alive (this machine's PID 1 may reap late).
+zombie is not alive (this machine's PID 1 may reap late); fleetd.procfs says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Callable
+
+from fleetd import procfs
 
 
 async def until(check: Callable[[], object], timeout: float = 3.0) -> None:
@@ -20,8 +22,4 @@ async def until(check: Callable[[], object], timeout: float = 3.0) -> None:
 
 def alive(pid: int) -> bool:
     """The process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    return procfs.alive(pid)

@@ -14,9 +14,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import agentkit
 import pytest
 
+from fleetd import procfs
 from fleetd.client import ApiError, Client
 from fleetd.lab.daemon import agent_command
 from fleetd.lab.netns import Host, Lab
+from fleetd.procfs import cmdline as cmdline  # the command line, arguments joined by spaces
 from fleetd.testing.waiting import alive as alive  # the tests' one meaning of alive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,18 +44,7 @@ def netns_inode(h: Host) -> int:
 
 
 def pid_netns_inode(pid: int) -> Optional[int]:
-    try:
-        return os.stat(f"/proc/{pid}/ns/net").st_ino
-    except FileNotFoundError:
-        return None
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except FileNotFoundError:
-        return ""
+    return procfs.namespace(pid, "net")
 
 
 def reset_host(lab: Lab, h: Host) -> None:
