@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from labkit import Fleet, alive, wait_for
 
 from fleetd import protocol
+from fleetd.agent import specs
 from fleetd.daemon.session import SPEC_MAX, MachineSession
 from fleetd.lab.netns import Lab
 from fleetd.registry.base import MachineRecord, ObservedRecord
@@ -341,6 +342,8 @@ def assert_agent_answers(state_dir: str, pid: Optional[int] = None) -> None:
     answers = exchange(state_dir, [])
     kinds = [m["type"] for m in answers]
     assert kinds[:2] == ["hello", "status"], answers
+    for status in answers[1]["units"]:  # only what it may run: never a refused spec
+        assert specs.check_spec({**status, "want": "running", "driver": "exec"}), status
     tail = [m for m in answers if m["type"] == "reply" and m.get("id") == 424242]
     assert len(tail) == 1 and tail[0]["lines"] == ["line 1", "line 2"], answers
     if pid is not None:
@@ -395,7 +398,7 @@ def test_fuzzed_messages_leave_the_agent_alive_and_correct(state_dir: str) -> No
     a.close()
     pid = agent_pid(state_dir)
 
-    @settings(max_examples=120, deadline=None, derandomize=True,
+    @settings(max_examples=200, deadline=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(st.lists(messages(), min_size=1, max_size=4))
     def one(lines: List[bytes]) -> None:
