@@ -306,3 +306,11 @@ def _on_failure(ctx: UnitContext) -> str:
     if value not in ON_FAILURE:
         ctx.fail(ctx.entry(X, "OnFailure"), f"{value!r} is not one of {', '.join(ON_FAILURE)}")
     return value
+
+
+def acts_on_failing(check: Optional[Dict[str, Any]]) -> bool:
+    """Does a ``failing`` verdict of this check config (``config``'s result; None: no
+    [X-Check]) end the program? OnFailure=restart (the default) does: the agent ends the
+    run and Restart= judges it; OnFailure=none only reports the health. Pure, for both
+    sides: the agent's checker acts on it, fleetd's wait verdicts expect it."""
+    return check is not None and check.get("on_failure") == "restart"
