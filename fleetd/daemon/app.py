@@ -1,7 +1,11 @@
-"""The composition root: registry, engine, machine sessions and the API, wired once.
+"""The composition root: registry, engine, machine sessions, services and the API,
+wired once.
 
 Everything that is not wiring lives elsewhere: decisions in engine/, storage in
-registry/, host conversations in session.py, HTTP in api.py.
+registry/, host conversations in session.py, what a request may do in service/, HTTP in
+http/. The registry and the lease are given (``main.open_daemon`` builds the defaults:
+SQLite and a file lease in the state directory), so a test builds a Daemon on any
+registry, without root.
 """
 
 from __future__ import annotations
@@ -9,27 +13,35 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import signal
 import time
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Protocol
+
+from aiohttp import web
 
 from fleetd import protocol
-from fleetd.bootstrap import machines as bootstrap
 from fleetd.daemon.changes import Changes
 from fleetd.daemon.config import Config
+from fleetd.daemon.http.request import Services
+from fleetd.daemon.http.server import make_app
+from fleetd.daemon.listeners import serve
+from fleetd.daemon.service.machines import Machines
+from fleetd.daemon.service.placement import EngineView
+from fleetd.daemon.service.units import Units
 from fleetd.daemon.session import MachineSession, TransportFactory, silence_window
 from fleetd.engine import liveness
-from fleetd.engine.leadership import FileLease
 from fleetd.engine.loop import Engine
-from fleetd.registry.base import MachineRecord
-from fleetd.registry.sqlite import SqliteRegistry
-from fleetd.transport.base import TransportError
+from fleetd.registry.base import MachineRecord, Registry
 from fleetd.transport.ssh import to_machine
 
 log = logging.getLogger("fleetd")
 
-REMOVE_DRAIN_S = 30.0  # how long machine removal waits for the host to stop its units
+
+class Lease(Protocol):
+    """What makes this fleetd the one engine for its registry (engine/leadership.py):
+    held from before the Daemon is built; released when it stops."""
+
+    def release(self) -> None: ...
 
 
 def dump_tasks() -> None:
@@ -42,22 +54,30 @@ def dump_tasks() -> None:
 
 
 class Daemon:
-    def __init__(self, config: Config, transport_factory: TransportFactory = to_machine):
+    """One fleetd: given its registry and the lease on it, it owns both from here on
+    (``run`` closes the registry and releases the lease when it stops)."""
+
+    def __init__(self, config: Config, registry: Registry, lease: Lease,
+                 transport_factory: TransportFactory = to_machine) -> None:
         self.config = config
-        os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
-        self.lease = FileLease(os.path.join(config.state_dir, "fleetd.lock"))
-        self.lease.acquire()
-        self.registry = SqliteRegistry(os.path.join(config.state_dir, "registry.db"))
+        self.lease = lease
+        self.registry = registry
         self.transport_factory = transport_factory
         self.changes = Changes()
         self.sessions: Dict[str, MachineSession] = {}
-        # machine names and (address, port)s whose agent is being installed right now:
-        # one install at a time each, and none registered twice meanwhile
-        self.installing: Set[object] = set()
         self.engine = Engine(self.registry, self._push, lambda: self.changed(False),
                              heard=self._heard, skew_s=silence_window(config.heartbeat_s))
         self.started_at = time.time()
+        self.units = Units(self.registry, EngineView(self.engine), self.changes,
+                           self.changed, self.sessions)
+        self.machines = Machines(self.registry, self.changes, self.changed, self.sessions,
+                                 self._open_session, self._close_session)
         self._tasks: List[asyncio.Task[None]] = []
+
+    def api(self) -> web.Application:
+        """The HTTP API over this daemon's services (listeners.serve serves it)."""
+        return make_app(Services(self.units, self.machines, self.started_at,
+                                 self.config.idle_timeout_s), self.config.token)
 
     # --- events ------------------------------------------------------------------------
     def changed(self, placement_relevant: bool = True) -> None:
@@ -96,50 +116,10 @@ class Daemon:
         self.sessions[machine.name] = session
         session.start()
 
-    def add_machine(self, machine: MachineRecord) -> None:
-        self.registry.add_machine(machine)
-        self._open_session(machine)
-        self.changed()
-
-    async def remove_machine(self, name: str, purge: bool = False) -> Dict[str, Any]:
-        """Stop the host's units (its desired set becomes empty), then forget it. Where
-        fleetd installed the agent (fleetd.bootstrap), it then stops the agent there -
-        after the session, which would start it again - and with ``purge`` removes what
-        it installed. A host that cannot be reached is forgotten all the same: the answer
-        says what was left there."""
-        machine = self.registry.get_machine(name)
-        session = self.sessions.get(name)
-        if session is not None and session.connected:
-            session.push([])
-            deadline = time.monotonic() + REMOVE_DRAIN_S
-            while time.monotonic() < deadline and any(
-                o.machine == name for o in self.registry.list_observed()
-            ):
-                await self.changes.wait(1.0)
-        left = sorted(o.unit for o in self.registry.list_observed() if o.machine == name)
-        self.registry.remove_machine(name)
+    async def _close_session(self, name: str) -> None:
         session = self.sessions.pop(name, None)
         if session is not None:
             await session.stop()
-        self.changed()
-        result: Dict[str, Any] = {"removed": name}
-        if left:
-            result["units_left"] = left
-        if machine is None or bootstrap.installed_by_fleetd(machine) is None:
-            return result
-        try:
-            removed = await bootstrap.uninstall_from(machine, purge)
-        except TransportError as exc:
-            result["warning"] = (f"the agent on {bootstrap.where(machine)} may still run"
-                                 f"{' and its files remain' if purge else ''}: {exc}")
-            return result
-        except bootstrap.BootstrapError as exc:
-            result["warning"] = str(exc)
-            return result
-        result.update(agent_stopped=removed.stopped, purged=removed.purged)
-        if removed.left_running:
-            result["units_left"] = sorted({*left, *removed.left_running})
-        return result
 
     async def _liveness(self) -> None:
         """Judge every machine by how long its agent has been silent (engine/liveness);
@@ -170,8 +150,6 @@ class Daemon:
 
     # --- life ------------------------------------------------------------------------
     async def run(self, ready: Optional[asyncio.Future[None]] = None) -> None:
-        from fleetd.daemon.listeners import serve
-
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -186,7 +164,7 @@ class Daemon:
         self._tasks.append(asyncio.ensure_future(self.engine.run()))
         self._tasks.append(asyncio.ensure_future(self._liveness()))
         self.engine.wake()
-        runner = await serve(self)
+        runner = await serve(self.api(), self.config)
         log.info("fleetd ready: %d machines, %d units, API on %s%s",
                  len(self.sessions), len(self.registry.list_units()), self.config.socket,
                  f" and {self.config.listen}" if self.config.listen else "")

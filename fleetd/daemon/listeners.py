@@ -5,8 +5,9 @@ port, token or not, so it holds at most ``api.max_connections`` connections: one
 answered 503 at once and closed, and aiohttp never sees it. On both, a
 connection that sends no complete request (idle, or headers sent half) is closed after
 ``api.idle_timeout_s`` (aiohttp's keep-alive timer runs from the connect), a body must
-arrive within as long (api.py), and a handler whose client went away is cancelled, so an
-abandoned long poll or ``journal -f`` ends at once (api.py lets host work finish).
+arrive within as long (http/request.py), and a handler whose client went away is
+cancelled, so an abandoned long poll or ``journal -f`` ends at once (http/server.py lets
+host work finish).
 """
 
 from __future__ import annotations
@@ -14,15 +15,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from typing import TYPE_CHECKING, Callable, Optional, Set
+from typing import Callable, Optional, Set
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from fleetd.daemon.api import make_app
-
-if TYPE_CHECKING:
-    from fleetd.daemon.app import Daemon
+from fleetd.daemon.config import Config
 
 REFUSED_LINGER_S = 1.0  # a refused connection is closed this long after its answer
 
@@ -109,25 +107,26 @@ class BoundedTCPSite(web.BaseSite):
             bounded(server, self._limit), self._host, self._port, backlog=self._backlog)
 
 
-async def serve(d: Daemon) -> web.AppRunner:
-    runner = web.AppRunner(make_app(d), access_log=None, handle_signals=False,
-                           keepalive_timeout=d.config.idle_timeout_s,
+async def serve(app: web.Application, config: Config) -> web.AppRunner:
+    """Serve ``app`` on ``config``'s Unix socket, and on its TCP address if it has one."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           keepalive_timeout=config.idle_timeout_s,
                            handler_cancellation=True)
     await runner.setup()
-    sock_dir = os.path.dirname(d.config.socket)
+    sock_dir = os.path.dirname(config.socket)
     os.makedirs(sock_dir, mode=0o755, exist_ok=True)
-    if os.path.exists(d.config.socket):
-        os.unlink(d.config.socket)  # the lease says no other fleetd owns it
+    if os.path.exists(config.socket):
+        os.unlink(config.socket)  # the lease says no other fleetd owns it
     old = os.umask(0o177)  # the socket is born 0600: no window for other users
     try:
         # a client's connect to a full Unix-socket backlog fails at once (EAGAIN), not
         # waits: aiohttp's 128 refused a third of 500 concurrent submits
-        await web.UnixSite(runner, d.config.socket, backlog=1024).start()
+        await web.UnixSite(runner, config.socket, backlog=1024).start()
     finally:
         os.umask(old)
-    os.chmod(d.config.socket, 0o600)
-    if d.config.listen:
-        host, port = d.config.listen_host_port
-        await BoundedTCPSite(runner, host, port, d.config.max_connections).start()
+    os.chmod(config.socket, 0o600)
+    if config.listen:
+        host, port = config.listen_host_port
+        await BoundedTCPSite(runner, host, port, config.max_connections).start()
     await asyncio.sleep(0)
     return runner

@@ -7,14 +7,34 @@ import logging
 import os
 import sqlite3
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 
 from fleetd import __version__
-from fleetd.daemon.config import ConfigError, load
-from fleetd.engine.leadership import LeaseHeld
+from fleetd.daemon.config import Config, ConfigError, load
+from fleetd.engine.leadership import FileLease, LeaseHeld
 from fleetd.registry.base import RegistryError
+
+if TYPE_CHECKING:
+    from fleetd.daemon.app import Daemon
+
+
+def open_daemon(config: Config) -> Daemon:
+    """The Daemon with fleetd's defaults: the file lease on the state directory (LeaseHeld
+    while another fleetd has it), then the SQLite registry in it."""
+    from fleetd.daemon.app import Daemon
+    from fleetd.registry.sqlite import SqliteRegistry
+
+    os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+    lease = FileLease(os.path.join(config.state_dir, "fleetd.lock"))
+    lease.acquire()
+    try:
+        registry = SqliteRegistry(os.path.join(config.state_dir, "registry.db"))
+    except BaseException:
+        lease.release()
+        raise
+    return Daemon(config, registry, lease)
 
 
 @click.command()
@@ -40,10 +60,8 @@ def cli(config_path: Optional[str], state_dir: Optional[str], socket_path: Optio
         config.state_dir = state_dir
     if socket_path:
         config.socket = socket_path
-    from fleetd.daemon.app import Daemon
-
     async def run() -> None:
-        await Daemon(config).run()
+        await open_daemon(config).run()
 
     try:
         asyncio.run(run())

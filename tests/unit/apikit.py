@@ -1,14 +1,17 @@
-"""fleetd's real API in the test's process: a real Daemon (real SQLite registry, real
-engine) served by aiohttp on a real Unix socket (and TCP if asked), in an event loop on
-a thread of its own, so that tests speak raw HTTP to it from the main thread. Machines
-never connect: their transport says the host is unreachable, and installing an agent
-(``machine add`` without ``--agent-command``) is not tried over SSH."""
+"""fleetd's real API in the test's process: a real Daemon (real engine) served by aiohttp
+on a real Unix socket (and TCP if asked), in an event loop on a thread of its own, so
+that tests speak raw HTTP to it from the main thread. The Daemon is given its registry
+(SQLite in the test's temporary directory) and a lease that guards nothing: no state
+directory of fleetd's, no root. Machines never connect: their transport says the host
+is unreachable, and installing an agent (``machine add`` without ``--agent-command``)
+is not tried over SSH."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -21,6 +24,7 @@ from fleetd.daemon.app import Daemon
 from fleetd.daemon.config import Config
 from fleetd.daemon.listeners import serve
 from fleetd.registry.base import MachineRecord
+from fleetd.registry.sqlite import SqliteRegistry
 from fleetd.transport.base import Channel, TransportError
 
 
@@ -34,6 +38,13 @@ class Unreachable:
         raise TransportError("unreachable", f"{self.machine.name}: a test host, never there")
 
     async def close(self) -> None:
+        pass
+
+
+class NoLease:
+    """The Daemon's lease in a test: one Daemon per temporary registry, nothing to guard."""
+
+    def release(self) -> None:
         pass
 
 
@@ -59,8 +70,9 @@ class Served:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _start(self) -> Daemon:
-        d = Daemon(self.config, transport_factory=Unreachable)
-        self.runner: web.AppRunner = await serve(d)
+        registry = SqliteRegistry(os.path.join(self.config.state_dir, "registry.db"))
+        d = Daemon(self.config, registry, NoLease(), transport_factory=Unreachable)
+        self.runner: web.AppRunner = await serve(d.api(), self.config)
         self.engine = asyncio.ensure_future(d.engine.run())
         return d
 

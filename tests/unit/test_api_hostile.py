@@ -23,7 +23,8 @@ from apikit import Served, connect, exchange, http, post, served
 
 from fleetd.bootstrap import machines as bootstrap
 from fleetd.cli.client import ApiError, Client
-from fleetd.daemon import api
+from fleetd.daemon.http import errors as http_errors
+from fleetd.daemon.service import units as unit_service
 from fleetd.registry.sqlite import SqliteRegistry
 
 UNIT = "[Service]\nExecStart=/bin/sleep 1000\n"
@@ -189,7 +190,7 @@ def test_a_lone_surrogate_in_a_unit_is_refused_and_nothing_is_stored(fleetd: Ser
 
 
 def test_a_unit_over_a_mebibyte_is_refused(fleetd: Served) -> None:
-    big = UNIT + "# " + "x" * api.MAX_UNIT_TEXT + "\n"
+    big = UNIT + "# " + "x" * unit_service.MAX_UNIT_TEXT + "\n"
     status, answer = post(sock(fleetd), "/v1/units",
                           {"units": [{"name": "big.service", "text": big}]})
     refused(answer, status, 413, "big.service: text is", "at most 1 MiB")
@@ -198,7 +199,7 @@ def test_a_unit_over_a_mebibyte_is_refused(fleetd: Served) -> None:
 
 def test_a_request_over_the_body_limit_is_refused(fleetd: Served) -> None:
     """A 50 MB unit was stored; now aiohttp stops reading at MAX_BODY."""
-    big = UNIT + "# " + "x" * (api.MAX_BODY + 1) + "\n"
+    big = UNIT + "# " + "x" * (http_errors.MAX_BODY + 1) + "\n"
     try:
         status, answer = post(sock(fleetd), "/v1/units",
                               {"units": [{"name": "big.service", "text": big}]})

@@ -6,8 +6,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from fleetd.daemon.app import Daemon
 from fleetd.daemon.config import Config
+from fleetd.daemon.main import open_daemon
 from fleetd.daemon.session import MachineSession
 from fleetd.registry.base import MachineRecord
 from fleetd.transport.base import Transport
@@ -19,7 +19,7 @@ def test_a_restarted_fleetd_counts_silence_from_its_start_not_from_the_old_last_
     the agent heard that fleetd until it died. Counting from last_seen would move a
     fenced unit at once, while its agent may still run it."""
     async def scenario() -> None:
-        d = Daemon(Config(state_dir=str(tmp_path / "state"), socket=str(tmp_path / "s")))
+        d = open_daemon(Config(state_dir=str(tmp_path / "state"), socket=str(tmp_path / "s")))
         try:
             hour_ago = time.time() - 3600
             record = MachineRecord("h1", "10.0.0.1", 22, "root", None, None, "agent", {},

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import types
 from typing import Any, Dict, List, Optional, Tuple
 
 import click
@@ -14,7 +13,10 @@ from fleetd import protocol
 from fleetd.cli import units as cli_units
 from fleetd.cli.client import ApiError, Client
 from fleetd.cli.main import cli
-from fleetd.daemon import api
+from fleetd.daemon.changes import Changes
+from fleetd.daemon.service import waits
+from fleetd.daemon.service.placement import Snapshot
+from fleetd.daemon.service.units import Units
 from fleetd.registry.base import INACTIVE, LAUNCHED, LOADED, ObservedRecord, UnitInput
 from fleetd.registry.sqlite import SqliteRegistry
 from fleetd.units.model import content_hash
@@ -205,7 +207,7 @@ def test_a_wait_longer_than_fleetds_longest_is_asked_again(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # fleetd ends any wait after an hour with "timeout"; a longer --timeout asks again
-    assert cli_units._MAX_WAIT_S == api.MAX_WAIT_S
+    assert cli_units._MAX_WAIT_S == waits.MAX_WAIT_S
     fake = FakeApi(FILES, {"db.service": [
         {"reached": False, "timeout": True, "why": "starting on h1"},
         {"reached": True, "why": "running on h1 (pid 7)"}]})
@@ -256,20 +258,19 @@ def report(state: str = protocol.RUNNING, health: str = "unknown", restarts: int
 ])
 def test_healthy_verdict(row: ObservedRecord, check: Optional[Dict[str, Any]],
                          verdict: Optional[bool], why: str) -> None:
-    assert api.healthy_verdict(row, check) == (verdict, why)
+    assert waits.healthy_verdict(row, check) == (verdict, why)
 
 
 WEB = "[Service]\nExecStart=/bin/sleep 100\n[X-Check]\nType=tcp\nPort=80\n"
 PLAIN = "[Service]\nExecStart=/bin/sleep 100\n"
 
 
-def daemon(tmp_path: Any, text: str) -> Tuple[Any, SqliteRegistry]:
+def daemon(tmp_path: Any, text: str) -> Tuple[Units, SqliteRegistry]:
     registry = SqliteRegistry(str(tmp_path / "registry.db"))
     registry.put_units([UnitInput("web@1.service", text, content_hash(text))], LAUNCHED)
     registry.set_placements([("web@1.service", "h2", "test")])
-    engine = types.SimpleNamespace(expected={("web@1.service", "h2"): content_hash(text)},
-                                   global_targets={})
-    return types.SimpleNamespace(registry=registry, engine=engine), registry
+    placement = Snapshot(expect={("web@1.service", "h2"): content_hash(text)})
+    return Units(registry, placement, Changes(), lambda: None, {}), registry
 
 
 def observe(registry: SqliteRegistry, text: str, generation: int, health: str,
@@ -283,17 +284,17 @@ def observe(registry: SqliteRegistry, text: str, generation: int, health: str,
 def test_after_a_restart_only_the_new_generation_counts(tmp_path: Any) -> None:
     d, registry = daemon(tmp_path, WEB)
     observe(registry, WEB, 0, "passing")
-    assert api._wait_verdict(d, "web@1.service", "healthy")[0] is True
+    assert d.verdict("web@1.service", "healthy")[0] is True
     registry.restart(["web@1.service"])
     # the old program's passing report is about the generation before the restart
-    assert api._wait_verdict(d, "web@1.service", "healthy") == (
+    assert d.verdict("web@1.service", "healthy") == (
         None, "placed on h2, not reported there yet")
     observe(registry, WEB, 1, "unknown")
-    assert api._wait_verdict(d, "web@1.service", "healthy") == (
+    assert d.verdict("web@1.service", "healthy") == (
         None, "running on h2 (pid 42), health check not passing yet")
-    assert api._wait_verdict(d, "web@1.service", "running")[0] is True  # running is less
+    assert d.verdict("web@1.service", "running")[0] is True  # running is less
     observe(registry, WEB, 1, "passing")
-    assert api._wait_verdict(d, "web@1.service", "healthy") == (
+    assert d.verdict("web@1.service", "healthy") == (
         True, "healthy on h2 (pid 42, health check passing)")
 
 
@@ -302,8 +303,8 @@ def test_without_a_check_running_is_healthy_and_a_stopped_unit_never_will_be(
 ) -> None:
     d, registry = daemon(tmp_path, PLAIN)
     observe(registry, PLAIN, 0, "unknown")
-    assert api._wait_verdict(d, "web@1.service", "healthy") == (
+    assert d.verdict("web@1.service", "healthy") == (
         True, "healthy on h2 (pid 42, running; no health check)")
     registry.set_desired(["web@1.service"], LOADED)
-    assert api._wait_verdict(d, "web@1.service", "healthy") == (
+    assert d.verdict("web@1.service", "healthy") == (
         False, "no longer launched (desired state loaded)")

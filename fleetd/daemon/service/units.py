@@ -1,0 +1,275 @@
+"""Units: what fleetctl asks of them (submit, desired state, restart, destroy, listings,
+status, logs, waits), against the registry, the engine's placement and the machines'
+sessions. Refusals are domain errors (errors.py); no HTTP here.
+
+Writes are validated whole, stored durably, and only then answered; a refusal leaves
+the registry as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Tuple
+
+from fleetd.daemon import submit
+from fleetd.daemon.changes import Changes
+from fleetd.daemon.failures import reschedule_info
+from fleetd.daemon.service import views, waits
+from fleetd.daemon.service.errors import (
+    AgentRefused,
+    AgentUnreachable,
+    Conflict,
+    Invalid,
+    NotFound,
+    TooLarge,
+    shown,
+)
+from fleetd.daemon.service.placement import Placement, targets
+from fleetd.daemon.session import MachineSession
+from fleetd.registry.base import DESIRED_STATES, INACTIVE, Registry, UnitInput
+from fleetd.transport.base import TransportError
+from fleetd.units.parser import UnitError
+from fleetd.units.validate import validate
+
+MIB = 1024 * 1024
+MAX_UNIT_TEXT = 1 * MIB  # one unit file; a 50 MB "unit" is not a unit
+
+
+class Units:
+    def __init__(self, registry: Registry, placement: Placement, changes: Changes,
+                 changed: Callable[[], None], sessions: Mapping[str, MachineSession]
+                 ) -> None:
+        self.registry = registry
+        self.placement = placement
+        self.changes = changes
+        self._changed = changed  # placements may move: wakes waiters and the engine
+        self.sessions = sessions
+
+    # --- reading ------------------------------------------------------------------------
+    def rows(self) -> List[Dict[str, Any]]:
+        """``list-units``: a row per unit per machine."""
+        return views.unit_rows(self.placement, self.registry.list_units(),
+                               self.registry.list_observed())
+
+    def files(self) -> List[Dict[str, Any]]:
+        """``list-unit-files``: a row per unit."""
+        observed = {(o.unit, o.machine): o for o in self.registry.list_observed()}
+        failures = self.registry.list_failures()
+        now = time.time()
+        return [views.unit_file_row(self.placement, u, observed, failures, now)
+                for u in self.registry.list_units()]
+
+    def file(self, name: str) -> Dict[str, Any]:
+        """One unit's row and its text."""
+        u = self.registry.get_unit(name)
+        if u is None:
+            raise NotFound(f"unit {name} does not exist")
+        observed = {(o.unit, o.machine): o for o in self.registry.list_observed(name)}
+        return {**views.unit_file_row(self.placement, u, observed,
+                                      self.registry.list_failures(name), time.time()),
+                "text": self.registry.unit_text(u.hash)}
+
+    async def status(self, name: str, lines: int) -> Dict[str, Any]:
+        """Everything about one unit: desired state, placement and why, each copy's
+        state, and the last ``lines`` of its log, asked from the agent of the machine it
+        is placed on."""
+        u = self.registry.get_unit(name)
+        if u is None:
+            raise NotFound(f"unit {name} does not exist")
+        expected = self.placement.expected()
+        copies = []
+        for o in self.registry.list_observed(name):
+            row = views.observed_row(o)
+            row["current"] = waits.is_current(u, o, expected)
+            copies.append(row)
+        try:  # the description as systemd would show it: specifiers expanded
+            description = validate(name, self.registry.unit_text(u.hash) or "", u.vars,
+                                   name).description
+        except UnitError as exc:
+            description = f"(invalid: {exc})"
+        result: Dict[str, Any] = {
+            "unit": name, "description": description, "desired": u.desired,
+            "machine": u.machine, "reason": u.reason, "hash": u.hash,
+            "generation": u.generation, "vars": u.vars, "copies": copies, "log": None,
+            "handoff": u.handoff,
+            "reschedule": reschedule_info(u, self.placement.requirements_of(u),
+                                          self.registry.list_failures(name).get(name, ()),
+                                          time.time())}
+        where = targets(self.placement, u)  # a Global unit's log: its first machine's
+        session = self.sessions.get(where[0]) if where else None
+        if lines and session is not None:
+            try:
+                reply = await session.request("tail", unit=name, lines=lines)
+                if "error" in reply:
+                    result["log_error"] = str(reply["error"])
+                else:
+                    result["log"] = [str(x) for x in reply.get("lines", [])]
+            except TransportError as exc:
+                result["log_error"] = str(exc)
+        return result
+
+    def log_of(self, name: str) -> UnitLog:
+        """Where the unit's log is read: the agent of the (first) machine it is placed
+        on. NotFound, or Conflict when it is placed nowhere with a session."""
+        u = self.registry.get_unit(name)
+        if u is None:
+            raise NotFound(f"unit {name} does not exist")
+        where = targets(self.placement, u)  # a Global unit's log: its first machine's
+        session = self.sessions.get(where[0]) if where else None
+        if session is None:
+            raise Conflict(f"unit {name} is not placed on any machine")
+        return UnitLog(name, where[0], session)
+
+    # --- waiting ------------------------------------------------------------------------
+    def verdict(self, name: str, until: str) -> waits.Verdict:
+        """The wait verdict on ``name`` as the registry and the engine say now."""
+        u = self.registry.get_unit(name)
+        copies = self.registry.list_observed(name)
+        where = targets(self.placement, u) if u is not None else []
+        check = self._check_of(u.name, u.hash, u.vars) \
+            if u is not None and waits.needs_check(until, u) else None
+        return waits.wait_verdict(name, until, u, copies, where, self.placement.expected(),
+                                  check)
+
+    async def wait(self, name: str, until: str, timeout: float) -> Dict[str, Any]:
+        """Until the unit reaches ``until`` (or cannot), or ``timeout`` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while True:
+            verdict, why = self.verdict(name, until)
+            if verdict is not None:
+                return {"unit": name, "reached": verdict, "why": why}
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return {"unit": name, "reached": False, "timeout": True, "why": why}
+            await self.changes.wait(left)
+
+    def _check_of(self, name: str, content: str, variables: Dict[str, str]
+                  ) -> waits.Check:
+        """The unit's [X-Check] (None without one), as the unit reads on any machine."""
+        return _check_config(name, self.registry.unit_text(content) or "",
+                             tuple(sorted(variables.items())))
+
+    # --- writing ------------------------------------------------------------------------
+    async def resolve(self, items: List[Dict[str, Any]], desired: Optional[str]
+                      ) -> List[UnitInput]:
+        """A submit's units (``items``: see ``submit_items``), resolved and validated
+        whole (``submit.py``); Invalid lists every invalid unit in ``errors``."""
+        names = [i["name"] for i in items]
+        if len(set(names)) != len(names):
+            raise Invalid("units", "the same unit name is given twice")
+        if desired not in (None, INACTIVE):
+            for name in names:
+                if isinstance(name, str) and "@." in name:
+                    raise Invalid(None, f"{name} is a template; start an instance such as "
+                                        f"{name.replace('@.', '@1.')}")
+        try:  # the registry is read here, on its thread; templates render in a worker
+            return await asyncio.to_thread(submit.check, submit.gather(self.registry, items))
+        except submit.SubmitError as exc:  # its status says which refusal it is
+            if exc.status == 404:
+                raise NotFound(str(exc), errors=exc.errors) from None
+            raise Invalid(None, str(exc), errors=exc.errors) from None
+
+    def store(self, inputs: List[UnitInput], desired: Optional[str], replace: bool
+              ) -> Dict[str, Any]:
+        """Store resolved units all or none (the registry's Conflict: other content
+        exists, and ``replace`` was not asked)."""
+        # None: each unit keeps its desired state (a new one: inactive), as SQLite reads it
+        changed = self.registry.put_units(inputs, desired,  # type: ignore[arg-type]
+                                          replace=replace)
+        self._changed()
+        return {"units": [{"name": u.name, "hash": u.hash} for u in inputs],
+                "changed": changed}
+
+    def set_desired(self, names: List[str], desired: object) -> Dict[str, Any]:
+        if desired not in DESIRED_STATES:
+            raise Invalid("desired", f"{shown(desired)} is not one of "
+                                     f"{', '.join(DESIRED_STATES)}")
+        assert isinstance(desired, str)
+        self.registry.set_desired(names, desired)
+        self._changed()
+        return {"names": names, "desired": desired}
+
+    def restart(self, names: List[str]) -> Dict[str, Any]:
+        for name in names:  # restarting would make it launched, and a template never runs
+            if "@." in name:
+                raise Invalid(None, f"{name} is a template; restart its instances, such "
+                                    f"as '{name.replace('@.', '@*.')}'")
+        self.registry.restart(names)
+        self._changed()
+        return {"restarted": names}
+
+    def destroy(self, names: List[str]) -> Dict[str, Any]:
+        self.registry.delete_units(names)
+        self._changed()
+        return {"destroyed": names}
+
+
+def check_desired(desired: object) -> Optional[str]:
+    """A submit's ``desired``: absent, or one of DESIRED_STATES."""
+    if desired is not None and desired not in DESIRED_STATES:
+        raise Invalid("desired", f"{desired!r} is not one of {', '.join(DESIRED_STATES)}")
+    return desired if isinstance(desired, str) else None
+
+
+def submit_items(items: object) -> List[Dict[str, Any]]:
+    """A submit's ``units``: objects, each with a string ``name`` and texts of at most
+    MAX_UNIT_TEXT bytes (TooLarge past it)."""
+    if not isinstance(items, list) or not items or not all(
+            isinstance(i, dict) and isinstance(i.get("name"), str) for i in items):
+        raise Invalid("units", "want a non-empty list of {name, text?, source?, vars?} "
+                               "with name a string")
+    for item in items:
+        for key in ("text", "template_text"):
+            text = item.get(key)
+            size = len(text.encode()) if isinstance(text, str) else 0
+            if size > MAX_UNIT_TEXT:
+                raise TooLarge(None, f"{item['name'][:80]}: {key} is {size:,} bytes; "
+                                     f"a unit has at most {MAX_UNIT_TEXT // MIB} MiB")
+    return items
+
+
+def check_until(until: str) -> str:
+    if until not in waits.WAIT_UNTIL:
+        raise Invalid("until", f"{until!r} is not one of {', '.join(waits.WAIT_UNTIL)}")
+    return until
+
+
+class UnitLog:
+    """A unit's log on the machine it is placed on, through that machine's session."""
+
+    def __init__(self, unit: str, machine: str, session: MachineSession) -> None:
+        self.unit, self.machine, self._session = unit, machine, session
+
+    async def tail(self, lines: int) -> str:
+        """The last ``lines``, one per line (AgentUnreachable, AgentRefused)."""
+        try:
+            reply = await self._session.request("tail", unit=self.unit, lines=lines)
+        except TransportError as exc:
+            raise AgentUnreachable(str(exc)) from None
+        if "error" in reply:  # the agent's refusal: a bad gateway, not fleetd's fault
+            raise AgentRefused(f"{self.machine}: {reply['error']}")
+        return "".join(f"{line}\n" for line in reply.get("lines", []))
+
+    async def follow(self, lines: int) -> AsyncIterator[str]:
+        """The last ``lines`` and then new lines as the program writes them, until the
+        caller stops or the session drops."""
+        try:
+            async for msg in self._session.stream("follow", "unfollow", unit=self.unit,
+                                                  lines=lines):
+                chunk = "".join(f"{line}\n" for line in msg.get("lines", []))
+                if chunk:
+                    yield chunk
+        except TransportError:
+            return
+
+
+@functools.lru_cache(maxsize=512)
+def _check_config(name: str, text: str, variables: Tuple[Tuple[str, str], ...]
+                  ) -> waits.Check:
+    try:
+        check = validate(name, text, dict(variables), name).config.get("check")
+    except UnitError:
+        return None  # the engine does not place it: waiters learn why from its reason
+    return dict(check) if check else None
