@@ -20,7 +20,15 @@ from aiohttp import web
 from fleetd import __version__
 from fleetd.daemon.http import request as req
 from fleetd.daemon.http import routes_machines, routes_units
-from fleetd.daemon.http.errors import MAX_BODY, Handler, answer_errors, error, route_of
+from fleetd.daemon.http.errors import (
+    MAX_BODY,
+    Handler,
+    Refused,
+    answer_errors,
+    error,
+    route_of,
+)
+from fleetd.daemon.service.errors import ServiceError
 
 log = logging.getLogger("fleetd.api")
 
@@ -65,7 +73,9 @@ def to_the_end(handler: Handler) -> Handler:
 
 
 def _log_failure(route: str, task: asyncio.Future[web.StreamResponse]) -> None:
-    if not task.cancelled() and task.exception() is not None:
+    if task.cancelled() or isinstance(task.exception(), (ServiceError, Refused)):
+        return  # a refusal (an install that failed there): the answer nobody reads
+    if task.exception() is not None:
         log.error("%s failed after its client went away", route, exc_info=task.exception())
 
 
