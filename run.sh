@@ -15,7 +15,7 @@ VENV=$ROOT/.venv
 # host (cached in /var/cache/fleetd-lab); supervisor is the peer bench/restart_latency.py
 # measures against (its daemon is never started by the package: see policy-rc.d below);
 # vagrant (2.3.4, ~7 s without recommends) runs `vagrant validate` on vagrant/Vagrantfile;
-# the scripts fleetd runs on hosts (fleetd/bootstrap/scripts/*.sh) must pass shellcheck.
+# the scripts fleetd runs on hosts (fleetd/{bootstrap,lab}/scripts/*.sh) must pass shellcheck.
 APT_PACKAGES=(openssh-server openssh-client iproute2 python3 python3-venv
               redis-server nginx-light openjdk-17-jdk-headless debootstrap supervisor vagrant
               shellcheck)
@@ -104,8 +104,8 @@ tests() {
   export PATH=$VENV/bin:$PATH
   echo "== ruff";  ruff check fleetd tests bench
   echo "== mypy";  mypy
-  echo "== shellcheck (the scripts fleetd runs on hosts; -x follows their includes)"
-  shellcheck -x fleetd/bootstrap/scripts/*.sh
+  echo "== shellcheck (the scripts fleetd and its lab run on hosts; -x follows includes)"
+  shellcheck -x fleetd/bootstrap/scripts/*.sh fleetd/lab/scripts/*.sh
   echo "== vermin (agent side and the python3 scripts run on hosts: Python 3.9+)"
   vermin -q --no-tips --violations -t=3.9- --eval-annotations --backport typing \
     fleetd/agent fleetd/drivers fleetd/cgroups fleetd/wire fleetd/protocol.py \

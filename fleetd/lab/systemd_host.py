@@ -2,9 +2,10 @@
 
 The systemd driver can only be tested against a real systemd, and the machines this
 project runs on are not booted by systemd. So the lab boots one: a debootstrap'ed
-bookworm (built once, cached outside the repo, never modified), under an overlayfs
-whose writable layer lives in a temp dir per host, with systemd as PID 1 of fresh PID,
-mount, UTS, IPC and cgroup namespaces inside a lab network namespace.
+bookworm (fleetd.lab.rootfs: built once, cached outside the repo, never modified),
+under an overlayfs whose writable layer lives in a temp dir per host, with systemd as
+PID 1 of fresh PID, mount, UTS, IPC and cgroup namespaces inside a lab network
+namespace (scripts/guest-launch.sh, scripts/guest-pid1.sh).
 
 systemd-nspawn is not used on purpose: it mounts the cgroup controllers read-only, so
 MemoryMax=/CPUQuota=/TasksMax= would silently not be enforced. Instead the boot follows
@@ -45,9 +46,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import glob
-import json
+import importlib.resources
 import os
 import shutil
 import signal
@@ -55,23 +55,15 @@ import subprocess
 import tempfile
 import time
 import uuid
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from fleetd import procfs
 from fleetd.bootstrap.bundle import source_root
 from fleetd.cgroups import fs
 from fleetd.cgroups.base import CgroupError
+from fleetd.lab.rootfs import SystemdHostError as SystemdHostError  # re-exported: both
+from fleetd.lab.rootfs import rootfs as rootfs  # raise it; systemd_host.rootfs() builds
 
-SUITE = "bookworm"
-VARIANT = "minbase"
-MIRROR = "http://deb.debian.org/debian"
-MIRROR_VARIABLE = "FLEETD_LAB_MIRROR"  # a closer mirror or a caching proxy
-# ssh and python so that later lab tests can reach the host and run the agent in it
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "procps", "python3", "python3-psutil",
-            "openssh-server")
-CACHE_DIR = "/var/cache/fleetd-lab"
-# Bump when the post-install steps below change: a cached rootfs then rebuilds.
-RECIPE = 1
 # The guest gets every hierarchy this process is in (v1 controllers, the named systemd
 # one, the cgroup2 mount) except cpuset, as in sd-pid1.sh: a new cpuset cgroup refuses
 # processes until cpus/mems are set, and systemd on v1 does not manage cpuset anyway.
@@ -81,114 +73,6 @@ GUEST_SOURCE = "/opt/fleetd"
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _TEMP_PREFIX = "fleetd-sdhost-"
 REPO_ROOT = source_root()  # the fleetd source tree a driver test mounts at GUEST_SOURCE
-
-
-class SystemdHostError(Exception):
-    """The systemd host could not be built or booted; the message says why and what to do."""
-
-
-# --- the cached root file system -------------------------------------------------------
-def _stamp(suite: str, packages: Sequence[str]) -> Dict[str, object]:
-    """What the rootfs is made of; a different stamp means a rebuild (the mirror it came
-    from is recorded too, but a different mirror serves the same packages)."""
-    return {"suite": suite, "variant": VARIANT, "packages": sorted(packages), "recipe": RECIPE}
-
-
-def _read_stamp(root: str) -> Optional[Dict[str, object]]:
-    try:
-        with open(os.path.join(root, ".fleetd-lab.json")) as f:
-            data: Dict[str, object] = json.load(f)
-    except (OSError, ValueError):
-        return None
-    data.pop("mirror", None)
-    return data
-
-
-@contextlib.contextmanager
-def _locked(path: str) -> Iterator[None]:
-    """Two test runs building the same cache wait for each other instead of racing."""
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def rootfs(cache_dir: str = CACHE_DIR, suite: str = SUITE,
-           packages: Sequence[str] = PACKAGES, mirror: Optional[str] = None) -> str:
-    """The cached root file system, built first if it is missing or was built from a
-    different package list, suite or recipe.
-
-    It is built into a temp dir next to the cache and renamed into place only when
-    complete, so an interrupted build never leaves a half rootfs that looks usable.
-    The mirror is ``mirror``, else $FLEETD_LAB_MIRROR, else deb.debian.org."""
-    mirror = mirror or os.environ.get(MIRROR_VARIABLE) or MIRROR
-    name = f"{suite}-systemd"
-    root = os.path.join(cache_dir, name)
-    want = _stamp(suite, packages)
-    if _read_stamp(root) == want:
-        return root
-    if os.geteuid() != 0:
-        raise SystemdHostError("building the systemd host's rootfs needs root (debootstrap)")
-    if shutil.which("debootstrap") is None:
-        raise SystemdHostError("debootstrap not found: apt-get install -y debootstrap "
-                               "(the lab's systemd host is a debootstrap'ed Debian)")
-    os.makedirs(cache_dir, mode=0o755, exist_ok=True)
-    with _locked(os.path.join(cache_dir, f".{name}.lock")):
-        if _read_stamp(root) == want:  # built by another run while we waited
-            return root
-        build = tempfile.mkdtemp(prefix=f".{name}-build-", dir=cache_dir)
-        try:
-            _debootstrap(build, suite, packages, mirror, os.path.join(cache_dir, f"{name}.log"))
-            _prepare(build)
-            with open(os.path.join(build, ".fleetd-lab.json"), "w") as f:
-                json.dump(dict(want, mirror=mirror), f, indent=2)
-            os.chmod(build, 0o755)
-            if os.path.exists(root):
-                old = tempfile.mkdtemp(prefix=f".{name}-old-", dir=cache_dir)
-                os.rename(root, os.path.join(old, "rootfs"))
-                os.rename(build, root)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(build, root)
-        except BaseException:
-            shutil.rmtree(build, ignore_errors=True)
-            raise
-    return root
-
-
-def _debootstrap(target: str, suite: str, packages: Sequence[str], mirror: str,
-                 log_path: str) -> None:
-    argv = ["debootstrap", f"--variant={VARIANT}", f"--include={','.join(packages)}",
-            suite, target, mirror]
-    with open(log_path, "w") as log:
-        log.write(" ".join(argv) + "\n")
-        log.flush()
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log,
-                              stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        with open(log_path, errors="replace") as f:
-            tail = "".join(f.readlines()[-8:]).strip()
-        raise SystemdHostError(
-            f"debootstrap of {suite} from {mirror} failed (exit {proc.returncode}); "
-            f"can this machine reach the mirror? Full log: {log_path}\n{tail}")
-
-
-def _prepare(root: str) -> None:
-    """Make the rootfs a template: nothing per-host may be shared between hosts."""
-    # Each host gets its own host key (made at boot) and machine id; shared ones would
-    # make the hosts indistinguishable to ssh and to journald.
-    etc_ssh = os.path.join(root, "etc", "ssh")
-    for entry in os.listdir(etc_ssh) if os.path.isdir(etc_ssh) else []:
-        if entry.startswith("ssh_host_"):
-            os.unlink(os.path.join(etc_ssh, entry))
-    with open(os.path.join(root, "etc", "machine-id"), "w"):
-        pass
-    archives = os.path.join(root, "var", "cache", "apt", "archives")
-    for entry in os.listdir(archives) if os.path.isdir(archives) else []:
-        if entry.endswith(".deb"):
-            os.unlink(os.path.join(archives, entry))
 
 
 # --- cgroups ------------------------------------------------------------------------------
@@ -244,54 +128,13 @@ def _remove_tree(path: str, timeout: float = 5.0) -> None:
 
 
 # --- the booted host ------------------------------------------------------------------------
-# Runs as PID 1 of the new PID namespace, in the new mount namespace; it follows
-# shared/lab/sd-pid1.sh with an overlay instead of a bind of the rootfs.
-_INNER = r"""
-mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$UPPER,workdir=$WORK" "$R"
-mount -t proc proc "$R/proc"
-# global sysctls must not be touched by the guest (systemd-sysctl would set kernel.pid_max)
-for p in sys sysrq-trigger; do
-  [ -e "$R/proc/$p" ] || continue
-  mount --bind "$R/proc/$p" "$R/proc/$p"; mount -o remount,bind,ro "$R/proc/$p"
-done
-mount -t sysfs -o ro sysfs "$R/sys"
-mount -t tmpfs -o mode=755 cgroup_root "$R/sys/fs/cgroup"
-for c in $CG; do
-  mkdir "$R/sys/fs/cgroup/$c"
-  case $c in
-    systemd) mount -t cgroup -o none,name=systemd cgroup "$R/sys/fs/cgroup/$c" ;;
-    unified) mount -t cgroup2 cgroup2 "$R/sys/fs/cgroup/$c" ;;
-    *)       mount -t cgroup -o "$c" cgroup "$R/sys/fs/cgroup/$c"
-             case $c in *,*) for one in $(echo "$c" | tr , ' '); do
-               ln -s "$c" "$R/sys/fs/cgroup/$one"; done ;; esac ;;
-  esac
-done
-mount -t tmpfs -o mode=755 tmpfs "$R/run"
-mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
-mount -t tmpfs -o mode=755 tmpfs "$R/dev"
-for d in null zero full random urandom tty; do
-  touch "$R/dev/$d"; mount --bind "/dev/$d" "$R/dev/$d"
-done
-touch "$R/dev/console"; mount --bind /dev/null "$R/dev/console"
-mkdir "$R/dev/pts" "$R/dev/shm"
-mount -t devpts -o newinstance,ptmxmode=0666 devpts "$R/dev/pts"
-ln -s pts/ptmx "$R/dev/ptmx"; mount -t tmpfs -o mode=1777 tmpfs "$R/dev/shm"
-if [ -n "$SOURCE" ]; then
-  mkdir -p "$R$GUEST_SOURCE"
-  mount --bind "$SOURCE" "$R$GUEST_SOURCE"; mount -o remount,bind,ro "$R$GUEST_SOURCE"
-fi
-hostname "$HOST_NAME"
-cd "$R"; mkdir -p .oldroot; pivot_root . .oldroot; umount -l /.oldroot; rmdir /.oldroot
-exec env -i container=fleetd-lab /lib/systemd/systemd
-"""
+def _script(name: str) -> str:
+    """A shell script of fleetd/lab/scripts/ (package data, checked by shellcheck)."""
+    return (importlib.resources.files(__package__) / "scripts" / name).read_text(encoding="utf-8")
 
-# Moves itself into every cgroup subtree given as an argument, then enters the lab
-# netns and the new namespaces; unshare --fork makes the inner script PID 1.
-_OUTER = r"""
-for p in "$@"; do echo $$ > "$p/cgroup.procs"; done
-exec nsenter "--net=$NETNS_PATH" unshare --cgroup --pid --fork --mount --uts --ipc \
-  --propagation private /bin/sh -ec "$INNER"
-"""
+
+_INNER = _script("guest-pid1.sh")  # PID 1 of the new namespaces, until it execs systemd
+_OUTER = _script("guest-launch.sh")  # into the cgroups and namespaces, then _INNER
 
 
 @dataclasses.dataclass
