@@ -253,9 +253,16 @@ def replace(text: Any, old: Any, new: Any, count: Any = -1) -> int:
 
 
 def lines_prefixed(text: Any, prefix_len: int) -> int:
-    """Every line of ``text`` with ``prefix_len`` more characters (indent, wordwrap)."""
+    """Every line of ``text`` with ``prefix_len`` more characters (indent)."""
     s = str(text)
     return len(s) + (s.count("\n") + 1) * prefix_len
+
+
+def broken(text: Any, separator: Any) -> int:
+    """``text`` with ``separator`` inserted at most between every two characters
+    (wordwrap's wrapstring)."""
+    n = len(str(text))
+    return n + (n + 1) * size(separator)
 
 
 def expandtabs(text: Any, tabsize: Any) -> int:

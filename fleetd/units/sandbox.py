@@ -43,6 +43,8 @@ class TemplateText(str):
 
 
 class BoundedEnvironment(SandboxedEnvironment):
+    """Jinja's sandbox, reporting every call and arithmetic operator to the budget."""
+
     intercepted_binops = frozenset(["+", "-", "*", "/", "//", "%", "**"])
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
@@ -97,11 +99,12 @@ _METHODS: Dict[str, Estimate] = {
 def _estimate_call(obj: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
     """Refuse a call whose result would be too big before it is made."""
     name = getattr(obj, "__name__", "")
-    wrapped = getattr(obj, "__wrapped__", None)  # the sandbox's own str.format wrapper
-    if name in ("format", "format_map") and isinstance(getattr(wrapped, "__self__", None), str):
+    # the sandbox hands out str.format wrapped (in a function): the string is inside
+    formatted: Any = getattr(getattr(obj, "__wrapped__", None), "__self__", None)
+    if name in ("format", "format_map") and isinstance(formatted, str):
         fields = args[0] if name == "format_map" and args else kwargs
         budget.check_estimate(f".{name}()", budget.str_format(
-            wrapped.__self__, args if name == "format" else (), fields))  # type: ignore[union-attr]
+            formatted, args if name == "format" else (), fields))
         return
     owner = getattr(obj, "__self__", None)
     if isinstance(owner, (str, bytes)) and name == "join":
@@ -127,8 +130,7 @@ _FILTER_ESTIMATES: Dict[str, Estimate] = {
     "center": lambda a, k: budget.size(a[0]) + budget.width("|center",
                                                             _arg(a, k, 1, "width", 80)),
     "indent": lambda a, k: budget.lines_prefixed(a[0], _indent_width(_arg(a, k, 1, "width", 4))),
-    "wordwrap": lambda a, k: budget.lines_prefixed(
-        a[0], budget.size(_arg(a, k, 4, "wrapstring") or "\n") * (len(str(a[0])) + 1)),
+    "wordwrap": lambda a, k: budget.broken(a[0], _arg(a, k, 4, "wrapstring") or "\n"),
     "replace": lambda a, k: budget.replace(str(a[0]), _arg(a, k, 1, "old"),
                                            _arg(a, k, 2, "new"), _arg(a, k, 3, "count", -1)),
     "format": lambda a, k: budget.printf(str(a[0]), k or tuple(a[1:])),
