@@ -4,15 +4,19 @@ UnitError that names the unit, the line and what went past its bound."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import asyncio
+from typing import Any, Dict, List, Optional
 
 import click
 import pytest
 
 from fleetd.cli.units import parse_vars
 from fleetd.daemon import submit
+from fleetd.engine.loop import Engine
+from fleetd.registry.base import LAUNCHED, MachineRecord, UnitInput
 from fleetd.registry.sqlite import SqliteRegistry
 from fleetd.units import budget, render, values
+from fleetd.units.model import content_hash
 from fleetd.units.parser import UnitError
 
 EVIL = "8080\nExecStartPre=/bin/touch /root/owned"
@@ -173,3 +177,38 @@ def test_ordinary_templates_still_render() -> None:
         "[Service]", "ExecStartPre=/bin/echo 0 000   x   a,b",
         "ExecStartPre=/bin/echo 2 001   x   a,b", "ExecStartPre=/bin/echo 4 002   x   a,b",
         "ExecStart=/bin/app 8081 ab"]
+
+
+# -- the engine --
+
+async def _engine_pass(engine: Engine) -> None:
+    engine.reconcile_once()  # in a loop: a pass may arm the engine's timer
+
+
+def test_the_engine_refuses_metadata_with_a_line_and_tries_it_once(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = SqliteRegistry(str(tmp_path / "registry.db"))
+    registry.add_machine(MachineRecord(name="h1", address="10.0.0.1", port=22, user="root",
+                                       identity=None, known_hosts=None,
+                                       agent_command="fleet-agent", metadata={"role": EVIL}))
+    registry.update_machine("h1", state="up", facts={"cpus": 4, "memory_bytes": 1 << 33})
+    pushed: Dict[str, Any] = {}
+    engine = Engine(registry, lambda m, specs: pushed.__setitem__(m, specs), lambda: None)
+    text = "[Service]\nExecStart=/bin/sleep 1000\nEnvironment=ROLE={{ machine.metadata.role }}\n"
+    registry.put_units([UnitInput("a.service", text, content_hash(text))], LAUNCHED)
+    rendered: List[str] = []
+    real = render._render
+
+    def counted(*args: Any) -> str:
+        rendered.append(args[3])
+        return real(*args)
+
+    monkeypatch.setattr(render, "_render", counted)
+    for _ in range(3):
+        asyncio.run(_engine_pass(engine))
+    unit = registry.get_unit("a.service")
+    assert unit is not None and unit.reason.startswith(
+        "cannot render for h1: a.service:3: template for machine h1: "
+        "{{ machine.metadata.role }} has a line break")
+    assert pushed["h1"] == []
+    assert rendered.count(" for machine h1") == 1
