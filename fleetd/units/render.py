@@ -8,6 +8,11 @@ A unit may use ``{{ machine.name }}``, ``{{ machine.address }}``, ``{{ machine.i
 The environment is Jinja's sandbox (a unit file is not trusted code: it cannot reach
 ``__class__``, ``__globals__`` or any Python internals) with StrictUndefined, so a typo
 is an error naming the unit, the line and the name, never an empty string in a command.
+It is also bounded (``fleetd.units.sandbox``, ``fleetd.units.budget``): a render has a
+budget of loop steps, time, size and nesting, and whatever a template does ends in its
+output or a UnitError naming the line, never another exception or a stalled daemon.
+And a value stays a value: every ``{{ expression }}`` must write one line's worth
+(``fleetd.units.values``), so a variable or a machine's metadata cannot add a directive.
 
 Units are validated at submit time before any machine is known: ``probe`` renders with
 the unit and its variables, and stands in for every ``machine.*`` reference with an
