@@ -84,6 +84,8 @@ class MachineSession:
         self._replies: Dict[int, asyncio.Future[Dict[str, Any]]] = {}
         self._streams: Dict[int, asyncio.Queue[Optional[Dict[str, Any]]]] = {}
         self._next_id = 0
+        # units of the set too large to send, as reported here (see _refusal)
+        self._undeliverable: Dict[str, ObservedRecord] = {}
         # a message that comes in parts (protocol.chunks): the items so far, by kind/id
         self._parts: Dict[Tuple[str, int], List[Any]] = {}
         # (unit, state) -> whether the engine must hear of it (a failure, a hand-off)
@@ -107,30 +109,43 @@ class MachineSession:
                                 for u in self._desired)
         if fingerprint == self._sent:
             return
-        deliverable = [u for u in self._desired if self._deliverable(u)]
-        for line in protocol.chunks("desired", "units", deliverable):
+        for line in protocol.chunks("desired", "units", self._deliverable(self._desired)):
             self._channel.write(line)
         self._sent = fingerprint
 
-    def _deliverable(self, spec: Dict[str, Any]) -> bool:
-        """Does ``spec`` fit in a message (protocol.MAX_LINE)? One that does not is
-        left out of the set - it would end the session at every connect, and with it
-        every other unit's delivery - and reported on this machine as failed, with why.
-        The engine then treats it as any unit that failed here."""
+    def _deliverable(self, specs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """``specs`` that fit in a message; each other one is reported (``_refusal``)."""
+        self._undeliverable = {}
+        deliverable = []
+        for spec in specs:
+            refused = self._refusal(spec)
+            if refused is None:
+                deliverable.append(spec)
+            else:
+                self._undeliverable[refused.unit] = refused
+                self.registry.upsert_observed(refused)
+        if self._undeliverable:
+            self.changed(False)
+        return deliverable
+
+    def _refusal(self, spec: Dict[str, Any]) -> Optional[ObservedRecord]:
+        """None if ``spec`` fits in a message (protocol.MAX_LINE); else its report on
+        this machine: failed, with why. Such a spec is left out of the set - sent, it
+        would end the session at every connect, and with it every other unit's
+        delivery. The engine then treats it as any unit that failed here, and the report
+        is kept over the agent's snapshots (the agent never hears of the unit)."""
         size = protocol.item_size(spec)
         if size <= SPEC_MAX:
-            return True
+            return None
         why = (f"not deliverable to machine {self.name}: its rendered spec is {size} "
                f"bytes, over the {SPEC_MAX}-byte limit of a message to the agent "
                "(Environment= or the command lines are too large)")
         log.warning("%s: %s: %s", self.name, spec["name"], why)
-        self.registry.upsert_observed(ObservedRecord(
+        return ObservedRecord(
             unit=str(spec["name"]), machine=self.name, hash=str(spec["hash"]),
             state=protocol.FAILED, pid=None, started_at=None, exit_status=None,
             restarts=0, error=why, updated_at=time.time(),
-            generation=int(spec.get("generation", 0))))
-        self.changed(False)
-        return False
+            generation=int(spec.get("generation", 0)))
 
     async def request(self, kind: str, timeout: float = 5.0, **fields: Any) -> Dict[str, Any]:
         """Ask the agent something (``tail`` of a unit's log, ...) and wait for its reply."""
@@ -223,6 +238,7 @@ class MachineSession:
             self._sent = None
             self._parts.clear()
             self._desired = None  # computed for a connection that is gone
+            self._undeliverable = {}
             log.info("%s: %s", self.name, reason)
             if self.machine.state == "lost":
                 state = "lost"  # lost stays lost until its agent is heard again
@@ -350,6 +366,8 @@ class MachineSession:
             if units is None:
                 return
             rows = [self._observed(u) for u in units]
+            reported = {row.unit for row in rows}
+            rows += [row for name, row in self._undeliverable.items() if name not in reported]
             self.registry.replace_observed(self.name, rows)
             self.changed(True)  # a whole snapshot (after a connect): the engine looks
             return

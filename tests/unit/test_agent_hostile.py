@@ -415,3 +415,28 @@ def test_a_reply_in_parts_is_joined(tmp_path: Path) -> None:
         assert reply["lines"] == lines
 
     run_session(tmp_path, body)
+
+
+def test_a_unit_too_large_to_send_stays_reported_over_the_agents_snapshot(
+        tmp_path: Path) -> None:
+    """The set goes out, minus the unit too large for a message, which is reported
+    failed here; the agent's snapshot (which never knew it) does not erase that."""
+    small = good_spec(name="small.service")
+    huge = good_spec(name="huge.service")
+    huge["config"] = {**huge["config"], "environment": {"BIG": "x" * protocol.MAX_LINE}}
+
+    async def body(session: MachineSession, registry: SqliteRegistry,
+                   channel: FakeChannel) -> None:
+        session.push([small, huge])
+        sent = [m for m in channel.written if m["type"] == "desired"]
+        assert [[u["name"] for u in m["units"]] for m in sent] == [["small.service"]]
+        channel.incoming.put_nowait(protocol.encode("status", units=[protocol.unit_status(
+            "small.service", small["hash"], protocol.RUNNING, pid=42)]))
+        await _until(lambda: len(registry.list_observed()) == 2)
+        await asyncio.sleep(0.05)
+        rows = {o.unit: o for o in registry.list_observed()}
+        assert rows["small.service"].state == protocol.RUNNING
+        assert rows["huge.service"].state == protocol.FAILED
+        assert "not deliverable to machine h1" in (rows["huge.service"].error or "")
+
+    run_session(tmp_path, body)
