@@ -242,6 +242,7 @@ _FAILED = _Failures()
 
 def _remembered(text: str, context: Dict[str, Any], source: str, where: str,
                 inputs: Tuple[Any, ...]) -> str:
+    """``_render``, unless the same render failed before: then its error again."""
     key = _FAILED.key(text, source, where, *inputs)
     failed = _FAILED.get(key)
     if failed is not None:
@@ -249,7 +250,9 @@ def _remembered(text: str, context: Dict[str, Any], source: str, where: str,
     try:
         return _render(text, context, source, where)
     except UnitError as exc:
-        _FAILED.add(key, exc)
+        # a copy never raised: the original's traceback and context would keep the
+        # failed render's frames (and the values in them) alive in the cache
+        _FAILED.add(key, UnitError(exc.source, exc.line, exc.message))
         raise
 
 
