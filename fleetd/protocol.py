@@ -72,6 +72,9 @@ WANT_STOPPED = "stopped"
 # goes in several messages (``chunks``); one unit spec larger than a message is not
 # deliverable (fleetd reports it so, and sends the rest of the set).
 MAX_LINE = 4 * 1024 * 1024
+# A unit's error as reported: it may quote what the unit set (a 3 MiB PATH= in "command
+# not found"), and a report over MAX_LINE would end the session at every connect.
+ERROR_MAX = 4096
 
 
 class ProtocolError(Exception):
@@ -151,7 +154,8 @@ def unit_status(
         "started_at": started_at,
         "exit_status": exit_status,
         "restarts": restarts,
-        "error": error,
+        "error": error if error is None or len(error) <= ERROR_MAX
+        else error[:ERROR_MAX - 3] + "...",
     }
 
 

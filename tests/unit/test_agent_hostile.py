@@ -440,3 +440,15 @@ def test_a_unit_too_large_to_send_stays_reported_over_the_agents_snapshot(
         assert "not deliverable to machine h1" in (rows["huge.service"].error or "")
 
     run_session(tmp_path, body)
+
+
+def test_a_units_error_is_reported_bounded() -> None:
+    """An error may quote the unit's own settings (PATH= in "command not found"): a
+    report stays far under the message limit however large they are."""
+    status = protocol.unit_status("a.service", "ab", protocol.FAILED,
+                                  error="x: not found in PATH=" + "/p:" * 10 ** 6)
+    assert len(status["error"]) == protocol.ERROR_MAX
+    assert status["error"].startswith("x: not found in PATH=/p:")
+    assert status["error"].endswith("...")
+    assert protocol.unit_status("a.service", "ab", protocol.FAILED, error="short")[
+        "error"] == "short"
