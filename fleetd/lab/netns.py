@@ -43,48 +43,21 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import dataclasses
 import json
 import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from fleetd import procfs
-from fleetd.lab import DEFAULT_LAB_DIR, systemd_host
-
-SSHD = "/usr/sbin/sshd"
-AGENT_STATE_MOUNT = "/var/lib/fleet-agent"
-
-
-class LabError(Exception):
-    """Something the user has to fix before the lab can run; the message says what."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Host:
-    name: str  # h1, h2, ...
-    netns: str
-    address: str
-    dir: str
-    systemd: bool = False  # a booted rootfs of its own, with systemd as PID 1
-    without_psutil: bool = False  # a systemd host whose python3 has no psutil
-
-    @property
-    def state_dir(self) -> str:
-        return os.path.join(self.dir, "agent")
-
-
-def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise LabError(f"{' '.join(argv)}: {proc.stderr.strip() or f'exit {proc.returncode}'}")
-    return proc
+from fleetd.lab import DEFAULT_LAB_DIR, sshd, systemd_host
+from fleetd.lab.host import AGENT_STATE_MOUNT, run
+from fleetd.lab.host import Host as Host  # re-exported: the lab's users know them from here
+from fleetd.lab.host import LabError as LabError
+from fleetd.lab.sshd import SSHD
 
 
 class Lab:
@@ -186,7 +159,7 @@ class Lab:
         if self._load():
             raise LabError(f"a lab is already up in {self.dir} "
                            "(fleetctl lab status; fleetctl lab down)")
-        if _run("ip", "link", "show", self.bridge, check=False).returncode == 0:
+        if run("ip", "link", "show", self.bridge, check=False).returncode == 0:
             raise LabError(f"bridge {self.bridge} exists already: another lab with prefix "
                            f"{self.prefix!r}? (fleetctl lab down, or --prefix)")
         root = self._rootfs() if systemd else ""  # built once (~40 s), then cached
@@ -198,11 +171,11 @@ class Lab:
                    guests={})
         try:
             if not os.path.exists(self.identity):
-                _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleet-lab",
+                run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleet-lab",
                      "-f", self.identity)
-            _run("ip", "link", "add", self.bridge, "type", "bridge")
-            _run("ip", "addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
-            _run("ip", "link", "set", self.bridge, "up")
+            run("ip", "link", "add", self.bridge, "type", "bridge")
+            run("ip", "addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
+            run("ip", "link", "set", self.bridge, "up")
             os.makedirs(AGENT_STATE_MOUNT, exist_ok=True)  # the mount point in each host
             hosts = self.hosts()
             known = []
@@ -218,10 +191,10 @@ class Lab:
                     f.write(f"127.0.0.1 localhost\n::1 localhost ip6-localhost\n{names}")
             for h in hosts:
                 if not h.systemd:
-                    self._start_sshd(h)
+                    sshd.start(h)
             self._boot_all([h for h in hosts if h.systemd], root)
             for h in hosts:
-                self._wait_sshd(h)
+                sshd.wait(h)
         except BaseException:
             self.down()
             raise
@@ -235,21 +208,21 @@ class Lab:
             raise LabError(f"the systemd hosts' root file system: {exc}") from None
 
     def _make_host(self, h: Host) -> str:
-        _run("ip", "netns", "add", h.netns)
+        run("ip", "netns", "add", h.netns)
         veth = f"{h.netns}-br"
-        _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0",
+        run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0",
              "netns", h.netns)
-        _run("ip", "link", "set", veth, "master", self.bridge, "up")
-        _run("ip", "-n", h.netns, "addr", "add", f"{h.address}/24", "dev", "eth0")
-        _run("ip", "-n", h.netns, "link", "set", "eth0", "up")
-        _run("ip", "-n", h.netns, "link", "set", "lo", "up")
-        _run("ip", "-n", h.netns, "route", "add", "default", "via", f"{self.subnet}.1")
+        run("ip", "link", "set", veth, "master", self.bridge, "up")
+        run("ip", "-n", h.netns, "addr", "add", f"{h.address}/24", "dev", "eth0")
+        run("ip", "-n", h.netns, "link", "set", "eth0", "up")
+        run("ip", "-n", h.netns, "link", "set", "lo", "up")
+        run("ip", "-n", h.netns, "route", "add", "default", "via", f"{self.subnet}.1")
         shutil.rmtree(h.dir, ignore_errors=True)
         etc_ssh = os.path.join(h.dir, "etc-ssh")
         os.makedirs(etc_ssh, mode=0o755)
         os.chmod(h.dir, 0o755)
         key = os.path.join(etc_ssh, "ssh_host_ed25519_key")
-        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", h.name, "-f", key)
+        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", h.name, "-f", key)
         if not h.systemd:  # a systemd host gets its ssh files in its overlay (_boot_all)
             os.makedirs(os.path.join(etc_ssh, "authorized_keys"), mode=0o755)
             os.makedirs(os.path.join(h.dir, "root"), mode=0o700)
@@ -258,7 +231,7 @@ class Lab:
                         os.path.join(etc_ssh, "authorized_keys", "root"))
             os.chmod(os.path.join(etc_ssh, "authorized_keys", "root"), 0o600)
             with open(os.path.join(etc_ssh, "sshd_config"), "w") as f:
-                f.write(_SSHD_CONFIG.format(address=h.address))
+                f.write(sshd.config(h.address))
         with open(key + ".pub") as f:
             algo, blob = f.read().split()[:2]
         return f"{h.address} {algo} {blob}\n"
@@ -288,7 +261,7 @@ class Lab:
             systemd_host.HOST_KEY: (key, 0o600),
             systemd_host.HOST_KEY + ".pub": (pub, 0o644),
             "/root/.ssh/authorized_keys": (authorized, 0o600),
-            "/etc/ssh/sshd_config.d/fleet-lab.conf": (_GUEST_SSHD_CONFIG, 0o644),
+            "/etc/ssh/sshd_config.d/fleet-lab.conf": (sshd.GUEST_CONFIG, 0o644),
             "/etc/hosts": (etc_hosts, 0o644),
         }
         try:
@@ -318,41 +291,9 @@ class Lab:
         guests[name] = dict(guests.get(name, {}), **fields)
         self._save(guests=guests)
 
-    def _start_sshd(self, h: Host) -> None:
-        script = (
-            f"hostname {h.name} && "
-            "mount -t tmpfs -o mode=755 tmpfs /run && mkdir -m 755 /run/sshd && "
-            f"mount --bind {h.dir}/etc-ssh /etc/ssh && "
-            f"mount --bind {h.dir}/root /root && "
-            f"mount --bind {h.dir}/hosts /etc/hosts && "
-            f"mount --bind {h.state_dir} {AGENT_STATE_MOUNT} && "
-            f"echo $$ > {h.dir}/sshd.pid && "
-            f"exec {SSHD} -D -e -f /etc/ssh/sshd_config"
-        )
-        with open(os.path.join(h.dir, "sshd.log"), "ab") as log:
-            # setsid -f: sshd is nobody's child here, so nothing waits to reap it
-            subprocess.run(
-                ["setsid", "-f", "nsenter", f"--net=/run/netns/{h.netns}", "unshare",
-                 "--mount", "--uts", "--propagation", "private", "sh", "-c", script],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, check=True,
-            )
-
-    def _wait_sshd(self, h: Host, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:  # the bridge routes the machine to every host's address
-                socket.create_connection((h.address, 22), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.01)
-        with open(os.path.join(h.dir, "sshd.log"), errors="replace") as f:
-            tail = f.read()[-1000:]
-        raise LabError(f"sshd of {h.name} did not listen on {h.address}:22 within "
-                       f"{timeout:.0f}s: {tail}")
-
     # --- status ----------------------------------------------------------------------------
     def pids(self, h: Host) -> List[int]:
-        out = _run("ip", "netns", "pids", h.netns, check=False)
+        out = run("ip", "netns", "pids", h.netns, check=False)
         return [int(p) for p in out.stdout.split()] if out.returncode == 0 else []
 
     def pid1(self, h: Host) -> Optional[int]:
@@ -395,7 +336,7 @@ class Lab:
         return None
 
     def status(self) -> List[Dict[str, Any]]:
-        existing = set(_run("ip", "netns", "list", check=False).stdout.split())
+        existing = set(run("ip", "netns", "list", check=False).stdout.split())
         rows = []
         for h in self.hosts():
             rows.append({"host": h.name, "address": h.address, "netns": h.netns,
@@ -415,7 +356,7 @@ class Lab:
             stop_process(fleetd_pid)
         # Every namespace of this prefix, not just lab.json's count: a crashed run may have
         # left hosts behind without a record of them.
-        existing = set(_run("ip", "netns", "list", check=False).stdout.split())
+        existing = set(run("ip", "netns", "list", check=False).stdout.split())
         numbers = set(range(1, int(saved.get("hosts", 0)) + 1))
         numbers |= {int(n[len(self.prefix) + 2:]) for n in existing
                     if re.fullmatch(rf"{self.prefix}-h\d+", n)}
@@ -424,12 +365,12 @@ class Lab:
             h = self.host(i, saved)
             if h.netns in existing:
                 self._kill_all(h)
-                _run("ip", "netns", "del", h.netns, check=False)
-            _run("ip", "link", "del", f"{h.netns}-br", check=False)
+                run("ip", "netns", "del", h.netns, check=False)
+            run("ip", "link", "del", f"{h.netns}-br", check=False)
             if h.systemd or not saved:  # a crashed run's guest, found by its cgroups
                 with contextlib.suppress(systemd_host.SystemdHostError):
                     systemd_host.sweep(h.netns)
-        _run("ip", "link", "del", self.bridge, check=False)
+        run("ip", "link", "del", self.bridge, check=False)
         shutil.rmtree(os.path.join(self.dir, "hosts"), ignore_errors=True)
         shutil.rmtree(self.fleetd_dir, ignore_errors=True)
         for name in ("lab.json", "known_hosts", "fleetd.log"):
@@ -489,33 +430,3 @@ def stop_process(pid: int, timeout: float = 10.0) -> None:
         time.sleep(0.02)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-
-
-_SSHD_CONFIG = """\
-# fleet lab host: key-only root login, on this host's own address and loopback
-Port 22
-ListenAddress {address}
-ListenAddress 127.0.0.1
-HostKey /etc/ssh/ssh_host_ed25519_key
-AuthorizedKeysFile /etc/ssh/authorized_keys/%u
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-UseDNS no
-PidFile /run/sshd.pid
-MaxStartups 100:30:200
-# as Debian's own sshd_config: fleetd's bootstrap pushes the agent over SFTP
-Subsystem sftp internal-sftp
-"""
-
-# A systemd host's sshd is the rootfs's own (Debian's sshd_config, ssh.service); the lab
-# adds only this drop-in. Its one host key is the one in known_hosts: no others exist.
-_GUEST_SSHD_CONFIG = """# fleet lab: key-only root login; the host key the lab's known_hosts lists
-HostKey /etc/ssh/ssh_host_ed25519_key
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UseDNS no
-MaxStartups 100:30:200
-"""
