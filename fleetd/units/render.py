@@ -206,7 +206,7 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, jinja2.UndefinedError):
         return str(exc.message)
     if isinstance(exc, RecursionError):
-        return "nested too deep (a macro that calls itself?)"
+        return "nested too deep (a value within itself, or calls, too many levels)"
     if isinstance(exc, MemoryError):
         return "ran out of memory"
     return str(exc)
