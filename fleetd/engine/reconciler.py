@@ -54,14 +54,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from fleetd.engine.scheduler import (
-    Cluster,
-    Group,
-    Host,
-    metadata_matches,
-    metadata_text,
-    relations,
-)
+from fleetd.engine.capacity import Host
+from fleetd.engine.cluster import Cluster, Group
+from fleetd.engine.constraints import relations, static_mismatch
 from fleetd.engine.views import MachineView, UnitView
 from fleetd.registry.base import INACTIVE, LAUNCHED
 from fleetd.units.xfleet import Reschedule
@@ -199,7 +194,7 @@ class _Pass:
         failed = u.failed
         assert failed is not None
         policy = u.req.reschedule
-        window = [f for f in u.failures if f.at > self.now - policy.interval_s]
+        window = policy.counted(u.failures, self.now)
         earlier = [f for f in window if f.at < failed.at]
         used = len(earlier)
         what = f"failed on {failed.machine}: {failed.reason}"
@@ -222,13 +217,10 @@ class _Pass:
 
     def must_leave(self, u: UnitView, host: Host) -> Optional[str]:
         req = u.req
-        if req.machine_id and not host.machine_id.startswith(req.machine_id):
-            return f"{host.name} is not MachineID={req.machine_id}"
-        if not metadata_matches(host.metadata, req.metadata):
-            return f"{host.name} no longer matches MachineMetadata={metadata_text(req.metadata)}"
-        missing = [c for c in req.capabilities if c not in host.capabilities]
-        if missing and host.up:  # a down machine's facts may be stale: leave it be
-            return f"{host.name} no longer has {', '.join(missing)}"
+        mismatch = static_mismatch(host.machine_id, host.metadata, host.capabilities, req)
+        # a down machine's capabilities may be stale: a unit does not leave for them
+        if mismatch is not None and (host.up or mismatch.rule != "capabilities"):
+            return mismatch.departure(host.name)
         for t in req.machine_of:
             if self.where.get(t) is not host:
                 return f"{t} is not on {host.name}"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, TypeVar
 
 from fleetd.units.context import UnitContext
 from fleetd.units.timespan import format_timespan
@@ -41,6 +41,16 @@ MIN_FENCE_S = 3.0  # three default heartbeats
 DRIVERS = ("exec", "java", "systemd")
 GLOB_CHARS = "*?["  # fnmatch's; never in a unit name (fleetd.wire.names), so never ambiguous
 MAX_RESCHEDULE_ATTEMPTS = 10000  # in one RescheduleIntervalSec=; more is "infinity"
+
+
+class Dated(Protocol):
+    """A failure as the reschedule policy counts it: when it happened."""
+
+    @property
+    def at(self) -> float: ...
+
+
+Failed = TypeVar("Failed", bound=Dated)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +73,17 @@ class Reschedule:
     def interval(self) -> str:
         """RescheduleIntervalSec= as a person writes it: ``1h``, ``10min``, ``90s``."""
         return format_timespan(self.interval_s)
+
+    def counted(self, failures: Sequence[Failed], now: float) -> List[Failed]:
+        """The failures (of the current content) this policy counts at ``now``: those
+        within its interval, in the order given. The one place attempts are counted:
+        the reconciler decides on it and ``fleetctl`` shows it."""
+        return [f for f in failures if f.at > now - self.interval_s]
+
+    def used(self, failures: Sequence[Dated], now: float) -> int:
+        """Reschedule attempts spent at ``now`` (at most the limit): what users see."""
+        window = len(self.counted(failures, now))
+        return window if self.attempts is None else min(window, self.attempts)
 
 
 @dataclasses.dataclass(frozen=True)

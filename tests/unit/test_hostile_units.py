@@ -253,7 +253,7 @@ def test_a_unit_that_breaks_scheduling_alone_is_set_aside(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
     """Whatever a unit holds that no rule foresaw: here the scheduler fails on it."""
-    from fleetd.engine import scheduler
+    from fleetd.engine import cluster as scheduler
 
     registry, engine, pushed = _engine(tmp_path)
     _store(registry, "odd.service", SERVICE + "CPUQuota=20%\n")
