@@ -26,6 +26,7 @@ INACTIVE = "inactive"  # known, not placed
 LOADED = "loaded"  # placed, not running
 LAUNCHED = "launched"  # placed and running
 DESIRED_STATES = (INACTIVE, LOADED, LAUNCHED)
+FAILURES_KEPT = 100  # per unit, the newest: more than any reschedule policy counts
 
 
 class RegistryError(Exception):
@@ -156,7 +157,7 @@ class Registry(Protocol):
 
     def list_failures(self, unit: Optional[str] = None) -> Dict[str, List[FailureRecord]]:
         """Each unit's recorded failures (or one unit's), oldest first (the newest
-        hundred per unit)."""
+        ``FAILURES_KEPT`` per unit)."""
 
     # --- machines --------------------------------------------------------------
     def add_machine(self, machine: MachineRecord) -> None: ...

@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from fleetd.registry.base import (
     DESIRED_STATES,
+    FAILURES_KEPT,
     INACTIVE,
     Conflict,
     FailureRecord,
@@ -101,7 +102,6 @@ _MIGRATIONS = [
     " at REAL NOT NULL, reason TEXT NOT NULL);"
     "CREATE INDEX failures_by_unit ON failures(unit, at);",
 ]
-FAILURES_KEPT = 100  # per unit: more than any reschedule policy counts
 _UNIT_SELECT = ("SELECT name, hash, desired, machine, reason, updated_at, vars, generation,"
                 " placed_at, handoff FROM units")
 _MACHINE_FIELDS = ("machine_id", "facts", "state", "error", "last_seen", "draining",

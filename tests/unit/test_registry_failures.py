@@ -1,79 +1,17 @@
-"""fleetd.registry.sqlite: placements over time, hand-offs, failures, drains, schema v3."""
+"""fleetd.registry.sqlite: a version 2 file is migrated to schema 3 in place.
+
+What every registry does with placements, hand-offs, failures and drains is in
+test_registry_contract.py."""
 
 from __future__ import annotations
 
 import sqlite3
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from fleetd.registry.base import LAUNCHED, FailureRecord, MachineRecord, UnitInput
-from fleetd.registry.sqlite import FAILURES_KEPT, SCHEMA_VERSION, SqliteRegistry
-from fleetd.units.model import content_hash
+from fleetd.registry.base import FailureRecord
+from fleetd.registry.sqlite import SCHEMA_VERSION, SqliteRegistry
 
 TEXT = "[Service]\nExecStart=/bin/a\n"
-
-
-@pytest.fixture
-def reg(tmp_path: Path) -> Iterator[SqliteRegistry]:
-    registry = SqliteRegistry(str(tmp_path / "registry.db"))
-    registry.put_units([UnitInput("a.service", TEXT, content_hash(TEXT))], LAUNCHED)
-    yield registry
-    registry.close()
-
-
-def test_placed_at_moves_only_with_the_machine(reg: SqliteRegistry) -> None:
-    reg.set_placements([("a.service", "h1", "first")])
-    first = reg.get_unit("a.service")
-    assert first is not None and first.placed_at is not None
-    time.sleep(0.01)
-    reg.set_placements([("a.service", "h1", "same machine, new words")])
-    again = reg.get_unit("a.service")
-    assert again is not None and again.placed_at == first.placed_at
-    reg.set_placements([("a.service", "h2", "moved")])
-    moved = reg.get_unit("a.service")
-    assert moved is not None and moved.placed_at is not None
-    assert moved.placed_at > first.placed_at
-
-
-def test_handoff_and_retry_land_with_the_placement(reg: SqliteRegistry) -> None:
-    reg.set_placements([("a.service", "h2", "draining h1")], handoffs={"a.service": "h1"})
-    u = reg.get_unit("a.service")
-    assert u is not None and (u.machine, u.handoff, u.generation) == ("h2", "h1", 0)
-    reg.set_placements([("a.service", "h2", "failed; again")], handoffs={"a.service": None},
-                       retry=["a.service"])
-    u = reg.get_unit("a.service")
-    assert u is not None and (u.handoff, u.generation) == (None, 1)
-
-
-def test_failures_are_kept_per_unit_and_a_users_restart_forgets_them(
-        reg: SqliteRegistry) -> None:
-    for i in range(FAILURES_KEPT + 5):
-        reg.record_failure(FailureRecord("a.service", "h", f"m{i % 3}", float(i), "boom"))
-    kept = reg.list_failures()["a.service"]
-    assert len(kept) == FAILURES_KEPT and kept[0].at == 5.0 and kept[-1].at == FAILURES_KEPT + 4
-    reg.set_placements([], retry=["a.service"])  # the engine's retry keeps them
-    assert len(reg.list_failures()["a.service"]) == FAILURES_KEPT
-    reg.restart(["a.service"])
-    assert reg.list_failures() == {}
-
-
-def test_destroy_forgets_failures(reg: SqliteRegistry) -> None:
-    reg.record_failure(FailureRecord("a.service", "h", "m1", 1.0, "boom"))
-    reg.delete_units(["a.service"])
-    assert reg.list_failures() == {}
-
-
-def test_drain_fields(reg: SqliteRegistry) -> None:
-    reg.add_machine(MachineRecord("h1", "10.0.0.1", 22, "root", None, None, "agent", {}))
-    reg.update_machine("h1", draining=100.0, drain_deadline=160.0)
-    m = reg.get_machine("h1")
-    assert m is not None and (m.draining, m.drain_deadline) == (100.0, 160.0)
-    reg.update_machine("h1", draining=None, drain_deadline=None)
-    m = reg.get_machine("h1")
-    assert m is not None and m.draining is None
 
 
 V2 = """
@@ -117,11 +55,3 @@ def test_a_version_2_registry_is_migrated_in_place(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     raw.close()
-
-
-def test_failures_of_one_unit(reg: SqliteRegistry) -> None:
-    reg.record_failure(FailureRecord("a.service", "h", "m1", 1.0, "boom"))
-    reg.record_failure(FailureRecord("b.service", "h", "m1", 2.0, "bang"))
-    assert list(reg.list_failures("b.service")) == ["b.service"]
-    assert reg.list_failures("c.service") == {}
-    assert set(reg.list_failures()) == {"a.service", "b.service"}
