@@ -1,10 +1,10 @@
 """fleetd's real API in the test's process: a real Daemon (real engine) served by aiohttp
 on a real Unix socket (and TCP if asked), in an event loop on a thread of its own, so
 that tests speak raw HTTP to it from the main thread. The Daemon is given its registry
-(SQLite in the test's temporary directory) and a lease that guards nothing: no state
-directory of fleetd's, no root. Machines never connect: their transport says the host
-is unreachable, and installing an agent (``machine add`` without ``--agent-command``)
-is not tried over SSH."""
+(SQLite in the test's temporary directory, or any other: ``served(registry=...)``) and
+a lease that guards nothing: no state directory of fleetd's, no root. Machines never
+connect: their transport says the host is unreachable, and installing an agent
+(``machine add`` without ``--agent-command``) is not tried over SSH."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from fleetd.bootstrap import machines as bootstrap
 from fleetd.daemon.app import Daemon
 from fleetd.daemon.config import Config
 from fleetd.daemon.listeners import serve
-from fleetd.registry.base import MachineRecord
+from fleetd.registry.base import MachineRecord, Registry
 from fleetd.registry.sqlite import SqliteRegistry
 from fleetd.transport.base import Channel, TransportError
 
@@ -55,8 +55,9 @@ async def no_ssh(machine: MachineRecord, *args: Any, **kwargs: Any) -> Any:
 class Served:
     """A Daemon and its API on a loop thread; ``call`` runs a coroutine there."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, registry: Optional[Registry] = None) -> None:
         self.config = config
+        self.registry = registry
         self.patches = pytest.MonkeyPatch()
         self.patches.setattr(bootstrap, "install_on", no_ssh)
         self.patches.setattr(bootstrap, "uninstall_from", no_ssh)
@@ -70,7 +71,8 @@ class Served:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _start(self) -> Daemon:
-        registry = SqliteRegistry(os.path.join(self.config.state_dir, "registry.db"))
+        registry = self.registry or SqliteRegistry(
+            os.path.join(self.config.state_dir, "registry.db"))
         d = Daemon(self.config, registry, NoLease(), transport_factory=Unreachable)
         self.runner: web.AppRunner = await serve(d.api(), self.config)
         self.engine = asyncio.ensure_future(d.engine.run())
@@ -93,9 +95,10 @@ class Served:
 
 
 @contextlib.contextmanager
-def served(tmp_path: Any, **config: Any) -> Iterator[Served]:
+def served(tmp_path: Any, registry: Optional[Registry] = None, **config: Any
+           ) -> Iterator[Served]:
     s = Served(Config(state_dir=str(tmp_path / "state"), socket=str(tmp_path / "api.sock"),
-                      **config))
+                      **config), registry)
     try:
         yield s
     finally:
