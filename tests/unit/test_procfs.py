@@ -13,8 +13,11 @@ from fleetd.testing.waiting import alive
 
 
 def test_a_running_child_is_read_whole() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    script = "import time; print('up', flush=True); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
     try:
+        assert child.stdout is not None
+        child.stdout.readline()  # past its exec: its command line is its own
         assert procfs.alive(child.pid) and alive(child.pid)
         ticks = procfs.start_ticks(child.pid)
         assert ticks > 0 and procfs.alive(child.pid, ticks)
@@ -22,7 +25,7 @@ def test_a_running_child_is_read_whole() -> None:
         assert procfs.ppid(child.pid) == os.getpid()
         assert child.pid in procfs.children(os.getpid())
         assert procfs.comm(child.pid) == os.path.basename(sys.executable)[:15]
-        assert procfs.cmdline(child.pid) == f"{sys.executable} -c import time; time.sleep(30)"
+        assert procfs.cmdline(child.pid) == f"{sys.executable} -c {script}"
         assert procfs.nspid(child.pid) == child.pid  # no PID namespace of its own
         assert procfs.namespace(child.pid) == procfs.namespace(os.getpid()) is not None
         assert procfs.namespace(child.pid, "mnt") == procfs.namespace(os.getpid(), "mnt")
