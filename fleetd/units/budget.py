@@ -57,6 +57,11 @@ class Refused(Exception):
     """The template went past its budget; the message says which bound."""
 
 
+class TookTooLong(Refused):
+    """The wall-clock bound: unlike the others it depends on how busy the machine was,
+    so a render refused by it is not remembered as failed."""
+
+
 def _mib(n: int) -> str:
     return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n} characters"
 
@@ -79,7 +84,7 @@ class Budget:
 
     def check_time(self) -> None:
         if time.monotonic() > self.deadline:
-            raise Refused(f"took longer than {MAX_SECONDS:g} s")
+            raise TookTooLong(f"took longer than {MAX_SECONDS:g} s")
 
     def spend(self, n: int) -> None:
         self.spent += n

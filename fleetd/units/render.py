@@ -174,6 +174,8 @@ def _render(text: str, context: Dict[str, Any], source: str, where: str) -> str:
     with budget.running():
         try:
             return _collected(template.generate(context))
+        except budget.TookTooLong as exc:
+            raise _TookTooLong(source, _line_of(exc), f"template{where}: {exc}") from None
         except _FAILURES as exc:
             raise UnitError(source, _line_of(exc), f"template{where}: {_why(exc)}") from None
 
@@ -210,6 +212,11 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return "ran out of memory"
     return str(exc)
+
+
+class _TookTooLong(UnitError):
+    """A render stopped by the clock, not by what the template does: tried again next
+    time (the machine may have been busy), never remembered."""
 
 
 class _Failures:
@@ -249,6 +256,8 @@ def _remembered(text: str, context: Dict[str, Any], source: str, where: str,
         raise UnitError(failed.source, failed.line, failed.message)
     try:
         return _render(text, context, source, where)
+    except _TookTooLong:
+        raise
     except UnitError as exc:
         # a copy never raised: the original's traceback and context would keep the
         # failed render's frames (and the values in them) alive in the cache

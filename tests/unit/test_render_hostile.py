@@ -212,3 +212,13 @@ def test_the_engine_refuses_metadata_with_a_line_and_tries_it_once(
         "{{ machine.metadata.role }} has a line break")
     assert pushed["h1"] == []
     assert rendered.count(" for machine h1") == 1
+
+
+def test_a_render_stopped_by_the_clock_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The time bound depends on how busy the machine was: a template it stopped once
+    (under load) renders when resubmitted, unlike one refused by a step or size bound."""
+    text = "{% for i in range(3) %}{{ i }}{% endfor %} clocked"
+    monkeypatch.setattr(budget, "MAX_SECONDS", -1.0)  # every render is past its deadline
+    assert "took longer than" in refusal(text).message
+    monkeypatch.setattr(budget, "MAX_SECONDS", 2.0)
+    assert probe(text, {}) == "012 clocked"
