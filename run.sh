@@ -109,7 +109,7 @@ tests() {
   echo "== vermin (agent side and the python3 scripts run on hosts: Python 3.9+)"
   vermin -q --no-tips --violations -t=3.9- --eval-annotations --backport typing \
     fleetd/agent fleetd/drivers fleetd/cgroups fleetd/wire fleetd/protocol.py \
-    fleetd/units/execline.py fleetd/bootstrap/scripts
+    fleetd/bootstrap/scripts
   echo "== pytest"
   pytest "$@"
 }

@@ -52,7 +52,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from fleetd.drivers.base import DriverError
 from fleetd.drivers.exec import resolve
-from fleetd.units import execline
+from fleetd.wire import execline
 
 log = logging.getLogger("fleet-agent")
 

@@ -3,8 +3,8 @@
 The payload is a zip, built in memory, extracted on the host by the host's own python3:
 
   fleetd/...            the agent-side modules only (AGENT_SIDE: the agent, drivers,
-                        cgroups, protocol, and the one units module the exec driver
-                        uses); stdlib + psutil, Python 3.9+
+                        cgroups, wire and protocol, whole directories); stdlib + psutil,
+                        Python 3.9+
   bin/fleet-agent       the launcher: the host's python3 in its #! line, run isolated
                         (-I: no PYTHONPATH, no user site), puts its version directory
                         and lib/ first on sys.path and runs fleetd.agent.main
@@ -39,8 +39,7 @@ SUFFIX_VARIABLE = "FLEETD_AGENT_VERSION_SUFFIX"
 WHEELHOUSE_VARIABLE = "FLEETD_WHEELHOUSE"
 # relative to the directory holding the fleetd package; directories: every .py below
 AGENT_SIDE = ("fleetd/__init__.py", "fleetd/protocol.py", "fleetd/wire/", "fleetd/agent/",
-              "fleetd/drivers/", "fleetd/cgroups/", "fleetd/units/__init__.py",
-              "fleetd/units/execline.py")
+              "fleetd/drivers/", "fleetd/cgroups/")
 # the modules the host's python must import from the unpacked payload before it is used
 VERIFY_MODULES = ("fleetd.agent.main", "fleetd.agent.attach", "fleetd.agent.daemon",
                   "fleetd.agent.supervisor", "fleetd.agent.facts", "fleetd.drivers.exec",

@@ -37,7 +37,7 @@ import psutil
 from fleetd.cgroups import Backend, CgroupError, Limits, LimitsUnsupported, UnitCgroup
 from fleetd.drivers import envfile, identity
 from fleetd.drivers.base import DriverError, Handle, StartContext, alive, start_ticks
-from fleetd.units import execline
+from fleetd.wire import execline
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INVOCATION_VAR = "FLEET_INVOCATION_ID"

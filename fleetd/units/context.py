@@ -15,9 +15,9 @@ import math
 import re
 from typing import Dict, List, NoReturn, Optional, Sequence
 
-from fleetd.units import execline
 from fleetd.units.parser import Entry, UnitError, UnitFile
 from fleetd.units.timespan import TimespanError, parse_timespan
+from fleetd.wire import execline
 from fleetd.wire.numbers import NumberError, parse_float, parse_int
 
 # fleet's old spellings, still accepted so that fleet users' units load unchanged

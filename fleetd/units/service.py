@@ -12,9 +12,9 @@ import re
 import signal
 from typing import Any, Dict, List, Optional, Tuple
 
-from fleetd.units import execline
 from fleetd.units.context import UnitContext
 from fleetd.units.parser import Entry
+from fleetd.wire import execline
 from fleetd.wire.numbers import NumberError, parse_float, parse_int
 
 SERVICE_TYPES = ("simple", "exec", "oneshot")

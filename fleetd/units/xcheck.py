@@ -45,9 +45,9 @@ import ipaddress
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from fleetd.units import execline
 from fleetd.units.context import UnitContext, later
 from fleetd.units.parser import Entry, UnitError
+from fleetd.wire import execline
 
 X = "X-Check"
 KNOWN = ("Type", "URL", "ExpectStatus", "Address", "Port", "Command", "Interval", "Timeout",

@@ -184,7 +184,7 @@ def test_the_payload_holds_the_agent_side_and_runs_alone(tmp_path: Path) -> None
     names = set(z.namelist())
     assert {"VERSION", "bin/fleet-agent", "fleetd/__init__.py", "fleetd/protocol.py",
             "fleetd/agent/main.py", "fleetd/drivers/systemd.py", "fleetd/cgroups/v2.py",
-            "fleetd/units/execline.py"} <= names
+            "fleetd/wire/execline.py"} <= names
     for daemon_side in ("fleetd/daemon/", "fleetd/engine/", "fleetd/cli/", "fleetd/bootstrap/",
                         "fleetd/units/parser.py", "fleetd/lab/"):
         assert not any(n.startswith(daemon_side) for n in names), daemon_side

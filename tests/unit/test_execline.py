@@ -1,10 +1,10 @@
-"""fleetd.units.execline: ExecStart= splitting and $VAR expansion, as systemd does it."""
+"""fleetd.wire.execline: ExecStart= splitting and $VAR expansion, as systemd does it."""
 
 from __future__ import annotations
 
 import pytest
 
-from fleetd.units.execline import Command, CommandLineError, argv, expand, split, split_words
+from fleetd.wire.execline import Command, CommandLineError, argv, expand, split, split_words
 
 # --- split: words, quotes, escapes -------------------------------------------------
 
