@@ -1,16 +1,22 @@
 """The engine loop: wake on events, reconcile, apply placements, hand out desired sets.
 
-All decisions are the pure reconciler's; this layer only reads the registry, writes the
-placements it planned and gives every machine session its host's desired set (the
-session sends it only if it changed). Wakes coalesce: a burst of submits costs one pass.
+A pass reads the registry once (units, machines, observed state, failures), decides
+everything from those records (``Engine.decide``: the pure reconciler's placements with
+their reasons, where Global units run, the failures to record, each machine's desired
+set, when to wake), then writes the decisions, publishes an immutable ``Snapshot`` for
+the API, and gives every machine session its host's desired set (the session sends it
+only if it changed). Wakes coalesce: a burst of submits costs one pass.
 
-It also turns agents' reports into the reconciler's facts: a unit reported ``failed``
+Decisions turn agents' reports into the reconciler's facts: a unit reported ``failed``
 for the content and generation fleetd wants on its machine is a failure, recorded once
 per placement (so the reschedule policy can count it after a restart of fleetd); a unit
 running (and passing its check, if it has one) where it is placed is ``ready``, which
 is what a drain's hand-off waits for: its old copy then leaves the old host's set, and
 the reconciler sends the next unit once that copy's row is gone. When the reconciler
 says a decision is due later (a reschedule delay, a fence), the loop sets a timer.
+
+Unit files are read through one cache (fleetd.units.compiled), shared with the API:
+each (name, content, variables) is probed once and rendered once per machine.
 
 One unit never stops the fleet: whatever its stored content holds (a unit stored by an
 older fleetd whose rules were looser, or a bug its content alone sets off), an error in
@@ -22,26 +28,33 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 from typing import (
     Any,
     Callable,
     Dict,
+    FrozenSet,
     List,
     Mapping,
     Optional,
     Sequence,
     Set,
     Tuple,
-    TypeVar,
     Union,
 )
 
 from fleetd import protocol
 from fleetd.engine import reconciler
-from fleetd.engine.scheduler import global_placements
+from fleetd.engine.facts import (
+    PlacementRow,
+    applied,
+    failed_here,
+    machine_context,
+    machine_view,
+    recorded,
+)
+from fleetd.engine.snapshot import Snapshot
 from fleetd.engine.views import Failure, MachineView, UnitView
 from fleetd.registry.base import (
     LAUNCHED,
@@ -52,28 +65,45 @@ from fleetd.registry.base import (
     Registry,
     UnitRecord,
 )
-from fleetd.units import render
-from fleetd.units.model import Unit, load, parse_name
+from fleetd.units.compiled import CompiledUnits, ContentKey, Invalid, RenderKey, content_key
+from fleetd.units.compiled import error_text as _error
+from fleetd.units.model import Unit
 from fleetd.units.parser import UnitError
-from fleetd.units.validate import validate
 from fleetd.units.xfleet import Requirements
 from fleetd.wire import names
-from fleetd.wire.numbers import NumberError, json_float, json_int
+
+__all__ = ["Decision", "Engine", "Snapshot", "machine_view"]
 
 log = logging.getLogger("fleetd.engine")
 
 PushFn = Callable[[str, List[Dict[str, Any]]], None]
 HeardFn = Callable[[str], Optional[float]]  # machine -> when its agent was last heard
-CacheKey = Tuple[str, str, str, str]  # name, content hash, vars, machine (rendered units)
-Number = TypeVar("Number", int, float)
-ContentKey = Tuple[str, str, str]  # name, content hash, vars: a unit as stored
-MAX_CPUS = 1_000_000.0  # what a machine's facts may claim; more is an agent's bug
-MAX_MEMORY = 1 << 62
+Observed = Mapping[Tuple[str, str], ObservedRecord]
+
+
+@dataclasses.dataclass
+class Decision:
+    """Everything one pass decided, before anything is written."""
+
+    failures: List[FailureRecord]  # new failures to record
+    placements: List[PlacementRow]  # unreadable units and the reconciler's tasks
+    reasons: List[PlacementRow]  # units that cannot be rendered where they are placed
+    handoffs: Dict[str, Optional[str]]
+    retry: List[str]
+    tasks: List[reconciler.Place]
+    units: List[UnitRecord]  # the units as they are once the placements are written
+    sets: Dict[str, List[Dict[str, Any]]]  # machine -> its desired set
+    snapshot: Snapshot
+    wake_at: Optional[float]
+    probed: Set[ContentKey]  # every unit's content as stored
+    rendered: Set[RenderKey]  # the rendered units the sets use
+    moved: bool  # expectations changed: waiters compare reports against the new ones
 
 
 class Engine:
     def __init__(self, registry: Registry, push: PushFn, changed: Callable[[], None],
-                 heard: Optional[HeardFn] = None, skew_s: float = 2.0) -> None:
+                 heard: Optional[HeardFn] = None, skew_s: float = 2.0,
+                 units: Optional[CompiledUnits] = None) -> None:
         self.registry = registry
         self.push = push
         self.changed = changed
@@ -81,27 +111,37 @@ class Engine:
         # how much later than fleetd's silence the agent's may begin (a one-way cut
         # leaves it hearing pings until the session gives up): fencing waits this longer
         self.skew_s = skew_s
+        self.units = units if units is not None else CompiledUnits()  # shared with the API
         self._wake = asyncio.Event()
         self._timer: Optional[asyncio.TimerHandle] = None
-        self.watching: Set[str] = set()  # units in a hand-off: their reports matter
-        # units in a hand-off whose new copy is ready: their old copy leaves its host's set
-        self._handed_over: Set[str] = set()
-        self._units: Dict[CacheKey, Unit] = {}  # parsed, validated, rendered
-        # (unit, machine) -> hash of the rendered content last handed to that machine:
-        # what "current" means for an agent's report
-        self.expected: Dict[Tuple[str, str], str] = {}
-        self.global_targets: Dict[str, List[str]] = {}  # Global unit -> its machines
-        self._requirements: Dict[ContentKey, Requirements] = {}
-        # units that cannot be scheduled, and why (invalid content, or content that
-        # broke a pass): they wait unplaced until their content or variables change
-        self._invalid: Dict[ContentKey, str] = {}
+        # units whose content broke a pass, and why: they wait unplaced until their
+        # content or variables change
+        self._set_aside: Dict[ContentKey, str] = {}
+        self._snapshot = Snapshot()
 
     def wake(self) -> None:
         self._wake.set()
 
+    def snapshot(self) -> Snapshot:
+        """The last pass's decisions, immutable: what the API reads."""
+        return self._snapshot
+
+    # the last pass's decisions under their old names, until every reader takes snapshot()
+    @property
+    def expected(self) -> Mapping[Tuple[str, str], str]:
+        return self._snapshot.hashes
+
+    @property
+    def global_targets(self) -> Mapping[str, Sequence[str]]:
+        return self._snapshot.globals
+
+    @property
+    def watching(self) -> FrozenSet[str]:
+        return self._snapshot.watching
+
     def requirements_of(self, u: UnitRecord) -> Optional[Requirements]:
         """The unit's [X-Fleet] as the last pass read it (None: not read yet, or invalid)."""
-        return self._requirements.get((u.name, u.hash, _vars_key(u)))
+        return self._snapshot.requirements_of(u)
 
     async def run(self) -> None:
         while True:
@@ -112,48 +152,71 @@ class Engine:
             except Exception:
                 log.exception("engine pass failed; retrying on the next event")
 
+    # --- a pass: read, decide, write, push ------------------------------------------------
+
     def reconcile_once(self, now: Optional[float] = None) -> None:
         now = time.time() if now is None else now
-        units = self._placeable()
+        units = [u for u in self.registry.list_units() if not names.is_template(u.name)]
         machines = self.registry.list_machines()
-        machine_views = [self.machine_view(m, now) for m in machines]
         observed = {(o.unit, o.machine): o for o in self.registry.list_observed()}
-        failures = self._record_failures(units, machines, observed, now)
-        unit_views = self._unit_views(units, machines, observed, failures)
-        outcome = self._reconcile(unit_views, machine_views, now)
-        if outcome is None:  # some units broke the pass: they are set aside now
-            units = self._placeable()
-            unit_views = self._unit_views(units, machines, observed, failures)
-            outcome = reconciler.reconcile(unit_views, machine_views, now)
-        tasks = outcome.tasks
-        if tasks:
-            for t in tasks:
-                log.info("%s -> %s%s: %s", t.unit, t.machine or "(unplaced)",
-                         f" (handing over from {t.handoff})" if t.handoff else "", t.reason)
-            self.registry.set_placements([(t.unit, t.machine, t.reason) for t in tasks],
-                                         handoffs={t.unit: t.handoff for t in tasks},
-                                         retry=[t.unit for t in tasks if t.retry])
-            units = self._placeable()
-            unit_views = self._unit_views(units, machines, observed, failures)
-            self.changed()
-        deadlines = [m.drain_deadline for m in machines
-                     if m.draining is not None and m.drain_deadline and m.drain_deadline > now]
-        self._arm(min([*deadlines, *([outcome.wake_at] if outcome.wake_at else [])],
-                      default=None), now)
-        self.watching = {u.name for u in units if u.handoff}
-        self.global_targets = global_placements(unit_views, machine_views)
-        sets = self.desired_sets(units, machines)
-        for machine, specs in sets.items():
+        d = self.decide(units, machines, observed, self.registry.list_failures(), now)
+        for f in d.failures:
+            log.warning("%s failed on %s: %s", f.unit, f.machine, f.reason)
+            self.registry.record_failure(f)
+        for t in d.tasks:
+            log.info("%s -> %s%s: %s", t.unit, t.machine or "(unplaced)",
+                     f" (handing over from {t.handoff})" if t.handoff else "", t.reason)
+        if d.placements or d.reasons:
+            self.registry.set_placements([*d.placements, *d.reasons], handoffs=d.handoffs,
+                                         retry=d.retry)
+        self._snapshot = d.snapshot
+        self.units.retain(d.probed, d.rendered)
+        if d.tasks or d.reasons or d.moved:
+            self.changed()  # waiters compare reports against the new placements
+        self._arm(d.wake_at, now)
+        for machine, specs in d.sets.items():
             self.push(machine, specs)
 
-    def _placeable(self) -> List[UnitRecord]:
-        """Every unit but templates, which are never placed or run themselves."""
-        return [u for u in self.registry.list_units() if not names.is_template(u.name)]
+    def decide(self, units: List[UnitRecord], machines: List[MachineRecord],
+               observed: Observed, failures: Dict[str, List[FailureRecord]], now: float
+               ) -> Decision:
+        """What a pass does with these records; writes nothing (units that break the
+        reconciler are remembered, so that the next pass need not find them again)."""
+        views = [self.machine_view(m, now) for m in machines]
+        new = self._new_failures(units, machines, observed, failures, now)
+        failures = recorded(failures, new)
+        unit_views, unreadable, requirements = self._unit_views(units, machines, observed,
+                                                                 failures)
+        keys = {u.name: content_key(u.name, u.hash, u.vars) for u in units}
+        outcome = self._reconcile(unit_views, views, now, keys)
+        if outcome is None:  # some units broke the pass: they are set aside now
+            unit_views, unreadable, requirements = self._unit_views(units, machines, observed,
+                                                                     failures)
+            outcome = reconciler.reconcile(unit_views, views, now)
+        tasks = outcome.tasks
+        placements = [*unreadable, *((t.unit, t.machine, t.reason) for t in tasks)]
+        units = applied(units, placements, [(t.unit, t.handoff, t.retry) for t in tasks], now)
+        by_name = {m.name: m for m in machines}
+        handed_over = {u.name for u in units if u.handoff and u.machine in by_name
+                       and self._ready(u, by_name[u.machine], observed.get((u.name, u.machine)))}
+        sets, hashes, reasons, rendered = self._desired_sets(units, machines, outcome.globals,
+                                                             handed_over)
+        deadlines = [m.drain_deadline for m in machines
+                     if m.draining is not None and m.drain_deadline and m.drain_deadline > now]
+        wake_at = min([*deadlines, *([outcome.wake_at] if outcome.wake_at else [])],
+                      default=None)
+        snapshot = Snapshot.of(hashes, outcome.globals, requirements,
+                               frozenset(u.name for u in units if u.handoff), now)
+        return Decision(
+            failures=new, placements=placements, reasons=reasons,
+            handoffs={t.unit: t.handoff for t in tasks}, retry=[t.unit for t in tasks if t.retry],
+            tasks=tasks, units=units, sets=sets, snapshot=snapshot, wake_at=wake_at,
+            probed=set(keys.values()), rendered=rendered, moved=hashes != self._snapshot.hashes)
 
-    def _reconcile(self, views: List[UnitView], machines: List[MachineView], now: float
-                   ) -> Optional[reconciler.Outcome]:
+    def _reconcile(self, views: List[UnitView], machines: List[MachineView], now: float,
+                   keys: Mapping[str, ContentKey]) -> Optional[reconciler.Outcome]:
         """The reconciler's outcome; None if it failed and the units that make it fail
-        were found and set aside (``_invalid``), so that the pass can run without them.
+        were found and set aside (``_set_aside``), so that the pass can run without them.
 
         The reconciler sees all units at once, so an error there names no unit: each is
         tried alone, and those that fail alone are the ones to blame. If none does (an
@@ -166,10 +229,8 @@ class Engine:
             if not culprits:
                 raise
             log.exception("engine pass failed for %s; setting it aside", " ".join(culprits))
-        for key in list(self._requirements):
-            if key[0] in culprits:
-                self._invalid[key] = f"cannot be scheduled: {culprits[key[0]]}"
-                del self._requirements[key]
+        for name, why in culprits.items():
+            self._set_aside[keys[name]] = f"cannot be scheduled: {why}"
         return None
 
     @staticmethod
@@ -200,15 +261,15 @@ class Engine:
         overdue = m.drain_deadline is not None and now >= m.drain_deadline
         return dataclasses.replace(view, silent_s=silent, drain_overdue=overdue)
 
-    def _record_failures(self, units: List[UnitRecord], machines: List[MachineRecord],
-                         observed: Mapping[Tuple[str, str], ObservedRecord],
-                         now: float) -> Dict[str, List[FailureRecord]]:
+    # --- deciding ----------------------------------------------------------------------
+
+    def _new_failures(self, units: List[UnitRecord], machines: List[MachineRecord],
+                      observed: Observed, recorded: Mapping[str, List[FailureRecord]],
+                      now: float) -> List[FailureRecord]:
         """A unit reported failed where it is placed, for the content and generation
-        fleetd wants there, since it was placed there: one failure, recorded once.
-        Returns every unit's failures."""
+        fleetd wants there, since it was placed there: one failure, recorded once."""
         by_name = {m.name: m for m in machines}
-        recorded = self.registry.list_failures()
-        new = False
+        new = []
         for u in units:
             if u.desired != LAUNCHED or u.machine is None or u.machine not in by_name:
                 continue
@@ -217,79 +278,58 @@ class Engine:
                 continue
             if o.hash != self._hash_on(u, by_name[u.machine]):
                 continue
-            if _failed_here(u, recorded.get(u.name, ())) is not None:
+            if failed_here(u, recorded.get(u.name, ())) is not None:
                 continue  # this placement's failure is on record already
             why = o.error or f"exit status {o.exit_status}"
-            log.warning("%s failed on %s: %s", u.name, u.machine, why)
-            self.registry.record_failure(FailureRecord(u.name, u.hash, u.machine, now, why))
-            new = True
-        return self.registry.list_failures() if new else recorded
+            new.append(FailureRecord(u.name, u.hash, u.machine, now, why))
+        return new
 
     def _hash_on(self, u: UnitRecord, machine: MachineRecord) -> Optional[str]:
-        expected = self.expected.get((u.name, machine.name))
+        expected = self._snapshot.hashes.get((u.name, machine.name))
         if expected is not None:
             return expected
         rendered = self._render(u, machine)
         return None if isinstance(rendered, str) else rendered[0].hash
 
     def _unit_views(self, units: List[UnitRecord], machines: List[MachineRecord],
-                    observed: Mapping[Tuple[str, str], ObservedRecord],
-                    failures: Mapping[str, List[FailureRecord]]) -> List[UnitView]:
-        """What the scheduler needs of each unit; requirements come from the unit as it
-        reads before any machine is chosen (render.probe), so [X-Fleet] never depends
-        on the machine it would pick."""
+                    observed: Observed, failures: Mapping[str, List[FailureRecord]]
+                    ) -> Tuple[List[UnitView], List[PlacementRow],
+                               Dict[ContentKey, Requirements]]:
+        """What the scheduler needs of each readable unit; the unreadable ones, unplaced
+        with their reason; and every readable unit's requirements. Requirements come
+        from the unit as it reads before any machine is chosen (render.probe), so
+        [X-Fleet] never depends on the machine it would pick."""
         by_name = {m.name: m for m in machines}
+        keys = {content_key(u.name, u.hash, u.vars) for u in units}
+        for stale in set(self._set_aside) - keys:
+            del self._set_aside[stale]
         views = []
-        self._handed_over = set()
-        keys = {(u.name, u.hash, _vars_key(u)) for u in units}
-        for stale in set(self._requirements) - keys:
-            del self._requirements[stale]
-        for stale in set(self._invalid) - keys:
-            del self._invalid[stale]
-        invalid: List[Tuple[str, Optional[str], str]] = []
+        unreadable: List[PlacementRow] = []
+        requirements: Dict[ContentKey, Requirements] = {}
         for u in units:
-            key = (u.name, u.hash, _vars_key(u))
-            req = self._requirements.get(key)
-            if req is None and key not in self._invalid:
-                read = self._read_requirements(u)
-                if isinstance(read, str):
-                    self._invalid[key] = read
+            key = content_key(u.name, u.hash, u.vars)
+            why = self._set_aside.get(key)
+            if why is None:
+                probed = self.units.probed(u.name, u.hash, u.vars, self.registry.unit_text)
+                if isinstance(probed, Invalid):
+                    why = probed.why
                 else:
-                    req = self._requirements[key] = read
-            if req is None:
-                why = self._invalid[key]
+                    requirements[key] = probed.requirements
+            if why is not None:
                 if u.machine is not None or u.reason != why:
-                    invalid.append((u.name, None, why))
+                    unreadable.append((u.name, None, why))
                 continue
             mine = tuple(Failure(f.machine, f.at, f.reason) for f in failures.get(u.name, ())
                          if f.hash == u.hash)
-            here = _failed_here(u, failures.get(u.name, ()))
-            failed = Failure(here.machine, here.at, here.reason) if here else None
-            ready = False
+            here = failed_here(u, failures.get(u.name, ()))
             machine = by_name.get(u.machine or "")
-            if u.handoff and machine is not None:
-                ready = self._ready(u, machine, observed.get((u.name, machine.name)))
-            if ready:
-                self._handed_over.add(u.name)
-            views.append(UnitView(u.name, u.desired, u.machine, u.reason, req, mine, failed,
-                                  u.handoff, ready,
+            ready = bool(u.handoff) and machine is not None and self._ready(
+                u, machine, observed.get((u.name, machine.name)))
+            views.append(UnitView(u.name, u.desired, u.machine, u.reason, requirements[key],
+                                  mine, Failure(here.machine, here.at, here.reason)
+                                  if here else None, u.handoff, ready,
                                   old_running=(u.name, u.handoff or "") in observed))
-        if invalid:
-            self.registry.set_placements(invalid)
-        return views
-
-    def _read_requirements(self, u: UnitRecord) -> Union[Requirements, str]:
-        """The unit's [X-Fleet] as it reads before any machine is chosen, or why it
-        cannot be read: its content was stored before a rule tightened (say exactly
-        which), or reading it failed in a way no rule foresaw (say that, and log it)."""
-        text = self.registry.unit_text(u.hash) or ""
-        try:
-            return validate(u.name, text, u.vars, u.name).requirements
-        except UnitError as exc:
-            return f"invalid: {exc}"
-        except Exception as exc:  # one unit's content never stops a pass
-            log.exception("%s: reading its content failed", u.name)
-            return f"invalid: fleetd failed reading it ({_error(exc)})"
+        return views, unreadable, requirements
 
     def _ready(self, u: UnitRecord, machine: MachineRecord, o: Optional[ObservedRecord]
                ) -> bool:
@@ -307,21 +347,23 @@ class Engine:
             return False
         return o.health == "passing" or not rendered[0].config.get("check")
 
-    def desired_sets(
-        self, units: List[UnitRecord], machines: List[MachineRecord]
-    ) -> Mapping[str, List[Dict[str, Any]]]:
-        """Each machine's units, rendered for that machine. A unit that cannot be rendered
-        there is left out, and its reason says why."""
+    def _desired_sets(self, units: List[UnitRecord], machines: List[MachineRecord],
+                      globals: Mapping[str, Sequence[str]], handed_over: Set[str]
+                      ) -> Tuple[Dict[str, List[Dict[str, Any]]], Dict[Tuple[str, str], str],
+                                 List[PlacementRow], Set[RenderKey]]:
+        """Each machine's units, rendered for that machine; what each (unit, machine)
+        is expected to run; and why a unit cannot be rendered where it is placed (it is
+        left out of that set)."""
         by_name = {m.name: m for m in machines}
         sets: Dict[str, List[Dict[str, Any]]] = {m.name: [] for m in machines}
-        live = set()
+        live: Set[RenderKey] = set()
         expected: Dict[Tuple[str, str], str] = {}
-        reasons: List[Tuple[str, Optional[str], str]] = []
+        reasons: List[PlacementRow] = []
         for u in units:
             if u.desired not in (LOADED, LAUNCHED):
                 continue
-            targets = self.global_targets.get(u.name, [u.machine] if u.machine else [])
-            if u.handoff and u.handoff != u.machine and u.name not in self._handed_over:
+            targets = globals.get(u.name, [u.machine] if u.machine else [])
+            if u.handoff and u.handoff != u.machine and u.name not in handed_over:
                 targets = [*targets, u.handoff]  # the old copy runs until the new is ready
             want = protocol.WANT_RUNNING if u.desired == LAUNCHED else protocol.WANT_STOPPED
             for target in targets:
@@ -338,97 +380,18 @@ class Engine:
                 live.add(key)
                 expected[(u.name, machine.name)] = unit.hash
                 sets[machine.name].append(unit.spec(want, u.generation))
-        moved = expected != self.expected
-        self.expected = expected
-        if reasons:
-            self.registry.set_placements(reasons)
-        if reasons or moved:
-            self.changed()  # waiters compare reports against the new expectations
-        for key in set(self._units) - live:
-            del self._units[key]
-        return sets
+        return sets, expected, reasons, live
 
     def _render(self, u: UnitRecord, machine: MachineRecord
-                ) -> Union[Tuple[Unit, CacheKey], str]:
-        """``_rendered``, or why the unit cannot run on ``machine``: an error in one
-        unit's content stays with that unit (its reason), never with the pass."""
+                ) -> Union[Tuple[Unit, RenderKey], str]:
+        """The unit as it runs on ``machine``, or why it cannot: an error in one unit's
+        content stays with that unit (its reason), never with the pass."""
         try:
-            return self._rendered(u, machine)
+            return self.units.rendered(u.name, u.hash, u.vars, machine_context(machine),
+                                       self.registry.unit_text)
         except (UnitError, LookupError) as exc:
             return str(exc)
         except Exception as exc:  # one unit's content never stops a pass
             log.exception("%s: rendering it for %s failed", u.name, machine.name)
             return f"fleetd failed on it ({_error(exc)})"
 
-    def _rendered(self, record: UnitRecord, machine: MachineRecord) -> Tuple[Unit, CacheKey]:
-        """The unit as it runs on ``machine`` (parsed once per content, vars and machine).
-
-        Called for every unit and target on every pass: a cached unit costs no registry
-        read. Content without markup is the same everywhere, so its key has no machine.
-        """
-        plain: CacheKey = (record.name, record.hash, "", "")
-        unit = self._units.get(plain)
-        if unit is not None:
-            return unit, plain
-        key: CacheKey = (record.name, record.hash, _vars_key(record),
-                         json.dumps([machine.name, machine.address, machine.machine_id,
-                                     machine.metadata, machine.facts], sort_keys=True))
-        unit = self._units.get(key)
-        if unit is not None:
-            return unit, key
-        text = self.registry.unit_text(record.hash)
-        if text is None:
-            raise LookupError(f"content {record.hash} of {record.name} is missing")
-        if not render.has_markup(text):
-            key = plain
-        else:
-            uname = parse_name(record.name)
-            text = render.for_machine(
-                text, record.name, uname.prefix, uname.instance, record.vars,
-                render.MachineContext(machine.name, machine.address, machine.machine_id or "",
-                                      machine.metadata, machine.facts))
-        unit = self._units[key] = load(record.name, text)
-        return unit, key
-
-
-def _failed_here(u: UnitRecord, failures: Sequence[FailureRecord]) -> Optional[FailureRecord]:
-    """The failure of ``u``'s current content on its machine since it was placed there
-    (the newest), if any: what the reconciler acts on, recorded once per placement."""
-    since = u.placed_at or 0.0
-    return next((f for f in reversed(failures) if f.machine == u.machine
-                 and f.hash == u.hash and f.at >= since), None)
-
-
-def _error(exc: BaseException) -> str:
-    """An unforeseen error in a unit's reason: its kind and its text, on one line."""
-    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
-
-
-def _vars_key(u: UnitRecord) -> str:
-    return json.dumps(u.vars, sort_keys=True)
-
-
-def _fact(m: MachineRecord, key: str, read: Callable[[object], Number]) -> Number | int:
-    """A capacity from the agent's facts, or 0 (unknown, as before its first report)
-    when it is missing or no sane number: a NaN there would break every pass."""
-    value = (m.facts or {}).get(key)
-    if value is None:
-        return 0
-    try:
-        return read(value)
-    except NumberError as exc:
-        log.warning("%s: fact %s: %s; counted as unknown", m.name, key, exc)
-        return 0
-
-
-def machine_view(m: MachineRecord) -> MachineView:
-    """A machine as the scheduler sees it: capacity and capabilities from its facts."""
-    facts = m.facts or {}
-    return MachineView(
-        name=m.name, machine_id=m.machine_id, up=m.state == "up", metadata=m.metadata,
-        cpus=_fact(m, "cpus", lambda v: json_float(v, 0.0, MAX_CPUS)),
-        memory_bytes=_fact(m, "memory_bytes", lambda v: json_int(v, 0, MAX_MEMORY)),
-        capabilities=frozenset(str(c) for c in facts.get("capabilities") or ()),
-        lost=(m.error or "silent past its TTL") if m.state == "lost" else None,
-        draining=m.draining is not None,
-    )

@@ -57,6 +57,7 @@ from typing import Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence,
 from fleetd.engine.capacity import Host
 from fleetd.engine.cluster import Cluster, Group
 from fleetd.engine.constraints import relations, static_mismatch
+from fleetd.engine.scheduler import global_placements
 from fleetd.engine.views import MachineView, UnitView
 from fleetd.registry.base import INACTIVE, LAUNCHED
 from fleetd.units.xfleet import Reschedule
@@ -78,21 +79,35 @@ class Place:
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
+    """Everything a pass decides about placement."""
+
     tasks: List[Place]
     wake_at: Optional[float]  # when a pass must run again although nothing happened
+    # every active Global unit -> its machines, once the tasks are applied
+    globals: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
 
 
 def plan(units: Sequence[UnitView], machines: Sequence[MachineView],
          now: float = 0.0) -> List[Place]:
     """The placement changes that bring ``units`` in line with ``machines``, in input order."""
-    return reconcile(units, machines, now).tasks
+    return _Pass(units, machines, now).run()
 
 
 def reconcile(units: Sequence[UnitView], machines: Sequence[MachineView],
               now: float) -> Outcome:
-    """plan(), and when the next pass is due at the latest."""
+    """plan(), when the next pass is due at the latest, and where Global units run.
+
+    Global units are placed as ``scheduler.global_placements`` places them given the
+    other units where the tasks put them: what the machines are handed. (The pass's own
+    globals are placed before new units and may differ for one pass while a draining
+    machine hands over its last unit: it keeps its globals until that unit has left.)
+    """
     p = _Pass(units, machines, now)
-    return Outcome(p.run(), p.wake_at)
+    tasks = p.run()
+    moved = {t.unit: t.machine for t in tasks}
+    applied = [dataclasses.replace(u, machine=moved[u.name]) if u.name in moved else u
+               for u in units]
+    return Outcome(tasks, p.wake_at, global_placements(applied, machines))
 
 
 def _limit(policy: Reschedule) -> str:

@@ -1,0 +1,145 @@
+"""One cache of compiled units, shared by the engine and the API.
+
+A unit file is read in two ways between submit and push:
+
+* **probed**: rendered with its variables and no machine (``validate``: ``machine.*``
+  left as placeholders), then loaded. What submit checks, what the scheduler reads
+  ([X-Fleet] must not depend on the machine it would pick) and what the API shows
+  (description, health check). Keyed by (name, content hash, variables).
+* **rendered** for one machine, then loaded: what that machine's agent runs. Content
+  without markup reads the same everywhere, so its key has no machine; otherwise the
+  key adds what a template may read of the machine (name, address, id, metadata, facts).
+
+Each is computed once per key, errors included (a unit that cannot be read stays that
+way until its content, variables or machine change), and dropped when the engine says
+the key is no longer in use (``retain``). Keys are plain strings and tuples; texts come
+from the caller (the registry's ``unit_text``), so this module knows no storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Callable, Dict, Iterable, Mapping, Optional, Set, Tuple, Union
+
+from fleetd.units import render
+from fleetd.units.model import Unit, load, parse_name
+from fleetd.units.parser import UnitError
+from fleetd.units.validate import validate
+
+log = logging.getLogger("fleetd.units")
+
+ContentKey = Tuple[str, str, str]  # name, content hash, variables (JSON, keys sorted)
+RenderKey = Tuple[str, str, str, str]  # ... and the machine ("" for content without markup)
+TextFn = Callable[[str], Optional[str]]  # content hash -> text (None: missing)
+
+
+@dataclasses.dataclass(frozen=True)
+class Invalid:
+    """Why a unit cannot be read, in the words its reason shows."""
+
+    why: str
+
+
+def vars_key(variables: Mapping[str, str]) -> str:
+    return json.dumps(variables, sort_keys=True)
+
+
+def content_key(name: str, content_hash: str, variables: Mapping[str, str]) -> ContentKey:
+    return (name, content_hash, vars_key(variables))
+
+
+def machine_key(machine: render.MachineContext) -> str:
+    return json.dumps([machine.name, machine.address, machine.id, machine.metadata,
+                       machine.facts], sort_keys=True)
+
+
+def error_text(exc: BaseException) -> str:
+    """An unforeseen error in a unit's reason: its kind and its text, on one line."""
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+
+
+class CompiledUnits:
+    """Probed and rendered units by key; one instance per fleetd (engine and API)."""
+
+    def __init__(self) -> None:
+        self._probed: Dict[ContentKey, Union[Unit, Invalid]] = {}
+        self._rendered: Dict[RenderKey, Unit] = {}
+        self._fresh: Set[ContentKey] = set()  # probed since the last retain (a submit's)
+        self.parses = 0  # how many times a text was rendered and loaded (tests, benches)
+
+    # --- probed: the unit as it reads on any machine ---------------------------------
+
+    def probed(self, name: str, content_hash: str, variables: Mapping[str, str],
+               text: Union[str, TextFn]) -> Union[Unit, Invalid]:
+        """The unit rendered with its variables and no machine, then loaded; or why it
+        cannot be: its content breaks a rule (say which, with its line) or reading it
+        failed in a way no rule foresaw (say that, and log it)."""
+        key = content_key(name, content_hash, variables)
+        found = self._probed.get(key)
+        if found is None:
+            body = text(content_hash) if callable(text) else text
+            self.parses += 1
+            try:
+                found = validate(name, body or "", dict(variables), name)
+            except UnitError as exc:
+                found = Invalid(f"invalid: {exc}")
+            except Exception as exc:  # one unit's content never stops a pass
+                log.exception("%s: reading its content failed", name)
+                found = Invalid(f"invalid: fleetd failed reading it ({error_text(exc)})")
+            self._probed[key] = found
+            self._fresh.add(key)
+        return found
+
+    def known(self, name: str, content_hash: str, variables: Mapping[str, str]
+              ) -> Optional[Union[Unit, Invalid]]:
+        """The probed unit if it was read already (None: not yet); never reads."""
+        return self._probed.get(content_key(name, content_hash, variables))
+
+    # --- rendered: the unit as it runs on one machine -----------------------------------
+
+    def rendered(self, name: str, content_hash: str, variables: Mapping[str, str],
+                 machine: render.MachineContext, text: TextFn) -> Tuple[Unit, RenderKey]:
+        """The unit as it runs on ``machine`` (parsed once per content, variables and
+        machine), and its key. Raises UnitError (its content), LookupError (its content
+        is missing) or anything rendering raised, for the caller to turn into a reason.
+
+        Called for every unit and target on every pass: a cached unit costs no read of
+        its text."""
+        plain: RenderKey = (name, content_hash, "", "")
+        unit = self._rendered.get(plain)
+        if unit is not None:
+            return unit, plain
+        key: RenderKey = (name, content_hash, vars_key(variables), machine_key(machine))
+        unit = self._rendered.get(key)
+        if unit is not None:
+            return unit, key
+        body = text(content_hash)
+        if body is None:
+            raise LookupError(f"content {content_hash} of {name} is missing")
+        if not render.has_markup(body):
+            key = plain
+        else:
+            uname = parse_name(name)
+            body = render.for_machine(body, name, uname.prefix, uname.instance,
+                                      dict(variables), machine)
+        self.parses += 1
+        unit = self._rendered[key] = load(name, body)
+        return unit, key
+
+    # --- eviction -------------------------------------------------------------------------
+
+    def retain(self, probed: Iterable[ContentKey], rendered: Iterable[RenderKey]) -> None:
+        """Keep only these keys (what the engine's last pass used), and whatever was
+        probed since the previous call (a unit submitted but not stored yet)."""
+        keep = set(probed) | self._fresh
+        self._probed = {k: v for k, v in self._probed.items() if k in keep}
+        live = set(rendered)
+        self._rendered = {k: v for k, v in self._rendered.items() if k in live}
+        self._fresh = set()
+
+    def forget(self, keys: Iterable[ContentKey]) -> None:
+        """Drop these probed units (read again next time)."""
+        for k in keys:
+            self._probed.pop(k, None)
