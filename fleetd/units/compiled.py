@@ -92,6 +92,24 @@ class CompiledUnits:
             self._fresh.add(key)
         return found
 
+    def check(self, name: str, content_hash: str, variables: Mapping[str, str], text: str,
+              source: str) -> Unit:
+        """Submit's validation: the probed unit, or UnitError naming ``source`` (the
+        user's file) and its line. A unit that passes is kept as ``probed`` keeps it (a
+        successful read does not depend on the file's name, which is set to the unit's),
+        so the engine does not read it again once it is stored; a refusal is not kept."""
+        found = self._probed.get(content_key(name, content_hash, variables))
+        if isinstance(found, Unit):
+            return found
+        self.parses += 1
+        unit = validate(name, text, dict(variables), source)
+        if unit.file.source != name:
+            unit = dataclasses.replace(unit, file=dataclasses.replace(unit.file, source=name))
+        key = content_key(name, content_hash, variables)
+        self._probed[key] = unit
+        self._fresh.add(key)
+        return unit
+
     def known(self, name: str, content_hash: str, variables: Mapping[str, str]
               ) -> Optional[Union[Unit, Invalid]]:
         """The probed unit if it was read already (None: not yet); never reads."""

@@ -21,9 +21,11 @@ from fleetd.testing.clock import FakeClock
 from fleetd.testing.registry import MemoryRegistry
 from fleetd.units.compiled import CompiledUnits
 from fleetd.units.model import content_hash
+from fleetd.units.parser import UnitError
 
 SERVICE = "[Service]\nExecStart=/bin/sleep 1000\n"
 TEMPLATED = SERVICE + "Environment=HOST={{ machine.name }}\n"
+BAD = SERVICE + "CPUQuota=nan%\n"
 Pushed = Dict[str, List[Dict[str, Any]]]
 
 
@@ -128,7 +130,7 @@ def test_a_unit_file_is_parsed_once_per_content_and_machine() -> None:
 
 def test_an_unreadable_unit_waits_with_its_reason_and_is_read_once() -> None:
     f = Fleet()
-    f.store("bad.service", SERVICE + "CPUQuota=nan%\n")
+    f.store("bad.service", BAD)
     f.store("good.service", SERVICE)
     f.run()
     f.run()
@@ -171,3 +173,15 @@ def test_decide_writes_nothing() -> None:
     assert r.list_units() == units and f.pushed == {} and f.engine.snapshot().at is None
     placed = next(u for u in d.units if u.name == "a.service")
     assert placed.machine == d.tasks[0].machine  # as the registry holds it once written
+
+
+def test_what_submit_checked_the_engine_does_not_read_again() -> None:
+    f = Fleet()
+    with pytest.raises(UnitError, match=r"^/home/me/bad.service:3: "):
+        f.units.check("bad.service", content_hash(BAD), {}, BAD, "/home/me/bad.service")
+    unit = f.units.check("a.service", content_hash(SERVICE), {}, SERVICE, "/home/me/a.service")
+    assert unit.file.source == "a.service"
+    f.store("a.service", SERVICE)
+    f.run()
+    assert f.units.parses == 2 + 1  # two checks, one render; no probe in the pass
+    assert f.where("a.service") is not None
