@@ -17,6 +17,7 @@ from typing import List, Optional, Tuple
 
 from fleetd.agent.state import DEFAULT_STATE_DIR
 from fleetd.bootstrap.probe import HostReport
+from fleetd.wire import names
 
 DEFAULT_PREFIX = "/opt/fleetd-agent"
 SERVICE = "fleet-agent.service"
@@ -52,7 +53,8 @@ class Target:
             problem = path_problem(path)
             if problem:
                 raise BootstrapError(f"{what} {path!r}: {problem}")
-        if not re.fullmatch(r"[A-Za-z0-9_.@-]+\.service", self.service):
+        # the one rule for a unit's name, and no \ (commands name the service unquoted)
+        if not names.is_valid(self.service) or "\\" in self.service:
             raise BootstrapError(f"service {self.service!r} is not a unit name")
 
     @property

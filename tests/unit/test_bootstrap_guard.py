@@ -65,6 +65,22 @@ def test_accepted_paths(path: str) -> None:
     Target(prefix=path, state_dir=path + "-state").check()
 
 
+@pytest.mark.parametrize("service", [
+    "-x.service", ".x.service", "a\\x2d.service", "a b.service", "a;reboot.service",
+    "$(reboot).service", "a@b@c.service", "x.socket", "fleet-agent", "a" * 250 + ".service"])
+def test_hostile_service_names_are_refused(service: str) -> None:
+    """The service name comes from the machine's agent command (``--systemd-service``),
+    which the caller may have written; it must pass the one rule for a unit's name."""
+    with pytest.raises(BootstrapError, match="is not a unit name"):
+        Target(service=service).check()
+
+
+@pytest.mark.parametrize("service", ["fleet-agent.service", "fleet-agent@blue.service",
+                                     "fleet_agent2.service"])
+def test_accepted_service_names(service: str) -> None:
+    Target(service=service).check()
+
+
 # --- the record -----------------------------------------------------------------------
 @pytest.fixture
 def target(tmp_path: Path) -> Iterator[Target]:
