@@ -186,16 +186,16 @@ class SqliteRegistry:
 
     def _follow_template(self, template: str, old: str, new: str, now: float) -> List[str]:
         """Instances of ``template`` still on its old content take the new content."""
-        prefix = template.split("@", 1)[0] + "@"
-        suffix = template.rsplit(".", 1)[1]
+        parts = names.split(template)
+        prefix = parts.prefix + "@"
         rows = self._db.execute(
             "SELECT name FROM units WHERE hash=? AND name LIKE ? ESCAPE '\\'",
-            (old, prefix.replace("_", "\\_").replace("%", "\\%") + "%." + suffix),
+            (old, prefix.replace("_", "\\_").replace("%", "\\%") + "%." + parts.suffix),
         ).fetchall()
-        names = [r[0] for r in rows if r[0] != template]
+        followers = [r[0] for r in rows if r[0] != template]
         self._db.executemany("UPDATE units SET hash=?, updated_at=? WHERE name=?",
-                             [(new, now, n) for n in names])
-        return names
+                             [(new, now, n) for n in followers])
+        return followers
 
     def restart(self, names: Sequence[str]) -> None:
         now = time.time()

@@ -119,8 +119,9 @@ class MemoryRegistry:
     def _follow_template(self, template: str, old: str, new: str, now: float) -> List[str]:
         """Instances of ``template`` still on its old content take the new content
         (matched as SQLite's LIKE does: ASCII letters in any case)."""
-        prefix = (template.split("@", 1)[0] + "@").lower()
-        suffix = ("." + template.rsplit(".", 1)[1]).lower()
+        parts = names.split(template)
+        prefix = (parts.prefix + "@").lower()
+        suffix = ("." + parts.suffix).lower()
         followers = [n for n, u in self._units.items()
                      if u.hash == old and n != template and len(n) >= len(prefix) + len(suffix)
                      and n.lower().startswith(prefix) and n.lower().endswith(suffix)]
