@@ -65,7 +65,14 @@ from fleetd.registry.base import (
     Registry,
     UnitRecord,
 )
-from fleetd.units.compiled import CompiledUnits, ContentKey, Invalid, RenderKey, content_key
+from fleetd.units.compiled import (
+    CompiledUnits,
+    ContentKey,
+    Invalid,
+    Machine,
+    RenderKey,
+    content_key,
+)
 from fleetd.units.compiled import error_text as _error
 from fleetd.units.model import Unit
 from fleetd.units.parser import UnitError
@@ -118,6 +125,7 @@ class Engine:
         # content or variables change
         self._set_aside: Dict[ContentKey, str] = {}
         self._snapshot = Snapshot()
+        self._machines: Dict[str, Tuple[MachineRecord, Machine]] = {}  # this pass's
 
     def wake(self) -> None:
         self._wake.set()
@@ -183,15 +191,16 @@ class Engine:
         """What a pass does with these records; writes nothing (units that break the
         reconciler are remembered, so that the next pass need not find them again)."""
         views = [self.machine_view(m, now) for m in machines]
+        self._machines = {}
         new = self._new_failures(units, machines, observed, failures, now)
         failures = recorded(failures, new)
-        unit_views, unreadable, requirements = self._unit_views(units, machines, observed,
-                                                                 failures)
         keys = {u.name: content_key(u.name, u.hash, u.vars) for u in units}
+        unit_views, unreadable, requirements = self._unit_views(units, keys, machines,
+                                                                 observed, failures)
         outcome = self._reconcile(unit_views, views, now, keys)
         if outcome is None:  # some units broke the pass: they are set aside now
-            unit_views, unreadable, requirements = self._unit_views(units, machines, observed,
-                                                                     failures)
+            unit_views, unreadable, requirements = self._unit_views(units, keys, machines,
+                                                                     observed, failures)
             outcome = reconciler.reconcile(unit_views, views, now)
         tasks = outcome.tasks
         placements = [*unreadable, *((t.unit, t.machine, t.reason) for t in tasks)]
@@ -291,8 +300,9 @@ class Engine:
         rendered = self._render(u, machine)
         return None if isinstance(rendered, str) else rendered[0].hash
 
-    def _unit_views(self, units: List[UnitRecord], machines: List[MachineRecord],
-                    observed: Observed, failures: Mapping[str, List[FailureRecord]]
+    def _unit_views(self, units: List[UnitRecord], keys: Mapping[str, ContentKey],
+                    machines: List[MachineRecord], observed: Observed,
+                    failures: Mapping[str, List[FailureRecord]]
                     ) -> Tuple[List[UnitView], List[PlacementRow],
                                Dict[ContentKey, Requirements]]:
         """What the scheduler needs of each readable unit; the unreadable ones, unplaced
@@ -300,17 +310,17 @@ class Engine:
         from the unit as it reads before any machine is chosen (render.probe), so
         [X-Fleet] never depends on the machine it would pick."""
         by_name = {m.name: m for m in machines}
-        keys = {content_key(u.name, u.hash, u.vars) for u in units}
-        for stale in set(self._set_aside) - keys:
+        for stale in set(self._set_aside) - set(keys.values()):
             del self._set_aside[stale]
         views = []
         unreadable: List[PlacementRow] = []
         requirements: Dict[ContentKey, Requirements] = {}
         for u in units:
-            key = content_key(u.name, u.hash, u.vars)
+            key = keys[u.name]
             why = self._set_aside.get(key)
             if why is None:
-                probed = self.units.probed(u.name, u.hash, u.vars, self.registry.unit_text)
+                probed = self.units.probed(u.name, u.hash, u.vars, self.registry.unit_text,
+                                           key)
                 if isinstance(probed, Invalid):
                     why = probed.why
                 else:
@@ -386,8 +396,12 @@ class Engine:
                 ) -> Union[Tuple[Unit, RenderKey], str]:
         """The unit as it runs on ``machine``, or why it cannot: an error in one unit's
         content stays with that unit (its reason), never with the pass."""
+        known = self._machines.get(machine.name)
+        if known is None or known[0] is not machine:
+            known = self._machines[machine.name] = (machine,
+                                                    Machine.of(machine_context(machine)))
         try:
-            return self.units.rendered(u.name, u.hash, u.vars, machine_context(machine),
+            return self.units.rendered(u.name, u.hash, u.vars, known[1],
                                        self.registry.unit_text)
         except (UnitError, LookupError) as exc:
             return str(exc)

@@ -43,7 +43,7 @@ class Invalid:
 
 
 def vars_key(variables: Mapping[str, str]) -> str:
-    return json.dumps(variables, sort_keys=True)
+    return json.dumps(variables, sort_keys=True) if variables else "{}"
 
 
 def content_key(name: str, content_hash: str, variables: Mapping[str, str]) -> ContentKey:
@@ -53,6 +53,19 @@ def content_key(name: str, content_hash: str, variables: Mapping[str, str]) -> C
 def machine_key(machine: render.MachineContext) -> str:
     return json.dumps([machine.name, machine.address, machine.id, machine.metadata,
                        machine.facts], sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """A machine to render for, with its key computed once (a pass renders thousands
+    of units for the same machine)."""
+
+    context: render.MachineContext
+    key: str
+
+    @classmethod
+    def of(cls, context: render.MachineContext) -> Machine:
+        return cls(context, machine_key(context))
 
 
 def error_text(exc: BaseException) -> str:
@@ -72,11 +85,13 @@ class CompiledUnits:
     # --- probed: the unit as it reads on any machine ---------------------------------
 
     def probed(self, name: str, content_hash: str, variables: Mapping[str, str],
-               text: Union[str, TextFn]) -> Union[Unit, Invalid]:
+               text: Union[str, TextFn], key: Optional[ContentKey] = None
+               ) -> Union[Unit, Invalid]:
         """The unit rendered with its variables and no machine, then loaded; or why it
         cannot be: its content breaks a rule (say which, with its line) or reading it
-        failed in a way no rule foresaw (say that, and log it)."""
-        key = content_key(name, content_hash, variables)
+        failed in a way no rule foresaw (say that, and log it). ``key``: the caller's
+        ``content_key`` of the same, if it has one."""
+        key = key or content_key(name, content_hash, variables)
         found = self._probed.get(key)
         if found is None:
             body = text(content_hash) if callable(text) else text
@@ -118,7 +133,7 @@ class CompiledUnits:
     # --- rendered: the unit as it runs on one machine -----------------------------------
 
     def rendered(self, name: str, content_hash: str, variables: Mapping[str, str],
-                 machine: render.MachineContext, text: TextFn) -> Tuple[Unit, RenderKey]:
+                 machine: Machine, text: TextFn) -> Tuple[Unit, RenderKey]:
         """The unit as it runs on ``machine`` (parsed once per content, variables and
         machine), and its key. Raises UnitError (its content), LookupError (its content
         is missing) or anything rendering raised, for the caller to turn into a reason.
@@ -129,7 +144,7 @@ class CompiledUnits:
         unit = self._rendered.get(plain)
         if unit is not None:
             return unit, plain
-        key: RenderKey = (name, content_hash, vars_key(variables), machine_key(machine))
+        key: RenderKey = (name, content_hash, vars_key(variables), machine.key)
         unit = self._rendered.get(key)
         if unit is not None:
             return unit, key
@@ -141,7 +156,7 @@ class CompiledUnits:
         else:
             uname = parse_name(name)
             body = render.for_machine(body, name, uname.prefix, uname.instance,
-                                      dict(variables), machine)
+                                      dict(variables), machine.context)
         self.parses += 1
         unit = self._rendered[key] = load(name, body)
         return unit, key
