@@ -38,14 +38,25 @@ the next ``desired`` message; fleetd answers such a report by sending its desire
 again (the session may have survived the cut, with nothing new to send). The agent's
 ``hello`` lists the units it keeps fenced (``fenced``: names), so that after a reconnect
 fleetd sends a desired set computed since, not one from before the cut.
+
+Each message's shape (a TypedDict), its type's name and a function that builds it are in
+fleetd.wire.messages (write ``protocol.dump(messages.ping(seq))``); the shape of a unit
+spec, its config and a unit status, and the defaults both sides assume for an absent
+field, in fleetd.wire.unitspec. mypy checks writers and readers against them.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, overload
 
-VERSION = 1
+# The shapes of the messages and of what they carry (TypedDicts), the message type names
+# and the defaults both sides share are in fleetd.wire.messages and fleetd.wire.unitspec.
+from fleetd.wire import messages
+from fleetd.wire.messages import Message
+from fleetd.wire.unitspec import GENERATION, HEALTH_UNKNOWN, UnitConfig, UnitSpec, UnitStatus
+
+VERSION = messages.VERSION
 
 # Unit states the agent reports. ``starting`` and ``stopping`` are transitional;
 # ``exited`` is a clean end (status 0 or a success status), ``failed`` anything else.
@@ -92,6 +103,12 @@ def encode(kind: str, **fields: Any) -> bytes:
     return (json.dumps(msg, separators=(",", ":"), sort_keys=True) + "\n").encode()
 
 
+def dump(msg: Message) -> bytes:
+    """A message built by one of fleetd.wire.messages' functions (``messages.ping(3)``),
+    as ``encode`` writes it: mypy has checked its fields."""
+    return (json.dumps(msg, separators=(",", ":"), sort_keys=True) + "\n").encode()
+
+
 def decode(line: bytes) -> Dict[str, Any]:
     """Parse one line; raise ProtocolError naming what is wrong with it."""
     try:
@@ -112,19 +129,32 @@ def decode(line: bytes) -> Dict[str, Any]:
     return msg
 
 
+@overload
+def unit_spec(name: str, content_hash: str, want: str, driver: str, config: UnitConfig,
+              generation: int = GENERATION) -> UnitSpec: ...
+
+
+@overload
+def unit_spec(name: str, content_hash: str, want: str, driver: str, config: Dict[str, Any],
+              generation: int = GENERATION) -> Dict[str, Any]: ...
+
+
 def unit_spec(
     name: str,
     content_hash: str,
     want: str,
     driver: str,
-    config: Dict[str, Any],
-    generation: int = 0,
-) -> Dict[str, Any]:
+    config: Mapping[str, Any],
+    generation: int = GENERATION,
+) -> Mapping[str, Any]:
     """What the agent needs to run one unit, already rendered for this host.
 
     ``config`` is the driver's own settings (argv words, environment, ...): the daemon
     parses and validates unit files so that the agent never has to. ``hash`` is the
     rendered content's; a new ``generation`` with the same hash asks for a restart.
+
+    Given a ``UnitConfig`` it is a ``UnitSpec``. (A plain dict gives a plain dict: the
+    daemon side's unit model, fleetd.units, still builds its config as one.)
     """
     return {"name": name, "hash": content_hash, "want": want, "driver": driver,
             "config": config, "generation": generation}
@@ -139,9 +169,9 @@ def unit_status(
     exit_status: Optional[int] = None,
     restarts: int = 0,
     error: Optional[str] = None,
-    generation: int = 0,
-    health: str = "unknown",
-) -> Dict[str, Any]:
+    generation: int = GENERATION,
+    health: str = HEALTH_UNKNOWN,
+) -> UnitStatus:
     """One unit as the agent sees it. ``health`` is its [X-Check] verdict: unknown
     (no check, or not yet decided), passing or failing."""
     return {

@@ -32,12 +32,15 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, cast
 
 from fleetd import __version__, protocol
-from fleetd.agent import facts, logfile, specs
+from fleetd.agent import facts, host, logfile, specs
 from fleetd.agent.state import AgentState
 from fleetd.agent.supervisor import Supervisor
+from fleetd.cgroups import Backend
+from fleetd.drivers.base import Driver
+from fleetd.wire import messages
 
 log = logging.getLogger("fleet-agent")
 
@@ -82,20 +85,27 @@ def lock(state: AgentState) -> int:
 
 
 class AgentDaemon:
-    """Construct inside the running event loop (asyncio objects bind to it on 3.9)."""
+    """Construct inside the running event loop (asyncio objects bind to it on 3.9).
 
-    def __init__(self, state: AgentState) -> None:
+    The composition root of the agent: the host's cgroups and drivers are detected here
+    (fleetd.agent.host) unless given (tests give NoneBackend and fake drivers)."""
+
+    def __init__(self, state: AgentState, backend: Optional[Backend] = None,
+                 drivers: Optional[Mapping[str, Driver]] = None) -> None:
         self.state = state
         self.machine_id = state.machine_id()
         self.clients: Set[Client] = set()
-        self.supervisor = Supervisor(state, self.machine_id, self.broadcast)
+        backend = backend if backend is not None else host.cgroups(self.machine_id)
+        drivers = drivers if drivers is not None else host.drivers(backend)
+        self.supervisor = Supervisor(state, self.machine_id, self.broadcast, backend, drivers)
         self._stopped = asyncio.Event()
         # what each message type does; False from a handler ends the connection
         self._handlers: Dict[str, Callable[[Client, Dict[str, Any]], bool]] = {
-            "hello": self._hello, "desired": self._desired, "tail": self._tail,
-            "follow": self._follow_request, "unfollow": self._unfollow,
-            "ping": lambda client, msg: True,  # fleetd is there: counted, no answer
-            "bye": lambda client, msg: False,
+            messages.HELLO: self._hello, messages.DESIRED: self._desired,
+            messages.TAIL: self._tail, messages.FOLLOW: self._follow_request,
+            messages.UNFOLLOW: self._unfollow,
+            messages.PING: lambda client, msg: True,  # fleetd is there: counted, no answer
+            messages.BYE: lambda client, msg: False,
         }
 
     def broadcast(self, data: bytes) -> None:
@@ -136,7 +146,7 @@ class AgentDaemon:
                 try:
                     line = await reader.readline()
                 except ValueError:  # asyncio's LimitOverrunError: past protocol.MAX_LINE
-                    client.send(protocol.encode("error", message=(
+                    client.send(protocol.dump(messages.error(
                         f"a line over {protocol.MAX_LINE} bytes (the protocol's limit); "
                         "closing")))
                     break
@@ -145,7 +155,7 @@ class AgentDaemon:
                 try:
                     msg = protocol.decode(line)
                 except protocol.ProtocolError as exc:
-                    client.send(protocol.encode("error", message=str(exc)))
+                    client.send(protocol.dump(messages.error(str(exc))))
                     break
                 if not self._handle(client, msg):
                     break
@@ -164,34 +174,35 @@ class AgentDaemon:
         the agent cannot take is answered with an error naming it: to the request's
         ``id`` where there is one, else as an ``error`` message."""
         kind: str = msg["type"]
-        if kind == "hello":
-            client.fleetd = msg.get("daemon") == "fleetd"
+        if kind == messages.HELLO:
+            client.fleetd = msg.get("daemon") == messages.DAEMON_NAME
         if client.fleetd:
             self.supervisor.heard()
         handler = self._handlers.get(kind)
         if handler is None:
-            client.send(protocol.encode("error", message=f"unknown message type {kind!r}"))
+            client.send(protocol.dump(messages.error(f"unknown message type {kind!r}")))
             return True
         try:
             return handler(client, msg)
         except specs.SpecError as exc:
             ident = msg.get("id")
-            if kind in ("tail", "follow") and specs.is_request_id(ident):
-                client.send(protocol.encode("reply", id=ident, error=str(exc)))
+            if kind in (messages.TAIL, messages.FOLLOW) and specs.is_request_id(ident):
+                # echoed as it came (is_request_id: a JSON integer in range)
+                client.send(protocol.dump(messages.reply_error(cast(int, ident), str(exc))))
             else:
-                client.send(protocol.encode("error", message=str(exc)))
-            return kind != "hello"  # a session that cannot begin ends here
+                client.send(protocol.dump(messages.error(str(exc))))
+            return kind != messages.HELLO  # a session that cannot begin ends here
 
     def _hello(self, client: Client, msg: Dict[str, Any]) -> bool:
         interval = specs.heartbeat(msg)
-        client.send(protocol.encode(
-            "hello", machine_id=self.machine_id, hostname=os.uname().nodename,
+        client.send(protocol.dump(messages.agent_hello(
+            machine_id=self.machine_id, hostname=os.uname().nodename,
             agent_version=__version__,
             facts=facts.gather(self.machine_id, self.supervisor.backend.facts(),
                                systemd="systemd" in self.supervisor.drivers),
             fenced=sorted(self.supervisor.fenced),
-        ))
-        for line in protocol.chunks("status", "units", self.supervisor.snapshot()):
+        )))
+        for line in protocol.chunks(messages.STATUS, "units", self.supervisor.snapshot()):
             client.send(line)
         client.ready = True
         if client.heartbeat is not None:
@@ -217,8 +228,8 @@ class AgentDaemon:
         self.supervisor.set_desired(good)
         if refused:
             log.warning("refused from the desired set: %s", "; ".join(refused))
-            client.send(protocol.encode("error", message="refused from the desired set: "
-                                        + "; ".join(refused)[:specs.ERROR_MAX]))
+            client.send(protocol.dump(messages.error(
+                "refused from the desired set: " + "; ".join(refused)[:specs.ERROR_MAX])))
         return True
 
     def _tail(self, client: Client, msg: Dict[str, Any]) -> bool:
@@ -226,9 +237,9 @@ class AgentDaemon:
         ident, unit, lines = specs.log_request(msg)
         try:
             found = logfile.last_lines(self.state.unit_log(unit), lines)
-            replies = protocol.chunks("reply", "lines", found, id=ident)
+            replies = protocol.chunks(messages.REPLY, "lines", found, id=ident)
         except (OSError, ValueError) as exc:
-            client.send(protocol.encode("reply", id=ident, error=str(exc)))
+            client.send(protocol.dump(messages.reply_error(ident, str(exc))))
             return True
         for reply in replies:
             client.send(reply)
@@ -256,7 +267,7 @@ class AgentDaemon:
         try:
             async for batch in follower:
                 if batch or first:
-                    for line in protocol.chunks("log", "lines", batch, id=ident):
+                    for line in protocol.chunks(messages.LOG, "lines", batch, id=ident):
                         client.send(line)
                 first = False
         finally:
@@ -269,7 +280,7 @@ class AgentDaemon:
         while True:
             await asyncio.sleep(interval)
             seq += 1
-            client.send(protocol.encode("heartbeat", seq=seq, time=time.time()))
+            client.send(protocol.dump(messages.heartbeat(seq, time.time())))
 
 
 def run(state_dir: str) -> int:

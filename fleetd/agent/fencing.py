@@ -18,17 +18,36 @@ monotonic and starts when the agent starts: a restarted agent counts from its ow
 A fenced unit stays stopped - Restart= does not bring it back - until fleetd sends a
 desired set again; that set, not the agent's old copy of it, says whether the unit
 still belongs here.
+
+The pure part - ``fence_after``, ``reason``, ``plan`` - decides; ``Fencer`` is the timer
+that asks it while any unit fences, and has the supervisor stop what is due.
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Optional, Tuple
+import asyncio
+import time
+from typing import (
+    Any,
+    Callable,
+    Coroutine,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Protocol,
+    Tuple,
+)
 
 from fleetd import protocol
+from fleetd.agent.managed import Managed
 from fleetd.agent.restart import format_seconds
+from fleetd.wire.unitspec import UnitConfig
 
 CHECK_S = 0.5  # the longest the supervisor sleeps between two looks
 EPSILON_S = 0.01  # past a deadline, not on it: "silent longer than FenceAfterSec="
+FENCEABLE = (protocol.STARTING, protocol.RUNNING)  # what fencing stops
 
 
 def fence_after(config: Mapping[str, Any]) -> Optional[float]:
@@ -66,3 +85,63 @@ def plan(limits: Mapping[str, float], last_heard: float, now: float,
         if silent <= limit:
             wait = min(wait, limit - silent + EPSILON_S)
     return due, wait
+
+
+class FencePort(Protocol):
+    """What the fencing timer may ask of the supervisor."""
+
+    def all_units(self) -> Iterable[Managed]:
+        """Every unit the supervisor keeps."""
+
+    def desired_configs(self) -> Iterable[UnitConfig]:
+        """The config of every spec in fleetd's desired set."""
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task the agent keeps."""
+
+    async def fence(self, m: Managed) -> None:
+        """Stop ``m`` (under its lock) if it is still fenced and still runs."""
+
+
+class Fencer:
+    """The timer: when fleetd was last heard (monotonic, from agent start, never
+    persisted), and the units stopped for its silence, with why, until fleetd's next
+    desired set (``fenced``: nothing starts them meanwhile, not even Restart=)."""
+
+    def __init__(self, port: FencePort, check_s: float = CHECK_S) -> None:
+        self.port = port
+        self.check_s = check_s
+        self.last_heard = time.monotonic()
+        self.fenced: Dict[str, str] = {}
+        self._task: Optional[asyncio.Task[None]] = None
+
+    def heard(self) -> None:
+        """fleetd said something (any message of a client that said hello as fleetd)."""
+        self.last_heard = time.monotonic()
+
+    def ensure(self, done: Callable[[asyncio.Task[None]], None]) -> None:
+        """Run the timer while any unit here has FenceAfterSec= (``done``: its callback)."""
+        if (self._task is None or self._task.done()) and self._fences_any():
+            self._task = asyncio.ensure_future(self._run())
+            self._task.add_done_callback(done)
+
+    def _fences_any(self) -> bool:
+        configs = list(self.port.desired_configs())
+        configs += [m.config for m in self.port.all_units()]
+        return any(fence_after(c) is not None for c in configs)
+
+    async def _run(self) -> None:
+        """Look at every unit with FenceAfterSec= when the next one falls due (at least
+        every CHECK_S); fence the ones fleetd has been silent on for too long."""
+        while self._fences_any():
+            limits: Dict[str, float] = {}
+            units = {m.name: m for m in self.port.all_units()}
+            for m in units.values():
+                limit = fence_after(m.config)
+                if limit is not None and m.state in FENCEABLE and m.name not in self.fenced:
+                    limits[m.name] = limit
+            due, wait = plan(limits, self.last_heard, time.monotonic(), self.check_s)
+            for name, why in due:
+                self.fenced[name] = why  # from now on nothing starts it: not even Restart=
+                self.port.spawn(self.port.fence(units[name]))
+            await asyncio.sleep(wait)

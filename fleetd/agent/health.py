@@ -48,11 +48,12 @@ import os
 import random
 import signal
 import subprocess
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from fleetd.drivers.base import DriverError
 from fleetd.drivers.exec import resolve
 from fleetd.wire import execline
+from fleetd.wire.unitspec import Check
 
 log = logging.getLogger("fleet-agent")
 
@@ -69,7 +70,7 @@ OUTPUT_WAIT_S = 0.1  # after the command exits, how long its output may still tr
 Verdict = Callable[[str, str], None]
 
 
-def acts_on_failing(check: Optional[Dict[str, Any]]) -> bool:
+def acts_on_failing(check: Optional[Check]) -> bool:
     """Does a ``failing`` verdict end the program (OnFailure=restart, the default)?
 
     The supervisor then ends the run as systemd ends one whose watchdog ran out
@@ -87,7 +88,7 @@ class HealthChecker:
     def __init__(
         self,
         unit: str,
-        check: Dict[str, Any],
+        check: Check,
         on_verdict: Verdict,
         env: Optional[Dict[str, str]] = None,
         preexec: Optional[Callable[[], None]] = None,

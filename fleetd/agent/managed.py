@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 from fleetd import protocol
 from fleetd.agent import reconciler
 from fleetd.agent.health import HealthChecker
 from fleetd.agent.restart import StartLimit
 from fleetd.drivers.base import Handle
+from fleetd.wire.unitspec import GENERATION, HEALTH_UNKNOWN, UnitConfig, UnitSpec, UnitStatus
 
 
 class Managed:
@@ -19,7 +20,7 @@ class Managed:
     that follows it). ``handle`` stays after the program ended, so that a late watcher
     of an earlier program can tell it is stale (``m.handle is not handle``)."""
 
-    def __init__(self, spec: Dict[str, Any], state: str = protocol.STOPPED) -> None:
+    def __init__(self, spec: UnitSpec, state: str = protocol.STOPPED) -> None:
         self.spec = spec
         self.state = state
         self.handle: Optional[Handle] = None
@@ -38,17 +39,16 @@ class Managed:
         self.restart_timer: Optional[asyncio.TimerHandle] = None
         self.restart_pending = False
         self.timeout_timer: Optional[asyncio.TimerHandle] = None
-        self.health = "unknown"  # the [X-Check] verdict for the current program
+        self.health = HEALTH_UNKNOWN  # the [X-Check] verdict for the current program
         self.checker: Optional[HealthChecker] = None
 
     @property
     def name(self) -> str:
-        return str(self.spec["name"])
+        return self.spec["name"]
 
     @property
-    def config(self) -> Dict[str, Any]:
-        config: Dict[str, Any] = self.spec.get("config") or {}
-        return config
+    def config(self) -> UnitConfig:
+        return self.spec.get("config") or {}
 
     @property
     def oneshot(self) -> bool:
@@ -61,7 +61,7 @@ class Managed:
         self.restart_timer = self.timeout_timer = None
         self.restart_pending = False
 
-    def status(self) -> Dict[str, Any]:
+    def status(self) -> UnitStatus:
         h = self.handle
         running = h is not None and h.pid > 0 and not self.gone.is_set()
         return protocol.unit_status(
@@ -70,5 +70,5 @@ class Managed:
             else None,
             started_at=h.started_at if h else None,
             exit_status=self.exit_status, restarts=self.restarts, error=self.error,
-            generation=self.spec.get("generation", 0), health=self.health,
+            generation=self.spec.get("generation", GENERATION), health=self.health,
         )

@@ -9,9 +9,10 @@ fleetd, decides whether it runs again).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Optional
 
 from fleetd import protocol
+from fleetd.wire.unitspec import GENERATION, UnitSpec
 
 START = "start"  # run the program
 STOP = "stop"  # signal it and wait until it is gone
@@ -27,7 +28,7 @@ class Current:
 
     hash: str
     state: str
-    generation: int = 0
+    generation: int = GENERATION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Task:
     reason: str
 
 
-def next_task(spec: Optional[Dict[str, Any]], cur: Optional[Current]) -> Optional[Task]:
+def next_task(spec: Optional[UnitSpec], cur: Optional[Current]) -> Optional[Task]:
     if spec is None:
         if cur is None:
             return None
@@ -49,7 +50,7 @@ def next_task(spec: Optional[Dict[str, Any]], cur: Optional[Current]) -> Optiona
         if cur.state in ACTIVE:
             return Task(STOP, "content changed: stopping the old version")
         return Task(LOAD, "content changed")
-    if cur.generation != spec.get("generation", 0):
+    if cur.generation != spec.get("generation", GENERATION):
         if cur.state in ACTIVE:
             return Task(STOP, "restart requested: stopping")
         return Task(LOAD, "restart requested")

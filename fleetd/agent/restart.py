@@ -39,7 +39,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import signal
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Mapping, Optional, TypedDict
+
+from fleetd.wire.unitspec import RESTART_POLICY, RESTART_S
 
 SUCCESS = "success"
 EXIT_CODE = "exit-code"
@@ -242,13 +244,20 @@ def describe(outcome: str, end: Exit, memory_max: str = "") -> str:
     return text
 
 
-def restart_options(config: Mapping[str, Any]) -> Dict[str, Any]:
+class RestartOptions(TypedDict):
+    policy: str  # Restart=
+    restart_s: float  # RestartSec=
+    steps: int  # RestartSteps=
+    max_delay_s: Optional[float]  # RestartMaxDelaySec=
+
+
+def restart_options(config: Mapping[str, Any]) -> RestartOptions:
     """The restart settings of a unit's config, defaulted as service.py defaults them
     (older configs lack the backoff options: they mean no growth)."""
     max_delay = config.get("restart_max_delay_s")
     return {
-        "policy": str(config.get("restart", "no")),
-        "restart_s": float(config.get("restart_s", 0.1)),
+        "policy": str(config.get("restart", RESTART_POLICY)),
+        "restart_s": float(config.get("restart_s", RESTART_S)),
         "steps": int(config.get("restart_steps", 0) or 0),
         "max_delay_s": float(max_delay) if max_delay is not None else None,
     }

@@ -18,10 +18,11 @@ Python 3.9+ (agent side).
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Callable, List, Mapping, Tuple, cast
 
 from fleetd import protocol
 from fleetd.wire import names, numbers
+from fleetd.wire.unitspec import UnitSpec
 
 DRIVERS = ("exec", "java", "systemd")
 GENERATION_MAX = 2 ** 63 - 1
@@ -168,7 +169,7 @@ def unit_name(value: object, where: str = "unit") -> str:
     return value
 
 
-def check_spec(spec: object) -> Dict[str, Any]:
+def check_spec(spec: object) -> UnitSpec:
     """``spec`` if it is a unit spec the agent can run; SpecError naming the unit (if it
     has a name) and the field otherwise."""
     if not isinstance(spec, dict):
@@ -188,13 +189,13 @@ def check_spec(spec: object) -> Dict[str, Any]:
                            f"{_short(spec.get('driver'))}")
     _int(0, GENERATION_MAX)(spec.get("generation", 0), f"{where}: generation")
     _CONFIG(spec.get("config", {}), f"{where}: config")
-    return spec
+    return cast(UnitSpec, spec)  # every field it has, checked: from here on typed
 
 
-def check_specs(specs: List[object]) -> Tuple[List[Dict[str, Any]], List[str]]:
+def check_specs(specs: List[object]) -> Tuple[List[UnitSpec], List[str]]:
     """The valid specs of a desired set, and why each other one was refused. A name
     given twice is refused the second time: one unit, one spec."""
-    good: List[Dict[str, Any]] = []
+    good: List[UnitSpec] = []
     refused: List[str] = []
     seen = set()
     for spec in specs:

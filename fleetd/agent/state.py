@@ -28,6 +28,7 @@ from typing import Any, Dict, List
 
 from fleetd.agent import specs
 from fleetd.wire import names
+from fleetd.wire.unitspec import UnitSpec
 
 log = logging.getLogger("fleet-agent")
 
@@ -95,7 +96,7 @@ class AgentState:
         atomic_write(path, (value + "\n").encode(), 0o644)
         return value
 
-    def load_desired(self) -> List[Dict[str, Any]]:
+    def load_desired(self) -> List[UnitSpec]:
         """The last desired set, checked as a set from fleetd is: a spec the agent
         cannot run (written by an older agent, or by hand) is left out and logged, so
         it cannot stop the agent at every start. An unreadable file is an empty set
@@ -118,7 +119,7 @@ class AgentState:
             log.warning("%s: left out: %s", path, why)
         return good
 
-    def save_desired(self, units: List[Dict[str, Any]]) -> None:
+    def save_desired(self, units: List[UnitSpec]) -> None:
         atomic_write(os.path.join(self.root, "desired.json"), json.dumps(units).encode())
 
     def load_records(self) -> Dict[str, Dict[str, Any]]:

@@ -1,7 +1,8 @@
-"""Driver=systemd units in the supervisor: systemd runs them, the agent asks.
+"""The runner for units whose driver's service manager supervises them (Driver=systemd):
+systemd runs them, the agent asks.
 
 systemd forks, restarts by Restart=, limits and reaps these units itself; doing any of
-that here as well would fight it. So for them the supervisor only: starts and stops
+that here as well would fight it. So for them the agent only: starts and stops
 through the driver (``systemctl`` blocks ~100 ms, so in a worker thread, never on the
 event loop), and polls systemd's view about once a second - one ``systemctl show`` for
 all of them (``SystemdDriver.statuses``) - reporting each change of state, pid, restart
@@ -17,15 +18,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Set, TypeVar
 
 from fleetd import protocol
 from fleetd.agent.managed import Managed
-from fleetd.drivers.base import Driver, DriverError, Handle
-from fleetd.drivers.systemd import SystemdDriver
+from fleetd.agent.runner import Port, finish
+from fleetd.drivers.base import Driver, DriverError, Handle, SupervisingDriver
 
-if TYPE_CHECKING:
-    from fleetd.agent.supervisor import Supervisor
+T = TypeVar("T")
 
 log = logging.getLogger("fleet-agent")
 
@@ -33,12 +33,18 @@ POLL_S = 1.0
 
 
 class SystemdUnits:
-    def __init__(self, sup: Supervisor, driver: Optional[SystemdDriver]) -> None:
-        self.sup = sup
+    """``port``: what it may ask of the supervisor; ``driver``: the host's systemd
+    driver (None where systemd does not run: then no unit of this kind is started);
+    ``poll_s``: how often systemd's view is asked for."""
+
+    def __init__(self, port: Port, driver: Optional[SupervisingDriver],
+                 poll_s: float = POLL_S) -> None:
+        self.port = port
         self.driver = driver
+        self.poll_s = poll_s
         self._poller: Optional[asyncio.Task[None]] = None
 
-    async def _call(self, fn: Any, *args: Any) -> Any:
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     def _ensure_polling(self) -> None:
@@ -46,49 +52,62 @@ class SystemdUnits:
             self._poller = asyncio.ensure_future(self._poll())
 
     # --- start / stop / forget (under the unit's lock) -------------------------------------
-    async def start(self, m: Managed, driver: Driver) -> None:
-        ctx = self.sup._context(m)
+    async def start(self, m: Managed, driver: Driver, automatic: bool = False) -> None:
+        m.cancel_timers()
+        m.error = None
+        ctx = self.port.context(m)
         try:
             handle = await self._call(driver.start, m.config, ctx, m.command_index)
             st = await self._call(self._status, m.name)
         except DriverError as exc:
             log.warning("%s: cannot start: %s", m.name, exc)
-            self.sup._finish(m, protocol.FAILED, str(exc))
+            finish(self.port, m, protocol.FAILED, str(exc))
             return
         m.handle = handle
         m.gone.clear()
         self._apply(m, st)
-        self.sup.save(m)
-        self.sup.report(m)
+        self.port.save(m)
+        self.port.report(m)
         if m.state in (protocol.EXITED, protocol.FAILED):
             m.gone.set()
         self._ensure_polling()
 
-    async def stop(self, m: Managed, driver: Driver) -> None:
-        assert isinstance(driver, SystemdDriver)
+    def _own(self, driver: Optional[Driver]) -> SupervisingDriver:
+        """``driver``, the one this runner was given (a unit's driver is its runner's)."""
+        assert driver is not None and driver is self.driver
+        return self.driver
+
+    async def stop(self, m: Managed, driver: Optional[Driver]) -> None:
+        sd = self._own(driver)
+        m.cancel_timers()
         m.state = protocol.STOPPING
-        self.sup.report(m)
+        self.port.report(m)
         try:
-            st = await self._call(driver.stop, m.name, m.config.get("timeout_stop_s"))
+            st = await self._call(sd.stop, m.name, m.config.get("timeout_stop_s"))
             m.exit_status = st.get("exit_status")
         except DriverError as exc:
             m.error = str(exc)
             log.warning("%s: %s", m.name, exc)
         m.gone.set()
         m.state = protocol.STOPPED
-        self.sup.state.delete_record(m.name)
-        self.sup.report(m)
+        self.port.delete_record(m.name)
+        self.port.report(m)
 
-    async def forget(self, m: Managed, driver: Driver) -> None:
-        assert isinstance(driver, SystemdDriver)
+    async def forget(self, m: Managed, driver: Optional[Driver]) -> None:
+        sd = self._own(driver)
         try:
-            await self._call(driver.forget, m.name, m.config.get("timeout_stop_s"))
+            await self._call(sd.forget, m.name, m.config.get("timeout_stop_s"))
         except DriverError as exc:
             log.warning("%s: cannot remove it from systemd: %s", m.name, exc)
 
     # --- recovery ------------------------------------------------------------------------------
-    def adopt(self, m: Managed, handle: Handle) -> None:
-        """A unit systemd still has after an agent restart: take systemd's view of it."""
+    def end_run(self, m: Managed, driver: Driver, outcome: str, why: str) -> bool:
+        """Never: systemd ends its units' runs (WatchdogSec=, its own checks)."""
+        return False
+
+    def adopt(self, m: Managed, driver: Driver, handle: Handle) -> bool:
+        """A unit systemd still has after an agent restart: take systemd's view of it.
+        (It has no cgroup of ours: False.)"""
         assert self.driver is not None
         m.handle = handle
         m.gone.clear()
@@ -99,16 +118,18 @@ class SystemdUnits:
         if m.state in (protocol.EXITED, protocol.FAILED, protocol.STOPPED):
             m.gone.set()
         log.info("%s: re-adopted from systemd (%s)", m.name, m.state)
+        return False
 
-    def recovered(self, records: Dict[str, Any]) -> None:
+    def recovered(self, records: Dict[str, Any], desired: Set[str],
+                  adopted: Set[str]) -> None:
         """Forget units this agent installed in systemd that it neither wants nor has a
         record of (a record lost in a crash must not leave a unit running unseen)."""
         if self.driver is None:
             return
         for name in self.driver.installed():
-            if name not in self.sup.desired and name not in records:
+            if name not in desired and name not in records:
                 log.warning("%s: installed in systemd but not desired: removing it", name)
-                self.sup.spawn(self._call(self.driver.forget, name))
+                self.port.spawn(self._call(self.driver.forget, name))
         self._ensure_polling()
 
     # --- polling ------------------------------------------------------------------------------
@@ -131,9 +152,9 @@ class SystemdUnits:
         sd = self.driver
         assert sd is not None
         while True:
-            await asyncio.sleep(POLL_S)
-            watched = [m for m in self.sup.units.values()
-                       if self.sup.drivers.get(m.spec["driver"]) is sd
+            await asyncio.sleep(self.poll_s)
+            watched = [m for m in self.port.all_units()
+                       if m.spec["driver"] == sd.name
                        and m.handle is not None and m.state != protocol.STOPPING
                        and not m.gone.is_set()]
             if not watched:
@@ -152,7 +173,7 @@ class SystemdUnits:
                 after = (m.state, m.handle.pid if m.handle else 0, m.restarts, m.error)
                 if before == after:
                     continue
-                self.sup.report(m)
+                self.port.report(m)
                 if m.state in (protocol.EXITED, protocol.FAILED, protocol.STOPPED):
                     m.gone.set()
-                    self.sup.spawn(self.sup.converge(m.name))
+                    self.port.converge_later(m.name)

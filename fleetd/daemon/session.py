@@ -31,12 +31,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator, Callable, Dict, FrozenSet, List, Optional, Tuple, TypeVar
+from typing import (
+    Any,
+    AsyncIterator,
+    Callable,
+    Dict,
+    FrozenSet,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+    cast,
+)
 
 from fleetd import protocol
 from fleetd.registry.base import MachineRecord, ObservedRecord, Registry
 from fleetd.transport.base import Channel, Transport, TransportError
-from fleetd.wire import names, numbers
+from fleetd.wire import messages, names, numbers
 
 log = logging.getLogger("fleetd.session")
 
@@ -57,6 +70,9 @@ def silence_window(heartbeat_s: float) -> float:
     return max(heartbeat_s * SILENCE_HEARTBEATS, 2.0)
 
 Fingerprint = FrozenSet[Tuple[str, str, str, int]]
+# A unit spec to send (a protocol UnitSpec). The engine's specs come from the daemon's
+# unit model (fleetd.units.model), which still builds them as plain dicts: both fit.
+SpecLike = Mapping[str, Any]
 TransportFactory = Callable[[MachineRecord], Transport]
 
 
@@ -77,12 +93,12 @@ class MachineSession:
         self.heartbeat_s = heartbeat_s
         self.last_seen: Optional[float] = machine.last_seen
         self.connected = False
-        self._desired: Optional[List[Dict[str, Any]]] = None
+        self._desired: Optional[Sequence[SpecLike]] = None
         self._sent: Optional[Fingerprint] = None  # of the set the agent has
         self._channel: Optional[Channel] = None
         self._task: Optional[asyncio.Task[None]] = None
-        self._replies: Dict[int, asyncio.Future[Dict[str, Any]]] = {}
-        self._streams: Dict[int, asyncio.Queue[Optional[Dict[str, Any]]]] = {}
+        self._replies: Dict[int, asyncio.Future[messages.Reply]] = {}
+        self._streams: Dict[int, asyncio.Queue[Optional[messages.Log]]] = {}
         self._next_id = 0
         # units of the set too large to send, as reported here (see _refusal)
         self._undeliverable: Dict[str, ObservedRecord] = {}
@@ -92,7 +108,7 @@ class MachineSession:
         self.report_matters: Callable[[str, str], bool] = lambda unit, state: False
 
     # --- engine side -------------------------------------------------------------
-    def push(self, specs: List[Dict[str, Any]]) -> None:
+    def push(self, specs: Sequence[SpecLike]) -> None:
         """The host's desired set changed (or may have): send it if it differs. A set
         pushed while not connected is dropped (see the module's docstring)."""
         if not self.connected:
@@ -109,11 +125,12 @@ class MachineSession:
                                 for u in self._desired)
         if fingerprint == self._sent:
             return
-        for line in protocol.chunks("desired", "units", self._deliverable(self._desired)):
+        for line in protocol.chunks(messages.DESIRED, "units",
+                                    self._deliverable(self._desired)):
             self._channel.write(line)
         self._sent = fingerprint
 
-    def _deliverable(self, specs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    def _deliverable(self, specs: Sequence[SpecLike]) -> List[SpecLike]:
         """``specs`` that fit in a message; each other one is reported (``_refusal``)."""
         self._undeliverable = {}
         deliverable = []
@@ -128,7 +145,7 @@ class MachineSession:
             self.changed(False)
         return deliverable
 
-    def _refusal(self, spec: Dict[str, Any]) -> Optional[ObservedRecord]:
+    def _refusal(self, spec: SpecLike) -> Optional[ObservedRecord]:
         """None if ``spec`` fits in a message (protocol.MAX_LINE); else its report on
         this machine: failed, with why. Such a spec is left out of the set - sent, it
         would end the session at every connect, and with it every other unit's
@@ -147,13 +164,15 @@ class MachineSession:
             restarts=0, error=why, updated_at=time.time(),
             generation=int(spec.get("generation", 0)))
 
-    async def request(self, kind: str, timeout: float = 5.0, **fields: Any) -> Dict[str, Any]:
-        """Ask the agent something (``tail`` of a unit's log, ...) and wait for its reply."""
+    async def request(self, kind: str, timeout: float = 5.0, **fields: Any
+                      ) -> messages.Reply:
+        """Ask the agent something (``tail`` of a unit's log, ...) and wait for its reply
+        (checked for its id only: a caller reads its fields as untrusted)."""
         if not self.connected or self._channel is None:
             raise TransportError("unreachable", f"machine {self.name} is not connected")
         self._next_id += 1
         ident = self._next_id
-        future: asyncio.Future[Dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[messages.Reply] = asyncio.get_running_loop().create_future()
         self._replies[ident] = future
         try:
             self._channel.write(protocol.encode(kind, id=ident, **fields))
@@ -166,7 +185,7 @@ class MachineSession:
             self._replies.pop(ident, None)
 
     async def stream(self, kind: str, stop: str, **fields: Any
-                     ) -> AsyncIterator[Dict[str, Any]]:
+                     ) -> AsyncIterator[messages.Log]:
         """Messages the agent sends for a standing request (``follow`` a unit's log)
         until the caller stops iterating; then ``stop`` ({id}) tells the agent to end it.
         Ends by itself if the session drops."""
@@ -174,7 +193,7 @@ class MachineSession:
             raise TransportError("unreachable", f"machine {self.name} is not connected")
         self._next_id += 1
         ident = self._next_id
-        queue: asyncio.Queue[Optional[Dict[str, Any]]] = asyncio.Queue(maxsize=1000)
+        queue: asyncio.Queue[Optional[messages.Log]] = asyncio.Queue(maxsize=1000)
         self._streams[ident] = queue
         channel = self._channel
         try:
@@ -258,7 +277,7 @@ class MachineSession:
         channel = await self.transport.open(self.machine.agent_command)
         self._channel = channel
         try:
-            channel.write(protocol.encode("hello", daemon="fleetd", heartbeat_s=self.heartbeat_s))
+            channel.write(protocol.dump(messages.daemon_hello(self.heartbeat_s)))
             first = await asyncio.wait_for(channel.readline(), HELLO_TIMEOUT_S)
             if not first:
                 err = await channel.stderr_tail()
@@ -268,9 +287,9 @@ class MachineSession:
                     + (f": {err}" if err else ""),
                 )
             hello = protocol.decode(first)
-            if hello["type"] == "error":  # it refused our hello (a heartbeat out of range)
+            if hello["type"] == messages.ERROR:  # it refused our hello (a bad heartbeat)
                 raise protocol.ProtocolError(f"the agent refused: {hello.get('message')}")
-            if hello["type"] != "hello":
+            if hello["type"] != messages.HELLO:
                 raise protocol.ProtocolError(f"expected hello, got {hello['type']}")
             self.last_seen = time.time()
             facts = hello.get("facts") or {}
@@ -318,7 +337,7 @@ class MachineSession:
             await asyncio.sleep(self.heartbeat_s)
             seq += 1
             try:
-                channel.write(protocol.encode("ping", seq=seq))
+                channel.write(protocol.dump(messages.ping(seq)))
             except Exception as exc:  # the transport's own errors: the reader ends it
                 log.debug("%s: cannot ping: %r", self.name, exc)
                 return
@@ -340,9 +359,9 @@ class MachineSession:
     def _handle(self, msg: Dict[str, Any]) -> None:
         self.last_seen = time.time()
         kind = msg["type"]
-        if kind == "heartbeat":
+        if kind == messages.HEARTBEAT:
             return
-        if kind == "reply":
+        if kind == messages.REPLY:
             ident = _message_id(msg)
             future = self._replies.get(ident)
             if future is None or future.done():
@@ -352,16 +371,16 @@ class MachineSession:
                 if lines is None:
                     return
                 msg = {**msg, "lines": lines}
-            future.set_result(msg)
+            future.set_result(cast(messages.Reply, msg))  # its id checked, as a reply's
             return
-        if kind == "log":
+        if kind == messages.LOG:
             queue = self._streams.get(_message_id(msg))
             if queue is not None:
                 if queue.full():  # a reader this far behind loses lines, not fleetd
                     queue.get_nowait()
-                queue.put_nowait(msg)
+                queue.put_nowait(cast(messages.Log, msg))  # its id checked, as a log's
             return
-        if kind == "status":
+        if kind == messages.STATUS:
             units = self._whole({**msg, "units": protocol.spec_list(msg)}, "units")
             if units is None:
                 return
@@ -371,7 +390,7 @@ class MachineSession:
             self.registry.replace_observed(self.name, rows)
             self.changed(True)  # a whole snapshot (after a connect): the engine looks
             return
-        elif kind == "unit":
+        elif kind == messages.UNIT:
             row = self._observed(msg.get("unit"))
             self.registry.upsert_observed(row)
             if row.state == protocol.STOPPED and (row.error or "").startswith(protocol.FENCED):
@@ -383,7 +402,7 @@ class MachineSession:
             if self.report_matters(row.unit, row.state):
                 self.changed(True)
                 return
-        elif kind == "removed":
+        elif kind == messages.REMOVED:
             name = msg.get("name")
             why = names.problem(name)
             if why is not None:
@@ -392,7 +411,7 @@ class MachineSession:
             if self.report_matters(str(name), "removed"):
                 self.changed(True)  # a hand-off's old copy is gone: the next unit may go
                 return
-        elif kind == "error":
+        elif kind == messages.ERROR:
             log.warning("%s: agent says: %s", self.name, msg.get("message"))
             return
         else:

@@ -11,18 +11,42 @@ Stopping is generic (signal, wait, escalate) and lives in the supervisor; driver
 deliver signals to every process of the unit. Drivers that run processes themselves
 (exec, and java through it) are ``ProcessDriver``s: they also run a unit's control
 commands (ExecStartPre=, ExecStartPost=, ExecStop=) in the same environment and cgroup.
-A driver whose host service manager supervises for it (systemd) says so with
-``supervises = True`` and is polled instead.
+What a driver can do is declared, not probed: each has ``capabilities``
+(``Capabilities``, as Nomad's drivers answer ``Capabilities()``). A driver whose host
+service manager supervises for it (systemd) says ``supervises_itself`` and is polled
+instead; the agent picks the runner for a unit by it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+
+from fleetd.wire.unitspec import Command, UnitConfig
 
 
 class DriverError(Exception):
     """A unit could not be started; the message says why, for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a driver does, declared (Nomad: ``DriverPlugin.Capabilities()``).
+
+    ``supervises_itself``: the host's service manager forks, restarts, limits and reaps
+    the unit (systemd); the agent starts, stops and polls it, nothing more.
+    ``control_commands``: the driver forks the unit's processes itself, into its cgroup,
+    and runs its ExecStartPre=/ExecStartPost=/ExecStop= (a ``ProcessDriver``).
+    ``needs_host_service``: it works only where that service manager runs (the agent
+    offers it only if ``available()``)."""
+
+    supervises_itself: bool = False
+    control_commands: bool = False
+    needs_host_service: bool = False
+
+
+PROCESS = Capabilities(control_commands=True)
+HOST_SUPERVISED = Capabilities(supervises_itself=True, needs_host_service=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +109,9 @@ def alive(pid: int, ticks: int) -> bool:
 
 class Driver(Protocol):
     name: str
+    capabilities: Capabilities
 
-    def start(self, config: Dict[str, Any], ctx: StartContext, command_index: int = 0) -> Handle:
+    def start(self, config: UnitConfig, ctx: StartContext, command_index: int = 0) -> Handle:
         """Start the program (command ``command_index`` of the unit); raise DriverError."""
 
     def signal(self, handle: Handle, signum: int) -> None:
@@ -100,8 +125,35 @@ class Driver(Protocol):
 class ProcessDriver(Driver, Protocol):
     """A driver that forks the unit's processes itself, into the unit's cgroup."""
 
-    def run(self, config: Dict[str, Any], ctx: StartContext, command: Dict[str, Any],
+    def run(self, config: UnitConfig, ctx: StartContext, command: Command,
             extra_env: Optional[Dict[str, str]] = None) -> Handle:
         """Start one control command (ExecStartPre=/Post=/Stop=) of the unit, in its
         environment (plus ``extra_env``, like MAINPID), cgroup and log; raise
         DriverError. The supervisor waits for it."""
+
+    def as_unit(self, config: UnitConfig, ctx: StartContext
+                ) -> Tuple[Dict[str, str], Callable[[], None]]:
+        """The environment and the preexec (cgroup, limits, User=) a program of the
+        unit gets: an exec health check runs with them. Raise DriverError."""
+
+
+class SupervisingDriver(Driver, Protocol):
+    """A driver whose host service manager supervises the unit (``supervises_itself``):
+    the agent asks it instead of watching a pid. A status is a dict with at least
+    ``state`` (a protocol unit state), ``pid``, ``restarts``, ``exit_status``, ``error``,
+    ``known`` and ``active_state``."""
+
+    def status(self, name: str) -> Dict[str, Any]:
+        """One unit's status."""
+
+    def statuses(self, names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+        """The status of each of ``names``, in one question to the service manager."""
+
+    def stop(self, name: str, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Stop the unit and wait (``timeout``: its TimeoutStopSec=); its status after."""
+
+    def forget(self, name: str, timeout: Optional[float] = None) -> None:
+        """Stop it if it runs and leave nothing of it installed."""
+
+    def installed(self) -> List[str]:
+        """Every unit this driver installed and has not forgotten."""

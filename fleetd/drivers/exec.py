@@ -36,8 +36,17 @@ import psutil
 
 from fleetd.cgroups import Backend, CgroupError, Limits, LimitsUnsupported, UnitCgroup
 from fleetd.drivers import envfile, identity
-from fleetd.drivers.base import DriverError, Handle, StartContext, alive, start_ticks
+from fleetd.drivers.base import (
+    PROCESS,
+    DriverError,
+    Handle,
+    StartContext,
+    alive,
+    start_ticks,
+)
 from fleetd.wire import execline
+from fleetd.wire.unitspec import Command, UnitConfig
+from fleetd.wire.unitspec import Limits as LimitsConfig
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INVOCATION_VAR = "FLEET_INVOCATION_ID"
@@ -76,6 +85,7 @@ class ExecDriver:
     cgroups and limits are not applied."""
 
     name = "exec"
+    capabilities = PROCESS
 
     def __init__(self, backend: Optional[Backend] = None) -> None:
         self.backend = backend
@@ -83,14 +93,14 @@ class ExecDriver:
     def cgroup(self, unit: str, pgid: Optional[int] = None) -> Optional[UnitCgroup]:
         return self.backend.unit(unit, pgid) if self.backend is not None and unit else None
 
-    def start(self, config: Dict[str, Any], ctx: StartContext, command_index: int = 0) -> Handle:
+    def start(self, config: UnitConfig, ctx: StartContext, command_index: int = 0) -> Handle:
         return self._spawn(config, ctx, config["commands"][command_index], None)
 
-    def run(self, config: Dict[str, Any], ctx: StartContext, command: Dict[str, Any],
+    def run(self, config: UnitConfig, ctx: StartContext, command: Command,
             extra_env: Optional[Dict[str, str]] = None) -> Handle:
         return self._spawn(config, ctx, command, extra_env)
 
-    def environment(self, config: Dict[str, Any], ctx: StartContext,
+    def environment(self, config: UnitConfig, ctx: StartContext,
                     creds: Optional[identity.Credentials],
                     extra_env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
         """The program's environment; EnvironmentFile= is read now, at every start."""
@@ -106,7 +116,7 @@ class ExecDriver:
         env.update(fleet_environment(ctx))
         return env
 
-    def as_unit(self, config: Dict[str, Any], ctx: StartContext
+    def as_unit(self, config: UnitConfig, ctx: StartContext
                 ) -> Tuple[Dict[str, str], Callable[[], None]]:
         """The environment of the unit's program and what it does between fork and
         exec (join the unit's existing cgroup, LimitNOFILE=, User=/Group=), for other
@@ -116,7 +126,7 @@ class ExecDriver:
         return (self.environment(config, ctx, creds),
                 _preexec(config, self.cgroup(ctx.unit), creds))
 
-    def _spawn(self, config: Dict[str, Any], ctx: StartContext, command: Dict[str, Any],
+    def _spawn(self, config: UnitConfig, ctx: StartContext, command: Command,
                extra_env: Optional[Dict[str, str]]) -> Handle:
         creds = identity.resolve(config.get("user"), config.get("group"))
         env = self.environment(config, ctx, creds, extra_env)
@@ -205,7 +215,7 @@ class ExecDriver:
         return handle if cg is not None and cg.contains(handle.pid) else None
 
 
-def _preexec(config: Dict[str, Any], cg: Optional[UnitCgroup],
+def _preexec(config: UnitConfig, cg: Optional[UnitCgroup],
              creds: Optional[identity.Credentials]) -> Callable[[], None]:
     """The preexec_fn: join ``cg`` (created already), LimitNOFILE=, switch to ``creds``."""
     steps = [cg.preexec()] if cg is not None else []
@@ -213,7 +223,7 @@ def _preexec(config: Dict[str, Any], cg: Optional[UnitCgroup],
                             creds)
 
 
-def _create(cg: UnitCgroup, limits: Dict[str, Any]) -> None:
+def _create(cg: UnitCgroup, limits: LimitsConfig) -> None:
     try:
         cg.create(Limits.from_config(limits))
     except LimitsUnsupported as exc:
@@ -222,7 +232,7 @@ def _create(cg: UnitCgroup, limits: Dict[str, Any]) -> None:
         raise DriverError(f"cannot set up the unit's cgroup: {exc}") from None
 
 
-def _explained(run: Callable[[], None], fd: int, config: Dict[str, Any]) -> Callable[[], None]:
+def _explained(run: Callable[[], None], fd: int, config: UnitConfig) -> Callable[[], None]:
     """``run`` as a preexec_fn that writes why it failed to ``fd`` before raising
     (Popen itself only reports "Exception occurred in preexec_fn")."""
     who = config.get("user") or config.get("group")

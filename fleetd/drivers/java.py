@@ -32,8 +32,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import psutil
 
 from fleetd.drivers import files, identity
-from fleetd.drivers.base import DriverError, Handle, StartContext
+from fleetd.drivers.base import PROCESS, DriverError, Handle, StartContext
 from fleetd.drivers.exec import DEFAULT_PATH, ExecDriver
+from fleetd.wire.unitspec import Command, Java, Limits, UnitConfig
 
 JVM_DIR = "/usr/lib/jvm"
 RELEASE_MAX = 64 * 1024  # a JDK's release file is a few hundred bytes
@@ -185,7 +186,7 @@ def machine_capabilities(javas: Sequence[JavaInstall]) -> List[str]:
     return ["java", *(f"java:{k}" for k in range(CAPABILITY_FLOOR, newest + 1))]
 
 
-def choose_java(java_cfg: Dict[str, Any],
+def choose_java(java_cfg: Java,
                 installed: Optional[Sequence[JavaInstall]] = None,
                 creds: Optional[identity.Credentials] = None) -> JavaInstall:
     """JavaHome= if it holds a Java (looked into as ``creds``, the unit's User=);
@@ -243,7 +244,7 @@ def _sets_heap(words: Sequence[str]) -> bool:
     return any(w.startswith(HEAP_FLAGS) for w in words)
 
 
-def heap_option(java_cfg: Dict[str, Any], limits: Optional[Dict[str, Any]],
+def heap_option(java_cfg: Java, limits: Optional[Limits],
                 environment: Dict[str, str],
                 total_memory: Optional[int] = None) -> Optional[str]:
     """``-Xmx<N>m`` sized from MemoryMax=, or None: no limit, or the unit sizes the heap
@@ -254,9 +255,10 @@ def heap_option(java_cfg: Dict[str, Any], limits: Optional[Dict[str, Any]],
     if any(_sets_heap(environment.get(v, "").split()) for v in OPTION_VARIABLES):
         return None
     limit = limits.get("memory_max")
-    if not limit and limits.get("memory_max_percent"):
+    percent = limits.get("memory_max_percent")
+    if not limit and percent:
         total = total_memory if total_memory is not None else psutil.virtual_memory().total
-        limit = int(total * float(limits["memory_max_percent"]) / 100.0)
+        limit = int(total * float(percent) / 100.0)
     if not limit:
         return None
     return f"-Xmx{heap_bytes(int(limit)) // MiB}m"
@@ -267,7 +269,7 @@ def _literal(word: str) -> str:
     return word.replace("$", "$$")
 
 
-def command_words(java_cfg: Dict[str, Any], java: str, heap: Optional[str]) -> List[str]:
+def command_words(java_cfg: Java, java: str, heap: Optional[str]) -> List[str]:
     """The java command line, as ExecStart= words: paths and the main class literal,
     JvmOptions= and Args= subject to ``$VAR`` expansion like any ExecStart= word.
 
@@ -290,12 +292,13 @@ class JavaDriver:
     """Chooses the Java and writes the command; the exec driver runs it."""
 
     name = "java"
+    capabilities = PROCESS
 
     def __init__(self, exec_driver: Optional[ExecDriver] = None) -> None:
         self._exec = exec_driver or ExecDriver()
 
-    def exec_config(self, config: Dict[str, Any],
-                    installed: Optional[Sequence[JavaInstall]] = None) -> Dict[str, Any]:
+    def exec_config(self, config: UnitConfig,
+                    installed: Optional[Sequence[JavaInstall]] = None) -> UnitConfig:
         """The unit's config as the exec driver runs it: one command, the java line."""
         java_cfg = config.get("java")
         if not isinstance(java_cfg, dict):
@@ -314,22 +317,29 @@ class JavaDriver:
         environment["JAVA_HOME"] = install.home
         environment["PATH"] = os.path.join(install.home, "bin") + ":" + \
             environment.get("PATH", DEFAULT_PATH)
-        command = {"words": command_words(java_cfg, install.java, heap),
-                   "ignore_failure": False, "argv0_given": False, "no_expand": False,
-                   "privileged": False}
-        return {**config, "environment": environment, "commands": [command]}
+        command: Command = {"words": command_words(java_cfg, install.java, heap),
+                            "ignore_failure": False, "argv0_given": False,
+                            "no_expand": False, "privileged": False}
+        exec_config: UnitConfig = {**config, "environment": environment,
+                                   "commands": [command]}
+        return exec_config
 
-    def start(self, config: Dict[str, Any], ctx: StartContext, command_index: int = 0) -> Handle:
+    def start(self, config: UnitConfig, ctx: StartContext, command_index: int = 0) -> Handle:
         if command_index != 0:
             raise DriverError("a java unit runs one command (Type=oneshot with several "
                               "ExecStart= is for Driver=exec)")
         handle = self._exec.start(self.exec_config(config), ctx, 0)
         return dataclasses.replace(handle, driver=self.name)
 
-    def run(self, config: Dict[str, Any], ctx: StartContext, command: Dict[str, Any],
+    def run(self, config: UnitConfig, ctx: StartContext, command: Command,
             extra_env: Optional[Dict[str, str]] = None) -> Handle:
         """A control command (ExecStartPre=, ...) sees the JVM's environment too."""
         return self._exec.run(self.exec_config(config), ctx, command, extra_env)
+
+    def as_unit(self, config: UnitConfig, ctx: StartContext
+                ) -> Tuple[Dict[str, str], Callable[[], None]]:
+        """As the exec driver's: a check runs with the unit's own settings."""
+        return self._exec.as_unit(config, ctx)
 
     def signal(self, handle: Handle, signum: int) -> None:
         self._exec.signal(handle, signum)

@@ -36,8 +36,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import psutil
 
 from fleetd.cgroups.limits import format_size
-from fleetd.drivers.base import DriverError, Handle, StartContext
+from fleetd.drivers.base import HOST_SUPERVISED, DriverError, Handle, StartContext
 from fleetd.wire import names
+from fleetd.wire.unitspec import UnitConfig
 
 UNIT_DIR = "/run/systemd/system"
 DROPIN = "50-fleetd.conf"
@@ -60,10 +61,12 @@ _ACTIVE = {"active": "running", "reloading": "running", "activating": "starting"
 class SystemdDriver:
     """Driver=systemd. Besides the Driver protocol (start, signal, recover) it offers
     ``status``/``statuses``/``stop``/``forget`` for a supervisor that polls instead of
-    watching a pid (``supervises`` says so), and ``available`` for the host's facts."""
+    watching a pid (its capabilities say ``supervises_itself``), and ``available`` for
+    the host's facts."""
 
     name = "systemd"
-    supervises = True  # systemd restarts, limits and reaps; the supervisor only polls
+    # systemd restarts, limits and reaps; the agent only starts, stops and polls
+    capabilities = HOST_SUPERVISED
 
     def __init__(self, unit_dir: str = UNIT_DIR, systemctl: str = "systemctl") -> None:
         self.unit_dir = unit_dir
@@ -89,7 +92,7 @@ class SystemdDriver:
         return out.returncode == 0 and out.stdout.startswith("Version=")
 
     # --- starting --------------------------------------------------------------------------
-    def start(self, config: Dict[str, Any], ctx: StartContext, command_index: int = 0) -> Handle:
+    def start(self, config: UnitConfig, ctx: StartContext, command_index: int = 0) -> Handle:
         """Install the unit, make systemd load it and start it.
 
         ``systemctl start`` waits for the start job, so what systemd knows at start

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, List, Mapping, Tuple
 
 PREFIX_CHARS = "@-:+!"
 
@@ -181,7 +181,7 @@ def expand(words: Tuple[str, ...] | List[str], env: Dict[str, str]) -> List[str]
     return out
 
 
-def argv(command: Dict[str, object], env: Dict[str, str]) -> Tuple[str, List[str]]:
+def argv(command: Mapping[str, object], env: Dict[str, str]) -> Tuple[str, List[str]]:
     """The executable and argv to exec for a command sent as ``Command.to_json()``."""
     raw = command["words"]
     assert isinstance(raw, (list, tuple))

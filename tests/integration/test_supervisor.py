@@ -25,7 +25,7 @@ from agentkit import Attached, clean, machine_id, spec, unit_cgroup
 from labkit import alive, wait_for
 
 from fleetd import protocol
-from fleetd.agent import restart
+from fleetd.agent import host, restart
 from fleetd.agent.state import AgentState
 from fleetd.agent.supervisor import Supervisor
 
@@ -351,7 +351,9 @@ def test_a_failing_check_ends_the_run_and_restart_judges_it(agent: Attached) -> 
 
 def test_end_run_of_a_unit_that_does_not_run_is_refused(tmp_path: Path) -> None:
     state = AgentState(str(tmp_path / "agent"))
-    sup = Supervisor(state, state.machine_id(), lambda data: None)
+    backend = host.cgroups(state.machine_id())
+    sup = Supervisor(state, state.machine_id(), lambda data: None, backend,
+                     host.drivers(backend))
     try:
         assert not sup.end_run("nope.service", restart.WATCHDOG, "x")
     finally:

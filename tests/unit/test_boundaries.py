@@ -65,11 +65,7 @@ ALLOWED: Dict[Tuple[str, str], str] = {
 }
 # Import cycles that exist today in code being restructured: the cycle's modules -> why,
 # and who removes it. A cycle not listed fails; a listed one that is gone fails too.
-KNOWN_CYCLES: Dict[FrozenSet[str], str] = {
-    frozenset({"fleetd.agent.supervisor", "fleetd.agent.systemd_units"}):
-        "engineer D (issue 11, the supervisor split): systemd_units names Supervisor under "
-        "TYPE_CHECKING and reaches into its private methods; a narrow port removes it",
-}
+KNOWN_CYCLES: Dict[FrozenSet[str], str] = {}
 
 
 # --- the import graph ------------------------------------------------------------------

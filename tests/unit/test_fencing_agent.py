@@ -16,13 +16,13 @@ import pytest
 
 from fleetd import protocol
 from fleetd.agent import daemon as agent_daemon
-from fleetd.agent import fencing, systemd_units
-from fleetd.agent import supervisor as agent_supervisor
+from fleetd.agent import fencing
 from fleetd.agent.state import AgentState
 from fleetd.cgroups.none import NoneBackend
 from fleetd.daemon.session import MachineSession
 from fleetd.registry.base import MachineRecord
 from fleetd.registry.sqlite import SqliteRegistry
+from fleetd.testing.driver import FakeDriver
 from fleetd.testing.systemd import Supervised
 from fleetd.testing.waiting import until
 
@@ -83,17 +83,14 @@ FENCED, FREE = unit("fenced.service", 0.3), unit("free.service", None)
 
 
 class Harness(Supervised):
+    def __init__(self, root: str) -> None:
+        super().__init__(root, fence_check_s=0.05)
+
     async def fleetd_talks(self) -> None:
         """fleetd's pings, as the agent daemon passes them on."""
         while True:
             self.sup.heard()
             await asyncio.sleep(0.05)
-
-
-@pytest.fixture(autouse=True)
-def fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(systemd_units, "POLL_S", 0.02)
-    monkeypatch.setattr(fencing, "CHECK_S", 0.05)
 
 
 def test_silence_fences_only_units_that_ask_and_they_stay_stopped(tmp_path: Path) -> None:
@@ -117,7 +114,7 @@ def test_silence_fences_only_units_that_ask_and_they_stay_stopped(tmp_path: Path
 
         # fleetd is heard again, but no desired set yet: still stopped, whatever converges
         talk = asyncio.ensure_future(h.fleetd_talks())
-        assert not h.sup._wanted(h.sup.units["fenced.service"])  # Restart= would not
+        assert not h.sup.wanted(h.sup.units["fenced.service"])  # Restart= would not
         await h.sup.converge("fenced.service")
         await asyncio.sleep(0.3)
         assert h.starts("fenced.service") == 1
@@ -160,13 +157,12 @@ class AgentClient:
         return protocol.decode(line)
 
 
-def test_ping_gets_no_answer_and_only_fleetd_counts(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent_supervisor, "detect", lambda parent: NoneBackend("test"))
+def test_ping_gets_no_answer_and_only_fleetd_counts(tmp_path: Path) -> None:
     state_dir = tmp_path / "a"
 
     async def scenario() -> None:
-        agent = agent_daemon.AgentDaemon(AgentState(str(state_dir)))
+        agent = agent_daemon.AgentDaemon(AgentState(str(state_dir)), NoneBackend("test"),
+                                         {"systemd": FakeDriver()})
         served = asyncio.ensure_future(agent.serve())
         await until(lambda: os.path.exists(agent.state.socket_path))
 

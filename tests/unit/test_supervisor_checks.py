@@ -17,6 +17,7 @@ from fleetd.agent.state import AgentState
 from fleetd.agent.supervisor import Supervisor
 from fleetd.cgroups.none import NoneBackend
 from fleetd.drivers.base import Handle
+from fleetd.drivers.exec import ExecDriver
 
 
 def test_an_exec_check_gets_the_environment_of_the_units_run(tmp_path: Path) -> None:
@@ -27,14 +28,17 @@ def test_an_exec_check_gets_the_environment_of_the_units_run(tmp_path: Path) -> 
     spec = protocol.unit_spec("chk.service", "h" * 64, protocol.WANT_RUNNING, "exec", config)
 
     async def scenario() -> None:
-        sup = Supervisor(AgentState(str(tmp_path)), "m1", lambda _data: None,
-                         backend=NoneBackend("test"))
+        backend = NoneBackend("test")
+        driver = ExecDriver(backend)
+        sup = Supervisor(AgentState(str(tmp_path)), "m1", lambda _data: None, backend,
+                         {"exec": driver})
         m = Managed(spec)
         handle = Handle(driver="exec", pid=os.getpid(), create_time=0.0,
                         started_at=time.time(), invocation_id="run-1", unit="chk.service")
         m.handle = handle
         m.gone.clear()
-        sup._check_health(m, handle)
+        checks = sup.processes.checks
+        checks.start(m, handle, driver, sup.context(m))
         try:
             assert m.checker is not None and m.checker.env is not None
             env = m.checker.env
@@ -44,6 +48,6 @@ def test_an_exec_check_gets_the_environment_of_the_units_run(tmp_path: Path) -> 
             assert env["FLEET_INVOCATION_ID"] == "run-1"  # the program's, not a new one
             assert m.checker.preexec is not None
         finally:
-            sup._stop_health(m)
+            checks.stop(m)
 
     asyncio.run(scenario())

@@ -7,10 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from fleetd import protocol
-from fleetd.agent import systemd_units
 from fleetd.testing.systemd import Supervised, status
 from fleetd.testing.waiting import until
 
@@ -26,11 +23,6 @@ async def running(root: Path) -> Supervised:
     h.sup.set_desired([UNIT])
     await until(lambda: "running" in h.states())
     return h
-
-
-@pytest.fixture(autouse=True)
-def fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(systemd_units, "POLL_S", 0.02)
 
 
 def test_start_poll_stop_forget(tmp_path: Path) -> None:

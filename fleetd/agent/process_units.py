@@ -1,0 +1,273 @@
+"""The runner for units whose driver forks the program itself (exec, and java through it):
+it runs them as systemd runs a service.
+
+  start    start limit -> leftovers of an earlier run killed -> ExecStartPre= in order
+           (each must succeed unless "-") -> the main process -> ExecStartPost=
+           (running once they succeeded; Type=oneshot: after its ExecStart= lines ran)
+  exit     seen through a pidfd (fleetd.agent.procwatch), at once. The main process is
+           the unit: when it ends, whatever it left in the cgroup is stopped too
+           (KillSignal=, SIGKILL after TimeoutStopSec=) - systemd's KillMode=
+           control-group. A program that forks into the background and exits is not a
+           Type=simple service; its daemon would be killed right away (run it in the
+           foreground, or use Driver=systemd for Type=forking).
+  restart  by Restart= on the run's result (fleetd.agent.restart), after RestartSec=
+           growing by RestartSteps= up to RestartMaxDelaySec=; with a delay of 0 the new
+           program is forked in the same turn of the event loop that saw the exit. While
+           it waits the unit is reported ``starting`` (systemd: activating/auto-restart),
+           not ``failed``: fleetd must not reschedule a unit that is about to come back.
+  limit    more than StartLimitBurst= starts within StartLimitIntervalSec=: ``failed``,
+           with the reason, and no more restarts here (fleetd may reschedule it).
+  stop     ExecStop= (if the program runs), then KillSignal= to the whole cgroup, then
+           SIGKILL after TimeoutStopSec= (none: wait for ever), then the cgroup is removed.
+
+The unit's cgroup: fleetd.agent.cgroup_ops; its [X-Check]: fleetd.agent.checks; the
+control commands and the exit that follows a run: fleetd.agent.runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Any, Dict, Optional, Set
+
+from fleetd import protocol
+from fleetd.agent import procwatch, restart
+from fleetd.agent.cgroup_ops import UnitCgroups
+from fleetd.agent.checks import UnitChecks
+from fleetd.agent.managed import Managed
+from fleetd.agent.runner import ProcessPort, finish
+from fleetd.agent.runs import Runs
+from fleetd.drivers.base import Driver, DriverError, Handle, ProcessDriver
+from fleetd.wire.unitspec import KILL_GRACE_S, kill_signal, timeout_stop
+
+log = logging.getLogger("fleet-agent")
+
+
+def _process(driver: Driver) -> ProcessDriver:
+    """``driver`` as the process driver its capabilities say it is."""
+    assert driver.capabilities.control_commands, driver.name
+    return driver  # type: ignore[return-value]
+
+
+class ProcessUnits:
+    """``port``: what it may ask of the supervisor; ``cgroups``: the units' cgroups."""
+
+    def __init__(self, port: ProcessPort, cgroups: UnitCgroups) -> None:
+        self.port = port
+        self.cgroups = cgroups
+        self.checks = UnitChecks(port.report, self.end_run)
+        self.runs = Runs(port, cgroups, self._running, self._after_run)
+
+    # --- starting ------------------------------------------------------------------
+    async def start(self, m: Managed, driver: Driver, automatic: bool = False) -> None:
+        """Start the unit (under its lock). ``automatic``: a restart by Restart=."""
+        proc = _process(driver)
+        m.cancel_timers()
+        last_error, m.error = m.error, None
+        loop = asyncio.get_running_loop()
+        if not automatic:
+            m.exit_status, m.streak = None, 0
+        if not m.limiter.allow(loop.time()):
+            hit = m.limiter.describe()
+            finish(self.port, m, protocol.FAILED, f"{hit} (last: {last_error})" if automatic
+                   and last_error else hit)
+            self.cgroups.release(m.name)
+            return
+        if automatic:
+            m.restarts += 1
+        if not await self.cgroups.clear(m, signal.SIGKILL, KILL_GRACE_S):
+            finish(self.port, m, protocol.FAILED, "processes of an earlier run of this unit "
+                                                  "survived SIGKILL in its cgroup")
+            return
+        config = m.config
+        timeout = config.get("timeout_start_s")
+        m.deadline = loop.time() + timeout if timeout is not None else None
+        ctx = self.port.context(m)
+        if config.get("pre"):
+            self._starting(m)
+        for command in config.get("pre") or []:
+            outcome, why = await self.runs.control(m, proc, ctx, command, "ExecStartPre")
+            if outcome != restart.SUCCESS:
+                await self._after_run(m, outcome, why, ran_s=0.0)
+                return
+        try:
+            handle = proc.start(config, ctx, m.command_index)
+        except DriverError as exc:
+            log.warning("%s: cannot start: %s", m.name, exc)
+            await self._after_run(m, restart.EXIT_CODE, str(exc), ran_s=0.0)
+            return
+        self._running(m, proc, handle)
+        if m.oneshot:
+            self.runs.arm_start_timeout(m, proc, handle)
+            self._starting(m)
+            return
+        if config.get("post"):
+            self._starting(m)
+            ok = await self.runs.posts(m, proc, ctx, handle)
+            if not ok or m.handle is not handle or m.gone.is_set():
+                return  # the run's end is handled where its exit is seen
+        m.state = protocol.RUNNING
+        self.port.report(m)
+
+    def _starting(self, m: Managed) -> None:
+        """Report ``starting`` while ExecStartPre=/Post= or a oneshot run (once)."""
+        if m.state != protocol.STARTING:
+            m.state = protocol.STARTING
+            self.port.report(m)
+
+    def _running(self, m: Managed, proc: ProcessDriver, handle: Handle) -> None:
+        """The main process is up: remember it (on disk too) and watch it."""
+        m.handle = handle
+        m.gone.clear()
+        m.forced = None
+        m.started_mono = asyncio.get_running_loop().time()
+        m.oom_before = self.cgroups.oom_kills(m.name)
+        self.port.save(m)
+        self._watch(m, proc, handle)
+
+    def _watch(self, m: Managed, proc: ProcessDriver, handle: Handle) -> None:
+        self.port.spawn(self._life(m, proc, handle))
+        self.checks.start(m, handle, proc, self.port.context(m))
+
+    # --- ending a run ---------------------------------------------------------------------
+    def end_run(self, m: Managed, driver: Driver, outcome: str, why: str) -> bool:
+        """End the unit's running program for a reason of the agent's own (a failing
+        health check: restart.WATCHDOG), with KillSignal=, then SIGKILL after
+        TimeoutStopSec=. Restart= then judges ``outcome`` like any other end. False if
+        no program of the unit runs."""
+        if m.handle is None or m.gone.is_set() or m.state == protocol.STOPPING:
+            return False
+        m.forced = (outcome, why)
+        self.port.spawn(self.runs.terminate(m, _process(driver), m.handle))
+        return True
+
+    # --- exits ------------------------------------------------------------------------
+    async def _life(self, m: Managed, proc: ProcessDriver, handle: Handle) -> None:
+        """Wait for the main process to end, then decide what follows (under the lock)."""
+        end = await procwatch.watch(handle.pid, handle.start_ticks)
+        if m.handle is handle:
+            m.gone.set()  # before taking the lock: a stop holding it waits for this
+            self.checks.stop(m)
+        if m.handle is not handle:
+            return  # a stale watcher of an earlier program of this unit
+        if m.state == protocol.STOPPING:
+            m.exit_status = end.code
+            return  # stop reports the outcome
+        async with self.port.lock(m.name):
+            if (self.port.current(m.name) is not m or m.handle is not handle
+                    or m.state in (protocol.STOPPING, protocol.STOPPED)):
+                return
+            await self.runs.ended(m, proc, handle, end)
+
+    async def _after_run(self, m: Managed, outcome: str, why: Optional[str],
+                         ran_s: float) -> None:
+        """A run (or a start) ended with ``outcome``: restart by policy, or settle."""
+        opts = restart.restart_options(m.config)
+        if restart.streak_broken(ran_s, opts["max_delay_s"]):
+            m.streak = 0
+        if restart.shall_restart(opts["policy"], outcome):
+            m.streak += 1
+            delay = restart.delay(m.streak, opts["restart_s"], opts["steps"],
+                                  opts["max_delay_s"])
+            m.state, m.error = protocol.STARTING, why
+            log.info("%s: restarting in %s (%s)", m.name, restart.format_seconds(delay),
+                     why or outcome)
+            self.port.report(m)
+            self._restart_after(m, delay)
+            return  # the record stays until the next program's replaces it: it proves
+            # nothing (its pid is dead), and a restarted agent restarts the unit by it
+        self.port.delete_record(m.name)
+        await self.cgroups.clear(m, signal.SIGKILL, KILL_GRACE_S)  # a failed ExecStartPre='s
+        self.cgroups.release(m.name)
+        finish(self.port, m, protocol.EXITED if outcome == restart.SUCCESS
+               else protocol.FAILED, why)
+        self.port.converge_later(m.name)
+
+    def _restart_after(self, m: Managed, delay: float) -> None:
+        m.restart_pending = True
+        if delay <= 0:  # no timer: the next turn of the loop forks it
+            self.port.spawn(self._restart(m))
+            return
+        loop = asyncio.get_running_loop()
+        m.restart_timer = loop.call_later(delay, lambda: self.port.spawn(self._restart(m)))
+
+    async def _restart(self, m: Managed) -> None:
+        async with self.port.lock(m.name):
+            if not m.restart_pending or m.state != protocol.STARTING:
+                return  # stopped or replaced meanwhile
+            m.restart_pending, m.restart_timer = False, None
+            if not self.port.wanted(m):
+                self.port.converge_later(m.name)
+                return
+            await self.port.start(m, automatic=True)
+
+    # --- stopping ------------------------------------------------------------------
+    async def stop(self, m: Managed, driver: Optional[Driver]) -> None:
+        """ExecStop=, KillSignal= to the whole cgroup, SIGKILL after TimeoutStopSec=."""
+        m.cancel_timers()
+        handle = m.handle
+        if handle is None or driver is None or m.gone.is_set():
+            await self.cgroups.clear(m, signal.SIGKILL, KILL_GRACE_S)
+            self.cgroups.release(m.name)
+            m.state = protocol.STOPPED
+            self.port.delete_record(m.name)
+            self.port.report(m)
+            return
+        proc = _process(driver)
+        m.state = protocol.STOPPING
+        self.port.report(m)
+        config = m.config
+        timeout = timeout_stop(config)  # None: wait as long as it takes
+        ctx = self.port.context(m)
+        for command in config.get("stop") or []:
+            if m.gone.is_set():
+                break
+            _outcome, why = await self.runs.control(m, proc, ctx, command, "ExecStop",
+                                                    {"MAINPID": str(handle.pid)}, timeout)
+            if why:
+                log.warning("%s: %s", m.name, why)
+        await self.cgroups.clear(m, kill_signal(config), timeout, handle=handle, driver=proc)
+        if not m.gone.is_set():
+            m.error = f"pid {handle.pid} survived SIGKILL"
+        self.cgroups.release(m.name)
+        m.state = protocol.STOPPED
+        self.port.delete_record(m.name)
+        self.port.report(m)
+
+    async def forget(self, m: Managed, driver: Optional[Driver]) -> None:
+        self.cgroups.release(m.name)
+
+    # --- recovery -----------------------------------------------------------------------
+    def adopt(self, m: Managed, driver: Driver, handle: Handle) -> bool:
+        """A program a previous agent started that provably still runs: watch it."""
+        m.handle, m.state = handle, protocol.RUNNING
+        m.gone.clear()
+        loop = asyncio.get_running_loop()
+        m.started_mono = loop.time() - max(time.time() - handle.started_at, 0.0)
+        m.oom_before = self.cgroups.oom_kills(m.name)
+        self._watch(m, _process(driver), handle)
+        log.info("%s: re-adopted pid %d", m.name, handle.pid)
+        return True
+
+    def recovered(self, records: Dict[str, Any], desired: Set[str],
+                  adopted: Set[str]) -> None:
+        """Sweep every cgroup of ours that no adopted program explains."""
+        for name in self.cgroups.names():
+            if name not in adopted:
+                self.port.spawn(self._sweep(name))
+
+    async def _sweep(self, name: str) -> None:
+        async with self.port.lock(name):
+            m = self.port.current(name)
+            if m is not None and not m.gone.is_set():
+                return  # adopted after all
+            await self.cgroups.sweep(name)
+
+    async def dead_on_arrival(self, m: Managed) -> None:
+        """A program that ended while no agent watched: an unknown result, for Restart=."""
+        async with self.port.lock(m.name):
+            if (self.port.current(m.name) is m and m.state == protocol.FAILED
+                    and self.port.wanted(m)):
+                await self._after_run(m, restart.UNKNOWN, m.error, ran_s=0.0)

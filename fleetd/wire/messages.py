@@ -1,0 +1,178 @@
+"""Every message between fleetd and fleet-agent, as a TypedDict, and its type's name.
+
+fleetd.protocol says what each message means and encodes/decodes the lines; this
+module is the shape of each, so that mypy holds the writer and the reader to the same
+fields. A TypedDict is a plain dict at run time: what goes over the wire is unchanged.
+A decoded message is only a ``Message`` (``v`` and ``type``) until its reader has
+checked its fields (fleetd.agent.specs on the agent, fleetd.daemon.session on fleetd).
+Standard library only, Python 3.9+ (agent side).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, TypedDict
+
+from fleetd.wire.unitspec import UnitSpec, UnitStatus
+
+VERSION = 1  # the protocol's major version: every message carries it as ``v``
+
+# --- message types ----------------------------------------------------------------------------
+# both ways
+HELLO = "hello"
+ERROR = "error"
+# fleetd -> agent
+DESIRED = "desired"
+TAIL = "tail"
+FOLLOW = "follow"
+UNFOLLOW = "unfollow"
+BYE = "bye"
+PING = "ping"
+# agent -> fleetd
+STATUS = "status"
+UNIT = "unit"
+REMOVED = "removed"
+REPLY = "reply"
+LOG = "log"
+HEARTBEAT = "heartbeat"
+
+DAEMON_NAME = "fleetd"  # what fleetd says it is in its hello (only its messages count)
+HEARTBEAT_S = 1.0  # hello's heartbeat_s when absent
+TAIL_LINES = 10  # a tail or follow's lines when absent
+
+
+class Message(TypedDict):
+    """What every message has (fleetd.protocol.decode checks both)."""
+
+    v: int
+    type: str
+
+
+class _Parts(Message, total=False):
+    more: bool  # another part follows (protocol.chunks)
+
+
+# --- fleetd -> agent --------------------------------------------------------------------------
+class DaemonHello(Message):
+    daemon: str  # DAEMON_NAME for fleetd; tools say something else
+    heartbeat_s: float
+
+
+class Desired(_Parts):
+    units: List[UnitSpec]
+
+
+class _Request(Message):
+    id: int
+
+
+class LogRequest(_Request):
+    """``tail`` and ``follow``."""
+
+    unit: str
+    lines: int
+
+
+class Unfollow(_Request):
+    pass
+
+
+class Ping(Message):
+    seq: int
+
+
+# --- agent -> fleetd --------------------------------------------------------------------------
+class _AgentHelloBase(Message):
+    machine_id: str
+    hostname: str
+    agent_version: str
+    facts: Dict[str, Any]  # fleetd.agent.facts: free-form, read by fleetd's scheduler
+
+
+class AgentHello(_AgentHelloBase, total=False):
+    fenced: List[str]  # absent from agents older than fencing
+
+
+class Status(_Parts):
+    units: List[UnitStatus]
+
+
+class UnitChanged(Message):
+    """``unit``: one unit changed state."""
+
+    unit: UnitStatus
+
+
+class Removed(Message):
+    name: str
+
+
+class _ReplyBase(_Parts):
+    id: int
+
+
+class Reply(_ReplyBase, total=False):
+    lines: List[str]
+    error: str
+
+
+class Log(_Parts):
+    id: int
+    lines: List[str]
+
+
+class Heartbeat(Message):
+    seq: int
+    time: float
+
+
+class Error(Message):
+    message: str
+
+
+# --- building one: what a writer calls, so that mypy checks the fields ----------------------
+def daemon_hello(heartbeat_s: float, daemon: str = DAEMON_NAME) -> DaemonHello:
+    return {"v": VERSION, "type": HELLO, "daemon": daemon, "heartbeat_s": heartbeat_s}
+
+
+def agent_hello(machine_id: str, hostname: str, agent_version: str, facts: Dict[str, Any],
+                fenced: List[str]) -> AgentHello:
+    return {"v": VERSION, "type": HELLO, "machine_id": machine_id, "hostname": hostname,
+            "agent_version": agent_version, "facts": facts, "fenced": fenced}
+
+
+def log_request(kind: str, ident: int, unit: str, lines: int) -> LogRequest:
+    """A ``tail`` or ``follow`` (``kind``) of ``unit``'s last ``lines``."""
+    assert kind in (TAIL, FOLLOW), kind
+    return {"v": VERSION, "type": kind, "id": ident, "unit": unit, "lines": lines}
+
+
+def unfollow(ident: int) -> Unfollow:
+    return {"v": VERSION, "type": UNFOLLOW, "id": ident}
+
+
+def ping(seq: int) -> Ping:
+    return {"v": VERSION, "type": PING, "seq": seq}
+
+
+def bye() -> Message:
+    return {"v": VERSION, "type": BYE}
+
+
+def unit_changed(unit: UnitStatus) -> UnitChanged:
+    return {"v": VERSION, "type": UNIT, "unit": unit}
+
+
+def removed(name: str) -> Removed:
+    return {"v": VERSION, "type": REMOVED, "name": name}
+
+
+def reply_error(ident: int, error: str) -> Reply:
+    return {"v": VERSION, "type": REPLY, "id": ident, "error": error}
+
+
+def heartbeat(seq: int, time: float) -> Heartbeat:
+    return {"v": VERSION, "type": HEARTBEAT, "seq": seq, "time": time}
+
+
+def error(message: str) -> Error:
+    return {"v": VERSION, "type": ERROR, "message": message}
