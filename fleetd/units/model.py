@@ -19,8 +19,7 @@ from fleetd.units.context import UnitContext, UnitName
 from fleetd.units.parser import UnitError, UnitFile, parse
 from fleetd.units.xfleet import Requirements
 from fleetd.wire import names
-
-KILL_GRACE_S = 5.0  # the agent's wait after SIGKILL (agent/supervisor.py), for fencing
+from fleetd.wire.unitspec import KILL_GRACE_S  # the agent's wait after SIGKILL, for fencing
 
 __all__ = ["Unit", "UnitName", "content_hash", "load", "parse_name"]
 
@@ -116,7 +115,7 @@ def load(name: str, text: str, source: Optional[str] = None, template_ok: bool =
                      "needs a finite TimeoutStopSec= (fleetd starts another copy only "
                      "once the fenced one is surely stopped)")
         # the agent's stop: each ExecStop= and then KillSignal= get TimeoutStopSec=
-        # each, SIGKILL its grace (agent/supervisor.py KILL_GRACE_S)
+        # each, SIGKILL its grace (KILL_GRACE_S, the one the agent waits)
         stops = len(config.get("stop") or ()) + 1
         requirements = dataclasses.replace(
             requirements,
