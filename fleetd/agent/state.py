@@ -24,15 +24,26 @@ import json
 import logging
 import os
 import uuid
-from typing import Any, Dict, List
+from typing import Any, Dict, List, TypedDict
 
 from fleetd.agent import specs
+from fleetd.drivers.base import HandleRecord
 from fleetd.wire import names
 from fleetd.wire.unitspec import UnitSpec
 
 log = logging.getLogger("fleet-agent")
 
 DEFAULT_STATE_DIR = "/var/lib/fleet-agent"
+
+
+class UnitRecord(TypedDict):
+    """``units/NAME.json``: the evidence a restarted agent re-adopts a program by."""
+
+    spec: UnitSpec
+    handle: HandleRecord
+    boot_id: str  # a record from an earlier boot proves nothing
+    restarts: int
+    streak: int
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
@@ -123,6 +134,8 @@ class AgentState:
         atomic_write(os.path.join(self.root, "desired.json"), json.dumps(units).encode())
 
     def load_records(self) -> Dict[str, Dict[str, Any]]:
+        """Every record on disk, as read: untrusted (the supervisor checks each field
+        before it adopts by one)."""
         records: Dict[str, Dict[str, Any]] = {}
         for entry in os.listdir(self.units_dir):
             if not entry.endswith(".json") or not names.is_valid(entry[:-5]):
@@ -134,7 +147,7 @@ class AgentState:
                 continue  # a record we cannot read proves nothing: do not adopt by it
         return records
 
-    def save_record(self, unit: str, record: Dict[str, Any]) -> None:
+    def save_record(self, unit: str, record: UnitRecord) -> None:
         atomic_write(_unit_file(self.units_dir, unit, ".json"), json.dumps(record).encode(),
                      durable=False)
 

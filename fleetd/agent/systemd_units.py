@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Optional, Set, TypeVar
 from fleetd import protocol
 from fleetd.agent.managed import Managed
 from fleetd.agent.runner import Port, finish
-from fleetd.drivers.base import Driver, DriverError, Handle, SupervisingDriver
+from fleetd.drivers.base import Driver, DriverError, Handle, ServiceStatus, SupervisingDriver
 
 T = TypeVar("T")
 
@@ -133,11 +133,11 @@ class SystemdUnits:
         self._ensure_polling()
 
     # --- polling ------------------------------------------------------------------------------
-    def _status(self, name: str) -> Dict[str, Any]:
+    def _status(self, name: str) -> ServiceStatus:
         assert self.driver is not None
         return self.driver.status(name)
 
-    def _apply(self, m: Managed, st: Dict[str, Any]) -> None:
+    def _apply(self, m: Managed, st: ServiceStatus) -> None:
         state = st["state"]
         if state == protocol.STOPPED and m.state == protocol.RUNNING:
             state = protocol.EXITED  # it ended on its own: nobody asked systemd to stop it

@@ -20,7 +20,7 @@ instead; the agent picks the runner for a unit by it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, TypedDict
 
 from fleetd.wire.unitspec import Command, UnitConfig
 
@@ -59,6 +59,19 @@ class StartContext:
     invocation_id: str
 
 
+class HandleRecord(TypedDict):
+    """A ``Handle`` as a unit's record on disk keeps it (``Handle.to_record``). Read
+    back, a record is untrusted: ``Driver.recover`` takes a plain dict and proves it."""
+
+    driver: str
+    pid: int
+    create_time: float
+    started_at: float
+    invocation_id: str
+    start_ticks: int
+    unit: str
+
+
 @dataclasses.dataclass(frozen=True)
 class Handle:
     """A running program, as much as is needed to find it again after a restart."""
@@ -71,8 +84,10 @@ class Handle:
     start_ticks: int = -1  # the kernel's start time of ``pid`` in clock ticks: the reuse guard
     unit: str = ""  # the unit (and so its cgroup); "" in records of older agents
 
-    def to_record(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+    def to_record(self) -> HandleRecord:
+        return {"driver": self.driver, "pid": self.pid, "create_time": self.create_time,
+                "started_at": self.started_at, "invocation_id": self.invocation_id,
+                "start_ticks": self.start_ticks, "unit": self.unit}
 
     @classmethod
     def from_record(cls, record: Dict[str, Any]) -> Handle:
@@ -137,19 +152,37 @@ class ProcessDriver(Driver, Protocol):
         unit gets: an exec health check runs with them. Raise DriverError."""
 
 
+class _ServiceStatusBase(TypedDict):
+    state: str  # a protocol unit state (starting, running, ..., failed)
+    pid: Optional[int]  # the main process, None if none runs
+    restarts: int  # the service manager's own count (systemd: NRestarts)
+    exit_status: Optional[int]  # of the main process; -N: killed by signal N
+    error: Optional[str]  # why it failed, in the manager's words
+    known: bool  # the manager has the unit loaded
+    active_state: str  # the manager's own words (systemd: ActiveState)
+
+
+class ServiceStatus(_ServiceStatusBase, total=False):
+    """One unit as a host service manager reports it (``SupervisingDriver.status``)."""
+
+    sub_state: str
+    result: str
+    load_state: str
+    load_error: str
+    need_reload: bool
+
+
 class SupervisingDriver(Driver, Protocol):
     """A driver whose host service manager supervises the unit (``supervises_itself``):
-    the agent asks it instead of watching a pid. A status is a dict with at least
-    ``state`` (a protocol unit state), ``pid``, ``restarts``, ``exit_status``, ``error``,
-    ``known`` and ``active_state``."""
+    the agent asks it instead of watching a pid."""
 
-    def status(self, name: str) -> Dict[str, Any]:
+    def status(self, name: str) -> ServiceStatus:
         """One unit's status."""
 
-    def statuses(self, names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    def statuses(self, names: Sequence[str]) -> Dict[str, ServiceStatus]:
         """The status of each of ``names``, in one question to the service manager."""
 
-    def stop(self, name: str, timeout: Optional[float] = None) -> Dict[str, Any]:
+    def stop(self, name: str, timeout: Optional[float] = None) -> ServiceStatus:
         """Stop the unit and wait (``timeout``: its TimeoutStopSec=); its status after."""
 
     def forget(self, name: str, timeout: Optional[float] = None) -> None:

@@ -36,7 +36,13 @@ from typing import Any, Dict, List, Optional, Sequence
 import psutil
 
 from fleetd.cgroups.limits import format_size
-from fleetd.drivers.base import HOST_SUPERVISED, DriverError, Handle, StartContext
+from fleetd.drivers.base import (
+    HOST_SUPERVISED,
+    DriverError,
+    Handle,
+    ServiceStatus,
+    StartContext,
+)
 from fleetd.wire import names
 from fleetd.wire.unitspec import UnitConfig
 
@@ -131,11 +137,11 @@ class SystemdDriver:
             raise DriverError(f"systemctl daemon-reload: {_first_line(out.stderr)}")
 
     # --- state -------------------------------------------------------------------------------
-    def status(self, name: str) -> Dict[str, Any]:
+    def status(self, name: str) -> ServiceStatus:
         """One unit as fleetd sees it (see ``statuses``)."""
         return self.statuses([name])[name]
 
-    def statuses(self, names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    def statuses(self, names: Sequence[str]) -> Dict[str, ServiceStatus]:
         """Every named unit's state from one ``systemctl show`` call, so polling all of a
         host's systemd units costs one process per poll. Each value has: ``state``
         (starting/running/stopping/stopped/exited/failed), ``pid``, ``restarts``
@@ -154,7 +160,7 @@ class SystemdDriver:
         return {name: _status(props) for name, props in zip(names, blocks)}
 
     # --- stopping -----------------------------------------------------------------------------
-    def stop(self, name: str, timeout: Optional[float] = None) -> Dict[str, Any]:
+    def stop(self, name: str, timeout: Optional[float] = None) -> ServiceStatus:
         """``systemctl stop`` and wait for it: systemd sends KillSignal=, waits
         TimeoutStopSec= and SIGKILLs, so this returns with the unit's processes gone.
         ``timeout`` is the unit's TimeoutStopSec= (None: none), bounding our wait."""
@@ -338,7 +344,7 @@ def _int(value: Optional[str]) -> int:
         return 0
 
 
-def _status(props: Dict[str, str]) -> Dict[str, Any]:
+def _status(props: Dict[str, str]) -> ServiceStatus:
     active, sub = props.get("ActiveState", ""), props.get("SubState", "")
     result = props.get("Result", "")
     code, status = _int(props.get("ExecMainCode")), _int(props.get("ExecMainStatus"))

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-from fleetd.drivers.base import HOST_SUPERVISED, Handle, StartContext
+from fleetd.drivers.base import HOST_SUPERVISED, Handle, ServiceStatus, StartContext
 from fleetd.wire.unitspec import UnitConfig
 
 FAKE_PID = 4242
 
 
 def status(state: str, pid: Optional[int] = None, restarts: int = 0,
-           error: Optional[str] = None) -> Dict[str, Any]:
+           error: Optional[str] = None) -> ServiceStatus:
     """One unit as ``SupervisingDriver.statuses`` reports it."""
     return {"state": state, "pid": pid, "restarts": restarts, "exit_status": None,
             "error": error, "known": True, "active_state": state, "sub_state": "",
@@ -34,7 +34,7 @@ class FakeDriver:
 
     def __init__(self, name: str = "systemd") -> None:
         self.name = name
-        self.now: Dict[str, Dict[str, Any]] = {}
+        self.now: Dict[str, ServiceStatus] = {}
         self.calls: List[str] = []
         self.left: List[str] = []
 
@@ -47,13 +47,13 @@ class FakeDriver:
     def signal(self, handle: Handle, signum: int) -> None:
         self.calls.append(f"signal {handle.unit} {signum}")
 
-    def status(self, name: str) -> Dict[str, Any]:
+    def status(self, name: str) -> ServiceStatus:
         return self.statuses([name])[name]
 
-    def statuses(self, names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
-        return {n: dict(self.now.get(n, status("stopped"))) for n in names}
+    def statuses(self, names: Sequence[str]) -> Dict[str, ServiceStatus]:
+        return {n: self.now.get(n, status("stopped")).copy() for n in names}
 
-    def stop(self, name: str, timeout: Optional[float] = None) -> Dict[str, Any]:
+    def stop(self, name: str, timeout: Optional[float] = None) -> ServiceStatus:
         self.calls.append(f"stop {name}")
         self.now[name] = status("stopped")
         return self.now[name]

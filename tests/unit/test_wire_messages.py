@@ -4,6 +4,7 @@ driver's capabilities pick its runner (fleetd.agent.runner)."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from pathlib import Path
 from typing import Any, Dict
@@ -14,7 +15,7 @@ from fleetd import protocol
 from fleetd.agent.state import AgentState
 from fleetd.agent.supervisor import Supervisor
 from fleetd.cgroups.none import NoneBackend
-from fleetd.drivers.base import HOST_SUPERVISED, PROCESS
+from fleetd.drivers.base import HOST_SUPERVISED, PROCESS, Handle
 from fleetd.drivers.exec import ExecDriver
 from fleetd.drivers.java import JavaDriver
 from fleetd.drivers.systemd import SystemdDriver
@@ -80,3 +81,10 @@ def test_the_runner_is_picked_by_capabilities(tmp_path: Path) -> None:
     assert sup._runner(sup.drivers["exec"]) is sup.processes
     assert sup._runner(fake) is sup.systemd
     assert sup.systemd.driver is fake
+
+
+def test_a_handle_record_holds_every_field_of_the_handle() -> None:
+    handle = Handle(driver="exec", pid=7, create_time=1.5, started_at=2.5,
+                    invocation_id="i", start_ticks=99, unit="a.service")
+    assert handle.to_record() == dataclasses.asdict(handle)
+    assert Handle.from_record(dict(handle.to_record())) == handle
