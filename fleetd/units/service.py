@@ -16,11 +16,14 @@ from fleetd.units.context import UnitContext
 from fleetd.units.parser import Entry
 from fleetd.wire import execline
 from fleetd.wire.numbers import NumberError, parse_float, parse_int
+from fleetd.wire.unitspec import TIMEOUT_STOP_S
 
 SERVICE_TYPES = ("simple", "exec", "oneshot")
 RESTART_POLICIES = ("no", "on-success", "on-failure", "on-abnormal", "on-watchdog",
                     "on-abort", "always")
-DEFAULT_TIMEOUT_S = 90.0  # systemd's DefaultTimeoutStartSec / DefaultTimeoutStopSec
+# systemd's DefaultTimeoutStartSec and DefaultTimeoutStopSec (both 90 s): the stop one is
+# what the agent assumes when a config has no timeout_stop_s
+DEFAULT_TIMEOUT_S = TIMEOUT_STOP_S
 DEFAULT_RESTART_S = 0.1  # systemd's RestartSec default (100ms)
 DEFAULT_START_LIMIT_BURST = 5
 DEFAULT_START_LIMIT_INTERVAL_S = 10.0
