@@ -16,7 +16,7 @@ from fleetd.units.context import UnitContext
 from fleetd.units.parser import Entry
 from fleetd.wire import execline
 from fleetd.wire.numbers import NumberError, parse_float, parse_int
-from fleetd.wire.unitspec import TIMEOUT_STOP_S
+from fleetd.wire.unitspec import KILL_SIGNAL, RESTART_POLICY, RESTART_S, TIMEOUT_STOP_S
 
 SERVICE_TYPES = ("simple", "exec", "oneshot")
 RESTART_POLICIES = ("no", "on-success", "on-failure", "on-abnormal", "on-watchdog",
@@ -24,7 +24,7 @@ RESTART_POLICIES = ("no", "on-success", "on-failure", "on-abnormal", "on-watchdo
 # systemd's DefaultTimeoutStartSec and DefaultTimeoutStopSec (both 90 s): the stop one is
 # what the agent assumes when a config has no timeout_stop_s
 DEFAULT_TIMEOUT_S = TIMEOUT_STOP_S
-DEFAULT_RESTART_S = 0.1  # systemd's RestartSec default (100ms)
+DEFAULT_RESTART_S = RESTART_S  # systemd's RestartSec default (100ms), as the agent's
 DEFAULT_START_LIMIT_BURST = 5
 DEFAULT_START_LIMIT_INTERVAL_S = 10.0
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -75,7 +75,7 @@ def config(ctx: UnitContext, needs_exec_start: bool = True) -> Dict[str, Any]:
         "working_directory": _working_directory(ctx),
         "user": _identity(ctx, "User"),
         "group": _identity(ctx, "Group"),
-        "kill_signal": _signal(ctx, "KillSignal", int(signal.SIGTERM)),
+        "kill_signal": _signal(ctx, "KillSignal", KILL_SIGNAL),
         "timeout_start_s": _timeout(ctx, "TimeoutStartSec")
         if service_type != "oneshot" or ctx.single(S, "TimeoutStartSec") is not None
         else None,  # systemd: a oneshot's start (its whole run) has no default timeout
@@ -193,7 +193,7 @@ def _restart_max_delay(ctx: UnitContext, restart_s: float) -> Optional[float]:
 
 
 def _restart(ctx: UnitContext, service_type: str) -> str:
-    policy = _choice(ctx, "Restart", RESTART_POLICIES, "no")
+    policy = _choice(ctx, "Restart", RESTART_POLICIES, RESTART_POLICY)
     if service_type == "oneshot" and policy in ("always", "on-success"):
         ctx.fail(ctx.entry(S, "Restart"), f"Restart={policy} is not allowed with "
                                           "Type=oneshot (it would run again at once, as "
