@@ -101,7 +101,7 @@ class Daemon:
     def _report_matters(self, unit: str, state: str) -> bool:
         """Does an agent's report about ``unit`` bear on placement? A failure does (the
         reschedule policy), and so does any news of a unit in a drain's hand-off."""
-        return state == protocol.FAILED or unit in self.engine.watching
+        return state == protocol.FAILED or unit in self.engine.snapshot().watching
 
     def _push(self, machine: str, specs: List[Dict[str, Any]]) -> None:
         session = self.sessions.get(machine)

@@ -34,7 +34,6 @@ from typing import (
     Any,
     Callable,
     Dict,
-    FrozenSet,
     List,
     Mapping,
     Optional,
@@ -133,23 +132,6 @@ class Engine:
     def snapshot(self) -> Snapshot:
         """The last pass's decisions, immutable: what the API reads."""
         return self._snapshot
-
-    # the last pass's decisions under their old names, until every reader takes snapshot()
-    @property
-    def expected(self) -> Mapping[Tuple[str, str], str]:
-        return self._snapshot.hashes
-
-    @property
-    def global_targets(self) -> Mapping[str, Sequence[str]]:
-        return self._snapshot.globals
-
-    @property
-    def watching(self) -> FrozenSet[str]:
-        return self._snapshot.watching
-
-    def requirements_of(self, u: UnitRecord) -> Optional[Requirements]:
-        """The unit's [X-Fleet] as the last pass read it (None: not read yet, or invalid)."""
-        return self._snapshot.requirements_of(u)
 
     async def run(self) -> None:
         while True:

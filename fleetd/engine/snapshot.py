@@ -3,8 +3,9 @@
 The engine replaces its snapshot at the end of every pass (``Engine.snapshot()``); a
 reader holds one snapshot for a whole answer, so a pass in between cannot mix two
 passes' facts, and no reader can change what the engine decided. It satisfies the API's
-``Placement`` protocol (``expected()``, ``global_targets()``, ``requirements_of()``),
-so a service can take ``engine.snapshot()`` where it took a live view of the engine.
+``Placement`` protocol (``expected()``, ``global_targets()``, ``requirements_of()``):
+the services take one per answer (fleetd/daemon/service/placement.py), and the snapshot
+is the only way to read what the engine decided.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ from fleetd.cli.client import ApiError, Client
 from fleetd.cli.main import cli
 from fleetd.daemon.changes import Changes
 from fleetd.daemon.service import waits
-from fleetd.daemon.service.placement import Snapshot
+from fleetd.daemon.service.placement import Fixed
 from fleetd.daemon.service.units import Units
+from fleetd.engine.snapshot import Snapshot
 from fleetd.registry.base import INACTIVE, LAUNCHED, LOADED, ObservedRecord, UnitInput
 from fleetd.registry.sqlite import SqliteRegistry
 from fleetd.units.model import content_hash
@@ -269,8 +270,9 @@ def daemon(tmp_path: Any, text: str) -> Tuple[Units, SqliteRegistry]:
     registry = SqliteRegistry(str(tmp_path / "registry.db"))
     registry.put_units([UnitInput("web@1.service", text, content_hash(text))], LAUNCHED)
     registry.set_placements([("web@1.service", "h2", "test")])
-    placement = Snapshot(expect={("web@1.service", "h2"): content_hash(text)})
-    return Units(registry, placement, Changes(), lambda: None, {}), registry
+    placement = Snapshot.of({("web@1.service", "h2"): content_hash(text)}, {}, {},
+                            frozenset(), 1.0)
+    return Units(registry, Fixed(placement), Changes(), lambda: None, {}), registry
 
 
 def observe(registry: SqliteRegistry, text: str, generation: int, health: str,

@@ -1,24 +1,28 @@
-"""What the API reads of the engine: a small read-only view of its last pass.
+"""What the API reads of the engine: its last pass, frozen.
 
-The services ask ``Placement`` where a unit should be and which content each machine
-should run; they never touch the engine's attributes. ``EngineView`` reads a live
-engine; ``Snapshot`` is a fixed answer (tests, and later the engine's own immutable
-snapshot of a pass).
+The services ask a ``Placement`` where a unit should be and which content each machine
+should run; the engine's ``Snapshot`` (fleetd/engine/snapshot.py) is one. They take one
+snapshot per answer from a ``Source`` (``snapshot()``), so a pass in between cannot mix
+two passes' facts in one answer; they never touch the engine itself. ``EngineView`` is
+the running engine as a source; ``Fixed`` answers one snapshot forever (tests).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from fleetd.registry.base import UnitRecord
 from fleetd.units.xfleet import Requirements
 
 if TYPE_CHECKING:
     from fleetd.engine.loop import Engine
+    from fleetd.engine.snapshot import Snapshot
 
 
 class Placement(Protocol):
+    """One pass's placement, read-only."""
+
     def expected(self) -> Mapping[Tuple[str, str], str]:
         """(unit, machine) -> the hash of the unit as rendered for that machine."""
 
@@ -27,6 +31,13 @@ class Placement(Protocol):
 
     def requirements_of(self, u: UnitRecord) -> Optional[Requirements]:
         """The unit's [X-Fleet] as the engine reads it (None: unreadable)."""
+
+
+class Source(Protocol):
+    """Where the services take a placement from, once per answer."""
+
+    def snapshot(self) -> Placement:
+        """The latest pass's placement (immutable: hold it for a whole answer)."""
 
 
 def targets(placement: Placement, u: UnitRecord) -> List[str]:
@@ -38,33 +49,20 @@ def targets(placement: Placement, u: UnitRecord) -> List[str]:
 
 
 class EngineView:
-    """``Placement`` read from a running engine (the latest pass, as it stands)."""
+    """A running engine as a ``Source``: its latest snapshot, nothing else of it."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def expected(self) -> Mapping[Tuple[str, str], str]:
-        return self._engine.expected
-
-    def global_targets(self) -> Mapping[str, Sequence[str]]:
-        return self._engine.global_targets
-
-    def requirements_of(self, u: UnitRecord) -> Optional[Requirements]:
-        return self._engine.requirements_of(u)
+    def snapshot(self) -> Snapshot:
+        return self._engine.snapshot()
 
 
 @dataclasses.dataclass(frozen=True)
-class Snapshot:
-    """``Placement`` fixed at construction; requirements: none (the default policy)."""
+class Fixed:
+    """A ``Source`` that always answers the same placement (tests)."""
 
-    expect: Dict[Tuple[str, str], str] = dataclasses.field(default_factory=dict)
-    globals: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
+    placement: Placement
 
-    def expected(self) -> Mapping[Tuple[str, str], str]:
-        return self.expect
-
-    def global_targets(self) -> Mapping[str, Sequence[str]]:
-        return self.globals
-
-    def requirements_of(self, u: UnitRecord) -> Optional[Requirements]:
-        return None
+    def snapshot(self) -> Placement:
+        return self.placement

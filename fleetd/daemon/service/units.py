@@ -26,7 +26,7 @@ from fleetd.daemon.service.errors import (
     TooLarge,
     shown,
 )
-from fleetd.daemon.service.placement import Placement, targets
+from fleetd.daemon.service.placement import Source, targets
 from fleetd.daemon.session import MachineSession
 from fleetd.registry.base import DESIRED_STATES, INACTIVE, Registry, UnitInput
 from fleetd.transport.base import TransportError
@@ -38,11 +38,11 @@ MAX_UNIT_TEXT = 1 * MIB  # one unit file; a 50 MB "unit" is not a unit
 
 
 class Units:
-    def __init__(self, registry: Registry, placement: Placement, changes: Changes,
+    def __init__(self, registry: Registry, placement: Source, changes: Changes,
                  changed: Callable[[], None], sessions: Mapping[str, MachineSession]
                  ) -> None:
         self.registry = registry
-        self.placement = placement
+        self.placement = placement  # the engine's last pass: one snapshot per answer
         self.changes = changes
         self._changed = changed  # placements may move: wakes waiters and the engine
         self.sessions = sessions
@@ -50,7 +50,7 @@ class Units:
     # --- reading ------------------------------------------------------------------------
     def rows(self) -> List[Dict[str, Any]]:
         """``list-units``: a row per unit per machine."""
-        return views.unit_rows(self.placement, self.registry.list_units(),
+        return views.unit_rows(self.placement.snapshot(), self.registry.list_units(),
                                self.registry.list_observed())
 
     def files(self) -> List[Dict[str, Any]]:
@@ -58,7 +58,8 @@ class Units:
         observed = {(o.unit, o.machine): o for o in self.registry.list_observed()}
         failures = self.registry.list_failures()
         now = time.time()
-        return [views.unit_file_row(self.placement, u, observed, failures, now)
+        placement = self.placement.snapshot()
+        return [views.unit_file_row(placement, u, observed, failures, now)
                 for u in self.registry.list_units()]
 
     def file(self, name: str) -> Dict[str, Any]:
@@ -67,7 +68,7 @@ class Units:
         if u is None:
             raise NotFound(f"unit {name} does not exist")
         observed = {(o.unit, o.machine): o for o in self.registry.list_observed(name)}
-        return {**views.unit_file_row(self.placement, u, observed,
+        return {**views.unit_file_row(self.placement.snapshot(), u, observed,
                                       self.registry.list_failures(name), time.time()),
                 "text": self.registry.unit_text(u.hash)}
 
@@ -78,7 +79,8 @@ class Units:
         u = self.registry.get_unit(name)
         if u is None:
             raise NotFound(f"unit {name} does not exist")
-        expected = self.placement.expected()
+        placement = self.placement.snapshot()
+        expected = placement.expected()
         copies = []
         for o in self.registry.list_observed(name):
             row = views.observed_row(o)
@@ -94,10 +96,10 @@ class Units:
             "machine": u.machine, "reason": u.reason, "hash": u.hash,
             "generation": u.generation, "vars": u.vars, "copies": copies, "log": None,
             "handoff": u.handoff,
-            "reschedule": reschedule_info(u, self.placement.requirements_of(u),
+            "reschedule": reschedule_info(u, placement.requirements_of(u),
                                           self.registry.list_failures(name).get(name, ()),
                                           time.time())}
-        where = targets(self.placement, u)  # a Global unit's log: its first machine's
+        where = targets(placement, u)  # a Global unit's log: its first machine's
         session = self.sessions.get(where[0]) if where else None
         if lines and session is not None:
             try:
@@ -116,7 +118,7 @@ class Units:
         u = self.registry.get_unit(name)
         if u is None:
             raise NotFound(f"unit {name} does not exist")
-        where = targets(self.placement, u)  # a Global unit's log: its first machine's
+        where = targets(self.placement.snapshot(), u)  # a Global unit's: its first machine's
         session = self.sessions.get(where[0]) if where else None
         if session is None:
             raise Conflict(f"unit {name} is not placed on any machine")
@@ -127,10 +129,11 @@ class Units:
         """The wait verdict on ``name`` as the registry and the engine say now."""
         u = self.registry.get_unit(name)
         copies = self.registry.list_observed(name)
-        where = targets(self.placement, u) if u is not None else []
+        placement = self.placement.snapshot()
+        where = targets(placement, u) if u is not None else []
         check = self._check_of(u.name, u.hash, u.vars) \
             if u is not None and waits.needs_check(until, u) else None
-        return waits.wait_verdict(name, until, u, copies, where, self.placement.expected(),
+        return waits.wait_verdict(name, until, u, copies, where, placement.expected(),
                                   check)
 
     async def wait(self, name: str, until: str, timeout: float) -> Dict[str, Any]:
