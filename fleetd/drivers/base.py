@@ -36,17 +36,14 @@ class Capabilities:
     ``supervises_itself``: the host's service manager forks, restarts, limits and reaps
     the unit (systemd); the agent starts, stops and polls it, nothing more.
     ``control_commands``: the driver forks the unit's processes itself, into its cgroup,
-    and runs its ExecStartPre=/ExecStartPost=/ExecStop= (a ``ProcessDriver``).
-    ``needs_host_service``: it works only where that service manager runs (the agent
-    offers it only if ``available()``)."""
+    and runs its ExecStartPre=/ExecStartPost=/ExecStop= (a ``ProcessDriver``)."""
 
     supervises_itself: bool = False
     control_commands: bool = False
-    needs_host_service: bool = False
 
 
 PROCESS = Capabilities(control_commands=True)
-HOST_SUPERVISED = Capabilities(supervises_itself=True, needs_host_service=True)
+HOST_SUPERVISED = Capabilities(supervises_itself=True)
 
 
 @dataclasses.dataclass(frozen=True)
