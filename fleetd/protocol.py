@@ -226,6 +226,6 @@ def chunks(kind: str, key: str, items: Sequence[Any], limit: int = MAX_LINE,
     return out
 
 
-def more(msg: Dict[str, Any]) -> bool:
+def more(msg: Mapping[str, Any]) -> bool:
     """Does another part of this message follow (see ``chunks``)?"""
     return msg.get("more") is True

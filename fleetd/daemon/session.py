@@ -23,7 +23,8 @@ whole. A unit whose spec alone is larger (a huge Environment=) is left out of th
 and reported failed on this machine with why: sent, it would end the session at every
 connect and keep every other unit of the machine from being delivered. What the agent
 reports is checked (names by the one rule, numbers by fleetd.wire.numbers); a report
-that is not one ends the session as nonsense, naming the field, never a bad registry row.
+that is not one ends the session as nonsense, naming the field, never a bad registry row
+(fleetd.daemon.reports reads them).
 """
 
 from __future__ import annotations
@@ -42,14 +43,14 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
-    TypeVar,
     cast,
 )
 
 from fleetd import protocol
+from fleetd.daemon import reports
 from fleetd.registry.base import MachineRecord, ObservedRecord, Registry
 from fleetd.transport.base import Channel, Transport, TransportError
-from fleetd.wire import messages, names, numbers
+from fleetd.wire import messages, names
 
 log = logging.getLogger("fleetd.session")
 
@@ -60,7 +61,6 @@ STOP_WAIT_S = 5.0
 SILENCE_HEARTBEATS = 3  # this many heartbeats missed: the channel is dead, reconnect
 # the largest unit spec a desired set carries: alone in a message, with room to spare
 SPEC_MAX = protocol.MAX_LINE - 4096
-PARTS_MAX = 100000  # items of a message in parts (a reply, a status) fleetd gathers
 
 
 def silence_window(heartbeat_s: float) -> float:
@@ -103,7 +103,7 @@ class MachineSession:
         # units of the set too large to send, as reported here (see _refusal)
         self._undeliverable: Dict[str, ObservedRecord] = {}
         # a message that comes in parts (protocol.chunks): the items so far, by kind/id
-        self._parts: Dict[Tuple[str, int], List[Any]] = {}
+        self._parts = reports.Parts()
         # (unit, state) -> whether the engine must hear of it (a failure, a hand-off)
         self.report_matters: Callable[[str, str], bool] = lambda unit, state: False
 
@@ -343,55 +343,42 @@ class MachineSession:
                 return
 
     # --- agent side -------------------------------------------------------------------
-    def _whole(self, msg: Dict[str, Any], key: str, ident: int = 0) -> Optional[List[Any]]:
-        """The items under ``key`` of a message sent in parts (protocol.chunks), once its
-        last part is here; None before. At most PARTS_MAX items are kept."""
-        items = msg.get(key)
-        if not isinstance(items, list):
-            raise protocol.ProtocolError(f"{msg['type']} message: {key} is not a list")
-        gathered = self._parts.pop((msg["type"], ident), [])
-        gathered.extend(items[:max(PARTS_MAX - len(gathered), 0)])
-        if protocol.more(msg):
-            self._parts[(msg["type"], ident)] = gathered
-            return None
-        return gathered
-
     def _handle(self, msg: Dict[str, Any]) -> None:
         self.last_seen = time.time()
         kind = msg["type"]
         if kind == messages.HEARTBEAT:
             return
         if kind == messages.REPLY:
-            ident = _message_id(msg)
+            ident = reports.message_id(msg)
             future = self._replies.get(ident)
             if future is None or future.done():
                 return
             if "lines" in msg:  # a journal tail: perhaps in several replies
-                lines = self._whole(msg, "lines", ident)
+                lines = self._parts.whole(msg, "lines", ident)
                 if lines is None:
                     return
                 msg = {**msg, "lines": lines}
             future.set_result(cast(messages.Reply, msg))  # its id checked, as a reply's
             return
         if kind == messages.LOG:
-            queue = self._streams.get(_message_id(msg))
+            queue = self._streams.get(reports.message_id(msg))
             if queue is not None:
                 if queue.full():  # a reader this far behind loses lines, not fleetd
                     queue.get_nowait()
                 queue.put_nowait(cast(messages.Log, msg))  # its id checked, as a log's
             return
         if kind == messages.STATUS:
-            units = self._whole({**msg, "units": protocol.spec_list(msg)}, "units")
+            units = self._parts.whole({**msg, "units": protocol.spec_list(msg)}, "units")
             if units is None:
                 return
-            rows = [self._observed(u) for u in units]
+            rows = [reports.observed(u, self.name) for u in units]
             reported = {row.unit for row in rows}
             rows += [row for name, row in self._undeliverable.items() if name not in reported]
             self.registry.replace_observed(self.name, rows)
             self.changed(True)  # a whole snapshot (after a connect): the engine looks
             return
         elif kind == messages.UNIT:
-            row = self._observed(msg.get("unit"))
+            row = reports.observed(msg.get("unit"), self.name)
             self.registry.upsert_observed(row)
             if row.state == protocol.STOPPED and (row.error or "").startswith(protocol.FENCED):
                 # fenced while cut off, and we hear of it: the cut is over. The agent
@@ -418,47 +405,3 @@ class MachineSession:
             log.info("%s: ignoring message %s", self.name, kind)
             return
         self.changed(False)
-
-    def _observed(self, u: object) -> ObservedRecord:
-        """One unit's status from the agent, checked: a field of the wrong type is the
-        agent speaking nonsense (ProtocolError naming it), never a bad registry row."""
-        if not isinstance(u, dict):
-            raise protocol.ProtocolError(f"a unit status is an object, not {u!r:.40}")
-        name = u.get("name")
-        why = names.problem(name)
-        if why is not None:
-            raise protocol.ProtocolError(f"unit status: {why}")
-        try:
-            return ObservedRecord(
-                unit=str(name), machine=self.name, hash=str(u.get("hash", "")),
-                state=str(u.get("state", "")),
-                pid=_optional(numbers.json_int, u.get("pid"), 0, 2 ** 31),
-                started_at=_optional(numbers.json_float, u.get("started_at"), 0.0, None),
-                exit_status=_optional(numbers.json_int, u.get("exit_status"), -255, 255),
-                restarts=numbers.json_int(u.get("restarts") or 0, 0, None),
-                error=_optional_str(u.get("error")), updated_at=time.time(),
-                generation=numbers.json_int(u.get("generation") or 0, 0, None),
-                health=str(u.get("health") or "unknown"),
-            )
-        except numbers.NumberError as exc:
-            raise protocol.ProtocolError(f"unit status of {name}: {exc}") from None
-
-
-def _message_id(msg: Dict[str, Any]) -> int:
-    """The request id a reply or log message answers (-1: none of ours)."""
-    try:
-        return numbers.json_int(msg.get("id"), 0, None)
-    except numbers.NumberError:
-        return -1
-
-
-N = TypeVar("N", int, float)
-
-
-def _optional(read: Callable[[object, Optional[N], Optional[N]], N], value: object,
-              lo: Optional[N], hi: Optional[N]) -> Optional[N]:
-    return None if value is None else read(value, lo, hi)
-
-
-def _optional_str(value: object) -> Optional[str]:
-    return None if value is None else str(value)
