@@ -33,6 +33,7 @@ from fleetd.engine import liveness
 from fleetd.engine.loop import Engine
 from fleetd.registry.base import MachineRecord, Registry
 from fleetd.transport.ssh import to_machine
+from fleetd.units.compiled import CompiledUnits
 
 log = logging.getLogger("fleetd")
 
@@ -65,11 +66,13 @@ class Daemon:
         self.transport_factory = transport_factory
         self.changes = Changes()
         self.sessions: Dict[str, MachineSession] = {}
+        self.compiled = CompiledUnits()  # one cache of unit files: engine and API
         self.engine = Engine(self.registry, self._push, lambda: self.changed(False),
-                             heard=self._heard, skew_s=silence_window(config.heartbeat_s))
+                             heard=self._heard, skew_s=silence_window(config.heartbeat_s),
+                             units=self.compiled)
         self.started_at = time.time()
         self.units = Units(self.registry, EngineView(self.engine), self.changes,
-                           self.changed, self.sessions)
+                           self.changed, self.sessions, self.compiled)
         self.machines = Machines(self.registry, self.changes, self.changed, self.sessions,
                                  self._open_session, self._close_session)
         self._tasks: List[asyncio.Task[None]] = []

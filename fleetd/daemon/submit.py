@@ -5,6 +5,8 @@
 template text fleetctl found beside it, as fleet did). Every unit is validated here —
 rendered with its variables and no machine (``render.probe``), then loaded — so errors
 name ``file:line`` before anything is stored; ``put_units`` then stores all or none.
+Validation goes through the shared compiled-unit cache (``CompiledUnits.check``): a
+unit that passes is kept there, and the engine does not read it again once stored.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from typing import Any, Dict, List, Optional
 
 from fleetd.registry.base import INACTIVE, Registry, UnitInput
 from fleetd.units import values
+from fleetd.units.compiled import CompiledUnits
 from fleetd.units.model import content_hash, parse_name
 from fleetd.units.parser import UnitError
-from fleetd.units.validate import validate
 
 
 class SubmitError(Exception):
@@ -119,17 +121,21 @@ def gather(registry: Registry, items: List[Dict[str, Any]]) -> Plan:
     return Plan(list(pending.values()), errors)
 
 
-def check(plan: Plan) -> List[UnitInput]:
-    """Validate every unit (``render.probe`` then load) into a UnitInput; SubmitError
-    lists every invalid unit at once. No registry access, so it may run in a worker
-    thread, where a template that runs to its budget stalls nobody."""
+def check(plan: Plan, units: CompiledUnits) -> List[UnitInput]:
+    """Validate every unit (``render.probe`` then load, through ``units``) into a
+    UnitInput; SubmitError lists every invalid unit at once, each naming the user's
+    file. No registry access, so it may run in a worker thread, where a template that
+    runs to its budget stalls nobody (``units`` may be called from there)."""
     errors = list(plan.errors)
-    for unit in plan.units:
+    inputs: List[UnitInput] = []
+    for u in plan.units:
+        digest = content_hash(u.text)
         try:
-            validate(unit.name, unit.text, unit.variables, unit.source)
+            units.check(u.name, digest, u.variables, u.text, u.source)
         except UnitError as exc:
             errors.append(str(exc))
+            continue
+        inputs.append(UnitInput(u.name, u.text, digest, u.variables, u.desired))
     if errors:
         raise SubmitError(400, errors[0], errors)
-    return [UnitInput(u.name, u.text, content_hash(u.text), u.variables, u.desired)
-            for u in plan.units]
+    return inputs

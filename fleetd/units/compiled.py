@@ -14,6 +14,16 @@ Each is computed once per key, errors included (a unit that cannot be read stays
 way until its content, variables or machine change), and dropped when the engine says
 the key is no longer in use (``retain``). Keys are plain strings and tuples; texts come
 from the caller (the registry's ``unit_text``), so this module knows no storage.
+
+Threads: the engine and the API call from the event loop, submit's ``check`` from a
+worker thread (``asyncio.to_thread``: a template that runs to its budget stalls nobody)
+at the same time. Every change to the cache (an entry stored, ``retain`` rebuilding the
+maps and starting a new ``_fresh`` set, ``forget``, the parse counter) is made holding
+one lock, and no text is rendered or parsed while it is held, so neither side waits on
+the other's work. Lookups take no lock: one ``dict.get`` is atomic (under the GIL, and
+per dict in free-threaded builds), the maps are changed only under the lock, and
+``retain`` builds its new maps aside and publishes each with one assignment; a lookup
+sees an entry whole or not at all, and a miss only means reading it again.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 from typing import Callable, Dict, Iterable, Mapping, Optional, Set, Tuple, Union
 
 from fleetd.units import render
@@ -81,6 +92,7 @@ class CompiledUnits:
         self._rendered: Dict[RenderKey, Unit] = {}
         self._fresh: Set[ContentKey] = set()  # probed since the last retain (a submit's)
         self.parses = 0  # how many times a text was rendered and loaded (tests, benches)
+        self._lock = threading.Lock()  # held for every change above, never for a parse
 
     # --- probed: the unit as it reads on any machine ---------------------------------
 
@@ -95,7 +107,6 @@ class CompiledUnits:
         found = self._probed.get(key)
         if found is None:
             body = text(content_hash) if callable(text) else text
-            self.parses += 1
             try:
                 found = validate(name, body or "", dict(variables), name)
             except UnitError as exc:
@@ -103,8 +114,7 @@ class CompiledUnits:
             except Exception as exc:  # one unit's content never stops a pass
                 log.exception("%s: reading its content failed", name)
                 found = Invalid(f"invalid: fleetd failed reading it ({error_text(exc)})")
-            self._probed[key] = found
-            self._fresh.add(key)
+            self._keep(key, found)
         return found
 
     def check(self, name: str, content_hash: str, variables: Mapping[str, str], text: str,
@@ -113,17 +123,28 @@ class CompiledUnits:
         user's file) and its line. A unit that passes is kept as ``probed`` keeps it (a
         successful read does not depend on the file's name, which is set to the unit's),
         so the engine does not read it again once it is stored; a refusal is not kept."""
-        found = self._probed.get(content_key(name, content_hash, variables))
+        key = content_key(name, content_hash, variables)
+        found = self._probed.get(key)
         if isinstance(found, Unit):
             return found
-        self.parses += 1
-        unit = validate(name, text, dict(variables), source)
-        if unit.file.source != name:
-            unit = dataclasses.replace(unit, file=dataclasses.replace(unit.file, source=name))
-        key = content_key(name, content_hash, variables)
-        self._probed[key] = unit
-        self._fresh.add(key)
+        unit: Optional[Unit] = None
+        try:
+            unit = validate(name, text, dict(variables), source)
+            if unit.file.source != name:
+                unit = dataclasses.replace(unit,
+                                           file=dataclasses.replace(unit.file, source=name))
+        finally:  # a refusal is counted, not kept
+            self._keep(key, unit)
         return unit
+
+    def _keep(self, key: ContentKey, found: Union[Unit, Invalid, None]) -> None:
+        """Count a read of a text and store what it gave (None: nothing to keep), until
+        the next ``retain``."""
+        with self._lock:
+            self.parses += 1
+            if found is not None:
+                self._probed[key] = found
+                self._fresh.add(key)
 
     def known(self, name: str, content_hash: str, variables: Mapping[str, str]
               ) -> Optional[Union[Unit, Invalid]]:
@@ -157,22 +178,30 @@ class CompiledUnits:
             uname = parse_name(name)
             body = render.for_machine(body, name, uname.prefix, uname.instance,
                                       dict(variables), machine.context)
-        self.parses += 1
-        unit = self._rendered[key] = load(name, body)
-        return unit, key
+        loaded: Optional[Unit] = None
+        try:
+            loaded = load(name, body)
+        finally:
+            with self._lock:
+                self.parses += 1
+                if loaded is not None:
+                    self._rendered[key] = loaded
+        return loaded, key
 
     # --- eviction -------------------------------------------------------------------------
 
     def retain(self, probed: Iterable[ContentKey], rendered: Iterable[RenderKey]) -> None:
         """Keep only these keys (what the engine's last pass used), and whatever was
         probed since the previous call (a unit submitted but not stored yet)."""
-        keep = set(probed) | self._fresh
-        self._probed = {k: v for k, v in self._probed.items() if k in keep}
-        live = set(rendered)
-        self._rendered = {k: v for k, v in self._rendered.items() if k in live}
-        self._fresh = set()
+        keep, live = set(probed), set(rendered)
+        with self._lock:
+            keep |= self._fresh
+            self._probed = {k: v for k, v in self._probed.items() if k in keep}
+            self._rendered = {k: v for k, v in self._rendered.items() if k in live}
+            self._fresh = set()
 
     def forget(self, keys: Iterable[ContentKey]) -> None:
         """Drop these probed units (read again next time)."""
-        for k in keys:
-            self._probed.pop(k, None)
+        with self._lock:
+            for k in keys:
+                self._probed.pop(k, None)

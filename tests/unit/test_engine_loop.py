@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 
 from fleetd import protocol
+from fleetd.daemon.changes import Changes
+from fleetd.daemon.service.errors import Invalid
+from fleetd.daemon.service.placement import EngineView
+from fleetd.daemon.service.units import Units
 from fleetd.engine.loop import Engine
 from fleetd.engine.snapshot import Snapshot
 from fleetd.registry.base import LAUNCHED, MachineRecord, ObservedRecord, UnitInput
@@ -186,3 +190,33 @@ def test_what_submit_checked_the_engine_does_not_read_again() -> None:
     f.run()
     assert f.units.parses == 2 + 1  # two checks, one render; no probe in the pass
     assert f.where("a.service") is not None
+
+
+def test_a_unit_submitted_through_the_api_is_not_read_again_by_the_engine() -> None:
+    f = Fleet()
+    api = Units(f.registry, EngineView(f.engine), Changes(), lambda: None, {}, f.units)
+
+    def submit(*items: Dict[str, Any], desired: Optional[str] = LAUNCHED) -> None:
+        async def go() -> None:
+            api.store(await api.resolve(list(items), desired), desired, replace=False)
+        asyncio.run(go())
+
+    with pytest.raises(Invalid) as refused:  # the user's file and line, nothing stored
+        submit({"name": "bad.service", "text": BAD, "source": "/home/me/bad.service"})
+    assert refused.value.details["errors"][0].startswith("/home/me/bad.service:3: ")
+    assert f.registry.list_units() == []
+    described = "[Unit]\nDescription=unit %n\n" + SERVICE
+    submit({"name": "a.service", "text": described, "source": "/home/me/a.service"},
+           {"name": "web.service", "text": TEMPLATED})
+    assert f.units.parses == 1 + 2  # the refusal, then both units checked once
+    f.run()
+    f.run()
+    assert f.units.parses == 3 + 2  # each rendered for its machine once; probed never
+    assert f.where("a.service") is not None and f.where("web.service") is not None
+    # the API reads the same cache: a unit's description and check cost no parse
+    status = asyncio.run(api.status("a.service", 0))
+    assert status["description"] == "unit a.service"
+    where = f.where("a.service")
+    assert api.verdict("a.service", "healthy") == (
+        None, f"placed on {where}, not reported there yet")
+    assert f.units.parses == 5

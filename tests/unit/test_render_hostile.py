@@ -16,6 +16,7 @@ from fleetd.engine.loop import Engine
 from fleetd.registry.base import LAUNCHED, MachineRecord, UnitInput
 from fleetd.registry.sqlite import SqliteRegistry
 from fleetd.units import budget, render, values
+from fleetd.units.compiled import CompiledUnits
 from fleetd.units.model import content_hash
 from fleetd.units.parser import UnitError
 
@@ -79,14 +80,14 @@ def test_the_api_refuses_such_a_variable_before_anything_renders(tmp_path: Any) 
     registry = SqliteRegistry(str(tmp_path / "r.db"))
     items = [{"name": "a.service", "text": UNIT, "vars": {"port": EVIL}}]
     with pytest.raises(submit.SubmitError) as err:
-        submit.check(submit.gather(registry, items))
+        submit.check(submit.gather(registry, items), CompiledUnits())
     assert err.value.status == 400
     assert str(err.value).startswith("a.service: vars.port has a line break (U+000A)")
     items[0]["vars"] = {"port": True}
     with pytest.raises(submit.SubmitError, match=r"vars\.port: want a string or a finite number"):
         submit.gather(registry, items)
     items[0]["vars"] = {"port": 8080}
-    assert submit.check(submit.gather(registry, items))[0].vars == {"port": "8080"}
+    assert submit.check(submit.gather(registry, items), CompiledUnits())[0].vars == {"port": "8080"}
 
 
 def test_fleetctl_refuses_it_with_a_clear_message(tmp_path: Any) -> None:

@@ -20,6 +20,7 @@ from fleetd.daemon.service.units import Units
 from fleetd.engine.snapshot import Snapshot
 from fleetd.registry.base import INACTIVE, LAUNCHED, LOADED, ObservedRecord, UnitInput
 from fleetd.registry.sqlite import SqliteRegistry
+from fleetd.units.compiled import CompiledUnits
 from fleetd.units.model import content_hash
 
 # --- globs and order ------------------------------------------------------------------
@@ -272,7 +273,8 @@ def daemon(tmp_path: Any, text: str) -> Tuple[Units, SqliteRegistry]:
     registry.set_placements([("web@1.service", "h2", "test")])
     placement = Snapshot.of({("web@1.service", "h2"): content_hash(text)}, {}, {},
                             frozenset(), 1.0)
-    return Units(registry, Fixed(placement), Changes(), lambda: None, {}), registry
+    return Units(registry, Fixed(placement), Changes(), lambda: None, {},
+                 CompiledUnits()), registry
 
 
 def observe(registry: SqliteRegistry, text: str, generation: int, health: str,

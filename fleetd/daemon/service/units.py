@@ -9,9 +9,8 @@ the registry as it was.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Union
 
 from fleetd.daemon import submit
 from fleetd.daemon.changes import Changes
@@ -28,10 +27,11 @@ from fleetd.daemon.service.errors import (
 )
 from fleetd.daemon.service.placement import Source, targets
 from fleetd.daemon.session import MachineSession
-from fleetd.registry.base import DESIRED_STATES, INACTIVE, Registry, UnitInput
+from fleetd.registry.base import DESIRED_STATES, INACTIVE, Registry, UnitInput, UnitRecord
 from fleetd.transport.base import TransportError
-from fleetd.units.parser import UnitError
-from fleetd.units.validate import validate
+from fleetd.units.compiled import CompiledUnits
+from fleetd.units.compiled import Invalid as Unreadable
+from fleetd.units.model import Unit
 
 MIB = 1024 * 1024
 MAX_UNIT_TEXT = 1 * MIB  # one unit file; a 50 MB "unit" is not a unit
@@ -39,9 +39,10 @@ MAX_UNIT_TEXT = 1 * MIB  # one unit file; a 50 MB "unit" is not a unit
 
 class Units:
     def __init__(self, registry: Registry, placement: Source, changes: Changes,
-                 changed: Callable[[], None], sessions: Mapping[str, MachineSession]
-                 ) -> None:
+                 changed: Callable[[], None], sessions: Mapping[str, MachineSession],
+                 compiled: CompiledUnits) -> None:
         self.registry = registry
+        self.compiled = compiled  # the cache of unit files the engine reads too
         self.placement = placement  # the engine's last pass: one snapshot per answer
         self.changes = changes
         self._changed = changed  # placements may move: wakes waiters and the engine
@@ -86,11 +87,8 @@ class Units:
             row = views.observed_row(o)
             row["current"] = waits.is_current(u, o, expected)
             copies.append(row)
-        try:  # the description as systemd would show it: specifiers expanded
-            description = validate(name, self.registry.unit_text(u.hash) or "", u.vars,
-                                   name).description
-        except UnitError as exc:
-            description = f"(invalid: {exc})"
+        probed = self._probed(u)  # the description as systemd shows it: specifiers expanded
+        description = probed.description if isinstance(probed, Unit) else f"({probed.why})"
         result: Dict[str, Any] = {
             "unit": name, "description": description, "desired": u.desired,
             "machine": u.machine, "reason": u.reason, "hash": u.hash,
@@ -131,7 +129,7 @@ class Units:
         copies = self.registry.list_observed(name)
         placement = self.placement.snapshot()
         where = targets(placement, u) if u is not None else []
-        check = self._check_of(u.name, u.hash, u.vars) \
+        check = _check_config(self._probed(u)) \
             if u is not None and waits.needs_check(until, u) else None
         return waits.wait_verdict(name, until, u, copies, where, placement.expected(),
                                   check)
@@ -148,11 +146,10 @@ class Units:
                 return {"unit": name, "reached": False, "timeout": True, "why": why}
             await self.changes.wait(left)
 
-    def _check_of(self, name: str, content: str, variables: Dict[str, str]
-                  ) -> waits.Check:
-        """The unit's [X-Check] (None without one), as the unit reads on any machine."""
-        return _check_config(name, self.registry.unit_text(content) or "",
-                             tuple(sorted(variables.items())))
+    def _probed(self, u: UnitRecord) -> Union[Unit, Unreadable]:
+        """The unit as it reads on any machine (or why it cannot be read), from the
+        cache the engine reads too: read once per content and variables."""
+        return self.compiled.probed(u.name, u.hash, u.vars, self.registry.unit_text)
 
     # --- writing ------------------------------------------------------------------------
     async def resolve(self, items: List[Dict[str, Any]], desired: Optional[str]
@@ -168,7 +165,8 @@ class Units:
                     raise Invalid(None, f"{name} is a template; start an instance such as "
                                         f"{name.replace('@.', '@1.')}")
         try:  # the registry is read here, on its thread; templates render in a worker
-            return await asyncio.to_thread(submit.check, submit.gather(self.registry, items))
+            return await asyncio.to_thread(submit.check, submit.gather(self.registry, items),
+                                           self.compiled)
         except submit.SubmitError as exc:  # its status says which refusal it is
             if exc.status == 404:
                 raise NotFound(str(exc), errors=exc.errors) from None
@@ -268,11 +266,9 @@ class UnitLog:
             return
 
 
-@functools.lru_cache(maxsize=512)
-def _check_config(name: str, text: str, variables: Tuple[Tuple[str, str], ...]
-                  ) -> waits.Check:
-    try:
-        check = validate(name, text, dict(variables), name).config.get("check")
-    except UnitError:
+def _check_config(unit: Union[Unit, Unreadable]) -> waits.Check:
+    """The unit's [X-Check] (None without one), as the unit reads on any machine."""
+    if not isinstance(unit, Unit):
         return None  # the engine does not place it: waiters learn why from its reason
+    check = unit.config.get("check")
     return dict(check) if check else None
