@@ -188,7 +188,10 @@ def check_spec(spec: object) -> UnitSpec:
         raise _fail(where, f"driver: want one of {', '.join(DRIVERS)}, not "
                            f"{_short(spec.get('driver'))}")
     _int(0, GENERATION_MAX)(spec.get("generation", 0), f"{where}: generation")
-    _CONFIG(spec.get("config", {}), f"{where}: config")
+    config = spec.get("config", {})
+    _CONFIG(config, f"{where}: config")
+    if spec["driver"] == "exec" and not config.get("commands"):
+        raise _fail(where, "config: commands: an exec unit runs at least one ExecStart=")
     return cast(UnitSpec, spec)  # every field it has, checked: from here on typed
 
 

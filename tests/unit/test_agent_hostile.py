@@ -71,6 +71,10 @@ def test_specs_of_real_unit_files_pass() -> None:
     ({"generation": -1}, "generation: want a whole number from 0"),
     ({"generation": 1.5}, "generation: want a whole number"),
     ({"config": []}, "config: want an object, not list"),
+    # found by the agent's fuzz test: an exec unit with nothing to run was kept, and its
+    # start was an internal error in the agent
+    ({"config": {}}, "config: commands: an exec unit runs at least one ExecStart="),
+    ({"config": {"commands": []}}, "an exec unit runs at least one ExecStart="),
 ])
 def test_a_bad_spec_field_is_refused_naming_it(change: Dict[str, Any], says: str) -> None:
     with pytest.raises(specs.SpecError, match=re.escape(says)):
