@@ -5,8 +5,10 @@
 template text fleetctl found beside it, as fleet did). Every unit is validated here —
 rendered with its variables and no machine (``render.probe``), then loaded — so errors
 name ``file:line`` before anything is stored; ``put_units`` then stores all or none.
-Validation goes through the shared compiled-unit cache (``CompiledUnits.check``): a
-unit that passes is kept there, and the engine does not read it again once stored.
+Refusals are the service layer's domain errors (Invalid, NotFound; every one lists its
+problems in ``errors``), never HTTP statuses. Validation goes through the shared
+compiled-unit cache (``CompiledUnits.check``): a unit that passes is kept there, and
+the engine does not read it again once stored.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import math
 from typing import Any, Dict, List, Optional
 
+from fleetd.daemon.service.errors import Invalid, NotFound
 from fleetd.registry.base import INACTIVE, Registry, UnitInput
 from fleetd.units import values
 from fleetd.units.compiled import CompiledUnits
@@ -23,11 +26,9 @@ from fleetd.units.model import content_hash, parse_name
 from fleetd.units.parser import UnitError
 
 
-class SubmitError(Exception):
-    def __init__(self, status: int, message: str, errors: Optional[List[str]] = None):
-        self.status = status
-        self.errors = errors or [message]
-        super().__init__(message)
+def refused(message: str) -> Invalid:
+    """A submit's refusal: its ``errors`` list every problem found (here, one)."""
+    return Invalid(None, message, errors=[message])
 
 
 def _variables(item: Dict[str, Any]) -> Optional[Dict[str, str]]:
@@ -40,20 +41,20 @@ def _variables(item: Dict[str, Any]) -> Optional[Dict[str, str]]:
     name = item.get("name")
     if not isinstance(raw, dict) or not all(isinstance(k, str) and k.isidentifier()
                                             for k in raw):
-        raise SubmitError(400, f"{name}: vars must map identifiers to values")
+        raise refused(f"{name}: vars must map identifiers to values")
     return {key: _value(name, key, value) for key, value in raw.items()}
 
 
 def _value(name: Any, key: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)) \
             or (isinstance(value, float) and not math.isfinite(value)):
-        raise SubmitError(400, f"{name}: vars.{key}: want a string or a finite number, "
-                               f"not {json.dumps(value)[:40]}")
+        raise refused(f"{name}: vars.{key}: want a string or a finite number, "
+                      f"not {json.dumps(value)[:40]}")
     text = str(value)
     problem = values.problem(text)
     if problem is not None:
-        raise SubmitError(400, f"{name}: vars.{key} {problem}: a variable is a value, "
-                               "not unit text")
+        raise refused(f"{name}: vars.{key} {problem}: a variable is a value, "
+                      "not unit text")
     return text
 
 
@@ -84,7 +85,7 @@ def gather(registry: Registry, items: List[Dict[str, Any]]) -> Plan:
     for item in items:
         name = item.get("name")
         if not isinstance(name, str):
-            raise SubmitError(400, "units: every unit needs a name")
+            raise refused("units: every unit needs a name")
         try:
             uname = parse_name(name)
         except UnitError as exc:
@@ -111,9 +112,10 @@ def gather(registry: Registry, items: List[Dict[str, Any]]) -> Plan:
             else:
                 hint = f" and no template {template_name} is submitted or beside it" \
                     if template_name else ""
-                raise SubmitError(404, f"unit {name} does not exist{hint}")
+                message = f"unit {name} does not exist{hint}"
+                raise NotFound(message, errors=[message])
         if not isinstance(text, str):
-            raise SubmitError(400, f"{name}: text must be a string")
+            raise refused(f"{name}: text must be a string")
         if variables is None and (stored := registry.get_unit(name)) is not None:
             variables = stored.vars  # a resubmitted file keeps the variables it had
         override = INACTIVE if uname.is_template else None  # a template is never placed
@@ -123,8 +125,8 @@ def gather(registry: Registry, items: List[Dict[str, Any]]) -> Plan:
 
 def check(plan: Plan, units: CompiledUnits) -> List[UnitInput]:
     """Validate every unit (``render.probe`` then load, through ``units``) into a
-    UnitInput; SubmitError lists every invalid unit at once, each naming the user's
-    file. No registry access, so it may run in a worker thread, where a template that
+    UnitInput; Invalid lists every invalid unit at once (its ``errors``), each naming
+    the user's file. No registry access, so it may run in a worker thread, where a template that
     runs to its budget stalls nobody (``units`` may be called from there)."""
     errors = list(plan.errors)
     inputs: List[UnitInput] = []
@@ -137,5 +139,5 @@ def check(plan: Plan, units: CompiledUnits) -> List[UnitInput]:
             continue
         inputs.append(UnitInput(u.name, u.text, digest, u.variables, u.desired))
     if errors:
-        raise SubmitError(400, errors[0], errors)
+        raise Invalid(None, errors[0], errors=errors)
     return inputs

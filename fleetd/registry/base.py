@@ -117,9 +117,11 @@ class Registry(Protocol):
     """What fleetd needs of a store. sqlite is the embedded default."""
 
     # --- units -----------------------------------------------------------------
-    def put_units(self, units: Sequence[UnitInput], desired: str, replace: bool = False
-                  ) -> List[str]:
+    def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
+                  replace: bool = False) -> List[str]:
         """Store units with ``desired`` state, all or none; return every unit changed.
+        ``desired`` None: each unit keeps the state it has (a new one: inactive); a
+        unit's own ``UnitInput.desired`` overrides either.
 
         A unit that exists with other content (or other variables) raises Conflict,
         unless ``replace``: then it takes the new content where it is placed, and a

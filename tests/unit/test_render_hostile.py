@@ -12,6 +12,8 @@ import pytest
 
 from fleetd.cli.units import parse_vars
 from fleetd.daemon import submit
+from fleetd.daemon.http.errors import status_of
+from fleetd.daemon.service.errors import Invalid
 from fleetd.engine.loop import Engine
 from fleetd.registry.base import LAUNCHED, MachineRecord, UnitInput
 from fleetd.registry.sqlite import SqliteRegistry
@@ -79,12 +81,12 @@ def test_a_macro_writes_lines_of_its_own_text_but_not_values_with_lines() -> Non
 def test_the_api_refuses_such_a_variable_before_anything_renders(tmp_path: Any) -> None:
     registry = SqliteRegistry(str(tmp_path / "r.db"))
     items = [{"name": "a.service", "text": UNIT, "vars": {"port": EVIL}}]
-    with pytest.raises(submit.SubmitError) as err:
+    with pytest.raises(Invalid) as err:
         submit.check(submit.gather(registry, items), CompiledUnits())
-    assert err.value.status == 400
+    assert status_of(err.value) == 400
     assert str(err.value).startswith("a.service: vars.port has a line break (U+000A)")
     items[0]["vars"] = {"port": True}
-    with pytest.raises(submit.SubmitError, match=r"vars\.port: want a string or a finite number"):
+    with pytest.raises(Invalid, match=r"vars\.port: want a string or a finite number"):
         submit.gather(registry, items)
     items[0]["vars"] = {"port": 8080}
     assert submit.check(submit.gather(registry, items), CompiledUnits())[0].vars == {"port": "8080"}

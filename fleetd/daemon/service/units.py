@@ -155,7 +155,8 @@ class Units:
     async def resolve(self, items: List[Dict[str, Any]], desired: Optional[str]
                       ) -> List[UnitInput]:
         """A submit's units (``items``: see ``submit_items``), resolved and validated
-        whole (``submit.py``); Invalid lists every invalid unit in ``errors``."""
+        whole (``submit.py``, which refuses with Invalid listing every invalid unit in
+        ``errors``, or NotFound)."""
         names = [i["name"] for i in items]
         if len(set(names)) != len(names):
             raise Invalid("units", "the same unit name is given twice")
@@ -164,21 +165,16 @@ class Units:
                 if isinstance(name, str) and "@." in name:
                     raise Invalid(None, f"{name} is a template; start an instance such as "
                                         f"{name.replace('@.', '@1.')}")
-        try:  # the registry is read here, on its thread; templates render in a worker
-            return await asyncio.to_thread(submit.check, submit.gather(self.registry, items),
-                                           self.compiled)
-        except submit.SubmitError as exc:  # its status says which refusal it is
-            if exc.status == 404:
-                raise NotFound(str(exc), errors=exc.errors) from None
-            raise Invalid(None, str(exc), errors=exc.errors) from None
+        plan = submit.gather(self.registry, items)  # the registry is read on its thread
+        # templates render in a worker
+        return await asyncio.to_thread(submit.check, plan, self.compiled)
 
     def store(self, inputs: List[UnitInput], desired: Optional[str], replace: bool
               ) -> Dict[str, Any]:
         """Store resolved units all or none (the registry's Conflict: other content
         exists, and ``replace`` was not asked)."""
         # None: each unit keeps its desired state (a new one: inactive), as SQLite reads it
-        changed = self.registry.put_units(inputs, desired,  # type: ignore[arg-type]
-                                          replace=replace)
+        changed = self.registry.put_units(inputs, desired, replace=replace)
         self._changed()
         return {"units": [{"name": u.name, "hash": u.hash} for u in inputs],
                 "changed": changed}
