@@ -1,0 +1,79 @@
+"""Drains: a draining machine hands its units over one at a time, without a gap.
+
+Fleet had no drain; a pass decides it after placing (engine/reconciler.py, step 5).
+A draining machine takes no new units (engine/capacity.py refuses them) and hands its
+units over one at a time: the unit is placed elsewhere while its old copy keeps running
+(the task's ``handoff``); once the new copy is running and healthy the old one stops,
+and once it is gone the next unit goes. After the drain's deadline whatever is left moves
+at once (the keep step lets it go, saying ``OVERDUE``), or stops if it fits nowhere.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from fleetd.engine.capacity import Host
+from fleetd.engine.pass_state import PassState
+from fleetd.engine.views import UnitView
+from fleetd.registry.base import INACTIVE
+
+# why a unit leaves a draining machine at once: the drain's deadline passed
+OVERDUE = "{machine} is draining and its deadline passed"
+
+
+def drain(p: PassState) -> None:
+    """Hand-offs: finish the ones whose new copy is ready, drop the ones whose old
+    machine is gone, and start the next unit off each draining machine that has
+    nothing in flight."""
+    in_flight: Dict[str, List[str]] = {}
+    for name, old in sorted(p.handoff.items()):
+        u = p.by_name.get(name)
+        host = p.cluster.by_name.get(old or "")
+        if (u is None or old is None or host is None or host.lost
+                or u.desired == INACTIVE or p.where.get(name) is None
+                or p.where[name] is host or (host.draining and host.drain_overdue)):
+            p.handoff[name] = None  # nothing (more) to hand over from there
+        elif u.ready and u.machine == p.where[name].name and not u.old_running:
+            p.handoff[name] = None  # the new copy is healthy and the old one gone
+        else:  # not ready yet, or ready and its old copy stopping (it leaves the set)
+            in_flight.setdefault(old, []).append(name)
+    for host in p.cluster.draining:
+        if host.drain_overdue or in_flight.get(host.name):
+            continue
+        staying = sorted((p.movable[n] for n, h in p.where.items()
+                          if h is host and not p.movable[n].req.machine_of),
+                         key=p.order)
+        for u in staying:
+            if hand_over(p, u, host):
+                break
+
+
+def hand_over(p: PassState, u: UnitView, host: Host) -> bool:
+    """Move ``u`` (and what follows it by MachineOf=) off draining ``host``, its old
+    copy running on until the new one is ready. False, with the reason noted, when
+    no other machine can take it."""
+    p.cluster.remove(host, u.name)
+    del p.where[u.name]
+    req = u.req
+    if req.machine_id:
+        target: Optional[Host] = None
+        why = f"MachineID={req.machine_id} pins it there"
+    else:
+        group = p.cluster.group(req)
+        target = p.cluster.choose(group, u.name, req) if group.members else None
+        why = (p.chosen_because(u, target, group) if target is not None
+               else group.refusal or p.cluster.explain(u.name, req, group.members, group))
+    if target is None:
+        p.cluster.add(host, u.name, req)
+        p.where[u.name] = host
+        p.noted[u.name] = f"{host.name} is draining, but {why}"
+        return False
+    moved = [u.name, *p.followers(u.name, host)]
+    for name in moved[1:]:
+        p.cluster.remove(host, name)
+    for name in moved:
+        why_here = why if name == u.name else f"MachineOf= follows {u.name} there"
+        p.put(p.movable[name], target, f"{host.name} is draining: its copy there "
+                                       f"runs until this one is healthy; {why_here}")
+        p.handoff[name] = host.name
+    return True
