@@ -1,10 +1,10 @@
 """``fleetctl drain`` / ``undrain``: how a drain reads in listings.
 
 A drain is two fields on the machine (since when, and an optional deadline); the engine
-does the moving (engine/reconciler.py, step 5), one unit at a time, each healthy on its
-new machine before its old copy stops. Draining a machine twice keeps its start time and
-takes the new deadline, so a deadline can be set or extended while a drain runs
-(``service/machines.py``: ``Machines.drain``).
+does the moving (engine/handoff.py, a step of the reconciler's pass), one unit at a time,
+each healthy on its new machine before its old copy stops. Draining a machine twice keeps
+its start time and takes the new deadline, so a deadline can be set or extended while a
+drain runs (``service/machines.py``: ``Machines.drain``).
 """
 
 from __future__ import annotations

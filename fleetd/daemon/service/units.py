@@ -32,6 +32,7 @@ from fleetd.transport.base import TransportError
 from fleetd.units.compiled import CompiledUnits
 from fleetd.units.compiled import Invalid as Unreadable
 from fleetd.units.model import Unit
+from fleetd.wire.names import is_template
 
 MIB = 1024 * 1024
 MAX_UNIT_TEXT = 1 * MIB  # one unit file; a 50 MB "unit" is not a unit
@@ -162,7 +163,7 @@ class Units:
             raise Invalid("units", "the same unit name is given twice")
         if desired not in (None, INACTIVE):
             for name in names:
-                if isinstance(name, str) and "@." in name:
+                if isinstance(name, str) and is_template(name):
                     raise Invalid(None, f"{name} is a template; start an instance such as "
                                         f"{name.replace('@.', '@1.')}")
         plan = submit.gather(self.registry, items)  # the registry is read on its thread
@@ -190,7 +191,7 @@ class Units:
 
     def restart(self, names: List[str]) -> Dict[str, Any]:
         for name in names:  # restarting would make it launched, and a template never runs
-            if "@." in name:
+            if is_template(name):
                 raise Invalid(None, f"{name} is a template; restart its instances, such "
                                     f"as '{name.replace('@.', '@*.')}'")
         self.registry.restart(names)
