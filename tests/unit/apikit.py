@@ -25,20 +25,8 @@ from fleetd.daemon.config import Config
 from fleetd.daemon.listeners import serve
 from fleetd.registry.base import MachineRecord, Registry
 from fleetd.registry.sqlite import SqliteRegistry
-from fleetd.transport.base import Channel, TransportError
-
-
-class Unreachable:
-    """A host that never answers: every session stays down, quietly."""
-
-    def __init__(self, machine: MachineRecord) -> None:
-        self.machine = machine
-
-    async def open(self, command: str) -> Channel:
-        raise TransportError("unreachable", f"{self.machine.name}: a test host, never there")
-
-    async def close(self) -> None:
-        pass
+from fleetd.testing.transport import Unreachable
+from fleetd.transport.base import TransportError
 
 
 class NoLease:

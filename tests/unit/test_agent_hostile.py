@@ -29,6 +29,7 @@ from fleetd.drivers.base import Handle, StartContext
 from fleetd.drivers.systemd import SystemdDriver
 from fleetd.registry.base import MachineRecord
 from fleetd.registry.sqlite import SqliteRegistry
+from fleetd.testing.transport import FakeChannel, FakeTransport
 from fleetd.units.model import load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -305,43 +306,6 @@ def test_java_home_is_probed_as_the_units_user(shared_dir: Path) -> None:
 
 
 # --- fleetd's session reading a hostile agent ---------------------------------------------
-class FakeChannel:
-    """The agent's side of a session channel, played by the test."""
-
-    def __init__(self) -> None:
-        self.incoming: asyncio.Queue[bytes] = asyncio.Queue()
-        self.written: List[Dict[str, Any]] = []
-
-    async def readline(self) -> bytes:
-        return await self.incoming.get()
-
-    def write(self, data: bytes) -> None:
-        self.written.append(protocol.decode(data))
-
-    async def drain(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.incoming.put_nowait(b"")
-
-    async def stderr_tail(self) -> str:
-        return ""
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.channel = FakeChannel()
-
-    async def open(self, command: str) -> FakeChannel:
-        self.channel.incoming.put_nowait(protocol.encode(
-            "hello", machine_id="m1", hostname="h1", agent_version="t", facts={},
-            fenced=[]))
-        return self.channel
-
-    async def close(self) -> None:
-        self.channel.close()
-
-
 def session_for(tmp_path: Path) -> Tuple[MachineSession, SqliteRegistry, FakeTransport]:
     registry = SqliteRegistry(str(tmp_path / "registry.db"))
     registry.add_machine(MachineRecord(name="h1", address="10.0.0.1", port=22, user="root",

@@ -10,7 +10,7 @@ from fleetd.daemon.config import Config
 from fleetd.daemon.main import open_daemon
 from fleetd.daemon.session import MachineSession
 from fleetd.registry.base import MachineRecord
-from fleetd.transport.base import Transport
+from fleetd.testing.transport import FakeTransport
 
 
 def test_a_restarted_fleetd_counts_silence_from_its_start_not_from_the_old_last_seen(
@@ -26,7 +26,7 @@ def test_a_restarted_fleetd_counts_silence_from_its_start_not_from_the_old_last_
                                    last_seen=hour_ago, state="unreachable")
             d.registry.add_machine(record)
 
-            unused: Transport = object()  # type: ignore[assignment]  # never started
+            unused = FakeTransport()  # never started
             d.sessions["h1"] = MachineSession(record, d.registry, lambda m: unused, d.changed)
             now = d.started_at + 2.0
             view = d.engine.machine_view(record, now)

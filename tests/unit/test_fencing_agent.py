@@ -10,7 +10,7 @@ import asyncio
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import pytest
 
@@ -24,6 +24,7 @@ from fleetd.registry.base import MachineRecord
 from fleetd.registry.sqlite import SqliteRegistry
 from fleetd.testing.driver import FakeDriver
 from fleetd.testing.systemd import Supervised
+from fleetd.testing.transport import FakeTransport
 from fleetd.testing.waiting import until
 
 # --- the timer ----------------------------------------------------------------------
@@ -207,51 +208,6 @@ def test_ping_gets_no_answer_and_only_fleetd_counts(tmp_path: Path) -> None:
 
 
 # --- the session ------------------------------------------------------------------------------
-
-class FakeChannel:
-    def __init__(self) -> None:
-        self.incoming: asyncio.Queue[bytes] = asyncio.Queue()
-        self.written: List[Dict[str, Any]] = []
-        self.closed = False
-
-    async def readline(self) -> bytes:
-        return await self.incoming.get()
-
-    def write(self, data: bytes) -> None:
-        self.written.append(protocol.decode(data))
-
-    async def drain(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-        self.incoming.put_nowait(b"")
-
-    async def stderr_tail(self) -> str:
-        return ""
-
-    def kinds(self) -> List[str]:
-        return [m["type"] for m in self.written]
-
-
-class FakeTransport:
-    def __init__(self, fenced: Optional[Sequence[str]] = ()) -> None:
-        """``fenced``: what the agent's hello lists; None: an agent older than fencing."""
-        self.channels: List[FakeChannel] = []
-        self.fenced = fenced
-
-    async def open(self, command: str) -> FakeChannel:
-        channel = FakeChannel()
-        extra = {} if self.fenced is None else {"fenced": list(self.fenced)}
-        channel.incoming.put_nowait(protocol.encode(
-            "hello", machine_id="m1", hostname="h1", agent_version="t", facts={}, **extra))
-        self.channels.append(channel)
-        return channel
-
-    async def close(self) -> None:
-        for channel in self.channels:
-            channel.close()
-
 
 SPEC = protocol.unit_spec("a.service", "h" * 64, protocol.WANT_RUNNING, "exec",
                           {"fence_after_s": 2.0})
