@@ -72,6 +72,10 @@ class Cluster:
         self._explained: Dict[Tuple[GroupKey, int, float, int], str] = {}
         self._named: Dict[str, int] = {}  # exact names some resident keeps away, anywhere
         self.globs = Globs()
+        # Global units, once placed: each one's machines, and the machines a unit left
+        # since (settle_globals places the globals there again)
+        self._globals: Optional[Dict[str, Tuple[UnitView, List[Host]]]] = None
+        self._vacated: Set[int] = set()
 
     def expect(self, patterns: Iterable[str]) -> None:
         """Register glob patterns before anything is placed (registering one later costs
@@ -215,6 +219,8 @@ class Cluster:
             if not self._named[p]:
                 del self._named[p]
         host.remove(name, self.globs.matching(name))
+        if self._globals is not None:
+            self._vacated.add(host.index)
 
     # -- explaining -----------------------------------------------------------------------
 
@@ -248,10 +254,46 @@ class Cluster:
         machines; each then counts as a resident that later units must respect. Like any
         unit, a global one needs room for its reservation: it skips a machine that is
         full rather than overcommit it (it does not evict what is already there, and it
-        arrives as soon as room is made). The reconciler places globals after the units
-        that stay and before new ones, so host-wide units come first on a fresh machine.
+        arrives as soon as room is made). A draining machine keeps its global units
+        while other units are on it. The reconciler places globals after the units that
+        stay and before new ones, so host-wide units come first on a fresh machine, and
+        settles them at the end of its pass (``settle_globals``).
         """
+        placed = self._place_globals(units, None)
+        self._globals = {u.name: (u, placed[u.name]) for u in units}
+        self._vacated = set()
+        return {name: [h.name for h in hosts] for name, hosts in placed.items()}
+
+    def settle_globals(self) -> Dict[str, List[str]]:
+        """Each Global unit placed by ``place_globals`` -> its machines (sorted by name) as
+        the pass ends: the same as placing them now, after every other unit.
+
+        Adding units after the globals changes nothing for them (an added unit was
+        admitted around them: room and conflicts are checked both ways). Only a machine
+        a unit left since can differ: a draining machine whose last unit was handed over
+        gives its globals up, and room or a conflict that left lets a global in. On
+        those machines alone the globals are taken off and placed again, in name order.
+        """
+        if self._globals is None:
+            return {}
+        vacated = {self.hosts[i] for i in self._vacated}
+        again: Dict[str, List[Host]] = {}
+        if vacated:
+            for unit, hosts in self._globals.values():
+                for h in hosts:
+                    if h in vacated:
+                        self.remove(h, unit.name)
+            again = self._place_globals([u for u, _ in self._globals.values()], vacated)
         out: Dict[str, List[str]] = {}
+        for name, (_, hosts) in self._globals.items():
+            now = [h for h in hosts if h not in vacated] + again.get(name, [])
+            out[name] = [h.name for h in sorted(now, key=lambda h: h.index)]
+        return out
+
+    def _place_globals(self, units: Sequence[UnitView],
+                       only: Optional[Set[Host]]) -> Dict[str, List[Host]]:
+        """``place_globals`` on every machine, or on ``only`` these."""
+        out: Dict[str, List[Host]] = {}
         for unit in sorted(units, key=lambda u: u.name):
             rel = relations(unit.req)
             milli = millicpus(unit.req.cpus)
@@ -261,9 +303,9 @@ class Cluster:
             staying = [h for h in self.draining
                        if h.count and not h.static_refusal(unit.req, draining_ok=True)]
             targets = [h for h in sorted(group.members + staying, key=lambda h: h.index)
-                       if h.fits(unit.req, milli) and not self.blocked(h, unit.name, rel)]
+                       if (only is None or h in only)
+                       and h.fits(unit.req, milli) and not self.blocked(h, unit.name, rel)]
             for h in targets:
                 self.add(h, unit.name, unit.req)
-            out[unit.name] = [h.name for h in targets]
+            out[unit.name] = targets
         return out
-

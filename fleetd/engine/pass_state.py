@@ -38,6 +38,7 @@ class PassState:
         self.avoid: Dict[str, FrozenSet[str]] = {}  # where it failed lately
         self.handoff: Dict[str, Optional[str]] = {  # as it ends up after this pass
             u.name: u.handoff for u in units if u.handoff}
+        self.globals: Dict[str, List[str]] = {}  # each active Global unit's machines, at the end
         self._followers: Optional[Dict[str, List[str]]] = None  # target -> its followers
         self.cluster.expect(p for u in self.movable.values() for p in relations(u.req).globs)
         self.cluster.expect(p for u in units if u.req.is_global and u.desired != INACTIVE

@@ -30,6 +30,15 @@ module on the pass's state (engine/pass_state.py): failed units and fenced ones 
 keeping (engine/failover.py: their reschedule policy; a lost machine's fenced copy),
 hand-overs off draining machines after placing, as step 5 (engine/handoff.py).
 
+6. **globals, settled**: where each Global unit runs once the pass is done, computed once
+   per pass, in the pass (engine/cluster.py ``settle_globals``): where step 2 put it,
+   except on a machine a unit left after step 2 (a hand-over, a Replaces= take-over),
+   where it is placed again given what stays there. A draining machine that handed over
+   its last unit in this pass gives its globals up in this pass; room or a conflict
+   freed lets one in. The result equals placing every Global unit after all the other
+   units where the tasks put them (``scheduler.global_placements`` on the applied
+   units), which is what the machines are handed (``Outcome.globals``).
+
 Time enters only as ``now`` and the machines' silences; the outcome says when the next
 pass is due (a delay ends, a fence expires), since nothing else would wake the engine.
 
@@ -50,7 +59,6 @@ from fleetd.engine.constraints import relations, static_mismatch
 from fleetd.engine.failover import LOST, after_failure, fenced_there
 from fleetd.engine.handoff import OVERDUE, drain
 from fleetd.engine.pass_state import PassState
-from fleetd.engine.scheduler import global_placements
 from fleetd.engine.views import MachineView, UnitView
 from fleetd.registry.base import INACTIVE, LAUNCHED
 
@@ -91,17 +99,13 @@ def reconcile(units: Sequence[UnitView], machines: Sequence[MachineView],
               now: float) -> Outcome:
     """plan(), when the next pass is due at the latest, and where Global units run.
 
-    Global units are placed as ``scheduler.global_placements`` places them given the
-    other units where the tasks put them: what the machines are handed. (The pass's own
-    globals are placed before new units and may differ for one pass while a draining
-    machine hands over its last unit: it keeps its globals until that unit has left.)
+    Global units run where the pass leaves them (step 6): once the tasks are applied,
+    each runs on every machine that would take it after all the other units, so the
+    machines are handed what the next pass starts from.
     """
     p = PassState(units, machines, now)
     tasks = _run(p)
-    moved = {t.unit: t.machine for t in tasks}
-    applied = [dataclasses.replace(u, machine=moved[u.name]) if u.name in moved else u
-               for u in units]
-    return Outcome(tasks, p.wake_at, global_placements(applied, machines))
+    return Outcome(tasks, p.wake_at, p.globals)
 
 
 def _run(p: PassState) -> List[Place]:
@@ -111,6 +115,7 @@ def _run(p: PassState) -> List[Place]:
     take_over(p)
     place_rest(p)
     drain(p)
+    p.globals = p.cluster.settle_globals()
     return tasks(p)
 
 

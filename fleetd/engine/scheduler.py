@@ -69,9 +69,10 @@ def global_placements(units: Sequence[UnitView],
                       machines: Sequence[MachineView]) -> Dict[str, List[str]]:
     """Every active Global unit -> its machines, given where the other units are placed.
 
-    What the loop hands each machine after applying ``reconciler.plan``; the same
-    computation plan() makes, so the two agree. Of two conflicting Global units, the one
-    whose name sorts first keeps the machines.
+    ``reconciler.reconcile`` computes the same in its pass (``Outcome.globals``, from
+    engine/cluster.py's ``settle_globals``) without building a second cluster; this is
+    the reference the tests hold it to. Of two conflicting Global units, the one whose
+    name sorts first keeps the machines.
     """
     cluster = Cluster(machines)
     for u in sorted(units, key=lambda u: u.name):

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetd.engine.reconciler import GLOBAL, UNLOADED, Place, plan
+from fleetd.engine.reconciler import GLOBAL, UNLOADED, Place, plan, reconcile
 from fleetd.engine.scheduler import GiB, MiB, apart, global_placements, millicpus
 from fleetd.engine.views import MachineView, UnitView
 from fleetd.registry.base import INACTIVE, LAUNCHED, LOADED
@@ -506,6 +506,59 @@ def test_a_global_unit_comes_first_on_a_fresh_machine_but_waits_for_room() -> No
     assert global_placements(units[1:], one) == {"agent": ["m0"]}
 
 
+# Where Global units run after a pass (Outcome.globals): computed once, in the pass, as
+# the pass leaves the machines (step 6). Each row: the units and machines before the pass,
+# where each non-global unit is after it (and the hand-off it carries), where the globals
+# run. A row marked "differs" is one where step 2's placement (before new units, hand-overs
+# and take-overs) is not the answer.
+DRAINING = [dataclasses.replace(machine("a"), draining=True), machine("b")]
+
+
+@pytest.mark.parametrize(("units", "machines", "after", "globals_after"), [
+    pytest.param(  # differs: a hands its last unit over and gives its globals up at once
+        [unit("x", machine="a"), unit("g", is_global=True)], DRAINING,
+        {"x": ("b", "a")}, {"g": ["b"]}, id="drain-last-handoff"),
+    pytest.param(  # a still has y: it keeps its globals while x moves
+        [unit("x", machine="a"), unit("y", machine="a"), unit("g", is_global=True)],
+        DRAINING, {"x": ("b", "a"), "y": ("a", None)}, {"g": ["a", "b"]},
+        id="drain-one-of-two"),
+    pytest.param(  # the hand-off in flight: x's old copy still runs on a, nothing left on a
+        [dataclasses.replace(unit("x", machine="b"), handoff="a"),
+         unit("g", is_global=True)], DRAINING,
+        {"x": ("b", "a")}, {"g": ["b"]}, id="drain-in-flight"),
+    pytest.param(  # nowhere to go: x stays on a, and so do a's globals
+        [unit("x", machine="a", machine_id="a-0123456789"), unit("g", is_global=True)],
+        DRAINING, {"x": ("a", None)}, {"g": ["a", "b"]}, id="drain-nowhere-to-go"),
+    pytest.param(  # differs: r takes m0 from x, which kept g off m0; x fits nowhere else
+        [unit("x", machine="m0"), unit("r", replaces=("x",)),
+         unit("g", is_global=True, conflicts=("x",))],
+        [machine("m0"), machine("m1")],
+        {"x": (None, None), "r": ("m0", None)}, {"g": ["m0", "m1"]}, id="replaced"),
+    pytest.param(  # new units come after the globals: g takes its room first on m0
+        [unit("busy", cpus=3.0), unit("g", is_global=True, cpus=2.0)],
+        [machine("m0")], {"busy": (None, None)}, {"g": ["m0"]}, id="fresh-machine"),
+])
+def test_global_units_run_where_the_pass_leaves_the_machines(
+        units: List[UnitView], machines: List[MachineView],
+        after: Dict[str, Tuple[Optional[str], Optional[str]]],
+        globals_after: Dict[str, List[str]]) -> None:
+    outcome = reconcile(units, machines, now=0.0)
+    applied = apply_handoffs(units, outcome.tasks)
+    assert {u.name: (u.machine, u.handoff) for u in applied
+            if not u.req.is_global} == after
+    assert outcome.globals == globals_after
+    # the same as placing the globals after every other unit, where the tasks put them
+    assert outcome.globals == global_placements(applied, machines)
+
+
+def apply_handoffs(units: Sequence[UnitView], tasks: Sequence[Place]) -> List[UnitView]:
+    """``apply``, the hand-off recorded too (as the loop records it)."""
+    done = {t.unit: t for t in tasks}
+    return [dataclasses.replace(u, machine=done[u.name].machine, reason=done[u.name].reason,
+                                handoff=done[u.name].handoff)
+            if u.name in done else u for u in units]
+
+
 def test_metadata_template_lands_on_its_host() -> None:
     """fleet's metadata@.service (MachineMetadata=hostname=%i): metadata@web3 runs on the
     machine whose hostname is web3."""
@@ -716,3 +769,31 @@ def test_from_any_placement_plans_converge_and_keep_every_rule(
         assert violations(current, machines, placed_before=before, capacity=False) == []
     else:
         raise AssertionError(f"no fixed point: {plan(current, machines)}")
+
+
+@st.composite
+def drains(draw: st.DrawFn) -> Tuple[List[UnitView], List[MachineView]]:
+    """scenarios(placed=True), some machines draining (maybe overdue), some units moving
+    off one (the old copy maybe ready, maybe gone)."""
+    units, machines = draw(scenarios(placed=True))
+    machines = [dataclasses.replace(m, draining=d, drain_overdue=d and draw(st.booleans()))
+                for m in machines for d in [draw(st.booleans())]]
+    spots = [m.name for m in machines]
+    units = [dataclasses.replace(
+        u, handoff=draw(st.sampled_from([None, None, *spots])) if spots else None,
+        ready=draw(st.booleans()), old_running=draw(st.booleans())) for u in units]
+    return units, machines
+
+
+@PROPERTY
+@given(drains())
+def test_the_outcomes_globals_are_where_the_tasks_leave_room_for_them(
+        case: Tuple[List[UnitView], List[MachineView]]) -> None:
+    """Pass after pass: Outcome.globals (computed in the pass) equals placing the Global
+    units after every other unit, where the tasks put them."""
+    units, machines = case
+    current = units
+    for _ in range(3):
+        outcome = reconcile(current, machines, now=0.0)
+        current = apply_handoffs(current, outcome.tasks)
+        assert outcome.globals == global_placements(current, machines)
