@@ -6,7 +6,7 @@ A peer that receives a different major version answers with an ``error`` message
 closes: mixing versions silently is how orchestrators lose units.
 
 Daemon -> agent:
-  hello     {daemon, heartbeat_s}           first message on every attach
+  hello     {daemon, heartbeat_s, epoch}    first message on every attach
   desired   {units: [UnitSpec]}             the host's whole desired set (idempotent)
   tail      {id, unit, lines}               the last lines of a unit's log
   follow    {id, unit, lines}               the last lines, then new ones as they come
@@ -22,14 +22,14 @@ and ``status`` are taken once whole, a ``reply``'s ``lines`` are joined, and eac
 ``log`` message stands alone.
 
 Agent -> daemon:
-  hello     {machine_id, hostname, agent_version, facts, fenced}
+  hello     {machine_id, hostname, agent_version, facts, fenced, epoch}
   status    {units: [UnitStatus]}           full snapshot: what the agent runs now
   unit      {unit: UnitStatus}              one unit changed state
   removed   {name}                          the agent forgot a unit (it was undesired)
   reply     {id, ...}                       the answer to a request with that id
   log       {id, lines}                     lines for a follow with that id
   heartbeat {seq, time}
-  error     {message}
+  error     {message}                       (an epoch refusal adds {epoch})
 
 Fencing: a unit whose config has ``fence_after_s`` (FenceAfterSec=) is stopped by the
 agent once it has heard nothing from fleetd for that long. It is reported ``stopped``
@@ -38,6 +38,18 @@ the next ``desired`` message; fleetd answers such a report by sending its desire
 again (the session may have survived the cut, with nothing new to send). The agent's
 ``hello`` lists the units it keeps fenced (``fenced``: names), so that after a reconnect
 fleetd sends a desired set computed since, not one from before the cut.
+
+Epochs: each leadership term of fleetd has an epoch, a whole number 0..2**63-1 (with
+etcd, the leader key's create revision; one fleetd on SQLite is always 0), and fleetd's
+``hello`` carries it (absent: 0, a fleetd older than epochs). The agent keeps the highest
+epoch a fleetd hello has brought, on disk, and says it in its own hello. A fleetd hello
+with a lower epoch is answered with an ``error`` carrying ``epoch`` (the newer one) and
+the connection is closed; a connection whose epoch has since been overtaken by another
+fleetd's hello gets each ``desired`` refused the same way (nothing of it applied, the
+connection stays: ``tail``/``follow`` are still answered), and its messages no longer
+count as fleetd's word for fencing. So a deposed fleetd, cut off from the store but not
+from the hosts, changes nothing on a host after the new one has said hello there. Only
+hellos that say ``daemon: "fleetd"`` carry an epoch that counts; tools are not fenced.
 
 Each message's shape (a TypedDict), its type's name and a function that builds it are in
 fleetd.wire.messages (write ``protocol.dump(messages.ping(seq))``); the shape of a unit

@@ -8,12 +8,24 @@ report, and the last desired set received wins.
 A flock on ``agent.lock`` makes the agent a singleton per state directory, so two
 attaches racing to start it end with one agent.
 
-Every message from a client that said hello as fleetd (``daemon: "fleetd"``) counts as
-"heard from fleetd" - fleetd pings every heartbeat, so silence means it is cut off - and
-feeds fencing (units with FenceAfterSec= stop after that long without a word; see
-fleetd.agent.fencing). The clock starts when the agent starts: a restarted agent counts
-from its own start, the last contact is not persisted. Other clients (tests, tools) do
-not count.
+Epochs (see fleetd.protocol): the agent keeps the highest epoch a fleetd hello has
+brought (``epoch`` in its state directory, written durably before the hello is
+answered). A fleetd hello with a lower one is refused and its connection closed; a
+fleetd client whose epoch another fleetd's hello has since overtaken gets every message
+that changes anything (``CHANGES``: a desired set) refused with an error naming both
+epochs, nothing of it applied; it may still read (tail, follow) and gets reports. Equal
+epochs are the same term (one fleetd on SQLite is always 0: its restart overlaps itself).
+
+Every message from the leading fleetd - a client that said hello as fleetd
+(``daemon: "fleetd"``) with the highest epoch - counts as "heard from fleetd" - fleetd
+pings every heartbeat, so silence means it is cut off - and feeds fencing (units with
+FenceAfterSec= stop after that long without a word; see fleetd.agent.fencing). A deposed
+fleetd's pings do not count: the new leader, cut off from this host, declares it lost
+after its TTL and starts FenceAfterSec= units elsewhere once that time has passed, so
+the agent must stop them on the same clock, however loudly the old leader still talks.
+The clock starts when the agent starts: a restarted agent counts from its own start,
+the last contact is not persisted. Other clients (tests, tools) do not count, and
+neither carry an epoch that counts nor are fenced by one.
 
 What a client sends is checked before it is acted on (fleetd.agent.specs): a line over
 protocol.MAX_LINE, or one that is not a message, ends that connection with an error; a
@@ -45,6 +57,7 @@ from fleetd.wire import messages
 log = logging.getLogger("fleet-agent")
 
 MAX_CLIENT_BUFFER = 64 * 1024 * 1024  # a client this far behind is dropped, not waited for
+CHANGES = frozenset({messages.DESIRED})  # what an overtaken fleetd may no longer send
 
 
 class AlreadyRunning(Exception):
@@ -55,7 +68,8 @@ class Client:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.ready = False  # after hello: only then does it get reports
-        self.fleetd = False  # said hello as fleetd: its messages count as contact
+        self.fleetd = False  # said hello as fleetd: its epoch counts (and so its contact)
+        self.epoch = messages.EPOCH  # what its hello said
         self.follows: Dict[int, asyncio.Task[None]] = {}  # journal -f, by request id
         self.heartbeat: Optional[asyncio.Task[None]] = None
         self.desired_parts: List[Any] = []  # a desired set in several messages, so far
@@ -94,6 +108,7 @@ class AgentDaemon:
                  drivers: Optional[Mapping[str, Driver]] = None) -> None:
         self.state = state
         self.machine_id = state.machine_id()
+        self.epoch = state.load_epoch()  # the highest a fleetd hello has brought
         self.clients: Set[Client] = set()
         backend = backend if backend is not None else host.cgroups(self.machine_id)
         drivers = drivers if drivers is not None else host.drivers(backend)
@@ -174,13 +189,17 @@ class AgentDaemon:
         the agent cannot take is answered with an error naming it: to the request's
         ``id`` where there is one, else as an ``error`` message."""
         kind: str = msg["type"]
-        if kind == messages.HELLO:
-            client.fleetd = msg.get("daemon") == messages.DAEMON_NAME
-        if client.fleetd:
-            self.supervisor.heard()
+        if kind != messages.HELLO and self._leads(client):
+            self.supervisor.heard()  # (a hello counts once accepted: _hello)
         handler = self._handlers.get(kind)
         if handler is None:
             client.send(protocol.dump(messages.error(f"unknown message type {kind!r}")))
+            return True
+        if kind in CHANGES and self._overtaken(client):
+            client.desired_parts = []  # a set in parts, begun before: none of it
+            log.warning("refused %s from fleetd epoch %d: epoch %d leads", kind,
+                        client.epoch, self.epoch)
+            client.send(protocol.dump(messages.epoch_refused(client.epoch, self.epoch)))
             return True
         try:
             return handler(client, msg)
@@ -193,14 +212,29 @@ class AgentDaemon:
                 client.send(protocol.dump(messages.error(str(exc))))
             return kind != messages.HELLO  # a session that cannot begin ends here
 
+    def _leads(self, client: Client) -> bool:
+        """Is ``client`` the leading fleetd (its word counts as fleetd's for fencing)?"""
+        return client.fleetd and client.epoch >= self.epoch
+
+    def _overtaken(self, client: Client) -> bool:
+        """Has another fleetd said hello with a newer epoch since ``client`` did?"""
+        return client.fleetd and client.epoch < self.epoch
+
     def _hello(self, client: Client, msg: Dict[str, Any]) -> bool:
         interval = specs.heartbeat(msg)
+        fleetd = msg.get("daemon") == messages.DAEMON_NAME
+        epoch = specs.epoch(msg)
+        if fleetd and not self._admit(client, epoch):
+            return False
+        client.fleetd, client.epoch = fleetd, epoch
+        if fleetd:
+            self.supervisor.heard()
         client.send(protocol.dump(messages.agent_hello(
             machine_id=self.machine_id, hostname=os.uname().nodename,
             agent_version=__version__,
             facts=facts.gather(self.machine_id, self.supervisor.backend.facts(),
                                systemd="systemd" in self.supervisor.drivers),
-            fenced=sorted(self.supervisor.fenced),
+            fenced=sorted(self.supervisor.fenced), epoch=self.epoch,
         )))
         for line in protocol.chunks(messages.STATUS, "units", self.supervisor.snapshot()):
             client.send(line)
@@ -208,6 +242,27 @@ class AgentDaemon:
         if client.heartbeat is not None:
             client.heartbeat.cancel()  # hello again: one heartbeat, at the new interval
         client.heartbeat = asyncio.ensure_future(self._heartbeat(client, interval))
+        return True
+
+    def _admit(self, client: Client, epoch: int) -> bool:
+        """A fleetd's hello with ``epoch``: refused (False) if a newer one has spoken; a
+        newer one is written down, durably, before it is answered (a refusal too, if
+        it cannot be: the host would forget it at its next start)."""
+        if epoch < self.epoch:
+            log.warning("refused a hello from fleetd epoch %d: epoch %d leads", epoch,
+                        self.epoch)
+            client.send(protocol.dump(messages.epoch_refused(epoch, self.epoch)))
+            return False
+        if epoch > self.epoch:
+            try:
+                self.state.save_epoch(epoch)
+            except OSError as exc:
+                client.send(protocol.dump(messages.error(
+                    f"cannot record epoch {epoch}: {exc}")))
+                return False
+            log.info("fleetd epoch %d leads (was %d): an older fleetd changes nothing "
+                     "here from now on", epoch, self.epoch)
+            self.epoch = epoch
         return True
 
     def _desired(self, client: Client, msg: Dict[str, Any]) -> bool:

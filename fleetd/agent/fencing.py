@@ -10,8 +10,11 @@ fleetd it stops the unit, and fleetd starts the new copy elsewhere only after th
 (plus the stop) has surely passed. Only the agent can do this half: a cut-off host
 cannot be told anything.
 
-"A word from fleetd" is any message from a client that said hello as fleetd; fleetd
-pings every heartbeat so that silence means a cut, not a quiet desired set. The clock is
+"A word from fleetd" is any message from the leading fleetd: a client that said hello
+as fleetd with the highest epoch the agent has seen (fleetd.agent.daemon). A deposed
+fleetd's word does not count: the new leader, if it cannot reach this host, starts the
+unit elsewhere on this same clock. fleetd pings every heartbeat so that silence means a
+cut, not a quiet desired set. The clock is
 monotonic and starts when the agent starts: a restarted agent counts from its own start
 (the last contact is not persisted).
 
@@ -116,7 +119,7 @@ class Fencer:
         self._task: Optional[asyncio.Task[None]] = None
 
     def heard(self) -> None:
-        """fleetd said something (any message of a client that said hello as fleetd)."""
+        """The leading fleetd said something (see the module's docstring)."""
         self.last_heard = time.monotonic()
 
     def ensure(self, done: Callable[[asyncio.Task[None]], None]) -> None:

@@ -21,7 +21,7 @@ import re
 from typing import Any, Callable, List, Mapping, Tuple, cast
 
 from fleetd import protocol
-from fleetd.wire import names, numbers
+from fleetd.wire import messages, names, numbers
 from fleetd.wire.unitspec import UnitSpec
 
 DRIVERS = ("exec", "java", "systemd")
@@ -222,6 +222,14 @@ def heartbeat(msg: Mapping[str, Any]) -> float:
                                   HEARTBEAT_MAX_S)
     except numbers.NumberError as exc:
         raise SpecError(f"hello: heartbeat_s: {exc}") from None
+
+
+def epoch(msg: Mapping[str, Any]) -> int:
+    """hello's ``epoch`` (0 if absent: a fleetd older than epochs), 0..EPOCH_MAX."""
+    try:
+        return numbers.json_int(msg.get("epoch", messages.EPOCH), 0, messages.EPOCH_MAX)
+    except numbers.NumberError as exc:
+        raise SpecError(f"hello: epoch: {exc}") from None
 
 
 def is_request_id(value: object) -> bool:

@@ -3,6 +3,8 @@
   machine-id           this host's identity, made once
   desired.json         the last desired set fleetd sent (so the agent keeps supervising
                        the right programs while nobody talks to it)
+  epoch                the highest epoch a fleetd hello has brought (a deposed fleetd's
+                       lower one is refused, after a restart too)
   units/NAME.json      one record per started program: driver handle + content hash,
                        the evidence a restarted agent re-adopts it by
   logs/NAME.log        the program's stdout and stderr
@@ -10,7 +12,7 @@
   agent.lock, agent.pid, agent.log
 
 Every file is replaced atomically (write, rename): a crash leaves the old version or the
-new one, never half of one. Files that must outlive a reboot (machine-id, desired.json)
+new one, never half of one. Files that must outlive a reboot (machine-id, desired.json, epoch)
 are also fsynced, with their directory. Unit records are not: a record only matters in
 the boot that wrote it (a restarted agent discards records of an earlier boot), and an
 agent's crash does not lose the page cache - so the fsync, milliseconds on a restart's
@@ -28,7 +30,7 @@ from typing import Any, Dict, List, TypedDict
 
 from fleetd.agent import specs
 from fleetd.drivers.base import HandleRecord
-from fleetd.wire import names
+from fleetd.wire import messages, names, numbers
 from fleetd.wire.unitspec import UnitSpec
 
 log = logging.getLogger("fleet-agent")
@@ -132,6 +134,25 @@ class AgentState:
 
     def save_desired(self, units: List[UnitSpec]) -> None:
         atomic_write(os.path.join(self.root, "desired.json"), json.dumps(units).encode())
+
+    def load_epoch(self) -> int:
+        """The highest fleetd epoch this host has seen (0: none yet). A file that is not
+        one - only a hand could make it: it is written durably and atomically - is
+        logged and read as 0; the next fleetd hello writes it again."""
+        path = os.path.join(self.root, "epoch")
+        try:
+            with open(path) as f:
+                text = f.read(64)
+            return numbers.parse_int(text, 0, messages.EPOCH_MAX)
+        except FileNotFoundError:
+            return messages.EPOCH
+        except (OSError, ValueError) as exc:  # numbers.NumberError is a ValueError
+            log.warning("%s: cannot read it (%s); epoch 0 until fleetd says hello", path, exc)
+            return messages.EPOCH
+
+    def save_epoch(self, epoch: int) -> None:
+        """Durably, before the agent acts on it: a crash right after must not forget it."""
+        atomic_write(os.path.join(self.root, "epoch"), f"{epoch}\n".encode(), 0o644)
 
     def load_records(self) -> Dict[str, Dict[str, Any]]:
         """Every record on disk, as read: untrusted (the supervisor checks each field

@@ -179,7 +179,7 @@ class Supervisor:
         self.fencer.ensure(self._done)
 
     def heard(self) -> None:
-        """fleetd said something (any message of a client that said hello as fleetd)."""
+        """The leading fleetd said something (fleetd.agent.fencing)."""
         self.fencer.heard()
 
     # --- converging ----------------------------------------------------------------------

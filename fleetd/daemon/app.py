@@ -34,6 +34,7 @@ from fleetd.engine.loop import Engine
 from fleetd.registry.base import MachineRecord, Registry
 from fleetd.transport.ssh import to_machine
 from fleetd.units.compiled import CompiledUnits
+from fleetd.wire import messages
 
 log = logging.getLogger("fleetd")
 
@@ -59,8 +60,12 @@ class Daemon:
     (``run`` closes the registry and releases the lease when it stops)."""
 
     def __init__(self, config: Config, registry: Registry, lease: Lease,
-                 transport_factory: TransportFactory = to_machine) -> None:
+                 transport_factory: TransportFactory = to_machine,
+                 epoch: int = messages.EPOCH) -> None:
+        """``epoch``: this fleetd's leadership term, which every session's hello says
+        (fleetd.protocol: agents refuse an older one); one fleetd on SQLite is 0."""
         self.config = config
+        self.epoch = epoch
         self.lease = lease
         self.registry = registry
         self.transport_factory = transport_factory
@@ -114,7 +119,7 @@ class Daemon:
     # --- machines --------------------------------------------------------------------
     def _open_session(self, machine: MachineRecord) -> None:
         session = MachineSession(machine, self.registry, self.transport_factory, self.changed,
-                                 self.config.heartbeat_s)
+                                 self.config.heartbeat_s, epoch=self.epoch)
         session.report_matters = self._report_matters
         self.sessions[machine.name] = session
         session.start()

@@ -1,6 +1,6 @@
 """What an agent reports, as fleetd's session reads it: a unit's status checked field by
-field into a registry row, a message's request id, and the parts of a message that
-comes in several (protocol.chunks) gathered until it is whole.
+field into a registry row, a message's request id, an epoch refusal, and the parts of a
+message that comes in several (protocol.chunks) gathered until it is whole.
 
 A report is untrusted input (it comes from a host): a field of the wrong type is the
 agent speaking nonsense - a ProtocolError naming it, which ends the session - never a
@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 
 from fleetd import protocol
 from fleetd.registry.base import ObservedRecord
-from fleetd.wire import names, numbers
+from fleetd.wire import messages, names, numbers
 from fleetd.wire.unitspec import HEALTH_UNKNOWN
 
 PARTS_MAX = 100000  # items of a message in parts (a reply, a status) fleetd gathers
@@ -66,6 +66,26 @@ def observed(u: object, machine: str) -> ObservedRecord:
         )
     except numbers.NumberError as exc:
         raise protocol.ProtocolError(f"unit status of {name}: {exc}") from None
+
+
+class Overtaken(Exception):
+    """The agent refused this fleetd: a fleetd with a newer epoch leads the host."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"refused by the agent: a newer fleetd (epoch {epoch}) leads "
+                         "this host")
+        self.epoch = epoch
+
+
+def overtaken(msg: Mapping[str, Any]) -> Optional[Overtaken]:
+    """An agent's ``error`` message read as an epoch refusal (it names the epoch that
+    leads: ``messages.epoch_refused``), or None for any other error."""
+    if "epoch" not in msg:
+        return None
+    try:
+        return Overtaken(numbers.json_int(msg["epoch"], 0, messages.EPOCH_MAX))
+    except numbers.NumberError as exc:
+        raise protocol.ProtocolError(f"error message: epoch: {exc}") from None
 
 
 def message_id(msg: Mapping[str, Any]) -> int:

@@ -10,6 +10,13 @@ that pass computes. When the channel ends or goes silent it reconnects by
 itself with backoff; programs on the host are untouched meanwhile, because the agent,
 not this session, supervises them.
 
+Its hello carries the daemon's epoch (``epoch``, from the composition root; 0 for one
+fleetd on SQLite). An agent that follows a newer epoch refuses it - the hello, or later
+a desired set - with an error naming that epoch: the session ends, the machine's error
+says "refused by the agent: a newer fleetd (epoch 7) leads this host", and the next try
+waits BACKOFF_MAX_S (a deposed fleetd's sessions are stopped by whoever deposed it; until
+then they knock slowly).
+
 While connected it also pings the agent every heartbeat (a sibling task of the reader),
 so that a cut-off agent can tell: units with FenceAfterSec= are stopped there once
 fleetd has been silent that long. An agent reports such a unit ``stopped`` with a
@@ -84,6 +91,7 @@ class MachineSession:
         transport_factory: TransportFactory,
         changed: Callable[[bool], None],
         heartbeat_s: float = 1.0,
+        epoch: int = messages.EPOCH,
     ) -> None:
         self.machine = machine
         self.name = machine.name
@@ -91,6 +99,8 @@ class MachineSession:
         self.transport = transport_factory(machine)
         self.changed = changed
         self.heartbeat_s = heartbeat_s
+        self.epoch = epoch  # this fleetd's leadership term, said in every hello
+        self.retry_in: Optional[float] = None  # the wait before the next connect, if any
         self.last_seen: Optional[float] = machine.last_seen
         self.connected = False
         self._desired: Optional[Sequence[SpecLike]] = None
@@ -232,6 +242,7 @@ class MachineSession:
         backoff = BACKOFF_MIN_S
         while True:
             started = time.monotonic()
+            refused = False
             try:
                 await self._session()
                 reason = "connection to the agent closed"
@@ -241,6 +252,9 @@ class MachineSession:
                 state = "error" if exc.kind in ("hostkey", "auth", "command") else "unreachable"
             except protocol.ProtocolError as exc:
                 reason, state = f"agent spoke nonsense: {exc}", "error"
+            except reports.Overtaken as exc:  # a newer fleetd leads the host
+                reason, state, refused = str(exc), "error", True
+                backoff = BACKOFF_MAX_S
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug must not end the session for good
@@ -268,8 +282,9 @@ class MachineSession:
             if was_up or state != self.machine.state:
                 self.changed(True)
             self.machine = self.registry.get_machine(self.name) or self.machine
-            if time.monotonic() - started > 10 * BACKOFF_MAX_S:
+            if time.monotonic() - started > 10 * BACKOFF_MAX_S and not refused:
                 backoff = BACKOFF_MIN_S  # it ran a good while: retry fast
+            self.retry_in = backoff
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
@@ -277,7 +292,8 @@ class MachineSession:
         channel = await self.transport.open(self.machine.agent_command)
         self._channel = channel
         try:
-            channel.write(protocol.dump(messages.daemon_hello(self.heartbeat_s)))
+            channel.write(protocol.dump(messages.daemon_hello(self.heartbeat_s,
+                                                              epoch=self.epoch)))
             first = await asyncio.wait_for(channel.readline(), HELLO_TIMEOUT_S)
             if not first:
                 err = await channel.stderr_tail()
@@ -288,6 +304,9 @@ class MachineSession:
                 )
             hello = protocol.decode(first)
             if hello["type"] == messages.ERROR:  # it refused our hello (a bad heartbeat)
+                refusal = reports.overtaken(hello)
+                if refusal is not None:
+                    raise refusal
                 raise protocol.ProtocolError(f"the agent refused: {hello.get('message')}")
             if hello["type"] != messages.HELLO:
                 raise protocol.ProtocolError(f"expected hello, got {hello['type']}")
@@ -302,6 +321,9 @@ class MachineSession:
             log.info("%s: agent %s up (machine id %s)", self.name,
                      hello.get("agent_version"), hello.get("machine_id"))
             self.changed(True)  # the engine's pass places units here and pushes the set
+            if self.epoch and "epoch" not in hello:
+                log.warning("%s: agent %s is older than epochs: it cannot refuse a deposed "
+                            "fleetd", self.name, hello.get("agent_version"))
             fenced = hello.get("fenced") or []
             if fenced:
                 log.info("%s: agent fenced %s while cut off", self.name,
@@ -400,6 +422,9 @@ class MachineSession:
                 return
         elif kind == messages.ERROR:
             log.warning("%s: agent says: %s", self.name, msg.get("message"))
+            refusal = reports.overtaken(msg)
+            if refusal is not None:
+                raise refusal  # our desired set was refused: this fleetd is deposed here
             return
         else:
             log.info("%s: ignoring message %s", self.name, kind)

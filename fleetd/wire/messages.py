@@ -10,7 +10,7 @@ Standard library only, Python 3.9+ (agent side).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, TypedDict
+from typing import Any, Dict, List, Optional, TypedDict
 
 from fleetd.wire.unitspec import UnitSpec, UnitStatus
 
@@ -37,6 +37,8 @@ HEARTBEAT = "heartbeat"
 
 DAEMON_NAME = "fleetd"  # what fleetd says it is in its hello (only its messages count)
 HEARTBEAT_S = 1.0  # hello's heartbeat_s when absent
+EPOCH = 0  # hello's epoch when absent (a fleetd older than epochs), and one fleetd's on SQLite
+EPOCH_MAX = 2 ** 63 - 1  # the largest epoch (etcd's revisions are int64)
 TAIL_LINES = 10  # a tail or follow's lines when absent
 
 
@@ -52,9 +54,13 @@ class _Parts(Message, total=False):
 
 
 # --- fleetd -> agent --------------------------------------------------------------------------
-class DaemonHello(Message):
+class _DaemonHelloBase(Message):
     daemon: str  # DAEMON_NAME for fleetd; tools say something else
     heartbeat_s: float
+
+
+class DaemonHello(_DaemonHelloBase, total=False):
+    epoch: int  # the sender's leadership term; absent from a fleetd older than epochs: 0
 
 
 class Desired(_Parts):
@@ -90,6 +96,7 @@ class _AgentHelloBase(Message):
 
 class AgentHello(_AgentHelloBase, total=False):
     fenced: List[str]  # absent from agents older than fencing
+    epoch: int  # the highest fleetd epoch it has seen; absent from agents older than epochs
 
 
 class Status(_Parts):
@@ -125,19 +132,30 @@ class Heartbeat(Message):
     time: float
 
 
-class Error(Message):
+class _ErrorBase(Message):
     message: str
 
 
+class Error(_ErrorBase, total=False):
+    epoch: int  # only in an epoch refusal: the newer epoch that leads the host
+
+
 # --- building one: what a writer calls, so that mypy checks the fields ----------------------
-def daemon_hello(heartbeat_s: float, daemon: str = DAEMON_NAME) -> DaemonHello:
-    return {"v": VERSION, "type": HELLO, "daemon": daemon, "heartbeat_s": heartbeat_s}
+def daemon_hello(heartbeat_s: float, daemon: str = DAEMON_NAME, epoch: int = EPOCH
+                 ) -> DaemonHello:
+    return {"v": VERSION, "type": HELLO, "daemon": daemon, "heartbeat_s": heartbeat_s,
+            "epoch": epoch}
 
 
 def agent_hello(machine_id: str, hostname: str, agent_version: str, facts: Dict[str, Any],
-                fenced: List[str]) -> AgentHello:
-    return {"v": VERSION, "type": HELLO, "machine_id": machine_id, "hostname": hostname,
-            "agent_version": agent_version, "facts": facts, "fenced": fenced}
+                fenced: List[str], epoch: Optional[int] = None) -> AgentHello:
+    """``epoch``: the agent's (None leaves it out, as an agent older than epochs)."""
+    hello: AgentHello = {"v": VERSION, "type": HELLO, "machine_id": machine_id,
+                         "hostname": hostname, "agent_version": agent_version,
+                         "facts": facts, "fenced": fenced}
+    if epoch is not None:
+        hello["epoch"] = epoch
+    return hello
 
 
 def log_request(kind: str, ident: int, unit: str, lines: int) -> LogRequest:
@@ -176,3 +194,10 @@ def heartbeat(seq: int, time: float) -> Heartbeat:
 
 def error(message: str) -> Error:
     return {"v": VERSION, "type": ERROR, "message": message}
+
+
+def epoch_refused(theirs: int, ours: int) -> Error:
+    """The agent to a fleetd whose epoch (``theirs``) is older than the one that leads
+    the host now (``ours``): what it sent is refused, nothing of it applied."""
+    return {"v": VERSION, "type": ERROR, "epoch": ours,
+            "message": f"epoch {theirs} is older than {ours}: a newer fleetd leads this host"}

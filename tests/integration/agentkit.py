@@ -25,9 +25,10 @@ class Attached:
     """One ``fleet-agent attach`` process, spoken to like fleetd does over SSH."""
 
     def __init__(self, state_dir: str, command: Optional[List[str]] = None,
-                 heartbeat_s: float = 0.2) -> None:
+                 heartbeat_s: float = 0.2, **hello: Any) -> None:
         """``command``: how to run the agent's Python elsewhere (inside another host's
-        namespaces, say); by default this machine's interpreter."""
+        namespaces, say); by default this machine's interpreter. ``hello``: fields of
+        the hello over the defaults (``daemon="fleetd", epoch=5``: as a fleetd would)."""
         self.state_dir = state_dir
         self.proc = subprocess.Popen(
             [*(command or [sys.executable]), "-m", "fleetd.agent", "attach", "--state-dir",
@@ -36,7 +37,7 @@ class Attached:
         )
         self.units: Dict[str, Dict[str, Any]] = {}
         self.history: List[Dict[str, Any]] = []  # every unit report, in order
-        self.send("hello", daemon="test", heartbeat_s=heartbeat_s)
+        self.send("hello", **{"daemon": "test", "heartbeat_s": heartbeat_s, **hello})
         self.hello = self.read_until(lambda m: m["type"] == "hello")
         self.read_until(lambda m: m["type"] == "status")  # the snapshot follows hello
 

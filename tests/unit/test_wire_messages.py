@@ -26,10 +26,16 @@ STATUS = protocol.unit_status("a.service", "h" * 64, protocol.RUNNING, pid=7)
 
 
 @pytest.mark.parametrize(("built", "kind", "fields"), [
-    (messages.daemon_hello(1.5), "hello", {"daemon": "fleetd", "heartbeat_s": 1.5}),
+    (messages.daemon_hello(1.5), "hello", {"daemon": "fleetd", "heartbeat_s": 1.5,
+                                           "epoch": 0}),
+    (messages.daemon_hello(1.5, epoch=7), "hello",
+     {"daemon": "fleetd", "heartbeat_s": 1.5, "epoch": 7}),
     (messages.agent_hello("m", "h", "1", {"cpus": 2}, ["x.service"]), "hello",
      {"machine_id": "m", "hostname": "h", "agent_version": "1", "facts": {"cpus": 2},
       "fenced": ["x.service"]}),
+    (messages.agent_hello("m", "h", "1", {}, [], epoch=7), "hello",
+     {"machine_id": "m", "hostname": "h", "agent_version": "1", "facts": {}, "fenced": [],
+      "epoch": 7}),
     (messages.log_request("tail", 3, "a.service", 10), "tail",
      {"id": 3, "unit": "a.service", "lines": 10}),
     (messages.log_request("follow", 4, "a.service", 0), "follow",
@@ -42,6 +48,8 @@ STATUS = protocol.unit_status("a.service", "h" * 64, protocol.RUNNING, pid=7)
     (messages.reply_error(5, "no"), "reply", {"id": 5, "error": "no"}),
     (messages.heartbeat(2, 1000.5), "heartbeat", {"seq": 2, "time": 1000.5}),
     (messages.error("bad"), "error", {"message": "bad"}),
+    (messages.epoch_refused(5, 7), "error",
+     {"message": "epoch 5 is older than 7: a newer fleetd leads this host", "epoch": 7}),
 ])
 def test_a_built_message_is_what_encode_writes(built: protocol.Message, kind: str,
                                                fields: Dict[str, Any]) -> None:
