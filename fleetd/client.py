@@ -1,28 +1,181 @@
 """fleetd's API client, for fleetctl and the lab: the standard library's http.client,
-over a Unix socket or TCP.
+over a Unix socket or TCP, to one fleetd or to the first of several that answers.
 
 Not aiohttp, which the daemon serves with: importing it costs ~170 ms, most of the wall
 time of a blocking ``fleetctl start``. A CLI request is one blocking round trip anyway.
 It sits below both of its users (fleetd.cli, fleetd.lab), so neither imports the other.
+
+**Several endpoints** (``--endpoint A,B,C``, as fleet took; ``parse_endpoints`` is the one
+place an endpoint is read). A request goes to the endpoint that answered last (at first,
+the first), and moves on to the next, round the list once, only while it is sure fleetd
+did not act on it:
+
+- the endpoint cannot be reached: the connect fails (connection refused, no socket
+  there, the connect timing out: CONNECT_S when there is somewhere else to go);
+- it answered 503 with ``"ready": false`` in its JSON: a fleetd that says it cannot
+  serve yet (``not_ready``), and did nothing.
+
+Any other answer is *the* answer, 4xx and 5xx included (a 503 without ``ready: false``,
+such as an agent that cannot be reached, is fleetd's answer about that agent).
+
+A connection that breaks *after* the request was sent (fleetd killed while it worked, a
+long poll cut) may have been applied. It goes on through the next endpoint only when
+applying it twice is applying it once (``may_resend``), which fleetd's services make true
+for (fleetd/daemon/service/units.py, machines.py):
+
+- every GET: reads, and the long polls, which change nothing;
+- ``POST /v1/units`` (submit, load, start): the registry stores a unit by name and
+  content hash; the same name with the same content and variables is no change
+  (``put_units``), with ``replace`` it is the same content again; ``desired`` is set,
+  not toggled;
+- ``POST /v1/units/state``: sets a desired state by name (``set_desired``);
+- ``POST /v1/machines/NAME/undrain``: clears the drain.
+
+Not resent: ``POST /v1/units/restart`` (each application is another restart: a new
+generation), ``/v1/units/destroy`` and ``DELETE /v1/machines/NAME`` (the second one answers
+"does not exist" for what the first did), ``POST /v1/machines`` (installs an agent; the
+second is "already exists"), ``/upgrade``, ``/drain`` (its deadline is counted from each
+application). For those the error says the request may have been applied.
+
+A long poll that is resent goes on with the time it has left: its ``timeout=`` is what
+remains of the first one's. ``GET /v1/machines?after=V`` is asked without ``after`` on
+another fleetd (V numbers the changes the first one saw, in its memory), so it answers at
+once and the caller's next poll counts from the new fleetd's version; every caller
+(fleetctl's waits, the lab's) polls again until what it waits for is there.
+
+``stream`` (``journal -f``) moves on only before its answer began: a broken stream ends
+with the error, as it did. The token goes to every endpoint, as it went to the one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import http.client
 import json
 import os
 import socket
+import time
 import urllib.parse
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 DEFAULT_ENDPOINT = "unix:///run/fleetd/fleetd.sock"
+CONNECT_S = 5.0  # with another endpoint to try, a connect waits this long at most
+HINT = "is fleetd running? `fleetctl lab up` starts one"
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, body: Optional[Dict[str, Any]] = None):
+    """fleetd's refusal (``status``, its JSON ``body``), or status 0: no fleetd answered;
+    ``tried`` then says, endpoint by endpoint, why."""
+
+    def __init__(self, status: int, message: str, body: Optional[Dict[str, Any]] = None,
+                 tried: Sequence[Tuple[str, str]] = ()):
         self.status = status
         self.body = body or {}
+        self.tried = list(tried)
         super().__init__(message)
+
+
+class EndpointError(ValueError):
+    """An endpoint (or list of them) that cannot be read; the message says which."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """One fleetd API address: ``unix:///PATH`` or ``http://HOST[:PORT]``."""
+
+    text: str  # as the user wrote it: what errors name
+    path: Optional[str] = None  # a Unix socket's path
+    host: str = ""
+    port: int = 0
+
+    def connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self.path is not None:
+            return _UnixConnection(self.path, timeout)
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """``unix:///PATH`` (everything after ``unix://`` is the path, which must be
+    absolute) or ``http://HOST[:PORT]`` (port 80 by default, IPv6 in brackets).
+    ``https://`` comes later (EndpointError says so, as for anything else)."""
+    text = text.strip()
+    if text.startswith("unix://"):
+        path = text[len("unix://"):]
+        if not path.startswith("/"):
+            raise EndpointError(f"{text!r}: want unix:///ABSOLUTE/PATH")
+        return Endpoint(text, path=path)
+    url = urllib.parse.urlsplit(text)
+    if url.scheme == "https":
+        raise EndpointError(f"{text!r}: https is not supported yet; use http://HOST:PORT "
+                            "with a token, or unix:///PATH")
+    if url.scheme != "http":
+        raise EndpointError(f"{text!r}: want unix:///PATH or http://HOST:PORT")
+    try:
+        port = url.port or 80
+    except ValueError:
+        raise EndpointError(f"{text!r}: bad port") from None
+    if not url.hostname:
+        raise EndpointError(f"{text!r}: no host")
+    if url.path not in ("", "/") or url.query or url.fragment or url.username:
+        raise EndpointError(f"{text!r}: want http://HOST:PORT, nothing else (fleetd's API "
+                            "is at the root)")
+    return Endpoint(text, host=url.hostname, port=port)
+
+
+def parse_endpoints(text: str) -> Tuple[Endpoint, ...]:
+    """A comma-separated list of endpoints, in the order they are tried (a Unix socket
+    path with a comma in it cannot be listed). Refused: an empty entry, one given twice."""
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or not all(parts):
+        raise EndpointError(f"{text!r}: an empty endpoint in the list")
+    endpoints = tuple(parse_endpoint(p) for p in parts)
+    seen = set()
+    for e in endpoints:
+        key = (e.path, e.host, e.port)
+        if key in seen:
+            raise EndpointError(f"{e.text!r} is given twice")
+        seen.add(key)
+    return endpoints
+
+
+def not_ready(status: int, body: Dict[str, Any]) -> bool:
+    """A fleetd that says it cannot serve yet, and did nothing: 503 and ``"ready":
+    false`` (the one answer after which the next endpoint is asked)."""
+    return status == 503 and body.get("ready") is False
+
+
+def may_resend(method: str, path: str) -> bool:
+    """May a request whose connection broke after it was sent be sent again, to another
+    fleetd? Only if applying it twice is applying it once (the module's docstring says
+    why each is)."""
+    route = _route(path).rstrip("/")
+    if method == "GET":
+        return True
+    if method != "POST":
+        return False
+    parts = route.split("/")  # "", "v1", ...
+    return route in ("/v1/units", "/v1/units/state") or (
+        len(parts) == 5 and parts[:3] == ["", "v1", "machines"] and parts[4] == "undrain")
+
+
+def resumed(path: str, elapsed: float, same_fleetd: bool) -> str:
+    """``path`` to send again ``elapsed`` seconds after it was first sent: a long poll's
+    ``timeout=`` is what is left of it (never below 0), and ``after=`` (a version of
+    the fleetd that numbered it) is dropped when another fleetd is asked."""
+    route, _, query = path.partition("?")
+    if not query:
+        return path
+    kept = []
+    for part in query.split("&"):
+        key, eq, value = part.partition("=")
+        if key == "after" and not same_fleetd:
+            continue
+        if key == "timeout" and eq:
+            with contextlib.suppress(ValueError):  # fleetd refuses it, as it did
+                part = f"timeout={max(0.0, float(value) - elapsed):.3f}"
+        kept.append(part)
+    return f"{route}?{'&'.join(kept)}" if kept else route
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -41,71 +194,162 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+class _Broken(Exception):
+    """The connection broke after the request was sent (``reason``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class Client:
     def __init__(self, endpoint: Optional[str] = None, token: Optional[str] = None) -> None:
-        self.endpoint = endpoint or os.environ.get("FLEETCTL_ENDPOINT") or DEFAULT_ENDPOINT
+        """``endpoint``: one or a comma-separated list (``parse_endpoints``; EndpointError
+        when it cannot be read); default FLEETCTL_ENDPOINT, then DEFAULT_ENDPOINT."""
+        self.endpoints = parse_endpoints(
+            endpoint or os.environ.get("FLEETCTL_ENDPOINT") or DEFAULT_ENDPOINT)
         self.token = token or os.environ.get("FLEETCTL_TOKEN")
+        self._current = 0  # the endpoint that answered last: requests start there
 
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        url = urllib.parse.urlsplit(self.endpoint)
-        if url.scheme == "unix":
-            return _UnixConnection(url.path, timeout)
-        if url.scheme == "http":
-            return http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port or 80,
-                                              timeout=timeout)
-        raise ApiError(0, f"endpoint {self.endpoint!r}: want unix:///PATH or http://HOST:PORT")
+    @property
+    def endpoint(self) -> str:
+        """The endpoint the next request starts with (the one that answered last)."""
+        return self.endpoints[self._current].text
+
+    def _order(self) -> List[int]:
+        n = len(self.endpoints)
+        return [(self._current + i) % n for i in range(n)]
+
+    def _connect(self, e: Endpoint, timeout: float) -> http.client.HTTPConnection:
+        """A connected connection whose reads wait ``timeout``; OSError if none."""
+        connect_s = timeout if len(self.endpoints) == 1 else min(timeout, CONNECT_S)
+        conn = e.connection(connect_s)
+        try:
+            conn.connect()
+            assert conn.sock is not None
+            conn.sock.settimeout(timeout)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _headers(self, json_body: bool) -> Dict[str, str]:
+        """As before the list: the token to every endpoint, over a socket or TCP."""
+        headers = {"Content-Type": "application/json"} if json_body else {}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
 
     def request(self, method: str, path: str, body: Optional[Dict[str, Any]] = None,
                 timeout: float = 60.0) -> Dict[str, Any]:
-        conn = self._connection(timeout)
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        """fleetd's answer (ApiError for a refusal), from the first endpoint that
+        answers, as the module's docstring says."""
+        payload = json.dumps(body) if body is not None else None
+        tried: List[Tuple[str, str]] = []
+        sent_at: Optional[float] = None  # when it was first sent: a long poll's clock
+        sent_to: Optional[int] = None
+        for i in self._order():
+            e = self.endpoints[i]
+            elapsed = 0.0 if sent_at is None else time.monotonic() - sent_at
+            this_path = path if sent_at is None else resumed(path, elapsed, i == sent_to)
+            try:
+                conn = self._connect(e, max(timeout - elapsed, 1.0))
+            except (OSError, http.client.HTTPException) as exc:
+                tried.append((e.text, _reason(exc)))
+                continue
+            if sent_at is None:
+                sent_at, sent_to = time.monotonic(), i
+            try:
+                status, reason, data = self._exchange(conn, method, this_path, payload)
+            except _Broken as exc:
+                if not may_resend(method, path):
+                    raise ApiError(0, f"lost fleetd at {e.text} after sending {method} "
+                                      f"{_route(path)}: {exc.reason}; it may have been "
+                                      "applied: look before doing it again",
+                                   tried=[*tried, (e.text, exc.reason)]) from None
+                tried.append((e.text, f"connection lost after the request was sent: "
+                                      f"{exc.reason}"))
+                continue
+            if not_ready(status, data):
+                tried.append((e.text, f"not ready: {data.get('error') or 'answered 503'}"))
+                continue
+            self._current = i
+            if status >= 400:
+                raise _refusal(status, data, reason)
+            return dict(data)
+        raise _unreachable(tried)
+
+    def _exchange(self, conn: http.client.HTTPConnection, method: str, path: str,
+                  payload: Optional[str]) -> Tuple[int, str, Dict[str, Any]]:
+        """The status, reason and JSON of one answer on a connected ``conn`` (closed after);
+        _Broken when the connection breaks before the whole answer came."""
         try:
-            conn.request(method, _quoted(path),
-                         body=json.dumps(body) if body is not None else None, headers=headers)
+            conn.request(method, _quoted(path), body=payload,
+                         headers=self._headers(True))
             resp = conn.getresponse()
             raw = resp.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise self._unreachable(exc) from None
+            raise _Broken(_reason(exc)) from None
         finally:
             conn.close()
-        data = _decode(raw)
-        if resp.status >= 400:
-            raise _refused(resp, data)
-        return dict(data)
+        return resp.status, resp.reason, _decode(raw)
 
     def stream(self, path: str, timeout: Optional[float] = None) -> Iterator[bytes]:
-        """The body of a GET, line by line as it arrives (for ``journal -f``)."""
-        conn = self._connection(timeout or 3600.0)
-        if timeout is None:
-            conn.timeout = None
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        try:
-            conn.request("GET", _quoted(path), headers=headers)
-            resp = conn.getresponse()
-            if resp.status >= 400:
-                raise _refused(resp, _decode(resp.read()))
-            while True:
-                line = resp.readline()
-                if not line:
-                    return
-                yield line
-        except (OSError, http.client.HTTPException) as exc:
-            raise self._unreachable(exc) from None
-        finally:
-            conn.close()
-
-    def _unreachable(self, exc: Exception) -> ApiError:
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        return ApiError(0, f"cannot reach fleetd at {self.endpoint}: {reason} "
-                           "(is fleetd running? `fleetctl lab up` starts one)")
+        """The body of a GET, line by line as it arrives (for ``journal -f``), from the
+        first endpoint that answers; a stream that breaks ends with the error."""
+        tried: List[Tuple[str, str]] = []
+        for i in self._order():
+            e = self.endpoints[i]
+            try:
+                conn = self._connect(e, timeout or 3600.0)
+            except (OSError, http.client.HTTPException) as exc:
+                tried.append((e.text, _reason(exc)))
+                continue
+            if timeout is None:
+                assert conn.sock is not None
+                conn.sock.settimeout(None)
+            try:
+                conn.request("GET", _quoted(path), headers=self._headers(False))
+                resp = conn.getresponse()
+                if resp.status >= 400:
+                    data = _decode(resp.read())
+                    if not_ready(resp.status, data):
+                        tried.append((e.text, f"not ready: {data.get('error')}"))
+                        continue
+                    self._current = i
+                    raise _refusal(resp.status, data, resp.reason)
+                self._current = i
+                while True:
+                    line = resp.readline()
+                    if not line:
+                        return
+                    yield line
+            except (OSError, http.client.HTTPException) as exc:
+                tried.append((e.text, _reason(exc)))
+                raise _unreachable(tried) from None
+            finally:
+                conn.close()
+        raise _unreachable(tried)
 
     def get(self, path: str, timeout: float = 60.0) -> Dict[str, Any]:
         return self.request("GET", path, timeout=timeout)
 
     def post(self, path: str, body: Dict[str, Any], timeout: float = 60.0) -> Dict[str, Any]:
         return self.request("POST", path, body, timeout=timeout)
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _route(path: str) -> str:
+    return path.partition("?")[0]
+
+
+def _unreachable(tried: List[Tuple[str, str]]) -> ApiError:
+    """No fleetd answered: each endpoint tried and why, in the order tried."""
+    where = "; ".join(f"at {e}: {why}" for e, why in tried)
+    return ApiError(0, f"cannot reach fleetd {where} ({HINT})", tried=tried)
 
 
 def _quoted(path: str) -> str:
@@ -118,11 +362,11 @@ def _quoted(path: str) -> str:
 def _decode(raw: bytes) -> Dict[str, Any]:
     """An answer's JSON body; a body that is not JSON becomes its ``error``."""
     try:
-        data: Dict[str, Any] = json.loads(raw) if raw else {}
+        data = json.loads(raw) if raw else {}
     except ValueError:
         data = {"error": raw.decode(errors="replace")[:500]}
-    return data
+    return data if isinstance(data, dict) else {"error": str(data)[:500]}
 
 
-def _refused(resp: http.client.HTTPResponse, data: Dict[str, Any]) -> ApiError:
-    return ApiError(resp.status, str(data.get("error") or resp.reason), data)
+def _refusal(status: int, data: Dict[str, Any], reason: str = "") -> ApiError:
+    return ApiError(status, str(data.get("error") or reason), data)

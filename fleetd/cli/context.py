@@ -6,12 +6,18 @@ from typing import Any, Dict, Optional
 
 import click
 
-from fleetd.client import ApiError, Client
+from fleetd.client import ApiError, Client, EndpointError
 
 
 class Ctx:
     def __init__(self, endpoint: Optional[str], token: Optional[str]) -> None:
-        self.client = Client(endpoint, token)
+        """``endpoint``: one or a comma-separated list (fleetd.client.parse_endpoints
+        reads it; one it cannot read is a usage error naming the option)."""
+        try:
+            self.client = Client(endpoint, token)
+        except EndpointError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--endpoint' / FLEETCTL_ENDPOINT"
+                                     ) from None
 
     def call(self, method: str, path: str, body: Optional[Dict[str, Any]] = None,
              timeout: float = 60.0) -> Dict[str, Any]:

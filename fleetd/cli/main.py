@@ -47,7 +47,8 @@ class _Fleetctl(click.Group):
 @click.group(cls=_Fleetctl, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--endpoint", envvar="FLEETCTL_ENDPOINT",
               help="fleetd API: unix:///PATH (default unix:///run/fleetd/fleetd.sock) "
-                   "or http://HOST:PORT.")
+                   "or http://HOST:PORT, or several, comma-separated: each request goes "
+                   "to the first that answers, starting from the last that did.")
 @click.option("--token", envvar="FLEETCTL_TOKEN", help="Bearer token for a TCP endpoint.")
 @click.version_option(__version__)
 @click.pass_context
