@@ -60,7 +60,7 @@ field, in fleetd.wire.unitspec. mypy checks writers and readers against them.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Mapping, Optional, Sequence, overload
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 # The shapes of the messages and of what they carry (TypedDicts), the message type names
 # and the defaults both sides share are in fleetd.wire.messages and fleetd.wire.unitspec.
@@ -141,32 +141,13 @@ def decode(line: bytes) -> Dict[str, Any]:
     return msg
 
 
-@overload
 def unit_spec(name: str, content_hash: str, want: str, driver: str, config: UnitConfig,
-              generation: int = GENERATION) -> UnitSpec: ...
-
-
-@overload
-def unit_spec(name: str, content_hash: str, want: str, driver: str, config: Dict[str, Any],
-              generation: int = GENERATION) -> Dict[str, Any]: ...
-
-
-def unit_spec(
-    name: str,
-    content_hash: str,
-    want: str,
-    driver: str,
-    config: Mapping[str, Any],
-    generation: int = GENERATION,
-) -> Mapping[str, Any]:
+              generation: int = GENERATION) -> UnitSpec:
     """What the agent needs to run one unit, already rendered for this host.
 
     ``config`` is the driver's own settings (argv words, environment, ...): the daemon
     parses and validates unit files so that the agent never has to. ``hash`` is the
     rendered content's; a new ``generation`` with the same hash asks for a restart.
-
-    Given a ``UnitConfig`` it is a ``UnitSpec``. (A plain dict gives a plain dict: the
-    daemon side's unit model, fleetd.units, still builds its config as one.)
     """
     return {"name": name, "hash": content_hash, "want": want, "driver": driver,
             "config": config, "generation": generation}

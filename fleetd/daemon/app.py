@@ -15,7 +15,7 @@ import io
 import logging
 import signal
 import time
-from typing import Any, Dict, List, Optional, Protocol
+from typing import Dict, List, Optional, Protocol
 
 from aiohttp import web
 
@@ -35,6 +35,7 @@ from fleetd.registry.base import MachineRecord, Registry
 from fleetd.transport.ssh import to_machine
 from fleetd.units.compiled import CompiledUnits
 from fleetd.wire import messages
+from fleetd.wire.unitspec import UnitSpec
 
 log = logging.getLogger("fleetd")
 
@@ -111,7 +112,7 @@ class Daemon:
         reschedule policy), and so does any news of a unit in a drain's hand-off."""
         return state == protocol.FAILED or unit in self.engine.snapshot().watching
 
-    def _push(self, machine: str, specs: List[Dict[str, Any]]) -> None:
+    def _push(self, machine: str, specs: List[UnitSpec]) -> None:
         session = self.sessions.get(machine)
         if session is not None:
             session.push(specs)

@@ -46,7 +46,6 @@ from typing import (
     Dict,
     FrozenSet,
     List,
-    Mapping,
     Optional,
     Sequence,
     Tuple,
@@ -58,6 +57,7 @@ from fleetd.daemon import reports
 from fleetd.registry.base import MachineRecord, ObservedRecord, Registry
 from fleetd.transport.base import Channel, Transport, TransportError
 from fleetd.wire import messages, names
+from fleetd.wire.unitspec import UnitSpec
 
 log = logging.getLogger("fleetd.session")
 
@@ -77,9 +77,6 @@ def silence_window(heartbeat_s: float) -> float:
     return max(heartbeat_s * SILENCE_HEARTBEATS, 2.0)
 
 Fingerprint = FrozenSet[Tuple[str, str, str, int]]
-# A unit spec to send (a protocol UnitSpec). The engine's specs come from the daemon's
-# unit model (fleetd.units.model), which still builds them as plain dicts: both fit.
-SpecLike = Mapping[str, Any]
 TransportFactory = Callable[[MachineRecord], Transport]
 
 
@@ -103,7 +100,7 @@ class MachineSession:
         self.retry_in: Optional[float] = None  # the wait before the next connect, if any
         self.last_seen: Optional[float] = machine.last_seen
         self.connected = False
-        self._desired: Optional[Sequence[SpecLike]] = None
+        self._desired: Optional[Sequence[UnitSpec]] = None
         self._sent: Optional[Fingerprint] = None  # of the set the agent has
         self._channel: Optional[Channel] = None
         self._task: Optional[asyncio.Task[None]] = None
@@ -118,7 +115,7 @@ class MachineSession:
         self.report_matters: Callable[[str, str], bool] = lambda unit, state: False
 
     # --- engine side -------------------------------------------------------------
-    def push(self, specs: Sequence[SpecLike]) -> None:
+    def push(self, specs: Sequence[UnitSpec]) -> None:
         """The host's desired set changed (or may have): send it if it differs. A set
         pushed while not connected is dropped (see the module's docstring)."""
         if not self.connected:
@@ -140,7 +137,7 @@ class MachineSession:
             self._channel.write(line)
         self._sent = fingerprint
 
-    def _deliverable(self, specs: Sequence[SpecLike]) -> List[SpecLike]:
+    def _deliverable(self, specs: Sequence[UnitSpec]) -> List[UnitSpec]:
         """``specs`` that fit in a message; each other one is reported (``_refusal``)."""
         self._undeliverable = {}
         deliverable = []
@@ -155,7 +152,7 @@ class MachineSession:
             self.changed(False)
         return deliverable
 
-    def _refusal(self, spec: SpecLike) -> Optional[ObservedRecord]:
+    def _refusal(self, spec: UnitSpec) -> Optional[ObservedRecord]:
         """None if ``spec`` fits in a message (protocol.MAX_LINE); else its report on
         this machine: failed, with why. Such a spec is left out of the set - sent, it
         would end the session at every connect, and with it every other unit's

@@ -31,7 +31,6 @@ import dataclasses
 import logging
 import time
 from typing import (
-    Any,
     Callable,
     Dict,
     List,
@@ -77,12 +76,13 @@ from fleetd.units.model import Unit
 from fleetd.units.parser import UnitError
 from fleetd.units.xfleet import Requirements
 from fleetd.wire import names
+from fleetd.wire.unitspec import UnitSpec
 
 __all__ = ["Decision", "Engine", "Snapshot", "machine_view"]
 
 log = logging.getLogger("fleetd.engine")
 
-PushFn = Callable[[str, List[Dict[str, Any]]], None]
+PushFn = Callable[[str, List[UnitSpec]], None]
 HeardFn = Callable[[str], Optional[float]]  # machine -> when its agent was last heard
 Observed = Mapping[Tuple[str, str], ObservedRecord]
 
@@ -98,7 +98,7 @@ class Decision:
     retry: List[str]
     tasks: List[reconciler.Place]
     units: List[UnitRecord]  # the units as they are once the placements are written
-    sets: Dict[str, List[Dict[str, Any]]]  # machine -> its desired set
+    sets: Dict[str, List[UnitSpec]]  # machine -> its desired set
     snapshot: Snapshot
     wake_at: Optional[float]
     probed: Set[ContentKey]  # every unit's content as stored
@@ -341,13 +341,13 @@ class Engine:
 
     def _desired_sets(self, units: List[UnitRecord], machines: List[MachineRecord],
                       globals: Mapping[str, Sequence[str]], handed_over: Set[str]
-                      ) -> Tuple[Dict[str, List[Dict[str, Any]]], Dict[Tuple[str, str], str],
+                      ) -> Tuple[Dict[str, List[UnitSpec]], Dict[Tuple[str, str], str],
                                  List[PlacementRow], Set[RenderKey]]:
         """Each machine's units, rendered for that machine; what each (unit, machine)
         is expected to run; and why a unit cannot be rendered where it is placed (it is
         left out of that set)."""
         by_name = {m.name: m for m in machines}
-        sets: Dict[str, List[Dict[str, Any]]] = {m.name: [] for m in machines}
+        sets: Dict[str, List[UnitSpec]] = {m.name: [] for m in machines}
         live: Set[RenderKey] = set()
         expected: Dict[Tuple[str, str], str] = {}
         reasons: List[PlacementRow] = []

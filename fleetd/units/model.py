@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 from fleetd import protocol
 from fleetd.units import service, systemd_text, xcheck, xfleet, xjava
@@ -19,7 +19,11 @@ from fleetd.units.context import UnitContext, UnitName
 from fleetd.units.parser import UnitError, UnitFile, parse
 from fleetd.units.xfleet import Requirements
 from fleetd.wire import names
-from fleetd.wire.unitspec import KILL_GRACE_S  # the agent's wait after SIGKILL, for fencing
+from fleetd.wire.unitspec import (  # KILL_GRACE_S: the agent's wait after SIGKILL, for fencing
+    KILL_GRACE_S,
+    UnitConfig,
+    UnitSpec,
+)
 
 __all__ = ["Unit", "UnitName", "content_hash", "load", "parse_name"]
 
@@ -60,10 +64,10 @@ class Unit:
     file: UnitFile
     description: str
     driver: str
-    config: Dict[str, Any]
+    config: UnitConfig  # what the agent's driver reads (fleetd.wire.unitspec)
     requirements: Requirements
 
-    def spec(self, want: str, generation: int = 0) -> Dict[str, Any]:
+    def spec(self, want: str, generation: int = 0) -> UnitSpec:
         """What the agent receives for this unit."""
         return protocol.unit_spec(self.name, self.hash, want, self.driver, self.config,
                                   generation)
@@ -98,10 +102,10 @@ def load(name: str, text: str, source: Optional[str] = None, template_ok: bool =
         config = service.config(ctx)
     if driver != "systemd":
         config["check"] = xcheck.config(ctx)
-    requirements = xfleet.requirements(ctx, config["limits"])
+    requirements = xfleet.requirements(ctx, config.get("limits") or {})
     needs: Tuple[str, ...] = ()
     if driver == "java":
-        needs = xjava.capabilities(config["java"])
+        needs = xjava.capabilities(config.get("java") or {})
     elif driver == "systemd":
         needs = ("systemd",)
     if needs:

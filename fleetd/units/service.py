@@ -10,13 +10,22 @@ from __future__ import annotations
 import math
 import re
 import signal
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from fleetd.units.context import UnitContext
 from fleetd.units.parser import Entry
 from fleetd.wire import execline
 from fleetd.wire.numbers import NumberError, parse_float, parse_int
-from fleetd.wire.unitspec import KILL_SIGNAL, RESTART_POLICY, RESTART_S, TIMEOUT_STOP_S
+from fleetd.wire.unitspec import (
+    KILL_SIGNAL,
+    RESTART_POLICY,
+    RESTART_S,
+    TIMEOUT_STOP_S,
+    Command,
+    Limits,
+    SuccessExitStatus,
+    UnitConfig,
+)
 
 SERVICE_TYPES = ("simple", "exec", "oneshot")
 RESTART_POLICIES = ("no", "on-success", "on-failure", "on-abnormal", "on-watchdog",
@@ -43,7 +52,7 @@ MAX_NOFILE = (1 << 31) - 1  # the kernel's fs.nr_open is an int
 S = "Service"
 
 
-def config(ctx: UnitContext, needs_exec_start: bool = True) -> Dict[str, Any]:
+def config(ctx: UnitContext, needs_exec_start: bool = True) -> UnitConfig:
     """Everything the exec driver (and drivers built on it) needs from [Service].
 
     ``needs_exec_start`` is False for drivers that build the command themselves (java
@@ -91,8 +100,8 @@ def config(ctx: UnitContext, needs_exec_start: bool = True) -> Dict[str, Any]:
     }
 
 
-def _commands(ctx: UnitContext, entries: List[Entry]) -> List[Dict[str, object]]:
-    out = []
+def _commands(ctx: UnitContext, entries: List[Entry]) -> List[Command]:
+    out: List[Command] = []
     for entry in entries:
         try:
             out.append(execline.split(ctx.expand(entry)).to_json())
@@ -218,7 +227,7 @@ def _start_limit_interval(ctx: UnitContext) -> float:
     return DEFAULT_START_LIMIT_INTERVAL_S
 
 
-def _success_exit_status(ctx: UnitContext) -> Dict[str, List[int]]:
+def _success_exit_status(ctx: UnitContext) -> SuccessExitStatus:
     codes: List[int] = []
     signals: List[int] = []
     for entry in ctx.many(S, "SuccessExitStatus"):
@@ -263,9 +272,9 @@ def parse_size(text: str) -> int:
     return int(size)
 
 
-def limits(ctx: UnitContext) -> Dict[str, Any]:
+def limits(ctx: UnitContext) -> Limits:
     """MemoryMax, CPUQuota, CPUWeight, TasksMax, LimitNOFILE: None where unset."""
-    out: Dict[str, Any] = {"memory_max": None, "memory_max_percent": None, "cpu_quota": None,
+    out: Limits = {"memory_max": None, "memory_max_percent": None, "cpu_quota": None,
                            "cpu_weight": None, "tasks_max": None, "tasks_max_percent": None,
                            "nofile": None}
     value = ctx.single(S, "MemoryMax")
@@ -275,11 +284,12 @@ def limits(ctx: UnitContext) -> Dict[str, Any]:
             out["memory_max_percent"] = _percent(ctx, entry, value)
         else:
             try:
-                out["memory_max"] = parse_size(value)
+                size = parse_size(value)
             except ValueError as exc:
                 ctx.fail(entry, str(exc))
-            if out["memory_max"] <= 0:
+            if size <= 0:
                 ctx.fail(entry, "must be more than 0")
+            out["memory_max"] = size
     value = ctx.single(S, "CPUQuota")
     if value is not None:
         entry = ctx.entry(S, "CPUQuota")

@@ -18,12 +18,13 @@ the text is the parser's one-assignment-a-line form.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional
+from typing import Optional
 
 from fleetd.units import service
 from fleetd.units.context import UnitContext
 from fleetd.units.parser import UnitFile, serialise
 from fleetd.units.timespan import TimespanError, parse_timespan
+from fleetd.wire.unitspec import UnitConfig
 
 FLEET_SECTION_PREFIX = "X-"
 # systemd.service(5) Type= values; all are systemd's business with this driver
@@ -48,7 +49,7 @@ def render(unit: UnitFile) -> str:
     return serialise(systemd_unit(unit))
 
 
-def config(ctx: UnitContext) -> Dict[str, Any]:
+def config(ctx: UnitContext) -> UnitConfig:
     """The systemd driver's config: the unit text plus what the agent needs to bound its
     own waits, and the limits the scheduler reserves (systemd enforces them itself).
 

@@ -43,11 +43,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from fleetd.units.context import UnitContext, later
 from fleetd.units.parser import Entry, UnitError
 from fleetd.wire import execline
+from fleetd.wire.unitspec import Check, Command
 
 X = "X-Check"
 KNOWN = ("Type", "URL", "ExpectStatus", "Address", "Port", "Command", "Interval", "Timeout",
@@ -78,7 +79,7 @@ _HOSTNAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-
 _PATH_CHARS = re.compile(r"[!-~]*")  # printable ASCII without spaces: one request-line word
 
 
-def config(ctx: UnitContext) -> Optional[Dict[str, Any]]:
+def config(ctx: UnitContext) -> Optional[Check]:
     """The validated check of this unit (see the module docstring), or None."""
     entries = list(ctx.file.section(X))
     if not entries:
@@ -99,20 +100,20 @@ def config(ctx: UnitContext) -> Optional[Dict[str, Any]]:
         entry = ctx.entry(X, key)
         if only != kind and entry is not None:
             ctx.fail(entry, f"only read with Type={only} (this check is Type={kind})")
-    out: Dict[str, Any] = {"type": kind}
+    out: Check = {"type": kind}
     if kind == "http":
-        out.update(_http(ctx, type_entry))
+        _http(ctx, type_entry, out)
     elif kind == "tcp":
-        out.update(_tcp(ctx, type_entry))
+        _tcp(ctx, type_entry, out)
     else:
         out["command"] = _command(ctx, type_entry)
-    out.update(_timing(ctx))
+    _timing(ctx, out)
     out["on_failure"] = _on_failure(ctx)
     return out
 
 
 # --- http ----------------------------------------------------------------------------
-def _http(ctx: UnitContext, type_entry: Optional[Entry]) -> Dict[str, Any]:
+def _http(ctx: UnitContext, type_entry: Optional[Entry], out: Check) -> None:
     url = ctx.single(X, "URL")
     if url is None:
         ctx.fail(type_entry, "Type=http needs URL= (like http://127.0.0.1:8080/health)")
@@ -139,8 +140,12 @@ def _http(ctx: UnitContext, type_entry: Optional[Entry]) -> Dict[str, Any]:
         ctx.fail(entry, "the path may not hold spaces or control characters "
                         "(write a space as %%20: % starts a specifier in unit files)")
     # RFC 7230 5.4: Host is the URL's authority as written (brackets and port included)
-    return {"url": url, "host": host, "port": port, "path": target,
-            "host_header": authority, "expect_status": _expect_status(ctx)}
+    out["url"] = url
+    out["host"] = host
+    out["port"] = port
+    out["path"] = target
+    out["host_header"] = authority
+    out["expect_status"] = _expect_status(ctx)
 
 
 def _expect_status(ctx: UnitContext) -> List[List[int]]:
@@ -161,7 +166,7 @@ def _expect_status(ctx: UnitContext) -> List[List[int]]:
 
 
 # --- tcp -----------------------------------------------------------------------------
-def _tcp(ctx: UnitContext, type_entry: Optional[Entry]) -> Dict[str, Any]:
+def _tcp(ctx: UnitContext, type_entry: Optional[Entry], out: Check) -> None:
     address = ctx.single(X, "Address")
     port_value = ctx.single(X, "Port")
     port_entry = ctx.entry(X, "Port")
@@ -171,7 +176,9 @@ def _tcp(ctx: UnitContext, type_entry: Optional[Entry]) -> Dict[str, Any]:
     if address is None:
         if port_value is None:
             ctx.fail(type_entry, "Type=tcp needs Address=HOST:PORT or Port=")
-        return {"host": DEFAULT_TCP_HOST, "port": port}
+        out["host"] = DEFAULT_TCP_HOST
+        out["port"] = port
+        return
     entry = ctx.entry(X, "Address")
     if "/" in address or "://" in address:
         ctx.fail(entry, f"{address!r}: want HOST:PORT, not a URL")
@@ -181,7 +188,8 @@ def _tcp(ctx: UnitContext, type_entry: Optional[Entry]) -> Dict[str, Any]:
     if not has_port and port_value is None:
         ctx.fail(entry, f"{address!r} has no port: write HOST:PORT or add Port=")
     host, address_port = _host_port(ctx, entry, address, default_port=None)
-    return {"host": host, "port": address_port if has_port else port}
+    out["host"] = host
+    out["port"] = address_port if has_port else port
 
 
 def _has_port(authority: str) -> bool:
@@ -194,7 +202,7 @@ def _has_port(authority: str) -> bool:
 
 
 # --- exec ----------------------------------------------------------------------------
-def _command(ctx: UnitContext, type_entry: Optional[Entry]) -> Dict[str, object]:
+def _command(ctx: UnitContext, type_entry: Optional[Entry]) -> Command:
     entry = ctx.entry(X, "Command")
     if entry is None or entry.value == "":
         ctx.fail(type_entry, "Type=exec needs Command= (like Command=redis-cli -p 6379 ping)")
@@ -204,7 +212,7 @@ def _command(ctx: UnitContext, type_entry: Optional[Entry]) -> Dict[str, object]
         ctx.fail(entry, str(exc))
     if command.ignore_failure:
         ctx.fail(entry, "a '-' prefix would make every result a pass: remove it")
-    return {**command.to_json(), "words": list(command.words)}  # plain JSON: a list
+    return command.to_json()
 
 
 # --- hosts and ports -----------------------------------------------------------------
@@ -269,7 +277,7 @@ def _port(ctx: UnitContext, entry: Optional[Entry], text: str) -> Optional[int]:
 
 
 # --- timing and policy ---------------------------------------------------------------
-def _timing(ctx: UnitContext) -> Dict[str, Any]:
+def _timing(ctx: UnitContext, out: Check) -> None:
     interval = _span(ctx, "Interval", DEFAULT_INTERVAL_S)
     if interval < MIN_INTERVAL_S:
         ctx.fail(ctx.entry(X, "Interval"), f"at least {MIN_INTERVAL_S:g}s: every check is "
@@ -280,13 +288,11 @@ def _timing(ctx: UnitContext) -> Dict[str, Any]:
         entry = ctx.entry(X, "Timeout") or ctx.entry(X, "Interval")
         ctx.fail(entry, f"Timeout= ({timeout:g}s) must be shorter than Interval= "
                         f"({interval:g}s): checks must not overlap")
-    return {
-        "interval_s": interval,
-        "timeout_s": timeout,
-        "start_grace_s": _span(ctx, "StartGrace", DEFAULT_START_GRACE_S, zero_ok=True),
-        "failure_threshold": _count(ctx, "FailureThreshold", DEFAULT_FAILURE_THRESHOLD),
-        "success_threshold": _count(ctx, "SuccessThreshold", DEFAULT_SUCCESS_THRESHOLD),
-    }
+    out["interval_s"] = interval
+    out["timeout_s"] = timeout
+    out["start_grace_s"] = _span(ctx, "StartGrace", DEFAULT_START_GRACE_S, zero_ok=True)
+    out["failure_threshold"] = _count(ctx, "FailureThreshold", DEFAULT_FAILURE_THRESHOLD)
+    out["success_threshold"] = _count(ctx, "SuccessThreshold", DEFAULT_SUCCESS_THRESHOLD)
 
 
 def _span(ctx: UnitContext, key: str, default: float, zero_ok: bool = False) -> float:
@@ -308,7 +314,7 @@ def _on_failure(ctx: UnitContext) -> str:
     return value
 
 
-def acts_on_failing(check: Optional[Dict[str, Any]]) -> bool:
+def acts_on_failing(check: Optional[Check]) -> bool:
     """Does a ``failing`` verdict of this check config (``config``'s result; None: no
     [X-Check]) end the program? OnFailure=restart (the default) does: the agent ends the
     run and Restart= judges it; OnFailure=none only reports the health. Pure, for both

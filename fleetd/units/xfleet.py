@@ -26,11 +26,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, TypeVar
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple, TypeVar
 
 from fleetd.units.context import UnitContext
 from fleetd.units.timespan import format_timespan
 from fleetd.wire import names
+from fleetd.wire.unitspec import Limits
 
 X = "X-Fleet"
 KNOWN = ("MachineID", "MachineOf", "MachineMetadata", "Conflicts", "Global", "Replaces",
@@ -114,7 +115,7 @@ def driver(ctx: UnitContext) -> str:
     return name
 
 
-def requirements(ctx: UnitContext, limits: Dict[str, Any]) -> Requirements:
+def requirements(ctx: UnitContext, limits: Limits) -> Requirements:
     ctx.check_known(X, KNOWN)
     machine_id = ctx.single(X, "MachineID")
     if machine_id is not None and not re.fullmatch(r"[0-9a-zA-Z_.-]+", machine_id):

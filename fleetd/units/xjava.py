@@ -40,10 +40,11 @@ from __future__ import annotations
 
 import re
 import signal
-from typing import Any, Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from fleetd.units.context import UnitContext, later
 from fleetd.units.parser import Entry
+from fleetd.wire.unitspec import Java, SuccessExitStatus, UnitConfig
 
 X = "X-Java"
 KNOWN = ("Jar", "MainClass", "ClassPath", "JvmOptions", "Args", "JavaHome", "JavaVersion")
@@ -85,7 +86,7 @@ _CLEAN_SIGNAL_EXITS = tuple(128 + int(s) for s in (signal.SIGHUP, signal.SIGINT,
                                                      signal.SIGTERM))
 
 
-def config(ctx: UnitContext, service_config: Dict[str, Any]) -> Dict[str, Any]:
+def config(ctx: UnitContext, service_config: UnitConfig) -> UnitConfig:
     """``service_config`` (from service.config(ctx, needs_exec_start=False)) with the
     validated [X-Java] settings under ``"java"``."""
     ctx.check_known(X, KNOWN)
@@ -113,7 +114,8 @@ def config(ctx: UnitContext, service_config: Dict[str, Any]) -> Dict[str, Any]:
                  "JavaHome= and JavaVersion= exclude each other: JavaHome= picks one "
                  "Java exactly, JavaVersion= lets the agent pick the newest that fits")
     _refuse_java_home_environment(ctx, service_config)
-    success = service_config.get("success_exit_status") or {"codes": [], "signals": []}
+    success: SuccessExitStatus = service_config.get("success_exit_status") or {
+        "codes": [], "signals": []}
     codes = list(success.get("codes", []))
     codes += [c for c in _CLEAN_SIGNAL_EXITS if c not in codes]
     return {
@@ -131,7 +133,7 @@ def config(ctx: UnitContext, service_config: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def capabilities(java_cfg: Dict[str, Any]) -> Tuple[str, ...]:
+def capabilities(java_cfg: Java) -> Tuple[str, ...]:
     """What a machine must advertise to run this unit (see the module docstring).
 
     JavaHome= asks for nothing: the path may be a JDK unpacked under /opt that no scan
@@ -245,7 +247,7 @@ def _min_version(ctx: UnitContext) -> Optional[int]:
     return int(m.group(1))
 
 
-def _refuse_java_home_environment(ctx: UnitContext, service_config: Dict[str, Any]) -> None:
+def _refuse_java_home_environment(ctx: UnitContext, service_config: UnitConfig) -> None:
     """JAVA_HOME is set by the agent to the Java it runs, so that it always tells the
     truth; a unit that sets it means to choose the Java, which is JavaHome='s job."""
     if "JAVA_HOME" not in (service_config.get("environment") or {}):

@@ -20,6 +20,8 @@ import dataclasses
 import re
 from typing import Dict, List, Mapping, Tuple
 
+from fleetd.wire import unitspec
+
 PREFIX_CHARS = "@-:+!"
 
 _ESCAPES = {
@@ -48,8 +50,11 @@ class Command:
     def path(self) -> str:
         return self.words[0]
 
-    def to_json(self) -> Dict[str, object]:
-        return dataclasses.asdict(self)
+    def to_json(self) -> unitspec.Command:
+        """As the unit's config carries it to the agent (``argv`` reads it there)."""
+        return {"words": list(self.words), "ignore_failure": self.ignore_failure,
+                "argv0_given": self.argv0_given, "no_expand": self.no_expand,
+                "privileged": self.privileged}
 
 
 def split(text: str) -> Command:

@@ -39,7 +39,7 @@ Restart=always
 def _cmd(*words: str, **flags: bool) -> dict[str, object]:
     base = {"ignore_failure": False, "argv0_given": False, "no_expand": False,
             "privileged": False}
-    return {"words": tuple(words), **base, **flags}
+    return {"words": list(words), **base, **flags}  # as on the wire (JSON has lists)
 
 
 # --- a valid unit -------------------------------------------------------------------

@@ -268,4 +268,4 @@ def _check_config(unit: Union[Unit, Unreadable]) -> waits.Check:
     if not isinstance(unit, Unit):
         return None  # the engine does not place it: waiters learn why from its reason
     check = unit.config.get("check")
-    return dict(check) if check else None
+    return check.copy() if check else None

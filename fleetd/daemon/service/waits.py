@@ -11,15 +11,16 @@ content the engine no longer wants on that machine, says nothing about this run.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Mapping, Optional, Sequence, Tuple
 
 from fleetd import protocol
 from fleetd.registry.base import LAUNCHED, ObservedRecord, UnitRecord
 from fleetd.units.xcheck import acts_on_failing
+from fleetd.wire import unitspec
 
 Verdict = Tuple[Optional[bool], str]
 Expected = Mapping[Tuple[str, str], str]  # (unit, machine) -> hash rendered for it
-Check = Optional[Dict[str, Any]]  # a unit's [X-Check] config; None without one
+Check = Optional[unitspec.Check]  # a unit's [X-Check] config; None without one
 
 WAIT_UNTIL = ("running", "healthy", "stopped", "gone", "unplaced")
 MAX_WAIT_S = 3600.0  # one wait answers "timeout" after this at most; fleetctl asks again
