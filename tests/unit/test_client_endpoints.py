@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 from click.testing import CliRunner
 
+from fleetd import client
 from fleetd.cli.main import cli
 from fleetd.client import (
     ApiError,
@@ -323,3 +324,25 @@ def test_a_stream_starts_on_the_first_that_answers(fakes: Dict[str, Any]) -> Non
     fakes["start"]("two")
     c = _client(fakes, "one", "two")
     assert json.loads(b"".join(c.stream("/v1/units/a.service/journal")))["from"] == "two"
+
+
+def test_a_fleetd_that_never_accepts_is_passed_after_the_connect_timeout(
+        fakes: Dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listener whose queue is full (a hung fleetd): the connect times out after
+    CONNECT_S when there is another endpoint, and the next one answers."""
+    monkeypatch.setattr(client, "CONNECT_S", 0.2)
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(0)  # one connection queued, never accepted: the next ones wait
+    port = hung.getsockname()[1]
+    queued = socket.create_connection(("127.0.0.1", port))
+    try:
+        fakes["start"]("two")
+        c = Client(f"http://127.0.0.1:{port},unix://{fakes['at']['two']}")
+        assert c.get("/v1/units", timeout=30)["from"] == "two"
+        with pytest.raises(ApiError) as err:
+            Client(f"http://127.0.0.1:{port},unix://{fakes['at']['one']}").get("/v1/units")
+        assert err.value.tried[0] == (f"http://127.0.0.1:{port}", "timed out")
+    finally:
+        queued.close()
+        hung.close()
