@@ -15,10 +15,12 @@ VENV=$ROOT/.venv
 # host (cached in /var/cache/fleetd-lab); supervisor is the peer bench/restart_latency.py
 # measures against (its daemon is never started by the package: see policy-rc.d below);
 # vagrant (2.3.4, ~7 s without recommends) runs `vagrant validate` on vagrant/Vagrantfile;
-# the scripts fleetd runs on hosts (fleetd/{bootstrap,lab}/scripts/*.sh) must pass shellcheck.
+# the scripts fleetd runs on hosts (fleetd/{bootstrap,lab}/scripts/*.sh) must pass shellcheck;
+# etcd-server (3.4, its etcd.service never started: policy-rc.d) and etcd-client (etcdctl)
+# are the etcd the tests run members of (tests/integration/etcdkit.py).
 APT_PACKAGES=(openssh-server openssh-client iproute2 python3 python3-venv
               redis-server nginx-light openjdk-17-jdk-headless debootstrap supervisor vagrant
-              shellcheck)
+              shellcheck etcd-server etcd-client)
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then
