@@ -380,5 +380,5 @@ class EtcdClient:
 
     async def statuses(self) -> List[EndpointStatus]:
         """Every endpoint's status, in the order given (for ``list-servers``)."""
-        return [await self.status(ep) for ep in self.endpoints]
+        return list(await asyncio.gather(*(self.status(ep) for ep in self.endpoints)))
 

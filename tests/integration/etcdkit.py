@@ -21,7 +21,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import pytest
 
@@ -75,7 +75,7 @@ class Member:
                 "--initial-advertise-peer-urls", self.peer_url,
                 "--initial-cluster", ",".join(f"{m.name}={m.peer_url}" for m in c.members),
                 "--initial-cluster-token", c.token, "--initial-cluster-state", "new",
-                "--logger", "zap", "--log-outputs", "stderr"]
+                "--logger", "zap", "--log-outputs", "stderr", *c.extra_args]
         if c.tls:
             args += ["--cert-file", c.file("server.pem"), "--key-file", c.file("server.key"),
                      "--trusted-ca-file", c.file("ca.pem"), "--client-cert-auth"]
@@ -112,9 +112,11 @@ class Member:
 
 
 class EtcdCluster:
-    def __init__(self, base: str, n: int, tls: bool = False) -> None:
+    def __init__(self, base: str, n: int, tls: bool = False,
+                 extra_args: Sequence[str] = ()) -> None:
         self.base = base
         self.tls = tls
+        self.extra_args = list(extra_args)  # for every member
         self.scheme = "https" if tls else "http"
         self.token = f"fleetd-test-{uuid.uuid4().hex[:12]}"
         os.makedirs(base, exist_ok=True)
@@ -198,10 +200,12 @@ class EtcdCluster:
 
 
 @contextlib.contextmanager
-def etcd_cluster(base: str, n: int = 1, tls: bool = False) -> Iterator[EtcdCluster]:
-    """A running cluster of ``n`` members under ``base``; afterwards every member killed,
-    and the test failed if a process of it survived."""
-    c = EtcdCluster(base, n, tls)
+def etcd_cluster(base: str, n: int = 1, tls: bool = False,
+                 extra_args: Sequence[str] = ()) -> Iterator[EtcdCluster]:
+    """A running cluster of ``n`` members under ``base`` (``extra_args``: more flags for
+    each); afterwards every member killed, and the test failed if a process of it
+    survived."""
+    c = EtcdCluster(base, n, tls, extra_args)
     try:
         c.start()
         yield c
