@@ -36,6 +36,7 @@ import asyncio
 import errno
 import json
 import os
+import re
 import ssl
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
@@ -73,6 +74,28 @@ CONNECT_TIMEOUT = 1.0  # s: a member that does not accept by then is skipped
 ELECTION_WAIT = 2.0
 # gRPC metadata through the gateway: a member without a leader refuses at once
 HAS_LEADER = {"Grpc-Metadata-hasleader": "true"}
+
+
+DEFAULT_PORT = 2379
+_HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+")  # a name, IPv4, or [IPv6]
+
+
+def parse_url(url: str) -> Tuple[List[str], bool]:
+    """The endpoints of a registry URL, and whether it asks for TLS:
+    "etcd://10.0.0.1:2379,10.0.0.2,[fd00::3]:2379" (2379 when no port is given), or
+    "etcds://..." for TLS. ValueError saying what is wrong."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("etcd", "etcds"):
+        raise ValueError(f"not an etcd URL (etcd://host:port,host:port,...): {url!r}")
+    endpoints = []
+    for part in rest.rstrip("/").split(","):
+        part = part.strip()
+        host, _, port = part.rpartition(":") if part.rfind(":") > part.find("]") else (
+            part, "", str(DEFAULT_PORT))
+        if not _HOST.fullmatch(host) or not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"bad etcd endpoint {part!r} in {url!r} (host:port)")
+        endpoints.append(f"{host}:{int(port)}")
+    return endpoints, scheme == "etcds"
 
 
 def tls_context(ca: Optional[str] = None, cert: Optional[str] = None,

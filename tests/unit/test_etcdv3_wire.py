@@ -12,7 +12,7 @@ from typing import Iterator, List
 
 import pytest
 
-from fleetd.registry.etcdv3 import EtcdClient, gateway_error
+from fleetd.registry.etcdv3 import EtcdClient, gateway_error, parse_url
 from fleetd.registry.etcdv3_types import (
     Compare,
     Delete,
@@ -143,3 +143,15 @@ def test_a_member_that_never_answers(silent_port: str, closed_ports: List[str]) 
             assert e.value.tried == [(silent_port, "timed out")]
             assert e.value.maybe_applied
     asyncio.run(go())
+
+
+def test_registry_urls() -> None:
+    assert parse_url("etcd://10.0.0.1:2379,10.0.0.2, [fd00::3]:2380/") == (
+        ["10.0.0.1:2379", "10.0.0.2:2379", "[fd00::3]:2380"], False)
+    assert parse_url("etcds://etcd-1.example.org") == (["etcd-1.example.org:2379"], True)
+    with pytest.raises(ValueError, match="not an etcd URL"):
+        parse_url("http://10.0.0.1:2379")
+    for bad in ("etcd://", "etcd://a,,b", "etcd://a:port", "etcd://a:0", "etcd://::1",
+                "etcd://user@a:1", "etcd://a/path", "etcd://a b:1"):
+        with pytest.raises(ValueError, match="bad etcd endpoint"):
+            parse_url(bad)
