@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -192,3 +193,13 @@ def clean(state_dir: str, marker: Optional[bytes] = None) -> None:
             time.sleep(0.01)
         cg.remove()
     backend.remove()
+
+
+async def until(what: str, predicate: Callable[[], Any], timeout: float = 20.0) -> None:
+    """Await ``predicate()`` in a test's event loop; fail naming ``what`` (the timeout
+    only bounds how long a broken build hangs)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.02)

@@ -14,12 +14,11 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Dict, Iterator, List
+from typing import Any, AsyncIterator, Dict, Iterator, List
 
 import pytest
-from agentkit import Attached, clean, kill_agent, spec
+from agentkit import Attached, clean, kill_agent, spec, until
 
 from fleetd import protocol
 from fleetd.daemon.session import BACKOFF_MAX_S, MachineSession
@@ -180,12 +179,6 @@ def test_a_deposed_fleetds_pings_do_not_hold_off_fencing(
 
 
 # --- fleetd's session, over SSH, to the real agent -----------------------------------------
-async def until(what: str, predicate: Callable[[], Any], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager

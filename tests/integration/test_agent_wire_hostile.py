@@ -13,12 +13,11 @@ import json
 import os
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional
 
 import pytest
-from agentkit import Attached, agent_pid, clean, spec
+from agentkit import Attached, agent_pid, clean, spec, until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from labkit import Fleet, alive, wait_for
@@ -60,12 +59,6 @@ def big_log(state_dir: str, name: str, lines: int, width: int) -> List[str]:
 
 
 # --- fleetd's session, over SSH, to the real agent -----------------------------------------
-async def until(what: str, predicate: Callable[[], Any], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.02)
 
 
 class Session:
