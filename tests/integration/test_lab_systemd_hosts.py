@@ -14,6 +14,7 @@ host with python3-psutil, h3 one without. The CLI test makes its own (``fv``, 10
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import subprocess
@@ -43,6 +44,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     TIMINGS["rootfs (cached or built)"] = time.monotonic() - began
     the_lab = Lab(str(tmp_path_factory.mktemp("sdlab")), prefix="fw", subnet="10.85.0")
     the_lab.down()  # what a crashed earlier run left behind
+    devices = machine_devices()
     try:
         began = time.monotonic()
         the_lab.up(3, systemd=2, without_psutil=1)
@@ -61,6 +63,21 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     assert [g["pid1"] for g in guests if alive(g["pid1"])] == []
     assert [c for g in guests for c in g["cgroups"] if os.path.exists(c)] == []
     assert mounts_mentioning(the_lab.dir) == []
+    # the guests' systemd chowned its console, once the machine's /dev/null (root:tty 0620)
+    assert machine_devices() == devices
+
+
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "console")
+
+
+def machine_devices() -> Dict[str, Any]:
+    """Mode, owner and change time of the machine's own device nodes."""
+    found = {}
+    for d in DEVICES:
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(f"/dev/{d}")
+            found[d] = (oct(st.st_mode), st.st_uid, st.st_gid, st.st_ctime_ns)
+    return found
 
 
 def by_name(lab: Lab) -> Dict[str, Host]:

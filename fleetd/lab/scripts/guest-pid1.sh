@@ -28,10 +28,17 @@ done
 mount -t tmpfs -o mode=755 tmpfs "$R/run"
 mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
 mount -t tmpfs -o mode=755 tmpfs "$R/dev"
-for d in null zero full random urandom tty; do
-  touch "$R/dev/$d"; mount --bind "/dev/$d" "$R/dev/$d"
-done
-touch "$R/dev/console"; mount --bind /dev/null "$R/dev/console"
+# Device nodes of the guest's own (mknod on its tmpfs), never binds of the machine's: the
+# guest's systemd chowns and chmods /dev/console (and may touch the others), and through a
+# bind that was the machine's /dev/null (it became crw--w---- root:tty). The console is a
+# null device: nothing reads a lab guest's console.
+mknod -m 666 "$R/dev/null" c 1 3
+mknod -m 666 "$R/dev/zero" c 1 5
+mknod -m 666 "$R/dev/full" c 1 7
+mknod -m 666 "$R/dev/random" c 1 8
+mknod -m 666 "$R/dev/urandom" c 1 9
+mknod -m 666 "$R/dev/tty" c 5 0
+mknod -m 600 "$R/dev/console" c 1 3
 mkdir "$R/dev/pts" "$R/dev/shm"
 mount -t devpts -o newinstance,ptmxmode=0666 devpts "$R/dev/pts"
 ln -s pts/ptmx "$R/dev/ptmx"; mount -t tmpfs -o mode=1777 tmpfs "$R/dev/shm"
