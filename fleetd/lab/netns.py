@@ -54,7 +54,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from fleetd import procfs
 from fleetd.lab import DEFAULT_LAB_DIR, sshd, systemd_host
-from fleetd.lab.host import AGENT_STATE_MOUNT, run
+from fleetd.lab.host import AGENT_STATE_MOUNT, remove_agent_cgroups, run
 from fleetd.lab.host import Host as Host  # re-exported: the lab's users know them from here
 from fleetd.lab.host import LabError as LabError
 from fleetd.lab.sshd import SSHD
@@ -366,6 +366,8 @@ class Lab:
             if h.netns in existing:
                 self._kill_all(h)
                 run("ip", "netns", "del", h.netns, check=False)
+            if not h.systemd:  # a systemd host's cgroups are its guest's: swept below
+                remove_agent_cgroups(h.state_dir)
             run("ip", "link", "del", f"{h.netns}-br", check=False)
             if h.systemd or not saved:  # a crashed run's guest, found by its cgroups
                 with contextlib.suppress(systemd_host.SystemdHostError):

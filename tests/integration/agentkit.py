@@ -18,6 +18,7 @@ import pytest
 
 from fleetd import protocol
 from fleetd.cgroups import UnitCgroup, detect
+from fleetd.lab.host import remove_agent_cgroups
 from fleetd.testing.waiting import alive
 from fleetd.units.model import load
 
@@ -182,17 +183,7 @@ def clean(state_dir: str, marker: Optional[bytes] = None) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    if not os.path.exists(os.path.join(state_dir, "machine-id")):
-        return
-    backend = detect(parent=f"fleet/{machine_id(state_dir)}")
-    for name in backend.units():
-        cg = backend.unit(name)
-        cg.kill(signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while not cg.empty() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        cg.remove()
-    backend.remove()
+    remove_agent_cgroups(state_dir)
 
 
 async def until(what: str, predicate: Callable[[], Any], timeout: float = 20.0) -> None:

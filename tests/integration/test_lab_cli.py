@@ -60,12 +60,23 @@ def test_lab_up_starts_fleetd_registers_hosts_and_down_leaves_nothing(tmp_path) 
         pid = int(run("list-units", env=env).stdout.splitlines()[1].split()[3])
         fleetd_pid = netns.Lab(lab_dir).info()["fleetd_pid"]
         assert alive(pid) and alive(fleetd_pid)
+        # the agents' cgroups, in the machine's own hierarchies (a plain host shares its
+        # kernel): hello.service's among them
+        agent_cgroups = [d for h in netns.Lab(lab_dir).hosts()
+                         for d in glob.glob(f"/sys/fs/cgroup/*/fleet/{machine_id(h)}")]
+        assert any(os.path.isdir(os.path.join(d, "hello.service")) for d in agent_cgroups)
     finally:
         down = run("lab", "down", env=env)
     assert down.returncode == 0, down.stderr
     wait_for("the unit's program to die with its host", lambda: not alive(pid))
     assert not alive(fleetd_pid)
     assert leftovers("fx", lab_dir) == []
+    assert [d for d in agent_cgroups if os.path.exists(d)] == []
+
+
+def machine_id(h: netns.Host) -> str:
+    with open(os.path.join(h.state_dir, "machine-id")) as f:
+        return f.read().strip()
 
 
 def test_lab_needs_root_and_says_so(tmp_path) -> None:
