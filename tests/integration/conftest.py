@@ -67,6 +67,18 @@ def fleet(lab: Lab, tmp_path: Any) -> Iterator[Fleet]:
 
 
 @pytest.fixture
+def lone_fleet(tmp_path: Any) -> Iterator[Fleet]:
+    """A real fleetd with no lab and no machines (nothing it is asked for is ever placed):
+    for what fleetd itself answers. Its stop fails the test if fleetd does not end
+    within 15 s of SIGTERM."""
+    os.makedirs(tmp_path / "fleetd")
+    f = Fleet(None, str(tmp_path / "fleetd"))
+    f.start()
+    yield f
+    f.stop()
+
+
+@pytest.fixture
 def cluster(fleet: Fleet, lab: Lab) -> Fleet:
     """fleetd with the lab's 3 hosts registered and up."""
     for h in lab.hosts():

@@ -10,24 +10,14 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import agentkit
-import pytest
 from labkit import Fleet, wait_for
 
 from fleetd.cli.client import ApiError
 
 QUIET = "[Service]\nExecStart=/bin/sleep 100000\n"  # writes nothing: a follow only waits
-
-
-@pytest.fixture
-def lone_fleet(tmp_path: Any) -> Iterator[Fleet]:
-    """fleetd without machines: nothing it is asked for is ever placed."""
-    f = Fleet(None, str(tmp_path))
-    f.start()
-    yield f
-    f.stop()  # fails the test if fleetd does not end within 15 s of SIGTERM
 
 
 def test_a_nan_timeout_is_refused_and_every_other_wait_still_ends(lone_fleet: Fleet) -> None:

@@ -21,16 +21,6 @@ HINT = "(is fleetd running? `fleetctl lab up` starts one)"
 
 
 @pytest.fixture
-def lone_fleet(tmp_path: Any) -> Iterator[Fleet]:
-    """fleetd without machines."""
-    os.makedirs(tmp_path / "lone")
-    f = Fleet(None, str(tmp_path / "lone"))
-    f.start()
-    yield f
-    f.stop()
-
-
-@pytest.fixture
 def closed_port() -> Iterator[int]:
     """A TCP port on 127.0.0.1 bound and not listening: connecting is refused, and no
     other process can take the port while the test holds it."""

@@ -5,24 +5,13 @@ unit is submitted, not placed) and the real fleetctl."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-from typing import Any, Iterator
+from typing import Any
 
-import pytest
 from labkit import FLEETCTL, Fleet
 
 TITLE = "\x1b]0;pwned\x07"  # sets the terminal's title
 CLEAR = "\x1b[2J"  # clears the screen
-
-
-@pytest.fixture
-def bare_fleet(tmp_path: Any) -> Iterator[Fleet]:
-    os.makedirs(tmp_path / "fleetd")
-    fleet = Fleet(None, str(tmp_path / "fleetd"))
-    fleet.start()
-    yield fleet
-    fleet.stop()
 
 
 def printed(out: Any) -> str:
@@ -31,29 +20,29 @@ def printed(out: Any) -> str:
     return said
 
 
-def test_status_prints_a_description_escaped(bare_fleet: Fleet, tmp_path: Any) -> None:
+def test_status_prints_a_description_escaped(lone_fleet: Fleet, tmp_path: Any) -> None:
     unit = tmp_path / "esc.service"
     unit.write_text(f"[Unit]\nDescription=hi {TITLE} and {CLEAR} done\n"
                     "[Service]\nExecStart=/bin/sleep 100\n")
-    bare_fleet.ctl("submit", str(unit))
-    said = printed(bare_fleet.ctl("status", "esc.service"))
+    lone_fleet.ctl("submit", str(unit))
+    said = printed(lone_fleet.ctl("status", "esc.service"))
     assert "● esc.service - hi \\x1b]0;pwned\\x07 and \\x1b[2J done\n" in said, said
     # -o json is JSON: its own escapes, the text unchanged
-    assert "hi \\u001b]0;pwned\\u0007 and" in bare_fleet.ctl("status", "esc.service",
+    assert "hi \\u001b]0;pwned\\u0007 and" in lone_fleet.ctl("status", "esc.service",
                                                             "-o", "json").stdout
 
 
-def test_list_machines_prints_metadata_escaped(bare_fleet: Fleet) -> None:
-    bare_fleet.ctl("machine", "add", "root@127.0.0.1:1", "--name", "m1", "--metadata",
+def test_list_machines_prints_metadata_escaped(lone_fleet: Fleet) -> None:
+    lone_fleet.ctl("machine", "add", "root@127.0.0.1:1", "--name", "m1", "--metadata",
                    f"note=a{CLEAR}b", "--agent-command", "true", "--no-wait")
-    said = printed(bare_fleet.ctl("list-machines", "--full"))
+    said = printed(lone_fleet.ctl("list-machines", "--full"))
     assert "note=a\\x1b[2Jb" in said, said
 
 
-def test_errors_are_printed_escaped(bare_fleet: Fleet) -> None:
+def test_errors_are_printed_escaped(lone_fleet: Fleet) -> None:
     """fleetd's answer quotes the unit name as it was asked for: fleetctl sends the name
     as it is (one path segment, quoted) and prints the answer escaped."""
-    out = bare_fleet.ctl("status", f"x{CLEAR}{TITLE}?lines=1.service", check=False)
+    out = lone_fleet.ctl("status", f"x{CLEAR}{TITLE}?lines=1.service", check=False)
     assert out.returncode == 1
     said = printed(out)
     assert "x\\x1b[2J\\x1b]0;pwned\\x07?lines=1.service" in said, said

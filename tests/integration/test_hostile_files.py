@@ -9,7 +9,6 @@ as fleetd connects."""
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from typing import Any, Iterator
 
@@ -37,16 +36,6 @@ def sshd() -> Iterator[str]:
 
 
 @pytest.fixture
-def bare_fleet(tmp_path: Any) -> Iterator[Fleet]:
-    """fleetd without lab hosts: the SSH server is the test's."""
-    fleet = Fleet(None, str(tmp_path / "fleetd"))
-    os.makedirs(tmp_path / "fleetd")
-    fleet.start()
-    yield fleet
-    fleet.stop()
-
-
-@pytest.fixture
 def shadow(tmp_path: Any) -> str:
     path = tmp_path / "shadow"
     path.write_text(f"{SECRET}\ndaemon:*:19000:0:99999:7:::\n")
@@ -70,22 +59,22 @@ def good_known_hosts(tmp_path: Any) -> str:
 
 
 def test_a_known_hosts_file_that_is_not_one_is_named_not_quoted(
-        bare_fleet: Fleet, sshd: str, shadow: str, good_key: str) -> None:
-    out = bare_fleet.ctl("machine", "add", sshd, "--known-hosts", shadow,
+        lone_fleet: Fleet, sshd: str, shadow: str, good_key: str) -> None:
+    out = lone_fleet.ctl("machine", "add", sshd, "--known-hosts", shadow,
                          "--identity", good_key, "--no-wait", check=False)
     assert out.returncode != 0
     said = out.stdout + out.stderr
     assert "$6$" not in said and "Sup3rS3cret" not in said and "root:" not in said, said
     assert f"{shadow} is not a known_hosts file: line 1 is not HOST KEYTYPE KEY" in said, said
     assert "Traceback" not in said and "500" not in said, said
-    assert bare_fleet.machines() == {}
+    assert lone_fleet.machines() == {}
 
 
-def test_the_first_bad_line_is_the_one_named(bare_fleet: Fleet, sshd: str,
+def test_the_first_bad_line_is_the_one_named(lone_fleet: Fleet, sshd: str,
                                             good_known_hosts: str, good_key: str) -> None:
     with open(good_known_hosts, "a") as f:
         f.write(f"\n{SECRET}\n")
-    out = bare_fleet.ctl("machine", "add", sshd, "--known-hosts",
+    out = lone_fleet.ctl("machine", "add", sshd, "--known-hosts",
                          good_known_hosts, "--identity", good_key, "--no-wait", check=False)
     said = out.stdout + out.stderr
     assert out.returncode != 0 and "Sup3rS3cret" not in said, said
@@ -94,27 +83,27 @@ def test_the_first_bad_line_is_the_one_named(bare_fleet: Fleet, sshd: str,
 
 
 def test_an_identity_that_is_not_a_key_is_named_not_quoted(
-        bare_fleet: Fleet, sshd: str, shadow: str, good_known_hosts: str) -> None:
-    out = bare_fleet.ctl("machine", "add", sshd, "--known-hosts",
+        lone_fleet: Fleet, sshd: str, shadow: str, good_known_hosts: str) -> None:
+    out = lone_fleet.ctl("machine", "add", sshd, "--known-hosts",
                          good_known_hosts, "--identity", shadow, "--no-wait", check=False)
     assert out.returncode != 0
     said = out.stdout + out.stderr
     assert "Sup3rS3cret" not in said and "root:" not in said, said
     assert f"{shadow} is not an SSH private key fleetd can use" in said, said
     assert "Traceback" not in said and "500" not in said, said
-    assert bare_fleet.machines() == {}
+    assert lone_fleet.machines() == {}
 
 
 def test_a_registered_machine_says_the_same_in_its_error(
-        bare_fleet: Fleet, sshd: str, shadow: str, good_key: str) -> None:
+        lone_fleet: Fleet, sshd: str, shadow: str, good_key: str) -> None:
     """With --agent-command the machine is registered at once and its session reads the
     file: list-machines shows its error, which must not quote the file either."""
-    bare_fleet.ctl("machine", "add", sshd, "--name", "m1", "--known-hosts", shadow,
+    lone_fleet.ctl("machine", "add", sshd, "--name", "m1", "--known-hosts", shadow,
                    "--identity", good_key, "--agent-command", "true", "--no-wait")
     error = wait_for("m1's session to fail",
-                     lambda: bare_fleet.machines()["m1"].get("error"))
+                     lambda: lone_fleet.machines()["m1"].get("error"))
     assert "Sup3rS3cret" not in error and "root:" not in error, error
     assert f"{shadow} is not a known_hosts file: line 1 is not HOST KEYTYPE KEY" in error
-    assert bare_fleet.machines()["m1"]["state"] == "error"
-    listed = bare_fleet.ctl("list-machines", "--full").stdout
+    assert lone_fleet.machines()["m1"]["state"] == "error"
+    listed = lone_fleet.ctl("list-machines", "--full").stdout
     assert "Sup3rS3cret" not in listed, listed

@@ -6,7 +6,7 @@ requests. No machines are needed: all of it happens at submit."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
 from labkit import Fleet
@@ -15,15 +15,6 @@ from fleetd.cli.client import ApiError
 
 EVIL = "8080\nExecStartPre=/bin/touch /tmp/owned-by-a-var"
 UNIT = "[Service]\nExecStart=/bin/sleep {{ vars.port }}\n"
-
-
-@pytest.fixture
-def fleetd(tmp_path: Any) -> Iterator[Fleet]:
-    """A real fleetd with no machines: submit is where templates are checked."""
-    f = Fleet(None, str(tmp_path))
-    f.start()
-    yield f
-    f.stop()
 
 
 def submit(fleet: Fleet, text: str, variables: Dict[str, str]) -> ApiError:
@@ -36,17 +27,17 @@ def submit(fleet: Fleet, text: str, variables: Dict[str, str]) -> ApiError:
 
 
 def test_a_variable_with_a_line_break_is_refused_by_the_api_and_fleetctl(
-        fleetd: Fleet, tmp_path: Any) -> None:
-    err = submit(fleetd, UNIT, {"port": EVIL})
+        lone_fleet: Fleet, tmp_path: Any) -> None:
+    err = submit(lone_fleet, UNIT, {"port": EVIL})
     assert err.status == 400
     assert "bad.service: vars.port has a line break (U+000A)" in str(err)
 
     unit = tmp_path / "web.service"
     unit.write_text(UNIT)
-    out = fleetd.ctl("start", "--no-block", str(unit), "--var", f"port={EVIL}", check=False)
+    out = lone_fleet.ctl("start", "--no-block", str(unit), "--var", f"port={EVIL}", check=False)
     assert out.returncode != 0
     assert "port has a line break" in out.stderr
-    assert fleetd.unit_files() == []
+    assert lone_fleet.unit_files() == []
 
 
 @pytest.mark.parametrize(("text", "fragment"), [
@@ -60,15 +51,15 @@ def test_a_variable_with_a_line_break_is_refused_by_the_api_and_fleetctl(
      "2: template: calls nested more than 50 deep"),
 ])
 def test_an_unbounded_template_is_a_400_that_names_its_line(
-        fleetd: Fleet, text: str, fragment: str) -> None:
-    err = submit(fleetd, text, {})
+        lone_fleet: Fleet, text: str, fragment: str) -> None:
+    err = submit(lone_fleet, text, {})
     assert err.status == 400, err
     assert f"units/bad.service:{fragment}" in str(err)
-    assert fleetd.unit_files() == []
-    assert fleetd.api.get("/v1/health")  # and fleetd is still there
+    assert lone_fleet.unit_files() == []
+    assert lone_fleet.api.get("/v1/health")  # and fleetd is still there
 
 
-def test_a_slow_template_never_stalls_the_other_requests(fleetd: Fleet) -> None:
+def test_a_slow_template_never_stalls_the_other_requests(lone_fleet: Fleet) -> None:
     """The template runs until its time budget; while it does, fleetd answers."""
     slow = ("[Service]\nExecStart=/bin/true\n{% set s = 'x' * 1000000 %}\n"
             "{% for i in range(99000) %}{% if s.count('ab') %}{% endif %}{% endfor %}\n")
@@ -76,13 +67,13 @@ def test_a_slow_template_never_stalls_the_other_requests(fleetd: Fleet) -> None:
     done = threading.Event()
 
     def refused() -> None:
-        outcome.append(submit(fleetd, slow, {}))
+        outcome.append(submit(lone_fleet, slow, {}))
         done.set()
 
     threading.Thread(target=refused, daemon=True).start()
     answered_meanwhile = 0
     while not done.wait(0.05):
-        fleetd.api.get("/v1/health", timeout=60)
+        lone_fleet.api.get("/v1/health", timeout=60)
         answered_meanwhile += not done.is_set()
     assert answered_meanwhile > 0, "GET /v1/health waited for the template"
     assert outcome[0].status == 400
