@@ -11,14 +11,12 @@ test_bootstrap_install), prefix and state directory in tmp."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
-import sys
 from pathlib import Path
 from typing import Iterator, List
 
 import pytest
+from bootstrapkit import ENV, agent_pid, target_in
 from inproc_ssh import ssh_server
 
 from fleetd.bootstrap.install import Installed, install
@@ -26,9 +24,6 @@ from fleetd.bootstrap.record import RECORD
 from fleetd.bootstrap.target import BootstrapError, Target, parse_agent_command
 from fleetd.bootstrap.uninstall import Removed, uninstall
 from fleetd.testing.waiting import alive
-
-ENV = {"PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin"}
-
 
 # --- the paths ----------------------------------------------------------------------------
 HOSTILE = [
@@ -84,11 +79,7 @@ def test_accepted_service_names(service: str) -> None:
 # --- the record -----------------------------------------------------------------------
 @pytest.fixture
 def target(tmp_path: Path) -> Iterator[Target]:
-    t = Target(prefix=str(tmp_path / "opt" / "fleetd-agent"),
-               state_dir=str(tmp_path / "state" / "fleet-agent"))
-    yield t
-    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-        os.kill(int((Path(t.state_dir) / "agent.pid").read_text()), signal.SIGKILL)
+    yield from target_in(tmp_path)
 
 
 def installed(tmp_path: Path, target: Target, suffix: str = "guard") -> Installed:
@@ -142,7 +133,7 @@ def test_an_agent_command_naming_someones_directory_purges_nothing(
 def test_a_record_of_other_paths_purges_nothing(tmp_path: Path, target: Target) -> None:
     """The prefix holds a record, but of another state directory than the one named."""
     installed(tmp_path, target)
-    pid = int((Path(target.state_dir) / "agent.pid").read_text())
+    pid = agent_pid(Path(target.state_dir))
     home = tmp_path / "home" / "x"
     before = users_dir(home)
     other = Target(prefix=target.prefix, state_dir=str(home))

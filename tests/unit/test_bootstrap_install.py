@@ -9,17 +9,15 @@ no staged files, a failed fresh install that leaves nothing, and a purge."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List
 
 import pytest
+from bootstrapkit import ENV, agent_pid, target_in
 from inproc_ssh import ssh_server
 
 from fleetd.bootstrap import bundle
@@ -29,16 +27,9 @@ from fleetd.bootstrap.target import BootstrapError, Target
 from fleetd.bootstrap.uninstall import uninstall
 from fleetd.testing.waiting import alive, until
 
-VENV_BIN = os.path.dirname(sys.executable)
-ENV = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin"}
-
 
 def tree(root: Path) -> List[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
-
-
-def agent_pid(state: Path) -> int:
-    return int((state / "agent.pid").read_text())
 
 
 def answers(state: Path) -> bool:
@@ -52,11 +43,7 @@ def answers(state: Path) -> bool:
 
 @pytest.fixture
 def where(tmp_path: Path) -> Iterator[Target]:
-    target = Target(prefix=str(tmp_path / "opt" / "fleetd-agent"),
-                    state_dir=str(tmp_path / "state" / "fleet-agent"))
-    yield target
-    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-        os.kill(agent_pid(Path(target.state_dir)), signal.SIGKILL)
+    yield from target_in(tmp_path)
 
 
 def run(tmp_path: Path, target: Target, **kwargs: object) -> Installed:
