@@ -95,28 +95,27 @@ def _malformed(data: object) -> Optional[str]:
 
 
 # --- query parameters --------------------------------------------------------------------
-def _number(where: str, read: Callable[[], N]) -> N:
-    """``read()``'s number, or Invalid naming ``where`` and what was wanted."""
+def _query(request: web.Request, key: str, default: N,
+           parse: Callable[[str, N, Optional[N]], N], lo: N, hi: Optional[N]) -> N:
+    """The query parameter ``key`` as ``parse`` (numbers.parse_*) reads it, ``default``
+    when absent, or Invalid naming ``key`` and what was wanted."""
+    text = request.query.get(key)
+    if text is None:
+        return default
     try:
-        return read()
+        return parse(text, lo, hi)
     except numbers.NumberError as exc:
-        raise Invalid(where, str(exc)) from None
+        raise Invalid(key, str(exc)) from None
 
 
 def query_float(request: web.Request, key: str, default: float, lo: float,
                 hi: Optional[float] = None) -> float:
-    text = request.query.get(key)
-    if text is None:
-        return default
-    return _number(key, lambda: numbers.parse_float(text, lo, hi))
+    return _query(request, key, default, numbers.parse_float, lo, hi)
 
 
 def query_int(request: web.Request, key: str, default: int, lo: int,
               hi: Optional[int] = None) -> int:
-    text = request.query.get(key)
-    if text is None:
-        return default
-    return _number(key, lambda: numbers.parse_int(text, lo, hi))
+    return _query(request, key, default, numbers.parse_int, lo, hi)
 
 
 _YES, _NO = ("1", "true", "yes"), ("", "0", "false", "no")
