@@ -9,7 +9,7 @@ import sys
 import pytest
 from labkit import Fleet
 
-from fleetd.cli.client import ApiError, Client
+from fleetd.client import ApiError, Client
 
 TOKEN = "s3cret-s3cret-s3cret"  # at least 16 bytes, in a file only its owner reads
 

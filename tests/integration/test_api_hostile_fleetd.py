@@ -15,7 +15,7 @@ from typing import Any, Dict, List
 import agentkit
 from labkit import Fleet, wait_for
 
-from fleetd.cli.client import ApiError
+from fleetd.client import ApiError
 
 QUIET = "[Service]\nExecStart=/bin/sleep 100000\n"  # writes nothing: a follow only waits
 

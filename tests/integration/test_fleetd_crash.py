@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from labkit import Fleet, cmdline, wait_for
 
-from fleetd.cli.client import ApiError, Client
+from fleetd.client import ApiError, Client
 from fleetd.units.model import content_hash
 
 OLD = 30  # long-running units started before the storm

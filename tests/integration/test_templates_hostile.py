@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 import pytest
 from labkit import Fleet
 
-from fleetd.cli.client import ApiError
+from fleetd.client import ApiError
 
 EVIL = "8080\nExecStartPre=/bin/touch /tmp/owned-by-a-var"
 UNIT = "[Service]\nExecStart=/bin/sleep {{ vars.port }}\n"

@@ -18,7 +18,7 @@ from labkit import (
     wait_for,
 )
 
-from fleetd.cli.client import ApiError
+from fleetd.client import ApiError
 
 HELLO = os.path.join(ROOT, "units", "hello.service")
 

@@ -22,7 +22,7 @@ import pytest
 from apikit import Served, connect, exchange, http, post, served
 
 from fleetd.bootstrap import machines as bootstrap
-from fleetd.cli.client import ApiError, Client
+from fleetd.client import ApiError, Client
 from fleetd.daemon.http import errors as http_errors
 from fleetd.daemon.service import units as unit_service
 from fleetd.registry.sqlite import SqliteRegistry

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from fleetd import protocol
 from fleetd.cli import units as cli_units
-from fleetd.cli.client import ApiError, Client
 from fleetd.cli.main import cli
+from fleetd.client import ApiError, Client
 from fleetd.daemon.changes import Changes
 from fleetd.daemon.service import waits
 from fleetd.daemon.service.placement import Fixed
