@@ -33,7 +33,9 @@ def modules() -> Iterator[pathlib.Path]:
 
 
 def test_the_service_layer_knows_no_http_and_no_agent() -> None:
-    for path in (DAEMON / "service").glob("*.py"):
+    paths = sorted((DAEMON / "service").glob("*.py"))
+    assert len(paths) > 1, "no service modules found"
+    for path in paths:
         bad = {m for m in imports(path) if m.split(".")[0] == "aiohttp"
                or m.startswith(("fleetd.daemon.http", "fleetd.agent", "fleetd.daemon.app"))}
         assert bad == set(), f"{path.name} imports {sorted(bad)}"
@@ -60,7 +62,9 @@ def test_every_domain_refusal_has_a_status() -> None:
             yield sub
             yield from subclasses(sub)
 
-    for kind in subclasses(errors.ServiceError):
+    kinds = list(subclasses(errors.ServiceError))
+    assert len(kinds) >= 7  # NotFound, Conflict, Invalid, TooLarge, HostFailed, Agent*
+    for kind in kinds:
         exc = kind(None, "x") if issubclass(kind, errors.Invalid) else kind("x")
         status = http_errors.status_of(exc)
         assert 400 <= status < 600 and status != 500, kind.__name__
