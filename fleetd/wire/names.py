@@ -69,10 +69,3 @@ def is_template(name: str) -> bool:
     m = _NAME.fullmatch(name)
     return m is not None and m.group(3) == ""
 
-
-def template_of(name: str) -> Optional[str]:
-    """``web@.service`` for ``web@3.service`` (and for itself); None for a plain unit."""
-    m = _NAME.fullmatch(name)
-    if m is None or m.group(3) is None:
-        return None
-    return f"{m.group(1)}@.{m.group(4)}"
