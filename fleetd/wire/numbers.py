@@ -51,6 +51,14 @@ def _check(value: Union[int, float], lo: Optional[float], hi: Optional[float],
         raise NumberError(f"want {_range(lo, hi, whole)}, not {_show(shown)}")
 
 
+def _finite(number: float, lo: Optional[float], hi: Optional[float], shown: object,
+            why: str = "") -> float:
+    if not math.isfinite(number):
+        raise NumberError(f"want {_range(lo, hi, False)}, not {_show(shown)}{why}")
+    _check(number, lo, hi, False, shown)
+    return number
+
+
 def parse_int(text: str, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
     """A whole number written in ASCII digits (an optional sign), within [lo, hi]."""
     s = text.strip()
@@ -67,11 +75,8 @@ def parse_float(text: str, lo: Optional[float] = None, hi: Optional[float] = Non
     s = text.strip()
     if len(s) > MAX_DIGITS or not _DECIMAL.fullmatch(s):
         raise NumberError(f"want {_range(lo, hi, False)}, not {_show(text)}")
-    value = float(s)
-    if not math.isfinite(value):
-        raise NumberError(f"want {_range(lo, hi, False)}, not {_show(text)} (too large)")
-    _check(value, lo, hi, False, text)
-    return value
+    value = float(s)  # (vermin reads ``value`` below as this float: keep the name)
+    return _finite(value, lo, hi, text, " (too large)")
 
 
 def json_int(value: object, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
@@ -91,8 +96,4 @@ def json_float(value: object, lo: Optional[float] = None, hi: Optional[float] = 
     (Python's json reads ``NaN`` and ``Infinity``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise NumberError(f"want {_range(lo, hi, False)}, not {_show(value)}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise NumberError(f"want {_range(lo, hi, False)}, not {_show(value)}")
-    _check(number, lo, hi, False, value)
-    return number
+    return _finite(float(value), lo, hi, value)
