@@ -41,6 +41,19 @@ class NotFound(RegistryError):
     """The unit or machine named does not exist."""
 
 
+def check_desired(desired: str) -> None:
+    if desired not in DESIRED_STATES:
+        raise ValueError(f"desired state {desired!r} is not one of {DESIRED_STATES}")
+
+
+def put_conflict(name: str, stored: str, given: str, same_hash: bool) -> Conflict:
+    """What put_units raises for a unit stored with other content or variables."""
+    what = "variables" if same_hash else "content"
+    return Conflict(f"{name} already exists with different {what} "
+                    f"(stored {stored[:12]}, given {given[:12]}); "
+                    "use --replace to update it, or destroy it first")
+
+
 @dataclasses.dataclass(frozen=True)
 class UnitRecord:
     name: str

@@ -14,7 +14,6 @@ import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from fleetd.registry.base import (
-    DESIRED_STATES,
     FAILURES_KEPT,
     INACTIVE,
     Conflict,
@@ -25,6 +24,8 @@ from fleetd.registry.base import (
     RegistryError,
     UnitInput,
     UnitRecord,
+    check_desired,
+    put_conflict,
 )
 from fleetd.wire import names
 
@@ -144,7 +145,7 @@ class SqliteRegistry:
     def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
                   replace: bool = False) -> List[str]:
         if desired is not None:
-            _check_desired(desired)
+            check_desired(desired)
         now = time.time()
         changed: List[str] = []
         with self._tx():
@@ -156,12 +157,8 @@ class SqliteRegistry:
                 same = row is not None and row[0] == content_hash \
                     and json.loads(row[1]) == variables
                 if row is not None and not same and not replace:
-                    what = "content" if row[0] != content_hash else "variables"
-                    raise Conflict(
-                        f"{name} already exists with different {what} "
-                        f"(stored {row[0][:12]}, given {content_hash[:12]}); "
-                        "use --replace to update it, or destroy it first"
-                    )
+                    raise put_conflict(name, row[0], content_hash,
+                                       same_hash=row[0] == content_hash)
                 self._db.execute(
                     "INSERT OR IGNORE INTO contents(hash, text) VALUES (?, ?)",
                     (content_hash, text),
@@ -212,7 +209,7 @@ class SqliteRegistry:
         self._db.execute("DELETE FROM contents WHERE hash NOT IN (SELECT hash FROM units)")
 
     def set_desired(self, names: Sequence[str], desired: str) -> None:
-        _check_desired(desired)
+        check_desired(desired)
         now = time.time()
         with self._tx():
             for name in names:
@@ -404,8 +401,3 @@ def _machine(row: Tuple[Any, ...]) -> MachineRecord:
 def _observed_row(r: ObservedRecord) -> Tuple[Any, ...]:
     return (r.unit, r.machine, r.hash, r.state, r.pid, r.started_at, r.exit_status, r.restarts,
             r.error, r.updated_at, r.generation, r.health)
-
-
-def _check_desired(desired: str) -> None:
-    if desired not in DESIRED_STATES:
-        raise ValueError(f"desired state {desired!r} is not one of {DESIRED_STATES}")

@@ -32,7 +32,6 @@ from typing import (
 )
 
 from fleetd.registry.base import (
-    DESIRED_STATES,
     FAILURES_KEPT,
     INACTIVE,
     LAUNCHED,
@@ -43,6 +42,8 @@ from fleetd.registry.base import (
     ObservedRecord,
     UnitInput,
     UnitRecord,
+    check_desired,
+    put_conflict,
 )
 from fleetd.wire import names
 
@@ -85,7 +86,7 @@ class MemoryRegistry:
     def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
                   replace: bool = False) -> List[str]:
         if desired is not None:
-            _check_desired(desired)
+            check_desired(desired)
         now = self._clock()
         changed: List[str] = []
         with self._tx():
@@ -95,12 +96,8 @@ class MemoryRegistry:
                 row = self._units.get(name)
                 same = row is not None and row.hash == content_hash and row.vars == variables
                 if row is not None and not same and not replace:
-                    what = "content" if row.hash != content_hash else "variables"
-                    raise Conflict(
-                        f"{name} already exists with different {what} "
-                        f"(stored {row.hash[:12]}, given {content_hash[:12]}); "
-                        "use --replace to update it, or destroy it first"
-                    )
+                    raise put_conflict(name, row.hash, content_hash,
+                                       same_hash=row.hash == content_hash)
                 self._contents.setdefault(content_hash, text)
                 if row is None:
                     self._units[name] = UnitRecord(
@@ -149,7 +146,7 @@ class MemoryRegistry:
         self._contents = {h: t for h, t in self._contents.items() if h in used}
 
     def set_desired(self, names: Sequence[str], desired: str) -> None:
-        _check_desired(desired)
+        check_desired(desired)
         now = self._clock()
         with self._tx():
             for name in names:
@@ -263,8 +260,3 @@ def _unit_copy(u: UnitRecord) -> UnitRecord:
 
 def _machine_copy(m: MachineRecord) -> MachineRecord:
     return dataclasses.replace(m, metadata=dict(m.metadata), facts=_json(m.facts))
-
-
-def _check_desired(desired: str) -> None:
-    if desired not in DESIRED_STATES:
-        raise ValueError(f"desired state {desired!r} is not one of {DESIRED_STATES}")
