@@ -67,18 +67,17 @@ def _int(lo: int, hi: int) -> Check:
     return check
 
 
-def _seconds(value: object, where: str) -> None:
-    try:
-        numbers.json_float(value, 0.0, SECONDS_MAX)
-    except numbers.NumberError as exc:
-        raise _fail(where, str(exc)) from None
+def _float(lo: float, hi: float) -> Check:
+    def check(value: object, where: str) -> None:
+        try:
+            numbers.json_float(value, lo, hi)
+        except numbers.NumberError as exc:
+            raise _fail(where, str(exc)) from None
+    return check
 
 
-def _percent(value: object, where: str) -> None:
-    try:
-        numbers.json_float(value, 0.0, 100.0 * 1024)  # CPUQuota= may be many CPUs
-    except numbers.NumberError as exc:
-        raise _fail(where, str(exc)) from None
+_seconds = _float(0.0, SECONDS_MAX)
+_percent = _float(0.0, 100.0 * 1024)  # CPUQuota= may be many CPUs
 
 
 def _optional(check: Check) -> Check:
@@ -180,13 +179,13 @@ def check_spec(spec: object) -> UnitSpec:
         raise _fail(where, "a template is never run itself, only its instances")
     content_hash = spec.get("hash")
     if not isinstance(content_hash, str) or not _HASH.fullmatch(content_hash):
-        raise _fail(where, f"hash: want a hex string, not {_short(content_hash)}")
+        raise _fail(where, f"hash: want a hex string, not {numbers.show(content_hash)}")
     if spec.get("want") not in (protocol.WANT_RUNNING, protocol.WANT_STOPPED):
         raise _fail(where, f"want: want {protocol.WANT_RUNNING!r} or "
-                           f"{protocol.WANT_STOPPED!r}, not {_short(spec.get('want'))}")
+                           f"{protocol.WANT_STOPPED!r}, not {numbers.show(spec.get('want'))}")
     if spec.get("driver") not in DRIVERS:
         raise _fail(where, f"driver: want one of {', '.join(DRIVERS)}, not "
-                           f"{_short(spec.get('driver'))}")
+                           f"{numbers.show(spec.get('driver'))}")
     _int(0, GENERATION_MAX)(spec.get("generation", 0), f"{where}: generation")
     config = spec.get("config", {})
     _CONFIG(config, f"{where}: config")
@@ -259,8 +258,3 @@ def log_request(msg: Mapping[str, Any]) -> Tuple[int, str, int]:
     except numbers.NumberError as exc:
         raise SpecError(f"{kind}: lines: {exc}") from None
     return ident, unit, lines
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."

@@ -40,21 +40,22 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-def _show(text: object) -> str:
-    s = repr(text)
+def show(value: object) -> str:
+    """``value`` as an error message quotes it: its repr, at most 40 characters."""
+    s = repr(value)
     return s if len(s) <= 40 else s[:37] + "..."
 
 
 def _check(value: Union[int, float], lo: Optional[float], hi: Optional[float],
            whole: bool, shown: object) -> None:
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise NumberError(f"want {_range(lo, hi, whole)}, not {_show(shown)}")
+        raise NumberError(f"want {_range(lo, hi, whole)}, not {show(shown)}")
 
 
 def _finite(number: float, lo: Optional[float], hi: Optional[float], shown: object,
             why: str = "") -> float:
     if not math.isfinite(number):
-        raise NumberError(f"want {_range(lo, hi, False)}, not {_show(shown)}{why}")
+        raise NumberError(f"want {_range(lo, hi, False)}, not {show(shown)}{why}")
     _check(number, lo, hi, False, shown)
     return number
 
@@ -63,7 +64,7 @@ def parse_int(text: str, lo: Optional[int] = None, hi: Optional[int] = None) -> 
     """A whole number written in ASCII digits (an optional sign), within [lo, hi]."""
     s = text.strip()
     if len(s) > MAX_DIGITS or not _INT.fullmatch(s):
-        raise NumberError(f"want {_range(lo, hi, True)}, not {_show(text)}")
+        raise NumberError(f"want {_range(lo, hi, True)}, not {show(text)}")
     value = int(s)
     _check(value, lo, hi, True, text)
     return value
@@ -74,7 +75,7 @@ def parse_float(text: str, lo: Optional[float] = None, hi: Optional[float] = Non
     ``1e999``), within [lo, hi]."""
     s = text.strip()
     if len(s) > MAX_DIGITS or not _DECIMAL.fullmatch(s):
-        raise NumberError(f"want {_range(lo, hi, False)}, not {_show(text)}")
+        raise NumberError(f"want {_range(lo, hi, False)}, not {show(text)}")
     value = float(s)  # (vermin reads ``value`` below as this float: keep the name)
     return _finite(value, lo, hi, text, " (too large)")
 
@@ -85,7 +86,7 @@ def json_int(value: object, lo: Optional[int] = None, hi: Optional[int] = None) 
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():
             value = int(value)  # 3.0 from a client that writes every number as a float
         else:
-            raise NumberError(f"want {_range(lo, hi, True)}, not {_show(value)}")
+            raise NumberError(f"want {_range(lo, hi, True)}, not {show(value)}")
     _check(value, lo, hi, True, value)
     return value
 
@@ -95,5 +96,5 @@ def json_float(value: object, lo: Optional[float] = None, hi: Optional[float] = 
     """A JSON value that must be a finite number: never ``true``, a string or NaN
     (Python's json reads ``NaN`` and ``Infinity``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise NumberError(f"want {_range(lo, hi, False)}, not {_show(value)}")
+        raise NumberError(f"want {_range(lo, hi, False)}, not {show(value)}")
     return _finite(float(value), lo, hi, value)
