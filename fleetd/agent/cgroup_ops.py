@@ -88,7 +88,4 @@ class UnitCgroups:
             except CgroupError as exc:
                 log.warning("%s: %s", name, exc)
             await until(cg.empty, KILL_GRACE_S)
-        try:
-            cg.remove()
-        except CgroupError as exc:
-            log.warning("%s: cannot remove its cgroup: %s", name, exc)
+        self.release(name)
