@@ -64,6 +64,13 @@ CONNECT_S = 5.0  # with another endpoint to try, a connect waits this long at mo
 HINT = "is fleetd running? `fleetctl lab up` starts one"
 
 
+
+def segment(name: str) -> str:
+    """A unit or machine name as one path segment of a route: fleetd judges the name, and
+    a ``?``, ``/`` or control character in it cannot change the request."""
+    return urllib.parse.quote(name, safe="@")
+
+
 class ApiError(Exception):
     """fleetd's refusal (``status``, its JSON ``body``), or status 0: no fleetd answered;
     ``tried`` then says, endpoint by endpoint, why."""

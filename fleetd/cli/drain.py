@@ -14,6 +14,7 @@ import click
 
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.units import Timespan
+from fleetd.client import segment
 
 WAIT_S = 60.0  # one long poll: fleetd answers at the next change, or after this
 
@@ -41,7 +42,7 @@ def _drain_of(c: Ctx, machine: str, after: Optional[int]
 def drain(c: Ctx, machine: str, deadline: Optional[float], wait: bool) -> None:
     """Move MACHINE's units away, one at a time, and place nothing new there."""
     body = {"deadline_s": deadline} if deadline is not None else {}
-    state = c.call("POST", f"/v1/machines/{machine}/drain", body)["drain"]
+    state = c.call("POST", f"/v1/machines/{segment(machine)}/drain", body)["drain"]
     left: List[str] = state["left"]
     until = f", deadline in {deadline:g}s" if deadline is not None else ""
     click.echo(f"Draining {machine}: {len(left)} unit{'s' * (len(left) != 1)} to move{until}")
@@ -67,7 +68,7 @@ def drain(c: Ctx, machine: str, deadline: Optional[float], wait: bool) -> None:
 @pass_ctx
 def undrain(c: Ctx, machine: str) -> None:
     """Let MACHINE take units again (a hand-off in flight still completes)."""
-    c.call("POST", f"/v1/machines/{machine}/undrain", {})
+    c.call("POST", f"/v1/machines/{segment(machine)}/undrain", {})
     click.echo(f"{machine} takes units again")
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.parse
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.output import ago, echo, table
-from fleetd.client import ApiError
+from fleetd.client import ApiError, segment
 from fleetd.units.timespan import format_timespan
 
 Row = Dict[str, Any]
@@ -139,12 +138,6 @@ def list_machines(c: Ctx, fields: str, full: bool, no_legend: bool, output: str)
          output)
 
 
-def _quoted(unit: str) -> str:
-    """A unit argument as one path segment: fleetd judges the name, and a ``?``, ``/`` or
-    control character in it cannot change the request."""
-    return urllib.parse.quote(unit, safe="@")
-
-
 @click.command()
 @click.argument("unit")
 @click.option("-n", "--lines", default=10, show_default=True, help="Log lines to show.")
@@ -153,7 +146,7 @@ def _quoted(unit: str) -> str:
 def status(c: Ctx, unit: str, lines: int, output: str) -> None:
     """One unit: desired and current state, where, pid, since, restarts, last exit, why,
     and its last log lines."""
-    s = c.call("GET", f"/v1/units/{_quoted(unit)}/status?lines={lines}")
+    s = c.call("GET", f"/v1/units/{segment(unit)}/status?lines={lines}")
     if output == "json":
         click.echo(json.dumps(s, indent=2, sort_keys=True))
         return
@@ -209,7 +202,7 @@ def status(c: Ctx, unit: str, lines: int, output: str) -> None:
 def journal(c: Ctx, unit: str, lines: int, follow: bool) -> None:
     """A unit's output, from the machine it runs on, through fleetd (raw, as journalctl
     prints it: control characters included)."""
-    path = f"/v1/units/{_quoted(unit)}/journal?lines={lines}&follow={int(follow)}"
+    path = f"/v1/units/{segment(unit)}/journal?lines={lines}&follow={int(follow)}"
     try:
         for line in c.client.stream(path):
             click.echo(line.decode(errors="replace"), nl=False)

@@ -21,6 +21,7 @@ from fleetd.cli import vagrant as vagrant_cli
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.lab import lab
 from fleetd.cli.output import echo, visible
+from fleetd.client import segment
 
 
 class _VisibleError(click.ClickException):
@@ -173,7 +174,7 @@ def describe_install(name: str, agent: Dict[str, Any]) -> str:
 def machine_upgrade(c: Ctx, name: str, force: bool) -> None:
     """Install this fleetd's agent where fleetd installed an older one; the units keep
     running (same pids), the new agent re-adopts them."""
-    answer = c.call("POST", f"/v1/machines/{name}/upgrade", {"force": force}, timeout=300)
+    answer = c.call("POST", f"/v1/machines/{segment(name)}/upgrade", {"force": force}, timeout=300)
     echo(describe_install(name, answer["agent"]))
     if answer.get("state") != "up":
         raise click.ClickException(f"machine {name} is {answer.get('state')} after the "
@@ -189,7 +190,7 @@ def machine_upgrade(c: Ctx, name: str, force: bool) -> None:
 def machine_remove(c: Ctx, name: str, purge: bool) -> None:
     """Stop the machine's units and forget it (they are placed elsewhere); where fleetd
     installed the agent, stop it there too."""
-    answer = c.call("DELETE", f"/v1/machines/{name}" + ("?purge=1" if purge else ""),
+    answer = c.call("DELETE", f"/v1/machines/{segment(name)}" + ("?purge=1" if purge else ""),
                     timeout=300)
     done = [f"Machine {name} removed"]
     if answer.get("agent_stopped"):

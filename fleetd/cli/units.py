@@ -25,6 +25,7 @@ import click
 import tomllib
 
 from fleetd.cli.context import Ctx, pass_ctx
+from fleetd.client import segment
 from fleetd.registry.base import LAUNCHED
 from fleetd.units import values
 from fleetd.units.model import parse_name
@@ -111,7 +112,7 @@ def wait_for(c: Ctx, name: str, until: str, deadline: float) -> Dict[str, Any]:
     ``deadline`` (time.monotonic()); a wait longer than fleetd's longest is asked again."""
     while True:
         left = min(max(deadline - time.monotonic(), 0.0), _MAX_WAIT_S)
-        res = c.call("GET", f"/v1/units/{name}/wait?until={until}&timeout={left:.3f}",
+        res = c.call("GET", f"/v1/units/{segment(name)}/wait?until={until}&timeout={left:.3f}",
                      timeout=left + 10)
         if res["reached"] or not res.get("timeout") or time.monotonic() >= deadline:
             return res
@@ -386,7 +387,7 @@ def destroy(c: Ctx, units: Tuple[str, ...], no_block: bool, block_attempts: int,
 @pass_ctx
 def cat(c: Ctx, unit: str) -> None:
     """Print a submitted unit file."""
-    click.echo(c.call("GET", f"/v1/units/{unit}")["text"], nl=False)
+    click.echo(c.call("GET", f"/v1/units/{segment(unit)}")["text"], nl=False)
 
 
 COMMANDS = [submit, load, start, stop, unload, restart, destroy, cat]

@@ -56,3 +56,14 @@ def test_every_error_goes_through_the_same_escape(tmp_path: Any) -> None:
     assert out.returncode == 1
     said = printed(out)
     assert f"Error: cannot reach fleetd at unix://{tmp_path}/no\\x1b[2J.sock" in said, said
+
+
+def test_every_verb_sends_a_name_as_one_path_segment(lone_fleet: Fleet) -> None:
+    """A ``?`` in a name was the start of a query for cat, machine remove and drain (fleetd
+    was asked about ``a``): every verb's answer is about the name as it was given."""
+    for args, name in ((("cat", "a?x.service"), "a?x.service"),
+                       (("machine", "remove", "m?x"), "m?x"),
+                       (("drain", "m?x"), "m?x")):
+        out = lone_fleet.ctl(*args, check=False)
+        assert out.returncode == 1, out
+        assert name in out.stderr, (args, out.stderr)
