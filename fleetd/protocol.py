@@ -112,13 +112,18 @@ def encode(kind: str, **fields: Any) -> bytes:
     """One message as a newline-terminated JSON line."""
     msg: Dict[str, Any] = {"v": VERSION, "type": kind}
     msg.update(fields)
-    return (json.dumps(msg, separators=(",", ":"), sort_keys=True) + "\n").encode()
+    return _json(msg) + b"\n"
 
 
 def dump(msg: Message) -> bytes:
     """A message built by one of fleetd.wire.messages' functions (``messages.ping(3)``),
     as ``encode`` writes it: mypy has checked its fields."""
-    return (json.dumps(msg, separators=(",", ":"), sort_keys=True) + "\n").encode()
+    return _json(msg) + b"\n"
+
+
+def _json(value: Any) -> bytes:
+    """``value`` as every line writes it: compact, keys sorted."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
 def decode(line: bytes) -> Dict[str, Any]:
@@ -192,7 +197,7 @@ def spec_list(msg: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 def item_size(item: Any) -> int:
     """The bytes ``item`` takes inside a message's list (with its comma)."""
-    return len(json.dumps(item, separators=(",", ":"), sort_keys=True).encode()) + 1
+    return len(_json(item)) + 1
 
 
 def chunks(kind: str, key: str, items: Sequence[Any], limit: int = MAX_LINE,
