@@ -66,6 +66,7 @@ from fleetd.registry.etcdv3_types import (
     unb64,
 )
 from fleetd.registry.etcdv3_watch import Watch
+from fleetd.wire import numbers
 
 DEFAULT_TIMEOUT = 5.0  # s, per request and endpoint
 CONNECT_TIMEOUT = 1.0  # s: a member that does not accept by then is skipped
@@ -92,9 +93,13 @@ def parse_url(url: str) -> Tuple[List[str], bool]:
         part = part.strip()
         host, _, port = part.rpartition(":") if part.rfind(":") > part.find("]") else (
             part, "", str(DEFAULT_PORT))
-        if not _HOST.fullmatch(host) or not (port.isdigit() and 0 < int(port) < 65536):
+        try:
+            number = numbers.parse_int(port, 1, 65535)
+        except numbers.NumberError:
+            number = 0
+        if not _HOST.fullmatch(host) or not number:
             raise ValueError(f"bad etcd endpoint {part!r} in {url!r} (host:port)")
-        endpoints.append(f"{host}:{int(port)}")
+        endpoints.append(f"{host}:{number}")
     return endpoints, scheme == "etcds"
 
 

@@ -152,6 +152,8 @@ def test_registry_urls() -> None:
     with pytest.raises(ValueError, match="not an etcd URL"):
         parse_url("http://10.0.0.1:2379")
     for bad in ("etcd://", "etcd://a,,b", "etcd://a:port", "etcd://a:0", "etcd://::1",
-                "etcd://user@a:1", "etcd://a/path", "etcd://a b:1"):
+                "etcd://user@a:1", "etcd://a/path", "etcd://a b:1",
+                # a port is read as every number is (fleetd.wire.numbers): ASCII digits only
+                "etcd://a:\uff12\uff13\uff17\uff19", "etcd://a:99999999999999999999999"):
         with pytest.raises(ValueError, match="bad etcd endpoint"):
             parse_url(bad)
