@@ -44,16 +44,9 @@ from fleetd.drivers.base import (
     StartContext,
 )
 from fleetd.drivers.systemctl import Systemctl
-from fleetd.drivers.systemd_files import UNIT_DIR, UnitFiles, check_name, dropin_text
-from fleetd.drivers.systemd_show import parse_show, service_status
+from fleetd.drivers.systemd_files import UNIT_DIR, UnitFiles, check_name
 from fleetd.wire import names
 from fleetd.wire.unitspec import UnitConfig
-
-# the names tests/unit/test_systemd_text.py reads here, from before the split
-_check_name = check_name
-_dropin = dropin_text
-_parse_show = parse_show
-_status = service_status
 
 
 class SystemdDriver:

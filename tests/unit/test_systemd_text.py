@@ -9,7 +9,9 @@ from typing import Any, Dict
 
 import pytest
 
-from fleetd.drivers import systemd as driver
+from fleetd.drivers.base import DriverError
+from fleetd.drivers.systemd_files import check_name, dropin_text
+from fleetd.drivers.systemd_show import parse_show, service_status
 from fleetd.units import systemd_text
 from fleetd.units.context import UnitContext
 from fleetd.units.model import parse_name
@@ -177,7 +179,7 @@ def show(**props: Any) -> Dict[str, str]:
 ])
 def test_show_maps_to_fleet_states(props: Dict[str, Any], state: str,
                                    exit_status: Any, error: Any) -> None:
-    st = driver._status(show(**props))
+    st = service_status(show(**props))
     assert st["state"] == state
     assert st["exit_status"] == exit_status
     if error is None:
@@ -190,14 +192,14 @@ def test_show_of_several_units_and_an_unknown_one() -> None:
     text = ("MainPID=154\nLoadState=loaded\nActiveState=active\nSubState=running\n\n"
             "MainPID=0\nLoadState=not-found\nActiveState=inactive\nSubState=dead\n"
             'LoadError=org.freedesktop.systemd1.NoSuchUnit "Unit nope.service not found."\n')
-    a, nope = (driver._status(b) for b in driver._parse_show(text))
+    a, nope = (service_status(b) for b in parse_show(text))
     assert (a["state"], a["pid"], a["known"]) == ("running", 154, True)
     assert (nope["state"], nope["pid"], nope["known"]) == ("stopped", None, False)
     assert nope["load_error"] == "Unit nope.service not found."
 
 
 def test_dropin_quotes_for_systemd() -> None:
-    text = driver._dropin("web@1.service", 'odd "id" 100%')
+    text = dropin_text("web@1.service", 'odd "id" 100%')
     assert 'Environment="FLEET_UNIT=web@1.service" "FLEET_MACHINE_ID=odd \\"id\\" 100%%"' \
         in text
 
@@ -205,5 +207,5 @@ def test_dropin_quotes_for_systemd() -> None:
 @pytest.mark.parametrize("name", ["../etc/passwd", "a/b.service", "web.socket", "",
                                   ".service", "web@.service"])
 def test_names_that_are_not_service_units_are_refused(name: str) -> None:
-    with pytest.raises(driver.DriverError):
-        driver._check_name(name)
+    with pytest.raises(DriverError):
+        check_name(name)
