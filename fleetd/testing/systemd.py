@@ -12,11 +12,7 @@ from typing import Any, Dict, List, Optional
 from fleetd.agent.state import AgentState
 from fleetd.agent.supervisor import Supervisor
 from fleetd.cgroups.none import NoneBackend
-from fleetd.testing.driver import FAKE_PID, FakeDriver, status
-
-__all__ = ["FAKE_PID", "FakeDriver", "FakeSystemd", "Supervised", "status"]
-
-FakeSystemd = FakeDriver  # the name tests used before the fake became a plain driver
+from fleetd.testing.driver import FakeDriver
 
 FAST_S = 0.02  # the harness's systemd poll and fencing look: tests need not wait a second
 

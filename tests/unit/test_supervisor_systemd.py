@@ -8,7 +8,8 @@ import asyncio
 from pathlib import Path
 
 from fleetd import protocol
-from fleetd.testing.systemd import Supervised, status
+from fleetd.testing.driver import status
+from fleetd.testing.systemd import Supervised
 from fleetd.testing.waiting import until
 
 UNIT = {"name": "sd.service", "hash": "a" * 64, "want": protocol.WANT_RUNNING,
