@@ -21,6 +21,7 @@ import re
 from typing import Any, Callable, List, Mapping, Tuple, cast
 
 from fleetd import protocol
+from fleetd.agent import logfile
 from fleetd.wire import messages, names, numbers
 from fleetd.wire.unitspec import UnitSpec
 
@@ -30,7 +31,7 @@ _HASH = re.compile(r"[0-9a-f]{1,128}")
 # hello's heartbeat: a sleep between heartbeats, so 0 (or NaN) would be a busy loop
 HEARTBEAT_MIN_S, HEARTBEAT_MAX_S = 0.05, 3600.0
 REQUEST_ID_MAX = 2 ** 53  # what a JSON number holds exactly in every peer's reader
-TAIL_LINES_MAX = 10000
+TAIL_LINES_MAX = logfile.TAIL_MAX_LINES  # what a tail reads back at most
 SECONDS_MAX = 10.0 ** 9  # about 31 years: longer is no timeout anyone means
 DESIRED_MAX_UNITS = 100000  # a desired set in parts: more than this is no host's set
 ERROR_MAX = 64 * 1024  # characters of an error message back to the client
@@ -217,7 +218,7 @@ def check_specs(specs: List[object]) -> Tuple[List[UnitSpec], List[str]]:
 def heartbeat(msg: Mapping[str, Any]) -> float:
     """hello's ``heartbeat_s`` (1 s if absent), within HEARTBEAT_MIN_S..HEARTBEAT_MAX_S."""
     try:
-        return numbers.json_float(msg.get("heartbeat_s", 1.0), HEARTBEAT_MIN_S,
+        return numbers.json_float(msg.get("heartbeat_s", messages.HEARTBEAT_S), HEARTBEAT_MIN_S,
                                   HEARTBEAT_MAX_S)
     except numbers.NumberError as exc:
         raise SpecError(f"hello: heartbeat_s: {exc}") from None
@@ -254,7 +255,7 @@ def log_request(msg: Mapping[str, Any]) -> Tuple[int, str, int]:
     kind = msg.get("type")
     unit = unit_name(msg.get("unit"), f"{kind}: unit")
     try:
-        lines = numbers.json_int(msg.get("lines", 10), 0, TAIL_LINES_MAX)
+        lines = numbers.json_int(msg.get("lines", messages.TAIL_LINES), 0, TAIL_LINES_MAX)
     except numbers.NumberError as exc:
         raise SpecError(f"{kind}: lines: {exc}") from None
     return ident, unit, lines
