@@ -22,6 +22,7 @@ from typing import Any, Callable, List, Mapping, Tuple, cast
 
 from fleetd import protocol
 from fleetd.agent import logfile
+from fleetd.cgroups.limits import MAX_BYTES, MAX_WEIGHT
 from fleetd.wire import messages, names, numbers
 from fleetd.wire.unitspec import UnitSpec
 
@@ -124,13 +125,13 @@ _COMMAND = _fields({"words": _list(_str), "ignore_failure": _bool, "argv0_given"
 _COMMANDS = _optional(_list(_COMMAND))
 _COUNT = _int(0, 2 ** 31 - 1)
 _LIMITS = _fields({
-    "memory_max": _optional(_int(0, 2 ** 63 - 1)),
+    "memory_max": _optional(_int(0, MAX_BYTES)),
     "memory_max_percent": _optional(_percent),
     "cpu_quota": _optional(_percent),
-    "cpu_weight": _optional(_int(0, 10000)),
-    "tasks_max": _optional(_int(0, 2 ** 63 - 1)),
+    "cpu_weight": _optional(_int(0, MAX_WEIGHT)),
+    "tasks_max": _optional(_int(0, MAX_BYTES)),
     "tasks_max_percent": _optional(_percent),
-    "nofile": _optional(_list(_optional(_int(0, 2 ** 63 - 1)))),
+    "nofile": _optional(_list(_optional(_int(0, MAX_BYTES)))),
 })
 _CHECK = _fields({
     "type": _str, "host": _str, "path": _str, "url": _str, "host_header": _str,
