@@ -10,7 +10,7 @@ SSH server in the test's process, and in tests/integration against real hosts.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, cast
 
 from fleetd import protocol
 from fleetd.registry.base import MachineRecord
@@ -84,8 +84,7 @@ class FakeTransport:
             self.machine_id, self.hostname, self.agent_version, {}, list(self.fenced or ())))
         if self.fenced is None:
             del hello["fenced"]
-        channel.incoming.put_nowait(protocol.encode(messages.HELLO, **{
-            k: v for k, v in hello.items() if k not in ("v", "type")}))
+        channel.incoming.put_nowait(protocol.dump(cast(messages.Message, hello)))
         self.channels.append(channel)
         return channel
 
