@@ -54,7 +54,7 @@ from fleetd.agent.state import AgentState
 from fleetd.agent.systemd_units import SystemdUnits
 from fleetd.cgroups import Backend
 from fleetd.drivers.base import Driver, DriverError, Handle, StartContext, SupervisingDriver
-from fleetd.wire import messages
+from fleetd.wire import messages, numbers
 from fleetd.wire.unitspec import GENERATION, UnitConfig, UnitSpec, UnitStatus
 
 log = logging.getLogger("fleet-agent")
@@ -287,8 +287,8 @@ class Supervisor:
                 self.state.delete_record(name)
                 continue
             m = Managed(spec)
-            m.restarts = int(record.get("restarts", 0))
-            m.streak = int(record.get("streak", 0))
+            m.restarts = _count(record.get("restarts", 0))
+            m.streak = _count(record.get("streak", 0))
             driver = self.drivers.get(spec.get("driver", ""))
             same_boot = record.get("boot_id") == self.boot_id
             handle: Optional[Handle] = None
@@ -327,3 +327,12 @@ def _adoptable(name: str, spec: object) -> Optional[UnitSpec]:
         log.warning("%s: its record holds a spec this agent refuses: %s", name, exc)
         return None
     return checked if checked["name"] == name else None
+
+
+def _count(value: object) -> int:
+    """A restart count from a record on disk: a whole number, or 0 for anything else (a
+    record another version or a damaged disk wrote must not stop the agent at start)."""
+    try:
+        return numbers.json_int(value, 0, 2 ** 31 - 1)
+    except numbers.NumberError:
+        return 0

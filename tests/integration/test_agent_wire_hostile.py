@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional
 
 import pytest
-from agentkit import Attached, agent_pid, clean, spec, until
+from agentkit import Attached, agent_pid, clean, kill_agent, spec, until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from labkit import Fleet, alive, wait_for
@@ -226,6 +226,29 @@ def test_a_spec_without_hash_in_desired_json_does_not_wedge_a_restart(
         log = f.read()
     assert f"left out: unit {MARK}-nohash.service: hash" in log
     a.close()
+
+
+def test_a_unit_record_with_counts_that_are_no_numbers_does_not_stop_the_agent(
+        state_dir: str) -> None:
+    """A unit's record is read at every start: ``"restarts": "x"`` (another version, a
+    damaged disk) made int() raise and the agent died at each start. The program is still
+    adopted, same pid, its counts read as 0."""
+    good = unit()
+    a = Attached(state_dir)
+    a.send("desired", units=[good])
+    pid = a.wait_state(good["name"], "running")["pid"]
+    a.close()
+    kill_agent(state_dir)
+    path = os.path.join(state_dir, "units", good["name"] + ".json")
+    with open(path) as f:
+        record = json.load(f)
+    record.update(restarts="x", streak=[1])
+    with open(path, "w") as f:
+        json.dump(record, f)
+    b = Attached(state_dir)
+    assert b.wait_state(good["name"], "running")["pid"] == pid
+    assert b.units[good["name"]]["restarts"] == 0
+    b.close()
 
 
 @pytest.mark.parametrize("heartbeat", [0, -1, "NaN", "true", "1e9"])
