@@ -37,6 +37,11 @@ exactly what), which pushes it over SSH. ``Lab.hosts()`` tells them apart (``Hos
 identified by pid and start time, recorded in lab.json), kills whatever is left in
 their namespaces, removes their cgroup subtrees (recorded, plus a sweep by name for a
 crashed run) and their overlay directories (under the host's directory).
+
+An etcd cluster and several fleetd (``Lab.up(n, etcd=e, servers=m)``, ``fleetctl lab up
+--etcd E --fleetd M``): each member and each fleetd in a namespace of its own on the same
+bridge (fleetd.lab.etcd, fleetd.lab.servers, which say where); ``down`` stops them and
+removes their namespaces, data and sockets first.
 """
 
 from __future__ import annotations
@@ -54,9 +59,11 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from fleetd import procfs
 from fleetd.lab import DEFAULT_LAB_DIR, sshd, systemd_host
+from fleetd.lab.etcd import MAX_MEMBERS, Cluster
 from fleetd.lab.host import AGENT_STATE_MOUNT, remove_agent_cgroups, run
 from fleetd.lab.host import Host as Host  # re-exported: the lab's users know them from here
 from fleetd.lab.host import LabError as LabError
+from fleetd.lab.servers import MAX_SERVERS, Servers
 from fleetd.lab.sshd import SSHD
 
 
@@ -77,6 +84,8 @@ class Lab:
         saved = self._load()
         if saved:  # a lab that is up keeps the prefix and subnet it was made with
             self.prefix, self.subnet = saved["prefix"], saved["subnet"]
+        self.etcd = Cluster(self)  # its members and servers, as lab.json records them
+        self.servers = Servers(self, self.etcd)
 
     # --- paths ---------------------------------------------------------------------
     @property
@@ -126,6 +135,10 @@ class Lab:
     def info(self) -> Dict[str, Any]:
         return self._load() or {}
 
+    def save(self, **fields: Any) -> None:
+        """Record ``fields`` in lab.json (for the etcd members and servers, by name)."""
+        self._save(**fields)
+
     # --- checks ----------------------------------------------------------------------
     @staticmethod
     def require_root() -> None:
@@ -146,9 +159,15 @@ class Lab:
                                "openssh-client")
 
     # --- up ----------------------------------------------------------------------------
-    def up(self, count: int, systemd: int = 0, without_psutil: int = 0) -> List[Host]:
+    def up(self, count: int, systemd: int = 0, without_psutil: int = 0, etcd: int = 0,
+           servers: int = 0) -> List[Host]:
         """Bring up ``count`` hosts, the last ``systemd`` of them systemd hosts, the last
-        ``without_psutil`` of those without python3-psutil (see the module docstring)."""
+        ``without_psutil`` of those without python3-psutil (see the module docstring);
+        then ``etcd`` etcd members and ``servers`` fleetd on them (on SQLite without)."""
+        if not 0 <= etcd <= MAX_MEMBERS:
+            raise LabError(f"--etcd {etcd}: want 0 to {MAX_MEMBERS}")
+        if not 0 <= servers <= MAX_SERVERS:
+            raise LabError(f"--fleetd {servers}: want 0 to {MAX_SERVERS}")
         if not 1 <= count <= 200:
             raise LabError(f"--hosts {count}: want 1 to 200")
         if not 0 <= systemd <= count:
@@ -195,6 +214,10 @@ class Lab:
             self._boot_all([h for h in hosts if h.systemd], root)
             for h in hosts:
                 sshd.wait(h)
+            if etcd:
+                self.etcd.up(etcd)
+            if servers:
+                self.servers.up(servers, self.etcd.registry if etcd else None)
         except BaseException:
             self.down()
             raise
@@ -350,6 +373,8 @@ class Lab:
     # --- down ---------------------------------------------------------------------------------
     def down(self) -> None:
         """Remove everything ``up`` made; safe to call on a half-made lab."""
+        self.servers.down()  # before etcd: a fleetd that loses etcd would act on it
+        self.etcd.down()
         saved = self._load() or {}
         fleetd_pid = saved.get("fleetd_pid")
         if isinstance(fleetd_pid, int):
