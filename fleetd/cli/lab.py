@@ -53,30 +53,45 @@ def lab() -> None:
 @click.option("--subnet", default="10.77.0", show_default=True,
               help="First three octets of the lab's /24.")
 @click.option("--no-fleetd", is_flag=True, help="Do not start or register with fleetd.")
+@click.option("--etcd", "etcd", default=0, show_default=True, metavar="E",
+              help="Also an etcd cluster of E members (Debian's etcd), each in a namespace "
+                   "of its own at SUBNET.201 up; the lab's fleetd servers use it.")
+@click.option("--fleetd", "servers", default=0, show_default=True, metavar="M",
+              help="Run M fleetd, each in a namespace of its own at SUBNET.211 up, with its "
+                   "API on /run/fleetd/fleetd-K.sock and on its address (port 7070, the "
+                   "token in LAB_DIR/servers/token), on the --etcd cluster (without it, "
+                   "each on its own SQLite); the hosts are registered through them.")
 @lab_dir_option
 @click.pass_context
 def lab_up(ctx: click.Context, count: int, systemd: int, without_psutil: int, prefix: str,
-           subnet: str, no_fleetd: bool, lab_dir: str) -> None:
+           subnet: str, no_fleetd: bool, etcd: int, servers: int, lab_dir: str) -> None:
     """Create the hosts; start fleetd if none runs; register the plain hosts with it."""
     from fleetd.lab import daemon as lab_daemon
     from fleetd.lab.netns import LabError
 
+    if no_fleetd and servers:
+        raise click.UsageError("--no-fleetd and --fleetd: choose one")
     the_lab = _lab(lab_dir, prefix, subnet)
     try:
-        hosts = the_lab.up(count, systemd=systemd, without_psutil=without_psutil)
+        hosts = the_lab.up(count, systemd=systemd, without_psutil=without_psutil,
+                           etcd=etcd, servers=servers)
         sd = [h.name for h in hosts if h.systemd]
         kinds = f"; systemd host{'s' if len(sd) > 1 else ''} {', '.join(sd)}" if sd else ""
         click.echo(f"Lab up: {count} hosts on {the_lab.subnet}.0/24{kinds} "
                    f"(bridge {the_lab.bridge}, dir {the_lab.dir})")
+        _say_cluster(the_lab)
         if no_fleetd:
             _bootstrap_hints(the_lab, [h for h in hosts if h.systemd])
             return
         client: Client = ctx.find_root().obj.client
-        pid = lab_daemon.ensure_fleetd(the_lab, client)
-        if pid is not None:
-            the_lab._save(fleetd_pid=pid)
-            click.echo(f"Started fleetd (pid {pid}) at {client.endpoint}; "
-                       f"log {the_lab.dir}/fleetd.log")
+        if servers:
+            client = Client(the_lab.servers.endpoint)  # the first that answers
+        else:
+            pid = lab_daemon.ensure_fleetd(the_lab, client)
+            if pid is not None:
+                the_lab._save(fleetd_pid=pid)
+                click.echo(f"Started fleetd (pid {pid}) at {client.endpoint}; "
+                           f"log {the_lab.dir}/fleetd.log")
         bootstrapped = [h.name for h in lab_daemon.register(the_lab, client, hosts)]
         lab_daemon.wait_up(client, [h.name for h in hosts])
         plain = [h.name for h in hosts if not h.systemd]
@@ -85,6 +100,22 @@ def lab_up(ctx: click.Context, count: int, systemd: int, without_psutil: int, pr
                       else "") + "; all up")
     except (LabError, ApiError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _say_cluster(the_lab: Lab) -> None:
+    """The etcd members and fleetd servers ``up`` started, and how fleetctl reaches them."""
+    members = the_lab.etcd.members()
+    if members:
+        click.echo(f"etcd: {len(members)} members at {', '.join(the_lab.etcd.endpoints)} "
+                   f"(namespaces {', '.join(m.netns for m in members)})")
+    servers = the_lab.servers.servers()
+    if not servers:
+        return
+    on = "etcd" if members else "each its own SQLite registry"
+    click.echo(f"fleetd: {', '.join(s.name for s in servers)} on {on}, TCP on "
+               f"{', '.join(s.listen for s in servers)} with the token in "
+               f"{the_lab.servers.token_file}")
+    click.echo(f"Use them with: fleetctl --endpoint {the_lab.servers.endpoint}")
 
 
 def _bootstrap_hints(the_lab: Lab, hosts: List[Host]) -> None:
@@ -98,7 +129,8 @@ def _bootstrap_hints(the_lab: Lab, hosts: List[Host]) -> None:
 @lab.command("status")
 @lab_dir_option
 def lab_status(lab_dir: str) -> None:
-    """Each host: address, namespace, sshd and agent."""
+    """Each host: address, namespace, sshd and agent; each etcd member: address, pid,
+    up or down; each fleetd server: address, socket, pid, leader or follower."""
     the_lab = _lab(lab_dir, "fl", "10.77.0")
     rows = the_lab.status()
     if not rows:
@@ -111,6 +143,24 @@ def lab_status(lab_dir: str) -> None:
     pid: Optional[int] = the_lab.info().get("fleetd_pid")
     if pid:
         click.echo(f"fleetd started by the lab: pid {pid}")
+    members = the_lab.etcd.status()
+    if members:
+        click.echo("\n" + table(["ETCD", "ADDRESS", "NETNS", "PID", "STATE"], [
+            [m["name"], m["endpoint"], m["netns"], m["pid"] or "-",
+             "up" if m["healthy"] else ("unhealthy" if m["pid"] else "down")]
+            for m in members]))
+    servers = the_lab.servers.status()
+    if servers:
+        click.echo("\n" + table(["FLEETD", "ADDRESS", "SOCKET", "PID", "ROLE"], [
+            [s["name"], s["address"], s["socket"], s["pid"] or "-",
+             _role(s)] for s in servers]))
+        click.echo(f"fleetctl --endpoint {the_lab.servers.endpoint}")
+
+
+def _role(row: Dict[str, Any]) -> str:
+    """leader, follower, down, or "up" for a fleetd that does not say; and its cut."""
+    role = "up" if row["role"] == "?" else row["role"]
+    return role + (f" (cut off {row['cut']})" if row["cut"] else "")
 
 
 def _kind(row: Dict[str, Any]) -> str:

@@ -290,6 +290,15 @@ class Servers:
         for m in members:
             wiring.see(m.netns, [s.address])
 
+    def cut_off(self, name: str) -> str:
+        """``from everything`` (cut_all), ``from etcd`` (cut), or "" (not cut)."""
+        s = self.get(name)
+        if not os.path.exists(f"/run/netns/{s.netns}"):
+            return ""
+        if not wiring.linked(s.netns):
+            return "from everything"
+        return "from etcd" if wiring.blinded(s.netns) else ""
+
     # --- roles, status, down ---------------------------------------------------------------
     def role(self, name: str) -> str:
         """``leader``, ``follower``, ``?`` (it does not say: role_of) or ``down`` (no
@@ -316,7 +325,7 @@ class Servers:
             rows.append({"name": s.name, "netns": s.netns, "address": s.address,
                          "socket": s.socket, "pid": pid,
                          "role": self.role(s.name) if pid is not None else "down",
-                         "cut": bool(wiring.blinded(s.netns)) if pid is not None else False})
+                         "cut": self.cut_off(s.name)})
         return rows
 
     def down(self) -> None:

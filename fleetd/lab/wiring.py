@@ -91,6 +91,12 @@ def blinded(netns: str) -> List[str]:
     return [ln.split()[0] for ln in out.splitlines() if BLACKHOLE_MAC in ln]
 
 
+def linked(netns: str) -> bool:
+    """Whether the bridge's end of the namespace's veth is up (``link``)."""
+    out = run("ip", "-o", "link", "show", veth(netns), check=False).stdout
+    return "state DOWN" not in out and ",UP" in out
+
+
 def link(netns: str, up: bool) -> None:
     """The bridge's end of the namespace's veth up or down: down, the namespace reaches
     nothing on the bridge and nothing reaches it (a pulled cable)."""
