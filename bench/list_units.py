@@ -32,6 +32,7 @@ from labkit import FLEETCTL, Fleet  # noqa: E402
 
 from fleetd.registry.base import MachineRecord, ObservedRecord  # noqa: E402
 from fleetd.registry.sqlite import SqliteRegistry  # noqa: E402
+from fleetd.testing.registry import at_once  # noqa: E402
 
 MACHINES = 20
 
@@ -80,19 +81,20 @@ def bench(work: str, units: int) -> Dict[str, float]:
 
     registry = SqliteRegistry(os.path.join(fleet.state_dir, "registry.db"))
     for m in range(MACHINES):
-        registry.add_machine(MachineRecord(
+        at_once(registry.add_machine(MachineRecord(
             name=f"m{m:02d}", address="127.0.0.1", port=1 + m, user="root", identity=None,
-            known_hosts=known_hosts, agent_command="fleet-agent attach", metadata={}))
+            known_hosts=known_hosts, agent_command="fleet-agent attach", metadata={})))
     rows = registry.list_units()
-    registry.set_placements((u.name, f"m{i % MACHINES:02d}", "bench") for i, u in enumerate(rows))
+    at_once(registry.set_placements((u.name, f"m{i % MACHINES:02d}", "bench")
+                                    for i, u in enumerate(rows)))
     now = time.time()
     for m in range(MACHINES):
-        registry.replace_observed(f"m{m:02d}", [
+        at_once(registry.replace_observed(f"m{m:02d}", [
             ObservedRecord(unit=u.name, machine=f"m{m:02d}", hash=u.hash, state="running",
                            pid=1000 + i, started_at=now, exit_status=None, restarts=0,
                            error=None, updated_at=now)
-            for i, u in enumerate(rows) if i % MACHINES == m])
-    registry.close()
+            for i, u in enumerate(rows) if i % MACHINES == m]))
+    at_once(registry.close())
 
     env = dict(os.environ, FLEETCTL_ENDPOINT=fleet.endpoint)
     result: Dict[str, float] = {"units": units, "submit_s": submit_s}

@@ -31,7 +31,7 @@ from fleetd.daemon.service.units import Units
 from fleetd.daemon.session import MachineSession, TransportFactory, silence_window
 from fleetd.engine import liveness
 from fleetd.engine.loop import Engine
-from fleetd.registry.base import MachineRecord, Registry
+from fleetd.registry.base import MachineRecord, Registry, RegistryError
 from fleetd.transport.ssh import to_machine
 from fleetd.units.compiled import CompiledUnits
 from fleetd.wire import messages
@@ -75,7 +75,7 @@ class Daemon:
         self.compiled = CompiledUnits()  # one cache of unit files: engine and API
         self.engine = Engine(self.registry, self._push, lambda: self.changed(False),
                              heard=self._heard, skew_s=silence_window(config.heartbeat_s),
-                             units=self.compiled)
+                             units=self.compiled, epoch=epoch)
         self.started_at = time.time()
         self.units = Units(self.registry, EngineView(self.engine), self.changes,
                            self.changed, self.sessions, self.compiled)
@@ -153,7 +153,12 @@ class Daemon:
                     last = session.machine.error
                     why = f"{why}; last error: {last}" if last and current != "up" else why
                     log.warning("machine %s lost: %s", name, why)
-                self.registry.update_machine(name, state=state, error=why)
+                try:
+                    await self.registry.update_machine(name, state=state, error=why,
+                                                       epoch=self.epoch)
+                except RegistryError as exc:  # judged again at the next tick
+                    log.warning("cannot record that machine %s is %s: %s", name, state, exc)
+                    continue
                 session.machine = self.registry.get_machine(name) or session.machine
                 self.changed()
 
@@ -166,8 +171,9 @@ class Daemon:
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         for machine in self.registry.list_machines():
             if machine.state == liveness.UP:  # as the fleetd before this one left it
-                self.registry.update_machine(machine.name, state=liveness.UNREACHABLE,
-                                             error="not heard since fleetd started")
+                await self.registry.update_machine(machine.name, state=liveness.UNREACHABLE,
+                                                   error="not heard since fleetd started",
+                                                   epoch=self.epoch)
                 machine = self.registry.get_machine(machine.name) or machine
             self._open_session(machine)
         self._tasks.append(asyncio.ensure_future(self.engine.run()))
@@ -188,5 +194,5 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*(s.stop() for s in self.sessions.values()),
                                  return_exceptions=True)
-            self.registry.close()
+            await self.registry.close()
             self.lease.release()

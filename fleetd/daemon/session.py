@@ -43,18 +43,20 @@ from typing import (
     Any,
     AsyncIterator,
     Callable,
+    Coroutine,
     Dict,
     FrozenSet,
     List,
     Optional,
     Sequence,
+    Set,
     Tuple,
     cast,
 )
 
 from fleetd import protocol
 from fleetd.daemon import reports
-from fleetd.registry.base import MachineRecord, ObservedRecord, Registry
+from fleetd.registry.base import MachineRecord, ObservedRecord, Registry, RegistryError
 from fleetd.transport.base import Channel, Transport, TransportError
 from fleetd.wire import messages, names
 from fleetd.wire.unitspec import UnitSpec
@@ -113,6 +115,19 @@ class MachineSession:
         self._parts = reports.Parts()
         # (unit, state) -> whether the engine must hear of it (a failure, a hand-off)
         self.report_matters: Callable[[str, str], bool] = lambda unit, state: False
+        self._writes: Set[asyncio.Task[None]] = set()  # made from sync code (_write)
+
+    def _write(self, write: Coroutine[Any, Any, None]) -> None:
+        """A registry write from code that cannot wait for it (a push from the engine's
+        pass): it goes on alone; a refusal is logged, and the next push makes it again."""
+        task = asyncio.ensure_future(write)
+        self._writes.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._writes.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("%s: a report was not recorded: %s", self.name, t.exception())
+        task.add_done_callback(done)
 
     # --- engine side -------------------------------------------------------------
     def push(self, specs: Sequence[UnitSpec]) -> None:
@@ -147,7 +162,7 @@ class MachineSession:
                 deliverable.append(spec)
             else:
                 self._undeliverable[refused.unit] = refused
-                self.registry.upsert_observed(refused)
+                self._write(self.registry.upsert_observed(refused, epoch=self.epoch))
         if self._undeliverable:
             self.changed(False)
         return deliverable
@@ -226,6 +241,8 @@ class MachineSession:
         task = self._task
         if task is not None:
             task.cancel()
+        for write in self._writes:
+            write.cancel()
         if self._channel is not None:
             self._channel.close()
         await self.transport.close()
@@ -249,6 +266,8 @@ class MachineSession:
                 state = "error" if exc.kind in ("hostkey", "auth", "command") else "unreachable"
             except protocol.ProtocolError as exc:
                 reason, state = f"agent spoke nonsense: {exc}", "error"
+            except RegistryError as exc:  # the store refused the agent's reports
+                reason, state = f"cannot record what the agent reports: {exc}", "unreachable"
             except reports.Overtaken as exc:  # a newer fleetd leads the host
                 reason, state, refused = str(exc), "error", True
                 backoff = BACKOFF_MAX_S
@@ -274,8 +293,11 @@ class MachineSession:
                 state = "lost"  # lost stays lost until its agent is heard again
                 lost = (self.machine.error or "lost").split("; last error:")[0]
                 reason = f"{lost}; last error: {reason}"
-            self.registry.update_machine(self.name, state=state, error=reason,
-                                         last_seen=self.last_seen)
+            try:
+                await self.registry.update_machine(self.name, state=state, error=reason,
+                                                   last_seen=self.last_seen, epoch=self.epoch)
+            except RegistryError as exc:  # the store says no: the next connect says again
+                log.warning("%s: cannot record that it is %s: %s", self.name, state, exc)
             if was_up or state != self.machine.state:
                 self.changed(True)
             self.machine = self.registry.get_machine(self.name) or self.machine
@@ -309,9 +331,9 @@ class MachineSession:
                 raise protocol.ProtocolError(f"expected hello, got {hello['type']}")
             self.last_seen = time.time()
             facts = hello.get("facts") or {}
-            self.registry.update_machine(
+            await self.registry.update_machine(
                 self.name, state="up", error=None, facts=facts,
-                machine_id=hello.get("machine_id"), last_seen=self.last_seen,
+                machine_id=hello.get("machine_id"), last_seen=self.last_seen, epoch=self.epoch,
             )
             self.machine = self.registry.get_machine(self.name) or self.machine
             self.connected = True
@@ -346,7 +368,7 @@ class MachineSession:
                     "unreachable", f"agent silent for {silence:.0f}s") from None
             if not line:
                 return
-            self._handle(protocol.decode(line))
+            await self._handle(protocol.decode(line))
 
     async def _ping(self, channel: Channel) -> None:
         """fleetd -> agent liveness: ``ping`` every heartbeat until cancelled with the
@@ -362,7 +384,7 @@ class MachineSession:
                 return
 
     # --- agent side -------------------------------------------------------------------
-    def _handle(self, msg: Dict[str, Any]) -> None:
+    async def _handle(self, msg: Dict[str, Any]) -> None:
         self.last_seen = time.time()
         kind = msg["type"]
         if kind == messages.HEARTBEAT:
@@ -393,12 +415,12 @@ class MachineSession:
             rows = [reports.observed(u, self.name) for u in units]
             reported = {row.unit for row in rows}
             rows += [row for name, row in self._undeliverable.items() if name not in reported]
-            self.registry.replace_observed(self.name, rows)
+            await self.registry.replace_observed(self.name, rows, epoch=self.epoch)
             self.changed(True)  # a whole snapshot (after a connect): the engine looks
             return
         elif kind == messages.UNIT:
             row = reports.observed(msg.get("unit"), self.name)
-            self.registry.upsert_observed(row)
+            await self.registry.upsert_observed(row, epoch=self.epoch)
             if row.state == protocol.STOPPED and (row.error or "").startswith(protocol.FENCED):
                 # fenced while cut off, and we hear of it: the cut is over. The agent
                 # keeps it stopped until a desired set comes; send ours again.
@@ -413,7 +435,7 @@ class MachineSession:
             why = names.problem(name)
             if why is not None:
                 raise protocol.ProtocolError(f"removed message: {why}")
-            self.registry.delete_observed(self.name, str(name))
+            await self.registry.delete_observed(self.name, str(name), epoch=self.epoch)
             if self.report_matters(str(name), "removed"):
                 self.changed(True)  # a hand-off's old copy is gone: the next unit may go
                 return

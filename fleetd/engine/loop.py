@@ -61,6 +61,7 @@ from fleetd.registry.base import (
     MachineRecord,
     ObservedRecord,
     Registry,
+    Unavailable,
     UnitRecord,
 )
 from fleetd.units.compiled import (
@@ -81,6 +82,7 @@ from fleetd.wire.unitspec import UnitSpec
 __all__ = ["Decision", "Engine", "Snapshot", "machine_view"]
 
 log = logging.getLogger("fleetd.engine")
+RETRY_S = 1.0  # a pass the store could not take is tried again this much later
 
 PushFn = Callable[[str, List[UnitSpec]], None]
 HeardFn = Callable[[str], Optional[float]]  # machine -> when its agent was last heard
@@ -109,8 +111,11 @@ class Decision:
 class Engine:
     def __init__(self, registry: Registry, push: PushFn, changed: Callable[[], None],
                  heard: Optional[HeardFn] = None, skew_s: float = 2.0,
-                 units: Optional[CompiledUnits] = None) -> None:
+                 units: Optional[CompiledUnits] = None, epoch: Optional[int] = None) -> None:
+        """``epoch``: the leadership term this engine runs in; its writes are fenced by
+        it (registry/base.py), so a pass that outlives its term writes nothing."""
         self.registry = registry
+        self.epoch = epoch
         self.push = push
         self.changed = changed
         self.heard: HeardFn = heard or (lambda name: None)
@@ -138,13 +143,16 @@ class Engine:
             await self._wake.wait()
             self._wake.clear()
             try:
-                self.reconcile_once()
+                await self.reconcile_once()
+            except Unavailable as exc:  # the store cannot take the pass's writes now
+                log.warning("engine pass not written (%s); retrying in %gs", exc, RETRY_S)
+                self._arm(time.time() + RETRY_S, time.time())
             except Exception:
                 log.exception("engine pass failed; retrying on the next event")
 
     # --- a pass: read, decide, write, push ------------------------------------------------
 
-    def reconcile_once(self, now: Optional[float] = None) -> None:
+    async def reconcile_once(self, now: Optional[float] = None) -> None:
         now = time.time() if now is None else now
         units = [u for u in self.registry.list_units() if not names.is_template(u.name)]
         machines = self.registry.list_machines()
@@ -152,13 +160,14 @@ class Engine:
         d = self.decide(units, machines, observed, self.registry.list_failures(), now)
         for f in d.failures:
             log.warning("%s failed on %s: %s", f.unit, f.machine, f.reason)
-            self.registry.record_failure(f)
+            await self.registry.record_failure(f, epoch=self.epoch)
         for t in d.tasks:
             log.info("%s -> %s%s: %s", t.unit, t.machine or "(unplaced)",
                      f" (handing over from {t.handoff})" if t.handoff else "", t.reason)
         if d.placements or d.reasons:
-            self.registry.set_placements([*d.placements, *d.reasons], handoffs=d.handoffs,
-                                         retry=d.retry)
+            await self.registry.set_placements([*d.placements, *d.reasons],
+                                               handoffs=d.handoffs, retry=d.retry,
+                                               epoch=self.epoch)
         self._snapshot = d.snapshot
         self.units.retain(d.probed, d.rendered)
         if d.tasks or d.reasons or d.moved:

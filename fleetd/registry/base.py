@@ -4,6 +4,17 @@ Desired state is what users asked for (units, their desired state, machines); ob
 state is what agents report. Placements sit between: the engine writes them. Every
 write that answers a user is durable before the call returns, and a batch either lands
 whole or not at all, so a failed ``fleetctl start a b c`` leaves nothing behind.
+
+Reads are synchronous and writes are coroutines. Reads come from what this process
+holds (SQLite's file; etcd's watch-fed cache), so the engine reads a whole pass without
+yielding; a write waits for the store (etcd: a quorum), and a fleetd must go on serving
+its sessions and API meanwhile, and when the store cannot answer at all.
+
+Fencing: the engine's and sessions' writes say the ``epoch`` (leadership term) they were
+made in; a store shared by several fleetd makes such a write only while that term still
+leads (etcd: in the same transaction), else it raises ``NotLeader``. A deposed leader
+cut off from the others can then write nothing. A store for one fleetd (SQLite, behind
+its file lock) has one term at a time and ignores the epoch.
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import (
     Any,
+    Callable,
     Dict,
     Iterable,
     List,
@@ -39,6 +51,15 @@ class Conflict(RegistryError):
 
 class NotFound(RegistryError):
     """The unit or machine named does not exist."""
+
+
+class Unavailable(RegistryError):
+    """The store could not make the write now (etcd without a quorum, unreachable): it
+    was not made; the message names the store. Reads may still answer (``staleness``)."""
+
+
+class NotLeader(Unavailable):
+    """A write fenced by an ``epoch`` whose term no longer leads: it was not made."""
 
 
 def check_desired(desired: str) -> None:
@@ -127,10 +148,23 @@ class ObservedRecord:
 
 
 class Registry(Protocol):
-    """What fleetd needs of a store. sqlite is the embedded default."""
+    """What fleetd needs of a store. sqlite is the embedded default; etcd is shared by
+    several fleetd (registry/etcd.py)."""
+
+    # --- the store itself ----------------------------------------------------------
+    def staleness(self) -> Optional[str]:
+        """None while reads are current; else why they may be stale (etcd: no quorum
+        since when), which the API adds to what it answers."""
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after a change made by another process (another fleetd on
+        the same etcd) is readable here: a follower's waits and the leader's engine wake
+        on a user's write through any fleetd. A store with one writer never calls it."""
+
+    async def close(self) -> None: ...
 
     # --- units -----------------------------------------------------------------
-    def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
+    async def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
                   replace: bool = False) -> List[str]:
         """Store units with ``desired`` state, all or none; return every unit changed.
         ``desired`` None: each unit keeps the state it has (a new one: inactive); a
@@ -142,14 +176,14 @@ class Registry(Protocol):
         too (fleet made you destroy a template to change it: its issue 1691). With the
         same content only the desired state changes."""
 
-    def restart(self, names: Sequence[str]) -> None:
+    async def restart(self, names: Sequence[str]) -> None:
         """Bump the units' generation and make them launched (NotFound if one is missing);
         their failures are forgotten (a user's restart is a fresh start)."""
 
-    def set_desired(self, names: Sequence[str], desired: str) -> None:
+    async def set_desired(self, names: Sequence[str], desired: str) -> None:
         """Change the desired state of existing units (NotFound if one is missing)."""
 
-    def delete_units(self, names: Sequence[str]) -> None:
+    async def delete_units(self, names: Sequence[str]) -> None:
         """Forget units (NotFound if one is missing); their observed rows stay until
         the agents confirm they stopped them."""
 
@@ -159,43 +193,47 @@ class Registry(Protocol):
 
     def unit_text(self, content_hash: str) -> Optional[str]: ...
 
-    def set_placements(self, placements: Iterable[Tuple[str, Optional[str], str]],
-                       handoffs: Optional[Mapping[str, Optional[str]]] = None,
-                       retry: Sequence[str] = ()) -> None:
+    async def set_placements(self, placements: Iterable[Tuple[str, Optional[str], str]],
+                             handoffs: Optional[Mapping[str, Optional[str]]] = None,
+                             retry: Sequence[str] = (), *,
+                             epoch: Optional[int] = None) -> None:
         """In one transaction: (unit, machine or None, reason) for each unit the engine
         (re)placed (one put on another machine gets a new ``placed_at``); ``handoffs``:
         unit -> the machine whose copy runs until the new one is healthy (None: no
         hand-off); ``retry``: failed units started again where they are (a new generation
         and ``placed_at``; their failures are kept, unlike a user's restart)."""
 
-    def record_failure(self, failure: FailureRecord) -> None: ...
+    async def record_failure(self, failure: FailureRecord, *,
+                             epoch: Optional[int] = None) -> None: ...
 
     def list_failures(self, unit: Optional[str] = None) -> Dict[str, List[FailureRecord]]:
         """Each unit's recorded failures (or one unit's), oldest first (the newest
         ``FAILURES_KEPT`` per unit)."""
 
     # --- machines --------------------------------------------------------------
-    def add_machine(self, machine: MachineRecord) -> None: ...
+    async def add_machine(self, machine: MachineRecord) -> None: ...
 
-    def remove_machine(self, name: str) -> None: ...
+    async def remove_machine(self, name: str) -> None: ...
 
     def get_machine(self, name: str) -> Optional[MachineRecord]: ...
 
     def list_machines(self) -> List[MachineRecord]: ...
 
-    def update_machine(self, name: str, **fields: Any) -> None:
+    async def update_machine(self, name: str, *, epoch: Optional[int] = None,
+                             **fields: Any) -> None:
         """Record what a session learnt (state, error, facts, machine_id, last_seen) or
         what a user asked of the machine (draining, drain_deadline)."""
 
     # --- observed state -----------------------------------------------------------
-    def replace_observed(self, machine: str, rows: Sequence[ObservedRecord]) -> None:
+    async def replace_observed(self, machine: str, rows: Sequence[ObservedRecord], *,
+                               epoch: Optional[int] = None) -> None:
         """A full snapshot from ``machine``: rows it no longer reports are dropped."""
 
-    def upsert_observed(self, row: ObservedRecord) -> None: ...
+    async def upsert_observed(self, row: ObservedRecord, *,
+                              epoch: Optional[int] = None) -> None: ...
 
-    def delete_observed(self, machine: str, unit: str) -> None: ...
+    async def delete_observed(self, machine: str, unit: str, *,
+                              epoch: Optional[int] = None) -> None: ...
 
     def list_observed(self, unit: Optional[str] = None) -> List[ObservedRecord]:
         """Every observed row, or the rows of one unit (one per machine)."""
-
-    def close(self) -> None: ...

@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from fleetd.registry.base import (
     FAILURES_KEPT,
@@ -141,8 +141,14 @@ class SqliteRegistry:
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
 
+    def staleness(self) -> Optional[str]:
+        return None  # the file is the store: what it reads is current
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """One fleetd writes this file (its lease says so): no change comes from elsewhere."""
+
     # --- units -----------------------------------------------------------------
-    def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
+    async def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
                   replace: bool = False) -> List[str]:
         if desired is not None:
             check_desired(desired)
@@ -194,7 +200,7 @@ class SqliteRegistry:
                              [(new, now, n) for n in followers])
         return followers
 
-    def restart(self, names: Sequence[str]) -> None:
+    async def restart(self, names: Sequence[str]) -> None:
         now = time.time()
         with self._tx():
             for name in names:
@@ -208,7 +214,7 @@ class SqliteRegistry:
     def _collect_contents(self) -> None:
         self._db.execute("DELETE FROM contents WHERE hash NOT IN (SELECT hash FROM units)")
 
-    def set_desired(self, names: Sequence[str], desired: str) -> None:
+    async def set_desired(self, names: Sequence[str], desired: str) -> None:
         check_desired(desired)
         now = time.time()
         with self._tx():
@@ -219,7 +225,7 @@ class SqliteRegistry:
                 if cur.rowcount == 0:
                     raise NotFound(f"unit {name} does not exist")
 
-    def delete_units(self, names: Sequence[str]) -> None:
+    async def delete_units(self, names: Sequence[str]) -> None:
         with self._tx():
             for name in names:
                 cur = self._db.execute("DELETE FROM units WHERE name=?", (name,))
@@ -240,9 +246,10 @@ class SqliteRegistry:
         row = self._db.execute("SELECT text FROM contents WHERE hash=?", (content_hash,)).fetchone()
         return row[0] if row else None
 
-    def set_placements(self, placements: Iterable[Tuple[str, Optional[str], str]],
-                       handoffs: Optional[Mapping[str, Optional[str]]] = None,
-                       retry: Sequence[str] = ()) -> None:
+    async def set_placements(self, placements: Iterable[Tuple[str, Optional[str], str]],
+                             handoffs: Optional[Mapping[str, Optional[str]]] = None,
+                             retry: Sequence[str] = (), *,
+                             epoch: Optional[int] = None) -> None:
         now = time.time()
         with self._tx():
             self._db.executemany(  # right-hand sides see the old row: placed_at moves
@@ -256,7 +263,8 @@ class SqliteRegistry:
                 "UPDATE units SET generation=generation+1, placed_at=? WHERE name=?",
                 [(now, n) for n in retry])
 
-    def record_failure(self, failure: FailureRecord) -> None:
+    async def record_failure(self, failure: FailureRecord, *,
+                             epoch: Optional[int] = None) -> None:
         f = failure
         with self._tx():
             self._db.execute("INSERT INTO failures(unit, hash, machine, at, reason)"
@@ -276,7 +284,7 @@ class SqliteRegistry:
         return out
 
     # --- machines --------------------------------------------------------------
-    def add_machine(self, machine: MachineRecord) -> None:
+    async def add_machine(self, machine: MachineRecord) -> None:
         with self._tx():
             clash = self._db.execute(
                 "SELECT name FROM machines WHERE name=? OR (address=? AND port=?)",
@@ -295,7 +303,7 @@ class SqliteRegistry:
                  machine.known_hosts, machine.agent_command, json.dumps(machine.metadata)),
             )
 
-    def remove_machine(self, name: str) -> None:
+    async def remove_machine(self, name: str) -> None:
         with self._tx():
             if self._db.execute("DELETE FROM machines WHERE name=?", (name,)).rowcount == 0:
                 raise NotFound(f"machine {name} does not exist")
@@ -308,7 +316,8 @@ class SqliteRegistry:
     def list_machines(self) -> List[MachineRecord]:
         return [_machine(r) for r in self._db.execute(_MACHINE_SELECT + " ORDER BY name")]
 
-    def update_machine(self, name: str, **fields: Any) -> None:
+    async def update_machine(self, name: str, *, epoch: Optional[int] = None,
+                             **fields: Any) -> None:
         unknown = set(fields) - set(_MACHINE_FIELDS)
         if unknown:
             raise ValueError(f"not machine status fields: {sorted(unknown)}")
@@ -318,16 +327,19 @@ class SqliteRegistry:
             self._db.execute(f"UPDATE machines SET {assignments} WHERE name=?", (*values, name))
 
     # --- observed state -----------------------------------------------------------
-    def replace_observed(self, machine: str, rows: Sequence[ObservedRecord]) -> None:
+    async def replace_observed(self, machine: str, rows: Sequence[ObservedRecord], *,
+                               epoch: Optional[int] = None) -> None:
         with self._tx():
             self._db.execute("DELETE FROM observed WHERE machine=?", (machine,))
             self._db.executemany(_OBSERVED_UPSERT, [_observed_row(r) for r in rows])
 
-    def upsert_observed(self, row: ObservedRecord) -> None:
+    async def upsert_observed(self, row: ObservedRecord, *,
+                              epoch: Optional[int] = None) -> None:
         with self._tx():
             self._db.execute(_OBSERVED_UPSERT, _observed_row(row))
 
-    def delete_observed(self, machine: str, unit: str) -> None:
+    async def delete_observed(self, machine: str, unit: str, *,
+                              epoch: Optional[int] = None) -> None:
         with self._tx():
             self._db.execute("DELETE FROM observed WHERE machine=? AND unit=?", (machine, unit))
 
@@ -340,7 +352,7 @@ class SqliteRegistry:
         ).fetchall()
         return [ObservedRecord(*r) for r in rows]
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._db.close()
 
 

@@ -20,6 +20,7 @@ import time
 from typing import (
     Any,
     Callable,
+    Coroutine,
     Dict,
     Iterable,
     Iterator,
@@ -39,6 +40,7 @@ from fleetd.registry.base import (
     FailureRecord,
     MachineRecord,
     NotFound,
+    NotLeader,
     ObservedRecord,
     UnitInput,
     UnitRecord,
@@ -69,6 +71,23 @@ class MemoryRegistry:
         self._observed: Dict[Tuple[str, str], ObservedRecord] = {}
         self._failures: Dict[str, List[FailureRecord]] = {}
         self.closed = False
+        # the term that leads, as a shared store would know it: set it, and a write
+        # fenced by another epoch raises NotLeader (None: no fencing, as SQLite)
+        self.leader_epoch: Optional[int] = None
+        self.stale: Optional[str] = None  # what staleness() says
+        self.callbacks: List[Callable[[], None]] = []
+
+    def staleness(self) -> Optional[str]:
+        return self.stale
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Kept in ``callbacks``: a test that plays another fleetd's write calls them."""
+        self.callbacks.append(callback)
+
+    def _fence(self, epoch: Optional[int]) -> None:
+        if epoch is not None and self.leader_epoch is not None and epoch != self.leader_epoch:
+            raise NotLeader(f"epoch {epoch} no longer leads (epoch {self.leader_epoch} does): "
+                            "the write was not made")
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
@@ -83,7 +102,7 @@ class MemoryRegistry:
             raise
 
     # --- units -----------------------------------------------------------------
-    def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
+    async def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
                   replace: bool = False) -> List[str]:
         if desired is not None:
             check_desired(desired)
@@ -126,7 +145,7 @@ class MemoryRegistry:
             self._units[n] = dataclasses.replace(self._units[n], hash=new, updated_at=now)
         return followers
 
-    def restart(self, names: Sequence[str]) -> None:
+    async def restart(self, names: Sequence[str]) -> None:
         now = self._clock()
         with self._tx():
             for name in names:
@@ -145,7 +164,7 @@ class MemoryRegistry:
         used = {u.hash for u in self._units.values()}
         self._contents = {h: t for h, t in self._contents.items() if h in used}
 
-    def set_desired(self, names: Sequence[str], desired: str) -> None:
+    async def set_desired(self, names: Sequence[str], desired: str) -> None:
         check_desired(desired)
         now = self._clock()
         with self._tx():
@@ -153,7 +172,7 @@ class MemoryRegistry:
                 self._units[name] = dataclasses.replace(self._existing(name), desired=desired,
                                                         updated_at=now)
 
-    def delete_units(self, names: Sequence[str]) -> None:
+    async def delete_units(self, names: Sequence[str]) -> None:
         with self._tx():
             for name in names:
                 self._existing(name)
@@ -171,9 +190,11 @@ class MemoryRegistry:
     def unit_text(self, content_hash: str) -> Optional[str]:
         return self._contents.get(content_hash)
 
-    def set_placements(self, placements: Iterable[Tuple[str, Optional[str], str]],
-                       handoffs: Optional[Mapping[str, Optional[str]]] = None,
-                       retry: Sequence[str] = ()) -> None:
+    async def set_placements(self, placements: Iterable[Tuple[str, Optional[str], str]],
+                             handoffs: Optional[Mapping[str, Optional[str]]] = None,
+                             retry: Sequence[str] = (), *,
+                             epoch: Optional[int] = None) -> None:
+        self._fence(epoch)
         now = self._clock()
         with self._tx():
             for unit, machine, reason in placements:
@@ -192,7 +213,9 @@ class MemoryRegistry:
                     self._units[unit] = dataclasses.replace(u, generation=u.generation + 1,
                                                             placed_at=now)
 
-    def record_failure(self, failure: FailureRecord) -> None:
+    async def record_failure(self, failure: FailureRecord, *,
+                             epoch: Optional[int] = None) -> None:
+        self._fence(epoch)
         kept = sorted([*self._failures.get(failure.unit, []), failure], key=lambda f: f.at)
         self._failures[failure.unit] = kept[-FAILURES_KEPT:]
 
@@ -201,7 +224,7 @@ class MemoryRegistry:
                 if fs and (unit is None or u == unit)}
 
     # --- machines --------------------------------------------------------------
-    def add_machine(self, machine: MachineRecord) -> None:
+    async def add_machine(self, machine: MachineRecord) -> None:
         for m in self._machines.values():
             if m.name == machine.name or (m.address, m.port) == (machine.address, machine.port):
                 raise Conflict(f"machine {m.name} already exists"
@@ -213,7 +236,7 @@ class MemoryRegistry:
             identity=machine.identity, known_hosts=machine.known_hosts,
             agent_command=machine.agent_command, metadata=_json(machine.metadata))
 
-    def remove_machine(self, name: str) -> None:
+    async def remove_machine(self, name: str) -> None:
         if self._machines.pop(name, None) is None:
             raise NotFound(f"machine {name} does not exist")
         self._observed = {k: o for k, o in self._observed.items() if k[1] != name}
@@ -225,7 +248,9 @@ class MemoryRegistry:
     def list_machines(self) -> List[MachineRecord]:
         return [_machine_copy(self._machines[n]) for n in sorted(self._machines)]
 
-    def update_machine(self, name: str, **fields: Any) -> None:
+    async def update_machine(self, name: str, *, epoch: Optional[int] = None,
+                             **fields: Any) -> None:
+        self._fence(epoch)
         unknown = set(fields) - set(MACHINE_STATUS_FIELDS)
         if unknown:
             raise ValueError(f"not machine status fields: {sorted(unknown)}")
@@ -235,22 +260,28 @@ class MemoryRegistry:
             self._machines[name] = dataclasses.replace(m, **values)
 
     # --- observed state -----------------------------------------------------------
-    def replace_observed(self, machine: str, rows: Sequence[ObservedRecord]) -> None:
+    async def replace_observed(self, machine: str, rows: Sequence[ObservedRecord], *,
+                               epoch: Optional[int] = None) -> None:
+        self._fence(epoch)
         self._observed = {k: o for k, o in self._observed.items() if k[1] != machine}
         for r in rows:
             self._observed[(r.unit, r.machine)] = r
 
-    def upsert_observed(self, row: ObservedRecord) -> None:
+    async def upsert_observed(self, row: ObservedRecord, *,
+                              epoch: Optional[int] = None) -> None:
+        self._fence(epoch)
         self._observed[(row.unit, row.machine)] = row
 
-    def delete_observed(self, machine: str, unit: str) -> None:
+    async def delete_observed(self, machine: str, unit: str, *,
+                              epoch: Optional[int] = None) -> None:
+        self._fence(epoch)
         self._observed.pop((unit, machine), None)
 
     def list_observed(self, unit: Optional[str] = None) -> List[ObservedRecord]:
         return [self._observed[k] for k in sorted(self._observed)
                 if unit is None or k[0] == unit]
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.closed = True
 
 
@@ -260,3 +291,16 @@ def _unit_copy(u: UnitRecord) -> UnitRecord:
 
 def _machine_copy(m: MachineRecord) -> MachineRecord:
     return dataclasses.replace(m, metadata=dict(m.metadata), facts=_json(m.facts))
+
+
+def at_once(write: Coroutine[Any, Any, T]) -> T:
+    """The result of a registry write that never waits (MemoryRegistry's, SQLite's), run
+    to its end from sync code, even inside a running event loop: test set-up does not
+    need a loop for them. A write that does wait (etcd's) is refused, not blocked on."""
+    try:
+        write.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    write.close()
+    raise RuntimeError("at_once: this write waits for its store; await it instead")

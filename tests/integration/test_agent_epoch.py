@@ -187,7 +187,7 @@ async def session(tmp_path: Path, state_dir: str, epoch: int
     """A MachineSession with ``epoch`` over SSH to the real agent of ``state_dir``."""
     async with ssh_server(str(tmp_path)) as transport:
         registry = SqliteRegistry(str(tmp_path / "registry.db"))
-        registry.add_machine(MachineRecord(
+        await registry.add_machine(MachineRecord(
             name="h1", address="127.0.0.1", port=22, user="root", identity=None,
             known_hosts=None, metadata={},
             agent_command=f"{sys.executable} -m fleetd.agent attach --state-dir {state_dir}"))
@@ -200,7 +200,7 @@ async def session(tmp_path: Path, state_dir: str, epoch: int
             yield s
         finally:
             await s.stop()
-            registry.close()
+            await registry.close()
 
 
 def machine_error(s: MachineSession) -> str:

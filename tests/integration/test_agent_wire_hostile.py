@@ -84,7 +84,7 @@ def session_to(tmp_path: Path, state_dir: str) -> Callable[[], Any]:
     async def connect(heartbeat_s: float = 0.5, wait: bool = True) -> AsyncIterator[Session]:
         async with ssh_server(str(tmp_path)) as transport:
             registry = SqliteRegistry(str(tmp_path / "registry.db"))
-            registry.add_machine(MachineRecord(
+            await registry.add_machine(MachineRecord(
                 name="h1", address="127.0.0.1", port=22, user="root", identity=None,
                 known_hosts=None, metadata={},
                 agent_command=f"{sys.executable} -m fleetd.agent attach "
@@ -108,7 +108,7 @@ def session_to(tmp_path: Path, state_dir: str) -> Callable[[], Any]:
                 yield handle
             finally:
                 await session.stop()
-                registry.close()
+                await registry.close()
     return connect
 
 

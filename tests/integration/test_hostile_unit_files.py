@@ -11,6 +11,7 @@ from labkit import Fleet, wait_for
 
 from fleetd.registry.base import LAUNCHED, UnitInput
 from fleetd.registry.sqlite import SqliteRegistry
+from fleetd.testing.registry import at_once
 from fleetd.units.model import content_hash
 
 SERVICE = "[Service]\nExecStart=/bin/sleep 100000\n"
@@ -40,10 +41,10 @@ def test_a_unit_stored_with_nan_never_stops_the_fleet(cluster: Fleet, tmp_path: 
     poisoned = SERVICE + "CPUQuota=nan%\n"
     registry = SqliteRegistry(os.path.join(cluster.state_dir, "registry.db"))
     try:
-        registry.put_units([UnitInput("old.service", poisoned, content_hash(poisoned))],
-                           LAUNCHED)
+        at_once(registry.put_units([UnitInput("old.service", poisoned, content_hash(poisoned))],
+                           LAUNCHED))
     finally:
-        registry.close()
+        at_once(registry.close())
     cluster.start()
     path = os.path.join(str(tmp_path), "new.service")
     with open(path, "w") as f:

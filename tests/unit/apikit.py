@@ -71,7 +71,7 @@ class Served:
         self.engine.cancel()
         await asyncio.gather(*(s.stop() for s in self.daemon.sessions.values()),
                              return_exceptions=True)
-        self.daemon.registry.close()
+        await self.daemon.registry.close()
         self.daemon.lease.release()
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ from fleetd.drivers.base import Handle, StartContext
 from fleetd.drivers.systemd import SystemdDriver
 from fleetd.registry.base import MachineRecord
 from fleetd.registry.sqlite import SqliteRegistry
+from fleetd.testing.registry import at_once
 from fleetd.testing.transport import FakeChannel, FakeTransport
 from fleetd.units.model import load
 
@@ -308,9 +309,9 @@ def test_java_home_is_probed_as_the_units_user(shared_dir: Path) -> None:
 # --- fleetd's session reading a hostile agent ---------------------------------------------
 def session_for(tmp_path: Path) -> Tuple[MachineSession, SqliteRegistry, FakeTransport]:
     registry = SqliteRegistry(str(tmp_path / "registry.db"))
-    registry.add_machine(MachineRecord(name="h1", address="10.0.0.1", port=22, user="root",
+    at_once(registry.add_machine(MachineRecord(name="h1", address="10.0.0.1", port=22, user="root",
                                        identity=None, known_hosts=None,
-                                       agent_command="agent", metadata={}))
+                                       agent_command="agent", metadata={})))
     machine = registry.get_machine("h1")
     assert machine is not None
     transport = FakeTransport()

@@ -26,6 +26,7 @@ from fleetd.client import ApiError, Client
 from fleetd.daemon.http import errors as http_errors
 from fleetd.daemon.service import units as unit_service
 from fleetd.registry.sqlite import SqliteRegistry
+from fleetd.testing.registry import at_once
 
 UNIT = "[Service]\nExecStart=/bin/sleep 1000\n"
 TOKEN = "a-token-of-more-than-16-bytes"
@@ -386,10 +387,10 @@ def test_the_registry_is_0600_whatever_the_umask_and_directory(tmp_path: Path) -
         assert files == ["registry.db", "registry.db-shm", "registry.db-wal"]
         for p in state.iterdir():
             assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
-        registry.close()
+        at_once(registry.close())
         for p in state.iterdir():  # one an older fleetd left open to all is closed
             os.chmod(p, 0o644)
-        SqliteRegistry(str(state / "registry.db")).close()
+        at_once(SqliteRegistry(str(state / "registry.db")).close())
         assert {stat.S_IMODE(p.stat().st_mode) for p in state.iterdir()} <= {0o600}
     finally:
         os.umask(old)

@@ -24,7 +24,7 @@ def test_a_restarted_fleetd_counts_silence_from_its_start_not_from_the_old_last_
             hour_ago = time.time() - 3600
             record = MachineRecord("h1", "10.0.0.1", 22, "root", None, None, "agent", {},
                                    last_seen=hour_ago, state="unreachable")
-            d.registry.add_machine(record)
+            await d.registry.add_machine(record)
 
             unused = FakeTransport()  # never started
             d.sessions["h1"] = MachineSession(record, d.registry, lambda m: unused, d.changed)
@@ -32,7 +32,7 @@ def test_a_restarted_fleetd_counts_silence_from_its_start_not_from_the_old_last_
             view = d.engine.machine_view(record, now)
             assert view.silent_s < 2.0  # not ~3600 s
         finally:
-            d.registry.close()
+            await d.registry.close()
             d.lease.release()
 
     asyncio.run(scenario())

@@ -22,7 +22,7 @@ from fleetd.engine.loop import Engine
 from fleetd.engine.snapshot import Snapshot
 from fleetd.registry.base import LAUNCHED, MachineRecord, ObservedRecord, UnitInput
 from fleetd.testing.clock import FakeClock
-from fleetd.testing.registry import MemoryRegistry
+from fleetd.testing.registry import MemoryRegistry, at_once
 from fleetd.units.compiled import CompiledUnits
 from fleetd.units.model import content_hash
 from fleetd.units.parser import UnitError
@@ -43,11 +43,11 @@ class Fleet:
         self.changes = 0
         self.units = CompiledUnits()
         for i in range(1, machines + 1):
-            self.registry.add_machine(MachineRecord(
+            at_once(self.registry.add_machine(MachineRecord(
                 name=f"h{i}", address=f"10.0.0.{i}", port=22, user="root", identity=None,
-                known_hosts=None, agent_command="fleet-agent", metadata={"n": str(i)}))
-            self.registry.update_machine(f"h{i}", state="up", machine_id=f"{i:032x}",
-                                         facts={"cpus": 4, "memory_bytes": 1 << 33})
+                known_hosts=None, agent_command="fleet-agent", metadata={"n": str(i)})))
+            at_once(self.registry.update_machine(f"h{i}", state="up", machine_id=f"{i:032x}",
+                                         facts={"cpus": 4, "memory_bytes": 1 << 33}))
         self.engine = Engine(self.registry, self.pushed.__setitem__, self.changed,
                              units=self.units)
 
@@ -55,13 +55,13 @@ class Fleet:
         self.changes += 1
 
     def store(self, name: str, text: str, **variables: str) -> None:
-        self.registry.put_units([UnitInput(name, text, content_hash(text), variables)],
-                                LAUNCHED)
+        at_once(self.registry.put_units([UnitInput(name, text, content_hash(text), variables)],
+                                LAUNCHED))
 
     def run(self) -> None:
         """One pass at the clock's time, inside an event loop (a pass may set a timer)."""
         async def one() -> None:
-            self.engine.reconcile_once(now=self.clock.now)
+            await self.engine.reconcile_once(now=self.clock.now)
         asyncio.run(one())
 
     def where(self, name: str) -> Any:
@@ -73,11 +73,11 @@ class Fleet:
         """The agent of the unit's machine reports it, for the content it was handed."""
         u = self.registry.get_unit(name)
         assert u is not None and u.machine is not None
-        self.registry.upsert_observed(ObservedRecord(
+        at_once(self.registry.upsert_observed(ObservedRecord(
             unit=name, machine=u.machine, hash=self.engine.snapshot().hashes[(name, u.machine)],
             state=state, pid=None, started_at=None, exit_status=kw.get("exit_status"),
             restarts=0, error=kw.get("error"), updated_at=self.clock.now,
-            generation=u.generation))
+            generation=u.generation)))
 
 
 def test_a_pass_places_writes_pushes_and_publishes_a_snapshot() -> None:
@@ -198,7 +198,7 @@ def test_a_unit_submitted_through_the_api_is_not_read_again_by_the_engine() -> N
 
     def submit(*items: Dict[str, Any], desired: Optional[str] = LAUNCHED) -> None:
         async def go() -> None:
-            api.store(await api.resolve(list(items), desired), desired, replace=False)
+            await api.store(await api.resolve(list(items), desired), desired, replace=False)
         asyncio.run(go())
 
     with pytest.raises(Invalid) as refused:  # the user's file and line, nothing stored

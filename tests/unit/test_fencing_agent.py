@@ -23,6 +23,7 @@ from fleetd.daemon.session import MachineSession
 from fleetd.registry.base import MachineRecord
 from fleetd.registry.sqlite import SqliteRegistry
 from fleetd.testing.driver import FakeDriver
+from fleetd.testing.registry import at_once
 from fleetd.testing.systemd import Supervised
 from fleetd.testing.transport import FakeTransport
 from fleetd.testing.waiting import until
@@ -227,7 +228,7 @@ def new_session(tmp_path: Path, transport: FakeTransport,
     machine = MachineRecord(name="h1", address="10.0.0.1", port=22, user="root",
                             identity=None, known_hosts=None, agent_command="agent",
                             metadata={})
-    registry.add_machine(machine)
+    at_once(registry.add_machine(machine))
 
     def changed(placement_relevant: bool) -> None:
         if placement_relevant and engine_set is not None:
@@ -269,7 +270,7 @@ def test_session_pings_while_connected_and_resends_on_a_fenced_report(tmp_path: 
         sent = len(channel.written)
         await asyncio.sleep(0.2)
         assert len(channel.written) == sent  # the pinger ended with the session
-        registry.close()
+        at_once(registry.close())
 
     asyncio.run(scenario())
 
@@ -292,7 +293,7 @@ def test_after_a_reconnect_an_agent_with_fenced_units_gets_only_a_fresh_set(
         session.push([])  # the engine's pass after the connect: it runs elsewhere now
         assert [m["units"] for m in channel.written if m["type"] == "desired"] == [[]]
         await session.stop()
-        registry.close()
+        at_once(registry.close())
 
     asyncio.run(scenario())
 
@@ -306,6 +307,6 @@ def test_an_agent_older_than_fencing_is_not_pinged(tmp_path: Path) -> None:
         await asyncio.sleep(0.3)  # six heartbeats
         assert transport.channels[0].kinds() == ["hello", "desired"]
         await session.stop()
-        registry.close()
+        at_once(registry.close())
 
     asyncio.run(scenario())

@@ -14,6 +14,7 @@ from fleetd.cgroups.limits import Limits
 from fleetd.engine.loop import Engine
 from fleetd.registry.base import INACTIVE, LAUNCHED, MachineRecord, UnitInput
 from fleetd.registry.sqlite import SqliteRegistry
+from fleetd.testing.registry import at_once
 from fleetd.units.model import content_hash, load, parse_name
 from fleetd.units.parser import UnitError
 from fleetd.units.timespan import TimespanError, parse_timespan
@@ -219,10 +220,10 @@ def test_lines_end_where_systemd_ends_them(separator: str) -> None:
 
 def _engine(tmp_path: Path) -> tuple[SqliteRegistry, Engine, Dict[str, List[Dict[str, Any]]]]:
     registry = SqliteRegistry(str(tmp_path / "registry.db"))
-    registry.add_machine(MachineRecord(name="h1", address="10.0.0.1", port=22, user="root",
+    at_once(registry.add_machine(MachineRecord(name="h1", address="10.0.0.1", port=22, user="root",
                                        identity=None, known_hosts=None,
-                                       agent_command="fleet-agent", metadata={}))
-    registry.update_machine("h1", state="up", facts={"cpus": 4, "memory_bytes": 1 << 33})
+                                       agent_command="fleet-agent", metadata={})))
+    at_once(registry.update_machine("h1", state="up", facts={"cpus": 4, "memory_bytes": 1 << 33}))
     pushed: Dict[str, List[Dict[str, Any]]] = {}
     engine = Engine(registry, lambda m, specs: pushed.__setitem__(m, specs), lambda: None)
     return registry, engine, pushed
@@ -230,7 +231,7 @@ def _engine(tmp_path: Path) -> tuple[SqliteRegistry, Engine, Dict[str, List[Dict
 
 def _store(registry: SqliteRegistry, name: str, text: str) -> None:
     """As an older fleetd stored it: straight into the registry, never validated."""
-    registry.put_units([UnitInput(name, text, content_hash(text))], LAUNCHED)
+    at_once(registry.put_units([UnitInput(name, text, content_hash(text))], LAUNCHED))
 
 
 @pytest.mark.parametrize("poison", [
@@ -279,7 +280,7 @@ def test_a_unit_that_breaks_scheduling_alone_is_set_aside(tmp_path: Path,
 def test_machine_facts_that_are_no_numbers_count_as_unknown(tmp_path: Path) -> None:
     """An agent's NaN among its facts broke every pass, like a unit's NaN did."""
     registry, engine, _ = _engine(tmp_path)
-    registry.update_machine("h1", facts={"cpus": float("nan"), "memory_bytes": "lots"})
+    at_once(registry.update_machine("h1", facts={"cpus": float("nan"), "memory_bytes": "lots"}))
     _store(registry, "good.service", SERVICE)
     _store(registry, "cpu.service", SERVICE + "CPUQuota=20%\n")
     asyncio.run(_pass(engine))
@@ -290,12 +291,12 @@ def test_machine_facts_that_are_no_numbers_count_as_unknown(tmp_path: Path) -> N
 
 def test_templates_are_never_placed(tmp_path: Path) -> None:
     registry, engine, pushed = _engine(tmp_path)
-    registry.put_units([UnitInput("web@.service", SERVICE, content_hash(SERVICE),
-                                  desired=INACTIVE)], LAUNCHED)
+    at_once(registry.put_units([UnitInput("web@.service", SERVICE, content_hash(SERVICE),
+                                  desired=INACTIVE)], LAUNCHED))
     _store(registry, "web@1.service", SERVICE)
     asyncio.run(_pass(engine))
     assert [s["name"] for s in pushed["h1"]] == ["web@1.service"]
 
 
 async def _pass(engine: Engine) -> None:
-    engine.reconcile_once()
+    await engine.reconcile_once()

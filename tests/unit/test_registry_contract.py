@@ -8,6 +8,7 @@ migrations) is tested in test_registry_sqlite.py and test_registry_failures.py.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Iterator
@@ -36,17 +37,19 @@ TEXT = A_TEXT
 
 
 @pytest.fixture(params=["sqlite", "memory"])
-def reg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
+def reg(request: pytest.FixtureRequest, tmp_path: Path,
+        loop: asyncio.AbstractEventLoop) -> Iterator[Registry]:
+    """Each registry, on the test's loop (tests/conftest.py runs the test there)."""
     registry: Registry = (SqliteRegistry(str(tmp_path / "state" / "registry.db"))
                           if request.param == "sqlite" else MemoryRegistry())
     yield registry
-    registry.close()
+    loop.run_until_complete(registry.close())
 
 
 @pytest.fixture
-def one(reg: Registry) -> Registry:
+def one(reg: Registry, loop: asyncio.AbstractEventLoop) -> Registry:
     """A registry holding a.service, launched and unplaced."""
-    reg.put_units([u("a.service", TEXT)], LAUNCHED)
+    loop.run_until_complete(reg.put_units([u("a.service", TEXT)], LAUNCHED))
     return reg
 
 
@@ -68,8 +71,8 @@ def test_a_new_registry_is_empty(reg: Registry) -> None:
 # --- units ---------------------------------------------------------------------------------
 
 
-def test_put_units_stores_units_and_content(reg: Registry) -> None:
-    reg.put_units([u("b.service", B_TEXT), u("a.service", A_TEXT)], LOADED)
+async def test_put_units_stores_units_and_content(reg: Registry) -> None:
+    await reg.put_units([u("b.service", B_TEXT), u("a.service", A_TEXT)], LOADED)
     records = reg.list_units()
     assert [r.name for r in records] == ["a.service", "b.service"]  # sorted by name
     a = reg.get_unit("a.service")
@@ -82,12 +85,12 @@ def test_put_units_stores_units_and_content(reg: Registry) -> None:
     assert reg.unit_text("0" * 64) is None
 
 
-def test_put_units_is_all_or_none(reg: Registry) -> None:
-    reg.put_units([u("b.service", B_TEXT)], LOADED)
+async def test_put_units_is_all_or_none(reg: Registry) -> None:
+    await reg.put_units([u("b.service", B_TEXT)], LOADED)
     before = snapshot(reg)
     with pytest.raises(Conflict) as info:
         # a.service is new; b.service exists with other content
-        reg.put_units([u("a.service", A_TEXT), u("b.service", C_TEXT)], LAUNCHED)
+        await reg.put_units([u("a.service", A_TEXT), u("b.service", C_TEXT)], LAUNCHED)
     assert "b.service already exists with different content" in str(info.value)
     assert reg.get_unit("a.service") is None
     assert reg.unit_text(content_hash(A_TEXT)) is None
@@ -95,18 +98,18 @@ def test_put_units_is_all_or_none(reg: Registry) -> None:
     assert snapshot(reg) == before
 
 
-def test_put_units_same_name_twice_with_different_content_in_one_batch(
+async def test_put_units_same_name_twice_with_different_content_in_one_batch(
     reg: Registry,
 ) -> None:
     with pytest.raises(Conflict):
-        reg.put_units([u("a.service", A_TEXT), u("a.service", B_TEXT)], LAUNCHED)
+        await reg.put_units([u("a.service", A_TEXT), u("a.service", B_TEXT)], LAUNCHED)
     assert reg.list_units() == []
 
 
-def test_put_units_same_content_only_updates_desired(reg: Registry) -> None:
-    reg.put_units([u("a.service", A_TEXT)], LOADED)
-    reg.set_placements([("a.service", "m1", "placed")])
-    reg.put_units([u("a.service", A_TEXT)], LAUNCHED)
+async def test_put_units_same_content_only_updates_desired(reg: Registry) -> None:
+    await reg.put_units([u("a.service", A_TEXT)], LOADED)
+    await reg.set_placements([("a.service", "m1", "placed")])
+    await reg.put_units([u("a.service", A_TEXT)], LAUNCHED)
     rec = reg.get_unit("a.service")
     assert rec is not None
     assert (rec.hash, rec.desired, rec.machine, rec.reason) == (
@@ -114,74 +117,74 @@ def test_put_units_same_content_only_updates_desired(reg: Registry) -> None:
     assert len(reg.list_units()) == 1
 
 
-def test_units_with_the_same_content_share_it(reg: Registry) -> None:
-    reg.put_units([u("web@1.service", A_TEXT), u("web@2.service", A_TEXT)], LAUNCHED)
-    reg.delete_units(["web@1.service"])
+async def test_units_with_the_same_content_share_it(reg: Registry) -> None:
+    await reg.put_units([u("web@1.service", A_TEXT), u("web@2.service", A_TEXT)], LAUNCHED)
+    await reg.delete_units(["web@1.service"])
     assert reg.unit_text(content_hash(A_TEXT)) == A_TEXT  # still used by web@2
-    reg.delete_units(["web@2.service"])
+    await reg.delete_units(["web@2.service"])
     assert reg.unit_text(content_hash(A_TEXT)) is None
 
 
-def test_put_units_refuses_unknown_desired_state(reg: Registry) -> None:
+async def test_put_units_refuses_unknown_desired_state(reg: Registry) -> None:
     with pytest.raises(ValueError, match="desired state 'running'"):
-        reg.put_units([u("a.service", A_TEXT)], "running")
+        await reg.put_units([u("a.service", A_TEXT)], "running")
     assert reg.list_units() == []
 
 
-def test_set_desired(reg: Registry) -> None:
-    reg.put_units([u("a.service", A_TEXT), u("b.service", B_TEXT)], LAUNCHED)
-    reg.set_desired(["a.service", "b.service"], INACTIVE)
+async def test_set_desired(reg: Registry) -> None:
+    await reg.put_units([u("a.service", A_TEXT), u("b.service", B_TEXT)], LAUNCHED)
+    await reg.set_desired(["a.service", "b.service"], INACTIVE)
     assert [r.desired for r in reg.list_units()] == [INACTIVE, INACTIVE]
 
 
-def test_set_desired_missing_unit_changes_nothing(reg: Registry) -> None:
-    reg.put_units([u("a.service", A_TEXT)], LAUNCHED)
+async def test_set_desired_missing_unit_changes_nothing(reg: Registry) -> None:
+    await reg.put_units([u("a.service", A_TEXT)], LAUNCHED)
     before = snapshot(reg)
     with pytest.raises(NotFound, match=r"unit nope\.service does not exist"):
-        reg.set_desired(["a.service", "nope.service"], INACTIVE)
+        await reg.set_desired(["a.service", "nope.service"], INACTIVE)
     assert snapshot(reg) == before
 
 
-def test_set_desired_refuses_unknown_state(reg: Registry) -> None:
-    reg.put_units([u("a.service", A_TEXT)], LAUNCHED)
+async def test_set_desired_refuses_unknown_state(reg: Registry) -> None:
+    await reg.put_units([u("a.service", A_TEXT)], LAUNCHED)
     with pytest.raises(ValueError):
-        reg.set_desired(["a.service"], "bogus")
+        await reg.set_desired(["a.service"], "bogus")
     rec = reg.get_unit("a.service")
     assert rec is not None
     assert rec.desired == LAUNCHED
 
 
-def test_delete_units_garbage_collects_content(reg: Registry) -> None:
-    reg.put_units([u("a.service", A_TEXT), u("b.service", B_TEXT)], LAUNCHED)
-    reg.delete_units(["a.service"])
+async def test_delete_units_garbage_collects_content(reg: Registry) -> None:
+    await reg.put_units([u("a.service", A_TEXT), u("b.service", B_TEXT)], LAUNCHED)
+    await reg.delete_units(["a.service"])
     assert reg.get_unit("a.service") is None
     assert reg.unit_text(content_hash(A_TEXT)) is None
     assert reg.unit_text(content_hash(B_TEXT)) == B_TEXT
     assert [r.name for r in reg.list_units()] == ["b.service"]
 
 
-def test_delete_units_missing_unit_changes_nothing(reg: Registry) -> None:
-    reg.put_units([u("a.service", A_TEXT), u("b.service", B_TEXT)], LAUNCHED)
+async def test_delete_units_missing_unit_changes_nothing(reg: Registry) -> None:
+    await reg.put_units([u("a.service", A_TEXT), u("b.service", B_TEXT)], LAUNCHED)
     before = snapshot(reg)
     with pytest.raises(NotFound, match=r"unit nope\.service does not exist"):
-        reg.delete_units(["a.service", "nope.service"])
+        await reg.delete_units(["a.service", "nope.service"])
     assert snapshot(reg) == before
     assert reg.unit_text(content_hash(A_TEXT)) == A_TEXT
 
 
-def test_delete_keeps_observed_rows(reg: Registry) -> None:
-    reg.put_units([u("a.service", A_TEXT)], LAUNCHED)
-    reg.upsert_observed(observed("a.service", "m1"))
-    reg.delete_units(["a.service"])
+async def test_delete_keeps_observed_rows(reg: Registry) -> None:
+    await reg.put_units([u("a.service", A_TEXT)], LAUNCHED)
+    await reg.upsert_observed(observed("a.service", "m1"))
+    await reg.delete_units(["a.service"])
     assert reg.list_observed() == [observed("a.service", "m1")]
 
 
-def test_set_placements(reg: Registry) -> None:
-    reg.put_units([u("a.service", A_TEXT), u("b.service", B_TEXT)], LAUNCHED)
-    reg.set_placements([("a.service", "m1", "fewest"), ("b.service", None, "no machine")])
+async def test_set_placements(reg: Registry) -> None:
+    await reg.put_units([u("a.service", A_TEXT), u("b.service", B_TEXT)], LAUNCHED)
+    await reg.set_placements([("a.service", "m1", "fewest"), ("b.service", None, "no machine")])
     got = {r.name: (r.machine, r.reason) for r in reg.list_units()}
     assert got == {"a.service": ("m1", "fewest"), "b.service": (None, "no machine")}
-    reg.set_placements(iter([("a.service", None, "unloaded")]))
+    await reg.set_placements(iter([("a.service", None, "unloaded")]))
     a = reg.get_unit("a.service")
     assert a is not None
     assert (a.machine, a.reason) == (None, "unloaded")
@@ -190,48 +193,48 @@ def test_set_placements(reg: Registry) -> None:
 # --- machines --------------------------------------------------------------------------------
 
 
-def test_add_and_get_machine(reg: Registry) -> None:
+async def test_add_and_get_machine(reg: Registry) -> None:
     m = machine("m1")
-    reg.add_machine(m)
+    await reg.add_machine(m)
     assert reg.get_machine("m1") == m  # defaults: state new, no facts, never seen
     assert reg.get_machine("m2") is None
-    reg.add_machine(machine("m0", address="10.0.0.2"))
+    await reg.add_machine(machine("m0", address="10.0.0.2"))
     assert [x.name for x in reg.list_machines()] == ["m0", "m1"]
 
 
-def test_add_machine_duplicate_name(reg: Registry) -> None:
-    reg.add_machine(machine("m1"))
+async def test_add_machine_duplicate_name(reg: Registry) -> None:
+    await reg.add_machine(machine("m1"))
     with pytest.raises(Conflict) as info:
-        reg.add_machine(machine("m1", address="10.9.9.9"))
+        await reg.add_machine(machine("m1", address="10.9.9.9"))
     assert str(info.value) == "machine m1 already exists"
     stored = reg.get_machine("m1")
     assert stored is not None
     assert stored.address == "10.0.0.1"
 
 
-def test_add_machine_duplicate_address_and_port(reg: Registry) -> None:
-    reg.add_machine(machine("m1", address="10.0.0.1", port=22))
+async def test_add_machine_duplicate_address_and_port(reg: Registry) -> None:
+    await reg.add_machine(machine("m1", address="10.0.0.1", port=22))
     with pytest.raises(Conflict) as info:
-        reg.add_machine(machine("m2", address="10.0.0.1", port=22))
+        await reg.add_machine(machine("m2", address="10.0.0.1", port=22))
     assert str(info.value) == "machine m1 already exists at 10.0.0.1:22"
     assert [m.name for m in reg.list_machines()] == ["m1"]
 
 
-def test_same_address_on_another_port_is_another_machine(reg: Registry) -> None:
-    reg.add_machine(machine("m1", port=22))
-    reg.add_machine(machine("m2", port=2222))
+async def test_same_address_on_another_port_is_another_machine(reg: Registry) -> None:
+    await reg.add_machine(machine("m1", port=22))
+    await reg.add_machine(machine("m2", port=2222))
     assert [m.name for m in reg.list_machines()] == ["m1", "m2"]
 
 
-def test_update_machine(reg: Registry) -> None:
-    reg.add_machine(machine("m1"))
-    reg.update_machine("m1", state="up", machine_id="abc", facts={"cpus": 4, "os": "linux"},
+async def test_update_machine(reg: Registry) -> None:
+    await reg.add_machine(machine("m1"))
+    await reg.update_machine("m1", state="up", machine_id="abc", facts={"cpus": 4, "os": "linux"},
                        last_seen=123.5, error=None)
     m = reg.get_machine("m1")
     assert m is not None
     assert (m.state, m.machine_id, m.facts, m.last_seen, m.error) == (
         "up", "abc", {"cpus": 4, "os": "linux"}, 123.5, None)
-    reg.update_machine("m1", state="error", error="ssh: refused")
+    await reg.update_machine("m1", state="error", error="ssh: refused")
     m = reg.get_machine("m1")
     assert m is not None
     assert (m.state, m.error, m.machine_id) == ("error", "ssh: refused", "abc")
@@ -239,125 +242,126 @@ def test_update_machine(reg: Registry) -> None:
     assert (m.address, m.port, m.metadata) == ("10.0.0.1", 22, {"rack": "r1"})
 
 
-def test_update_machine_refuses_other_fields(reg: Registry) -> None:
-    reg.add_machine(machine("m1"))
+async def test_update_machine_refuses_other_fields(reg: Registry) -> None:
+    await reg.add_machine(machine("m1"))
     with pytest.raises(ValueError, match="address"):
-        reg.update_machine("m1", address="10.1.1.1", state="up")
+        await reg.update_machine("m1", address="10.1.1.1", state="up")
     assert reg.get_machine("m1") == machine("m1")
 
 
-def test_remove_machine_drops_its_observed_rows(reg: Registry) -> None:
-    reg.add_machine(machine("m1"))
-    reg.add_machine(machine("m2", address="10.0.0.2"))
-    reg.upsert_observed(observed("a.service", "m1"))
-    reg.upsert_observed(observed("b.service", "m2"))
-    reg.remove_machine("m1")
+async def test_remove_machine_drops_its_observed_rows(reg: Registry) -> None:
+    await reg.add_machine(machine("m1"))
+    await reg.add_machine(machine("m2", address="10.0.0.2"))
+    await reg.upsert_observed(observed("a.service", "m1"))
+    await reg.upsert_observed(observed("b.service", "m2"))
+    await reg.remove_machine("m1")
     assert reg.get_machine("m1") is None
     assert reg.list_observed() == [observed("b.service", "m2")]
     with pytest.raises(NotFound, match="machine m1 does not exist"):
-        reg.remove_machine("m1")
+        await reg.remove_machine("m1")
 
 
 # --- observed state ----------------------------------------------------------------------------
 
 
-def test_replace_observed_drops_rows_not_in_the_snapshot(reg: Registry) -> None:
-    reg.replace_observed("m1", [observed("a.service", "m1"), observed("b.service", "m1")])
-    reg.replace_observed("m2", [observed("a.service", "m2")])
-    reg.replace_observed("m1", [observed("b.service", "m1", state="exited", pid=7)])
+async def test_replace_observed_drops_rows_not_in_the_snapshot(reg: Registry) -> None:
+    await reg.replace_observed("m1", [observed("a.service", "m1"), observed("b.service", "m1")])
+    await reg.replace_observed("m2", [observed("a.service", "m2")])
+    await reg.replace_observed("m1", [observed("b.service", "m1", state="exited", pid=7)])
     assert reg.list_observed() == [
         observed("a.service", "m2"),  # other machines are untouched
         observed("b.service", "m1", state="exited", pid=7),
     ]
-    reg.replace_observed("m1", [])
+    await reg.replace_observed("m1", [])
     assert reg.list_observed() == [observed("a.service", "m2")]
 
 
-def test_upsert_and_delete_observed(reg: Registry) -> None:
-    reg.upsert_observed(observed("a.service", "m1"))
+async def test_upsert_and_delete_observed(reg: Registry) -> None:
+    await reg.upsert_observed(observed("a.service", "m1"))
     changed = dataclasses.replace(observed("a.service", "m1"), state="failed", exit_status=3,
                                   restarts=2, error="boom")
-    reg.upsert_observed(changed)
+    await reg.upsert_observed(changed)
     assert reg.list_observed() == [changed]
-    reg.delete_observed("m1", "a.service")
+    await reg.delete_observed("m1", "a.service")
     assert reg.list_observed() == []
-    reg.delete_observed("m1", "a.service")  # deleting nothing is fine
+    await reg.delete_observed("m1", "a.service")  # deleting nothing is fine
 
 
-def test_refused_write_leaves_the_connection_usable(reg: Registry) -> None:
+async def test_refused_write_leaves_the_connection_usable(reg: Registry) -> None:
     with pytest.raises(NotFound):
-        reg.delete_units(["nope.service"])
-    reg.put_units([u("a.service", A_TEXT)], LAUNCHED)  # no transaction left open
+        await reg.delete_units(["nope.service"])
+    await reg.put_units([u("a.service", A_TEXT)], LAUNCHED)  # no transaction left open
     assert [r.name for r in reg.list_units()] == ["a.service"]
 
 
 # --- placements over time, failures, drains ------------------------------------------
 
 
-def test_placed_at_moves_only_with_the_machine(one: Registry) -> None:
-    one.set_placements([("a.service", "h1", "first")])
+async def test_placed_at_moves_only_with_the_machine(one: Registry) -> None:
+    await one.set_placements([("a.service", "h1", "first")])
     first = one.get_unit("a.service")
     assert first is not None and first.placed_at is not None
     time.sleep(0.01)
-    one.set_placements([("a.service", "h1", "same machine, new words")])
+    await one.set_placements([("a.service", "h1", "same machine, new words")])
     again = one.get_unit("a.service")
     assert again is not None and again.placed_at == first.placed_at
-    one.set_placements([("a.service", "h2", "moved")])
+    await one.set_placements([("a.service", "h2", "moved")])
     moved = one.get_unit("a.service")
     assert moved is not None and moved.placed_at is not None
     assert moved.placed_at > first.placed_at
 
 
-def test_handoff_and_retry_land_with_the_placement(one: Registry) -> None:
-    one.set_placements([("a.service", "h2", "draining h1")], handoffs={"a.service": "h1"})
+async def test_handoff_and_retry_land_with_the_placement(one: Registry) -> None:
+    await one.set_placements([("a.service", "h2", "draining h1")], handoffs={"a.service": "h1"})
     u = one.get_unit("a.service")
     assert u is not None and (u.machine, u.handoff, u.generation) == ("h2", "h1", 0)
-    one.set_placements([("a.service", "h2", "failed; again")], handoffs={"a.service": None},
+    await one.set_placements([("a.service", "h2", "failed; again")], handoffs={"a.service": None},
                        retry=["a.service"])
     u = one.get_unit("a.service")
     assert u is not None and (u.handoff, u.generation) == (None, 1)
 
 
-def test_failures_are_kept_per_unit_and_a_users_restart_forgets_them(one: Registry) -> None:
+async def test_failures_are_kept_per_unit_and_a_users_restart_forgets_them(one: Registry) -> None:
     for i in range(FAILURES_KEPT + 5):
-        one.record_failure(FailureRecord("a.service", "h", f"m{i % 3}", float(i), "boom"))
+        await one.record_failure(FailureRecord("a.service", "h", f"m{i % 3}", float(i), "boom"))
     kept = one.list_failures()["a.service"]
     assert len(kept) == FAILURES_KEPT and kept[0].at == 5.0 and kept[-1].at == FAILURES_KEPT + 4
-    one.set_placements([], retry=["a.service"])  # the engine's retry keeps them
+    await one.set_placements([], retry=["a.service"])  # the engine's retry keeps them
     assert len(one.list_failures()["a.service"]) == FAILURES_KEPT
-    one.restart(["a.service"])
+    await one.restart(["a.service"])
     assert one.list_failures() == {}
 
 
-def test_destroy_forgets_failures(one: Registry) -> None:
-    one.record_failure(FailureRecord("a.service", "h", "m1", 1.0, "boom"))
-    one.delete_units(["a.service"])
+async def test_destroy_forgets_failures(one: Registry) -> None:
+    await one.record_failure(FailureRecord("a.service", "h", "m1", 1.0, "boom"))
+    await one.delete_units(["a.service"])
     assert one.list_failures() == {}
 
 
-def test_drain_fields(one: Registry) -> None:
-    one.add_machine(MachineRecord("h1", "10.0.0.1", 22, "root", None, None, "agent", {}))
-    one.update_machine("h1", draining=100.0, drain_deadline=160.0)
+async def test_drain_fields(one: Registry) -> None:
+    await one.add_machine(MachineRecord("h1", "10.0.0.1", 22, "root", None, None, "agent", {}))
+    await one.update_machine("h1", draining=100.0, drain_deadline=160.0)
     m = one.get_machine("h1")
     assert m is not None and (m.draining, m.drain_deadline) == (100.0, 160.0)
-    one.update_machine("h1", draining=None, drain_deadline=None)
+    await one.update_machine("h1", draining=None, drain_deadline=None)
     m = one.get_machine("h1")
     assert m is not None and m.draining is None
 
 
-def test_failures_of_one_unit(one: Registry) -> None:
-    one.record_failure(FailureRecord("a.service", "h", "m1", 1.0, "boom"))
-    one.record_failure(FailureRecord("b.service", "h", "m1", 2.0, "bang"))
+async def test_failures_of_one_unit(one: Registry) -> None:
+    await one.record_failure(FailureRecord("a.service", "h", "m1", 1.0, "boom"))
+    await one.record_failure(FailureRecord("b.service", "h", "m1", 2.0, "bang"))
     assert list(one.list_failures("b.service")) == ["b.service"]
     assert one.list_failures("c.service") == {}
     assert set(one.list_failures()) == {"a.service", "b.service"}
 
 
-def test_records_come_back_as_copies(reg: Registry) -> None:
+async def test_records_come_back_as_copies(reg: Registry) -> None:
     """Changing a record a caller holds changes nothing stored."""
-    reg.put_units([UnitInput("a.service", A_TEXT, content_hash(A_TEXT), {"x": "1"})], LAUNCHED)
-    reg.add_machine(machine("m1"))
-    reg.update_machine("m1", facts={"cpus": 2})
+    await reg.put_units([UnitInput("a.service", A_TEXT, content_hash(A_TEXT), {"x": "1"})],
+                        LAUNCHED)
+    await reg.add_machine(machine("m1"))
+    await reg.update_machine("m1", facts={"cpus": 2})
     a, m = reg.get_unit("a.service"), reg.get_machine("m1")
     assert a is not None and m is not None
     a.vars["x"] = "2"
@@ -368,10 +372,10 @@ def test_records_come_back_as_copies(reg: Registry) -> None:
     assert (a.vars, m.metadata, m.facts) == ({"x": "1"}, {"rack": "r1"}, {"cpus": 2})
 
 
-def test_a_template_change_follows_its_instances(reg: Registry) -> None:
-    reg.put_units([u("web@.service", A_TEXT), u("web@1.service", A_TEXT),
+async def test_a_template_change_follows_its_instances(reg: Registry) -> None:
+    await reg.put_units([u("web@.service", A_TEXT), u("web@1.service", A_TEXT),
                    u("web@2.service", B_TEXT), u("webx@1.service", A_TEXT)], LAUNCHED)
-    changed = reg.put_units([u("web@.service", C_TEXT)], LAUNCHED, replace=True)
+    changed = await reg.put_units([u("web@.service", C_TEXT)], LAUNCHED, replace=True)
     assert sorted(changed) == ["web@.service", "web@1.service"]
     got = {r.name: r.hash for r in reg.list_units()}
     assert got == {"web@.service": content_hash(C_TEXT), "web@1.service": content_hash(C_TEXT),
@@ -379,12 +383,12 @@ def test_a_template_change_follows_its_instances(reg: Registry) -> None:
     assert reg.unit_text(content_hash(A_TEXT)) == A_TEXT  # webx@1 still uses it
 
 
-def test_restart_bumps_the_generation_and_launches(reg: Registry) -> None:
-    reg.put_units([u("a.service", A_TEXT)], LOADED)
-    reg.restart(["a.service"])
+async def test_restart_bumps_the_generation_and_launches(reg: Registry) -> None:
+    await reg.put_units([u("a.service", A_TEXT)], LOADED)
+    await reg.restart(["a.service"])
     a = reg.get_unit("a.service")
     assert a is not None and (a.generation, a.desired) == (1, LAUNCHED)
     with pytest.raises(NotFound):
-        reg.restart(["a.service", "nope.service"])
+        await reg.restart(["a.service", "nope.service"])
     a = reg.get_unit("a.service")
     assert a is not None and a.generation == 1  # all or none

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fleetd.registry.base import FailureRecord
 from fleetd.registry.sqlite import SCHEMA_VERSION, SqliteRegistry
+from fleetd.testing.registry import at_once
 
 TEXT = "[Service]\nExecStart=/bin/a\n"
 
@@ -48,10 +49,10 @@ def test_a_version_2_registry_is_migrated_in_place(tmp_path: Path) -> None:
         assert u is not None and (u.machine, u.generation, u.handoff) == ("m1", 3, None)
         m = reg.get_machine("m1")
         assert m is not None and m.draining is None and m.last_seen == 5.0
-        reg.record_failure(FailureRecord("a.service", "h1", "m1", 1.0, "boom"))
+        at_once(reg.record_failure(FailureRecord("a.service", "h1", "m1", 1.0, "boom")))
         assert len(reg.list_failures()["a.service"]) == 1
     finally:
-        reg.close()
+        at_once(reg.close())
     raw = sqlite3.connect(path)
     assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     raw.close()

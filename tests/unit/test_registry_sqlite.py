@@ -17,6 +17,7 @@ from fleetd.registry.base import (
     RegistryError,
 )
 from fleetd.registry.sqlite import SCHEMA_VERSION, SqliteRegistry
+from fleetd.testing.registry import at_once
 from fleetd.units.model import content_hash
 
 
@@ -29,7 +30,7 @@ def db_path(tmp_path: Path) -> str:
 def reg(db_path: str) -> Iterator[SqliteRegistry]:
     registry = SqliteRegistry(db_path)
     yield registry
-    registry.close()
+    at_once(registry.close())
 
 
 def snapshot(reg: SqliteRegistry) -> tuple[object, ...]:
@@ -67,12 +68,12 @@ def test_newer_schema_is_refused(db_path: str) -> None:
 
 def test_data_survives_close_and_reopen(db_path: str) -> None:
     first = SqliteRegistry(db_path)
-    first.put_units([u("a.service", A_TEXT)], LAUNCHED)
-    first.set_placements([("a.service", "m1", "fewest units")])
-    first.add_machine(machine("m1"))
-    first.update_machine("m1", state="up", facts={"cpus": 2})
-    first.upsert_observed(observed("a.service", "m1"))
-    first.close()
+    at_once(first.put_units([u("a.service", A_TEXT)], LAUNCHED))
+    at_once(first.set_placements([("a.service", "m1", "fewest units")]))
+    at_once(first.add_machine(machine("m1")))
+    at_once(first.update_machine("m1", state="up", facts={"cpus": 2}))
+    at_once(first.upsert_observed(observed("a.service", "m1")))
+    at_once(first.close())
 
     again = SqliteRegistry(db_path)
     try:
@@ -86,4 +87,4 @@ def test_data_survives_close_and_reopen(db_path: str) -> None:
         assert (m.state, m.facts, m.metadata) == ("up", {"cpus": 2}, {"rack": "r1"})
         assert again.list_observed() == [observed("a.service", "m1")]
     finally:
-        again.close()
+        at_once(again.close())

@@ -17,6 +17,7 @@ from fleetd.daemon.service.errors import Invalid
 from fleetd.engine.loop import Engine
 from fleetd.registry.base import LAUNCHED, MachineRecord, UnitInput
 from fleetd.registry.sqlite import SqliteRegistry
+from fleetd.testing.registry import at_once
 from fleetd.units import budget, render, values
 from fleetd.units.compiled import CompiledUnits
 from fleetd.units.model import content_hash
@@ -185,20 +186,20 @@ def test_ordinary_templates_still_render() -> None:
 # -- the engine --
 
 async def _engine_pass(engine: Engine) -> None:
-    engine.reconcile_once()  # in a loop: a pass may arm the engine's timer
+    await engine.reconcile_once()  # in a loop: a pass may arm the engine's timer
 
 
 def test_the_engine_refuses_metadata_with_a_line_and_tries_it_once(
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     registry = SqliteRegistry(str(tmp_path / "registry.db"))
-    registry.add_machine(MachineRecord(name="h1", address="10.0.0.1", port=22, user="root",
+    at_once(registry.add_machine(MachineRecord(name="h1", address="10.0.0.1", port=22, user="root",
                                        identity=None, known_hosts=None,
-                                       agent_command="fleet-agent", metadata={"role": EVIL}))
-    registry.update_machine("h1", state="up", facts={"cpus": 4, "memory_bytes": 1 << 33})
+                                       agent_command="fleet-agent", metadata={"role": EVIL})))
+    at_once(registry.update_machine("h1", state="up", facts={"cpus": 4, "memory_bytes": 1 << 33}))
     pushed: Dict[str, Any] = {}
     engine = Engine(registry, lambda m, specs: pushed.__setitem__(m, specs), lambda: None)
     text = "[Service]\nExecStart=/bin/sleep 1000\nEnvironment=ROLE={{ machine.metadata.role }}\n"
-    registry.put_units([UnitInput("a.service", text, content_hash(text))], LAUNCHED)
+    at_once(registry.put_units([UnitInput("a.service", text, content_hash(text))], LAUNCHED))
     rendered: List[str] = []
     real = render._render
 

@@ -20,6 +20,7 @@ from fleetd.daemon.service.units import Units
 from fleetd.engine.snapshot import Snapshot
 from fleetd.registry.base import INACTIVE, LAUNCHED, LOADED, ObservedRecord, UnitInput
 from fleetd.registry.sqlite import SqliteRegistry
+from fleetd.testing.registry import at_once
 from fleetd.units.compiled import CompiledUnits
 from fleetd.units.model import content_hash
 
@@ -269,8 +270,8 @@ PLAIN = "[Service]\nExecStart=/bin/sleep 100\n"
 
 def daemon(tmp_path: Any, text: str) -> Tuple[Units, SqliteRegistry]:
     registry = SqliteRegistry(str(tmp_path / "registry.db"))
-    registry.put_units([UnitInput("web@1.service", text, content_hash(text))], LAUNCHED)
-    registry.set_placements([("web@1.service", "h2", "test")])
+    at_once(registry.put_units([UnitInput("web@1.service", text, content_hash(text))], LAUNCHED))
+    at_once(registry.set_placements([("web@1.service", "h2", "test")]))
     placement = Snapshot.of({("web@1.service", "h2"): content_hash(text)}, {}, {},
                             frozenset(), 1.0)
     return Units(registry, Fixed(placement), Changes(), lambda: None, {},
@@ -279,17 +280,17 @@ def daemon(tmp_path: Any, text: str) -> Tuple[Units, SqliteRegistry]:
 
 def observe(registry: SqliteRegistry, text: str, generation: int, health: str,
             state: str = protocol.RUNNING) -> None:
-    registry.upsert_observed(ObservedRecord(
+    at_once(registry.upsert_observed(ObservedRecord(
         unit="web@1.service", machine="h2", hash=content_hash(text), state=state, pid=42,
         started_at=1.0, exit_status=None, restarts=0, error=None, updated_at=1.0,
-        generation=generation, health=health))
+        generation=generation, health=health)))
 
 
 def test_after_a_restart_only_the_new_generation_counts(tmp_path: Any) -> None:
     d, registry = daemon(tmp_path, WEB)
     observe(registry, WEB, 0, "passing")
     assert d.verdict("web@1.service", "healthy")[0] is True
-    registry.restart(["web@1.service"])
+    at_once(registry.restart(["web@1.service"]))
     # the old program's passing report is about the generation before the restart
     assert d.verdict("web@1.service", "healthy") == (
         None, "placed on h2, not reported there yet")
@@ -309,6 +310,6 @@ def test_without_a_check_running_is_healthy_and_a_stopped_unit_never_will_be(
     observe(registry, PLAIN, 0, "unknown")
     assert d.verdict("web@1.service", "healthy") == (
         True, "healthy on h2 (pid 42, running; no health check)")
-    registry.set_desired(["web@1.service"], LOADED)
+    at_once(registry.set_desired(["web@1.service"], LOADED))
     assert d.verdict("web@1.service", "healthy") == (
         False, "no longer launched (desired state loaded)")

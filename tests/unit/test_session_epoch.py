@@ -20,6 +20,7 @@ from fleetd.daemon.session import BACKOFF_MAX_S, BACKOFF_MIN_S, MachineSession
 from fleetd.engine.leadership import FileLease
 from fleetd.registry.base import MachineRecord
 from fleetd.registry.sqlite import SqliteRegistry
+from fleetd.testing.registry import at_once
 from fleetd.testing.transport import FakeChannel, FakeTransport
 from fleetd.testing.waiting import until
 from fleetd.wire import messages
@@ -49,7 +50,7 @@ def machine() -> MachineRecord:
 def new_session(tmp_path: Path, transport: FakeTransport, **kwargs: Any
                 ) -> Tuple[MachineSession, SqliteRegistry]:
     registry = SqliteRegistry(str(tmp_path / "registry.db"))
-    registry.add_machine(machine())
+    at_once(registry.add_machine(machine()))
     record = registry.get_machine("h1")
     assert record is not None
     return MachineSession(record, registry, lambda m: transport, lambda r: None,
@@ -75,7 +76,7 @@ def test_the_hello_says_the_daemons_epoch(tmp_path: Path, epoch: Any) -> None:
                 60, epoch=epoch or 0)
         finally:
             await session.stop()
-            registry.close()
+            await registry.close()
 
     asyncio.run(scenario())
 
@@ -104,7 +105,7 @@ def test_a_refused_hello_is_the_machines_error(
             assert transport.channels[0].written[0]["epoch"] == 5
         finally:
             await session.stop()
-            registry.close()
+            await registry.close()
 
     asyncio.run(scenario())
 
@@ -134,7 +135,7 @@ def test_a_refused_desired_set_ends_the_session_and_it_backs_off(tmp_path: Path)
             assert changes[-1] is True  # the engine hears the machine is no longer up
         finally:
             await session.stop()
-            registry.close()
+            await registry.close()
 
     asyncio.run(scenario())
 
@@ -154,7 +155,7 @@ def test_an_error_without_an_epoch_leaves_the_session_up(tmp_path: Path) -> None
             assert machine_error(registry) == "up"
         finally:
             await session.stop()
-            registry.close()
+            await registry.close()
 
     asyncio.run(scenario())
 
@@ -170,13 +171,13 @@ def test_the_daemon_gives_its_epoch_to_every_session(tmp_path: Path) -> None:
         d = Daemon(Config(state_dir=state, socket=str(tmp_path / "s")), registry, lease,
                    lambda m: transport, epoch=9)
         try:
-            registry.add_machine(machine())
+            await registry.add_machine(machine())
             d._open_session(machine())
             await until(lambda: d.sessions["h1"].connected)
             assert transport.channel.written[0]["epoch"] == 9
         finally:
             await d._close_session("h1")
-            registry.close()
+            await registry.close()
             lease.release()
 
     asyncio.run(scenario())

@@ -58,10 +58,10 @@ async def upgrade_machine(request: web.Request) -> web.Response:
 
 async def drain_machine(request: web.Request) -> web.Response:
     body = await req.body(request)
-    return web.json_response(req.services(request).machines.drain(
+    return web.json_response(await req.services(request).machines.drain(
         request.match_info["name"], body.get("deadline_s")))
 
 
 async def undrain_machine(request: web.Request) -> web.Response:
-    return web.json_response(req.services(request).machines.undrain(
+    return web.json_response(await req.services(request).machines.undrain(
         request.match_info["name"]))

@@ -28,23 +28,23 @@ async def submit_units(request: web.Request) -> web.Response:
     desired = service.check_desired(body.get("desired"))
     items = service.submit_items(body.get("units"))
     inputs = await units.resolve(items, desired)
-    return web.json_response(units.store(inputs, desired, replace=req.flag(body, "replace")))
+    return web.json_response(await units.store(inputs, desired, replace=req.flag(body, "replace")))
 
 
 async def set_state(request: web.Request) -> web.Response:
     body = await req.body(request)
-    return web.json_response(req.services(request).units.set_desired(
+    return web.json_response(await req.services(request).units.set_desired(
         req.names(body), body.get("desired")))
 
 
 async def restart_units(request: web.Request) -> web.Response:
     names = req.names(await req.body(request))
-    return web.json_response(req.services(request).units.restart(names))
+    return web.json_response(await req.services(request).units.restart(names))
 
 
 async def destroy_units(request: web.Request) -> web.Response:
     names = req.names(await req.body(request))
-    return web.json_response(req.services(request).units.destroy(names))
+    return web.json_response(await req.services(request).units.destroy(names))
 
 
 async def unit_status(request: web.Request) -> web.Response:

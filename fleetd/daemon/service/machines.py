@@ -167,7 +167,7 @@ class Machines:
             finally:
                 self.installing.difference_update((name, (address, port)))
             record = dataclasses.replace(record, agent_command=installed.agent_command)
-        self.registry.add_machine(record)
+        await self.registry.add_machine(record)
         self._open_session(record)
         self._changed()
         return {"machine": machine_row(record, 0, None),
@@ -230,7 +230,7 @@ class Machines:
             ):
                 await self.changes.wait(1.0)
         left = sorted(o.unit for o in self.registry.list_observed() if o.machine == name)
-        self.registry.remove_machine(name)
+        await self.registry.remove_machine(name)
         await self._close_session(name)
         self._changed()
         result: Dict[str, Any] = {"removed": name}
@@ -253,7 +253,7 @@ class Machines:
         return result
 
     # --- draining -------------------------------------------------------------------------
-    def drain(self, name: str, deadline_s: object) -> Dict[str, Any]:
+    async def drain(self, name: str, deadline_s: object) -> Dict[str, Any]:
         """Start (or extend) a drain (drain.py): the engine moves the machine's units
         off, one at a time; ``deadline_s`` (None: none) bounds how long it may take."""
         m = self.existing(name)
@@ -265,15 +265,15 @@ class Machines:
                 raise Invalid("deadline_s", str(exc)) from None
         now = time.time()
         since = m.draining if m.draining is not None else now
-        self.registry.update_machine(name, draining=since,
-                                     drain_deadline=None if deadline is None
-                                     else now + deadline)
+        await self.registry.update_machine(name, draining=since,
+                                           drain_deadline=None if deadline is None
+                                           else now + deadline)
         self._changed()
         m = self.registry.get_machine(name) or m
         return {"machine": name, "drain": drain.progress(m, self.registry.list_units())}
 
-    def undrain(self, name: str) -> Dict[str, Any]:
+    async def undrain(self, name: str) -> Dict[str, Any]:
         self.existing(name)
-        self.registry.update_machine(name, draining=None, drain_deadline=None)
+        await self.registry.update_machine(name, draining=None, drain_deadline=None)
         self._changed()
         return {"machine": name, "drain": None}

@@ -170,36 +170,36 @@ class Units:
         # templates render in a worker
         return await asyncio.to_thread(submit.check, plan, self.compiled)
 
-    def store(self, inputs: List[UnitInput], desired: Optional[str], replace: bool
+    async def store(self, inputs: List[UnitInput], desired: Optional[str], replace: bool
               ) -> Dict[str, Any]:
         """Store resolved units all or none (the registry's Conflict: other content
         exists, and ``replace`` was not asked)."""
         # None: each unit keeps its desired state (a new one: inactive), as SQLite reads it
-        changed = self.registry.put_units(inputs, desired, replace=replace)
+        changed = await self.registry.put_units(inputs, desired, replace=replace)
         self._changed()
         return {"units": [{"name": u.name, "hash": u.hash} for u in inputs],
                 "changed": changed}
 
-    def set_desired(self, names: List[str], desired: object) -> Dict[str, Any]:
+    async def set_desired(self, names: List[str], desired: object) -> Dict[str, Any]:
         if desired not in DESIRED_STATES:
             raise Invalid("desired", f"{shown(desired)} is not one of "
                                      f"{', '.join(DESIRED_STATES)}")
         assert isinstance(desired, str)
-        self.registry.set_desired(names, desired)
+        await self.registry.set_desired(names, desired)
         self._changed()
         return {"names": names, "desired": desired}
 
-    def restart(self, names: List[str]) -> Dict[str, Any]:
+    async def restart(self, names: List[str]) -> Dict[str, Any]:
         for name in names:  # restarting would make it launched, and a template never runs
             if is_template(name):
                 raise Invalid(None, f"{name} is a template; restart its instances, such "
                                     f"as '{name.replace('@.', '@*.')}'")
-        self.registry.restart(names)
+        await self.registry.restart(names)
         self._changed()
         return {"restarted": names}
 
-    def destroy(self, names: List[str]) -> Dict[str, Any]:
-        self.registry.delete_units(names)
+    async def destroy(self, names: List[str]) -> Dict[str, Any]:
+        await self.registry.delete_units(names)
         self._changed()
         return {"destroyed": names}
 
