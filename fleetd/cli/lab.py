@@ -154,7 +154,7 @@ def lab_status(lab_dir: str) -> None:
         click.echo("\n" + table(["FLEETD", "ADDRESS", "SOCKET", "PID", "ROLE"], [
             [s["name"], s["address"], s["socket"], s["pid"] or "-",
              _role(s)] for s in servers]))
-        click.echo(f"fleetctl --endpoint {the_lab.servers.endpoint}")
+        click.echo(f"\nUse them with: fleetctl --endpoint {the_lab.servers.endpoint}")
 
 
 def _role(row: Dict[str, Any]) -> str:

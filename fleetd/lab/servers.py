@@ -97,13 +97,16 @@ def config_text(s: Server, token_file: str, registry: Optional[str]) -> str:
 
 
 def role_of(name: str, health: Dict[str, Any], servers: Optional[Dict[str, Any]]) -> str:
-    """``leader``, ``follower`` or ``?`` for fleetd ``name``, from what it says of itself:
-    ``/v1/servers`` (``{"leader": NAME}``, or ``{"servers": [{"name", "leader" or
-    "role"}]}``) if it has that route, else ``/v1/health`` (``"role"``, or ``"leader"``:
-    true/false or the leader's name). ``?``: it says none of these (a fleetd before HA)."""
-    for source in (servers or {}, health):
+    """``leader``, ``follower`` or ``?`` for fleetd ``name``, from what it says: first of
+    itself, in ``/v1/health`` (``"role"``, or ``"leader"``: true/false or the leader's
+    name), which is its own belief (a leader cut off from etcd may still hold it); else
+    from ``/v1/servers`` if it has that route (``{"leader": NAME}``, or ``{"servers":
+    [{"kind": "fleetd", "name", "leader" or "role"}]}``, fleetd.engine.roster's rows).
+    ``?``: it says none of these (a fleetd before HA)."""
+    for source in (health, servers or {}):
         for entry in source.get("servers") or []:
-            if isinstance(entry, dict) and entry.get("name") == name:
+            if isinstance(entry, dict) and entry.get("name") == name \
+                    and entry.get("kind", "fleetd") == "fleetd":
                 if isinstance(entry.get("role"), str):
                     return str(entry["role"])
                 if isinstance(entry.get("leader"), bool):

@@ -99,5 +99,6 @@ def linked(netns: str) -> bool:
 
 def link(netns: str, up: bool) -> None:
     """The bridge's end of the namespace's veth up or down: down, the namespace reaches
-    nothing on the bridge and nothing reaches it (a pulled cable)."""
+    nothing on the bridge and nothing reaches it, as with a pulled cable: a connect gets
+    no answer, or EHOSTUNREACH once ARP has given up."""
     run("ip", "link", "set", veth(netns), "up" if up else "down")
