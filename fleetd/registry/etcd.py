@@ -1,0 +1,146 @@
+"""EtcdRegistry: fleetd's state in etcd, shared by several fleetd (issue 12).
+
+The Registry's methods: reads answer from the watch-fed cache (etcd_cache.py), writes
+are planned from it (etcd_writes.py, keys in etcd_keys.py) and committed by EtcdStore
+(etcd_store.py: read-your-writes, fencing by epoch, exactly once, etcd's limits, a lost
+quorum). Open one with ``await EtcdRegistry.open(client, prefix)``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
+
+from fleetd.registry import etcd_writes as writes
+from fleetd.registry.base import (
+    FailureRecord,
+    MachineRecord,
+    ObservedRecord,
+    UnitInput,
+    UnitRecord,
+)
+from fleetd.registry.etcd_store import EtcdStore
+from fleetd.registry.etcd_writes import Plan
+from fleetd.registry.etcdv3 import EtcdClient
+from fleetd.registry.etcdv3_types import Op
+
+
+class EtcdRegistry(EtcdStore):
+    """The Registry on etcd."""
+
+    @classmethod
+    async def open(cls, client: EtcdClient, prefix: str = "/fleetd",
+                   **limits: int) -> EtcdRegistry:
+        """Load everything under ``prefix`` and follow it; Unavailable naming etcd when
+        it cannot be read (no member answers, or no quorum). ``limits``:
+        ``max_txn_ops``, ``max_txn_bytes`` (etcd_store.py)."""
+        reg = cls(client, prefix, **limits)
+        await reg.start()
+        return reg
+
+    # --- units ---------------------------------------------------------------------
+
+    async def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
+                        replace: bool = False) -> List[str]:
+        changed: List[str] = []
+
+        def build() -> Plan:
+            names, plan = writes.put_units(self.cache, units, desired, replace, time.time())
+            changed[:] = names
+            return plan
+        await self._write(build)
+        return changed
+
+    async def restart(self, names: Sequence[str]) -> None:
+        await self._write(lambda: writes.restart(self.cache, names, time.time()))
+
+    async def set_desired(self, names: Sequence[str], desired: str) -> None:
+        await self._write(lambda: writes.set_desired(self.cache, names, desired, time.time()))
+
+    async def delete_units(self, names: Sequence[str]) -> None:
+        await self._write(lambda: writes.delete_units(self.cache, names))
+
+    def get_unit(self, name: str) -> Optional[UnitRecord]:
+        return self.cache.unit(name)
+
+    def list_units(self) -> List[UnitRecord]:
+        return self.cache.units()
+
+    def unit_text(self, content_hash: str) -> Optional[str]:
+        return self.cache.text(content_hash)
+
+    async def set_placements(self, placements: Iterable[Tuple[str, Optional[str], str]],
+                             handoffs: Optional[Mapping[str, Optional[str]]] = None,
+                             retry: Sequence[str] = (), *,
+                             epoch: Optional[int] = None) -> None:
+        given = list(placements)
+        hand = dict(handoffs or {})
+        now = time.time()
+
+        def build(todo: Set[str]) -> List[Tuple[str, Plan]]:
+            return writes.set_placements(
+                self.cache, [p for p in given if p[0] in todo],
+                {u: m for u, m in hand.items() if u in todo},
+                [u for u in retry if u in todo], now)
+        await self._write_each(build, {p[0] for p in given} | set(hand) | set(retry), epoch)
+
+    async def record_failure(self, failure: FailureRecord, *,
+                             epoch: Optional[int] = None) -> None:
+        await self._write(lambda: writes.record_failure(self.cache, failure), epoch)
+
+    def list_failures(self, unit: Optional[str] = None) -> Dict[str, List[FailureRecord]]:
+        return self.cache.failures(unit)
+
+    # --- machines --------------------------------------------------------------------
+
+    async def add_machine(self, machine: MachineRecord) -> None:
+        await self._write(lambda: writes.add_machine(self.cache, machine))
+
+    async def remove_machine(self, name: str) -> None:
+        await self._write(lambda: writes.remove_machine(self.cache, name))
+
+    def get_machine(self, name: str) -> Optional[MachineRecord]:
+        return self.cache.machine(name)
+
+    def list_machines(self) -> List[MachineRecord]:
+        return self.cache.machines()
+
+    async def update_machine(self, name: str, *, epoch: Optional[int] = None,
+                             **fields: Any) -> None:
+        await self._write(lambda: writes.update_machine(self.cache, name, fields), epoch)
+
+    # --- observed state --------------------------------------------------------------
+
+    async def _observed(self, ops: Callable[[], List[Op]], epoch: Optional[int]) -> None:
+        """Rows are the sessions' alone (no compares): planned once, in as many
+        transactions as they need."""
+        async with self._lock:
+            await self.each(ops(), epoch)
+
+    async def replace_observed(self, machine: str, rows: Sequence[ObservedRecord], *,
+                               epoch: Optional[int] = None) -> None:
+        await self._observed(lambda: writes.replace_observed(self.cache, machine, rows),
+                             epoch)
+
+    async def upsert_observed(self, row: ObservedRecord, *,
+                              epoch: Optional[int] = None) -> None:
+        await self._observed(lambda: writes.observed_ops(self.cache, [row]), epoch)
+
+    async def delete_observed(self, machine: str, unit: str, *,
+                              epoch: Optional[int] = None) -> None:
+        await self._observed(lambda: writes.observed_ops(self.cache, [], [(machine, unit)]),
+                             epoch)
+
+    def list_observed(self, unit: Optional[str] = None) -> List[ObservedRecord]:
+        return self.cache.observed(unit)
