@@ -17,13 +17,15 @@ TTL: etcd grants whole seconds and no less than its minimum, 1.5 election timeou
 rounded up (2 s with etcd's defaults: asked for 1 s, etcd 3.4.23 grants 2), and its
 lessor deletes an expired lease's keys within 0.5 s of the expiry (measured: a 2 s lease
 goes after 2.5 s, a 3 s one after 3.49 s). ``DEFAULT_TTL`` is 3 s: the shortest that
-leaves the loop's default margin (skew 0.5 s + stop 1 s) room to renew, and a
-leader's death is seen by a follower within TTL + 0.5 s + TTL/3 (bench/leader_lock.py
-prints what it measures).
+leaves the loop's default margin (skew 0.5 s + stop 1 s) room to renew. A follower
+watches the key (``vacated``) and campaigns as soon as it goes, so a leader's death is
+followed by a new leader within TTL + 0.5 s (bench/leader_lock.py prints what it
+measures).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -138,6 +140,7 @@ class EtcdLock:
         # leases of ours that may still hold the key: a campaign whose answer was lost,
         # a term whose resignation did not arrive. A key on one of them is ours.
         self._stale: Set[int] = set()
+        self._lost_at = 0  # the revision at which the last campaign found the key held
 
     @property
     def ttl(self) -> float:
@@ -151,6 +154,7 @@ class EtcdLock:
         if self.lease:  # campaigning again while holding: that term is over
             self._stale.add(self.lease)
             self.epoch, self.lease = None, 0
+        self._lost_at = 0
         await self._drop_stale()
         lease = await self.client.grant(self._ttl)
         try:
@@ -174,6 +178,7 @@ class EtcdLock:
                                       [Put(self.key, self._value(), lease)], [Get(self.key)])
             if r.succeeded:
                 return r.revision, None
+            self._lost_at = r.revision
             got = r.responses[0]
             assert isinstance(got, RangeResult)
             if not got.kvs:  # deleted between the compare and the read: cannot be
@@ -228,6 +233,23 @@ class EtcdLock:
         with contextlib.suppress(EtcdLeaseNotFound):
             await self.client.revoke(lease)
         self._stale.discard(lease)
+
+    async def vacated(self) -> None:
+        """Return once the leader key is deleted (resigned, or its lease expired) after
+        the last lost campaign saw it (``leadership.Vacancy``): a watch from the
+        revision after that campaign's, so a deletion in between is not missed. After a
+        campaign that failed, or when etcd cannot be watched, it never returns: the
+        follower's timer campaigns."""
+        if self._lost_at:
+            try:
+                async with self.client.watch(self.key, prefix=False,
+                                             start_revision=self._lost_at + 1) as events:
+                    async for event in events:
+                        if event.type == "DELETE":
+                            return
+            except EtcdError:
+                pass
+        await asyncio.Event().wait()
 
     async def leader(self) -> Optional[LeaderInfo]:
         """Who leads now (for ``list-servers`` and messages), or None."""

@@ -16,7 +16,10 @@ the deadline (at which the loop steps down, answered or not), a campaign by the 
 its lock would be good for (TTL - margin).
 
 Renewals go every TTL/3; a failed one is retried every ``retry_s`` until the deadline.
-A follower campaigns every TTL/3. ``on_elected(epoch)`` starts the engine and sessions
+A follower campaigns every TTL/3, and at once when a lock that can say so
+(``leadership.Vacancy``: etcd's watch on the leader key) says the lock was let go or
+expired: a leader's death is then seen when its lease ends, not up to TTL/3 later.
+``on_elected(epoch)`` starts the engine and sessions
 of a new term; ``on_deposed(reason)`` must stop them (the margin gives it ``stop_s``).
 """
 
@@ -29,7 +32,7 @@ import math
 import time
 from typing import Any, Awaitable, Callable, Optional, Union
 
-from fleetd.engine.leadership import LeaderLock, LeaseHeld, LockLost
+from fleetd.engine.leadership import LeaderLock, LeaseHeld, LockLost, Vacancy
 
 log = logging.getLogger("fleetd.leader")
 
@@ -45,6 +48,7 @@ WAIT = "wait"
 # why
 FIRST = "no campaign yet"
 CAMPAIGN_DUE = "the lock was held by another fleetd or could not be asked; trying again"
+VACATED = "the lock was let go or expired; campaigning at once"
 ELECTED = "won the lock"
 RENEW_DUE = "a renewal is due (every TTL/3)"
 RENEW_RETRY = "the last renewal failed; retrying before the deadline"
@@ -101,6 +105,7 @@ class State:
     failures: int = 0               # calls failed in a row
     error: Optional[str] = None     # the last failure
     campaigned: bool = False
+    vacated: bool = False           # the next campaign is early: the lock was let go
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +137,12 @@ class Failed:
     lost: bool = False
 
 
-Result = Union[None, Won, Lost, Renewed, Failed]
+@dataclasses.dataclass(frozen=True)
+class Vacant:
+    """The lock says it may have become free (``Vacancy.vacated`` returned)."""
+
+
+Result = Union[None, Won, Lost, Renewed, Failed, Vacant]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +185,8 @@ def absorb(state: State, now: float, result: Result, ttl: float, timing: Timing)
         if result.lost:
             return dataclasses.replace(failed, deadline=-math.inf)
         return dataclasses.replace(failed, renew_at=now + timing.retry_s)
+    if isinstance(result, Vacant) and state.epoch is None:
+        return dataclasses.replace(state, campaign_at=now, vacated=True)
     return state
 
 
@@ -207,8 +219,9 @@ def decide(state: State, now: float, result: Result, ttl: float, timing: Timing)
     if isinstance(result, Lost) and not timing.patient:
         return Plan(state, Task(GIVE_UP, HELD, detail=result.holder))
     if due >= state.campaign_at:
-        why = CAMPAIGN_DUE if state.campaigned else FIRST
-        return Plan(state, Task(CAMPAIGN, why, until=now + ttl - timing.margin))
+        why = VACATED if state.vacated else CAMPAIGN_DUE if state.campaigned else FIRST
+        return Plan(dataclasses.replace(state, vacated=False),
+                    Task(CAMPAIGN, why, until=now + ttl - timing.margin))
     why = UNASKED if state.failures else FOLLOWING
     return Plan(state, Task(WAIT, why, until=state.campaign_at,
                             detail=state.error if state.failures else state.holder))
@@ -266,7 +279,10 @@ class Leadership:
             plan = decide(self.state, now, result, self.lock.ttl, self.timing)
             self.state, task, result = plan.state, plan.task, None
             if task.action == WAIT:
-                await self._pause(task.until - now)
+                if self.state.epoch is None and isinstance(self.lock, Vacancy):
+                    result = await self._follow(self.lock, task.until - now)
+                else:
+                    await self._pause(task.until - now)
             elif task.action == CAMPAIGN:
                 result = await self._campaign(task.until)
             elif task.action == RENEW:
@@ -306,6 +322,22 @@ class Leadership:
             await asyncio.Event().wait()
         await self._sleep(max(0.0, seconds))
 
+    async def _follow(self, lock: Vacancy, seconds: float) -> Result:
+        """Wait ``seconds``, or less when the lock says it was vacated (then Vacant).
+        A ``vacated`` that fails is ignored: the timer campaigns."""
+        watch = asyncio.ensure_future(lock.vacated())
+        timer = asyncio.ensure_future(self._pause(seconds))
+        try:
+            await asyncio.wait({watch, timer}, return_when=asyncio.FIRST_COMPLETED)
+            if watch.done() and not watch.cancelled() and watch.exception() is not None:
+                log.warning("watching the leader lock failed: %s", watch.exception())
+                await timer
+                return None
+        finally:
+            watch.cancel()
+            timer.cancel()
+        return Vacant() if watch.done() and not watch.cancelled() else None
+
     async def _campaign(self, until: float) -> Result:
         sent = self._clock()
         try:
@@ -335,6 +367,9 @@ class Leadership:
     async def _let_go(self) -> None:
         try:
             await self._bounded(self.lock.resign(), self._clock() + self.timing.stop_s)
+        except _Unanswered:
+            log.warning("could not resign the leader lock: not answered within %gs",
+                        self.timing.stop_s)
         except Exception as exc:  # the lock expires on its own
             log.warning("could not resign the leader lock: %s", exc)
 

@@ -16,7 +16,7 @@ import dataclasses
 import fcntl
 import math
 import os
-from typing import Optional, Protocol
+from typing import Optional, Protocol, runtime_checkable
 
 
 class LeadershipError(Exception):
@@ -74,6 +74,17 @@ class LeaderLock(Protocol):
 
     async def resign(self) -> None: ...
 
+
+
+@runtime_checkable
+class Vacancy(Protocol):
+    """A ``LeaderLock`` that can tell a follower when the lock may have become free, so
+    it campaigns then instead of at its next TTL/3 tick (etcd: a watch on the leader
+    key sees it deleted). ``vacated`` returns once that happened since the lock's last
+    lost campaign; it never raises for a store it cannot watch, it just never returns
+    (the follower's timer still campaigns). The loop uses it when the lock has it."""
+
+    async def vacated(self) -> None: ...
 
 class FileLease:
     def __init__(self, path: str) -> None:

@@ -259,6 +259,31 @@ def test_killed_leader_is_succeeded_with_a_higher_epoch(etcd1: EtcdCluster) -> N
     run(go())
 
 
+def test_a_follower_campaigns_when_the_key_goes_not_at_its_next_tick(
+        etcd1: EtcdCluster) -> None:
+    """beta watches the leader key: alpha resigns, beta is elected before the campaign
+    its timer had scheduled (a TTL of 30 s: a tick every 10 s)."""
+    async def go() -> None:
+        prefix = fresh_prefix()
+        log: Log = []
+        async with EtcdClient(etcd1.endpoints) as ca, EtcdClient(etcd1.endpoints) as cb:
+            a = Fleetd("alpha", ca, prefix, log, ttl=30)
+            b = Fleetd("beta", cb, prefix, log, ttl=30)
+            a.start()
+            await leading(log, 1)
+            b.start()
+            await until("beta following", _true_when(lambda: b.loop.state.holder is not None))
+            next_tick = b.loop.state.campaign_at
+            await a.kill()
+            await a.loop.resign()
+            second = await leading(log, 2)
+            assert second[1] == "beta" and second[0] < next_tick
+            await b.kill()
+            await b.loop.resign()
+
+    run(go())
+
+
 def test_cut_off_leader_steps_down_before_the_other_is_elected(etcd3: EtcdCluster) -> None:
     """alpha reaches etcd only through member m3; m3 stops, so alpha's renewals fail.
     It must be deposed before beta (through m1 and m2) can be elected."""
