@@ -4,6 +4,11 @@ SQLite (the embedded default, on a real file under tmp_path) and MemoryRegistry
 (fleetd.testing.registry, what unit tests build engines on) must answer alike: a test
 here says what any registry does. What only SQLite has (its file, schema versions and
 migrations) is tested in test_registry_sqlite.py and test_registry_failures.py.
+
+EtcdRegistry passes the same tests on a real etcd: tests/integration/
+test_registry_contract_etcd.py imports every test here and replaces ``reg`` with an
+etcd-backed one (so these unit tests need no etcd process). A test added here runs
+there too; it may use only the Registry protocol.
 """
 
 from __future__ import annotations
