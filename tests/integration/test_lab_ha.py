@@ -353,6 +353,22 @@ def test_lab_up_three_fleetd_on_the_lab_etcd_one_leads_a_killed_leader_is_replac
     the_lab.down()
 
 
+def test_a_leader_cut_off_from_etcd_is_replaced_and_heals_as_a_follower(tmp_path) -> None:
+    """The lab's cut in the setting it is for: the leader loses etcd but not its hosts."""
+    if not fleetd_takes_etcd():
+        pytest.skip("fleetd does not take registry = \"etcd://...\" yet (issue 12's daemon "
+                    "side, 'daemon: fleetd on etcd')")
+    with ha_lab(str(tmp_path), hosts=1, etcd=3, fleetd=2) as ha:
+        leader = ha.wait_leader()
+        ha.cut(leader)
+        successor = ha.wait_leader(timeout=60, besides=[leader])
+        wait_for("the cut leader to stop saying it leads", lambda: ha.role(leader) != "leader",
+                 60)
+        ha.heal(leader)
+        wait_for("the healed one to follow", lambda: ha.role(leader) == "follower", 60)
+        assert ha.leaders() == [successor]
+
+
 def test_lab_up_refuses_more_than_nine_members_or_servers_naming_the_option(tmp_path) -> None:
     env = lab_env(str(tmp_path / "lab"))
     for option in ("--etcd", "--fleetd"):
