@@ -46,6 +46,11 @@ def lab() -> None:
                    "their own (cached in /var/cache/fleetd-lab) booted with systemd as "
                    "PID 1, with its own sshd and python3. fleetd reaches them only by "
                    "bootstrap (fleetctl machine add).")
+@click.option("--vm", "vms", default=0, show_default=True, metavar="M",
+              help="The last M of the hosts are QEMU virtual machines: Debian's cloud "
+                   "kernel (pure cgroup v2) and a bookworm image cached in "
+                   "/var/cache/fleetd-lab, sshd at root@127.0.0.1:PORT. fleetd installs "
+                   "the agent there by bootstrap.")
 @click.option("--without-psutil", "without_psutil", default=0, show_default=True,
               metavar="K", help="The last K of the systemd hosts lack python3-psutil.")
 @click.option("--prefix", default="fl", show_default=True,
@@ -64,7 +69,8 @@ def lab() -> None:
 @lab_dir_option
 @click.pass_context
 def lab_up(ctx: click.Context, count: int, systemd: int, without_psutil: int, prefix: str,
-           subnet: str, no_fleetd: bool, etcd: int, servers: int, lab_dir: str) -> None:
+           subnet: str, no_fleetd: bool, etcd: int, servers: int, lab_dir: str,
+           vms: int) -> None:
     """Create the hosts; start fleetd if none runs; register the plain hosts with it."""
     from fleetd.lab import daemon as lab_daemon
     from fleetd.lab.netns import LabError
@@ -73,15 +79,23 @@ def lab_up(ctx: click.Context, count: int, systemd: int, without_psutil: int, pr
         raise click.UsageError("--no-fleetd and --fleetd: choose one")
     the_lab = _lab(lab_dir, prefix, subnet)
     try:
-        hosts = the_lab.up(count, systemd=systemd, without_psutil=without_psutil,
+        from fleetd.lab import vm_lab  # --vm: fleetd.lab.vm_lab says what it does
+
+        vm_lab.check(count, vms, systemd)
+        hosts = the_lab.up(count - vms, systemd=systemd, without_psutil=without_psutil,
                            etcd=etcd, servers=servers)
+        booted = vm_lab.lab_up(the_lab, count, vms)
         sd = [h.name for h in hosts if h.systemd]
         kinds = f"; systemd host{'s' if len(sd) > 1 else ''} {', '.join(sd)}" if sd else ""
         click.echo(f"Lab up: {count} hosts on {the_lab.subnet}.0/24{kinds} "
                    f"(bridge {the_lab.bridge}, dir {the_lab.dir})")
         _say_cluster(the_lab)
+        if booted:
+            click.echo(vm_lab.summary(booted))
         if no_fleetd:
             _bootstrap_hints(the_lab, [h for h in hosts if h.systemd])
+            for line in vm_lab.hints(the_lab, booted):
+                click.echo(line)
             return
         client: Client = ctx.find_root().obj.client
         if servers:
@@ -98,6 +112,8 @@ def lab_up(ctx: click.Context, count: int, systemd: int, without_psutil: int, pr
         click.echo(f"Registered {', '.join(plain) or 'no plain host'} with fleetd"
                    + (f"; installed the agent on {', '.join(bootstrapped)}" if bootstrapped
                       else "") + "; all up")
+        if booted:
+            click.echo(vm_lab.lab_register(the_lab, client, booted))
     except (LabError, ApiError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -143,6 +159,10 @@ def lab_status(lab_dir: str) -> None:
     pid: Optional[int] = the_lab.info().get("fleetd_pid")
     if pid:
         click.echo(f"fleetd started by the lab: pid {pid}")
+    from fleetd.lab import vm_lab
+
+    for line in vm_lab.status_lines(the_lab.dir):
+        click.echo(line)
     members = the_lab.etcd.status()
     if members:
         click.echo("\n" + table(["ETCD", "ADDRESS", "NETNS", "PID", "STATE"], [
@@ -182,6 +202,9 @@ def lab_down(lab_dir: str) -> None:
     the_lab = _lab(lab_dir, "fl", "10.77.0")
     try:
         the_lab.require_root()
+        from fleetd.lab import vm_lab
+
+        vm_lab.down(the_lab.dir)  # the VM hosts' QEMUs (--vm)
         the_lab.down()
     except LabError as exc:
         raise click.ClickException(str(exc)) from None

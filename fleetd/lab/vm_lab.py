@@ -27,9 +27,12 @@ from typing import Any, Dict, List, Optional, Sequence
 from fleetd import procfs
 from fleetd.client import Client
 from fleetd.lab import vm
+from fleetd.lab.daemon import wait_up
 from fleetd.lab.host import LabError
+from fleetd.lab.netns import Lab
 
 RECORD = "vms.json"
+UP_TIMEOUT_S = 300.0  # from added to up: the agent's first hello, Python slow under TCG
 REGISTER_TIMEOUT_S = 900.0  # the bootstrap under TCG: a fresh SSH connection is ~1 s there
 _lock = threading.Lock()
 
@@ -169,3 +172,40 @@ def _pidfile(path: str) -> Optional[int]:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
+
+
+# --- what fleetctl lab runs ---------------------------------------------------------------------
+def lab_up(the_lab: Lab, count: int, vms: int) -> List[vm.Vm]:
+    """After ``the_lab.up(count - vms)``: boot the last ``vms`` of the ``count`` hosts as
+    VMs; if one fails, the whole lab goes down again (as Lab.up does on its own failures)."""
+    try:
+        return up(the_lab.dir, the_lab.identity, the_lab.known_hosts, names(count, vms))
+    except BaseException:
+        down(the_lab.dir)
+        the_lab.down()
+        raise
+
+
+def summary(vms: Sequence[vm.Vm]) -> str:
+    return "; ".join(f"VM host {v.name} at root@{vm.ADDRESS}:{v.port} ({v.accel}, sshd after "
+                     f"{v.boot_seconds:.0f}s)" for v in vms)
+
+
+def hints(the_lab: Lab, vms: Sequence[vm.Vm]) -> List[str]:
+    return [f"{v.name}: VM host, add it with `"
+            + " ".join(machine_add_argv(the_lab.prefix, the_lab.identity, the_lab.known_hosts,
+                                        v)) + "`" for v in vms]
+
+
+def lab_register(the_lab: Lab, client: Client, vms: Sequence[vm.Vm]) -> str:
+    """Register the VMs with fleetd (the agent installed by bootstrap) and wait until up."""
+    added = register(client, the_lab.prefix, the_lab.identity, the_lab.known_hosts, vms)
+    wait_up(client, [v.name for v in vms], timeout=UP_TIMEOUT_S)
+    return (f"Installed the agent on VM host{'s' if len(added) > 1 else ''} "
+            f"{', '.join(added)}; up" if added else "VM hosts up")
+
+
+def status_lines(lab_dir: str) -> List[str]:
+    return [f"{r['host']}: VM host at root@{vm.ADDRESS}:{r['port']}, "
+            + (f"QEMU pid {r['pid']} ({r['accel']})" if r["pid"] else "QEMU down")
+            for r in status(lab_dir)]
