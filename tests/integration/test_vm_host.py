@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
-from labkit import ROOT, Fleet, wait_for
+from labkit import FLEETCTL, ROOT, Fleet, wait_for
 
+from fleetd import procfs
 from fleetd.lab import vm
 
 pytestmark = pytest.mark.vm
@@ -305,3 +306,43 @@ def test_systemd_driver_enforces_the_same_limits(fleet: Fleet, guest: Guest,
         assert json.loads(forks) == {"ok": 9, "failed": 21}
     finally:
         destroy(fleet, *names)
+
+
+# --- fleetctl lab up --vm ------------------------------------------------------------------------
+def test_lab_up_with_a_vm_host_and_down_again(tmp_path: Path) -> None:
+    """``fleetctl lab up --hosts 2 --vm 1``: h2 is a VM, registered with the lab's fleetd
+    by bootstrap over SSH (strict host-key checking against the lab's known_hosts);
+    ``lab down`` stops its QEMU and leaves nothing of it."""
+    lab_dir = tmp_path / "lab"
+    env = dict(os.environ, FLEETCTL_ENDPOINT=f"unix://{tmp_path}/fleetd.sock",
+               FLEET_LAB_DIR=str(lab_dir))
+    slot = os.getpid() % 250
+    record: Dict[str, Any] = {}
+
+    def ctl(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([FLEETCTL, *args], capture_output=True, text=True, env=env,
+                              timeout=timeout)
+
+    try:
+        up = ctl("lab", "up", "--hosts", "2", "--vm", "1", "--prefix", f"vm{slot}",
+                 "--subnet", f"10.79.{slot}")
+        print(f"\n{up.stdout}{up.stderr}")
+        assert up.returncode == 0, up.stderr
+        assert "VM host h2 at root@127.0.0.1:" in up.stdout
+        assert "Installed the agent on VM host h2; up" in up.stdout
+        machines = json.loads(ctl("list-machines", "-o", "json").stdout)
+        rows = machines["machines"] if isinstance(machines, dict) else machines
+        h2 = next(m for m in rows if m["name"] == "h2")
+        assert h2["state"] == "up" and h2["metadata"]["vm"] == "true"
+        record.update(json.loads((lab_dir / "vms.json").read_text())["h2"])
+        assert h2["port"] == record["port"]
+        known = (lab_dir / "known_hosts").read_text()
+        assert f"[127.0.0.1]:{record['port']} ssh-ed25519 " in known
+        status = ctl("lab", "status").stdout
+        assert f"h2: VM host at root@127.0.0.1:{record['port']}, QEMU pid {record['pid']}" \
+            in status
+    finally:
+        down = ctl("lab", "down", timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert record and not procfs.alive(record["pid"], record["pid_start"])
+    assert not (lab_dir / "vms").exists() and not (lab_dir / "vms.json").exists()
