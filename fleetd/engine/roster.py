@@ -29,11 +29,15 @@ from fleetd import __version__
 from fleetd.engine.etcd_lock import LeaderInfo, leader_info, leader_key
 from fleetd.registry.etcdv3 import EtcdClient
 from fleetd.registry.etcdv3_types import (
+    Compare,
     EndpointStatus,
     EtcdError,
     EtcdLeaseNotFound,
+    Get,
     KeyValue,
     Member,
+    Put,
+    RangeResult,
 )
 
 log = logging.getLogger("fleetd.roster")
@@ -224,13 +228,32 @@ async def list_servers(client: EtcdClient, prefix: str) -> List[ServerInfo]:
     return rows
 
 
+class NameInUse(ValueError):
+    """Another living fleetd, at other API addresses, is registered under this name:
+    two fleetd configured with one name would hide each other in ``list-servers``."""
+
+
+def check_name(name: str) -> str:
+    """A fleetd's name as a roster key's last part; ValueError saying why not."""
+    if not name or len(name) > 200 or "/" in name or not name.isprintable() \
+            or name != name.strip():
+        raise ValueError(f"fleetd name {name!r}: give 1-200 printable characters, no '/' "
+                         "and no spaces around")
+    return name
+
+
 class Roster:
     """Keeps this fleetd's entry in the roster while ``run`` runs: a lease of ``ttl``
     seconds renewed every ttl/3, granted again (and the entry written again) when etcd
-    says it is gone. ``close`` removes the entry at once (a stop, not a crash)."""
+    says it is gone. ``close`` removes the entry at once (a stop, not a crash).
+
+    An entry of the same name at the same API addresses is this fleetd's earlier life
+    (a restart within the TTL) and is replaced; at other addresses it is another fleetd:
+    ``run`` ends with ``NameInUse``."""
 
     def __init__(self, client: EtcdClient, prefix: str, name: str, api: Sequence[str] = (),
                  ttl: int = ROSTER_TTL, *, retry_s: float = 1.0) -> None:
+        check_name(name)
         self.client = client
         self.key = servers_prefix(prefix) + name
         self.record = ServerRecord(name, tuple(api), os.getpid(), time.time(), __version__)
@@ -239,10 +262,37 @@ class Roster:
         self.lease = 0
 
     async def register(self) -> None:
-        """A fresh lease and the entry on it."""
+        """A fresh lease and the entry on it (a lease whose entry could not be written
+        is left to expire); NameInUse when another fleetd has the name."""
         lease = await self.client.grant(self.ttl)
-        await self.client.put(self.key, self.record.to_json(), lease=lease)
-        self.lease = lease  # a lease whose put failed is left to expire
+        value = self.record.to_json()
+        compare = Compare.create(self.key, "==", 0)
+        for _ in range(3):
+            r = await self.client.txn([compare], [Put(self.key, value, lease)],
+                                      [Get(self.key)])
+            if r.succeeded:
+                self.lease = lease
+                return
+            got = r.responses[0]
+            assert isinstance(got, RangeResult)
+            if not got.kvs:
+                compare = Compare.create(self.key, "==", 0)
+                continue
+            kv = got.kvs[0]
+            try:
+                other: Optional[ServerRecord] = parse_record(kv)
+            except ValueError:
+                other = None  # unreadable: not a fleetd's, replace it
+            if other is not None and other.api != self.record.api:
+                with contextlib.suppress(EtcdError):
+                    await self.client.revoke(lease)
+                raise NameInUse(
+                    f"fleetd name {self.record.name!r} is already registered at "
+                    f"{self.key} by pid {other.pid} at {', '.join(other.api) or 'no address'}"
+                    f" (this one: {', '.join(self.record.api) or 'no address'}): give "
+                    "each fleetd a name of its own")
+            compare = Compare.mod(self.key, "==", kv.mod_revision)
+        raise EtcdError(f"{self.key}: the entry kept changing while this fleetd registered")
 
     async def run(self) -> None:
         """Register, then renew until cancelled; errors are logged and retried (the

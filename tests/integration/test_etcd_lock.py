@@ -21,7 +21,7 @@ from etcdkit import EtcdCluster, etcd_cluster, free_port
 from fleetd.engine.etcd_lock import EtcdLock, leader_key, read_leader
 from fleetd.engine.leader import Leadership, Timing
 from fleetd.engine.leadership import LockLost
-from fleetd.engine.roster import ETCD, FLEETD, Roster, ServerInfo, list_servers
+from fleetd.engine.roster import ETCD, FLEETD, NameInUse, Roster, ServerInfo, list_servers
 from fleetd.registry.etcdv3 import EtcdClient
 from fleetd.registry.etcdv3_types import EtcdError, EtcdUnavailable, Put
 
@@ -390,6 +390,29 @@ def test_roster_and_list_servers(etcd3: EtcdCluster) -> None:
             await alpha.close()
             await lock.resign()
             victim.start()
+
+    run(go())
+
+
+def test_a_second_fleetd_of_the_same_name_is_refused_a_restarted_one_replaces(
+        etcd1: EtcdCluster) -> None:
+    async def go() -> None:
+        prefix = fresh_prefix()
+        async with EtcdClient(etcd1.endpoints) as c:
+            first = Roster(c, prefix, "alpha", ["10.0.0.1:8080"])
+            await first.register()
+            other = Roster(c, prefix, "alpha", ["10.0.0.9:8080"])
+            with pytest.raises(NameInUse, match=r"'alpha' is already registered .* "
+                                                r"10\.0\.0\.1:8080 .*10\.0\.0\.9:8080"):
+                await other.run()  # ends the loop: a configuration mistake
+            assert not other.lease
+            again = Roster(c, prefix, "alpha", ["10.0.0.1:8080"])  # first, restarted
+            await again.register()
+            got = (await c.get(first.key)).kvs[0]
+            assert got.lease == again.lease != first.lease
+            await again.close()
+            await c.revoke(first.lease)
+            assert not (await c.get(first.key)).kvs
 
     run(go())
 

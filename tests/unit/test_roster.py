@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from fleetd.engine.etcd_lock import leader_info
-from fleetd.engine.roster import ETCD, FLEETD, ServerRecord, parse_record, server_rows
+from fleetd.engine.roster import (
+    ETCD,
+    FLEETD,
+    ServerRecord,
+    check_name,
+    parse_record,
+    server_rows,
+)
 from fleetd.registry.etcdv3_types import EndpointStatus, KeyValue, Member
 
 
@@ -118,3 +125,10 @@ def test_rows_are_json() -> None:
                        [status("127.0.0.1:1", 1)])
     text = json.dumps([r.to_json() for r in rows])
     assert json.loads(text)[0]["addresses"] == ["alpha:8080"]
+
+
+@pytest.mark.parametrize("name", ["", "a/b", " a", "a\n", "x" * 201])
+def test_a_name_that_cannot_be_a_roster_key_is_refused_naming_it(name: str) -> None:
+    with pytest.raises(ValueError, match="fleetd name"):
+        check_name(name)
+    assert check_name("fleetd-1.example") == "fleetd-1.example"
