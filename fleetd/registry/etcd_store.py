@@ -48,7 +48,7 @@ import time
 import uuid
 from typing import Callable, List, Optional, Set, Tuple
 
-from fleetd.registry.base import NotLeader, RegistryError, Unavailable
+from fleetd.registry.base import NotFound, NotLeader, RegistryError, Unavailable
 from fleetd.registry.etcd_cache import Cache
 from fleetd.registry.etcd_keys import check_prefix, key, leader_key
 from fleetd.registry.etcd_writes import Plan, chunks, size_of
@@ -148,7 +148,7 @@ class EtcdStore:
         except EtcdError as e:
             raise _unavailable(e, "could not read fleetd's state") from e
         if r.revision <= self.cache.revision:
-            return
+            return  # (a linearizable read: the cache has everything up to there)
         self.cache.load(r.kvs, r.revision)
         self._loaded = r.revision
         if self._stale is not None:
@@ -230,10 +230,17 @@ class EtcdStore:
     async def _write(self, build: Callable[[], Optional[Plan]],
                      epoch: Optional[int] = None) -> None:
         """Plan from the cache and commit; plan again on a reloaded cache when the
-        plan's compares failed."""
+        plan's compares failed, or when it found a unit or machine missing (it may have
+        been made through another fleetd a moment ago, still on its way here)."""
         async with self._lock:
-            for _ in range(ATTEMPTS):
-                plan = build()
+            for attempt in range(ATTEMPTS):
+                try:
+                    plan = build()
+                except NotFound:
+                    if attempt:
+                        raise
+                    await self.reload()
+                    plan = build()
                 if plan is None or not (plan.ops or plan.before or plan.after):
                     return
                 if await self._commit(plan, epoch):

@@ -16,10 +16,11 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Coroutine, Iterator, List, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Iterator, List, TypeVar
 
 import pytest
-from etcdkit import EtcdCluster, etcd_cluster, free_port
+from etcdkit import EtcdCluster, etcd_cluster
+from etcdproxy import Cutter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from registrykit import A_TEXT, B_TEXT, machine, observed, u
@@ -263,59 +264,6 @@ def test_etcd_transaction_limits(etcd1: EtcdCluster, prefix: str) -> None:
     run(go())
 
 
-class Cutter:
-    """A loopback TCP proxy in front of one etcd member that, when armed, cuts the
-    connection of the next transaction request: after etcd answered it (the write
-    landed, its answer is lost) or before sending it on (it never reached etcd)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target = target_port
-        self.port = free_port()
-        self.armed: Optional[str] = None  # "after" or "before"
-        self.cut = 0
-        self._server: Optional[asyncio.AbstractServer] = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    async def _serve(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        sr, sw = await asyncio.open_connection("127.0.0.1", self.target)
-        dropping = False  # a transaction went on to etcd: its answer is dropped
-
-        async def back() -> None:
-            while data := await sr.read(65536):
-                if dropping:
-                    cw.transport.abort()
-                    return
-                cw.write(data)
-                await cw.drain()
-            cw.close()
-        pump = asyncio.ensure_future(back())
-        try:
-            while data := await cr.read(65536):
-                if self.armed and data.startswith(b"POST /v3/kv/txn"):
-                    how, self.armed = self.armed, None
-                    self.cut += 1
-                    if how == "before":
-                        cw.transport.abort()
-                        break
-                    dropping = True
-                sw.write(data)
-                await sw.drain()
-        except ConnectionError:
-            pass
-        finally:
-            await asyncio.sleep(0)
-            if not dropping:
-                pump.cancel()
-            sw.close()
-
-
 @pytest.mark.parametrize("how", ["after", "before"])
 def test_a_write_whose_answer_is_lost_is_made_exactly_once(etcd1: EtcdCluster, prefix: str,
                                                            how: str) -> None:
@@ -325,7 +273,7 @@ def test_a_write_whose_answer_is_lost_is_made_exactly_once(etcd1: EtcdCluster, p
     async def go() -> None:
         cutter = Cutter(etcd1.members[0].client_port)
         await cutter.start()
-        async with EtcdClient([f"127.0.0.1:{cutter.port}", *etcd1.endpoints]) as c:
+        async with EtcdClient([cutter.endpoint, *etcd1.endpoints]) as c:
             reg = await EtcdRegistry.open(c, prefix)
             await reg.put_units([u("a.service", A_TEXT)], LOADED)
             cutter.armed = how

@@ -1,0 +1,121 @@
+"""EtcdRegistry's cache when its watch cannot keep up, on a real etcd member behind a
+loopback proxy (etcdproxy.Cutter): a watch that resumes from a revision etcd has
+compacted reloads everything; a follower whose cache is behind does not answer
+"not found" for a unit made through another fleetd a moment ago; a registry that
+cannot reach etcd at all does not open."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Coroutine, Iterator, List, TypeVar
+
+import pytest
+from etcdkit import EtcdCluster, etcd_cluster, free_port
+from etcdproxy import Cutter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from registrykit import A_TEXT, B_TEXT, u
+
+from fleetd.registry.base import LAUNCHED, LOADED, Unavailable
+from fleetd.registry.etcd import EtcdRegistry
+from fleetd.registry.etcdv3 import EtcdClient
+
+pytestmark = pytest.mark.etcd
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, 120))  # bounds a hang, asserts nothing
+
+
+async def until(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = probe()
+        if got:
+            return got
+        await asyncio.sleep(0.05)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def etcd1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    with etcd_cluster(str(tmp_path_factory.mktemp("regwatch")), 1) as c:
+        yield c
+
+
+def test_a_watch_resuming_past_a_compaction_reloads(etcd1: EtcdCluster) -> None:
+    """The registry's watch goes quiet (the proxy swallows it) while another fleetd
+    writes and etcd compacts its history; the stream then breaks and resumes on the
+    member itself from a revision etcd no longer has: the registry reloads, reads the
+    other's writes (including a delete it never saw as an event) and says so through
+    on_change; its own writes work on."""
+    async def go() -> None:
+        cutter = Cutter(etcd1.members[0].client_port)
+        await cutter.start()
+        async with EtcdClient([cutter.endpoint, *etcd1.endpoints]) as c, \
+                EtcdClient(etcd1.endpoints) as direct:
+            reg = await EtcdRegistry.open(c, "/compact")
+            other = await EtcdRegistry.open(direct, "/compact")
+            await reg.put_units([u("a.service", A_TEXT)], LAUNCHED)
+            await until("the other to read a.service", lambda: other.get_unit("a.service"))
+            changes: List[int] = []
+            reg.on_change(lambda: changes.append(1))
+            cutter.hold_watches()
+            await other.put_units([u("b.service", B_TEXT)], LOADED)
+            await other.delete_units(["a.service"])
+            now = (await direct.get("/none")).revision
+            await direct.compact(now)
+            await asyncio.sleep(0.3)
+            assert reg.get_unit("a.service") is not None  # it has not heard
+            cutter.cut_watches()
+            await until("the reload after the compaction", lambda: reg.get_unit("b.service"))
+            assert [x.name for x in reg.list_units()] == ["b.service"]
+            assert changes and reg.staleness() is None
+            await reg.set_desired(["b.service"], LAUNCHED)
+            await until("the other to read it", lambda: getattr(
+                other.get_unit("b.service"), "desired", None) == LAUNCHED)
+            await reg.close()
+            await other.close()
+        await cutter.close()
+    run(go())
+
+
+def test_a_follower_behind_does_not_say_not_found(etcd1: EtcdCluster) -> None:
+    """A unit made through one fleetd and at once stopped through another whose watch
+    has not brought it yet: the second reloads before it would answer NotFound, and the
+    write lands."""
+    async def go() -> None:
+        cutter = Cutter(etcd1.members[0].client_port)
+        await cutter.start()
+        async with EtcdClient([cutter.endpoint]) as c, EtcdClient(etcd1.endpoints) as direct:
+            behind = await EtcdRegistry.open(c, "/behind")
+            first = await EtcdRegistry.open(direct, "/behind")
+            cutter.hold_watches()
+            await first.put_units([u("a.service", A_TEXT)], LAUNCHED)
+            await asyncio.sleep(0.3)
+            assert behind.get_unit("a.service") is None  # its watch is held
+            await behind.set_desired(["a.service"], LOADED)
+            a = behind.get_unit("a.service")
+            assert a is not None and a.desired == LOADED
+            await until("the first to read it", lambda: getattr(
+                first.get_unit("a.service"), "desired", None) == LOADED)
+            cutter.cut_watches()
+            await behind.close()
+            await first.close()
+        await cutter.close()
+    run(go())
+
+
+def test_open_without_etcd_fails_naming_it() -> None:
+    async def go() -> None:
+        port = free_port()  # nothing listens there
+        async with EtcdClient([f"127.0.0.1:{port}"]) as c:
+            with pytest.raises(Unavailable) as e:
+                await EtcdRegistry.open(c)
+            assert "etcd" in str(e.value) and f"127.0.0.1:{port}" in str(e.value)
+            assert "connection refused" in str(e.value)
+    run(go())
