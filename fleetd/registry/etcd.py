@@ -4,6 +4,28 @@ The Registry's methods: reads answer from the watch-fed cache (etcd_cache.py), w
 are planned from it (etcd_writes.py, keys in etcd_keys.py) and committed by EtcdStore
 (etcd_store.py: read-your-writes, fencing by epoch, exactly once, etcd's limits, a lost
 quorum). Open one with ``await EtcdRegistry.open(client, prefix)``.
+
+etcd's load does not grow with heartbeats: ``update_machine`` that changes only
+``last_seen``, and observed rows equal to the stored one but for ``updated_at``, are
+kept in this process's overlay (etcd_cache.py) and not written. Idle, nothing is.
+
+Limits: etcd takes at most ``--max-txn-ops`` (128) operations and compares per
+transaction and ``--max-request-bytes`` (1.5 MiB) per request (``max_txn_ops`` and
+``max_txn_bytes`` here must not exceed the cluster's; measured on Debian's 3.4.23 with
+its defaults, bench/registry_etcd.py: 128 operations pass, 129 are refused "too many
+operations in txn request"; one put carries a value of up to ~1,572,600 bytes; the
+default ``max_txn_bytes`` is 1 MiB, leaving room for keys and the gateway). A user's write is one
+transaction when it fits; else the texts it adds go first, in transactions of their
+own (content-addressed, harmless), and the clean-up of keys nothing reads any more
+(a destroyed unit's placement and failures, unused texts) after; the units themselves
+always land together, or the write is refused naming the limit (submit fewer at once).
+The engine's placements and the sessions' observed rows are independent per unit, and
+are split into as many fenced transactions as they need.
+
+What is left behind: each EtcdRegistry ever opened has its ``writers/<id>`` key (one
+small key; ``close`` deletes it, a crash leaves it); a write cut short between its
+parts may leave unused texts, or a destroyed unit's placement and failures (a unit
+made again under that name clears them).
 """
 
 from __future__ import annotations

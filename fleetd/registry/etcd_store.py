@@ -20,19 +20,7 @@ if that succeeds the lost write can never apply (its compare is stale) and it is
 again; if it fails, the key holds either the lost write's token (it landed: success) or
 not. So a write is reported done only when it landed, and lands at most once.
 
-etcd's load does not grow with heartbeats: ``update_machine`` that changes only
-``last_seen``, and observed rows equal to the stored one but for ``updated_at``, are
-kept in this process's overlay (etcd_cache.py) and not written. Idle, nothing is.
-
-Limits: etcd takes at most ``--max-txn-ops`` (128) operations and compares per
-transaction and ``--max-request-bytes`` (1.5 MiB) per request (``max_txn_ops`` and
-``max_txn_bytes`` here must not exceed the cluster's). A user's write is one
-transaction when it fits; else the texts it adds go first, in transactions of their
-own (content-addressed, harmless), and the clean-up of keys nothing reads any more
-(a destroyed unit's placement and failures, unused texts) after; the units themselves
-always land together, or the write is refused naming the limit (submit fewer at once).
-The engine's placements and the sessions' observed rows are independent per unit, and
-are split into as many fenced transactions as they need.
+Heartbeats (written not at all) and etcd's limits: etcd.py.
 
 Lost quorum: reads go on answering from the cache and ``staleness()`` says since when;
 writes raise ``Unavailable`` naming etcd and its endpoints. The watch is opened again
@@ -191,6 +179,7 @@ class EtcdStore:
         news = (self.cache.delete(ev.kv.key) if ev.type == "DELETE"
                 else self.cache.put(ev.kv))
         self.cache.revision = max(self.cache.revision, rev)
+        self._stale = None  # a change committed: etcd has its quorum
         if self._own and min(self._own) < rev:  # (a transaction's events share one)
             self._own = {r for r in self._own if r >= rev}
         if rev in self._own or not news:
@@ -284,7 +273,10 @@ class EtcdStore:
         await self.each(plan.before, epoch)
         if not await self._txn(plan.compares, plan.ops, epoch):
             return False
-        await self.each(plan.after, epoch)
+        try:  # the write is made: a clean-up that fails is no failure of it
+            await self.each(plan.after, epoch)
+        except RegistryError as e:
+            log.warning("etcd: keys nothing reads any more were left behind: %s", e)
         return True
 
     async def each(self, ops: List[Op], epoch: Optional[int]) -> None:
@@ -327,6 +319,7 @@ class EtcdStore:
                 self._done()
             if res.succeeded:
                 self._wmod = res.revision
+                self._stale = None
                 await self._caught_up(res.revision)
                 return True
             lead, mine = (r.kvs[0] if isinstance(r, RangeResult) and r.kvs else None
@@ -377,6 +370,7 @@ class EtcdStore:
                 continue
             if res.succeeded:
                 self._wmod = res.revision
+                self._stale = None
                 self._claim(res.revision)
                 return None
             r = res.responses[0]
