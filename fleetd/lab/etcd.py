@@ -132,9 +132,7 @@ class Cluster:
         The caller (Lab) tears down on failure."""
         if not 1 <= count <= MAX_MEMBERS:
             raise LabError(f"--etcd {count}: want 1 to {MAX_MEMBERS}")
-        if not os.access(ETCD, os.X_OK):
-            raise LabError(f"{ETCD} not found: install etcd-server (apt-get install -y "
-                           "etcd-server etcd-client); the lab runs Debian's etcd")
+        self.preflight()
         if self._record():
             raise LabError("this lab has an etcd cluster already")
         token = f"{self.site.prefix}-{uuid.uuid4().hex[:12]}"
@@ -145,8 +143,15 @@ class Cluster:
             wiring.plug(self.site.bridge, m.netns, m.address, f"{self.site.subnet}.1")
         for m in members:
             self.start(m.name)
-        self.wait_healthy()
+        self.wait_healthy([m.name for m in members])
         return members
+
+    @staticmethod
+    def preflight() -> None:
+        """Debian's etcd is there (before the lab makes anything)."""
+        if not os.access(ETCD, os.X_OK):
+            raise LabError(f"{ETCD} not found: install etcd-server (apt-get install -y "
+                           "etcd-server etcd-client); the lab runs Debian's etcd")
 
     # --- one member ----------------------------------------------------------------------
     def start(self, name: str) -> int:
@@ -220,6 +225,8 @@ class Cluster:
         """Until each running member (or each of ``names``) is healthy; LabError naming the
         ones that are not, and where their logs are."""
         wanted = names or [m.name for m in self.members() if self.pid(m.name) is not None]
+        if not wanted:
+            raise LabError(f"no etcd member runs; see their logs in {self.base}")
         deadline = time.monotonic() + timeout
         while True:
             sick = [n for n in wanted if not self.healthy(n)]

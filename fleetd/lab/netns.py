@@ -175,6 +175,8 @@ class Lab:
         if not 0 <= without_psutil <= systemd:
             raise LabError(f"--without-psutil {without_psutil}: want 0 to --systemd ({systemd})")
         self.preflight(sshd=count > systemd)  # systemd hosts have their own sshd
+        if etcd:
+            self.etcd.preflight()
         if self._load():
             raise LabError(f"a lab is already up in {self.dir} "
                            "(fleetctl lab status; fleetctl lab down)")

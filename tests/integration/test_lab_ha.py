@@ -8,6 +8,7 @@ Prefix ``fh`` on 10.79.0.0/24: apart from the session lab (``ft``/10.78.x) and t
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -15,6 +16,7 @@ import sys
 from typing import Dict, List
 
 import pytest
+from click.testing import CliRunner
 from labkit import (
     FLEETCTL,
     ROOT,
@@ -27,7 +29,9 @@ from labkit import (
 )
 
 from fleetd import procfs
+from fleetd.cli.main import cli
 from fleetd.client import ApiError, Client
+from fleetd.lab import etcd as lab_etcd
 from fleetd.lab.netns import Lab
 
 pytestmark = pytest.mark.etcd
@@ -377,6 +381,31 @@ def test_lab_up_refuses_more_than_nine_members_or_servers_naming_the_option(tmp_
         assert out.returncode != 0
         assert f"{option} 10: want 0 to 9" in out.stderr
         assert "Traceback" not in out.stderr
+    assert ha_leftovers(Lab(str(tmp_path / "lab"), PREFIX, SUBNET)) == []
+
+
+def test_lab_up_without_etcd_installed_says_what_to_install_and_makes_nothing(
+        tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(lab_etcd, "ETCD", str(tmp_path / "no-etcd-here"))
+    result = CliRunner().invoke(cli, ["lab", "up", "--hosts", "1", "--etcd", "3",
+                                      "--prefix", PREFIX, "--subnet", SUBNET,
+                                      "--lab-dir", str(tmp_path / "lab")])
+    assert result.exit_code != 0
+    assert "no-etcd-here not found: install etcd-server" in result.output
+    assert ha_leftovers(Lab(str(tmp_path / "lab"), PREFIX, SUBNET)) == []
+    assert not os.path.exists(tmp_path / "lab" / "lab.json")
+
+
+def test_lab_up_with_etcd_members_that_die_fails_naming_one_and_makes_nothing(
+        tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(lab_etcd, "ETCD", "/bin/false")  # installed, but exits at once
+    result = CliRunner().invoke(cli, ["lab", "up", "--hosts", "1", "--etcd", "3",
+                                      "--prefix", PREFIX, "--subnet", SUBNET,
+                                      "--lab-dir", str(tmp_path / "lab")])
+    assert result.exit_code != 0
+    assert re.search(r"etcd member (e[123]) is not running; see \S+/etcd/\1\.log",
+                     result.output), result.output
+    assert "Traceback" not in result.output
     assert ha_leftovers(Lab(str(tmp_path / "lab"), PREFIX, SUBNET)) == []
 
 
