@@ -246,11 +246,12 @@ def record_failure(cache: Cache, f: FailureRecord) -> Plan:
     ident = f"{f.at:017.6f}-{uuid.uuid4().hex[:8]}"
     doc = {"hash": f.hash, "machine": f.machine, "at": f.at, "reason": f.reason}
     kept = sorted([*cache.failure_keys(f.unit), (f.at, ident)])
-    drop: List[Op] = [_delete(cache.prefix, "failures", f.unit, i)
-                      for _, i in kept[:-FAILURES_KEPT]]
-    new = _put(cache.prefix, "failures", (f.unit, ident), doc)
-    ops: List[Op] = [] if any(i == ident for _, i in kept[:-FAILURES_KEPT]) else [new]
-    return Plan([], ops + drop)
+    gone = {i for _, i in kept[:-FAILURES_KEPT]}
+    drop: List[Op] = [_delete(cache.prefix, "failures", f.unit, i) for i in sorted(gone)
+                      if i != ident]
+    new: List[Op] = [] if ident in gone else [
+        _put(cache.prefix, "failures", (f.unit, ident), doc)]  # older than all kept: no
+    return Plan([], new + drop)
 
 
 def add_machine(cache: Cache, m: MachineRecord) -> Plan:
