@@ -311,6 +311,9 @@ class Servers:
             health = client.get("/v1/health", timeout=2)
         except ApiError:
             return "down"
+        role = role_of(name, health, None)
+        if role != "?":  # /v1/servers may wait on etcd (a cut fleetd's for its timeout)
+            return role
         try:
             servers: Optional[Dict[str, Any]] = client.get("/v1/servers", timeout=2)
         except ApiError:  # a fleetd without the route (404), or not ready
