@@ -16,7 +16,8 @@ class Cutter:
     (``armed = "after"`` or ``"before"``), it cuts the connection of the next
     transaction request: after etcd answered it (the answer is dropped) or before
     sending it on. ``hold_watches()`` stops passing on what watch streams say;
-    ``cut_watches()`` then breaks them."""
+    ``cut_watches()`` then breaks them. ``pause()`` cuts everything and takes no new
+    connection until ``resume()``."""
 
     def __init__(self, target_port: int) -> None:
         self.target = target_port
@@ -26,6 +27,7 @@ class Cutter:
         self.cut = 0
         self.holding = False
         self._watches: List[asyncio.StreamWriter] = []
+        self._open: List[asyncio.StreamWriter] = []
         self._server: Optional[asyncio.AbstractServer] = None
 
     async def start(self) -> None:
@@ -35,6 +37,16 @@ class Cutter:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    async def pause(self) -> None:
+        """Cut every connection and refuse new ones (a fleetd cut off from etcd)."""
+        await self.close()
+        for w in self._open:
+            w.transport.abort()
+        self._open.clear()
+
+    async def resume(self) -> None:
+        await self.start()
 
     def hold_watches(self) -> None:
         self.holding = True
@@ -47,6 +59,7 @@ class Cutter:
 
     async def _serve(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         sr, sw = await asyncio.open_connection("127.0.0.1", self.target)
+        self._open.append(cw)
         dropping = False  # a transaction went on to etcd: its answer is dropped
         watch = False
 
@@ -82,3 +95,5 @@ class Cutter:
             if not dropping:
                 pump.cancel()
             sw.close()
+            if cw in self._open:
+                self._open.remove(cw)

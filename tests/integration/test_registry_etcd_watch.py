@@ -1,7 +1,8 @@
 """EtcdRegistry's cache when its watch cannot keep up, on a real etcd member behind a
 loopback proxy (etcdproxy.Cutter): a watch that resumes from a revision etcd has
 compacted reloads everything; a follower whose cache is behind does not answer
-"not found" for a unit made through another fleetd a moment ago; a registry that
+"not found" for a unit made through another fleetd a moment ago; a fleetd cut off
+from etcd answers reads (stale) and refuses writes, then catches up; a registry that
 cannot reach etcd at all does not open."""
 
 from __future__ import annotations
@@ -106,6 +107,42 @@ def test_a_follower_behind_does_not_say_not_found(etcd1: EtcdCluster) -> None:
             cutter.cut_watches()
             await behind.close()
             await first.close()
+        await cutter.close()
+    run(go())
+
+
+def test_a_fleetd_cut_off_from_etcd_answers_stale_then_catches_up(etcd1: EtcdCluster) -> None:
+    """Every endpoint of a registry unreachable (its only one, a proxy, stops): reads
+    answer from the cache and staleness() says etcd is unreachable; writes raise
+    Unavailable naming etcd and the endpoint, and are not made. Reachable again: it
+    reads what another fleetd wrote meanwhile and writes again."""
+    async def go() -> None:
+        cutter = Cutter(etcd1.members[0].client_port)
+        await cutter.start()
+        async with EtcdClient([cutter.endpoint]) as c, EtcdClient(etcd1.endpoints) as direct:
+            cut = await EtcdRegistry.open(c, "/cutoff")
+            other = await EtcdRegistry.open(direct, "/cutoff")
+            await cut.put_units([u("a.service", A_TEXT)], LAUNCHED)
+            await cutter.pause()
+            await until("the cut registry to say it is stale", cut.staleness)
+            why = cut.staleness()
+            assert why is not None and why.startswith("etcd: unreachable since")
+            assert cutter.endpoint in why and why.endswith("answers may be stale")
+            assert [x.name for x in cut.list_units()] == ["a.service"]
+            with pytest.raises(Unavailable) as e:
+                await cut.set_desired(["a.service"], LOADED)
+            assert f"no etcd endpoint answered: {cutter.endpoint}" in str(e.value)
+            await other.put_units([u("b.service", B_TEXT)], LOADED)
+            a = other.get_unit("a.service")
+            assert a is not None and a.desired == LAUNCHED  # the refused write was not made
+            await cutter.resume()
+            await until("the cut registry current again", lambda: cut.get_unit("b.service"))
+            assert cut.staleness() is None
+            await cut.set_desired(["a.service"], LOADED)
+            await until("the other to read it", lambda: getattr(
+                other.get_unit("a.service"), "desired", None) == LOADED)
+            await cut.close()
+            await other.close()
         await cutter.close()
     run(go())
 
