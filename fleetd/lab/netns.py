@@ -168,6 +168,9 @@ class Lab:
             raise LabError(f"--etcd {etcd}: want 0 to {MAX_MEMBERS}")
         if not 0 <= servers <= MAX_SERVERS:
             raise LabError(f"--fleetd {servers}: want 0 to {MAX_SERVERS}")
+        if (etcd or servers) and count > 190:  # hosts .11 up, etcd .201 up, fleetd .211 up
+            raise LabError(f"--hosts {count} with --etcd or --fleetd: want at most 190 "
+                           "(the members and servers take .201 and up)")
         if not 1 <= count <= 200:
             raise LabError(f"--hosts {count}: want 1 to 200")
         if not 0 <= systemd <= count:

@@ -7,6 +7,7 @@ Prefix ``fh`` on 10.79.0.0/24: apart from the session lab (``ft``/10.78.x) and t
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import socket
@@ -32,7 +33,7 @@ from fleetd import procfs
 from fleetd.cli.main import cli
 from fleetd.client import ApiError, Client
 from fleetd.lab import etcd as lab_etcd
-from fleetd.lab.netns import Lab
+from fleetd.lab.netns import Host, Lab
 
 pytestmark = pytest.mark.etcd
 PREFIX, SUBNET = "fh", "10.79.0"
@@ -61,6 +62,11 @@ def netns_inode(netns: str) -> int:
 def dev_null() -> tuple:
     st = os.stat("/dev/null")
     return st.st_mode, st.st_uid, st.st_gid, st.st_rdev
+
+
+def machine_id(h: Host) -> str:
+    with open(os.path.join(h.state_dir, "machine-id")) as f:
+        return f.read().strip()
 
 
 def rows(status: str, first: str) -> Dict[str, List[str]]:
@@ -182,11 +188,18 @@ def test_lab_up_fleetd_servers_in_namespaces_sockets_token_status_restart_and_do
         assert Client(f"unix://{sockets[0]}").get("/v1/health")["pid"] == \
             the_lab.servers.pid("fleetd-1")
         pids = [the_lab.servers.pid("fleetd-1"), the_lab.servers.pid("fleetd-2")]
+        start = fleetctl("--endpoint", endpoint, "start",
+                         os.path.join(ROOT, "units", "hello.service"), env=env)
+        assert start.returncode == 0, start.stdout + start.stderr
+        agent_cgroups = [d for h in the_lab.hosts()
+                         for d in glob.glob(f"/sys/fs/cgroup/*/fleet/{machine_id(h)}")]
+        assert agent_cgroups  # the agents made theirs (a plain host shares the kernel)
     finally:
         down = fleetctl("lab", "down", env=env)
     assert down.returncode == 0, down.stderr
     assert not any(p is not None and alive(p) for p in pids)
     assert ha_leftovers(the_lab) == []
+    assert [d for d in agent_cgroups if os.path.exists(d)] == []
     the_lab.down()  # reaps the fleetd this process started
 
 
@@ -381,6 +394,10 @@ def test_lab_up_refuses_more_than_nine_members_or_servers_naming_the_option(tmp_
         assert out.returncode != 0
         assert f"{option} 10: want 0 to 9" in out.stderr
         assert "Traceback" not in out.stderr
+    out = fleetctl("lab", "up", "--hosts", "191", "--etcd", "3", "--prefix", PREFIX,
+                   "--subnet", SUBNET, env=env)
+    assert out.returncode != 0
+    assert "--hosts 191 with --etcd or --fleetd: want at most 190" in out.stderr
     assert ha_leftovers(Lab(str(tmp_path / "lab"), PREFIX, SUBNET)) == []
 
 
