@@ -209,8 +209,9 @@ def leader_key(prefix: str) -> str:
 
 
 def check_prefix(prefix: str) -> str:
-    """The prefix without a trailing ``/``; ValueError unless it is ``/name[/name]``."""
+    """The prefix without a trailing ``/``; ValueError unless it starts with ``/`` (the
+    daemon's config says the same of ``etcd.prefix``, naming the file)."""
     p = prefix.rstrip("/")
-    if not p.startswith("/") or "//" in p or len(p) < 2:
+    if not p.startswith("/") or "\n" in p:
         raise ValueError(f"etcd prefix {prefix!r}: want an absolute path such as /fleetd")
     return p
