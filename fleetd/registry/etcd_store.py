@@ -135,12 +135,11 @@ class EtcdStore:
             r: RangeResult = await self.client.range(self.prefix + "/")
         except EtcdError as e:
             raise _unavailable(e, "could not read fleetd's state") from e
+        self._stale = None  # a linearizable read answered: etcd has its quorum
         if r.revision <= self.cache.revision:
-            return  # (a linearizable read: the cache has everything up to there)
+            return  # the cache has everything up to there
         self.cache.load(r.kvs, r.revision)
         self._loaded = r.revision
-        if self._stale is not None:
-            self._stale = None
         self._own = {rev for rev in self._own if rev > r.revision}
         if self._task is not None:
             self._fire()  # what changed meanwhile is not known key by key
