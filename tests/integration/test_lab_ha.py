@@ -10,10 +10,8 @@ from __future__ import annotations
 import glob
 import os
 import re
-import socket
 import stat
 import subprocess
-import sys
 from typing import Dict, List
 
 import pytest
@@ -28,6 +26,7 @@ from labkit import (
     pid_netns_inode,
     wait_for,
 )
+from netprobe import HELD, LISTENER, PUSHER, nsenter, reach
 
 from fleetd import procfs
 from fleetd.cli.main import cli
@@ -203,70 +202,6 @@ def test_lab_up_fleetd_servers_in_namespaces_sockets_token_status_restart_and_do
     the_lab.down()  # reaps the fleetd this process started
 
 
-PROBE = """
-import socket, sys
-def reach(addr, port):
-    try:
-        socket.create_connection((addr, port), timeout=2).close()
-        return "ok"
-    except socket.timeout:
-        return "silent"
-    except OSError as e:
-        return type(e).__name__
-print(" ".join(reach(a, int(p)) for a, p in (x.split(":") for x in sys.argv[1:])))
-"""
-
-
-def reach(netns: str, *targets: str) -> List[str]:
-    """From inside ``netns``: "ok", "silent" (no answer at all, as in a partition) or the
-    error, for a TCP connect to each HOST:PORT."""
-    out = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", sys.executable, "-c",
-                          PROBE, *targets], capture_output=True, text=True, timeout=60)
-    return out.stdout.split()
-
-
-PUSHER = """
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-while True:
-    s.sendto(b"tick", (sys.argv[1], 2390))
-    time.sleep(0.05)
-"""
-
-LISTENER = """
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", 2390))
-s.recv(100)
-print("flowing", flush=True)
-sys.stdin.readline()
-# after the cut: what was on its way may still come; then nothing, if the cut is both ways
-s.settimeout(1)
-end = time.monotonic() + 4
-try:
-    while time.monotonic() < end:
-        s.recv(100)
-    print("flowing")
-except socket.timeout:
-    print("silent")
-"""
-
-HELD = """
-import socket, sys
-s = socket.create_connection((sys.argv[1], 2379), timeout=5)
-print("connected", flush=True)
-sys.stdin.readline()
-s.settimeout(3)
-s.sendall(b"GET /health HTTP/1.0\\r\\n\\r\\n")
-try:
-    print("answered" if s.recv(100) else "closed")
-except socket.timeout:
-    print("silent")
-except OSError as e:
-    print(type(e).__name__)
-"""
-
-
 def test_cut_parts_a_fleetd_from_etcd_only_cut_all_from_everything_heal_undoes(
         tmp_path) -> None:
     with ha_lab(str(tmp_path), hosts=1, etcd=3, fleetd=2, shared=False) as ha:
@@ -275,18 +210,13 @@ def test_cut_parts_a_fleetd_from_etcd_only_cut_all_from_everything_heal_undoes(
         f1, f2 = ha.netns_of("fleetd-1"), ha.netns_of("fleetd-2")
         assert reach(f1, *etcd, host) == ["ok"] * 4
         # a connection opened before the cut goes silent with it
-        held = subprocess.Popen(["nsenter", f"--net=/run/netns/{f1}", sys.executable, "-c",
-                                 HELD, etcd[0].split(":")[0]], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)
+        held = nsenter(f1, HELD, etcd[0].split(":")[0], pipes=True)
         assert held.stdout is not None and held.stdin is not None
         assert held.stdout.readline().strip() == "connected"
 
         # and nothing a member sends reaches it any more: the cut is both ways
-        listener = subprocess.Popen(["nsenter", f"--net=/run/netns/{f1}", sys.executable,
-                                     "-c", LISTENER], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, text=True)
-        pusher = subprocess.Popen(["nsenter", f"--net=/run/netns/{ha.netns_of('e1')}",
-                                   sys.executable, "-c", PUSHER, f"{SUBNET}.211"])
+        listener = nsenter(f1, LISTENER, pipes=True)
+        pusher = nsenter(ha.netns_of("e1"), PUSHER, f"{SUBNET}.211")
         try:
             assert listener.stdout is not None and listener.stdin is not None
             assert listener.stdout.readline().strip() == "flowing"
@@ -424,13 +354,3 @@ def test_lab_up_with_etcd_members_that_die_fails_naming_one_and_makes_nothing(
                      result.output), result.output
     assert "Traceback" not in result.output
     assert ha_leftovers(Lab(str(tmp_path / "lab"), PREFIX, SUBNET)) == []
-
-
-def test_a_connect_probe_tells_silence_from_refusal() -> None:
-    """The cut test's probe: a refused port is not taken for a cut."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = subprocess.run([sys.executable, "-c", PROBE, f"127.0.0.1:{port}"],
-                         capture_output=True, text=True, timeout=30).stdout.split()
-    assert out == ["ConnectionRefusedError"]
