@@ -23,6 +23,7 @@ from registrykit import A_TEXT, B_TEXT, u
 from fleetd.registry.base import LAUNCHED, LOADED, Unavailable
 from fleetd.registry.etcd import EtcdRegistry
 from fleetd.registry.etcdv3 import EtcdClient
+from fleetd.units.model import content_hash
 
 pytestmark = pytest.mark.etcd
 T = TypeVar("T")
@@ -85,10 +86,12 @@ def test_a_watch_resuming_past_a_compaction_reloads(etcd1: EtcdCluster) -> None:
     run(go())
 
 
-def test_a_follower_behind_does_not_say_not_found(etcd1: EtcdCluster) -> None:
-    """A unit made through one fleetd and at once stopped through another whose watch
-    has not brought it yet: the second reloads before it would answer NotFound, and the
-    write lands."""
+def test_a_follower_behind_loses_nothing_and_does_not_say_not_found(
+        etcd1: EtcdCluster) -> None:
+    """A fleetd whose watch has not brought another's writes yet: its own write, planned
+    on what it has, fails its compare, and is planned again on a reload (both land); a
+    unit made through the other and at once stopped through it is found (it reloads
+    before it would answer NotFound)."""
     async def go() -> None:
         cutter = Cutter(etcd1.members[0].client_port)
         await cutter.start()
@@ -96,14 +99,23 @@ def test_a_follower_behind_does_not_say_not_found(etcd1: EtcdCluster) -> None:
             behind = await EtcdRegistry.open(c, "/behind")
             first = await EtcdRegistry.open(direct, "/behind")
             cutter.hold_watches()
+            await first.put_units([u("b.service", B_TEXT)], LAUNCHED)
+            await asyncio.sleep(0.3)
+            assert behind.get_unit("b.service") is None  # its watch is held
+            # planned on a unit table etcd has moved past: the compare fails, it reloads
+            # and plans again, and neither write is lost
+            await behind.put_units([u("c.service", A_TEXT)], LAUNCHED)
+            assert [x.name for x in behind.list_units()] == ["b.service", "c.service"]
             await first.put_units([u("a.service", A_TEXT)], LAUNCHED)
             await asyncio.sleep(0.3)
-            assert behind.get_unit("a.service") is None  # its watch is held
-            await behind.set_desired(["a.service"], LOADED)
+            assert behind.get_unit("a.service") is None
+            await behind.set_desired(["a.service"], LOADED)  # not NotFound
             a = behind.get_unit("a.service")
             assert a is not None and a.desired == LOADED
             await until("the first to read it", lambda: getattr(
                 first.get_unit("a.service"), "desired", None) == LOADED)
+            assert [x.name for x in first.list_units()] == ["a.service", "b.service",
+                                                            "c.service"]
             cutter.cut_watches()
             await behind.close()
             await first.close()
@@ -144,6 +156,37 @@ def test_a_fleetd_cut_off_from_etcd_answers_stale_then_catches_up(etcd1: EtcdClu
             await cut.close()
             await other.close()
         await cutter.close()
+    run(go())
+
+
+def test_two_fleetd_writing_at_once_lose_nothing(etcd1: EtcdCluster) -> None:
+    """Two registries submit and destroy units at the same time, every unit with the
+    same text: their transactions race on the unit table (each compares what it
+    planned on), the losers plan again; every unit either should be there is, and the
+    shared text stays while a unit uses it and goes with the last."""
+    async def go() -> None:
+        async with EtcdClient(etcd1.endpoints) as c1, EtcdClient(etcd1.endpoints) as c2:
+            one = await EtcdRegistry.open(c1, "/race")
+            two = await EtcdRegistry.open(c2, "/race")
+
+            async def churn(reg: EtcdRegistry, tag: str) -> None:
+                for i in range(15):
+                    await reg.put_units([u(f"{tag}{i}.service", A_TEXT)], LAUNCHED)
+                    if i % 3 == 0:
+                        await reg.delete_units([f"{tag}{i}.service"])
+
+            await asyncio.gather(churn(one, "x"), churn(two, "y"))
+            want = sorted(f"{t}{i}.service" for t in "xy" for i in range(15) if i % 3)
+            for reg in (one, two):
+                await until("both to agree", lambda r=reg: [  # type: ignore[misc]
+                    x.name for x in r.list_units()] == want)
+                assert reg.unit_text(content_hash(A_TEXT)) == A_TEXT
+            await one.delete_units(want)
+            await until("the text gone with the last unit",
+                        lambda: two.unit_text(content_hash(A_TEXT)) is None)
+            assert (await c1.range("/race/texts/")).kvs == ()
+            await one.close()
+            await two.close()
     run(go())
 
 
