@@ -178,7 +178,7 @@ def test_two_fleetd_writing_at_once_lose_nothing(etcd1: EtcdCluster) -> None:
             await asyncio.gather(churn(one, "x"), churn(two, "y"))
             want = sorted(f"{t}{i}.service" for t in "xy" for i in range(15) if i % 3)
             for reg in (one, two):
-                await until("both to agree", lambda r=reg: [  # type: ignore[misc]
+                await until("both to agree", lambda r=reg: [
                     x.name for x in r.list_units()] == want)
                 assert reg.unit_text(content_hash(A_TEXT)) == A_TEXT
             await one.delete_units(want)
