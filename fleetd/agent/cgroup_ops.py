@@ -32,11 +32,16 @@ class UnitCgroups:
         self.backend = backend
 
     async def clear(self, m: Managed, signum: int, timeout: Optional[float],
-                    handle: Optional[Handle] = None, driver: Optional[Driver] = None) -> bool:
+                    handle: Optional[Handle] = None, driver: Optional[Driver] = None,
+                    leaf: str = "") -> bool:
         """Make the unit's cgroup empty (and its main process gone, if ``handle``):
         ``signum`` to every process, SIGKILL after ``timeout``. True once empty.
-        ``driver`` signals a program adopted from a pre-cgroup agent (outside ours)."""
+        ``driver`` signals a program adopted from a pre-cgroup agent (outside ours).
+        ``leaf``: only that run's cgroup below the unit's (a prepared process waiting
+        in the other is left alone)."""
         cg = self.backend.unit(m.name, handle.pid if handle else None)
+        if leaf:
+            cg = cg.leaf(leaf) or cg
         outside = handle is not None and not handle.unit
 
         def empty() -> bool:

@@ -150,6 +150,7 @@ class AgentDaemon:
         async with server:
             await self._stopped.wait()
         rotation.cancel()
+        self.supervisor.processes.close()  # prepared processes go; programs do not
         # Stopping the agent never stops the programs: they are re-adopted next start.
         log.info("agent stopping; %d programs keep running", len(self.supervisor.units))
 

@@ -9,7 +9,7 @@ from fleetd import protocol
 from fleetd.agent import reconciler
 from fleetd.agent.health import HealthChecker
 from fleetd.agent.restart import StartLimit
-from fleetd.drivers.base import Handle
+from fleetd.drivers.base import Handle, Spare
 from fleetd.wire.unitspec import GENERATION, HEALTH_UNKNOWN, UnitConfig, UnitSpec, UnitStatus
 
 
@@ -41,6 +41,9 @@ class Managed:
         self.timeout_timer: Optional[asyncio.TimerHandle] = None
         self.health = HEALTH_UNKNOWN  # the [X-Check] verdict for the current program
         self.checker: Optional[HealthChecker] = None
+        # a process waiting in the unit's cgroups to become its next program (never its
+        # main process until then): fleetd.agent.process_units keeps it
+        self.spare: Optional[Spare] = None
 
     @property
     def name(self) -> str:

@@ -27,6 +27,7 @@ control commands and the exit that follows a run: fleetd.agent.runs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import time
@@ -39,10 +40,23 @@ from fleetd.agent.checks import UnitChecks
 from fleetd.agent.managed import Managed
 from fleetd.agent.runner import ProcessPort, finish
 from fleetd.agent.runs import Runs
-from fleetd.drivers.base import Driver, DriverError, Handle, ProcessDriver
+from fleetd.drivers.base import (
+    Driver,
+    DriverError,
+    Handle,
+    ProcessDriver,
+    Spare,
+    StartContext,
+)
+from fleetd.drivers.spare import LEAVES
 from fleetd.wire.unitspec import KILL_GRACE_S, kill_signal, timeout_stop
 
 log = logging.getLogger("fleet-agent")
+
+# A unit whose restart comes sooner than this keeps a prepared process for it
+# (fleetd.drivers.spare): the cgroup migration (~13 ms) would be most of its restart.
+# Later restarts are dominated by their delay, and need no process waiting meanwhile.
+PREPARED_UNDER_S = 0.05
 
 
 def _process(driver: Driver) -> ProcessDriver:
@@ -73,11 +87,23 @@ class ProcessUnits:
             hit = m.limiter.describe()
             finish(self.port, m, protocol.FAILED, f"{hit} (last: {last_error})" if automatic
                    and last_error else hit)
+            self.discard_spare(m)
             self.cgroups.release(m.name)
             return
         if automatic:
             m.restarts += 1
-        if not await self.cgroups.clear(m, signal.SIGKILL, KILL_GRACE_S):
+        fast = self._fast(m, proc)
+        spare, m.spare = m.spare, None
+        old_leaf = m.handle.leaf if m.handle is not None else ""
+        if spare is not None and not (fast and old_leaf and old_leaf != spare.leaf):
+            spare.discard()
+            spare = None
+        # what is left of the last run goes (all of it: KillMode=control-group); only
+        # the prepared process, which has run nothing of the unit, stays
+        if not await self.cgroups.clear(m, signal.SIGKILL, KILL_GRACE_S,
+                                        leaf=old_leaf if spare is not None else ""):
+            if spare is not None:
+                spare.discard()
             finish(self.port, m, protocol.FAILED, "processes of an earlier run of this unit "
                                                   "survived SIGKILL in its cgroup")
             return
@@ -85,6 +111,8 @@ class ProcessUnits:
         timeout = config.get("timeout_start_s")
         m.deadline = loop.time() + timeout if timeout is not None else None
         ctx = self.port.context(m)
+        if fast:
+            ctx = dataclasses.replace(ctx, leaf=spare.leaf if spare is not None else LEAVES[0])
         if config.get("pre"):
             self._starting(m)
         for command in config.get("pre") or []:
@@ -93,7 +121,9 @@ class ProcessUnits:
                 await self._after_run(m, outcome, why, ran_s=0.0)
                 return
         try:
-            handle = proc.start(config, ctx, m.command_index)
+            handle = self._take(m, proc, spare, ctx) if spare is not None else None
+            if handle is None:
+                handle = proc.start(config, ctx, m.command_index)
         except DriverError as exc:
             log.warning("%s: cannot start: %s", m.name, exc)
             await self._after_run(m, restart.EXIT_CODE, str(exc), ran_s=0.0)
@@ -110,6 +140,8 @@ class ProcessUnits:
                 return  # the run's end is handled where its exit is seen
         m.state = protocol.RUNNING
         self.port.report(m)
+        if fast:
+            self.port.spawn(self._prepare(m, proc, handle))
 
     def _starting(self, m: Managed) -> None:
         """Report ``starting`` while ExecStartPre=/Post= or a oneshot run (once)."""
@@ -129,7 +161,64 @@ class ProcessUnits:
 
     def _watch(self, m: Managed, proc: ProcessDriver, handle: Handle) -> None:
         self.port.spawn(self._life(m, proc, handle))
-        self.checks.start(m, handle, proc, self.port.context(m))
+        self.checks.start(m, handle, proc, self._run_context(m, handle))
+
+    def _run_context(self, m: Managed, handle: Handle) -> StartContext:
+        """A context for processes of ``handle``'s run: they join its cgroup."""
+        return dataclasses.replace(self.port.context(m), leaf=handle.leaf)
+
+    # --- prepared processes (fleetd.drivers.spare) -------------------------------------
+    def _fast(self, m: Managed, proc: ProcessDriver) -> bool:
+        """Does ``m`` keep a prepared process for its next run? Only a unit that
+        restarts at once, whose start is its one ExecStart= (ExecStartPre=/Post= fork
+        and migrate anyway), where the driver can."""
+        config = m.config
+        if m.oneshot or config.get("pre") or config.get("post"):
+            return False
+        opts = restart.restart_options(config)
+        if opts["policy"] == "no" or opts["restart_s"] >= PREPARED_UNDER_S:
+            return False
+        return proc.can_prepare(config)
+
+    def _take(self, m: Managed, proc: ProcessDriver, spare: Spare,
+              ctx: StartContext) -> Optional[Handle]:
+        """The program from the prepared process; None (forked as usual) if it failed."""
+        try:
+            return proc.take(spare, m.config, ctx, m.command_index)
+        except DriverError as exc:
+            log.warning("%s: the prepared process failed, forking: %s", m.name, exc)
+            return None
+
+    async def _prepare(self, m: Managed, proc: ProcessDriver, handle: Handle) -> None:
+        """Prepare the next run's process beside ``handle``'s run, in a worker thread
+        (its cgroup migration blocks ~13 ms); kept if the run still goes on."""
+        leaf = LEAVES[1] if handle.leaf == LEAVES[0] else LEAVES[0]
+        ctx = dataclasses.replace(self.port.context(m), leaf=leaf)
+        try:
+            spare = await asyncio.get_running_loop().run_in_executor(
+                None, proc.prepare, m.config, ctx)
+        except DriverError as exc:
+            log.warning("%s: no prepared process for its next run: %s", m.name, exc)
+            return
+        async with self.port.lock(m.name):
+            if (self.port.current(m.name) is m and m.handle is handle and m.spare is None
+                    and not m.gone.is_set() and m.state == protocol.RUNNING):
+                m.spare = spare
+                return
+            spare.discard()  # the run ended, or the unit went, while it was prepared
+            if (self.port.current(m.name) in (None, m) and m.gone.is_set()
+                    and m.state in (protocol.STOPPED, protocol.EXITED, protocol.FAILED)):
+                self.cgroups.release(m.name)  # a stop meanwhile could not remove it
+
+    def discard_spare(self, m: Managed) -> None:
+        spare, m.spare = m.spare, None
+        if spare is not None:
+            spare.discard()
+
+    def close(self) -> None:
+        """The agent stops: its programs run on, its prepared processes must not."""
+        for m in self.port.all_units():
+            self.discard_spare(m)
 
     # --- ending a run ---------------------------------------------------------------------
     def end_run(self, m: Managed, driver: Driver, outcome: str, why: str) -> bool:
@@ -179,6 +268,7 @@ class ProcessUnits:
             return  # the record stays until the next program's replaces it: it proves
             # nothing (its pid is dead), and a restarted agent restarts the unit by it
         self.port.delete_record(m.name)
+        self.discard_spare(m)
         await self.cgroups.clear(m, signal.SIGKILL, KILL_GRACE_S)  # a failed ExecStartPre='s
         self.cgroups.release(m.name)
         finish(self.port, m, protocol.EXITED if outcome == restart.SUCCESS
@@ -207,6 +297,7 @@ class ProcessUnits:
     async def stop(self, m: Managed, driver: Optional[Driver]) -> None:
         """ExecStop=, KillSignal= to the whole cgroup, SIGKILL after TimeoutStopSec=."""
         m.cancel_timers()
+        self.discard_spare(m)
         handle = m.handle
         if handle is None or driver is None or m.gone.is_set():
             await self.cgroups.clear(m, signal.SIGKILL, KILL_GRACE_S)
@@ -237,6 +328,7 @@ class ProcessUnits:
         self.port.report(m)
 
     async def forget(self, m: Managed, driver: Optional[Driver]) -> None:
+        self.discard_spare(m)
         self.cgroups.release(m.name)
 
     # --- recovery -----------------------------------------------------------------------
@@ -249,7 +341,19 @@ class ProcessUnits:
         m.oom_before = self.cgroups.oom_kills(m.name)
         self._watch(m, _process(driver), handle)
         log.info("%s: re-adopted pid %d", m.name, handle.pid)
+        if handle.leaf and self._fast(m, _process(driver)):
+            self.port.spawn(self._readopted(m, _process(driver), handle))
         return True
+
+    async def _readopted(self, m: Managed, proc: ProcessDriver, handle: Handle) -> None:
+        """The previous agent's prepared process is useless (its pipes died with that
+        agent): what is left of it goes, and a new one is prepared."""
+        other = LEAVES[1] if handle.leaf == LEAVES[0] else LEAVES[0]
+        async with self.port.lock(m.name):
+            if m.handle is not handle or m.gone.is_set():
+                return
+            await self.cgroups.clear(m, signal.SIGKILL, KILL_GRACE_S, leaf=other)
+        await self._prepare(m, proc, handle)
 
     def recovered(self, records: Dict[str, Any], desired: Set[str],
                   adopted: Set[str]) -> None:

@@ -114,7 +114,8 @@ class Runs:
         ran_s = loop.time() - m.started_mono
         forced, m.forced = m.forced, None
         # the main process was the unit: what it left behind goes too (KillMode=control-group)
-        await self.cgroups.clear(m, kill_signal(config), timeout_stop(config))
+        await self.cgroups.clear(m, kill_signal(config), timeout_stop(config),
+                                 leaf=handle.leaf)
         commands = config.get("commands") or []
         ignore = bool(commands and commands[m.command_index].get("ignore_failure"))
         oom = end.code == -signal.SIGKILL and self.cgroups.oom_kills(m.name) > m.oom_before

@@ -50,6 +50,12 @@ class UnitCgroup(Protocol):
         its first fork). It only opens, writes and closes files whose names were computed
         beforehand; if it fails, Popen raises SubprocessError and nothing runs."""
 
+    def leaf(self, name: str) -> Optional[UnitCgroup]:
+        """The cgroup ``name`` below this one (cheap, nothing made yet), or None where
+        this host's backend cannot place a unit's processes below its cgroup. A run of a
+        unit lives in one so that a prepared process for its next run can wait in a
+        sibling, untouched when this run's processes are killed."""
+
     def pids(self) -> List[int]:
         """Every live process in the cgroup (zombies are not listed), sorted."""
 

@@ -144,6 +144,16 @@ class KernelUnit:
             v2.apply(self._v2, limits, self._v2_controllers)
         v1.apply({c: d for c, d in self._v1.items() if c in ("memory", "cpu", "pids")}, limits)
 
+    def leaf(self, name: str) -> Optional[KernelUnit]:
+        """The cgroup ``name`` below this one, in every hierarchy: a run of a unit whose
+        prepared process (fleetd.drivers.spare) waits in a sibling, so that either can
+        be emptied without the other. None where a limit lives on v2: a v2 cgroup whose
+        children hold the processes must delegate its controllers, which only the v2
+        backend knows how to do (there, clone3's CLONE_INTO_CGROUP is the better tool)."""
+        if self._v2_controllers:
+            return None
+        return KernelUnit(self._layout, self._rel, name, self._proc)
+
     def preexec(self) -> Callable[[], None]:
         return fs.joiner([os.path.join(d, "cgroup.procs") for d in self.directories()])
 

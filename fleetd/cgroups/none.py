@@ -40,6 +40,9 @@ class NoneUnit:
     def preexec(self) -> Callable[[], None]:
         return _nothing
 
+    def leaf(self, name: str) -> None:
+        return None  # no cgroups: nothing to keep apart
+
     def pids(self) -> List[int]:
         if self.pgid is None:
             return []

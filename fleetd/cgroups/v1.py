@@ -106,7 +106,13 @@ def _freeze(freezer: str) -> bool:
 
 
 def oom_kills(memory_dir: str) -> int:
-    return fs.keyed(os.path.join(memory_dir, "memory.oom_control")).get("oom_kill", 0)
+    """OOM kills in the unit's memory cgroup and every cgroup below it: v1 counts a kill
+    only in the victim's own cgroup (v2 also counts it in each ancestor), and a unit's
+    program may run in one below (a run beside a prepared process: KernelUnit.leaf)."""
+    total = 0
+    for here, _dirs, _files in os.walk(memory_dir):
+        total += fs.keyed(os.path.join(here, "memory.oom_control")).get("oom_kill", 0)
+    return total
 
 
 def stats(dirs: Mapping[str, str]) -> Dict[str, int]:

@@ -26,20 +26,22 @@ Type=exec here, which is what a supervisor that reports "running" should mean.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import psutil
 
 from fleetd.cgroups import Backend, CgroupError, Limits, LimitsUnsupported, UnitCgroup
-from fleetd.drivers import envfile, identity
+from fleetd.drivers import envfile, identity, spare
 from fleetd.drivers.base import (
     PROCESS,
     DriverError,
     Handle,
+    Spare,
     StartContext,
     alive,
     start_ticks,
@@ -123,8 +125,57 @@ class ExecDriver:
         processes that must run as the program does - an exec health check. Raises
         DriverError (unknown user, ...)."""
         creds = identity.resolve(config.get("user"), config.get("group"))
-        return (self.environment(config, ctx, creds),
-                _preexec(config, self.cgroup(ctx.unit), creds))
+        cg = self.cgroup(ctx.unit)
+        run = cg.leaf(ctx.leaf) if cg is not None and ctx.leaf else None
+        return (self.environment(config, ctx, creds), _preexec(config, run or cg, creds))
+
+    # --- prepared processes (fleetd.drivers.spare) -----------------------------------
+    def can_prepare(self, config: UnitConfig) -> bool:
+        """Only where the unit's runs can have a cgroup of their own (v1 or hybrid
+        controllers), /bin/sh exists, setpriv does for User=/Group=, and the command's
+        argv[0] is its path (sh's exec cannot set another)."""
+        if self.backend is None or not os.access(spare.SH, os.X_OK):
+            return False
+        if self.backend.unit("spare-probe").leaf("run0") is None:
+            return False
+        if (config.get("user") or config.get("group")) and spare.tool(
+                spare.SETPRIV_PATHS) is None:
+            return False
+        commands = config.get("commands") or []
+        return len(commands) == 1 and not commands[0].get("argv0_given")
+
+    def prepare(self, config: UnitConfig, ctx: StartContext) -> Spare:
+        cg = self.cgroup(ctx.unit)
+        run = _create(cg, config.get("limits") or {}, ctx.leaf) if cg is not None else None
+        if run is None or run is cg or not ctx.leaf:
+            raise DriverError("no cgroup of its own for a run of this unit on this host")
+        setup = identity.preexec([run.preexec()], identity.nofile(
+            (config.get("limits") or {}).get("nofile")), None)
+        return spare.prepare(setup, ctx.leaf)
+
+    def take(self, prepared: Spare, config: UnitConfig, ctx: StartContext,
+             command_index: int = 0) -> Handle:
+        if not isinstance(prepared, spare.PreparedProcess):
+            raise DriverError(f"not a process this driver prepared: {prepared!r}")
+        command = config["commands"][command_index]
+        try:
+            creds = identity.resolve(config.get("user"), config.get("group"))
+            env = self.environment(config, ctx, creds)
+            try:
+                path, argv = execline.argv(command, env)
+            except execline.CommandLineError as exc:
+                raise DriverError(f"command line: {exc}") from None
+            path = resolve(path, env)
+            cwd = _working_directory(config.get("working_directory"), env)
+            switch = None if command.get("privileged") else creds
+            script = spare.script(path, argv, env, cwd, ctx.log_path, _setpriv(switch))
+            if script is None:
+                raise DriverError("this command cannot start from a prepared process")
+        except DriverError:
+            prepared.discard()
+            raise
+        prepared.run(script)
+        return _handle(self.name, prepared.pid, ctx, prepared.leaf)
 
     def _spawn(self, config: UnitConfig, ctx: StartContext, command: Command,
                extra_env: Optional[Dict[str, str]]) -> Handle:
@@ -138,7 +189,7 @@ class ExecDriver:
         cwd = _working_directory(config.get("working_directory"), env)
         cg = self.cgroup(ctx.unit)
         if cg is not None:
-            _create(cg, config.get("limits") or {})
+            cg = _create(cg, config.get("limits") or {}, ctx.leaf)
         # "+" (privileged) commands keep the agent's credentials, as in systemd
         preexec = _preexec(config, cg, None if command.get("privileged") else creds)
         why_r, why_w = os.pipe()  # close-on-exec: the child says here why preexec failed
@@ -171,16 +222,14 @@ class ExecDriver:
         # The supervisor reaps by pid (it must also watch programs a previous agent
         # started); marking the Popen done keeps subprocess's own reaper off this pid.
         proc.returncode = 0
-        ticks = start_ticks(proc.pid)
-        create_time = psutil.boot_time() + ticks / _CLK_TCK if ticks >= 0 else 0.0
-        return Handle(driver=self.name, pid=proc.pid, create_time=create_time,
-                      started_at=time.time(), invocation_id=ctx.invocation_id,
-                      start_ticks=ticks, unit=ctx.unit)
+        return _handle(self.name, proc.pid, ctx, ctx.leaf if cg is not None else "")
 
     def signal(self, handle: Handle, signum: int) -> None:
         """Every process of the unit: its cgroup, which also holds what daemonised away
         from the program's session. Without a cgroup, the program's process group."""
         cg = self.cgroup(handle.unit, handle.pid)
+        if cg is not None and handle.leaf:  # its run's processes, not a prepared one
+            cg = cg.leaf(handle.leaf) or cg
         if cg is not None:
             with contextlib.suppress(CgroupError):  # gone: so is every process it held
                 cg.kill(signum)
@@ -223,9 +272,43 @@ def _preexec(config: UnitConfig, cg: Optional[UnitCgroup],
                             creds)
 
 
-def _create(cg: UnitCgroup, limits: LimitsConfig) -> None:
+def _handle(driver: str, pid: int, ctx: StartContext, leaf: str) -> Handle:
+    ticks = start_ticks(pid)
+    create_time = psutil.boot_time() + ticks / _CLK_TCK if ticks >= 0 else 0.0
+    return Handle(driver=driver, pid=pid, create_time=create_time, started_at=time.time(),
+                  invocation_id=ctx.invocation_id, start_ticks=ticks, unit=ctx.unit,
+                  leaf=leaf)
+
+
+def _setpriv(creds: Optional[identity.Credentials]) -> Optional[List[str]]:
+    """setpriv's words for ``creds`` (None: no switch), in the preexec's order."""
+    if creds is None:
+        return None
+    tool = spare.tool(spare.SETPRIV_PATHS)
+    if tool is None:
+        raise DriverError("User=/Group= from a prepared process needs setpriv (util-linux)")
+    groups = ",".join(str(g) for g in creds.groups)
+    return [tool, f"--regid={creds.gid}", f"--reuid={creds.uid}",
+            f"--groups={groups}" if groups else "--clear-groups"]
+
+
+def _create(cg: UnitCgroup, limits: LimitsConfig, leaf: str = "") -> UnitCgroup:
+    """Make the unit's cgroup with its limits; with ``leaf``, also that run's cgroup
+    below it (where the backend has them), which is returned: the cgroup to join.
+
+    A run's cgroup gets the unit's TasksMax= and the unit's one more, for the prepared
+    process that may wait beside the run (fleetd.drivers.spare): the program keeps
+    exactly TasksMax= tasks. The other limits hold for the whole unit."""
     try:
-        cg.create(Limits.from_config(limits))
+        wanted = Limits.from_config(limits)
+        run = cg.leaf(leaf) if leaf else None
+        if run is None:
+            cg.create(wanted)
+            return cg
+        tasks = wanted.tasks_max
+        cg.create(dataclasses.replace(wanted, tasks_max=None if tasks is None else tasks + 1))
+        run.create(Limits(tasks_max=tasks))
+        return run
     except LimitsUnsupported as exc:
         raise DriverError(str(exc)) from None
     except (CgroupError, ValueError) as exc:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import psutil
 
 from fleetd.drivers import files, identity
-from fleetd.drivers.base import PROCESS, DriverError, Handle, StartContext
+from fleetd.drivers.base import PROCESS, DriverError, Handle, Spare, StartContext
 from fleetd.drivers.exec import DEFAULT_PATH, ExecDriver
 from fleetd.wire.unitspec import Command, Java, Limits, UnitConfig
 
@@ -340,6 +340,21 @@ class JavaDriver:
                 ) -> Tuple[Dict[str, str], Callable[[], None]]:
         """As the exec driver's: a check runs with the unit's own settings."""
         return self._exec.as_unit(config, ctx)
+
+    def can_prepare(self, config: UnitConfig) -> bool:
+        """As the exec driver's: the JVM's command line is an ExecStart= to it."""
+        try:
+            return self._exec.can_prepare(self.exec_config(config))
+        except DriverError:
+            return False
+
+    def prepare(self, config: UnitConfig, ctx: StartContext) -> Spare:
+        return self._exec.prepare(self.exec_config(config), ctx)
+
+    def take(self, spare: Spare, config: UnitConfig, ctx: StartContext,
+             command_index: int = 0) -> Handle:
+        handle = self._exec.take(spare, self.exec_config(config), ctx, command_index)
+        return dataclasses.replace(handle, driver=self.name)
 
     def signal(self, handle: Handle, signum: int) -> None:
         self._exec.signal(handle, signum)
