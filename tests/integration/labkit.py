@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -336,23 +337,37 @@ def fleetd_takes_etcd() -> bool:
 
 
 @contextlib.contextmanager
+def lab_slot(prefix: str) -> Iterator[None]:
+    """Hold the machine-wide lock of lab prefix ``prefix`` (waiting for it): two test runs
+    that use one prefix take turns instead of sweeping each other's namespaces."""
+    fd = os.open(f"/run/fleetd-test-lab-{prefix}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def ha_lab(base: str, hosts: int = 3, etcd: int = 3, fleetd: int = 3, shared: bool = True,
            prefix: str = "fh", subnet: str = "10.79.0") -> Iterator[HaLab]:
     """A lab under ``base`` with ``hosts`` hosts, an etcd cluster of ``etcd`` members and
     ``fleetd`` fleetd servers on it (``shared`` False: each on its own SQLite registry,
     which needs no HA in fleetd), the plain hosts registered through them and up.
-    Afterwards it is taken down, and the test fails if anything of it is left."""
-    lab = Lab(os.path.join(base, "lab"), prefix=prefix, subnet=subnet)
-    lab.down()  # what a crashed run of this slot left
-    try:
-        hs = lab.up(hosts, etcd=etcd)
-        if fleetd:
-            lab.servers.up(fleetd, lab.etcd.registry if shared and etcd else None)
-            client = Client(lab.servers.endpoint)
-            register(lab, client, hs)
-            wait_up(client, [h.name for h in hs if not h.systemd])
-        yield HaLab(lab)
-    finally:
-        lab.down()
-    left = ha_leftovers(lab)
-    assert left == [], f"the HA lab left behind: {left}"
+    Afterwards it is taken down, and the test fails if anything of it is left. Holds
+    ``prefix``'s lab_slot throughout."""
+    with lab_slot(prefix):
+        lab = Lab(os.path.join(base, "lab"), prefix=prefix, subnet=subnet)
+        lab.down()  # what a crashed run of this slot left
+        try:
+            hs = lab.up(hosts, etcd=etcd)
+            if fleetd:
+                lab.servers.up(fleetd, lab.etcd.registry if shared and etcd else None)
+                client = Client(lab.servers.endpoint)
+                register(lab, client, hs)
+                wait_up(client, [h.name for h in hs if not h.systemd])
+            yield HaLab(lab)
+        finally:
+            lab.down()
+        left = ha_leftovers(lab)
+        assert left == [], f"the HA lab left behind: {left}"

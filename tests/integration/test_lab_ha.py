@@ -12,7 +12,7 @@ import os
 import re
 import stat
 import subprocess
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
 import pytest
 from click.testing import CliRunner
@@ -23,6 +23,7 @@ from labkit import (
     fleetd_takes_etcd,
     ha_lab,
     ha_leftovers,
+    lab_slot,
     pid_netns_inode,
     wait_for,
 )
@@ -36,6 +37,13 @@ from fleetd.lab.netns import Host, Lab
 
 pytestmark = pytest.mark.etcd
 PREFIX, SUBNET = "fh", "10.79.0"
+
+
+@pytest.fixture
+def fh_slot() -> Iterator[None]:
+    """The ``fh`` lab is this test's alone (ha_lab takes the slot itself)."""
+    with lab_slot(PREFIX):
+        yield
 
 
 def fleetctl(*args: str, env: Dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -81,7 +89,7 @@ def rows(status: str, first: str) -> Dict[str, List[str]]:
 
 
 def test_lab_up_etcd_three_members_in_namespaces_a_killed_one_rejoins_down_leaves_nothing(
-        tmp_path) -> None:
+        tmp_path, fh_slot) -> None:
     lab_dir = str(tmp_path / "lab")
     env = lab_env(lab_dir)
     null_before = dev_null()
@@ -137,7 +145,7 @@ def test_lab_up_etcd_three_members_in_namespaces_a_killed_one_rejoins_down_leave
 
 
 def test_lab_up_fleetd_servers_in_namespaces_sockets_token_status_restart_and_down(
-        tmp_path) -> None:
+        tmp_path, fh_slot) -> None:
     """Several fleetd, each on its own SQLite (no --etcd): the plumbing of servers."""
     lab_dir = str(tmp_path / "lab")
     env = lab_env(lab_dir)
@@ -254,7 +262,7 @@ def test_cut_parts_a_fleetd_from_etcd_only_cut_all_from_everything_heal_undoes(
 
 
 def test_lab_up_three_fleetd_on_the_lab_etcd_one_leads_a_killed_leader_is_replaced(
-        tmp_path) -> None:
+        tmp_path, fh_slot) -> None:
     if not fleetd_takes_etcd():
         pytest.skip("fleetd does not take registry = \"etcd://...\" yet (issue 12's daemon "
                     "side, 'daemon: fleetd on etcd')")
@@ -316,7 +324,8 @@ def test_a_leader_cut_off_from_etcd_is_replaced_and_heals_as_a_follower(tmp_path
         assert ha.leaders() == [successor]
 
 
-def test_lab_up_refuses_more_than_nine_members_or_servers_naming_the_option(tmp_path) -> None:
+def test_lab_up_refuses_more_than_nine_members_or_servers_naming_the_option(
+        tmp_path, fh_slot) -> None:
     env = lab_env(str(tmp_path / "lab"))
     for option in ("--etcd", "--fleetd"):
         out = fleetctl("lab", "up", "--hosts", "1", option, "10", "--prefix", PREFIX,
@@ -332,7 +341,7 @@ def test_lab_up_refuses_more_than_nine_members_or_servers_naming_the_option(tmp_
 
 
 def test_lab_up_without_etcd_installed_says_what_to_install_and_makes_nothing(
-        tmp_path, monkeypatch) -> None:
+        tmp_path, fh_slot, monkeypatch) -> None:
     monkeypatch.setattr(lab_etcd, "ETCD", str(tmp_path / "no-etcd-here"))
     result = CliRunner().invoke(cli, ["lab", "up", "--hosts", "1", "--etcd", "3",
                                       "--prefix", PREFIX, "--subnet", SUBNET,
@@ -344,7 +353,7 @@ def test_lab_up_without_etcd_installed_says_what_to_install_and_makes_nothing(
 
 
 def test_lab_up_with_etcd_members_that_die_fails_naming_one_and_makes_nothing(
-        tmp_path, monkeypatch) -> None:
+        tmp_path, fh_slot, monkeypatch) -> None:
     monkeypatch.setattr(lab_etcd, "ETCD", "/bin/false")  # installed, but exits at once
     result = CliRunner().invoke(cli, ["lab", "up", "--hosts", "1", "--etcd", "3",
                                       "--prefix", PREFIX, "--subnet", SUBNET,
