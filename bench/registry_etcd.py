@@ -9,8 +9,9 @@ opens an EtcdRegistry and a SqliteRegistry on a tmpfs-less temporary file (fsync
 - ``put_units`` of 1 unit per call, and of 100 units per call (units/s);
 - ``set_placements`` of 1 unit per call (fenced by an epoch on etcd), and of every unit
   of the batch in one call;
-- heartbeats: ``update_machine(last_seen=...)`` and unchanged observed rows, and an idle
-  registry: etcd's revision before and after (0 writes expected);
+- heartbeats: ``update_machine(last_seen=...)`` and unchanged observed rows, an engine
+  pass that places nothing anew, and an idle registry: etcd's revision before and after
+  (0 writes expected);
 - etcd's limits as this etcd answers: the most operations one transaction may hold
   (``--max-txn-ops``) and the largest value one put may carry (``--max-request-bytes``).
 
@@ -124,6 +125,11 @@ async def main(args: argparse.Namespace, endpoints: List[str]) -> Dict[str, Any]
         before = (await c.get("/none")).revision
         await heartbeats(reg, args.calls)
         hb = (await c.get("/none")).revision - before
+        before = (await c.get("/none")).revision
+        await reg.set_placements([(x.name, x.machine, x.reason) for x in reg.list_units()],
+                                 epoch=epoch)
+        results["etcd"]["etcd writes for a pass placing nothing new"] = \
+            (await c.get("/none")).revision - before
         before = (await c.get("/none")).revision
         await asyncio.sleep(args.idle)
         idle = (await c.get("/none")).revision - before

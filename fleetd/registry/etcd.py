@@ -7,7 +7,9 @@ quorum). Open one with ``await EtcdRegistry.open(client, prefix)``.
 
 etcd's load does not grow with heartbeats: ``update_machine`` that changes only
 ``last_seen``, and observed rows equal to the stored one but for ``updated_at``, are
-kept in this process's overlay (etcd_cache.py) and not written. Idle, nothing is.
+kept in this process's overlay (etcd_cache.py) and not written (nor fenced: they
+change nothing outside this process); neither are placements that did not change, so an
+engine pass with nothing new writes nothing. Idle, nothing is written.
 
 Limits: etcd takes at most ``--max-txn-ops`` (128) operations and compares per
 transaction and ``--max-request-bytes`` (1.5 MiB) per request (``max_txn_ops`` and
