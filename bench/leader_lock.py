@@ -7,9 +7,11 @@ For each lock TTL asked: what etcd grants; the latency of a won campaign, a lost
 a renewal; and, with two real leadership loops (fleetd.engine.leader) on two clients,
 the time from the leader's death (its loop cancelled without resigning, at a random
 point between renewals) to the other's election. Then, per TTL, kill -9 of etcd's raft
-leader member while a fleetd leads: whether that fleetd stepped down (it should not have
-to; a step-down there is a needless failover). Timing: the loop's defaults (skew 0.5 s +
-stop 1 s) where the TTL allows them, else the margin scaled to 60 % of the TTL (printed).
+leader member while a fleetd leads and another follows: whether the leader stepped down
+(a needless failover: its lease is safe, but its renewals stall through etcd's
+election, which this prints too) and, when it did, how long no fleetd led. Timing: the
+loop's defaults (skew 0.5 s + stop 1 s) where the TTL allows them, else the margin
+scaled to 60 % of the TTL (printed).
 Prints min/median/max; writes bench/results/leader_lock.json.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import random
 import statistics
@@ -54,7 +57,7 @@ def figures(values: List[float]) -> Dict[str, float]:
 def show(what: str, values: List[float], unit: str = "ms") -> None:
     scale = 1000 if unit == "ms" else 1
     f = figures(values)
-    print(f"  {what:<34} min {f['min'] * scale:8.1f}  median {f['median'] * scale:8.1f}  "
+    print(f"  {what:<38} min {f['min'] * scale:8.1f}  median {f['median'] * scale:8.1f}  "
           f"max {f['max'] * scale:8.1f} {unit}  (n={len(values)})")
 
 
@@ -130,31 +133,44 @@ async def failover(eps: List[str], ttl: int) -> float:
         await a.kill()
         died = time.monotonic()
         await wait_for(lambda: any(e[1] == "b" and e[2] == "elected" for e in events))
-        took = next(e[0] for e in events if e[1] == "b") - died
+        took = float(next(e[0] for e in events if e[1] == "b")) - died
         await b.kill()
         await b.loop.resign()
         return took
 
 
-async def etcd_leader_kill(cluster: EtcdCluster, ttl: int) -> bool:
-    """kill -9 of etcd's raft leader while a fleetd leads: True when it kept leading."""
+async def etcd_leader_kill(cluster: EtcdCluster, ttl: int) -> Dict[str, float]:
+    """kill -9 of etcd's raft leader while fleetd "a" leads and "b" follows: whether a
+    kept leading, how long fleetd had no leader when it did not (deposed -> the next
+    election, either side), and how long a renewal sent right after the kill took
+    (the stall of etcd's election)."""
     prefix = f"/bench-{uuid.uuid4().hex[:8]}"
     events: List[Any] = []
-    async with EtcdClient(cluster.endpoints) as ca:
-        a = Side("a", ca, prefix, ttl, events)
+    async with EtcdClient(cluster.endpoints) as ca, EtcdClient(cluster.endpoints) as cb, \
+            EtcdClient(cluster.endpoints) as cp:
+        a, b = Side("a", ca, prefix, ttl, events), Side("b", cb, prefix, ttl, events)
         a.start()
         await wait_for(lambda: events)
+        b.start()
+        probe = await cp.grant(30)
         await asyncio.sleep(random.uniform(0, ttl / 3))
         statuses = await ca.statuses()
         victim = next(m for m, s in zip(cluster.members, statuses) if s.is_leader)
         victim.kill()
-        await asyncio.sleep(max(3 * ttl, 6))
-        kept = not any(e[2] == "deposed" for e in events)
-        await a.kill()
-        await a.loop.resign()
+        killed = time.monotonic()
+        await cp.keepalive_once(probe)
+        stall = time.monotonic() - killed
+        await asyncio.sleep(max(3 * ttl, 8))
+        deposed = [e[0] for e in events if e[2] == "deposed"]
+        after = [e[0] for e in events if e[2] == "elected" and deposed and e[0] > deposed[0]]
+        gap = (after[0] - deposed[0]) if after else (math.inf if deposed else 0.0)
+        for side in (a, b):
+            await side.kill()
+            await side.loop.resign()
+        await cp.revoke(probe)
     victim.start()
     await asyncio.get_running_loop().run_in_executor(None, cluster.wait_healthy)
-    return kept
+    return {"kept": float(not deposed), "leaderless_s": gap, "stall_s": stall}
 
 
 async def main_async(cluster: EtcdCluster, ttls: List[int], runs: int,
@@ -173,10 +189,15 @@ async def main_async(cluster: EtcdCluster, ttls: List[int], runs: int,
         show("leader death -> new leader", fo, "s")
         lat["failover_s"] = figures(fo)
         if kills:
-            kept = [await etcd_leader_kill(cluster, ttl) for _ in range(kills)]
-            print(f"  kill -9 of etcd's raft leader: the fleetd kept leading "
-                  f"{sum(kept)} of {len(kept)} times")
-            lat["etcd_leader_kill_kept"] = [sum(kept), len(kept)]
+            runs_k = [await etcd_leader_kill(cluster, ttl) for _ in range(kills)]
+            kept = sum(int(r["kept"]) for r in runs_k)
+            print(f"  kill -9 of etcd's raft leader: the fleetd kept leading {kept} of "
+                  f"{len(runs_k)} times")
+            show("  renewal stalled by etcd's election", [r["stall_s"] for r in runs_k], "s")
+            gaps = [r["leaderless_s"] for r in runs_k if not r["kept"]]
+            if gaps:
+                show("  no fleetd leader for", gaps, "s")
+            lat["etcd_leader_kill"] = runs_k
         out[str(ttl)] = lat
     return out
 

@@ -10,17 +10,24 @@ needs (they refuse a lower one).
 Each campaign is a fresh lease and one transaction (put the key if it does not exist),
 so a term never outlives its lease and never inherits an old one. A key that is ours
 from an earlier lease (a resignation that did not arrive, a campaign whose answer was
-lost) is not the lock: it is deleted, conditioned on its mod revision so nobody else's
-key can go by mistake, and the campaign starts a new term.
+lost) is not the lock: its lease is revoked (which deletes it) or, when the revocation
+does not arrive, the key is deleted, conditioned on its mod revision so nobody else's
+key can go by mistake; then the campaign starts a new term.
 
 TTL: etcd grants whole seconds and no less than its minimum, 1.5 election timeouts
 rounded up (2 s with etcd's defaults: asked for 1 s, etcd 3.4.23 grants 2), and its
 lessor deletes an expired lease's keys within 0.5 s of the expiry (measured: a 2 s lease
-goes after 2.5 s, a 3 s one after 3.49 s). ``DEFAULT_TTL`` is 3 s: the shortest that
-leaves the loop's default margin (skew 0.5 s + stop 1 s) room to renew. A follower
-watches the key (``vacated``) and campaigns as soon as it goes, so a leader's death is
-followed by a new leader within TTL + 0.5 s (bench/leader_lock.py prints what it
-measures).
+goes after 2.5 s, a 3 s one after 3.49 s). A follower watches the key (``vacated``) and
+campaigns as soon as it goes. Measured on 3 members on loopback (bench/leader_lock.py,
+5 runs each), from a leader's death to the next leader: TTL 2: 1.9-2.2 s, TTL 3:
+2.5-3.3 s, TTL 5: 4.0-4.6 s. But kill -9 of etcd's *raft* leader stalls renewals through
+etcd's election (1.9-2.8 s with its 1 s election timeout): a fleetd leader rides that out
+only when TTL - margin > TTL/3 + the stall, which TTL 5 did 3 times of 4 and TTL 3 never
+(it steps down, and a fleetd leads again 1.0-1.2 s later, in a new term).
+``DEFAULT_TTL`` is 3 s: the issue's failover targets (a new leader within ~3 s) need it,
+and it is the shortest that leaves the loop's default margin (skew 0.5 s + stop 1 s) room
+to renew. An etcd with a shorter election timeout stalls less; a site that values
+riding out etcd's own elections over a fast failover sets 5 s or more.
 """
 
 from __future__ import annotations
