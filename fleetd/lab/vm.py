@@ -2,12 +2,9 @@
 bookworm root file system, so that fleetd meets a pure cgroup v2 kernel with every
 controller, which the machines this project runs on (hybrid v1/v2) cannot offer.
 
-The image (``image``): debootstrap bookworm with systemd, udev, kmod, iproute2, python3,
-python3-psutil and sshd; the kernel of ``linux-image-cloud-amd64`` unpacked aside with
-``dpkg -x`` (its modules copied in, depmod run); one fixed host key; an ext4 image made
-with ``mkfs.ext4 -d`` (no loop device, no mount). Built by scripts/vm-build.sh into a
-temp dir beside the cache and renamed into place only when complete, like the systemd
-hosts' rootfs (fleetd.lab.rootfs), in the same cache directory.
+The image (``image``, fleetd.lab.vm_image): a debootstrap'ed bookworm and the cloud
+kernel, built once into the lab's cache (/var/cache/fleetd-lab) like the systemd hosts'
+rootfs.
 
 A boot (``boot``) never writes the image: the disk is ``snapshot=on`` (QEMU keeps the
 writes in a temp file in the VM's own directory), so every boot is clean and any number
@@ -36,137 +33,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.resources
-import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import uuid
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from fleetd import procfs
-from fleetd.lab import rootfs
+from fleetd.lab.vm_image import ADDRESS as ADDRESS  # re-exported: the lab's users
+from fleetd.lab.vm_image import HOST_KEY_FILE as HOST_KEY_FILE  # know them from here
+from fleetd.lab.vm_image import Image as Image
+from fleetd.lab.vm_image import VmError as VmError
+from fleetd.lab.vm_image import image as image
+from fleetd.lab.vm_image import tail
 
-SUITE = rootfs.SUITE
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "udev", "kmod", "iproute2", "procps",
-            "python3", "python3-psutil", "openssh-server")
-CACHE_DIR = rootfs.CACHE_DIR
-IMAGE_NAME = f"{SUITE}-vm"
-RECIPE = 1  # bump when scripts/vm-build.sh changes: a cached image then rebuilds
 QEMU = "qemu-system-x86_64"
 MEMORY_MB = 1024
 CPUS = 2
 ACCEL_VARIABLE = "FLEETD_LAB_VM_ACCEL"
 BOOT_TIMEOUT_S = {"kvm": 120.0, "tcg": 600.0}  # TCG on 2 busy cores: minutes, not seconds
-HOST_KEY_FILE = "ssh_host_ed25519_key.pub"
-ADDRESS = "127.0.0.1"
-
-
-class VmError(Exception):
-    """The VM could not be built, booted or reached; the message says why and what to do."""
-
-
-# --- the image -------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Image:
-    dir: str
-
-    @property
-    def kernel(self) -> str:
-        return os.path.join(self.dir, "vmlinuz")
-
-    @property
-    def disk(self) -> str:
-        return os.path.join(self.dir, "root.img")
-
-    def host_key(self) -> str:
-        """``ALGO BASE64`` of the image's one host key."""
-        with open(os.path.join(self.dir, HOST_KEY_FILE)) as f:
-            algo, blob = f.read().split()[:2]
-        return f"{algo} {blob}"
-
-    def known_hosts_line(self, port: int) -> str:
-        return f"[{ADDRESS}]:{port} {self.host_key()}\n"
-
-
-def _script(name: str) -> str:
-    return (importlib.resources.files(__package__) / "scripts" / name).read_text(encoding="utf-8")
-
-
-def _stamp() -> Dict[str, object]:
-    return {"suite": SUITE, "packages": sorted(PACKAGES), "recipe": RECIPE}
-
-
-def _read_stamp(path: str) -> Optional[Dict[str, object]]:
-    try:
-        with open(os.path.join(path, ".fleetd-lab.json")) as f:
-            data: Dict[str, object] = json.load(f)
-    except (OSError, ValueError):
-        return None
-    data.pop("mirror", None)
-    data.pop("build_seconds", None)
-    return data
-
-
-def image(cache_dir: str = CACHE_DIR, mirror: Optional[str] = None) -> Image:
-    """The cached VM image, built first (~1 min, ~1.1 GB of disk at peak, 2 GB sparse
-    after) if it is missing or was built from another package list or recipe."""
-    path = os.path.join(cache_dir, IMAGE_NAME)
-    if _read_stamp(path) == _stamp():
-        return Image(path)
-    if os.geteuid() != 0:
-        raise VmError("building the lab VM's image needs root (debootstrap, chroot)")
-    for tool, package in (("debootstrap", "debootstrap"), ("mkfs.ext4", "e2fsprogs"),
-                          ("apt-get", "apt"), ("ssh-keygen", "openssh-client")):
-        if shutil.which(tool) is None:
-            raise VmError(f"{tool} not found: apt-get install -y {package} "
-                          "(the lab VM's image is built with it)")
-    mirror = mirror or os.environ.get(rootfs.MIRROR_VARIABLE) or rootfs.MIRROR
-    os.makedirs(cache_dir, mode=0o755, exist_ok=True)
-    with rootfs._locked(os.path.join(cache_dir, f".{IMAGE_NAME}.lock")):
-        if _read_stamp(path) == _stamp():  # another run built it while we waited
-            return Image(path)
-        build = tempfile.mkdtemp(prefix=f".{IMAGE_NAME}-build-", dir=cache_dir)
-        log_path = os.path.join(cache_dir, f"{IMAGE_NAME}.log")
-        began = time.monotonic()
-        try:
-            env = dict(os.environ, BUILD=build, MIRROR=mirror, SUITE=SUITE,
-                       PACKAGES=",".join(PACKAGES), DEBIAN_FRONTEND="noninteractive")
-            with open(log_path, "w") as log:
-                proc = subprocess.run(["/bin/bash", "-c", _script("vm-build.sh")], env=env,
-                                      stdin=subprocess.DEVNULL, stdout=log,
-                                      stderr=subprocess.STDOUT)
-            if proc.returncode != 0:
-                raise VmError(f"building the lab VM's image failed (exit {proc.returncode}); "
-                              f"full log: {log_path}\n{_tail(log_path, 8)}")
-            os.chmod(os.path.join(build, "root.img"), 0o444)  # only ever a snapshot's base
-            with open(os.path.join(build, ".fleetd-lab.json"), "w") as f:
-                json.dump(dict(_stamp(), mirror=mirror,
-                               build_seconds=round(time.monotonic() - began, 1)), f, indent=2)
-            os.chmod(build, 0o755)
-            if os.path.exists(path):
-                old = tempfile.mkdtemp(prefix=f".{IMAGE_NAME}-old-", dir=cache_dir)
-                os.rename(path, os.path.join(old, "image"))
-                os.rename(build, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(build, path)
-        except BaseException:
-            shutil.rmtree(build, ignore_errors=True)
-            raise
-    return Image(path)
-
-
-def _tail(path: str, lines: int) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:]).strip()
-    except OSError:
-        return ""
 
 
 # --- booting ---------------------------------------------------------------------------------
@@ -244,7 +133,7 @@ class Vm:
         return proc
 
     def console(self, lines: int = 20) -> str:
-        return _tail(os.path.join(self.dir, "console.log"), lines)
+        return tail(os.path.join(self.dir, "console.log"), lines)
 
     def stop(self) -> None:
         """Close the master connection, stop QEMU, remove the VM's directory."""
@@ -332,12 +221,45 @@ def boot(name: str, identity: str, directory: str, *, img: Optional[Image] = Non
         vm.boot_seconds = time.monotonic() - began
         return vm
     except BaseException:
-        with contextlib.suppress(OSError, ValueError):
-            with open(os.path.join(directory, "qemu.pid")) as f:
-                pid = int(f.read())
-            stop(pid, procfs.start_ticks(pid))
+        with contextlib.suppress(OSError, ValueError), \
+                open(os.path.join(directory, "qemu.pid")) as f:
+            stop_named(int(f.read()), name)
         shutil.rmtree(directory, ignore_errors=True)
         raise
+
+
+def _qemu_name(pid: int) -> Optional[str]:
+    """The ``-name`` a QEMU process was started with (None: not a QEMU, or gone)."""
+    words = procfs.cmdline(pid).split()
+    if not words or not os.path.basename(words[0]).startswith("qemu-system"):
+        return None
+    with contextlib.suppress(ValueError, IndexError):
+        return words[words.index("-name") + 1]
+    return None
+
+
+def stop_named(pid: int, name: str) -> bool:
+    """Stop ``pid`` only if it is the QEMU of the VM ``name`` (a pid file can outlive its
+    process, and the pid be another's by now)."""
+    ticks = procfs.start_ticks(pid)
+    if ticks < 0 or _qemu_name(pid) != f"fleet-lab-{name}":
+        return False
+    return stop(pid, ticks)
+
+
+def sweep(prefix: str) -> int:
+    """Stop the QEMUs of VMs named ``PREFIX-PID`` whose PID, the process that booted them
+    (a test run), is gone: what a killed run left behind. Another run's VMs, whose PID
+    still runs, are left alone. Returns how many were stopped."""
+    stopped = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        found = re.fullmatch(rf"fleet-lab-({re.escape(prefix)}-(\d+))",
+                             _qemu_name(int(entry)) or "")
+        if found and not procfs.alive(int(found.group(2))):
+            stopped += stop_named(int(entry), found.group(1))
+    return stopped
 
 
 def _start(img: Image, name: str, key: str, mode: str, directory: str) -> Tuple[int, int]:

@@ -158,8 +158,8 @@ def down(lab_dir: str) -> int:
         stopped += vm.stop(r["pid"], r["pid_start"], r["dir"])
     for name in os.listdir(_dir(lab_dir)) if os.path.isdir(_dir(lab_dir)) else []:
         pid = _pidfile(os.path.join(_dir(lab_dir, name), "qemu.pid"))
-        if pid is not None and f"fleet-lab-{name}" in procfs.cmdline(pid):
-            stopped += vm.stop(pid, procfs.start_ticks(pid))
+        if pid is not None:
+            stopped += vm.stop_named(pid, name)
     shutil.rmtree(_dir(lab_dir), ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(lab_dir, RECORD))

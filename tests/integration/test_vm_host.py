@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -81,7 +82,8 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
     work = tmp_path_factory.mktemp("vm")
     identity = str(work / "id_vm")
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", identity], check=True)
-    machine = vm.boot("fleet-test-vm", identity, str(work / "vm"))
+    vm.sweep("fleet-test-vm")  # the VM of a test run that was killed
+    machine = vm.boot(f"fleet-test-vm-{os.getpid()}", identity, str(work / "vm"))
     try:
         print(f"\nVM up in {machine.boot_seconds:.1f}s ({machine.accel}), "
               f"ssh root@127.0.0.1:{machine.port}")
@@ -160,16 +162,16 @@ def test_the_v2_tests_that_skip_on_this_machine_pass_in_the_guest(guest: Guest) 
     t0 = time.monotonic()
     proc = guest.vm.run(
         f"cd {here} && PYTHONPATH=site:. PYTHONDONTWRITEBYTECODE=1 python3 -m pytest "
-        "-p no:cacheprovider --noconftest -o addopts= -v -s -rs -k v2 "
+        "-p no:cacheprovider --noconftest -o addopts= -v -s -rA -k v2 "
         "tests/integration/test_cgroups_real.py", timeout=900)
     out = proc.stdout.decode(errors="replace")
-    print(f"\nin the guest ({time.monotonic() - t0:.0f}s):\n{out[-3000:]}")
+    print(f"\nin the guest ({time.monotonic() - t0:.0f}s):\n{out[-6000:]}")
     assert proc.returncode == 0, out[-3000:] + proc.stderr.decode(errors="replace")
     for test in ("test_memory_max_gets_the_program_oom_killed[v2]",
                  "test_cpu_quota_holds_a_busy_loop_near_its_share[v2]",
                  "test_tasks_max_makes_the_tenth_task_fail_to_fork[v2]"):
-        assert f"{test} PASSED" in out
-    assert "SKIPPED" not in out and " skipped" not in out
+        assert f"PASSED tests/integration/test_cgroups_real.py::{test}" in out
+    assert "SKIPPED" not in out and " skipped" not in out and "7 passed" in out
     guest.sh(f"rm -rf {here}")
 
 
@@ -346,3 +348,30 @@ def test_lab_up_with_a_vm_host_and_down_again(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert record and not procfs.alive(record["pid"], record["pid_start"])
     assert not (lab_dir / "vms").exists() and not (lab_dir / "vms.json").exists()
+
+
+def test_sweep_stops_only_the_qemus_of_runs_that_are_gone() -> None:
+    """``vm.sweep``: a QEMU named after a test run whose process is gone (killed before
+    its fixture could stop the VM) is stopped; one whose run still lives is not. Stand-ins
+    named like QEMU, since booting two VMs for this would cost a minute."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # a pid nobody has now
+
+    def fake_qemu(owner: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["bash", "-c", 'exec -a qemu-system-x86_64 "$0" -c '
+                                 '"import time; time.sleep(600)" "$@"', sys.executable,
+                                 "-name", f"fleet-lab-sweep-test-{owner}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    orphan, ours = fake_qemu(ended.pid), fake_qemu(os.getpid())
+    try:
+        wait_for("both stand-ins named like QEMU", lambda: all(
+            procfs.cmdline(p.pid).startswith("qemu-system-x86_64 -c ")
+            for p in (orphan, ours)))
+        assert vm.sweep("sweep-test") == 1
+        assert orphan.wait(10) == -15  # SIGTERM, as a QEMU is stopped
+        assert ours.poll() is None
+    finally:
+        for p in (orphan, ours):
+            p.kill()
+            p.wait()
