@@ -3,9 +3,9 @@ wired once.
 
 Everything that is not wiring lives elsewhere: decisions in engine/, storage in
 registry/, host conversations in session.py, what a request may do in service/, HTTP in
-http/. The registry and the lease are given (``main.open_daemon`` builds the defaults:
-SQLite and a file lease in the state directory), so a test builds a Daemon on any
-registry, without root.
+http/. The registry and the leader lock are given (``main.open_daemon`` builds them from
+the configuration: SQLite and a FileLock in the state directory, or etcd and an
+EtcdLock), so a test builds a Daemon on any registry and lock, without root.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import signal
 import time
-from typing import Dict, List, Optional, Protocol
+from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 from aiohttp import web
 
-from fleetd import protocol
+from fleetd import __version__, protocol
 from fleetd.daemon.changes import Changes
 from fleetd.daemon.config import Config
 from fleetd.daemon.http.request import Services
@@ -30,21 +31,17 @@ from fleetd.daemon.service.placement import EngineView
 from fleetd.daemon.service.units import Units
 from fleetd.daemon.session import MachineSession, TransportFactory, silence_window
 from fleetd.engine import liveness
+from fleetd.engine.leader import Leadership, Timing
+from fleetd.engine.leadership import LeaderLock
 from fleetd.engine.loop import Engine
 from fleetd.registry.base import MachineRecord, Registry, RegistryError
 from fleetd.transport.ssh import to_machine
 from fleetd.units.compiled import CompiledUnits
-from fleetd.wire import messages
 from fleetd.wire.unitspec import UnitSpec
 
 log = logging.getLogger("fleetd")
 
-
-class Lease(Protocol):
-    """What makes this fleetd the one engine for its registry (engine/leadership.py):
-    held from before the Daemon is built; released when it stops."""
-
-    def release(self) -> None: ...
+ServersFn = Callable[[], Awaitable[List[Dict[str, Any]]]]
 
 
 def dump_tasks() -> None:
@@ -57,17 +54,26 @@ def dump_tasks() -> None:
 
 
 class Daemon:
-    """One fleetd: given its registry and the lease on it, it owns both from here on
-    (``run`` closes the registry and releases the lease when it stops)."""
+    """One fleetd: given its registry and the leader lock on it, it owns both from here on
+    (``run`` closes the registry and lets the lock go when it stops).
 
-    def __init__(self, config: Config, registry: Registry, lease: Lease,
+    Every fleetd serves the whole API; the one holding the lock also runs the machine
+    sessions, liveness and the engine's writes (a term, ``_elected``). A follower's
+    engine decides without writing or pushing, so its API answers and waits as the
+    leader's would (``Engine.leading``); it learns what the others wrote through the
+    registry's ``on_change``. One fleetd on SQLite takes its FileLock before it serves
+    and refuses to start when another holds it (``Timing(patient=False)``).
+    """
+
+    def __init__(self, config: Config, registry: Registry, lock: LeaderLock,
                  transport_factory: TransportFactory = to_machine,
-                 epoch: int = messages.EPOCH) -> None:
-        """``epoch``: this fleetd's leadership term, which every session's hello says
-        (fleetd.protocol: agents refuse an older one); one fleetd on SQLite is 0."""
+                 timing: Optional[Timing] = None,
+                 servers: Optional[ServersFn] = None) -> None:
+        """``servers``: what ``list-servers`` shows beyond this fleetd (etcd: the roster
+        and the members); None: this fleetd alone."""
         self.config = config
-        self.epoch = epoch
-        self.lease = lease
+        self.epoch: Optional[int] = None  # this fleetd's leadership term, while it leads
+        self.term_started: Optional[float] = None
         self.registry = registry
         self.transport_factory = transport_factory
         self.changes = Changes()
@@ -75,18 +81,47 @@ class Daemon:
         self.compiled = CompiledUnits()  # one cache of unit files: engine and API
         self.engine = Engine(self.registry, self._push, lambda: self.changed(False),
                              heard=self._heard, skew_s=silence_window(config.heartbeat_s),
-                             units=self.compiled, epoch=epoch)
+                             units=self.compiled)
+        self.engine.leading = False
+        self.leadership = Leadership(lock, self._elected, self._deposed, timing)
         self.started_at = time.time()
+        self._servers = servers
         self.units = Units(self.registry, EngineView(self.engine), self.changes,
                            self.changed, self.sessions, self.compiled)
         self.machines = Machines(self.registry, self.changes, self.changed, self.sessions,
                                  self._open_session, self._close_session)
-        self._tasks: List[asyncio.Task[None]] = []
+        self.units.following = self.machines.following = self._following
+        self._term_tasks: List[asyncio.Task[None]] = []
+        self._elected_once = asyncio.Event()
+        # run beside the API for fleetd's life (the roster entry), and closed after the
+        # registry at the end (the etcd client they share)
+        self.companions: List[Callable[[], Awaitable[None]]] = []
+        self.closers: List[Callable[[], Awaitable[None]]] = []
+        registry.on_change(self._changed_elsewhere)
 
     def api(self) -> web.Application:
         """The HTTP API over this daemon's services (listeners.serve serves it)."""
         return make_app(Services(self.units, self.machines, self.started_at,
-                                 self.config.idle_timeout_s), self.config.token)
+                                 self.config.idle_timeout_s, self.status, self.servers),
+                        self.config.token)
+
+    def status(self) -> Dict[str, Any]:
+        """This fleetd's part in the cluster, for /v1/health and list-servers."""
+        lead = self.leadership.status()
+        stale = self.registry.staleness()
+        return {"name": self.config.name, "leader": self.epoch is not None,
+                "epoch": self.epoch, "since": lead.since, "leader_name": lead.holder,
+                "registry": self.config.registry_kind, "stale": stale}
+
+    async def servers(self) -> List[Dict[str, Any]]:
+        """list-servers' rows: every fleetd and etcd member (``servers``), or this one."""
+        if self._servers is not None:
+            return await self._servers()
+        me = self.status()
+        return [{"kind": "fleetd", "name": me["name"], "addresses": self.config.addresses(),
+                 "leader": me["leader"], "healthy": True, "detail": "", "pid": os.getpid(),
+                 "version": __version__, "started_at": self.started_at,
+                 "since": me["since"], "epoch": me["epoch"]}]
 
     # --- events ------------------------------------------------------------------------
     def changed(self, placement_relevant: bool = True) -> None:
@@ -105,7 +140,7 @@ class Daemon:
         session = self.sessions.get(machine)
         if session is None or session.last_seen is None:
             return None
-        return max(session.last_seen, self.started_at)
+        return max(session.last_seen, self.term_started or self.started_at)
 
     def _report_matters(self, unit: str, state: str) -> bool:
         """Does an agent's report about ``unit`` bear on placement? A failure does (the
@@ -119,6 +154,10 @@ class Daemon:
 
     # --- machines --------------------------------------------------------------------
     def _open_session(self, machine: MachineRecord) -> None:
+        """A session to ``machine`` for this term; none while following (the leader's
+        watch sees the machine and opens its own)."""
+        if self.epoch is None or machine.name in self.sessions:
+            return
         session = MachineSession(machine, self.registry, self.transport_factory, self.changed,
                                  self.config.heartbeat_s, epoch=self.epoch)
         session.report_matters = self._report_matters
@@ -162,37 +201,114 @@ class Daemon:
                 session.machine = self.registry.get_machine(name) or session.machine
                 self.changed()
 
+    def _following(self) -> Optional[str]:
+        """None while this fleetd leads; else who does, as the lock last said ("" when
+        nobody is known to)."""
+        if self.epoch is not None:
+            return None
+        return self.leadership.status().holder or ""
+
+    # --- terms ------------------------------------------------------------------------
+    async def _elected(self, epoch: int) -> None:
+        """A term begins: machines the last leader left up are not heard yet, a session
+        to each (every hello says ``epoch``: agents refuse the terms before), liveness,
+        and the engine writes and pushes, fenced by ``epoch``."""
+        self.epoch, self.term_started = epoch, time.time()
+        self.engine.epoch, self.engine.leading = epoch, True
+        log.info("leading as %s, epoch %d", self.config.name, epoch)
+        for machine in self.registry.list_machines():
+            if machine.state == liveness.UP:  # as the leader before this one left it
+                try:
+                    await self.registry.update_machine(
+                        machine.name, state=liveness.UNREACHABLE,
+                        error="not heard since this fleetd leads", epoch=epoch)
+                except RegistryError as exc:  # the session's connect says it again
+                    log.warning("cannot mark %s unreachable: %s", machine.name, exc)
+                machine = self.registry.get_machine(machine.name) or machine
+            self._open_session(machine)
+        self._term_tasks.append(asyncio.ensure_future(self._liveness()))
+        self._elected_once.set()
+        self.changed()
+
+    async def _deposed(self, reason: str) -> None:
+        """The term ends (the lock may expire, or fleetd stops): no more writes or pushes
+        from this engine, every session closed, within ``Timing.stop_s``."""
+        if self.epoch is None:
+            return
+        log.warning("no longer leading (epoch %d): %s", self.epoch, reason)
+        self.engine.leading, self.engine.epoch = False, None
+        self.epoch = None
+        for task in self._term_tasks:
+            task.cancel()
+        self._term_tasks.clear()
+        sessions = list(self.sessions.values())
+        self.sessions.clear()
+        stop_s = self.leadership.timing.stop_s
+        done, _ = await asyncio.wait([asyncio.ensure_future(s.stop()) for s in sessions]
+                                     or [asyncio.ensure_future(asyncio.sleep(0))],
+                                     timeout=stop_s)
+        if len(done) < len(sessions):
+            log.warning("%d sessions did not stop within %gs", len(sessions) - len(done),
+                        stop_s)
+        self.changed()
+
+    def _changed_elsewhere(self) -> None:
+        """Another fleetd wrote (a user's submit through it, or the leader's reports):
+        waits and the engine look again; a leader opens sessions to machines added
+        through a follower and closes those removed."""
+        if self.epoch is not None:
+            known = {m.name: m for m in self.registry.list_machines()}
+            for name in [n for n in self.sessions if n not in known]:
+                self._term_tasks.append(asyncio.ensure_future(self._close_session(name)))
+            for name, machine in known.items():
+                if name not in self.sessions:
+                    self._open_session(machine)
+        self.changed()
+
     # --- life ------------------------------------------------------------------------
     async def run(self, ready: Optional[asyncio.Future[None]] = None) -> None:
+        """Serve until SIGTERM/SIGINT. Leadership runs beside the API; an impatient lock
+        (one fleetd on SQLite) is taken before anything is served, or fleetd refuses to
+        start (LeaseHeld)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-        for machine in self.registry.list_machines():
-            if machine.state == liveness.UP:  # as the fleetd before this one left it
-                await self.registry.update_machine(machine.name, state=liveness.UNREACHABLE,
-                                                   error="not heard since fleetd started",
-                                                   epoch=self.epoch)
-                machine = self.registry.get_machine(machine.name) or machine
-            self._open_session(machine)
-        self._tasks.append(asyncio.ensure_future(self.engine.run()))
-        self._tasks.append(asyncio.ensure_future(self._liveness()))
-        self.engine.wake()
-        runner = await serve(self.api(), self.config)
-        log.info("fleetd ready: %d machines, %d units, API on %s%s",
-                 len(self.sessions), len(self.registry.list_units()), self.config.socket,
-                 f" and {self.config.listen}" if self.config.listen else "")
-        if ready is not None:
-            ready.set_result(None)
+        engine = asyncio.ensure_future(self.engine.run())
+        leading = asyncio.ensure_future(self.leadership.run())
+        beside = [asyncio.ensure_future(run()) for run in self.companions]
+        runner: Optional[web.AppRunner] = None
         try:
-            await stop.wait()
+            if not self.leadership.timing.patient:
+                elected = asyncio.ensure_future(self._elected_once.wait())
+                await asyncio.wait({elected, leading}, return_when=asyncio.FIRST_COMPLETED)
+                elected.cancel()
+                if leading.done():
+                    leading.result()  # LeaseHeld: another fleetd has the lock
+            self.engine.wake()
+            runner = await serve(self.api(), self.config)
+            log.info("fleetd %s ready: %d machines, %d units, API on %s%s", self.config.name,
+                     len(self.registry.list_machines()), len(self.registry.list_units()),
+                     self.config.socket,
+                     f" and {self.config.listen}" if self.config.listen else "")
+            if ready is not None:
+                ready.set_result(None)
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({stopping, leading}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if leading.done():
+                leading.result()  # the leadership loop ended: why is fleetd's error
         finally:
             log.info("fleetd stopping; agents keep their units running")
-            await runner.cleanup()
-            for task in self._tasks:
+            if runner is not None:
+                await runner.cleanup()
+            leading.cancel()
+            await self._deposed("fleetd stopping")
+            await self.leadership.resign()
+            engine.cancel()
+            for task in beside:
                 task.cancel()
-            await asyncio.gather(*(s.stop() for s in self.sessions.values()),
-                                 return_exceptions=True)
             await self.registry.close()
-            self.lease.release()
+            for close in self.closers:
+                await close()

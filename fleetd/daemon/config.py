@@ -3,6 +3,15 @@
     state_dir = "/var/lib/fleetd"        # registry (SQLite), lease
     heartbeat_s = 1.0                    # agents' heartbeat interval
     machine_ttl_s = 5.0                  # silent this long: the machine is lost, units move
+    name = "fleetd-1"                    # this fleetd among several (default: the hostname)
+    registry = "etcd://10.0.0.1:2379,10.0.0.2:2379"   # default: SQLite in state_dir
+
+    [etcd]                               # with registry = "etcd://..." (or etcds://: TLS)
+    prefix = "/fleetd"                   # every key of this cluster lives under it
+    leader_ttl_s = 3                     # the leader lock's lease; whole seconds, >= 2
+    ca = "/etc/fleetd/etcd-ca.pem"       # TLS: the CA that signed etcd's certificates,
+    cert = "/etc/fleetd/etcd-client.pem" # and this fleetd's client certificate and key
+    key = "/etc/fleetd/etcd-client.key"
 
     [api]
     socket = "/run/fleetd/fleetd.sock"   # always on, mode 0600: root's fleetctl
@@ -23,14 +32,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import stat
-from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
+from socket import gethostname
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import tomllib
 
 from fleetd.wire import numbers
 
 DEFAULT_STATE_DIR = "/var/lib/fleetd"
+DEFAULT_PREFIX = "/fleetd"
+DEFAULT_LEADER_TTL_S = 3  # bench/ha_failover.py: kill -9 of the leader -> writes again in
+# about TTL + a campaign; 2 leaves too little room for a renewal on a loaded machine
 DEFAULT_SOCKET = "/run/fleetd/fleetd.sock"
 TOKEN_MIN = 16  # bytes: guessing it over the network must be hopeless
 N = TypeVar("N", int, float)
@@ -50,6 +64,21 @@ class Config:
     token: Optional[str] = None
     idle_timeout_s: float = 30.0
     max_connections: int = 256
+    name: str = dataclasses.field(default_factory=gethostname)
+    registry: Optional[str] = None  # None: SQLite in state_dir; else etcd://host:port,...
+    etcd_prefix: str = DEFAULT_PREFIX
+    leader_ttl_s: int = DEFAULT_LEADER_TTL_S
+    etcd_ca: Optional[str] = None
+    etcd_cert: Optional[str] = None
+    etcd_key: Optional[str] = None
+
+    @property
+    def registry_kind(self) -> str:
+        return "sqlite" if self.registry is None else "etcd"
+
+    def addresses(self) -> List[str]:
+        """Where this fleetd's API answers: its socket, and its TCP address if any."""
+        return [f"unix:{self.socket}"] + ([self.listen] if self.listen else [])
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -132,6 +161,38 @@ def _token(api: Dict[str, Any], path: str, where: str) -> Optional[str]:
     return token
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _etcd(cfg: Config, etcd: Dict[str, Any], where: str) -> None:
+    """The registry URL and its [etcd] table: the URL parsed now (a typo is named here,
+    not as a connection error later), the TLS files readable, the TTL whole seconds."""
+    if cfg.registry is not None:
+        from fleetd.registry.etcdv3 import parse_url  # only a config with etcd needs it
+
+        try:
+            parse_url(cfg.registry)  # etcds:// without etcd.ca trusts the system's CAs
+        except ValueError as exc:
+            raise ConfigError(f"{where}registry: {exc}") from None
+    elif etcd:
+        raise ConfigError(f"{where}[etcd] is set, but registry is not an etcd:// URL")
+    prefix = _take(etcd, "prefix", (str,), f"{where}etcd.") or cfg.etcd_prefix
+    if not prefix.startswith("/") or prefix.endswith("/") or "\n" in prefix:
+        raise ConfigError(f"{where}etcd.prefix: {prefix!r}: want an absolute key prefix "
+                          "without a trailing slash, such as /fleetd")
+    cfg.etcd_prefix = prefix
+    cfg.leader_ttl_s = _number(etcd, "leader_ttl_s", f"{where}etcd.",
+                               lambda v: numbers.json_int(v, 2, 60), cfg.leader_ttl_s)
+    for key in ("ca", "cert", "key"):
+        path = _take(etcd, key, (str,), f"{where}etcd.")
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"{where}etcd.{key}: {path}: cannot be read")
+        setattr(cfg, f"etcd_{key}", path)
+    if (cfg.etcd_cert is None) != (cfg.etcd_key is None):
+        raise ConfigError(f"{where}etcd: cert and key go together (a client certificate "
+                          "and its private key)")
+
+
 def load(path: Optional[str]) -> Config:
     cfg = Config()
     if path is None:
@@ -153,6 +214,13 @@ def load(path: Optional[str]) -> Config:
         raise ConfigError(f"{where}machine_ttl_s ({cfg.machine_ttl_s:g}) must be longer than "
                           f"heartbeat_s ({cfg.heartbeat_s:g}): a machine would be lost "
                           "between two heartbeats")
+    cfg.name = _take(data, "name", (str,), where) or cfg.name
+    if not NAME.fullmatch(cfg.name):
+        raise ConfigError(f"{where}name: {cfg.name!r}: want 1 to 63 letters, digits, '.', "
+                          "'_' or '-' (it names this fleetd in etcd and list-servers)")
+    cfg.registry = _take(data, "registry", (str,), where)
+    etcd = _take(data, "etcd", (dict,), where) or {}
+    _etcd(cfg, etcd, where)
     api = _take(data, "api", (dict,), where) or {}
     cfg.socket = _take(api, "socket", (str,), f"{where}api.") or cfg.socket
     cfg.listen = _take(api, "listen", (str,), f"{where}api.")
@@ -161,7 +229,7 @@ def load(path: Optional[str]) -> Config:
                                  lambda v: numbers.json_float(v, 0.1, 3600), cfg.idle_timeout_s)
     cfg.max_connections = _number(api, "max_connections", f"{where}api.",
                                   lambda v: numbers.json_int(v, 1, 65536), cfg.max_connections)
-    for leftover, prefix in ((api, "api."), (data, "")):
+    for leftover, prefix in ((api, "api."), (etcd, "etcd."), (data, "")):
         if leftover:
             raise ConfigError(f"{where}unknown key {prefix}{sorted(leftover)[0]}")
     if cfg.listen:

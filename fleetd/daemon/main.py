@@ -7,34 +7,67 @@ import logging
 import os
 import sqlite3
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import click
 
 from fleetd import __version__
 from fleetd.daemon.config import Config, ConfigError, load
-from fleetd.engine.leadership import FileLease, LeaseHeld
+from fleetd.engine.leader import Timing
+from fleetd.engine.leadership import FileLock, LeaseHeld
 from fleetd.registry.base import RegistryError
 
 if TYPE_CHECKING:
     from fleetd.daemon.app import Daemon
 
+# one etcd request, per endpoint: a dead member must cost less than the leader lock's
+# margin, or a leader could not renew through the others in time (bench/ha_failover.py)
+ETCD_TIMEOUT_S = 1.5
+
 
 def open_daemon(config: Config) -> Daemon:
-    """The Daemon with fleetd's defaults: the file lease on the state directory (LeaseHeld
-    while another fleetd has it), then the SQLite registry in it."""
+    """The Daemon of one fleetd on SQLite: the registry in the state directory, and the
+    FileLock beside it, which the Daemon takes before it serves (LeaseHeld while another
+    fleetd has it)."""
     from fleetd.daemon.app import Daemon
     from fleetd.registry.sqlite import SqliteRegistry
 
     os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
-    lease = FileLease(os.path.join(config.state_dir, "fleetd.lock"))
-    lease.acquire()
+    lock = FileLock(os.path.join(config.state_dir, "fleetd.lock"))
+    registry = SqliteRegistry(os.path.join(config.state_dir, "registry.db"))
+    return Daemon(config, registry, lock, timing=Timing(patient=False))
+
+
+async def open_etcd_daemon(config: Config) -> Daemon:
+    """The Daemon of one of several fleetd on etcd: the registry loaded from etcd and
+    followed, the leader lock, and this fleetd's entry in the roster (list-servers)."""
+    from fleetd.daemon.app import Daemon
+    from fleetd.engine.etcd_lock import EtcdLock
+    from fleetd.engine.roster import Roster, list_servers
+    from fleetd.registry.etcd import EtcdRegistry
+    from fleetd.registry.etcdv3 import EtcdClient, parse_url, tls_context
+
+    assert config.registry is not None
+    endpoints, tls = parse_url(config.registry)
+    context = tls_context(config.etcd_ca, config.etcd_cert, config.etcd_key) if tls else None
+    client = EtcdClient(endpoints, tls=context, timeout=ETCD_TIMEOUT_S)
     try:
-        registry = SqliteRegistry(os.path.join(config.state_dir, "registry.db"))
+        registry = await EtcdRegistry.open(client, config.etcd_prefix)
     except BaseException:
-        lease.release()
+        await client.close()
         raise
-    return Daemon(config, registry, lease)
+    api = config.addresses()
+    lock = EtcdLock(client, config.etcd_prefix, config.name, api, ttl=config.leader_ttl_s)
+    roster = Roster(client, config.etcd_prefix, config.name, api)
+
+    async def servers() -> List[Dict[str, Any]]:
+        return [row.to_json() for row in await list_servers(client, config.etcd_prefix)]
+
+    daemon = Daemon(config, registry, lock, servers=servers)
+    daemon.companions.append(roster.run)
+    daemon.closers.append(roster.close)
+    daemon.closers.append(client.close)
+    return daemon
 
 
 @click.command()
@@ -61,7 +94,8 @@ def cli(config_path: Optional[str], state_dir: Optional[str], socket_path: Optio
     if socket_path:
         config.socket = socket_path
     async def run() -> None:
-        await open_daemon(config).run()
+        daemon = await open_etcd_daemon(config) if config.registry else open_daemon(config)
+        await daemon.run()
 
     try:
         asyncio.run(run())

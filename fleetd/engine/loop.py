@@ -116,6 +116,9 @@ class Engine:
         it (registry/base.py), so a pass that outlives its term writes nothing."""
         self.registry = registry
         self.epoch = epoch
+        # False: a follower's engine, which decides (its snapshot answers the API) but
+        # neither writes nor pushes; the leader's writes reach it through the registry
+        self.leading = True
         self.push = push
         self.changed = changed
         self.heard: HeardFn = heard or (lambda name: None)
@@ -158,6 +161,12 @@ class Engine:
         machines = self.registry.list_machines()
         observed = {(o.unit, o.machine): o for o in self.registry.list_observed()}
         d = self.decide(units, machines, observed, self.registry.list_failures(), now)
+        if not self.leading:
+            self._snapshot = d.snapshot
+            self.units.retain(d.probed, d.rendered)
+            if d.moved:
+                self.changed()
+            return
         for f in d.failures:
             log.warning("%s failed on %s: %s", f.unit, f.machine, f.reason)
             await self.registry.record_failure(f, epoch=self.epoch)

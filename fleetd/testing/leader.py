@@ -168,3 +168,25 @@ class SkewedClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds / self.rate)
+
+
+class Held:
+    """A ``LeaderLock`` that is always this fleetd's: every campaign wins the next term
+    from ``epoch`` on, and it never expires (a Daemon in a unit test leads at once)."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch - 1
+
+    @property
+    def ttl(self) -> float:
+        return math.inf
+
+    async def campaign(self) -> Campaign:
+        self.epoch += 1
+        return Campaign(self.epoch)
+
+    async def renew(self) -> float:
+        return math.inf
+
+    async def resign(self) -> None:
+        pass

@@ -23,17 +23,12 @@ from fleetd.bootstrap import machines as bootstrap
 from fleetd.daemon.app import Daemon
 from fleetd.daemon.config import Config
 from fleetd.daemon.listeners import serve
+from fleetd.engine.leader import Timing
 from fleetd.registry.base import MachineRecord, Registry
 from fleetd.registry.sqlite import SqliteRegistry
+from fleetd.testing.leader import Held
 from fleetd.testing.transport import Unreachable
 from fleetd.transport.base import TransportError
-
-
-class NoLease:
-    """The Daemon's lease in a test: one Daemon per temporary registry, nothing to guard."""
-
-    def release(self) -> None:
-        pass
 
 
 async def no_ssh(machine: MachineRecord, *args: Any, **kwargs: Any) -> Any:
@@ -61,18 +56,22 @@ class Served:
     async def _start(self) -> Daemon:
         registry = self.registry or SqliteRegistry(
             os.path.join(self.config.state_dir, "registry.db"))
-        d = Daemon(self.config, registry, NoLease(), transport_factory=Unreachable)
+        d = Daemon(self.config, registry, Held(), transport_factory=Unreachable,
+                   timing=Timing(patient=False))
         self.runner: web.AppRunner = await serve(d.api(), self.config)
         self.engine = asyncio.ensure_future(d.engine.run())
+        self.leading = asyncio.ensure_future(d.leadership.run())
+        while d.epoch is None:  # the lock is held at once: the first term begins
+            await asyncio.sleep(0.001)
         return d
 
     async def _stop(self) -> None:
         await self.runner.cleanup()
         self.engine.cancel()
+        self.leading.cancel()
         await asyncio.gather(*(s.stop() for s in self.daemon.sessions.values()),
                              return_exceptions=True)
         await self.daemon.registry.close()
-        self.daemon.lease.release()
 
     def close(self) -> None:
         self.call(self._stop())

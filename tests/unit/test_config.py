@@ -228,3 +228,35 @@ def test_a_short_token_is_refused(tmp_path: Path, key: str) -> None:
     path = write(tmp_path, f"[api]\nlisten = '127.0.0.1:7070'\n{key} = '{value}'\n")
     assert error(path).startswith(f"{path}: api.{key}: the token is 15 bytes; want at "
                                   "least 16")
+
+
+# --- several fleetd on etcd ---------------------------------------------------------
+
+
+def test_an_etcd_registry_and_its_table(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    cfg = load(write(tmp_path, f'name = "fleetd-2"\n'
+                               f'registry = "etcd://10.0.0.1:2379,10.0.0.2"\n'
+                               f'[etcd]\nprefix = "/prod"\nleader_ttl_s = 5\nca = "{ca}"\n'))
+    assert (cfg.name, cfg.registry, cfg.registry_kind) == (
+        "fleetd-2", "etcd://10.0.0.1:2379,10.0.0.2", "etcd")
+    assert (cfg.etcd_prefix, cfg.leader_ttl_s, cfg.etcd_ca) == ("/prod", 5, str(ca))
+    assert load(None).registry_kind == "sqlite"
+
+
+@pytest.mark.parametrize("text, named", [
+    ('registry = "etdc://10.0.0.1:2379"', "registry: not an etcd URL"),
+    ('registry = "etcd://10.0.0.1:99999"', "registry: bad etcd endpoint '10.0.0.1:99999'"),
+    ('[etcd]\nprefix = "/x"', "[etcd] is set, but registry is not an etcd:// URL"),
+    ('registry = "etcd://h"\n[etcd]\nprefix = "fleetd/"', "etcd.prefix: 'fleetd/'"),
+    ('registry = "etcd://h"\n[etcd]\nleader_ttl_s = 1', "etcd.leader_ttl_s:"),
+    ('registry = "etcd://h"\n[etcd]\nleader_ttl_s = 2.5', "etcd.leader_ttl_s:"),
+    ('registry = "etcd://h"\n[etcd]\nca = "/nonexistent/ca.pem"',
+     "etcd.ca: /nonexistent/ca.pem: cannot be read"),
+    ('registry = "etcd://h"\n[etcd]\ncert = "/etc/hostname"', "cert and key go together"),
+    ('registry = "etcd://h"\n[etcd]\nttl = 3', "unknown key etcd.ttl"),
+    ('name = "a b"', "name: 'a b'"),
+])
+def test_etcd_settings_that_are_wrong_are_named(tmp_path: Path, text: str, named: str) -> None:
+    assert named in error(write(tmp_path, text + "\n"))

@@ -33,6 +33,5 @@ def test_a_restarted_fleetd_counts_silence_from_its_start_not_from_the_old_last_
             assert view.silent_s < 2.0  # not ~3600 s
         finally:
             await d.registry.close()
-            d.lease.release()
 
     asyncio.run(scenario())

@@ -17,9 +17,9 @@ from fleetd import protocol
 from fleetd.daemon.app import Daemon
 from fleetd.daemon.config import Config
 from fleetd.daemon.session import BACKOFF_MAX_S, BACKOFF_MIN_S, MachineSession
-from fleetd.engine.leadership import FileLease
 from fleetd.registry.base import MachineRecord
 from fleetd.registry.sqlite import SqliteRegistry
+from fleetd.testing.leader import Held
 from fleetd.testing.registry import at_once
 from fleetd.testing.transport import FakeChannel, FakeTransport
 from fleetd.testing.waiting import until
@@ -164,20 +164,17 @@ def test_the_daemon_gives_its_epoch_to_every_session(tmp_path: Path) -> None:
     async def scenario() -> None:
         state = str(tmp_path / "state")
         os.makedirs(state)
-        lease = FileLease(os.path.join(state, "fleetd.lock"))
-        lease.acquire()
         registry = SqliteRegistry(os.path.join(state, "registry.db"))
         transport = FakeTransport()
-        d = Daemon(Config(state_dir=state, socket=str(tmp_path / "s")), registry, lease,
-                   lambda m: transport, epoch=9)
+        d = Daemon(Config(state_dir=state, socket=str(tmp_path / "s")), registry, Held(9),
+                   lambda m: transport)
         try:
             await registry.add_machine(machine())
-            d._open_session(machine())
+            await d._elected(9)  # the term begins: a session to every machine
             await until(lambda: d.sessions["h1"].connected)
             assert transport.channel.written[0]["epoch"] == 9
         finally:
-            await d._close_session("h1")
+            await d._deposed("the test ends")
             await registry.close()
-            lease.release()
 
     asyncio.run(scenario())

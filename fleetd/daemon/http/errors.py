@@ -34,8 +34,10 @@ STATUS: Dict[Type[Exception], int] = {
     errors.HostFailed: 422,
     errors.AgentRefused: 502,
     errors.AgentUnreachable: 503,
+    errors.NotLeading: 503,
     registry.NotFound: 404,
     registry.Conflict: 409,
+    registry.Unavailable: 503,  # etcd without a quorum: nothing was written; try again
     registry.RegistryError: 400,
 }
 
@@ -78,6 +80,8 @@ async def answer_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return error(exc.status, str(exc))
     except errors.ServiceError as exc:
         return error(status_of(exc), str(exc), **exc.details)
+    except registry.Unavailable as exc:  # nothing written: another fleetd may try
+        return error(status_of(exc), str(exc), ready=False)
     except registry.RegistryError as exc:
         return error(status_of(exc), str(exc))
     except web.HTTPException as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from aiohttp import web
 
@@ -33,6 +33,10 @@ class Services:
     machines: Machines
     started_at: float
     idle_timeout_s: float
+    # this fleetd's part in the cluster (name, leader, epoch, whether reads are stale)
+    status: Callable[[], Dict[str, Any]]
+    # list-servers' rows: every fleetd and etcd member
+    servers: Callable[[], Awaitable[List[Dict[str, Any]]]]
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services")

@@ -80,8 +80,15 @@ def _log_failure(route: str, task: asyncio.Future[web.StreamResponse]) -> None:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Up, and which part this fleetd plays: leader (with its epoch) or follower, and
+    whether its reads may be stale (etcd without a quorum)."""
+    services = req.services(request)
     return web.json_response({"ok": True, "version": __version__, "pid": os.getpid(),
-                              "started_at": req.services(request).started_at})
+                              "started_at": services.started_at, **services.status()})
+
+
+async def servers(request: web.Request) -> web.Response:
+    return web.json_response({"servers": await req.services(request).servers()})
 
 
 def make_app(services: req.Services, token: Optional[str]) -> web.Application:
@@ -89,6 +96,7 @@ def make_app(services: req.Services, token: Optional[str]) -> web.Application:
                           client_max_size=MAX_BODY)
     app[req.SERVICES] = services
     app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/servers", servers)
     app.router.add_get("/v1/machines", routes_machines.list_machines)
     app.router.add_post("/v1/machines", to_the_end(routes_machines.add_machine))
     app.router.add_delete("/v1/machines/{name}", to_the_end(routes_machines.remove_machine))

@@ -9,7 +9,7 @@ invalid unit of a submit). The HTTP layer maps each class to its status in one p
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 
 class ServiceError(Exception):
@@ -51,6 +51,20 @@ class AgentRefused(ServiceError):
 
 class AgentUnreachable(ServiceError):
     """The machine's agent could not be asked."""
+
+
+class NotLeading(ServiceError):
+    """What only the leading fleetd can do (it holds the sessions to the hosts), asked of
+    a follower: nothing was done; ``details`` say so (``ready: false``, which sends a
+    client with several endpoints on to the next) and who leads."""
+
+    def __init__(self, what: str, leader: Optional[str]) -> None:
+        where = f"the leading fleetd ({leader})" if leader else "the leading fleetd"
+        super().__init__(f"{what} goes through {where}; this fleetd follows",
+                         ready=False, leader=leader)
+
+
+Following = Callable[[], Optional[str]]  # None: this fleetd leads; else who does ("")
 
 
 def shown(value: object) -> str:

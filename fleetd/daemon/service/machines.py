@@ -18,7 +18,14 @@ from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Set, Tuple
 from fleetd.bootstrap import machines as bootstrap
 from fleetd.daemon import drain
 from fleetd.daemon.changes import Changes
-from fleetd.daemon.service.errors import Conflict, HostFailed, Invalid, NotFound
+from fleetd.daemon.service.errors import (
+    Conflict,
+    Following,
+    HostFailed,
+    Invalid,
+    NotFound,
+    NotLeading,
+)
 from fleetd.daemon.service.views import machine_row
 from fleetd.daemon.session import MachineSession
 from fleetd.registry.base import MachineRecord, Registry
@@ -106,6 +113,7 @@ class Machines:
         self._open_session = open_session
         self._close_session = close_session
         self.installing: Set[object] = set()
+        self.following: Following = lambda: None  # the Daemon's, when it can follow
 
     async def list(self, after: Optional[int], timeout: float) -> Dict[str, Any]:
         """Every machine. With ``after`` (the ``version`` of an earlier answer) it
@@ -217,6 +225,9 @@ class Machines:
         it installed. A host that cannot be reached is forgotten all the same: the answer
         says what was left there."""
         name = machine.name
+        leader = self.following()
+        if leader is not None:  # its units are stopped through the leader's session
+            raise NotLeading(f"removing machine {name}", leader or None)
         if purge and bootstrap.installed_by_fleetd(machine) is None:
             raise Invalid(None, f"machine {name} was added with --agent-command: fleetd did "
                                 "not install its agent and removes nothing there (no --purge)")

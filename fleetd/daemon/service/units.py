@@ -20,8 +20,10 @@ from fleetd.daemon.service.errors import (
     AgentRefused,
     AgentUnreachable,
     Conflict,
+    Following,
     Invalid,
     NotFound,
+    NotLeading,
     TooLarge,
     shown,
 )
@@ -48,6 +50,7 @@ class Units:
         self.changes = changes
         self._changed = changed  # placements may move: wakes waiters and the engine
         self.sessions = sessions
+        self.following: Following = lambda: None  # the Daemon's, when it can follow
 
     # --- reading ------------------------------------------------------------------------
     def rows(self) -> List[Dict[str, Any]]:
@@ -119,6 +122,9 @@ class Units:
             raise NotFound(f"unit {name} does not exist")
         where = targets(self.placement.snapshot(), u)  # a Global unit's: its first machine's
         session = self.sessions.get(where[0]) if where else None
+        leader = self.following()
+        if session is None and where and leader is not None:
+            raise NotLeading(f"the log of {name}", leader or None)
         if session is None:
             raise Conflict(f"unit {name} is not placed on any machine")
         return UnitLog(name, where[0], session)
