@@ -295,10 +295,12 @@ class Daemon:
             if ready is not None:
                 ready.set_result(None)
             stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({stopping, leading}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({stopping, leading, *beside},
+                               return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
-            if leading.done():
-                leading.result()  # the leadership loop ended: why is fleetd's error
+            for task in (leading, *beside):
+                if task.done():
+                    task.result()  # it ended (the roster: NameInUse): why is fleetd's error
         finally:
             log.info("fleetd stopping; agents keep their units running")
             if runner is not None:

@@ -15,6 +15,7 @@ from fleetd import __version__
 from fleetd.daemon.config import Config, ConfigError, load
 from fleetd.engine.leader import Timing
 from fleetd.engine.leadership import FileLock, LeaseHeld
+from fleetd.engine.roster import NameInUse
 from fleetd.registry.base import RegistryError
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ def cli(config_path: Optional[str], state_dir: Optional[str], socket_path: Optio
 
     try:
         asyncio.run(run())
-    except (LeaseHeld, RegistryError, OSError) as exc:
+    except (LeaseHeld, RegistryError, OSError, NameInUse) as exc:
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:  # a registry.db that is no SQLite database, or unreadable
         raise click.ClickException(

@@ -58,7 +58,7 @@ class NotLeading(ServiceError):
     a follower: nothing was done; ``details`` say so (``ready: false``, which sends a
     client with several endpoints on to the next) and who leads."""
 
-    def __init__(self, what: str, leader: Optional[str]) -> None:
+    def __init__(self, what: str, leader: Optional[str] = None) -> None:
         where = f"the leading fleetd ({leader})" if leader else "the leading fleetd"
         super().__init__(f"{what} goes through {where}; this fleetd follows",
                          ready=False, leader=leader)
