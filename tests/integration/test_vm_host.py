@@ -28,6 +28,7 @@ from labkit import FLEETCTL, ROOT, Fleet, wait_for
 
 from fleetd import procfs
 from fleetd.lab import vm
+from fleetd.lab.vm_image import CACHE_DIR
 
 pytestmark = pytest.mark.vm
 
@@ -320,6 +321,7 @@ def test_lab_up_with_a_vm_host_and_down_again(tmp_path: Path) -> None:
                FLEET_LAB_DIR=str(lab_dir))
     slot = os.getpid() % 250
     record: Dict[str, Any] = {}
+    dev_null = _dev_null()
 
     def ctl(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         return subprocess.run([FLEETCTL, *args], capture_output=True, text=True, env=env,
@@ -348,6 +350,16 @@ def test_lab_up_with_a_vm_host_and_down_again(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert record and not procfs.alive(record["pid"], record["pid_start"])
     assert not (lab_dir / "vms").exists() and not (lab_dir / "vms.json").exists()
+    # the machine as found: its /dev/null untouched, nothing mounted or looped for the VM
+    assert _dev_null() == dev_null
+    assert str(lab_dir) not in Path("/proc/self/mountinfo").read_text()
+    assert not [b for b in Path("/sys/block").glob("loop*/loop/backing_file")
+                if CACHE_DIR in b.read_text()]
+
+
+def _dev_null() -> tuple[int, int, int, int]:
+    st = os.stat("/dev/null")
+    return st.st_mode, st.st_uid, st.st_gid, st.st_rdev
 
 
 def test_sweep_stops_only_the_qemus_of_runs_that_are_gone() -> None:
