@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 import click
 
 from fleetd import __version__
-from fleetd.daemon.config import Config, ConfigError, load
+from fleetd.daemon.config import DEFAULT_PREFIX, Config, ConfigError, load
+from fleetd.daemon.migrate import MigrateError, Report, check_not_migrated, migrate
 from fleetd.engine.leader import Timing
 from fleetd.engine.leadership import FileLock, LeaseHeld
 from fleetd.engine.roster import NameInUse
 from fleetd.registry.base import RegistryError
+from fleetd.registry.etcd_keys import check_prefix
 
 if TYPE_CHECKING:
     from fleetd.daemon.app import Daemon
@@ -33,6 +35,7 @@ def open_daemon(config: Config) -> Daemon:
     from fleetd.daemon.app import Daemon
     from fleetd.registry.sqlite import SqliteRegistry
 
+    check_not_migrated(config.state_dir)
     os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
     lock = FileLock(os.path.join(config.state_dir, "fleetd.lock"))
     registry = SqliteRegistry(os.path.join(config.state_dir, "registry.db"))
@@ -71,7 +74,7 @@ async def open_etcd_daemon(config: Config) -> Daemon:
     return daemon
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML configuration file.")
 @click.option("--state-dir", help="Where the registry lives (default /var/lib/fleetd).")
@@ -79,9 +82,15 @@ async def open_etcd_daemon(config: Config) -> Daemon:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.version_option(__version__)
-def cli(config_path: Optional[str], state_dir: Optional[str], socket_path: Optional[str],
-        log_level: str) -> None:
-    """Place units on machines and keep them running there."""
+@click.pass_context
+def cli(ctx: click.Context, config_path: Optional[str], state_dir: Optional[str],
+        socket_path: Optional[str], log_level: str) -> None:
+    """Place units on machines and keep them running there.
+
+    Without a command, run the daemon (what ``fleetd --config X`` always did); a command
+    (``fleetd migrate``) does that instead."""
+    if ctx.invoked_subcommand is not None:
+        return
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     # asyncssh logs every channel at INFO; the session already says what matters
@@ -100,11 +109,65 @@ def cli(config_path: Optional[str], state_dir: Optional[str], socket_path: Optio
 
     try:
         asyncio.run(run())
-    except (LeaseHeld, RegistryError, OSError, NameInUse) as exc:
+    except (LeaseHeld, RegistryError, OSError, NameInUse, MigrateError) as exc:
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:  # a registry.db that is no SQLite database, or unreadable
         raise click.ClickException(
             f"{os.path.join(config.state_dir, 'registry.db')}: {exc}") from None
+
+
+@cli.command("migrate")
+@click.option("--from", "source", default="/var/lib/fleetd", show_default=True,
+              type=click.Path(file_okay=False),
+              help="The SQLite fleetd's state directory (its fleetd must be stopped).")
+@click.option("--to", "url", required=True,
+              help="The etcd cluster: etcd://HOST:PORT,... (etcds:// for TLS).")
+@click.option("--prefix", default=DEFAULT_PREFIX, show_default=True,
+              help="The key prefix the fleetd on etcd will use ([etcd] prefix).")
+@click.option("--etcd-ca", type=click.Path(dir_okay=False, exists=True),
+              help="TLS: the CA that signed etcd's certificates.")
+@click.option("--etcd-cert", type=click.Path(dir_okay=False, exists=True),
+              help="TLS: this client's certificate.")
+@click.option("--etcd-key", type=click.Path(dir_okay=False, exists=True),
+              help="TLS: this client's key.")
+@click.option("--force", is_flag=True, help="Replace what the prefix already holds.")
+def migrate_cmd(source: str, url: str, prefix: str, etcd_ca: Optional[str],
+                etcd_cert: Optional[str], etcd_key: Optional[str], force: bool) -> None:
+    """Move a stopped SQLite fleetd's registry into etcd, programs running on.
+
+    Then start fleetd(s) with registry = "etcd://..." and the same [etcd] prefix: they
+    find the same units on the same machines, and the agents accept their epoch."""
+    from fleetd.registry.etcdv3 import EtcdClient, parse_url, tls_context
+
+    try:
+        endpoints, tls = parse_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--to") from None
+    try:
+        check_prefix(prefix)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--prefix") from None
+    if (etcd_cert is None) != (etcd_key is None):
+        raise click.UsageError("--etcd-cert and --etcd-key go together")
+    try:
+        context = tls_context(etcd_ca, etcd_cert, etcd_key) if tls else None
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise click.ClickException(f"etcd TLS files: {exc}") from None
+
+    async def run() -> Report:
+        client = EtcdClient(endpoints, tls=context, timeout=ETCD_TIMEOUT_S * 4)
+        try:
+            return await migrate(source, client, prefix, url, force=force)
+        finally:
+            await client.close()
+
+    try:
+        report = asyncio.run(run())
+    except MigrateError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{source} -> {url} {check_prefix(prefix)}: {report.describe()}")
+    click.echo(f'now start fleetd with registry = "{url}" and [etcd] prefix = '
+               f'"{check_prefix(prefix)}"')
 
 
 def main() -> None:
