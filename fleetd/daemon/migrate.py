@@ -38,7 +38,7 @@ import os
 import sqlite3
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from fleetd.engine.leadership import FileLease, LeaseHeld, epoch_path
 from fleetd.registry.base import (

@@ -17,18 +17,18 @@ import pytest
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from etcdkit import EtcdCluster, etcd_cluster  # noqa: E402
-from registrykit import A_TEXT, B_TEXT, C_TEXT, machine, observed, u  # noqa: E402
+from etcdkit import EtcdCluster, etcd_cluster
+from registrykit import A_TEXT, B_TEXT, C_TEXT, machine, observed, u
 
-from fleetd.daemon.config import Config  # noqa: E402
-from fleetd.daemon.main import cli, open_daemon  # noqa: E402
-from fleetd.daemon.migrate import MigrateError, copy, migrate, read_snapshot  # noqa: E402
-from fleetd.engine.etcd_lock import EtcdLock  # noqa: E402
-from fleetd.engine.leadership import FileLease  # noqa: E402
-from fleetd.registry.base import LAUNCHED, FailureRecord, UnitInput  # noqa: E402
-from fleetd.registry.etcd import EtcdRegistry  # noqa: E402
-from fleetd.registry.etcdv3 import EtcdClient  # noqa: E402
-from fleetd.registry.sqlite import SqliteRegistry  # noqa: E402
+from fleetd.daemon.config import Config
+from fleetd.daemon.main import cli, open_daemon
+from fleetd.daemon.migrate import MigrateError, copy, migrate, read_snapshot
+from fleetd.engine.etcd_lock import EtcdLock
+from fleetd.engine.leadership import FileLease
+from fleetd.registry.base import LAUNCHED, FailureRecord, UnitInput
+from fleetd.registry.etcd import EtcdRegistry
+from fleetd.registry.etcdv3 import EtcdClient
+from fleetd.registry.sqlite import SqliteRegistry
 
 pytestmark = pytest.mark.etcd
 T = TypeVar("T")
@@ -176,7 +176,7 @@ def test_refuses_a_prefix_with_keys_unless_forced(cluster: EtcdCluster,
             await client.put(key, b"x")
 
     run(put("/mig4/units/old.service"))
-    with pytest.raises(MigrateError, match="/mig4 already holds 1 keys.*--force"):
+    with pytest.raises(MigrateError, match=r"/mig4 already holds 1 keys.*--force"):
         run(do_migrate(cluster, state, "/mig4"))
     run(do_migrate(cluster, state, "/mig4", force=True))
     units = run(etcd_state(cluster, "/mig4"))[0]
@@ -200,7 +200,7 @@ def test_refuses_a_prefix_a_fleetd_leads_even_forced(cluster: EtcdCluster,
                 await lock.resign()
 
     sqlite_snapshot = sqlite_state(state)
-    with pytest.raises(MigrateError, match="/mig5 has a leader.*f9.*stop it first"):
+    with pytest.raises(MigrateError, match=r"/mig5 has a leader.*f9.*stop it first"):
         run(lead_and_migrate())
 
 
