@@ -81,6 +81,8 @@ MACHINE_COLUMNS: Dict[str, Column] = {
     "last-seen": ("LAST SEEN", lambda r, f: ago(r["last_seen"])),
     "id": ("ID", lambda r, f: r["machine_id"] if f or not r["machine_id"]
            else r["machine_id"][:8]),
+    # how fleetd reaches the agent: "forwarded", or "relay (why)" (fleetd.transport.forward)
+    "link": ("LINK", lambda r, f: r.get("link")),
 }
 
 
@@ -93,6 +95,21 @@ def listing(columns: Dict[str, Column], default: Sequence[str]) -> Callable[...,
         return click.option("-o", "--output", type=click.Choice(["table", "json"]),
                             default="table", show_default=True)(f)
     return decorate
+
+
+def warn_if_stale(c: Ctx) -> None:
+    """Say on stderr when the fleetd that answered may have answered from an old copy
+    (etcd without a quorum, or out of its reach: its ``/v1/health`` ``stale`` says why).
+    A read still answers then - an operator needs the last known state most when etcd is
+    down - but must not be mistaken for the current one. The client asks the fleetd that
+    answered last first, so this is that fleetd's word; a fleetd that does not say (one
+    before HA, on SQLite: never stale) or cannot be asked adds nothing."""
+    try:
+        stale = c.client.get("/v1/health", timeout=5).get("stale")
+    except ApiError:
+        return
+    if stale:
+        echo(f"warning: {stale}", err=True)
 
 
 def show(rows: List[Row], columns: Dict[str, Column], fields: str, full: bool,
@@ -117,6 +134,7 @@ def show(rows: List[Row], columns: Dict[str, Column], fields: str, full: bool,
 def list_units(c: Ctx, fields: str, full: bool, no_legend: bool, output: str) -> None:
     """Units on machines as the agents report them."""
     show(c.call("GET", "/v1/units")["units"], UNIT_COLUMNS, fields, full, no_legend, output)
+    warn_if_stale(c)
 
 
 @click.command("list-unit-files")
@@ -127,15 +145,18 @@ def list_unit_files(c: Ctx, fields: str, full: bool, no_legend: bool, output: st
     """Submitted units: content hash, desired and current state, target, and why."""
     show(c.call("GET", "/v1/unit-files")["unit_files"], UNIT_FILE_COLUMNS, fields, full,
          no_legend, output)
+    warn_if_stale(c)
 
 
 @click.command("list-machines")
-@listing(MACHINE_COLUMNS, ["machine", "address", "state", "metadata", "units", "last-seen"])
+@listing(MACHINE_COLUMNS, ["machine", "address", "state", "metadata", "units", "last-seen",
+                           "link"])
 @pass_ctx
 def list_machines(c: Ctx, fields: str, full: bool, no_legend: bool, output: str) -> None:
     """Machines, their state and how many units they hold."""
     show(c.call("GET", "/v1/machines")["machines"], MACHINE_COLUMNS, fields, full, no_legend,
          output)
+    warn_if_stale(c)
 
 
 @click.command()
