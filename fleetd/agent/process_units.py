@@ -19,6 +19,15 @@ it runs them as systemd runs a service.
            with the reason, and no more restarts here (fleetd may reschedule it).
   stop     ExecStop= (if the program runs), then KillSignal= to the whole cgroup, then
            SIGKILL after TimeoutStopSec= (none: wait for ever), then the cgroup is removed.
+  prepared a unit that restarts at once (RestartSec= under PREPARED_UNDER_S, one
+           ExecStart=, no ExecStartPre=/Post=) keeps a process for its next run waiting
+           in its cgroups (fleetd.drivers.spare), prepared in a worker thread once the
+           program runs: the restart execs it instead of forking and migrating (the
+           migration's RCU grace period, ~13 ms, was most of a restart). The runs
+           alternate between two cgroups below the unit's (LEAVES), so that the end of
+           a run kills everything of that run - KillMode=control-group - and nothing of
+           the prepared process, which has run nothing of the unit. Stop, removal, a
+           settled unit and the agent's own stop discard it; it is never the main pid.
 
 The unit's cgroup: fleetd.agent.cgroup_ops; its [X-Check]: fleetd.agent.checks; the
 control commands and the exit that follows a run: fleetd.agent.runs.

@@ -18,6 +18,12 @@ double-forked away from the session too. A FLEET_INVOCATION_ID in its environmen
 kernel's start tick of its pid and its cgroup membership let a restarted agent prove it
 is the same program.
 
+A unit that restarts at once may instead start from a prepared process (``prepare``,
+then ``take``; fleetd.drivers.spare): a /bin/sh forked the same way and already in the
+unit's cgroups, below the unit's in a cgroup of that run (``StartContext.leaf``), which
+execs the program with the same argv, environment, directory, log, LimitNOFILE= and
+User=/Group= (through setpriv) when the restart comes.
+
 The ``Popen`` call returns once the program has exec'd (or failed to), so a missing
 binary or an unknown user fails the start itself: Type=simple behaves like systemd's
 Type=exec here, which is what a supervisor that reports "running" should mean.

@@ -74,6 +74,19 @@ def _oom_adj() -> str:
         return "0"
 
 
+def _umask() -> int:
+    """The agent's umask, for the program (as a forked one inherits it); read, not set
+    and restored, which would race with a Popen in a worker thread."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
 class PreparedProcess:
     """One spare: its pid, the cgroup leaf it waits in, and the two pipes to it."""
 
@@ -183,8 +196,7 @@ def script(path: str, argv: List[str], env: Dict[str, str], cwd: str, log_path: 
     if argv[0] != path:
         return None
     q = shlex.quote
-    umask = os.umask(0o022)
-    os.umask(umask)
+    umask = _umask()
     lines = [
         f"cd -- {q(cwd)} || exit 1",
         f"umask 027; exec 4>>{q(log_path)} || exit 1; umask {umask:04o}",
