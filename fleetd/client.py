@@ -146,6 +146,9 @@ def parse_endpoints(text: str) -> Tuple[Endpoint, ...]:
     return endpoints
 
 
+NOT_READY = "not ready: "  # how an endpoint that answered 503 ready:false is reported
+
+
 def not_ready(status: int, body: Dict[str, Any]) -> bool:
     """A fleetd that says it cannot serve yet, and did nothing: 503 and ``"ready":
     false`` (the one answer after which the next endpoint is asked)."""
@@ -278,7 +281,7 @@ class Client:
                                       f"{exc.reason}"))
                 continue
             if not_ready(status, data):
-                tried.append((e.text, f"not ready: {data.get('error') or 'answered 503'}"))
+                tried.append((e.text, f"{NOT_READY}{data.get('error') or 'answered 503'}"))
                 continue
             self._current = i
             if status >= 400:
@@ -321,7 +324,7 @@ class Client:
                 if resp.status >= 400:
                     data = _decode(resp.read())
                     if not_ready(resp.status, data):
-                        tried.append((e.text, f"not ready: {data.get('error')}"))
+                        tried.append((e.text, f"{NOT_READY}{data.get('error')}"))
                         continue
                     self._current = i
                     raise _refusal(resp.status, data, resp.reason)
@@ -354,8 +357,12 @@ def _route(path: str) -> str:
 
 
 def _unreachable(tried: List[Tuple[str, str]]) -> ApiError:
-    """No fleetd answered: each endpoint tried and why, in the order tried."""
+    """No fleetd answered, or none could do it now: each endpoint tried and why, in the
+    order tried (a fleetd that answered "not ready" was reached: its reason is the news,
+    such as etcd's lost quorum, and the hint to start one would mislead)."""
     where = "; ".join(f"at {e}: {why}" for e, why in tried)
+    if any(why.startswith(NOT_READY) for _, why in tried):
+        return ApiError(503, f"no fleetd could do it now: {where}", tried=tried)
     return ApiError(0, f"cannot reach fleetd {where} ({HINT})", tried=tried)
 
 

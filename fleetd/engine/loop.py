@@ -63,6 +63,7 @@ from fleetd.registry.base import (
     Registry,
     Unavailable,
     UnitRecord,
+    Unsure,
 )
 from fleetd.units.compiled import (
     CompiledUnits,
@@ -147,7 +148,7 @@ class Engine:
             self._wake.clear()
             try:
                 await self.reconcile_once()
-            except Unavailable as exc:  # the store cannot take the pass's writes now
+            except (Unavailable, Unsure) as exc:  # the store cannot take the writes now
                 log.warning("engine pass not written (%s); retrying in %gs", exc, RETRY_S)
                 self._arm(time.time() + RETRY_S, time.time())
             except Exception:

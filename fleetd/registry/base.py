@@ -62,6 +62,12 @@ class NotLeader(Unavailable):
     """A write fenced by an ``epoch`` whose term no longer leads: it was not made."""
 
 
+class Unsure(RegistryError):
+    """The store could not say whether the write was made (etcd: the request may have
+    reached a member that then went silent, and no quorum answers since). Unlike
+    Unavailable, doing it again elsewhere may do it twice: the user must look."""
+
+
 def check_desired(desired: str) -> None:
     if desired not in DESIRED_STATES:
         raise ValueError(f"desired state {desired!r} is not one of {DESIRED_STATES}")

@@ -36,7 +36,7 @@ import time
 import uuid
 from typing import Callable, List, Optional, Set, Tuple
 
-from fleetd.registry.base import NotFound, NotLeader, RegistryError, Unavailable
+from fleetd.registry.base import NotFound, NotLeader, RegistryError, Unavailable, Unsure
 from fleetd.registry.etcd_cache import Cache
 from fleetd.registry.etcd_keys import check_prefix, key, leader_key
 from fleetd.registry.etcd_writes import Plan, chunks, size_of
@@ -58,7 +58,9 @@ log = logging.getLogger(__name__)
 ATTEMPTS = 8  # plans of one write tried, each on a cache reloaded after the last failed
 CATCH_UP = 2.0  # s a write waits for the watch to bring its change before reloading
 RETRY = 0.5  # s between attempts to reopen a lost watch
-SETTLE = 15.0  # s to find out whether a write that may have been applied was
+SETTLE = 10.0  # s to find out whether a write that may have been applied was: an etcd
+# election (a killed raft leader: 1-3 s here) and a request timeout fit; longer only keeps
+# a user waiting when there is no quorum, since then no member can say
 MAX_TXN_OPS = 128  # etcd's --max-txn-ops default
 MAX_TXN_BYTES = 1024 * 1024  # below etcd's --max-request-bytes default (1.5 MiB)
 
@@ -379,7 +381,7 @@ class EtcdStore:
                 self._claim(kv.mod_revision)
                 return kv.mod_revision
         self._wmod = None
-        raise Unavailable(f"etcd: the write may or may not have been made; no member "
+        raise Unsure(f"etcd: the write may or may not have been made; no member "
                           f"could say within {SETTLE:.0f} s ({why})")
 
 

@@ -251,6 +251,23 @@ def test_a_fleetd_that_says_it_is_not_ready_is_passed(fakes: Dict[str, Any]) -> 
     assert len(one.seen) == 1
 
 
+def test_when_no_fleetd_can_do_it_the_error_says_why_not_that_none_answered(
+        fakes: Dict[str, Any]) -> None:
+    """Every fleetd answered 503 ready:false (etcd has lost its quorum): each one's
+    reason is the error, and it is not "cannot reach fleetd ... start one"."""
+    quorum = {"error": "etcd has lost its quorum (no leader): the write was not made",
+              "ready": False}
+    for name in ("one", "two"):
+        fakes["start"](name, {"/v1/units": ("answer", 503, quorum)})
+    c = _client(fakes, "one", "two")
+    with pytest.raises(ApiError) as err:
+        c.post("/v1/units", {"units": []})
+    assert err.value.status == 503
+    assert str(err.value).startswith("no fleetd could do it now: at unix://")
+    assert str(err.value).count("etcd has lost its quorum") == 2
+    assert "cannot reach" not in str(err.value) and HINT not in str(err.value)
+
+
 def test_a_read_cut_after_it_was_sent_goes_on_through_the_next(fakes: Dict[str, Any]
                                                                ) -> None:
     fakes["start"]("one", {"/v1/units": ("drop", 0, {})})

@@ -38,6 +38,7 @@ STATUS: Dict[Type[Exception], int] = {
     registry.NotFound: 404,
     registry.Conflict: 409,
     registry.Unavailable: 503,  # etcd without a quorum: nothing was written; try again
+    registry.Unsure: 503,  # etcd could not say whether it was written: look first
     registry.RegistryError: 400,
 }
 
