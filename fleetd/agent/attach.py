@@ -1,5 +1,11 @@
 """``fleet-agent attach``: what fleetd runs over SSH to reach the agent.
 
+Where the host's sshd allows stream-local forwarding (Debian's does by default), fleetd
+runs only ``attach --start-only`` - and only when the agent's socket does not answer:
+it starts the agent, waits for its socket, prints the path and exits; fleetd then
+speaks to that socket through sshd, and nothing but the agent stays on the host
+(fleetd.transport.forward). Elsewhere ``attach`` is the relay:
+
 It connects to the agent's Unix socket, starting the agent first if none runs, and then
 relays bytes both ways between its stdin/stdout (the SSH channel) and the socket. It
 holds no state: when the SSH connection drops it exits, and the agent, in its own
@@ -109,6 +115,18 @@ def relay(sock: socket.socket, fd_in: int = 0, fd_out: int = 1) -> None:
                     return
         if not open_in and not sel.get_map():
             return
+
+
+def start_only(state_dir: str, launcher: Optional[List[str]] = None,
+               service: Optional[str] = None) -> int:
+    """Start the agent unless its socket answers; print ``socket=PATH`` once it does.
+    The path is the one fleetd derives too (fleetd.wire.paths); printed, a host whose
+    state directory fleetd could not tell (an environment sshd sets) still works."""
+    state = AgentState(state_dir)
+    connect_or_start(state, launcher, service).close()
+    sys.stdout.write(f"socket={state.socket_path}\n")
+    sys.stdout.flush()
+    return 0
 
 
 def attach(state_dir: str, launcher: Optional[List[str]] = None,

@@ -1,8 +1,9 @@
 """``fleet-agent``: the host side. Standard library and psutil only; Python 3.9+.
 
-  fleet-agent attach [--state-dir D] [--systemd-service NAME]
+  fleet-agent attach [--state-dir D] [--systemd-service NAME] [--start-only]
                                        relay stdin/stdout to the agent (start it if needed:
-                                       detached, or with systemctl start NAME)
+                                       detached, or with systemctl start NAME); with
+                                       --start-only, only start it and print its socket
   fleet-agent daemon [--state-dir D]   run the agent in the foreground
   fleet-agent version
 
@@ -18,7 +19,9 @@ import sys
 from typing import List, Optional
 
 from fleetd import __version__
-from fleetd.agent.state import DEFAULT_STATE_DIR
+# the state directory's default from fleetd.wire, not fleetd.agent.state: that imports
+# asyncio (through the drivers), and with it ssl, before main() can keep ssl out
+from fleetd.wire.paths import DEFAULT_STATE_DIR, STATE_DIR_ENV
 
 
 def main(argv: Optional[List[str]] = None, launcher: Optional[List[str]] = None) -> int:
@@ -26,20 +29,25 @@ def main(argv: Optional[List[str]] = None, launcher: Optional[List[str]] = None)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("attach", "daemon"):
         p = sub.add_parser(name)
-        p.add_argument("--state-dir", default=os.environ.get("FLEET_AGENT_STATE_DIR",
-                                                             DEFAULT_STATE_DIR))
+        p.add_argument("--state-dir", default=os.environ.get(STATE_DIR_ENV, DEFAULT_STATE_DIR))
         if name == "attach":
             p.add_argument("--systemd-service", metavar="NAME",
                            help="the agent runs as this systemd service: start it with "
                                 "systemctl, never detached")
+            p.add_argument("--start-only", action="store_true",
+                           help="start the agent if its socket does not answer, print "
+                                "socket=PATH once it does, and exit: fleetd then reaches "
+                                "the socket through sshd's stream-local forwarding")
     sub.add_parser("version")
     args = parser.parse_args(argv)
     if args.command == "version":
         print(__version__)
         return 0
     if args.command == "attach":
-        from fleetd.agent.attach import attach
+        from fleetd.agent.attach import attach, start_only
 
+        if args.start_only:
+            return start_only(args.state_dir, launcher, args.systemd_service)
         return attach(args.state_dir, launcher, args.systemd_service)
     # asyncio imports ssl for TLS the agent never speaks: ~3.5 MB of a ~25 MB agent
     sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]

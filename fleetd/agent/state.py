@@ -30,12 +30,12 @@ from typing import Any, Dict, List, TypedDict
 
 from fleetd.agent import specs
 from fleetd.drivers.base import HandleRecord
-from fleetd.wire import messages, names, numbers
+from fleetd.wire import messages, names, numbers, paths
 from fleetd.wire.unitspec import UnitSpec
 
 log = logging.getLogger("fleet-agent")
 
-DEFAULT_STATE_DIR = "/var/lib/fleet-agent"
+DEFAULT_STATE_DIR = paths.DEFAULT_STATE_DIR
 
 
 class UnitRecord(TypedDict):
@@ -79,7 +79,7 @@ class AgentState:
 
     @property
     def socket_path(self) -> str:
-        return os.path.join(self.root, "agent.sock")
+        return paths.agent_socket(self.root)
 
     @property
     def lock_path(self) -> str:

@@ -7,10 +7,12 @@ the one the lab's known_hosts lists, and root logs in with the lab's key only.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
 
+from fleetd import procfs
 from fleetd.lab.host import AGENT_STATE_MOUNT, Host, LabError
 
 SSHD = "/usr/sbin/sshd"
@@ -85,3 +87,30 @@ def wait(h: Host, timeout: float = 10.0) -> None:
         tail = f.read()[-1000:]
     raise LabError(f"sshd of {h.name} did not listen on {h.address}:22 within "
                    f"{timeout:.0f}s: {tail}")
+
+
+def configure(h: Host, **options: str) -> None:
+    """Set ``options`` in a plain host's sshd_config and restart its sshd with them:
+    ``configure(h, AllowStreamLocalForwarding="no")`` makes a host whose sshd refuses
+    fleetd's forwarding, as some sites' do. Connections already open end with the old
+    sshd (it is stopped, not reloaded: a reload would leave a moment with no listener,
+    and a connection made in it would be refused)."""
+    if h.systemd:
+        raise LabError(f"{h.name}: only a plain host's sshd is configured this way")
+    path = os.path.join(h.dir, "etc-ssh", "sshd_config")
+    with open(path) as f:  # sshd takes a keyword's first value: drop the old ones
+        kept = [ln for ln in f.read().splitlines()
+                if ln.split(None, 1)[:1] not in [[k] for k in options]]
+    with open(path, "w") as f:
+        f.write("\n".join(kept + [f"{k} {v}" for k, v in options.items()]) + "\n")
+    with open(os.path.join(h.dir, "sshd.pid")) as f:
+        pid = int(f.read().strip())
+    if procfs.comm(pid) == "sshd":
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while procfs.alive(pid):  # not our child: init reaps it, alive skips a zombie
+            if time.monotonic() > deadline:
+                raise LabError(f"sshd of {h.name} (pid {pid}) did not stop on SIGTERM")
+            time.sleep(0.01)
+    start(h)
+    wait(h)

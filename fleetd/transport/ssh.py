@@ -9,7 +9,10 @@ fleetd reads the known_hosts file and the identity itself, before it connects, a
 which file is wrong and how without quoting it: fleetd may run as root and the file may
 be one the caller could not read (asyncssh's own errors quote the line it choked on).
 
-Besides the session's long-lived channel (``open``), it is the ``Shell`` that
+The session's long-lived channel (``open``) goes through sshd's stream-local forwarding
+straight to the agent's socket where sshd allows it, starting the agent first with one
+short command when its socket does not answer; elsewhere it runs the agent command as a
+relay (fleetd.transport.forward says how and why). Besides that channel, it is the ``Shell`` that
 fleetd.bootstrap installs the agent through: ``run`` a command to its end, ``put`` a
 file over SFTP, on the same connection.
 """
@@ -25,6 +28,7 @@ import asyncssh
 
 from fleetd import protocol
 from fleetd.registry.base import MachineRecord
+from fleetd.transport import forward
 from fleetd.transport.base import Channel, CommandResult, TransportError
 
 CONNECT_TIMEOUT_S = 5.0
@@ -36,6 +40,9 @@ KEEPALIVE_S = 5.0
 WINDOW = 2 * protocol.MAX_LINE
 KNOWN_HOSTS_MAX = 4 << 20  # bytes; far more than any real known_hosts file
 IDENTITY_MAX = 64 << 10  # bytes; an RSA-16384 private key is under 13 KiB
+# attach --start-only waits up to 10 s for the agent's socket; Python in a slow guest
+# (software-emulated VMs) takes seconds more only to start
+START_TIMEOUT_S = 40.0
 
 
 class SshChannel:
@@ -126,7 +133,11 @@ class SshTransport:
         user: str = "root",
         identity: Optional[str] = None,
         known_hosts: Optional[str] = None,
+        machine: Optional[str] = None,
     ) -> None:
+        self.machine = machine  # its name: whose link ``forward.link_of`` tells
+        self.link: Optional[str] = None  # how the last ``open`` reached the agent
+        self._refuses: Optional[asyncssh.SSHClientConnection] = None  # sshd said no on it
         self.address = address
         self.port = port
         self.user = user
@@ -197,12 +208,58 @@ class SshTransport:
             self._conn = None
         return TransportError("unreachable", f"{self.where}: {exc}")
 
+    def _linked(self, link: str) -> None:
+        self.link = link
+        if self.machine is not None:
+            forward.record_link(self.machine, link)
+
     async def open(self, command: str) -> Channel:
+        """The agent's socket through sshd's forwarding where it can (the agent started
+        first if the socket does not answer), else ``command`` run as a relay."""
         conn = await self._connection()
+        attach = forward.parse(command)
+        if attach is None:
+            return await self._relay(conn, command, forward.RELAY_COMMAND)
+        if self._refuses is conn:
+            return await self._relay(conn, command, forward.RELAY_REFUSED)
+        path = attach.socket
+        if path is not None:
+            channel = await self._forward(conn, path)
+            if channel is not None:
+                return channel
+        started = await self.run(attach.start_command, timeout=START_TIMEOUT_S)
+        if not started.ok:  # an agent older than --start-only; or its relay says why
+            why = (started.stderr.strip().splitlines() or [f"exit {started.exit_status}"])[-1]
+            return await self._relay(conn, command,
+                                     f"relay ({forward.START_ONLY} failed: {why[:200]})")
+        path = forward.printed_socket(started.stdout) or path
+        channel = await self._forward(conn, path) if path is not None else None
+        if channel is not None:
+            return channel
+        # the socket answered on the host a moment ago: it is sshd that says no
+        self._refuses = conn
+        return await self._relay(conn, command, forward.RELAY_REFUSED)
+
+    async def _forward(self, conn: asyncssh.SSHClientConnection, path: str
+                       ) -> Optional[Channel]:
+        """A channel to the socket at ``path`` through sshd; None if it did not open
+        (no agent listens, or sshd refuses: OpenSSH answers both alike)."""
+        try:
+            reader, writer = await conn.open_unix_connection(path, window=WINDOW)
+        except asyncssh.ChannelOpenError:
+            return None
+        except (OSError, asyncssh.Error) as exc:
+            raise self._lost(exc) from None
+        self._linked(forward.FORWARDED)
+        return forward.ForwardedChannel(reader, writer)
+
+    async def _relay(self, conn: asyncssh.SSHClientConnection, command: str, link: str
+                     ) -> Channel:
         try:
             process = await conn.create_process(command, encoding=None, window=WINDOW)
         except (OSError, asyncssh.Error) as exc:
             raise self._lost(exc) from None
+        self._linked(link)
         return SshChannel(process)
 
     async def run(self, command: str, *, input: Optional[str] = None,
@@ -253,6 +310,9 @@ class SshTransport:
             sftp.exit()
 
     async def close(self) -> None:
+        if self.machine is not None and self.link is not None:
+            forward.record_link(self.machine, None)
+            self.link = None
         if self._conn is not None:
             self._conn.abort()  # now: a graceful close waits on a peer that may be gone
             with contextlib.suppress(asyncio.TimeoutError, OSError, asyncssh.Error):
@@ -264,4 +324,4 @@ def to_machine(machine: MachineRecord) -> SshTransport:
     """SSH to a registered machine, as its record says (address, user, key, known_hosts):
     the session's transport and the bootstrap's shell alike."""
     return SshTransport(machine.address, machine.port, machine.user, machine.identity,
-                        machine.known_hosts)
+                        machine.known_hosts, machine=machine.name)

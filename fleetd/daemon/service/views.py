@@ -1,5 +1,6 @@
 """Units and machines as the API shows them: plain JSON rows, built from records and
-the engine's placement. Pure: no registry, no I/O."""
+the engine's placement. Pure: no registry, no I/O (a machine's link is what this
+process's SSH transport last did, read from fleetd.transport.forward)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fleetd.daemon.failures import reschedule_info
 from fleetd.daemon.service.placement import Placement, targets
 from fleetd.daemon.service.waits import is_current
 from fleetd.registry.base import FailureRecord, MachineRecord, ObservedRecord, UnitRecord
+from fleetd.transport import forward
 
 
 def observed_row(o: ObservedRecord) -> Dict[str, Any]:
@@ -62,4 +64,7 @@ def machine_row(m: MachineRecord, units: int, last_seen: Optional[float],
     return {"name": m.name, "address": m.address, "port": m.port, "user": m.user,
             "state": m.state, "error": m.error, "metadata": m.metadata,
             "machine_id": m.machine_id, "units": units, "last_seen": last_seen,
-            "facts": m.facts, "drain": drained}
+            "facts": m.facts, "drain": drained,
+            # "forwarded" (nothing but the agent on the host) or "relay (why)"; None
+            # while this fleetd has no session there
+            "link": forward.link_of(m.name)}
