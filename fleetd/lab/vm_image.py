@@ -22,10 +22,10 @@ from fleetd.lab import rootfs
 
 SUITE = rootfs.SUITE
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "udev", "kmod", "iproute2", "procps",
-            "python3", "python3-psutil", "openssh-server")
+            "python3", "python3-psutil", "openssh-server", "libnss-myhostname")
 CACHE_DIR = rootfs.CACHE_DIR
 IMAGE_NAME = f"{SUITE}-vm"
-RECIPE = 1  # bump when scripts/vm-build.sh changes: a cached image then rebuilds
+RECIPE = 2  # bump when scripts/vm-build.sh changes: a cached image then rebuilds
 HOST_KEY_FILE = "ssh_host_ed25519_key.pub"
 ADDRESS = "127.0.0.1"  # where the VMs' sshd is forwarded: the known_hosts lines name it
 

@@ -67,6 +67,10 @@ echo "== system: fstab, network (QEMU user-mode), no timers"
 echo "/dev/nvme0n1 / ext4 rw,relatime 0 1" > rootfs/etc/fstab
 echo fleet-lab-vm > rootfs/etc/hostname
 printf '127.0.0.1 localhost\n::1 localhost ip6-localhost\n' > rootfs/etc/hosts
+# the VM reaches no network (restrict=on): no name server to wait for; its own name
+# (systemd.hostname=, per boot) resolves through libnss-myhostname
+rm -f rootfs/etc/resolv.conf  # a symlink would lead out of the tree
+echo "# fleet lab VM: no network, no name server" > rootfs/etc/resolv.conf
 # a set machine id: an empty one would make every boot a first boot (systemd-firstboot);
 # each VM gets its own through systemd.machine_id= on the kernel command line
 tr -d - < /proc/sys/kernel/random/uuid > rootfs/etc/machine-id
@@ -76,7 +80,6 @@ Name=en* eth*
 [Network]
 Address=10.0.2.15/24
 Gateway=10.0.2.2
-DNS=10.0.2.3
 EOF
 systemctl --root=rootfs enable systemd-networkd.service >/dev/null 2>&1
 systemctl --root=rootfs mask apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer \
