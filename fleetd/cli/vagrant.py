@@ -45,7 +45,9 @@ import click
 from fleetd.cli.context import Ctx
 from fleetd.cli.output import echo
 
-SKIPPED_BY_DEFAULT = ("fleetd",)  # the lab's daemon VM: not a machine to place units on
+# the lab's control VMs: "fleetd", or fleetd1..N with FLEETD_SERVERS=N (each an etcd
+# member and a fleetd): not machines to place units on
+SKIPPED_BY_DEFAULT = re.compile(r"fleetd[0-9]*")
 VAGRANT_TIMEOUT_S = 120.0
 KEYSCAN_TIMEOUT_S = 5
 WAIT_UP_S = 30.0
@@ -152,7 +154,7 @@ def parse_status(text: str) -> Dict[str, str]:
 
 def select_machines(states: Dict[str, str], wanted: Sequence[str]) -> List[str]:
     """The machines to add: those named (each must be running), or else every running
-    machine but the lab's fleetd VM."""
+    machine but the lab's fleetd VM(s)."""
     if wanted:
         for name in wanted:
             if name not in states:
@@ -162,7 +164,8 @@ def select_machines(states: Dict[str, str], wanted: Sequence[str]) -> List[str]:
                 raise VagrantError(f"vagrant machine {name} is {states[name]}, not running "
                                    f"(vagrant up {name})")
         return list(dict.fromkeys(wanted))
-    chosen = [n for n, s in states.items() if s == "running" and n not in SKIPPED_BY_DEFAULT]
+    chosen = [n for n, s in states.items()
+              if s == "running" and not SKIPPED_BY_DEFAULT.fullmatch(n)]
     if not chosen:
         why = [f"{n} is skipped (--machine {n} adds it)" if s == "running" else f"{n} is {s}"
                for n, s in states.items()]

@@ -24,7 +24,7 @@ import shutil
 import stat
 import subprocess
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pytest
 from labkit import ROOT, Fleet
@@ -44,12 +44,16 @@ def need_vagrant() -> str:
     return path
 
 
-def vagrant(cwd: str, tmp: Path, *args: str, fake_virtualbox: bool = False
-            ) -> subprocess.CompletedProcess[str]:
+def vagrant(cwd: str, tmp: Path, *args: str, fake_virtualbox: bool = False,
+            servers: Optional[str] = None) -> subprocess.CompletedProcess[str]:
     """The real vagrant, with its home and its per-project state in ``tmp`` (so nothing
-    lands in ~/.vagrant.d or vagrant/.vagrant)."""
+    lands in ~/.vagrant.d or vagrant/.vagrant); ``servers``: FLEETD_SERVERS (unset by
+    default, whatever this process has)."""
     env = dict(os.environ, VAGRANT_HOME=str(tmp / "vagrant.d"),
                VAGRANT_DOTFILE_PATH=str(tmp / "dotfile"), VAGRANT_CHECKPOINT_DISABLE="1")
+    env.pop("FLEETD_SERVERS", None)
+    if servers is not None:
+        env["FLEETD_SERVERS"] = servers
     if fake_virtualbox:
         bin_dir = tmp / "fakevbox"
         bin_dir.mkdir(exist_ok=True)
@@ -108,8 +112,29 @@ def test_vagrant_status_lists_the_four_machines(tmp_path: Path) -> None:
     assert parse_status(proc.stdout) == dict.fromkeys(["fleetd", *AGENTS], "not_created")
 
 
+def test_fleetd_servers_3_validates_with_three_control_vms(tmp_path: Path) -> None:
+    """FLEETD_SERVERS=3: fleetd1..3 (each an etcd member and a fleetd on etcd) and the
+    agents; what each one's provisioning is given: tests/unit/test_vagrant_config.py."""
+    from fleetd.cli.vagrant import parse_status
+
+    proc = vagrant(VAGRANT_DIR, tmp_path, "validate", fake_virtualbox=True, servers="3")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Vagrantfile validated successfully." in proc.stdout
+    status = vagrant(VAGRANT_DIR, tmp_path, "status", "--machine-readable",
+                     fake_virtualbox=True, servers="3")
+    assert status.returncode == 0, status.stderr
+    assert parse_status(status.stdout) == dict.fromkeys(
+        ["fleetd1", "fleetd2", "fleetd3", *AGENTS], "not_created")
+
+
+def test_fleetd_servers_2_is_refused_naming_the_counts(tmp_path: Path) -> None:
+    proc = vagrant(VAGRANT_DIR, tmp_path, "validate", "--ignore-provider", servers="2")
+    assert proc.returncode == 1
+    assert 'FLEETD_SERVERS="2": want 1 (one fleetd on SQLite), 3 or 5' in proc.stderr
+
+
 def test_provisioning_scripts_parse(tmp_path: Path) -> None:
-    for script in ("fleetd.sh", "agent.sh"):
+    for script in ("fleetd.sh", "agent.sh", "etcd.sh"):
         path = os.path.join(VAGRANT_DIR, "provision", script)
         assert os.stat(path).st_mode & stat.S_IXUSR
         proc = subprocess.run(["sh", "-n", path], capture_output=True, text=True)

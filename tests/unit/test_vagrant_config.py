@@ -8,6 +8,10 @@ The ssh-config samples are Vagrant 2.3.4's own output: its template
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -282,3 +286,103 @@ def test_vagrant_option_conflicts_are_usage_errors(tmp_path: Path, args: list,
                                       "machine", "add", *argv])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_several_control_vms_are_skipped_by_default() -> None:
+    """FLEETD_SERVERS=3: fleetd1..3 are control VMs (etcd member and fleetd), not agents."""
+    states = {"fleetd1": "running", "fleetd2": "running", "fleetd3": "running",
+              "agent1": "running", "agent2": "poweroff", "fleetdb": "running"}
+    assert select_machines(states, []) == ["agent1", "fleetdb"]
+    assert select_machines(states, ["fleetd2"]) == ["fleetd2"]
+    with pytest.raises(VagrantError, match=r"fleetd1 is skipped \(--machine fleetd1 adds it\)"):
+        select_machines({"fleetd1": "running", "agent1": "poweroff"}, [])
+
+
+# --- the Vagrantfile's machines, read by Ruby with Vagrant's configure stubbed -------------
+# Records what the Vagrantfile defines (machines, addresses, provisioners and their env)
+# without Vagrant: `vagrant validate` (tests/integration/test_vagrant.py) checks that
+# Vagrant takes the file; this checks what it says. Blocks other than a machine's
+# definition (the keys trigger, provider settings) are not run.
+RUBY_STUB = r"""
+require "json"
+class Rec
+  def initialize(log, vm) @log, @vm = log, vm end
+  def method_missing(name, *args, **kw, &blk)
+    case name
+    when :define then @log << { "define" => args[0] }; blk.call(Rec.new(@log, args[0]))
+    when :provision then @log << { "vm" => @vm, "provision" => args[0], "env" => kw[:env] }
+    when :network then @log << { "vm" => @vm, "ip" => kw[:ip] }
+    when :hostname= then @log << { "vm" => @vm, "hostname" => args[0] }
+    end
+    self
+  end
+  def respond_to_missing?(*) true end
+end
+module Vagrant
+  def self.configure(_version) log = []; yield Rec.new(log, nil); puts JSON.generate(log) end
+end
+load ARGV[0]
+"""
+VAGRANTFILE = Path(__file__).resolve().parents[2] / "vagrant" / "Vagrantfile"
+
+
+def vagrantfile(tmp_path: Path, servers: Optional[str]) -> Tuple[int, Any, str]:
+    """(exit status, {vm: {"ip", "hostname", provisioner: env}} in definition order, stderr)."""
+    ruby = shutil.which("ruby")
+    if ruby is None:
+        pytest.skip("ruby is not installed (Debian's vagrant package brings it)")
+    stub = tmp_path / "stub.rb"
+    stub.write_text(RUBY_STUB)
+    env = {k: v for k, v in os.environ.items() if k != "FLEETD_SERVERS"}
+    if servers is not None:
+        env["FLEETD_SERVERS"] = servers
+    proc = subprocess.run([ruby, str(stub), str(VAGRANTFILE)], capture_output=True,
+                          text=True, env=env, timeout=60)
+    vms: Dict[str, Dict[str, Any]] = {}
+    for rec in json.loads(proc.stdout) if proc.returncode == 0 else []:
+        if "define" in rec:
+            vms[rec["define"]] = {}
+        elif "provision" in rec:
+            vms[rec["vm"]][rec["provision"]] = rec["env"]
+        else:
+            vms[rec["vm"]].update({k: v for k, v in rec.items() if k != "vm"})
+    return proc.returncode, vms, proc.stderr
+
+
+def test_one_fleetd_on_sqlite_by_default(tmp_path: Path) -> None:
+    status, vms, err = vagrantfile(tmp_path, None)
+    assert status == 0, err
+    assert list(vms) == ["fleetd", "agent1", "agent2", "agent3"]
+    assert vms["fleetd"]["ip"] == "192.168.56.10" and "etcd" not in vms["fleetd"]
+    assert "FLEETD_REGISTRY" not in vms["fleetd"]["fleetd"]
+    assert vms["fleetd"]["fleetd"]["FLEETD_AGENTS"].split() == [
+        "agent1:192.168.56.11:role=web,zone=a", "agent2:192.168.56.12:role=web,zone=b",
+        "agent3:192.168.56.13:role=batch,zone=b"]
+
+
+def test_fleetd_servers_3_three_control_vms_with_etcd(tmp_path: Path) -> None:
+    status, vms, err = vagrantfile(tmp_path, "3")
+    assert status == 0, err
+    assert list(vms) == ["fleetd1", "fleetd2", "fleetd3", "agent1", "agent2", "agent3"]
+    ips = {n: vms[n]["ip"] for n in ("fleetd1", "fleetd2", "fleetd3")}
+    assert ips == {"fleetd1": "192.168.56.21", "fleetd2": "192.168.56.22",
+                   "fleetd3": "192.168.56.23"}
+    assert len({vm["ip"] for vm in vms.values()}) == 6  # no address twice
+    cluster = ",".join(f"{n}=http://{ip}:2380" for n, ip in ips.items())
+    registry = "etcd://" + ",".join(f"{ip}:2379" for ip in ips.values())
+    for name, ip in ips.items():
+        vm = vms[name]
+        assert vm["hostname"] == name
+        assert list(vm) == ["hostname", "ip", "etcd", "fleetd"]  # etcd provisioned first
+        assert vm["etcd"] == {"ETCD_NAME": name, "ETCD_IP": ip, "ETCD_CLUSTER": cluster}
+        assert vm["fleetd"]["FLEETD_NAME"] == name
+        assert vm["fleetd"]["FLEETD_REGISTRY"] == registry
+    # the agents are registered once, by the last control VM, into the shared registry
+    assert [n for n in ips if vms[n]["fleetd"]["FLEETD_AGENTS"]] == ["fleetd3"]
+
+
+@pytest.mark.parametrize("servers", ["2", "0", "three", "-1"])
+def test_fleetd_servers_other_counts_are_refused(tmp_path: Path, servers: str) -> None:
+    status, _, err = vagrantfile(tmp_path, servers)
+    assert status != 0
+    assert f'FLEETD_SERVERS="{servers}": want 1 (one fleetd on SQLite), 3 or 5' in err
