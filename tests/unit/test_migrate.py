@@ -253,3 +253,21 @@ def test_without_a_command_fleetd_runs_the_daemon(tmp_path: Path) -> None:
     out = CliRunner().invoke(cli, ["--config", str(bad)])
     assert out.exit_code == 1 and "nonsense" in out.output, out.output
     assert "migrate" in CliRunner().invoke(cli, ["--help"]).output
+
+
+def test_cli_migrate_over_tls(tmp_path: Path) -> None:
+    """etcds:// with --etcd-ca/--etcd-cert/--etcd-key: a cluster that requires client
+    certificates takes the copy; without the client's certificate it is refused, said."""
+    state = str(tmp_path / "state")
+    os.makedirs(state)
+    run(populate(state))
+    with etcd_cluster(str(tmp_path / "etcd"), 1, tls=True) as c:
+        to = "etcds://" + ",".join(c.endpoints)
+        bare = CliRunner().invoke(cli, ["migrate", "--from", state, "--to", to,
+                                        "--etcd-ca", c.ca])
+        assert bare.exit_code == 1 and f"etcd {to}:" in bare.output, bare.output
+        assert "Traceback" not in bare.output
+        out = CliRunner().invoke(cli, ["migrate", "--from", state, "--to", to, "--etcd-ca",
+                                       c.ca, "--etcd-cert", c.cert, "--etcd-key", c.key])
+        assert out.exit_code == 0, out.output
+        assert "copied 4 units" in out.output
