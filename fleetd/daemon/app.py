@@ -213,9 +213,10 @@ class Daemon:
         """A term begins: machines the last leader left up are not heard yet, a session
         to each (every hello says ``epoch``: agents refuse the terms before), liveness,
         and the engine writes and pushes, fenced by ``epoch``."""
-        self.epoch, self.term_started = epoch, time.time()
-        self.engine.epoch, self.engine.leading = epoch, True
+        term_started = time.time()
         log.info("leading as %s, epoch %d", self.config.name, epoch)
+        # marked before this fleetd says it leads: a leader's list-machines never shows
+        # a machine up that it has not heard (test_fleetd_crash's slow host, on etcd)
         for machine in self.registry.list_machines():
             if machine.state == liveness.UP:  # as the leader before this one left it
                 try:
@@ -224,7 +225,9 @@ class Daemon:
                         error="not heard since this fleetd leads", epoch=epoch)
                 except RegistryError as exc:  # the session's connect says it again
                     log.warning("cannot mark %s unreachable: %s", machine.name, exc)
-                machine = self.registry.get_machine(machine.name) or machine
+        self.epoch, self.term_started = epoch, term_started
+        self.engine.epoch, self.engine.leading = epoch, True
+        for machine in self.registry.list_machines():
             self._open_session(machine)
         self._term_tasks.append(asyncio.ensure_future(self._liveness()))
         self._elected_once.set()
