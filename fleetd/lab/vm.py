@@ -41,7 +41,7 @@ import socket
 import subprocess
 import time
 import uuid
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 from fleetd import procfs
 from fleetd.lab.vm_image import ADDRESS as ADDRESS  # re-exported: the lab's users
@@ -303,8 +303,3 @@ def _wait_ssh(vm: Vm, deadline: float) -> None:
         time.sleep(0.5)
     raise VmError(f"{vm.name}: sshd did not answer in time ({vm.accel}); console:\n"
                   f"{vm.console()}")
-
-
-def stop_all(vms: Sequence[Vm]) -> None:
-    for vm in vms:
-        vm.stop()
