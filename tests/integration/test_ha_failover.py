@@ -10,6 +10,7 @@ Prefix ``fa`` on 10.81.0.0/24 (apart from the other HA tests' labs).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -76,12 +77,17 @@ def running(ha: HaLab, endpoint: Optional[str] = None) -> Dict[str, str]:
     return {u["unit"]: u["machine"] for u in units if u["state"] == "running"}
 
 
-def all_up(ha: HaLab, endpoint: str) -> bool:
+def all_up(ha: HaLab, endpoint: str, since: float = 0.0) -> bool:
+    """list-machines through ``endpoint`` says every host is up, and each was heard at or
+    after ``since`` (by a session of the leader now, not left up by the one before)."""
     out = subprocess.run([FLEETCTL, "--endpoint", endpoint, "list-machines", "--no-legend",
                           "--fields", "machine,state"], capture_output=True, text=True,
                          cwd=ROOT, timeout=30)
     states = dict(ln.split(None, 1) for ln in out.stdout.splitlines() if ln.strip())
-    return out.returncode == 0 and states == {h.name: "up" for h in ha.lab.hosts()}
+    if out.returncode != 0 or states != {h.name: "up" for h in ha.lab.hosts()}:
+        return False
+    machines = Client(endpoint).get("/v1/machines", timeout=10)["machines"]
+    return all((m["last_seen"] or 0) >= since for m in machines)
 
 
 def survivors(ha: HaLab, dead: str) -> str:
@@ -124,6 +130,7 @@ def test_leader_killed_another_leads_a_blocked_start_completes_programs_keep_pid
             f["unit"] == "fa-late.service"
             for f in ha.api().get("/v1/unit-files")["unit_files"]), 30)
         assert blocked.poll() is None, "the start returned before the kill"
+        killed_at = time.time()
         ha.kill_fleetd(leader)
         out, err = blocked.communicate(timeout=150)
     finally:
@@ -137,8 +144,8 @@ def test_leader_killed_another_leads_a_blocked_start_completes_programs_keep_pid
 
     # the sessions are back: every machine up through the survivors; every program of
     # before runs with the same pid on the same host (nothing was restarted)
-    wait_for("every machine up through the survivors",
-             lambda: all_up(ha, survivors(ha, leader)), 60)
+    wait_for("every machine up through the survivors, heard since the kill",
+             lambda: all_up(ha, survivors(ha, leader), killed_at), 60)
     after = programs(ha)
     assert {n: after.get(n) for n in before} == before
     assert len(after["fa-late.service"]) == 1
@@ -286,18 +293,27 @@ def test_leader_cut_from_etcd_steps_down_another_leads_hosts_refuse_the_old_epoc
     before = start_units(ha, unit_files(tmp_path, 6))
     old = ha.wait_leader()
     old_epoch = epoch_of(ha, old)
+    placed = placement_revisions(ha)
+    assert len(placed) == len(before)
+    cut_at = time.time()
     ha.cut(old)
     new = ha.wait_leader(timeout=60, besides=[old])
     new_epoch = epoch_of(ha, new)
     assert new_epoch > old_epoch
     wait_for("the cut leader to say it follows", lambda: ha.role(old) != "leader", 60)
-    wait_for("the new leader's sessions up", lambda: all_up(ha, survivors(ha, old)), 60)
+    wait_for("the new leader's sessions up",
+             lambda: all_up(ha, survivors(ha, old), cut_at), 60)
 
     # the old leader stepped down before the new one began to lead
     down = log_lines(ha, old, rf"stepping down from epoch {old_epoch}|no longer leading")
     lead = log_lines(ha, new, rf"leading: epoch {new_epoch}")
     assert down and lead, (down, lead)
     assert stamp(down[0]) <= stamp(lead[0]), (down[0], lead[0])
+    # and, deposed, it opened no session to any host (it does not even try)
+    with open(ha.lab.servers.get(old).log, errors="replace") as f:
+        after_down = f.read().split(down[0], 1)[1]
+    assert not re.search(r"agent \S+ up|leading: epoch|leading as", after_down), \
+        after_down[-2000:]
 
     # every host took the new epoch; a hello from the old one is refused by its agent
     for h in ha.lab.hosts():
@@ -308,11 +324,20 @@ def test_leader_cut_from_etcd_steps_down_another_leads_hosts_refuse_the_old_epoc
         assert answers[-1]["message"] == (f"epoch {old_epoch} is older than {new_epoch}: "
                                           "a newer fleetd leads this host"), answers
 
-    # nothing of the old leader's reached etcd after the cut: no key carries its epoch
-    # at a revision after the new term began, and the units are as they were
+    # no engine rewrote a placement (the old one deposed, the new one found them right)
+    # and the programs are the ones of before
+    assert placement_revisions(ha) == placed
     after = programs(ha)
     assert {n: after.get(n) for n in before} == before
     assert set(running(ha, survivors(ha, old))) >= set(before)
+
+
+def placement_revisions(ha: HaLab) -> Dict[str, int]:
+    """placements/<unit> key -> the etcd revision that last wrote it."""
+    out = ha.etcdctl("get", "--prefix", "/fleetd/placements/", "-w", "json")
+    assert out.returncode == 0, out.stderr
+    return {base64.b64decode(kv["key"]).decode(): int(kv["mod_revision"])
+            for kv in json.loads(out.stdout).get("kvs", [])}
 
 
 def _epoch_file(state_dir: str) -> Optional[int]:
