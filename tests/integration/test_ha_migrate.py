@@ -10,6 +10,7 @@ Prefix ``fd`` on 10.84.0.0/24: apart from the other HA tests' labs.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -89,6 +90,13 @@ def test_a_sqlite_fleetd_moves_to_etcd_and_nothing_restarts(tmp_path: Path) -> N
                 for n in names)
 
         wait_for("the fleetd on etcd to show the same units, hosts and pids", same_units, 60)
+        servers = json.loads(ha.ctl("list-servers", "-o", "json").stdout)
+        fleetd = {r["name"]: r for r in servers if r["kind"] == "fleetd"}
+        assert sorted(fleetd) == ["fleetd-1", "fleetd-2", "fleetd-3"]
+        assert [n for n, r in fleetd.items() if r["leader"]] == [leader]
+        assert fleetd[leader]["epoch"] == health["epoch"]
+        members = [r for r in servers if r["kind"] == "etcd"]
+        assert len(members) == 3 and all(r["healthy"] for r in members)
         assert programs(fleet) == before  # on the hosts: same pids, nothing restarted
 
         # the agents take the new leader's desired sets: a new unit starts
