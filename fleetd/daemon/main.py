@@ -1,4 +1,7 @@
-"""``fleetd``: the central daemon. No configuration needed; ``--config`` to override."""
+"""``fleetd``: the central daemon. No configuration needed; ``--config`` to override.
+
+``fleetd migrate`` moves a stopped SQLite fleetd's registry into etcd (daemon/migrate.py);
+without a command, ``fleetd`` runs the daemon, as it always did."""
 
 from __future__ import annotations
 
