@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+from typing import Optional
 
 from fleetd import procfs
 from fleetd.lab.host import AGENT_STATE_MOUNT, Host, LabError
@@ -89,12 +90,12 @@ def wait(h: Host, timeout: float = 10.0) -> None:
                    f"{timeout:.0f}s: {tail}")
 
 
-def configure(h: Host, **options: str) -> None:
-    """Set ``options`` in a plain host's sshd_config and restart its sshd with them:
-    ``configure(h, AllowStreamLocalForwarding="no")`` makes a host whose sshd refuses
-    fleetd's forwarding, as some sites' do. Connections already open end with the old
-    sshd (it is stopped, not reloaded: a reload would leave a moment with no listener,
-    and a connection made in it would be refused)."""
+def configure(h: Host, **options: Optional[str]) -> None:
+    """Set ``options`` in a plain host's sshd_config (None: remove the keyword) and
+    restart its sshd with them: ``configure(h, AllowStreamLocalForwarding="no")`` makes a
+    host whose sshd refuses fleetd's forwarding, as some sites' do. Connections already
+    open end with the old sshd (it is stopped, not reloaded: a reload would leave a
+    moment with no listener, and a connection made in it would be refused)."""
     if h.systemd:
         raise LabError(f"{h.name}: only a plain host's sshd is configured this way")
     path = os.path.join(h.dir, "etc-ssh", "sshd_config")
@@ -102,7 +103,8 @@ def configure(h: Host, **options: str) -> None:
         kept = [ln for ln in f.read().splitlines()
                 if ln.split(None, 1)[:1] not in [[k] for k in options]]
     with open(path, "w") as f:
-        f.write("\n".join(kept + [f"{k} {v}" for k, v in options.items()]) + "\n")
+        f.write("\n".join(kept + [f"{k} {v}" for k, v in options.items() if v is not None])
+                + "\n")
     with open(os.path.join(h.dir, "sshd.pid")) as f:
         pid = int(f.read().strip())
     if procfs.comm(pid) == "sshd":

@@ -129,9 +129,10 @@ class ForwardedChannel:
     with the same line limit (fleetd.transport.ssh.SshChannel)."""
 
     def __init__(self, reader: asyncssh.SSHReader[bytes],
-                 writer: asyncssh.SSHWriter[bytes]) -> None:
+                 writer: asyncssh.SSHWriter[bytes], path: str) -> None:
         self._reader = reader
         self._writer = writer
+        self._path = path
 
     async def readline(self) -> bytes:
         try:
@@ -153,4 +154,6 @@ class ForwardedChannel:
         self._writer.close()  # the channel: sshd closes the socket, the agent sees EOF
 
     async def stderr_tail(self) -> str:
-        return ""  # a socket has no stderr; the agent's log is in its state directory
+        """A socket has no stderr: where to look instead, for the session's error."""
+        log = posixpath.join(posixpath.dirname(self._path), "agent.log")
+        return f"the agent closed its socket {self._path} (forwarded by sshd); see {log}"

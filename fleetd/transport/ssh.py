@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
-from typing import Optional
+from typing import Dict, Optional
 
 import asyncssh
 
@@ -30,6 +31,8 @@ from fleetd import protocol
 from fleetd.registry.base import MachineRecord
 from fleetd.transport import forward
 from fleetd.transport.base import Channel, CommandResult, TransportError
+
+log = logging.getLogger("fleetd.transport")
 
 CONNECT_TIMEOUT_S = 5.0
 KEEPALIVE_S = 5.0
@@ -138,6 +141,7 @@ class SshTransport:
         self.machine = machine  # its name: whose link ``forward.link_of`` tells
         self.link: Optional[str] = None  # how the last ``open`` reached the agent
         self._refuses: Optional[asyncssh.SSHClientConnection] = None  # sshd said no on it
+        self._sockets: Dict[str, str] = {}  # agent command -> the socket its host printed
         self.address = address
         self.port = port
         self.user = user
@@ -209,6 +213,8 @@ class SshTransport:
         return TransportError("unreachable", f"{self.where}: {exc}")
 
     def _linked(self, link: str) -> None:
+        if link != self.link:
+            log.info("%s: the agent's link: %s", self.where, link)
         self.link = link
         if self.machine is not None:
             forward.record_link(self.machine, link)
@@ -222,7 +228,7 @@ class SshTransport:
             return await self._relay(conn, command, forward.RELAY_COMMAND)
         if self._refuses is conn:
             return await self._relay(conn, command, forward.RELAY_REFUSED)
-        path = attach.socket
+        path = self._sockets.get(command, attach.socket)
         if path is not None:
             channel = await self._forward(conn, path)
             if channel is not None:
@@ -233,6 +239,8 @@ class SshTransport:
             return await self._relay(conn, command,
                                      f"relay ({forward.START_ONLY} failed: {why[:200]})")
         path = forward.printed_socket(started.stdout) or path
+        if path is not None:  # where the host says it is (an environment sshd sets)
+            self._sockets[command] = path
         channel = await self._forward(conn, path) if path is not None else None
         if channel is not None:
             return channel
@@ -251,7 +259,7 @@ class SshTransport:
         except (OSError, asyncssh.Error) as exc:
             raise self._lost(exc) from None
         self._linked(forward.FORWARDED)
-        return forward.ForwardedChannel(reader, writer)
+        return forward.ForwardedChannel(reader, writer, path)
 
     async def _relay(self, conn: asyncssh.SSHClientConnection, command: str, link: str
                      ) -> Channel:

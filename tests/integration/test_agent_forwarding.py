@@ -18,6 +18,7 @@ import pytest
 from labkit import Fleet, alive, cmdline, lab_slot, reset_host, wait_for
 
 from fleetd.lab import sshd
+from fleetd.lab.host import AGENT_STATE_MOUNT, remove_agent_cgroups
 from fleetd.lab.netns import Host, Lab
 from fleetd.transport import forward
 
@@ -129,3 +130,28 @@ def test_sshd_that_refuses_forwarding_gets_the_relay_and_list_machines_says_why(
     finally:
         fleet.stop()  # its session goes with the sshd it came through
         sshd.configure(h2, AllowStreamLocalForwarding="yes")
+
+
+def test_the_socket_is_where_the_host_says_when_fleetd_cannot_tell(
+        fleet: Fleet, fe_lab: Lab) -> None:
+    """The host's sshd gives sessions FLEET_AGENT_STATE_DIR (SetEnv): the agent command
+    names no state directory, so fleetd's guess (the default) finds no socket; the
+    socket ``attach --start-only`` printed is the one it forwards to."""
+    h2 = host(fe_lab, "h2")
+    alt = os.path.join(h2.state_dir, "alt")
+    sshd.configure(h2, SetEnv=f"FLEET_AGENT_STATE_DIR={AGENT_STATE_MOUNT}/alt")
+    try:
+        fleet.add(h2)
+        machine = up(fleet, "h2")
+        assert machine["link"] == forward.FORWARDED, machine
+        with open(os.path.join(alt, "agent.pid")) as f:
+            assert alive(int(f.read()))
+        assert not os.path.exists(os.path.join(h2.state_dir, "agent.sock"))
+        assert relays(fe_lab, h2) == []
+    finally:
+        fleet.stop()
+        sshd.configure(h2, SetEnv=None)
+        for pid in fe_lab.pids(h2):
+            if "--state-dir" in cmdline(pid) and cmdline(pid).endswith("/alt"):
+                os.kill(pid, signal.SIGKILL)
+        remove_agent_cgroups(alt)
