@@ -15,9 +15,9 @@ from typing import Any, Coroutine, Iterator, TypeVar
 
 import pytest
 from click.testing import CliRunner
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from etcdkit import EtcdCluster, etcd_cluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from registrykit import A_TEXT, B_TEXT, C_TEXT, machine, observed, u
 
 from fleetd.daemon.config import Config
