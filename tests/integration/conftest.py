@@ -7,16 +7,18 @@ one machine) takes the next free slot (``t1``/10.78.1.0/24, ...), claimed by a f
 that dies with its run, so runs never sweep each other's namespaces. Each test gets a
 fresh fleetd (own state dir and socket) and, afterwards, hosts wiped back to "sshd
 only": every other process in the host's namespace is killed and the agent state
-directory emptied.
+directory emptied. A test parametrized with labkit.ON_BOTH_REGISTRIES runs on its
+SQLite registry and again on a real one-member etcd (the ``registry`` fixture).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import pytest
+from etcdkit import etcd_cluster
 from labkit import Fleet, reset_host, wait_for
 
 from fleetd.lab.netns import Lab
@@ -57,9 +59,24 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 @pytest.fixture
-def fleet(lab: Lab, tmp_path: Any) -> Iterator[Fleet]:
-    f = Fleet(lab, str(tmp_path))
+def registry(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Optional[str]]:
+    """The ``fleet`` fixture's registry: None (SQLite, the default) or, for a test
+    parametrized with labkit.ON_BOTH_REGISTRIES, the URL of a real one-member etcd on
+    loopback (fleetd in Fleet runs on the machine, not in a namespace), taken down after."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "sqlite":
+        yield None
+        return
+    assert kind == "etcd", kind
+    with etcd_cluster(str(tmp_path / "etcd"), 1) as c:
+        yield "etcd://" + ",".join(c.endpoints)
+
+
+@pytest.fixture
+def fleet(lab: Lab, tmp_path: Any, registry: Optional[str]) -> Iterator[Fleet]:
+    f = Fleet(lab, str(tmp_path), registry=registry)
     f.start()
+    assert f.api.get("/v1/health")["registry"] == ("etcd" if registry else "sqlite")
     yield f
     f.stop()
     for h in lab.hosts():

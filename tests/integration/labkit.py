@@ -28,6 +28,12 @@ BIN = os.path.dirname(sys.executable)
 FLEETCTL = os.path.join(BIN, "fleetctl")
 
 
+# parametrize a test of the ``fleet``/``cluster`` fixtures with this (indirect) to run it
+# on both registries: SQLite, and a real one-member etcd on loopback (marked ``etcd``)
+REGISTRIES = ["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)]
+ON_BOTH_REGISTRIES = pytest.mark.parametrize("registry", REGISTRIES, indirect=True)
+
+
 def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
     """Poll until ``predicate()`` is truthy; fail naming ``what`` (not a timing assertion:
     the timeout only bounds how long a broken build hangs)."""
@@ -70,12 +76,21 @@ class Fleet:
     """A real fleetd process and the real fleetctl, for one test (or one bench run)."""
 
     def __init__(self, lab: Optional[Lab], workdir: str, config: Optional[str] = None,
-                 args: Sequence[str] = ()) -> None:
-        """``args``: more of fleetd's command-line options (``--log-level warning``)."""
+                 args: Sequence[str] = (), registry: Optional[str] = None) -> None:
+        """``args``: more of fleetd's command-line options (``--log-level warning``).
+        ``registry``: an ``etcd://HOST:PORT,...`` URL for fleetd's registry (written into
+        a config of its own in ``workdir``; not with ``config``); None: SQLite in its
+        state directory."""
         self.lab = lab
         self.state_dir = os.path.join(workdir, "fleetd")
         self.socket = os.path.join(workdir, "fleetd.sock")
         self.log = os.path.join(workdir, "fleetd.log")
+        self.registry = registry
+        if registry is not None:
+            assert config is None, "a Fleet on etcd writes its own config"
+            config = os.path.join(workdir, "fleetd.toml")
+            with open(config, "w") as f:
+                f.write(f'name = "fleetd-test"\nregistry = "{registry}"\n')
         self.config = config
         self.args = list(args)
         self.endpoint = f"unix://{self.socket}"

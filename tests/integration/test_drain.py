@@ -9,7 +9,9 @@ import threading
 import time
 from typing import Dict, List, Set, Tuple
 
-from labkit import Fleet, alive, wait_for
+from labkit import ON_BOTH_REGISTRIES, Fleet, alive, wait_for
+
+pytestmark = ON_BOTH_REGISTRIES  # each also on a real etcd registry
 
 READY_AFTER_S = 1.5  # each copy starts serving (passing its check) this long after start
 

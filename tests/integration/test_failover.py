@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import subprocess
 
-from labkit import Fleet, alive, wait_for
+from labkit import ON_BOTH_REGISTRIES, Fleet, alive, wait_for
+
+pytestmark = ON_BOTH_REGISTRIES  # each also on a real etcd registry
 
 
 def test_partition_moves_units_and_the_return_stops_stale_copies(cluster: Fleet,

@@ -12,7 +12,9 @@ import os
 import subprocess
 import time
 
-from labkit import Fleet, alive, wait_for
+from labkit import ON_BOTH_REGISTRIES, Fleet, alive, wait_for
+
+pytestmark = ON_BOTH_REGISTRIES  # each also on a real etcd registry
 
 UNIT = """[Service]
 ExecStart=/bin/sleep 100000

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from labkit import Fleet, wait_for
+from labkit import ON_BOTH_REGISTRIES, Fleet, wait_for
+
+pytestmark = ON_BOTH_REGISTRIES  # each also on a real etcd registry
 
 POLICY = "RescheduleDelaySec=500ms\nRescheduleMaxDelaySec=2s\n"
 FAST_FAIL = ("Restart=on-failure\nRestartSec=100ms\nStartLimitBurst=2\n"
