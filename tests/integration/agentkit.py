@@ -126,6 +126,21 @@ def unit_cgroup(state_dir: str, unit: str) -> UnitCgroup:
     return detect(parent=f"fleet/{machine_id(state_dir)}").unit(unit)
 
 
+def program_pids(state_dir: str, unit: str) -> List[int]:
+    """The pids in the unit's cgroup but its prepared restart process (drivers/spare.py:
+    a /bin/sh named fleet-spare waiting in the unit's cgroups to exec the next run)."""
+    pids = []
+    for pid in unit_cgroup(state_dir, unit).pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read() == b"fleet-spare\0":
+                    continue
+        except OSError:  # gone meanwhile: not a program of the unit either
+            continue
+        pids.append(pid)
+    return pids
+
+
 def kill_agent(state_dir: str) -> int:
     """kill -9 the agent of ``state_dir`` (its programs live on); its pid."""
     pid = agent_pid(state_dir)

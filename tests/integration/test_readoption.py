@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Dict, Iterator
 
 import pytest
-from agentkit import Attached, clean, kill_agent, spec, unit_cgroup, unit_processes
+from agentkit import (
+    Attached,
+    clean,
+    kill_agent,
+    program_pids,
+    spec,
+    unit_cgroup,
+    unit_processes,
+)
 from labkit import alive
 from test_java_driver import App, app  # noqa: F401  (the session's tiny jar)
 
@@ -55,7 +63,11 @@ def assert_one_copy_each(state_dir: str, units: Dict[str, Dict[str, object]]) ->
     for name, u in units.items():
         if u["state"] != "running":
             continue
-        assert unit_cgroup(state_dir, name).pids() == [u["pid"]], name
+        # a spare being prepared is, until its exec, a fork of the agent: look again
+        deadline = time.monotonic() + 5
+        while program_pids(state_dir, name) != [u["pid"]] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert program_pids(state_dir, name) == [u["pid"]], name
         assert programs.get(name) == [u["pid"]], name
 
 
