@@ -151,6 +151,23 @@ def test_leader_killed_another_leads_a_blocked_start_completes_programs_keep_pid
     assert len(after["fa-late.service"]) == 1
 
 
+def test_units_started_while_nobody_leads_spread_over_the_machines_once_one_does(
+        ha: HaLab, tmp_path) -> None:
+    """The new leader places what was started in the gap once its sessions are back, not
+    on whichever agent answers first (seen: all 6 on one of 3 equally loaded hosts)."""
+    start_units(ha, unit_files(tmp_path, 6))
+    leader = ha.wait_leader()
+    ha.kill_fleetd(leader)
+    gap = unit_files(tmp_path, 6, stem="fa-gap")
+    ha.ctl("--endpoint", survivors(ha, leader), "start", "--no-block", *gap)
+    ha.wait_leader(timeout=60, besides=[leader])
+    names = {os.path.basename(p) for p in gap}
+    placed = wait_for("the gap's units running", lambda: (lambda r: r if names <= set(r)
+                                                          else None)(running(ha)), 60)
+    hosts = sorted(placed[n] for n in names)
+    assert set(hosts) == {h.name for h in ha.lab.hosts()}, hosts
+
+
 # --- 2. an etcd member killed --------------------------------------------------------------
 def raft_leader(ha: HaLab) -> str:
     """The etcd member (eK) that leads etcd's raft now."""
