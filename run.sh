@@ -17,10 +17,11 @@ VENV=$ROOT/.venv
 # vagrant (2.3.4, ~7 s without recommends) runs `vagrant validate` on vagrant/Vagrantfile;
 # the scripts fleetd runs on hosts (fleetd/{bootstrap,lab}/scripts/*.sh) must pass shellcheck;
 # etcd-server (3.4, its etcd.service never started: policy-rc.d) and etcd-client (etcdctl)
-# are the etcd the tests run members of (tests/integration/etcdkit.py).
+# are the etcd the tests run members of (tests/integration/etcdkit.py); qemu-system-x86
+# boots the lab's VM hosts (a real pure cgroup v2 kernel: fleetd/lab/vm.py).
 APT_PACKAGES=(openssh-server openssh-client iproute2 python3 python3-venv
               redis-server nginx-light openjdk-17-jdk-headless debootstrap supervisor vagrant
-              shellcheck etcd-server etcd-client)
+              shellcheck etcd-server etcd-client qemu-system-x86)
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then
