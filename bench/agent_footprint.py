@@ -12,7 +12,17 @@ a host in each of its two links (fleetd.transport.forward):
   the socket directly, as sshd's forwarding does (sshd's per-connection process is on
   the host in both links, and counted in neither).
 - relay: where sshd refuses forwarding, ``fleet-agent attach`` relays between the SSH
-  channel and the socket: the agent plus that relay process. supervisord: Debian's package, with N
+  channel and the socket: the agent plus that relay process.
+
+Each in two layouts: "installed", as fleetd's bootstrap puts the agent on a host (the
+payload unpacked and byte-compiled, run by the host's python3 -I through its launcher,
+psutil from the host or the wheelhouse), which is what a host carries; and "lab", this
+venv's interpreter running the source tree (as the lab's plain hosts do), whose site
+(the editable install's finder: pathlib, urllib, ipaddress) adds what a host has not
+(~0.5 MB here).
+``--layout`` picks one or both; the target is judged on "installed" where it can run.
+
+supervisord: Debian's package, with N
 ``[program:]`` sections running the same command and its stock settings (unix socket,
 rpc interface, child logs). Each is measured alone, after every program runs and a
 settling pause: RSS and USS (psutil) at the end and their maximum over the window, and
@@ -27,7 +37,9 @@ alone), printed beside supervisord's; <= 0.5 % of a core.
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -36,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 from typing import Any, Callable, Dict, List, Optional
 
 import psutil
@@ -48,6 +61,7 @@ from agentkit import Attached, agent_pid, clean, spec  # noqa: E402
 from labkit import wait_for  # noqa: E402
 
 from fleetd import protocol  # noqa: E402
+from fleetd.bootstrap import bundle  # noqa: E402
 from fleetd.wire.paths import agent_socket  # noqa: E402
 
 MB = 1024 * 1024
@@ -114,10 +128,46 @@ def forwarded(state_dir: str, heartbeat_s: float, on_message: Callable[[Dict[str
     return sock
 
 
-def bench_agent(programs: int, seconds: float, heartbeat_s: float) -> Dict[str, Any]:
+# bin/fleet-agent, for agentkit.Attached (which runs COMMAND -m fleetd.agent attach ...)
+LAUNCH = """import sys
+sys.path[:0] = [{here!r}, {here!r} + "/lib"]
+del sys.argv[1:3]  # Attached's "-m fleetd.agent"
+from fleetd.agent.main import main
+sys.exit(main(launcher=[sys.executable, "-I", {here!r} + "/bin/fleet-agent"]))
+"""
+
+
+def installed(python: str, work: str) -> Optional[List[str]]:
+    """The agent as the bootstrap installs it, run by ``python``: the command prefix
+    that runs its launcher, or None (no such python, or no psutil for it)."""
+    if shutil.which(python) is None:
+        print(f"{python} is not here: the installed layout is skipped")
+        return None
+    probe = subprocess.run([python, "-I", "-c", "import sys; print(sys.version_info[1]);"
+                            "import psutil"], capture_output=True, text=True)
+    wheel = None
+    if probe.returncode != 0:
+        minor = int(probe.stdout.strip() or 0)
+        wheel = bundle.pick_wheel(bundle.wheelhouse(), platform.machine(),
+                                  platform.libc_ver(), (3, minor))
+        if wheel is None:
+            print(f"{python} has no psutil and {bundle.wheelhouse()} no wheel for it: "
+                  "the installed layout is skipped")
+            return None
+    here = os.path.join(work, "installed")
+    with zipfile.ZipFile(io.BytesIO(bundle.build(python, wheel).data)) as z:
+        z.extractall(here)
+    subprocess.run([python, "-I", "-m", "compileall", "-q", here], check=True,
+                   stdout=subprocess.DEVNULL)
+    return [python, "-I", "-c", LAUNCH.format(here=here)]
+
+
+def bench_agent(programs: int, seconds: float, heartbeat_s: float,
+                command: Optional[List[str]] = None) -> Dict[str, Any]:
+    """``command``: how to run the agent (``installed``'s), default this interpreter."""
     work = tempfile.mkdtemp(prefix="fleet-footprint-")
     state_dir = os.path.join(work, "agent")
-    attached = Attached(state_dir, heartbeat_s=heartbeat_s)
+    attached = Attached(state_dir, command=command, heartbeat_s=heartbeat_s)
     client: Optional[socket.socket] = None
     try:
         attached.desire(*(spec(f"fp-{i}.service", f"[Service]\nExecStart={PROGRAM}\n")
@@ -139,9 +189,11 @@ def bench_agent(programs: int, seconds: float, heartbeat_s: float) -> Dict[str, 
         before = beats[0]
         alone = measure([agent], seconds)
         in_window = beats[0] - before
+        version = subprocess.run([*(command or [sys.executable])[:1], "--version"],
+                                 capture_output=True, text=True).stdout.split()[-1]
         return {"programs": programs, "heartbeat_s": heartbeat_s, "agent": alone,
                 "agent_and_attach": relay, "heartbeats_in_window": in_window,
-                "python": sys.version.split()[0]}
+                "python": version}
     finally:
         if client is not None:
             client.close()
@@ -218,9 +270,25 @@ def main() -> None:
     parser.add_argument("--programs", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--heartbeat", type=float, default=1.0)
+    parser.add_argument("--layout", choices=["installed", "lab", "both"], default="both")
+    parser.add_argument("--host-python", default="/usr/bin/python3",
+                        help="the host's python3, for the installed layout")
     args = parser.parse_args()
 
-    agent = bench_agent(args.programs, args.seconds, args.heartbeat)
+    agents: Dict[str, Dict[str, Any]] = {}
+    work = tempfile.mkdtemp(prefix="fleet-footprint-installed-")
+    try:
+        if args.layout in ("installed", "both"):
+            command = installed(args.host_python, work)
+            if command is not None:
+                agents["installed"] = bench_agent(args.programs, args.seconds,
+                                                  args.heartbeat, command)
+        if args.layout in ("lab", "both"):
+            agents["lab"] = bench_agent(args.programs, args.seconds, args.heartbeat)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if not agents:
+        sys.exit("nothing measured: the installed layout could not run (see above)")
     sup = bench_supervisord(args.programs, args.seconds)
     baselines = {
         "python (bare)": bench_baseline(sys.executable, []),
@@ -231,13 +299,18 @@ def main() -> None:
                                                         ["fleetd.agent.attach"]),
     }
 
-    rows = [("host side, forwarded (agent)", agent["agent"]),
-            ("host side, relay (agent+attach)", agent["agent_and_attach"])]
+    rows = []
+    for layout, measured in agents.items():
+        rows += [(f"{layout}: forwarded (agent)", measured["agent"]),
+                 (f"{layout}: relay (agent+attach)", measured["agent_and_attach"])]
     if sup is not None:
         rows.append(("supervisord", sup["supervisord"]))
+    judged = "installed" if "installed" in agents else "lab"
+    agent = agents[judged]
     print(f"\n{args.programs} programs ({PROGRAM}), {args.seconds:.0f} s idle, "
           f"agent heartbeat every {args.heartbeat:g} s ({agent['heartbeats_in_window']} "
-          f"heartbeats in the window), python {agent['python']}")
+          f"heartbeats in the window), python "
+          + ", ".join(f"{k} {v['python']}" for k, v in agents.items()))
     print(f"{'':32} {'RSS MB':>7} {'peak':>7} {'USS MB':>7} {'PSS MB':>7} {'CPU %':>7} "
           f"{'wakeups/s':>9}")
     for name, r in rows:
@@ -253,13 +326,14 @@ def main() -> None:
         "rss_ok": a["rss_peak_mb"] <= TARGET_RSS_MB,
         "cpu_ok": a["cpu_pct"] <= TARGET_CPU_PCT,
     }
-    print(f"targets: host side (forwarded) RSS <= {TARGET_RSS_MB:g} MB: "
+    print(f"targets ({judged}): host side (forwarded) RSS <= {TARGET_RSS_MB:g} MB: "
           f"{'met' if verdict['rss_ok'] else 'MISSED'} ({a['rss_peak_mb']:.1f}); "
           f"CPU <= {TARGET_CPU_PCT:g} %: {'met' if verdict['cpu_ok'] else 'MISSED'} "
           f"({a['cpu_pct']:.3f})")
 
     out = save("agent_footprint", {
-        "agent": agent, "supervisord": sup, "baselines": baselines,
+        "agent": agent, "judged": judged, "layouts": agents, "supervisord": sup,
+        "baselines": baselines,
         "targets": {"rss_mb": TARGET_RSS_MB, "cpu_pct": TARGET_CPU_PCT}, "verdict": verdict})
     print(f"wrote {out}")
 
