@@ -15,7 +15,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional
@@ -247,12 +246,12 @@ def test_an_etcd_member_killed_the_api_answers_and_it_rejoins(
 def test_quorum_lost_writes_refused_naming_etcd_reads_answer_stale_nothing_lost(
         ha: HaLab, tmp_path) -> None:
     before = start_units(ha, unit_files(tmp_path, 6))
+    extra = unit_files(tmp_path, 1, stem="fa-noquorum")
     ha.stop_etcd("e2")
     ha.stop_etcd("e3")
     try:
         wait_for("fleetd to see reads may be stale", lambda: all(
             health(ha, s.name).get("stale") for s in ha.lab.servers.servers()), 60)
-        extra = unit_files(tmp_path, 1, stem="fa-noquorum")
         refused = ha.ctl("submit", *extra, check=False, timeout=120)
         assert refused.returncode != 0, refused.stdout
         assert "etcd" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
@@ -363,7 +362,3 @@ def _epoch_file(state_dir: str) -> Optional[int]:
             return int(f.read())
     except (OSError, ValueError):
         return None
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__, "-q"]))
