@@ -4,13 +4,15 @@ the host; it starts the agent with one short command when the socket does not an
 (first contact, and after a kill -9); where sshd refuses forwarding it relays as before,
 and ``list-machines`` says which and why.
 
-A lab of its own (slot ``fe``, 10.86.0.0/24): one host's sshd is reconfigured with
-``AllowStreamLocalForwarding no``.
+A lab of its own (slot ``fe``, 10.86.0.0/24): two plain hosts, one of whose sshd is
+reconfigured (``AllowStreamLocalForwarding no``, ``SetEnv``), and a systemd host that
+fleetd installs the agent on (the bootstrap's launcher, a systemd service).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 from typing import Any, Dict, Iterator, List
 
@@ -18,6 +20,7 @@ import pytest
 from labkit import Fleet, alive, cmdline, lab_slot, reset_host, wait_for
 
 from fleetd.lab import sshd
+from fleetd.lab.daemon import register
 from fleetd.lab.host import AGENT_STATE_MOUNT, remove_agent_cgroups
 from fleetd.lab.netns import Host, Lab
 from fleetd.transport import forward
@@ -38,7 +41,7 @@ def fe_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         lab = Lab(str(tmp_path_factory.mktemp("fe-lab")), prefix="fe", subnet="10.86.0")
         lab.down()  # what a crashed run of this slot left
         try:
-            lab.up(2)
+            lab.up(3, systemd=1)
             yield lab
         finally:
             lab.down()
@@ -51,7 +54,8 @@ def fleet(fe_lab: Lab, tmp_path: Any) -> Iterator[Fleet]:
     yield f
     f.stop()
     for h in fe_lab.hosts():
-        reset_host(fe_lab, h)
+        if not h.systemd:  # h3's agent stays installed: one test uses it
+            reset_host(fe_lab, h)
 
 
 def host(lab: Lab, name: str) -> Host:
@@ -73,6 +77,12 @@ def start_unit(fleet: Fleet, tmp: Any, name: str, h: Host, n: int) -> Dict[str, 
     row = fleet.unit(name)
     assert row is not None and row["state"] == "running"
     return row
+
+
+def hellos(fleet: Fleet, name: str) -> int:
+    """How many times fleetd's session to ``name`` has had its agent's hello."""
+    with open(fleet.log, errors="replace") as f:
+        return len(re.findall(rf"INFO {name}: agent \S+ up \(machine id", f.read()))
 
 
 def up(fleet: Fleet, name: str) -> Dict[str, Any]:
@@ -97,10 +107,11 @@ def test_forwarded_session_leaves_only_the_agent_and_restarts_a_killed_one(
 
     # kill -9 of the agent: the forwarded channel ends, the session reconnects, starting
     # the agent again, which re-adopts the program (same pid)
+    assert hellos(fleet, "h1") == 1
     os.kill(agent, signal.SIGKILL)
     wait_for("a new agent on h1", lambda: (p := fe_lab.agent_pid(h1)) and p != agent, 30)
-    wait_for("h1 up with the new agent", lambda: fleet.machines()["h1"]["state"] == "up"
-             and fe_lab.agent_pid(h1) not in (None, agent), 30)
+    wait_for("the session's hello from the new agent", lambda: hellos(fleet, "h1") == 2, 30)
+    wait_for("h1 up", lambda: fleet.machines()["h1"]["state"] == "up", 30)
     assert alive(pid)
     row = wait_for("the unit reported by the new agent", lambda: (
         (u := fleet.unit("fw-sleep.service")) and u["state"] == "running" and u), 30)
@@ -155,3 +166,23 @@ def test_the_socket_is_where_the_host_says_when_fleetd_cannot_tell(
             if "--state-dir" in cmdline(pid) and cmdline(pid).endswith("/alt"):
                 os.kill(pid, signal.SIGKILL)
         remove_agent_cgroups(alt)
+
+
+def test_a_bootstrapped_systemd_host_is_forwarded_too(fleet: Fleet, fe_lab: Lab) -> None:
+    """fleetd installs the agent (a systemd service, its launcher in the agent command);
+    the session forwards to it, and after a kill -9 it is forwarded to again."""
+    h3 = host(fe_lab, "h3")
+    assert h3.systemd
+    register(fe_lab, fleet.api, [h3])
+    machine = up(fleet, "h3")
+    assert machine["link"] == forward.FORWARDED, machine
+    agent = fe_lab.agent_pid(h3)
+    assert agent is not None
+    assert relays(fe_lab, h3) == [], [cmdline(p) for p in relays(fe_lab, h3)]
+    assert hellos(fleet, "h3") == 1
+    os.kill(agent, signal.SIGKILL)
+    wait_for("h3's agent again", lambda: fe_lab.agent_pid(h3) not in (None, agent), 60)
+    wait_for("the session's hello from the new agent", lambda: hellos(fleet, "h3") == 2, 60)
+    wait_for("h3 up again", lambda: fleet.machines()["h3"]["state"] == "up", 60)
+    assert fleet.machines()["h3"]["link"] == forward.FORWARDED
+    assert relays(fe_lab, h3) == []
