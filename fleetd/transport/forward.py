@@ -1,10 +1,11 @@
 """Reaching the agent's socket through sshd, with no relay process on the host.
 
 ``fleet-agent attach`` relays the protocol between an SSH channel and the agent's Unix
-socket: a second Python process on the host for every session (13 MB beside the agent's
-20 with 100 programs). OpenSSH's stream-local forwarding (``direct-streamlocal@openssh.com``,
-allowed by sshd unless ``AllowStreamLocalForwarding no``) carries the same bytes
-straight to the socket, so the host runs the agent and nothing else. The protocol, the
+socket: a second Python process on the host for every session (bench/agent_footprint.py,
+100 programs: agent 19.9 MB RSS, with the relay 41.7 MB). OpenSSH's stream-local
+forwarding (``direct-streamlocal@openssh.com``, allowed by sshd unless
+``AllowStreamLocalForwarding no``) carries the same bytes straight to the socket, so
+the host runs the agent and nothing else. The protocol, the
 hello and its epoch are the same either way: only the pipe differs.
 
 fleetd knows the socket's path without asking the host: it reads the state directory
