@@ -129,6 +129,13 @@ class MachineSession:
                 log.warning("%s: a report was not recorded: %s", self.name, t.exception())
         task.add_done_callback(done)
 
+    @property
+    def link(self) -> Optional[str]:
+        """How the transport reached the agent last ("forwarded", "relay (why)"), if it
+        says (transport/ssh.py does)."""
+        link = getattr(self.transport, "link", None)
+        return link if isinstance(link, str) else None
+
     # --- engine side -------------------------------------------------------------
     def push(self, specs: Sequence[UnitSpec]) -> None:
         """The host's desired set changed (or may have): send it if it differs. A set

@@ -14,8 +14,8 @@ default) and derives the path as the agent does (fleetd.wire.paths). A command i
 read that way (not ``... fleet-agent attach [options]``, or ``python -m fleetd.agent
 attach``) is run as given, as a relay: it may be anything the user wrote.
 
-Each machine's link is kept here by machine name (``link_of``) for ``list-machines``:
-"forwarded", or "relay (why)". It lives as long as the session's transport.
+The transport keeps how its last open went (``SshTransport.link``: "forwarded", or
+"relay (why)"); ``list-machines`` shows it from the machine's session.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ RELAY_REFUSED = "relay (sshd refuses stream-local forwarding)"
 RELAY_COMMAND = "relay (the agent command is not fleet-agent attach)"
 START_ONLY = "--start-only"
 _OPTIONS = ("--state-dir", "--systemd-service")
-
-_links: Dict[str, str] = {}  # machine name -> its link, while its transport is open
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,19 +108,6 @@ def printed_socket(stdout: str) -> Optional[str]:
         if line.startswith("socket="):
             return line[len("socket="):].strip() or None
     return None
-
-
-def record_link(machine: str, link: Optional[str]) -> None:
-    if link is None:
-        _links.pop(machine, None)
-    else:
-        _links[machine] = link
-
-
-def link_of(machine: str) -> Optional[str]:
-    """How this fleetd reaches ``machine``'s agent now: "forwarded", "relay (why)", or
-    None while it has no session there (or is not the one holding sessions)."""
-    return _links.get(machine)
 
 
 class ForwardedChannel:

@@ -138,7 +138,7 @@ class SshTransport:
         known_hosts: Optional[str] = None,
         machine: Optional[str] = None,
     ) -> None:
-        self.machine = machine  # its name: whose link ``forward.link_of`` tells
+        self.machine = machine  # its name, for messages
         self.link: Optional[str] = None  # how the last ``open`` reached the agent
         self._refuses: Optional[asyncssh.SSHClientConnection] = None  # sshd said no on it
         self._sockets: Dict[str, str] = {}  # agent command -> the socket its host printed
@@ -216,8 +216,6 @@ class SshTransport:
         if link != self.link:
             log.info("%s: the agent's link: %s", self.where, link)
         self.link = link
-        if self.machine is not None:
-            forward.record_link(self.machine, link)
 
     async def open(self, command: str) -> Channel:
         """The agent's socket through sshd's forwarding where it can (the agent started
@@ -318,9 +316,7 @@ class SshTransport:
             sftp.exit()
 
     async def close(self) -> None:
-        if self.machine is not None and self.link is not None:
-            forward.record_link(self.machine, None)
-            self.link = None
+        self.link = None
         if self._conn is not None:
             self._conn.abort()  # now: a graceful close waits on a peer that may be gone
             with contextlib.suppress(asyncio.TimeoutError, OSError, asyncssh.Error):

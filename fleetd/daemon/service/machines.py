@@ -132,7 +132,8 @@ class Machines:
             session = self.sessions.get(m.name)
             rows.append(machine_row(m, counts.get(m.name, 0),
                                     session.last_seen if session else m.last_seen,
-                                    drain.progress(m, units)))
+                                    drain.progress(m, units),
+                                    session.link if session else None))
         return {"machines": rows, "version": self.changes.version}
 
     def existing(self, name: str) -> MachineRecord:

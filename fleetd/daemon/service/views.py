@@ -10,7 +10,6 @@ from fleetd.daemon.failures import reschedule_info
 from fleetd.daemon.service.placement import Placement, targets
 from fleetd.daemon.service.waits import is_current
 from fleetd.registry.base import FailureRecord, MachineRecord, ObservedRecord, UnitRecord
-from fleetd.transport import forward
 
 
 def observed_row(o: ObservedRecord) -> Dict[str, Any]:
@@ -60,11 +59,12 @@ def unit_file_row(placement: Placement, u: UnitRecord,
 
 
 def machine_row(m: MachineRecord, units: int, last_seen: Optional[float],
-                drained: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                drained: Optional[Dict[str, Any]] = None,
+                link: Optional[str] = None) -> Dict[str, Any]:
     return {"name": m.name, "address": m.address, "port": m.port, "user": m.user,
             "state": m.state, "error": m.error, "metadata": m.metadata,
             "machine_id": m.machine_id, "units": units, "last_seen": last_seen,
             "facts": m.facts, "drain": drained,
             # "forwarded" (nothing but the agent on the host) or "relay (why)"; None
             # while this fleetd has no session there
-            "link": forward.link_of(m.name)}
+            "link": link}
