@@ -381,9 +381,9 @@ def _unit_error(text: str, name: str = "web.service") -> UnitError:
             ["ExecStart=:", "lone ';'"],
         ),
         (
-            "[Service]\nExecStart=\"/bin/a\"b\n",
+            "[Service]\nExecStart=--/bin/a\n",
             2,
-            ["ExecStart=:", "closing quote"],
+            ["ExecStart=:", "neither a valid executable name nor an absolute path"],
         ),
     ],
 )
