@@ -50,14 +50,17 @@ with the error, as it did. The token goes to every endpoint, as it went to the o
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import http.client
 import json
 import os
-import socket
 import time
 import urllib.parse
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from fleetd.endpoints import Endpoint, TlsFiles, explain, plain_to_tls, speaks_tls
+from fleetd.endpoints import EndpointError as EndpointError  # fleetctl's, as before
+from fleetd.endpoints import parse_endpoint as parse_endpoint
+from fleetd.endpoints import parse_endpoints as parse_endpoints
 
 DEFAULT_ENDPOINT = "unix:///run/fleetd/fleetd.sock"
 CONNECT_S = 5.0  # with another endpoint to try, a connect waits this long at most
@@ -81,69 +84,6 @@ class ApiError(Exception):
         self.body = body or {}
         self.tried = list(tried)
         super().__init__(message)
-
-
-class EndpointError(ValueError):
-    """An endpoint (or list of them) that cannot be read; the message says which."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Endpoint:
-    """One fleetd API address: ``unix:///PATH`` or ``http://HOST[:PORT]``."""
-
-    text: str  # as the user wrote it: what errors name
-    path: Optional[str] = None  # a Unix socket's path
-    host: str = ""
-    port: int = 0
-
-    def connection(self, timeout: float) -> http.client.HTTPConnection:
-        if self.path is not None:
-            return _UnixConnection(self.path, timeout)
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-
-
-def parse_endpoint(text: str) -> Endpoint:
-    """``unix:///PATH`` (everything after ``unix://`` is the path, which must be
-    absolute) or ``http://HOST[:PORT]`` (port 80 by default, IPv6 in brackets).
-    ``https://`` comes later (EndpointError says so, as for anything else)."""
-    text = text.strip()
-    if text.startswith("unix://"):
-        path = text[len("unix://"):]
-        if not path.startswith("/"):
-            raise EndpointError(f"{text!r}: want unix:///ABSOLUTE/PATH")
-        return Endpoint(text, path=path)
-    url = urllib.parse.urlsplit(text)
-    if url.scheme == "https":
-        raise EndpointError(f"{text!r}: https is not supported yet; use http://HOST:PORT "
-                            "with a token, or unix:///PATH")
-    if url.scheme != "http":
-        raise EndpointError(f"{text!r}: want unix:///PATH or http://HOST:PORT")
-    try:
-        port = url.port or 80
-    except ValueError:
-        raise EndpointError(f"{text!r}: bad port") from None
-    if not url.hostname:
-        raise EndpointError(f"{text!r}: no host")
-    if url.path not in ("", "/") or url.query or url.fragment or url.username:
-        raise EndpointError(f"{text!r}: want http://HOST:PORT, nothing else (fleetd's API "
-                            "is at the root)")
-    return Endpoint(text, host=url.hostname, port=port)
-
-
-def parse_endpoints(text: str) -> Tuple[Endpoint, ...]:
-    """A comma-separated list of endpoints, in the order they are tried (a Unix socket
-    path with a comma in it cannot be listed). Refused: an empty entry, one given twice."""
-    parts = [p.strip() for p in text.split(",")]
-    if not text.strip() or not all(parts):
-        raise EndpointError(f"{text!r}: an empty endpoint in the list")
-    endpoints = tuple(parse_endpoint(p) for p in parts)
-    seen = set()
-    for e in endpoints:
-        key = (e.path, e.host, e.port)
-        if key in seen:
-            raise EndpointError(f"{e.text!r} is given twice")
-        seen.add(key)
-    return endpoints
 
 
 NOT_READY = "not ready: "  # how an endpoint that answered 503 ready:false is reported
@@ -188,37 +128,28 @@ def resumed(path: str, elapsed: float, same_fleetd: bool) -> str:
     return f"{route}?{'&'.join(kept)}" if kept else route
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 class _Broken(Exception):
-    """The connection broke after the request was sent (``reason``)."""
+    """The connection broke after the request was sent (``reason``, from ``cause``)."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, cause: BaseException) -> None:
+        self.reason = _reason(cause)
+        super().__init__(self.reason)
+        self.cause = cause
 
 
 class Client:
-    def __init__(self, endpoint: Optional[str] = None, token: Optional[str] = None) -> None:
+    def __init__(self, endpoint: Optional[str] = None, token: Optional[str] = None,
+                 tls: Optional[TlsFiles] = None) -> None:
         """``endpoint``: one or a comma-separated list (``parse_endpoints``; EndpointError
-        when it cannot be read); default FLEETCTL_ENDPOINT, then DEFAULT_ENDPOINT."""
+        when it or a TLS file cannot be read); default FLEETCTL_ENDPOINT, then
+        DEFAULT_ENDPOINT. ``tls``: for https://, default FLEETCTL_CA_FILE and friends."""
         self.endpoints = parse_endpoints(
             endpoint or os.environ.get("FLEETCTL_ENDPOINT") or DEFAULT_ENDPOINT)
         self.token = token or os.environ.get("FLEETCTL_TOKEN")
+        env = os.environ.get
+        self.tls = tls or TlsFiles(env("FLEETCTL_CA_FILE"), env("FLEETCTL_CERT_FILE"),
+                                   env("FLEETCTL_KEY_FILE"))
+        self._context = self.tls.context() if any(e.tls for e in self.endpoints) else None
         self._current = 0  # the endpoint that answered last: requests start there
 
     @property
@@ -233,7 +164,7 @@ class Client:
     def _connect(self, e: Endpoint, timeout: float) -> http.client.HTTPConnection:
         """A connected connection whose reads wait ``timeout``; OSError if none."""
         connect_s = timeout if len(self.endpoints) == 1 else min(timeout, CONNECT_S)
-        conn = e.connection(connect_s)
+        conn = e.connection(connect_s, self._context)
         try:
             conn.connect()
             assert conn.sock is not None
@@ -265,6 +196,7 @@ class Client:
             try:
                 conn = self._connect(e, max(timeout - elapsed, 1.0))
             except (OSError, http.client.HTTPException) as exc:
+                _tls_failure(e, exc, self.tls)
                 tried.append((e.text, _reason(exc)))
                 continue
             if sent_at is None:
@@ -272,6 +204,7 @@ class Client:
             try:
                 status, reason, data = self._exchange(conn, method, this_path, payload)
             except _Broken as exc:
+                _tls_failure(e, exc.cause, self.tls)
                 if not may_resend(method, path):
                     raise ApiError(0, f"lost fleetd at {e.text} after sending {method} "
                                       f"{_route(path)}: {exc.reason}; it may have been "
@@ -299,7 +232,7 @@ class Client:
             resp = conn.getresponse()
             raw = resp.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise _Broken(_reason(exc)) from None
+            raise _Broken(exc) from None
         finally:
             conn.close()
         return resp.status, resp.reason, _decode(raw)
@@ -313,6 +246,7 @@ class Client:
             try:
                 conn = self._connect(e, timeout or 3600.0)
             except (OSError, http.client.HTTPException) as exc:
+                _tls_failure(e, exc, self.tls)
                 tried.append((e.text, _reason(exc)))
                 continue
             if timeout is None:
@@ -335,6 +269,7 @@ class Client:
                         return
                     yield line
             except (OSError, http.client.HTTPException) as exc:
+                _tls_failure(e, exc, self.tls)
                 tried.append((e.text, _reason(exc)))
                 raise _unreachable(tried) from None
             finally:
@@ -346,6 +281,18 @@ class Client:
 
     def post(self, path: str, body: Dict[str, Any], timeout: float = 60.0) -> Dict[str, Any]:
         return self.request("POST", path, body, timeout=timeout)
+
+
+def _tls_failure(e: Endpoint, exc: BaseException, files: TlsFiles) -> None:
+    """Raise the error that says so when ``exc`` is TLS refused (endpoints.explain) or
+    plain HTTP sent to a TLS port: nothing reached fleetd, and no other endpoint will
+    take the client's TLS files better."""
+    why = explain(exc, e, files)
+    if why is None and isinstance(exc, (http.client.RemoteDisconnected,
+                                        ConnectionResetError)) and speaks_tls(e):
+        why = plain_to_tls(e)
+    if why is not None:
+        raise ApiError(0, why) from None
 
 
 def _reason(exc: BaseException) -> str:

@@ -7,14 +7,17 @@ from typing import Any, Dict, Optional
 import click
 
 from fleetd.client import ApiError, Client, EndpointError
+from fleetd.endpoints import TlsFiles
 
 
 class Ctx:
-    def __init__(self, endpoint: Optional[str], token: Optional[str]) -> None:
+    def __init__(self, endpoint: Optional[str], token: Optional[str],
+                 tls: Optional[TlsFiles] = None) -> None:
         """``endpoint``: one or a comma-separated list (fleetd.client.parse_endpoints
-        reads it; one it cannot read is a usage error naming the option)."""
+        reads it; one it cannot read is a usage error naming the option, as is a TLS
+        file that is no certificate or key)."""
         try:
-            self.client = Client(endpoint, token)
+            self.client = Client(endpoint, token, tls)
         except EndpointError as exc:
             raise click.BadParameter(str(exc), param_hint="'--endpoint' / FLEETCTL_ENDPOINT"
                                      ) from None

@@ -63,8 +63,9 @@ def lab() -> None:
                    "of its own at SUBNET.201 up; the lab's fleetd servers use it.")
 @click.option("--fleetd", "servers", default=0, show_default=True, metavar="M",
               help="Run M fleetd, each in a namespace of its own at SUBNET.211 up, with its "
-                   "API on /run/fleetd/fleetd-K.sock and on its address (port 7070, the "
-                   "token in LAB_DIR/servers/token), on the --etcd cluster (without it, "
+                   "API on /run/fleetd/fleetd-K.sock and on https://ADDRESS:7070 (the "
+                   "token in LAB_DIR/servers/token, the CA in LAB_DIR/servers/ca.pem), "
+                   "on the --etcd cluster (without it, "
                    "each on its own SQLite); the hosts are registered through them.")
 @lab_dir_option
 @click.pass_context
@@ -128,9 +129,10 @@ def _say_cluster(the_lab: Lab) -> None:
     if not servers:
         return
     on = "etcd" if members else "each its own SQLite registry"
-    click.echo(f"fleetd: {', '.join(s.name for s in servers)} on {on}, TCP on "
+    click.echo(f"fleetd: {', '.join(s.name for s in servers)} on {on}, TLS on "
                f"{', '.join(s.listen for s in servers)} with the token in "
-               f"{the_lab.servers.token_file}")
+               f"{the_lab.servers.token_file} (--token-file) and the CA "
+               f"{the_lab.servers.ca_file} (--ca-file)")
     click.echo(f"Use them with: fleetctl --endpoint {the_lab.servers.endpoint}")
 
 

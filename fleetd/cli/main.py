@@ -22,6 +22,7 @@ from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.lab import lab
 from fleetd.cli.output import echo, visible
 from fleetd.client import segment
+from fleetd.endpoints import TlsFiles
 
 
 class _VisibleError(click.ClickException):
@@ -45,17 +46,29 @@ class _Fleetctl(click.Group):
             raise _VisibleError(exc) from None
 
 
+_FILE = click.Path(exists=True, dir_okay=False)
+
+
 @click.group(cls=_Fleetctl, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--endpoint", envvar="FLEETCTL_ENDPOINT",
-              help="fleetd API: unix:///PATH (default unix:///run/fleetd/fleetd.sock) "
-                   "or http://HOST:PORT, or several, comma-separated: each request goes "
-                   "to the first that answers, starting from the last that did.")
+              help="fleetd API: unix:///PATH (default unix:///run/fleetd/fleetd.sock), "
+                   "https://HOST:PORT or http://127.0.0.1:PORT, or several, "
+                   "comma-separated: each request goes to the first that answers, "
+                   "starting from the last that did.")
 @click.option("--token", envvar="FLEETCTL_TOKEN", help="Bearer token for a TCP endpoint.")
+@click.option("--ca-file", envvar="FLEETCTL_CA_FILE", type=_FILE,
+              help="https://: the CA that signed fleetd's certificate (default: the "
+                   "system's CAs).")
+@click.option("--cert-file", envvar="FLEETCTL_CERT_FILE", type=_FILE,
+              help="https://: this client's certificate, where fleetd has api.client_ca.")
+@click.option("--key-file", envvar="FLEETCTL_KEY_FILE", type=_FILE,
+              help="https://: the private key of --cert-file.")
 @click.version_option(__version__)
 @click.pass_context
-def cli(ctx: click.Context, endpoint: Optional[str], token: Optional[str]) -> None:
+def cli(ctx: click.Context, endpoint: Optional[str], token: Optional[str],
+        ca_file: Optional[str], cert_file: Optional[str], key_file: Optional[str]) -> None:
     """Run units across machines, fleet-style."""
-    ctx.obj = Ctx(endpoint, token)
+    ctx.obj = Ctx(endpoint, token, TlsFiles(ca_file, cert_file, key_file))
 
 
 # --- machines ---------------------------------------------------------------------------

@@ -15,11 +15,17 @@
 
     [api]
     socket = "/run/fleetd/fleetd.sock"   # always on, mode 0600: root's fleetctl
-    listen = "127.0.0.1:7070"            # optional TCP listener ...
-    token = "..."                        # ... which then refuses requests without it
-    token_file = "/etc/fleetd/token"     # or read the token from a file
+    listen = "127.0.0.1:7070"            # optional TCP listener (tokens: fleetctl token)
+    tls_cert = "/etc/fleetd/api.pem"     # TLS; required unless listen is on loopback
+    tls_key = "/etc/fleetd/api.key"
+    client_ca = "/etc/fleetd/clients.pem" # optional: mutual TLS, client certs it signed
+    token = "..."                        # optional: one admin token (named "config")
+    token_file = "/etc/fleetd/token"     # or read it from a file
     idle_timeout_s = 30.0                # a connection without a whole request is closed
     max_connections = 256                # the TCP listener holds at most this many
+
+A TCP listener on an address other than loopback needs TLS: a token in clear on a
+network is anyone's who sees the traffic (daemon/tls.py).
 
 Unknown keys are errors (a misspelt key silently ignored is a setting silently lost).
 Numbers are finite and in range (TOML reads ``nan`` and ``inf``; a NaN heartbeat would
@@ -39,6 +45,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import tomllib
 
+from fleetd.daemon.tls import TlsError, is_loopback, server_context
 from fleetd.wire import numbers
 
 DEFAULT_STATE_DIR = "/var/lib/fleetd"
@@ -62,6 +69,9 @@ class Config:
     socket: str = DEFAULT_SOCKET
     listen: Optional[str] = None
     token: Optional[str] = None
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    client_ca: Optional[str] = None
     idle_timeout_s: float = 30.0
     max_connections: int = 256
     name: str = dataclasses.field(default_factory=gethostname)
@@ -225,6 +235,7 @@ def load(path: Optional[str]) -> Config:
     cfg.socket = _take(api, "socket", (str,), f"{where}api.") or cfg.socket
     cfg.listen = _take(api, "listen", (str,), f"{where}api.")
     cfg.token = _token(api, path, where)
+    _tls(cfg, api, where)
     cfg.idle_timeout_s = _number(api, "idle_timeout_s", f"{where}api.",
                                  lambda v: numbers.json_float(v, 0.1, 3600), cfg.idle_timeout_s)
     cfg.max_connections = _number(api, "max_connections", f"{where}api.",
@@ -234,7 +245,32 @@ def load(path: Optional[str]) -> Config:
             raise ConfigError(f"{where}unknown key {prefix}{sorted(leftover)[0]}")
     if cfg.listen:
         _check_listen(cfg.listen, where)
-        if not cfg.token:
-            raise ConfigError(f"{where}api.listen needs api.token or api.token_file: "
-                              "fleetd never serves TCP without authentication")
+        host = cfg.listen_host_port[0]
+        if cfg.tls_cert is None and not is_loopback(host):
+            raise ConfigError(
+                f"{where}api.listen = {cfg.listen!r} is not a loopback address, and fleetd "
+                "serves a network only over TLS (its tokens would travel in clear): set "
+                "api.tls_cert and api.tls_key (and api.client_ca for client certificates), "
+                "or listen on 127.0.0.1")
     return cfg
+
+
+def _tls(cfg: Config, api: Dict[str, Any], where: str) -> None:
+    """``tls_cert``, ``tls_key`` (together) and ``client_ca`` (only with them), loaded
+    once here so that a wrong file is named now, not at the first connection."""
+    for key in ("tls_cert", "tls_key", "client_ca"):
+        setattr(cfg, key, _take(api, key, (str,), f"{where}api."))
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise ConfigError(f"{where}api: tls_cert and tls_key go together (the API's "
+                          "certificate and its private key)")
+    if cfg.client_ca is not None and cfg.tls_cert is None:
+        raise ConfigError(f"{where}api.client_ca needs api.tls_cert and api.tls_key: "
+                          "client certificates are asked for in a TLS handshake")
+    if cfg.tls_cert is not None and not cfg.listen:
+        raise ConfigError(f"{where}api.tls_cert is set, but api.listen is not: TLS is for "
+                          "the TCP listener (the Unix socket needs none)")
+    if cfg.tls_cert is not None and cfg.tls_key is not None:
+        try:
+            server_context(cfg.tls_cert, cfg.tls_key, cfg.client_ca)
+        except TlsError as exc:
+            raise ConfigError(f"{where}api.tls_cert/tls_key/client_ca: {exc}") from None

@@ -2,7 +2,8 @@
 
 The Unix socket (mode 0600) is root's; the TCP listener is for anyone who can reach the
 port, token or not, so it holds at most ``api.max_connections`` connections: one more is
-answered 503 at once and closed, and aiohttp never sees it. On both, a
+answered 503 at once and closed, and aiohttp never sees it. With ``api.tls_cert`` it
+speaks TLS only (daemon/tls.py; a handshake, too, must end within the idle timeout). On both, a
 connection that sends no complete request (idle, or headers sent half) is closed after
 ``api.idle_timeout_s`` (aiohttp's keep-alive timer runs from the connect), a body must
 arrive within as long (http/request.py), and a handler whose client went away is
@@ -15,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 from typing import Callable, Optional, Set
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from fleetd.daemon.config import Config
+from fleetd.daemon.tls import server_context
 
 REFUSED_LINGER_S = 1.0  # a refused connection is closed this long after its answer
 
@@ -91,20 +94,23 @@ def bounded(server: web.Server, limit: int) -> Callable[[], asyncio.Protocol]:
 class BoundedTCPSite(web.BaseSite):
     """aiohttp's TCPSite with ``bounded``'s factory in place of the bare server."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, limit: int) -> None:
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, limit: int,
+                 tls: Optional[ssl.SSLContext] = None, handshake_s: float = 30.0) -> None:
         super().__init__(runner)
         self._host, self._port, self._limit = host, port, limit
+        self._tls, self._handshake_s = tls, handshake_s
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        return f"{'https' if self._tls else 'http'}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            bounded(server, self._limit), self._host, self._port, backlog=self._backlog)
+            bounded(server, self._limit), self._host, self._port, backlog=self._backlog,
+            ssl=self._tls, ssl_handshake_timeout=self._handshake_s if self._tls else None)
 
 
 async def serve(app: web.Application, config: Config) -> web.AppRunner:
@@ -127,6 +133,10 @@ async def serve(app: web.Application, config: Config) -> web.AppRunner:
     os.chmod(config.socket, 0o600)
     if config.listen:
         host, port = config.listen_host_port
-        await BoundedTCPSite(runner, host, port, config.max_connections).start()
+        tls = None
+        if config.tls_cert and config.tls_key:  # config.load checked they load
+            tls = server_context(config.tls_cert, config.tls_key, config.client_ca)
+        await BoundedTCPSite(runner, host, port, config.max_connections, tls,
+                             config.idle_timeout_s).start()
     await asyncio.sleep(0)
     return runner

@@ -8,11 +8,12 @@ configuration the lab writes to ``<lab>/servers/fleetd-K/fleetd.toml``: its name
 lab's etcd cluster as its registry (when the lab has one; without, each fleetd has its
 own SQLite registry in its state dir), its API on a Unix socket in the machine's
 ``/run/fleetd`` (the namespace has only its own network: fleetctl outside reaches the
-socket) and on ``<address>:7070`` with the token in ``<lab>/servers/token`` (mode 0600,
-one for all of them, so that one ``--token`` serves any). Its state dir and log are under
-``<lab>/servers/fleetd-K``. The default lab's sockets are ``/run/fleetd/fleetd-K.sock``;
-another prefix's are ``/run/fleetd/<prefix>-fleetd-K.sock``, so that two labs never share
-one.
+socket) and on ``https://<address>:7070`` with the token in ``<lab>/servers/token`` (mode
+0600, one for all of them, so that one token serves any), its certificate signed by the
+lab's CA, ``<lab>/servers/ca.pem`` (fleetd serves TCP beyond loopback only over TLS).
+Its state dir and log are under ``<lab>/servers/fleetd-K``. The default lab's sockets
+are ``/run/fleetd/fleetd-K.sock``; another prefix's are
+``/run/fleetd/<prefix>-fleetd-K.sock``, so that two labs never share one.
 
 Cuts (fleetd.lab.wiring says how): ``cut`` parts a fleetd from every etcd member, both
 ways, and leaves it on the bridge with the hosts (its SSH sessions go on); ``cut_all``
@@ -37,7 +38,7 @@ from typing import Any, Dict, List, Optional
 from fleetd import procfs
 from fleetd.bootstrap.bundle import source_root
 from fleetd.client import ApiError, Client
-from fleetd.lab import wiring
+from fleetd.lab import certs, wiring
 from fleetd.lab.etcd import Cluster, Site
 from fleetd.lab.host import LabError
 
@@ -84,7 +85,8 @@ def _toml(value: str) -> str:
     return json.dumps(value)
 
 
-def config_text(s: Server, token_file: str, registry: Optional[str]) -> str:
+def config_text(s: Server, token_file: str, registry: Optional[str],
+                tls: Optional[certs.Pair] = None) -> str:
     """``s``'s fleetd.toml; with ``registry`` (``etcd://A,B,C``) also its name among the
     servers and the etcd settings (without, today's single fleetd on SQLite)."""
     lines = [f"state_dir = {_toml(s.state_dir)}"]
@@ -93,6 +95,8 @@ def config_text(s: Server, token_file: str, registry: Optional[str]) -> str:
                  "", "[etcd]", f"prefix = {_toml(ETCD_PREFIX)}"]
     lines += ["", "[api]", f"socket = {_toml(s.socket)}", f"listen = {_toml(s.listen)}",
               f"token_file = {_toml(token_file)}"]
+    if tls is not None:
+        lines += [f"tls_cert = {_toml(tls.cert)}", f"tls_key = {_toml(tls.key)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -165,6 +169,11 @@ class Servers:
         """fleetctl's ``--endpoint`` for all of them (each request: the first that answers)."""
         return ",".join(s.endpoint for s in self.servers())
 
+    @property
+    def ca_file(self) -> str:
+        """The lab's CA, which signed every fleetd's certificate (``--ca-file``)."""
+        return os.path.join(self.base, "ca.pem")
+
     def token(self) -> str:
         with open(self.token_file) as f:
             return f.read().strip()
@@ -188,11 +197,13 @@ class Servers:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(16) + "\n")
         servers = self.servers()
+        ca = certs.make_ca(self.base, f"fleetd lab {self.site.prefix} CA")
         for s in servers:
             wiring.plug(self.site.bridge, s.netns, s.address, f"{self.site.subnet}.1")
             os.makedirs(s.dir, mode=0o700)
+            tls = certs.issue(ca, s.dir, "api", [s.address])
             with open(s.config, "w") as f:
-                f.write(config_text(s, self.token_file, registry))
+                f.write(config_text(s, self.token_file, registry, tls))
         for s in servers:
             self.start(s.name, wait=False)
         for s in servers:

@@ -32,6 +32,7 @@ from netprobe import HELD, LISTENER, PUSHER, nsenter, reach
 from fleetd import procfs
 from fleetd.cli.main import cli
 from fleetd.client import ApiError, Client
+from fleetd.endpoints import TlsFiles
 from fleetd.lab import etcd as lab_etcd
 from fleetd.lab.netns import Host, Lab
 
@@ -167,13 +168,14 @@ def test_lab_up_fleetd_servers_in_namespaces_sockets_token_status_restart_and_do
         machines = fleetctl("--endpoint", endpoint, "list-machines", env=env).stdout
         assert [ln.split()[:3] for ln in machines.splitlines()[1:]] == [
             ["h1", f"{SUBNET}.11", "up"], ["h2", f"{SUBNET}.12", "up"]]
-        # TCP on the namespace address, with the lab's token only
-        tcp = f"http://{SUBNET}.211:7070"
+        # TLS on the namespace address, with the lab's CA and token only
+        tcp = f"https://{SUBNET}.211:7070"
+        ca = TlsFiles(os.path.join(lab_dir, "servers", "ca.pem"))
         with open(token_file) as f:
             token = f.read().strip()
-        assert Client(tcp, token=token).get("/v1/health")["ok"] is True
+        assert Client(tcp, token=token, tls=ca).get("/v1/health")["ok"] is True
         with pytest.raises(ApiError) as refused:
-            Client(tcp, token="x" * 32).get("/v1/health")
+            Client(tcp, token="x" * 32, tls=ca).get("/v1/health")
         assert refused.value.status == 401
 
         status = fleetctl("lab", "status", env=env).stdout

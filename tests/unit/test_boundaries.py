@@ -41,11 +41,12 @@ LAYERS: Tuple[Tuple[int, str, str], ...] = (
     (9, "daemon", "fleetd.transport"),
     (10, "daemon", "fleetd.bootstrap"),
     (11, "daemon", "fleetd.daemon"),
-    (12, "daemon", "fleetd.client"),
-    (13, "lab", "fleetd.procfs"),
-    (14, "lab", "fleetd.lab"),
-    (14, "lab", "fleetd.testing"),
-    (15, "daemon", "fleetd.cli"),
+    (12, "daemon", "fleetd.endpoints"),
+    (13, "daemon", "fleetd.client"),
+    (14, "lab", "fleetd.procfs"),
+    (15, "lab", "fleetd.lab"),
+    (15, "lab", "fleetd.testing"),
+    (16, "daemon", "fleetd.cli"),
 )
 RANK = {area: rank for rank, _, area in LAYERS}
 SIDE = {area: side for _, side, area in LAYERS}
@@ -387,9 +388,9 @@ def test_checker_product_code_importing_the_lab_or_testing(tmp_path: pathlib.Pat
         "fleetd.cli.units:1 imports fleetd.testing.registry: product code never imports "
         "the lab side (rule 4)",
         "fleetd.engine.loop:1 imports fleetd.testing.registry: upward: fleetd.engine "
-        "(rank 8) may import only lower ranks, fleetd.testing is 14 (rule 2)",
-        "fleetd.lab.netns:2 imports fleetd.cli.main: upward: fleetd.lab (rank 14) may "
-        "import only lower ranks, fleetd.cli is 15 (rule 2)"]
+        "(rank 8) may import only lower ranks, fleetd.testing is 15 (rule 2)",
+        "fleetd.lab.netns:2 imports fleetd.cli.main: upward: fleetd.lab (rank 15) may "
+        "import only lower ranks, fleetd.cli is 16 (rule 2)"]
 
 
 def test_checker_a_module_outside_the_table(tmp_path: pathlib.Path) -> None:

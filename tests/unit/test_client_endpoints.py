@@ -39,6 +39,8 @@ def test_one_endpoint_reads_as_before() -> None:
     assert (h.host, h.port, h.path) == ("127.0.0.1", 7070, None)
     (d,) = parse_endpoints("http://fleetd.example/")
     assert (d.host, d.port) == ("fleetd.example", 80)
+    (s,) = parse_endpoints("https://fleetd.example")
+    assert (s.host, s.port, s.tls, h.tls) == ("fleetd.example", 443, True, False)
 
 
 def test_a_list_is_read_in_order() -> None:
@@ -60,9 +62,9 @@ def test_a_socket_path_is_taken_as_written() -> None:
     ("unix:///a.sock,,unix:///b.sock", "an empty endpoint"),
     ("unix:///a.sock,", "an empty endpoint"),
     ("unix://relative.sock", "want unix:///ABSOLUTE/PATH"),
-    ("https://10.0.0.1:7070", "https is not supported yet"),
-    ("ftp://10.0.0.1", "want unix:///PATH or http://HOST:PORT"),
-    ("/run/fleetd/fleetd.sock", "want unix:///PATH or http://HOST:PORT"),
+    ("https://10.0.0.1:99999", "bad port"),
+    ("ftp://10.0.0.1", "want unix:///PATH, http://HOST:PORT or https://HOST:PORT"),
+    ("/run/fleetd/fleetd.sock", "want unix:///PATH, http://HOST:PORT or https://HOST:PORT"),
     ("http://10.0.0.1:99999", "bad port"),
     ("http://10.0.0.1:x", "bad port"),
     ("http://:7070", "no host"),

@@ -14,6 +14,7 @@ from fleetd.daemon.config import (
     ConfigError,
     load,
 )
+from fleetd.lab import certs
 
 TOKEN = "s3cret-s3cret-s3cret"  # the 16 bytes a token needs, and more
 
@@ -50,11 +51,11 @@ heartbeat_s = 0.25
 
 [api]
 socket = "/tmp/fleetd.sock"
-listen = "0.0.0.0:7070"
+listen = "127.0.0.1:7070"
 token = "s3cret-s3cret-s3cret"
 """)
     assert load(path) == Config(state_dir="/tmp/fleetd-state", heartbeat_s=0.25,
-                                socket="/tmp/fleetd.sock", listen="0.0.0.0:7070",
+                                socket="/tmp/fleetd.sock", listen="127.0.0.1:7070",
                                 token=TOKEN)
 
 
@@ -92,7 +93,7 @@ def test_missing_token_file_is_an_error(tmp_path: Path) -> None:
     ("listen", "host", "port"),
     [
         ("127.0.0.1:7070", "127.0.0.1", 7070),
-        ("0.0.0.0:80", "0.0.0.0", 80),
+        ("localhost:80", "localhost", 80),
         (":7070", "127.0.0.1", 7070),
         ("[::1]:7070", "::1", 7070),
     ],
@@ -129,16 +130,38 @@ def test_unknown_keys_are_errors(tmp_path: Path, text: str, message: str) -> Non
     assert error(path) == f"{path}: {message}"
 
 
-def test_listen_without_token_is_an_error(tmp_path: Path) -> None:
+def test_listen_without_token_is_allowed(tmp_path: Path) -> None:
+    """Tokens come from `fleetctl token create` over the socket; api.token is optional."""
     path = write(tmp_path, "[api]\nlisten = '127.0.0.1:7070'\n")
+    assert load(path).token is None
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:7070", "10.1.2.3:7070", "[::]:7070",
+                                    "fleetd.example:7070"])
+def test_listen_beyond_loopback_needs_tls(tmp_path: Path, listen: str) -> None:
+    path = write(tmp_path, f"[api]\nlisten = '{listen}'\ntoken = '{TOKEN}'\n")
     msg = error(path)
-    assert msg.startswith(f"{path}: api.listen needs api.token or api.token_file")
+    assert msg.startswith(f"{path}: api.listen = {listen!r} is not a loopback address")
+    assert "set api.tls_cert and api.tls_key" in msg
 
 
-def test_listen_with_empty_token_file_is_an_error(tmp_path: Path) -> None:
-    token = write(tmp_path, "\n", "token")
-    path = write(tmp_path, f"[api]\nlisten = '127.0.0.1:7070'\ntoken_file = '{token}'\n")
-    assert "api.listen needs api.token" in error(path)
+def test_tls_files_are_loaded_and_named(tmp_path: Path) -> None:
+    ca = certs.make_ca(str(tmp_path))
+    server = certs.issue(ca, str(tmp_path), "api", ["10.1.2.3"])
+    tls = f"tls_cert = '{server.cert}'\ntls_key = '{server.key}'\n"
+    cfg = load(write(tmp_path, f"[api]\nlisten = '0.0.0.0:7070'\n{tls}"
+                               f"client_ca = '{ca.cert}'\n"))
+    assert (cfg.tls_cert, cfg.tls_key, cfg.client_ca) == (server.cert, server.key, ca.cert)
+    swapped = write(tmp_path, f"[api]\nlisten = ':1'\ntls_cert = '{server.key}'\n"
+                              f"tls_key = '{server.cert}'\n")
+    assert error(swapped).startswith(f"{swapped}: api.tls_cert/tls_key/client_ca: "
+                                     f"{server.key} with {server.cert}: not a PEM")
+    alone = write(tmp_path, f"[api]\nlisten = ':1'\ntls_cert = '{server.cert}'\n")
+    assert "tls_cert and tls_key go together" in error(alone)
+    no_tls = write(tmp_path, f"[api]\nlisten = ':1'\nclient_ca = '{ca.cert}'\n")
+    assert "api.client_ca needs api.tls_cert" in error(no_tls)
+    missing = write(tmp_path, f"[api]\nlisten = ':1'\n{tls}client_ca = '/nope.pem'\n")
+    assert error(missing).endswith("/nope.pem: no such file")
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1", "127.0.0.1:", "host:http", "7070",

@@ -8,6 +8,7 @@ import os
 import tomllib
 
 from fleetd.daemon.config import load
+from fleetd.lab import certs
 from fleetd.lab.servers import Server, config_text, role_of
 
 
@@ -32,11 +33,12 @@ def test_without_etcd_today_s_fleetd_takes_the_config(tmp_path) -> None:
     token.write_text("0123456789abcdef0123456789abcdef\n")
     os.chmod(token, 0o600)
     path = tmp_path / "fleetd.toml"
-    path.write_text(config_text(server(tmp_path), str(token), None))
+    tls = certs.issue(certs.make_ca(str(tmp_path)), str(tmp_path), "api", ["10.79.0.212"])
+    path.write_text(config_text(server(tmp_path), str(token), None, tls))
     cfg = load(str(path))
-    assert (cfg.state_dir, cfg.socket, cfg.listen) == (
+    assert (cfg.state_dir, cfg.socket, cfg.listen, cfg.tls_cert, cfg.tls_key) == (
         str(tmp_path / "fleetd-2" / "state"), "/run/fleetd/fh-fleetd-2.sock",
-        "10.79.0.212:7070")
+        "10.79.0.212:7070", tls.cert, tls.key)
     assert cfg.token == "0123456789abcdef0123456789abcdef"
 
 
