@@ -76,6 +76,7 @@ from fleetd.units.compiled import (
 from fleetd.units.compiled import error_text as _error
 from fleetd.units.model import Unit
 from fleetd.units.parser import UnitError
+from fleetd.units.secrets import Sealed, SecretSource, seal
 from fleetd.units.xfleet import Requirements
 from fleetd.wire import names
 from fleetd.wire.unitspec import UnitSpec
@@ -112,9 +113,12 @@ class Decision:
 class Engine:
     def __init__(self, registry: Registry, push: PushFn, changed: Callable[[], None],
                  heard: Optional[HeardFn] = None, skew_s: float = 2.0,
-                 units: Optional[CompiledUnits] = None, epoch: Optional[int] = None) -> None:
+                 units: Optional[CompiledUnits] = None, epoch: Optional[int] = None,
+                 secrets: Optional[SecretSource] = None) -> None:
         """``epoch``: the leadership term this engine runs in; its writes are fenced by
-        it (registry/base.py), so a pass that outlives its term writes nothing."""
+        it (registry/base.py), so a pass that outlives its term writes nothing.
+        ``secrets``: where SecretEnvironment= values come from (units/secrets.py)."""
+        self.secrets = secrets
         self.registry = registry
         self.epoch = epoch
         # False: a follower's engine, which decides (its snapshot answers the API) but
@@ -299,7 +303,8 @@ class Engine:
         if expected is not None:
             return expected
         rendered = self._render(u, machine)
-        return None if isinstance(rendered, str) else rendered[0].hash
+        sealed = None if isinstance(rendered, str) else self._seal(rendered[0])
+        return None if sealed is None or isinstance(sealed, str) else sealed[0]
 
     def _unit_views(self, units: List[UnitRecord], keys: Mapping[str, ContentKey],
                     machines: List[MachineRecord], observed: Observed,
@@ -388,10 +393,24 @@ class Engine:
                         reasons.append((u.name, u.machine, why))
                     continue
                 unit, key = rendered
+                sealed = self._seal(unit)
+                if isinstance(sealed, str):
+                    why = f"cannot run on {machine.name}: {sealed}"
+                    if u.reason != why and target == u.machine:
+                        reasons.append((u.name, u.machine, why))
+                    continue
                 live.add(key)
-                expected[(u.name, machine.name)] = unit.hash
-                sets[machine.name].append(unit.spec(want, u.generation))
+                expected[(u.name, machine.name)] = sealed[0]
+                spec = unit.spec(want, u.generation)
+                if sealed[1]:  # the values go to this machine's set, and nowhere else
+                    spec["hash"], spec["secrets"] = sealed
+                sets[machine.name].append(spec)
         return sets, expected, reasons, live
+
+    def _seal(self, unit: Unit) -> Union[Sealed, str]:
+        """The spec's hash and its secret values (a unit without SecretEnvironment=:
+        its own hash and none), or why the unit cannot run (a secret not set)."""
+        return seal(unit.hash, unit.config.get("secret_environment") or {}, self.secrets)
 
     def _render(self, u: UnitRecord, machine: MachineRecord
                 ) -> Union[Tuple[Unit, RenderKey], str]:

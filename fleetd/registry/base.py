@@ -153,6 +153,19 @@ class ObservedRecord:
     health: str = "unknown"
 
 
+@dataclasses.dataclass(frozen=True)
+class SecretRecord:
+    """A secret as stored: never its value in clear. ``sealed`` is the value encrypted
+    by fleetd's key (fleetd.daemon.secrets: AES-GCM, bound to ``name``), as base64;
+    ``version`` is random per ``secret set`` and goes into the hash of every unit that
+    reads it (fleetd.units.secrets), so a new one rolls them."""
+
+    name: str
+    sealed: str
+    version: str
+    set_at: float
+
+
 class Registry(Protocol):
     """What fleetd needs of a store. sqlite is the embedded default; etcd is shared by
     several fleetd (registry/etcd.py)."""
@@ -243,3 +256,15 @@ class Registry(Protocol):
 
     def list_observed(self, unit: Optional[str] = None) -> List[ObservedRecord]:
         """Every observed row, or the rows of one unit (one per machine)."""
+
+    # --- secrets (sealed: the registry never sees a value in clear) -------------------
+    async def put_secret(self, secret: SecretRecord) -> None:
+        """Store ``secret``, replacing one of its name; durable before it returns."""
+
+    async def delete_secret(self, name: str) -> None:
+        """Forget the secret ``name`` (NotFound if there is none)."""
+
+    def get_secret(self, name: str) -> Optional[SecretRecord]: ...
+
+    def list_secrets(self) -> List[SecretRecord]:
+        """Every secret, by name."""

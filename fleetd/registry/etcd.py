@@ -51,6 +51,7 @@ from fleetd.registry.base import (
     FailureRecord,
     MachineRecord,
     ObservedRecord,
+    SecretRecord,
     UnitInput,
     UnitRecord,
 )
@@ -168,3 +169,17 @@ class EtcdRegistry(EtcdStore):
 
     def list_observed(self, unit: Optional[str] = None) -> List[ObservedRecord]:
         return self.cache.observed(unit)
+
+    # --- secrets (sealed) --------------------------------------------------------------
+
+    async def put_secret(self, secret: SecretRecord) -> None:
+        await self._write(lambda: writes.put_secret(self.cache, secret))
+
+    async def delete_secret(self, name: str) -> None:
+        await self._write(lambda: writes.delete_secret(self.cache, name))
+
+    def get_secret(self, name: str) -> Optional[SecretRecord]:
+        return self.cache.secret(name)
+
+    def list_secrets(self) -> List[SecretRecord]:
+        return self.cache.secrets()

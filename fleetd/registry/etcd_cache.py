@@ -24,6 +24,7 @@ from fleetd.registry.base import (
     FailureRecord,
     MachineRecord,
     ObservedRecord,
+    SecretRecord,
     UnitRecord,
 )
 from fleetd.registry.etcd_keys import KINDS, BadValue, Doc, decode, parse_key
@@ -190,6 +191,18 @@ class Cache:
         keys = sorted((u, m) for (m, u) in self.kinds["observed"] if unit in (None, u))
         out = (self.observed_row(m, u) for u, m in keys)
         return [r for r in out if r is not None]
+
+
+    # -- secrets (sealed) ---------------------------------------------------------------
+
+    def secret(self, name: str) -> Optional[SecretRecord]:
+        e = self.kinds["secrets"].get((name,))
+        return None if e is None else SecretRecord(name, e.doc["sealed"], e.doc["version"],
+                                                   e.doc["set_at"])
+
+    def secrets(self) -> List[SecretRecord]:
+        out = (self.secret(n) for (n,) in sorted(self.kinds["secrets"]))
+        return [s for s in out if s is not None]
 
 
 def observed_doc(r: ObservedRecord) -> Doc:

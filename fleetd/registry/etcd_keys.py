@@ -33,6 +33,9 @@ key                            value (JSON)                               writte
 ``observed/<machine>/<unit>``  the ObservedRecord's fields but names      sessions
 ``writers/<id>``               a token per write of one EtcdRegistry:     each fleetd
                                its writes compare it (exactly once)
+``secrets/<name>``             ``{"sealed","version","set_at"}``: the     users
+                               value encrypted by fleetd's key (never
+                               in clear: fleetd/daemon/secrets.py)
 =============================  =========================================  ===========
 
 A value that does not parse or has a field of the wrong type is not fleetd's (a hand
@@ -53,7 +56,7 @@ Doc = Dict[str, Any]
 
 # what each kind of key holds: its name parts, then how its value is checked
 KINDS = ("seq", "texts", "units", "placements", "failures", "machines", "addresses",
-         "machinestate", "observed", "writers")
+         "machinestate", "observed", "writers", "secrets")
 _PARTS = {"failures": 2, "observed": 2}  # the others: one name after the kind
 
 
@@ -176,6 +179,7 @@ SCHEMAS: Dict[str, Dict[str, Check]] = {
     "observed": {"hash": _str, "state": _str, "pid": _opt_int, "started_at": _opt_float,
                  "exit_status": _opt_int, "restarts": _count, "error": _opt_str,
                  "updated_at": _float, "generation": _count, "health": _str},
+    "secrets": {"sealed": _str, "version": _str, "set_at": _float},
 }
 
 

@@ -36,6 +36,7 @@ from fleetd.registry.base import (
     MachineRecord,
     NotFound,
     ObservedRecord,
+    SecretRecord,
     UnitInput,
     check_desired,
     put_conflict,
@@ -343,6 +344,21 @@ def replace_observed(cache: Cache, machine: str, rows: Sequence[ObservedRecord])
     gone = [(m, u) for (m, u) in cache.kinds["observed"] if m == machine
             and (m, u) not in keep]
     return observed_ops(cache, rows, sorted(gone))
+
+
+def put_secret(cache: Cache, secret: SecretRecord) -> Plan:
+    """A secret's key, whatever it held (the last ``secret set`` wins)."""
+    return Plan([], [_put(cache.prefix, "secrets", (secret.name,),
+                          {"sealed": secret.sealed, "version": secret.version,
+                           "set_at": secret.set_at})])
+
+
+def delete_secret(cache: Cache, name: str) -> Plan:
+    e = cache.entry("secrets", name)
+    if e is None:
+        raise NotFound(f"secret {name} does not exist")
+    return Plan([Compare.mod(key(cache.prefix, "secrets", name), "==", e.mod)],
+                [_delete(cache.prefix, "secrets", name)])
 
 
 _OP_BYTES = 64  # what an op costs in a request besides its key and value

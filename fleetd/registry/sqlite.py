@@ -22,6 +22,7 @@ from fleetd.registry.base import (
     NotFound,
     ObservedRecord,
     RegistryError,
+    SecretRecord,
     UnitInput,
     UnitRecord,
     check_desired,
@@ -88,6 +89,16 @@ CREATE TABLE IF NOT EXISTS failures (
 );
 CREATE INDEX IF NOT EXISTS failures_by_unit ON failures(unit, at);
 """
+# Secrets: their own table, made whenever it is missing (not a schema version: it
+# adds a table and changes none, so it needs no place in the migrations' order)
+_SECRETS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    sealed TEXT NOT NULL,
+    version TEXT NOT NULL,
+    set_at REAL NOT NULL
+);
+"""
 # _MIGRATIONS[v] takes a registry from schema v to v + 1, inside one transaction.
 _MIGRATIONS = [
     "",
@@ -137,6 +148,7 @@ class SqliteRegistry:
                 f"BEGIN IMMEDIATE;{''.join(_MIGRATIONS[version:])}"
                 f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
             )
+        self._db.executescript(f"BEGIN IMMEDIATE;{_SECRETS_SCHEMA}COMMIT;")
 
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
@@ -351,6 +363,27 @@ class SqliteRegistry:
             (unit, unit),
         ).fetchall()
         return [ObservedRecord(*r) for r in rows]
+
+    # --- secrets (sealed by fleetd.daemon.secrets) -----------------------------------
+    async def put_secret(self, secret: SecretRecord) -> None:
+        with self._tx():
+            self._db.execute("INSERT OR REPLACE INTO secrets(name, sealed, version, set_at)"
+                             " VALUES (?, ?, ?, ?)",
+                             (secret.name, secret.sealed, secret.version, secret.set_at))
+
+    async def delete_secret(self, name: str) -> None:
+        with self._tx():
+            if self._db.execute("DELETE FROM secrets WHERE name=?", (name,)).rowcount == 0:
+                raise NotFound(f"secret {name} does not exist")
+
+    def get_secret(self, name: str) -> Optional[SecretRecord]:
+        row = self._db.execute("SELECT name, sealed, version, set_at FROM secrets"
+                               " WHERE name=?", (name,)).fetchone()
+        return SecretRecord(*row) if row else None
+
+    def list_secrets(self) -> List[SecretRecord]:
+        return [SecretRecord(*r) for r in self._db.execute(
+            "SELECT name, sealed, version, set_at FROM secrets ORDER BY name")]
 
     async def close(self) -> None:
         self._db.close()

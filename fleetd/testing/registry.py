@@ -42,6 +42,7 @@ from fleetd.registry.base import (
     NotFound,
     NotLeader,
     ObservedRecord,
+    SecretRecord,
     UnitInput,
     UnitRecord,
     check_desired,
@@ -76,6 +77,7 @@ class MemoryRegistry:
         self.leader_epoch: Optional[int] = None
         self.stale: Optional[str] = None  # what staleness() says
         self.callbacks: List[Callable[[], None]] = []
+        self._secrets: Dict[str, SecretRecord] = {}  # frozen records: no copies needed
 
     def staleness(self) -> Optional[str]:
         return self.stale
@@ -280,6 +282,20 @@ class MemoryRegistry:
     def list_observed(self, unit: Optional[str] = None) -> List[ObservedRecord]:
         return [self._observed[k] for k in sorted(self._observed)
                 if unit is None or k[0] == unit]
+
+    # --- secrets -----------------------------------------------------------------
+    async def put_secret(self, secret: SecretRecord) -> None:
+        self._secrets[secret.name] = secret
+
+    async def delete_secret(self, name: str) -> None:
+        if self._secrets.pop(name, None) is None:
+            raise NotFound(f"secret {name} does not exist")
+
+    def get_secret(self, name: str) -> Optional[SecretRecord]:
+        return self._secrets.get(name)
+
+    def list_secrets(self) -> List[SecretRecord]:
+        return [self._secrets[n] for n in sorted(self._secrets)]
 
     async def close(self) -> None:
         self.closed = True

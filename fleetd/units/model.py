@@ -14,7 +14,7 @@ import hashlib
 from typing import Optional, Tuple
 
 from fleetd import protocol
-from fleetd.units import service, systemd_text, xcheck, xfleet, xjava
+from fleetd.units import secrets, service, systemd_text, xcheck, xfleet, xjava
 from fleetd.units.context import UnitContext, UnitName
 from fleetd.units.parser import UnitError, UnitFile, parse
 from fleetd.units.xfleet import Requirements
@@ -102,6 +102,13 @@ def load(name: str, text: str, source: Optional[str] = None, template_ok: bool =
         config = service.config(ctx)
     if driver != "systemd":
         config["check"] = xcheck.config(ctx)
+        refs = secrets.environment(ctx)
+        if refs:  # names only: the values join the spec on its machine (units/secrets.py)
+            config["secret_environment"] = refs
+    elif ctx.many(secrets.SECTION, secrets.OPTION):
+        ctx.fail(ctx.many(secrets.SECTION, secrets.OPTION)[0],
+                 "only exec and java units take secrets (systemd reads a Driver=systemd "
+                 "unit's environment itself)")
     requirements = xfleet.requirements(ctx, config.get("limits") or {})
     needs: Tuple[str, ...] = ()
     if driver == "java":

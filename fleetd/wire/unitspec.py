@@ -116,6 +116,11 @@ class UnitConfig(TypedDict, total=False):
     fence_after_s: Optional[float]
     java: Java
     unit_text: str  # Driver=systemd: the unit file systemd runs
+    # SecretEnvironment=: variable -> secret name (names only, never values)
+    secret_environment: Dict[str, str]
+    # set by the agent, never by fleetd: its 0400 file of this unit's secret values
+    # (fleetd.agent.secretfiles), which the exec driver reads at each start
+    secret_file: str
 
 
 class _UnitSpecBase(TypedDict):
@@ -130,6 +135,9 @@ class UnitSpec(_UnitSpecBase, total=False):
 
     config: UnitConfig
     generation: int  # a new one with the same hash asks for a restart
+    # variable -> secret value, for this machine only; the agent takes it out of the
+    # spec into its secrets directory before it keeps or logs the spec anywhere
+    secrets: Dict[str, str]
 
 
 class UnitStatus(TypedDict):

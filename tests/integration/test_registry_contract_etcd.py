@@ -17,6 +17,12 @@ from etcdkit import EtcdCluster, etcd_cluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from test_registry_contract import *  # noqa: F403  (the contract's tests and fixtures)
+from test_registry_secrets import (  # noqa: F401  (the secrets' part of the contract)
+    test_a_put_replaces_the_secret_of_its_name,
+    test_delete_forgets_one_secret_once,
+    test_secrets_are_stored_listed_and_read_back,
+    test_secrets_leave_units_and_machines_alone,
+)
 
 from fleetd.registry.base import Registry
 from fleetd.registry.etcd import EtcdRegistry
