@@ -28,6 +28,7 @@ from fleetd.daemon.http.server import make_app
 from fleetd.daemon.listeners import serve
 from fleetd.daemon.service.machines import Machines
 from fleetd.daemon.service.placement import EngineView
+from fleetd.daemon.service.secrets import Secrets
 from fleetd.daemon.service.units import Units
 from fleetd.daemon.session import MachineSession, TransportFactory, silence_window
 from fleetd.engine import liveness
@@ -83,9 +84,10 @@ class Daemon:
         self.changes = Changes()
         self.sessions: Dict[str, MachineSession] = {}
         self.compiled = CompiledUnits()  # one cache of unit files: engine and API
+        self.secrets = Secrets(registry, config.secrets_key_path, self.changed, self.compiled)
         self.engine = Engine(self.registry, self._push, lambda: self.changed(False),
                              heard=self._heard, skew_s=silence_window(config.heartbeat_s),
-                             units=self.compiled)
+                             units=self.compiled, secrets=self.secrets)
         self.engine.leading = False
         self.leadership = Leadership(lock, self._elected, self._deposed, timing)
         self.started_at = time.time()
@@ -106,7 +108,8 @@ class Daemon:
     def api(self) -> web.Application:
         """The HTTP API over this daemon's services (listeners.serve serves it)."""
         return make_app(Services(self.units, self.machines, self.started_at,
-                                 self.config.idle_timeout_s, self.status, self.servers),
+                                 self.config.idle_timeout_s, self.status, self.servers,
+                                 secrets=self.secrets),
                         self.config.token)
 
     def status(self) -> Dict[str, Any]:

@@ -5,6 +5,8 @@
     machine_ttl_s = 5.0                  # silent this long: the machine is lost, units move
     name = "fleetd-1"                    # this fleetd among several (default: the hostname)
     registry = "etcd://10.0.0.1:2379,10.0.0.2:2379"   # default: SQLite in state_dir
+    secrets_key = "/etc/fleetd/secrets.key"  # default: state_dir/secrets.key (0600, made on
+                                         # first `secret set`); the same file on each fleetd
 
     [etcd]                               # with registry = "etcd://..." (or etcds://: TLS)
     prefix = "/fleetd"                   # every key of this cluster lives under it
@@ -81,6 +83,12 @@ class Config:
     etcd_ca: Optional[str] = None
     etcd_cert: Optional[str] = None
     etcd_key: Optional[str] = None
+    secrets_key: Optional[str] = None  # None: state_dir/secrets.key
+
+    @property
+    def secrets_key_path(self) -> str:
+        """The key that seals secrets (fleetd/daemon/secrets.py)."""
+        return self.secrets_key or os.path.join(self.state_dir, "secrets.key")
 
     @property
     def registry_kind(self) -> str:
@@ -229,6 +237,7 @@ def load(path: Optional[str]) -> Config:
         raise ConfigError(f"{where}name: {cfg.name!r}: want 1 to 63 letters, digits, '.', "
                           "'_' or '-' (it names this fleetd in etcd and list-servers)")
     cfg.registry = _take(data, "registry", (str,), where)
+    cfg.secrets_key = _take(data, "secrets_key", (str,), where)
     etcd = _take(data, "etcd", (dict,), where) or {}
     _etcd(cfg, etcd, where)
     api = _take(data, "api", (dict,), where) or {}

@@ -16,6 +16,7 @@ from aiohttp import web
 from fleetd.daemon.http.errors import SURROGATE, Refused
 from fleetd.daemon.service.errors import Invalid, shown
 from fleetd.daemon.service.machines import Machines
+from fleetd.daemon.service.secrets import Secrets
 from fleetd.daemon.service.units import Units
 from fleetd.daemon.service.waits import MAX_WAIT_S
 from fleetd.wire import numbers
@@ -37,6 +38,7 @@ class Services:
     status: Callable[[], Dict[str, Any]]
     # list-servers' rows: every fleetd and etcd member
     servers: Callable[[], Awaitable[List[Dict[str, Any]]]]
+    secrets: Secrets  # fleetctl secret: names and versions out, values only in
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services")

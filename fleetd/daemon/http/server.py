@@ -19,7 +19,7 @@ from aiohttp import web
 
 from fleetd import __version__
 from fleetd.daemon.http import request as req
-from fleetd.daemon.http import routes_machines, routes_units
+from fleetd.daemon.http import routes_machines, routes_secrets, routes_units
 from fleetd.daemon.http.errors import (
     MAX_BODY,
     Handler,
@@ -105,4 +105,5 @@ def make_app(services: req.Services, token: Optional[str]) -> web.Application:
     app.router.add_post("/v1/machines/{name}/drain", routes_machines.drain_machine)
     app.router.add_post("/v1/machines/{name}/undrain", routes_machines.undrain_machine)
     routes_units.add_routes(app.router)
+    routes_secrets.add_routes(app.router)
     return app
