@@ -21,6 +21,7 @@ from fleetd.cli import vagrant as vagrant_cli
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.lab import lab
 from fleetd.cli.output import echo, visible
+from fleetd.cli.tokens import token as token_group
 from fleetd.client import segment
 from fleetd.endpoints import TlsFiles
 
@@ -55,7 +56,11 @@ _FILE = click.Path(exists=True, dir_okay=False)
                    "https://HOST:PORT or http://127.0.0.1:PORT, or several, "
                    "comma-separated: each request goes to the first that answers, "
                    "starting from the last that did.")
-@click.option("--token", envvar="FLEETCTL_TOKEN", help="Bearer token for a TCP endpoint.")
+@click.option("--token-file", type=_FILE,
+              help="File holding the bearer token for a TCP endpoint (or FLEETCTL_TOKEN "
+                   "in the environment).")
+@click.option("--token", hidden=True,
+              help="Deprecated: any user sees it in ps. Use --token-file or FLEETCTL_TOKEN.")
 @click.option("--ca-file", envvar="FLEETCTL_CA_FILE", type=_FILE,
               help="https://: the CA that signed fleetd's certificate (default: the "
                    "system's CAs).")
@@ -66,9 +71,29 @@ _FILE = click.Path(exists=True, dir_okay=False)
 @click.version_option(__version__)
 @click.pass_context
 def cli(ctx: click.Context, endpoint: Optional[str], token: Optional[str],
-        ca_file: Optional[str], cert_file: Optional[str], key_file: Optional[str]) -> None:
+        token_file: Optional[str], ca_file: Optional[str], cert_file: Optional[str],
+        key_file: Optional[str]) -> None:
     """Run units across machines, fleet-style."""
+    if token is not None:
+        click.echo("Warning: --token shows the token to every user of this machine (ps); "
+                   "use --token-file FILE or FLEETCTL_TOKEN", err=True)
+    if token_file is not None:
+        token = read_token(token_file)
     ctx.obj = Ctx(endpoint, token, TlsFiles(ca_file, cert_file, key_file))
+
+
+def read_token(path: str) -> str:
+    """The token in ``path``: its first line, stripped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"{path}: {getattr(exc, 'strerror', None) or exc}",
+                                 param_hint="--token-file") from None
+    if not token:
+        raise click.BadParameter(f"{path}: no token in its first line",
+                                 param_hint="--token-file")
+    return token
 
 
 # --- machines ---------------------------------------------------------------------------
@@ -220,6 +245,7 @@ def machine_remove(c: Ctx, name: str, purge: bool) -> None:
 for command in [*unit_commands.COMMANDS, *listing.COMMANDS, *servers.COMMANDS, *drain.COMMANDS,
                 *secrets.COMMANDS, lab]:
     cli.add_command(command)
+cli.add_command(token_group)
 
 
 def main() -> None:

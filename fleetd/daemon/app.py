@@ -31,6 +31,7 @@ from fleetd.daemon.service.placement import EngineView
 from fleetd.daemon.service.secrets import Secrets
 from fleetd.daemon.service.units import Units
 from fleetd.daemon.session import MachineSession, TransportFactory, silence_window
+from fleetd.daemon.tokens import TOKENS_FILE, TokenStore
 from fleetd.engine import liveness
 from fleetd.engine.leader import Leadership, Timing
 from fleetd.engine.leadership import LeaderLock
@@ -110,7 +111,8 @@ class Daemon:
         return make_app(Services(self.units, self.machines, self.started_at,
                                  self.config.idle_timeout_s, self.status, self.servers,
                                  secrets=self.secrets),
-                        self.config.token)
+                        self.config.token,
+                        TokenStore(os.path.join(self.config.state_dir, TOKENS_FILE)))
 
     def status(self) -> Dict[str, Any]:
         """This fleetd's part in the cluster, for /v1/health and list-servers."""

@@ -17,6 +17,7 @@ import click
 from fleetd import __version__
 from fleetd.daemon.config import DEFAULT_PREFIX, Config, ConfigError, load
 from fleetd.daemon.migrate import MigrateError, Report, check_not_migrated, migrate
+from fleetd.daemon.tokens import StoreError
 from fleetd.engine.leader import Timing
 from fleetd.engine.leadership import FileLock, LeaseHeld
 from fleetd.engine.roster import NameInUse
@@ -112,7 +113,7 @@ def cli(ctx: click.Context, config_path: Optional[str], state_dir: Optional[str]
 
     try:
         asyncio.run(run())
-    except (LeaseHeld, RegistryError, OSError, NameInUse, MigrateError) as exc:
+    except (LeaseHeld, RegistryError, OSError, NameInUse, MigrateError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:  # a registry.db that is no SQLite database, or unreadable
         raise click.ClickException(

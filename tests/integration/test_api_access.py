@@ -1,4 +1,5 @@
-"""Who may talk to fleetd: root through the 0600 socket; over TCP, only with the token."""
+"""Who may talk to fleetd: root through the 0600 socket; over TCP, only with a token
+(fleetd.toml's api.token here: an admin's, as it always was)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,10 @@ def test_tcp_api_refuses_requests_without_the_token(tcp_fleet) -> None:
             Client(url, token).get("/v1/machines")
         assert err.value.status == 401
     assert Client(url, TOKEN).get("/v1/machines")["machines"] == []
-    out = fleet.ctl("--endpoint", url, "--token", TOKEN, "list-unit-files")
+    token_file = fleet.state_dir + ".token"
+    with open(token_file, "w") as f:
+        f.write(TOKEN + "\n")
+    out = fleet.ctl("--endpoint", url, "--token-file", token_file, "list-unit-files")
     assert out.stdout.startswith("UNIT")
     refused = fleet.ctl("--endpoint", url, "list-unit-files", check=False)
     assert refused.returncode != 0 and "bearer token" in refused.stderr

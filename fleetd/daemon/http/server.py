@@ -1,8 +1,9 @@
-"""The API as one aiohttp application: routes, and the two middlewares.
+"""The API as one aiohttp application: routes, and the middlewares.
 
 Served on a Unix socket (mode 0600: the socket's permissions are the authentication)
-and, if configured, on TCP, where every request must carry the bearer token
-(``listeners.py`` says where and how many connections). Errors: ``errors.py``. Only the
+and, if configured, on TCP, where every request must carry a bearer token whose role
+may call its route (``access.py``, ``roles.py``; ``listeners.py`` says where and how
+many connections). Errors: ``errors.py``. Only the
 composition root (``daemon/app.py``) and tests build it.
 """
 
@@ -10,48 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import logging
 import os
-from typing import Any, Optional
+from typing import Optional
 
 from aiohttp import web
 
 from fleetd import __version__
 from fleetd.daemon.http import request as req
 from fleetd.daemon.http import routes_machines, routes_secrets, routes_units
+from fleetd.daemon.http.access import access_middleware
 from fleetd.daemon.http.errors import (
     MAX_BODY,
     Handler,
     Refused,
     answer_errors,
-    error,
     route_of,
 )
+from fleetd.daemon.http.routes_tokens import TOKENS
+from fleetd.daemon.http.routes_tokens import add_routes as add_token_routes
 from fleetd.daemon.service.errors import ServiceError
+from fleetd.daemon.tokens import TokenStore
 
 log = logging.getLogger("fleetd.api")
-
-
-def authorized(header: str, token: str) -> bool:
-    """Does an Authorization header carry ``token``? ``Bearer`` in any case (RFC 7235);
-    bytes that are not UTF-8 (aiohttp hands them over escaped) simply do not match."""
-    scheme, _, given = header.strip().partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode("utf-8", "surrogatepass"), token.encode("utf-8"))
-
-
-def token_middleware(token: Optional[str]) -> Any:
-    @web.middleware
-    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        sockname = request.transport.get_extra_info("sockname") if request.transport else None
-        if isinstance(sockname, tuple):  # TCP: a token is required, always
-            given = request.headers.get("Authorization", "")
-            if token is None or not authorized(given, token):
-                return error(401, "missing or wrong bearer token")
-        return await handler(request)
-
-    return check
 
 
 def to_the_end(handler: Handler) -> Handler:
@@ -91,10 +73,13 @@ async def servers(request: web.Request) -> web.Response:
     return web.json_response({"servers": await req.services(request).servers()})
 
 
-def make_app(services: req.Services, token: Optional[str]) -> web.Application:
-    app = web.Application(middlewares=[answer_errors, token_middleware(token)],
+def make_app(services: req.Services, token: Optional[str], tokens: TokenStore
+             ) -> web.Application:
+    """``token``: fleetd.toml's api.token (an admin's); ``tokens``: everyone else's."""
+    app = web.Application(middlewares=[answer_errors, access_middleware(tokens, token)],
                           client_max_size=MAX_BODY)
     app[req.SERVICES] = services
+    app[TOKENS] = tokens
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/servers", servers)
     app.router.add_get("/v1/machines", routes_machines.list_machines)
@@ -105,5 +90,6 @@ def make_app(services: req.Services, token: Optional[str]) -> web.Application:
     app.router.add_post("/v1/machines/{name}/drain", routes_machines.drain_machine)
     app.router.add_post("/v1/machines/{name}/undrain", routes_machines.undrain_machine)
     routes_units.add_routes(app.router)
+    add_token_routes(app.router)
     routes_secrets.add_routes(app.router)
     return app
