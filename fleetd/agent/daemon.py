@@ -47,7 +47,7 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, cast
 
 from fleetd import __version__, protocol
-from fleetd.agent import facts, host, logfile, specs
+from fleetd.agent import facts, host, logfile, secretfiles, specs
 from fleetd.agent.state import AgentState
 from fleetd.agent.supervisor import Supervisor
 from fleetd.cgroups import Backend
@@ -281,7 +281,8 @@ class AgentDaemon:
             return True
         whole, client.desired_parts = client.desired_parts, []
         good, refused = specs.check_specs(whole)
-        self.supervisor.set_desired(good)
+        # secret values leave the specs before anything keeps or logs them
+        self.supervisor.set_desired(secretfiles.take(self.state.root, good))
         if refused:
             log.warning("refused from the desired set: %s", "; ".join(refused))
             client.send(protocol.dump(messages.error(

@@ -158,6 +158,7 @@ _CONFIG = _fields({
                                               "signals": _list(_SIGNAL)})),
     "limits": _optional(_LIMITS), "check": _optional(_CHECK),
     "fence_after_s": _optional(_seconds), "java": _JAVA, "unit_text": _str,
+    "secret_environment": _str_map, "secret_file": _str,
 })
 
 
@@ -191,6 +192,8 @@ def check_spec(spec: object) -> UnitSpec:
     _int(0, GENERATION_MAX)(spec.get("generation", 0), f"{where}: generation")
     config = spec.get("config", {})
     _CONFIG(config, f"{where}: config")
+    if "secrets" in spec:  # the values are never shown: _str_map names only the key
+        _str_map(spec["secrets"], f"{where}: secrets")
     if spec["driver"] == "exec" and not config.get("commands"):
         raise _fail(where, "config: commands: an exec unit runs at least one ExecStart=")
     return cast(UnitSpec, spec)  # every field it has, checked: from here on typed

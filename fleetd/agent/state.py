@@ -8,6 +8,9 @@
   units/NAME.json      one record per started program: driver handle + content hash,
                        the evidence a restarted agent re-adopts it by
   logs/NAME.log        the program's stdout and stderr
+  secrets/NAME.json    a unit's secret values (mode 0400, in a 0700 directory), the only
+                       place they are kept: the specs above hold the file's path
+                       (fleetd/agent/secretfiles.py)
   agent.sock           where ``fleet-agent attach`` finds the daemon (mode 0600)
   agent.lock, agent.pid, agent.log
 

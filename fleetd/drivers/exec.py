@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import psutil
 
 from fleetd.cgroups import Backend, CgroupError, Limits, LimitsUnsupported, UnitCgroup
-from fleetd.drivers import envfile, identity, spare
+from fleetd.drivers import envfile, identity, secretenv, spare
 from fleetd.drivers.base import (
     PROCESS,
     DriverError,
@@ -119,6 +119,10 @@ class ExecDriver:
         try:
             env.update(envfile.load(config.get("environment_files") or []))
         except envfile.EnvironmentFileError as exc:
+            raise DriverError(str(exc)) from None
+        try:
+            env.update(secretenv.load(config.get("secret_file")))
+        except secretenv.SecretFileError as exc:
             raise DriverError(str(exc)) from None
         env.update(extra_env or {})
         env.update(fleet_environment(ctx))
