@@ -46,6 +46,7 @@ from fleetd.registry.base import (
     MachineRecord,
     ObservedRecord,
     RegistryError,
+    SecretRecord,
     UnitRecord,
 )
 from fleetd.registry.etcd_keys import check_prefix, encode, key
@@ -71,6 +72,8 @@ class Snapshot:
     machines: List[MachineRecord]
     failures: Dict[str, List[FailureRecord]]
     observed: List[ObservedRecord]
+    # sealed as they are: each fleetd on etcd needs the key file that sealed them
+    secrets: List[SecretRecord] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +89,13 @@ class Report:
     last_epoch: int
     revision: int
     bumped: int  # scratch writes made to bring the revision up to last_epoch
+    secrets: int = 0
 
     def describe(self) -> str:
         return (f"copied {self.units} units ({self.texts} texts), {self.machines} machines, "
-                f"{self.failures} failures, {self.observed} observed rows; last SQLite "
+                f"{self.failures} failures, {self.observed} observed rows, "
+                f"{self.secrets} secrets (sealed: copy the secrets key to each fleetd); "
+                "last SQLite "
                 f"epoch {self.last_epoch}, etcd revision now {self.revision}"
                 + (f" ({self.bumped} writes to pass the epoch)" if self.bumped else ""))
 
@@ -114,7 +120,7 @@ async def read_snapshot(db_path: str) -> Snapshot:
                                        "is missing")
                 texts[u.hash] = text
             return Snapshot(units, texts, reg.list_machines(), reg.list_failures(),
-                            reg.list_observed())
+                            reg.list_observed(), reg.list_secrets())
         finally:
             await reg.close()
     except (sqlite3.Error, RegistryError) as e:
@@ -176,6 +182,9 @@ def puts(prefix: str, snap: Snapshot) -> List[Put]:
         d = dataclasses.asdict(r)
         del d["unit"], d["machine"]
         out.append(put("observed", (r.machine, r.unit), d))
+    for s in snap.secrets:
+        out.append(put("secrets", (s.name,), {"sealed": s.sealed, "version": s.version,
+                                              "set_at": s.set_at}))
     return out
 
 
@@ -229,7 +238,7 @@ async def copy(client: EtcdClient, prefix: str, snap: Snapshot, last_epoch: int,
     revision = await client.put(marker, encode({**doc, "state": "done", "at": time.time()}))
     return Report(len(snap.units), len(snap.texts), len(snap.machines),
                   sum(len(fs) for fs in snap.failures.values()), len(snap.observed),
-                  last_epoch, revision, bumped)
+                  last_epoch, revision, bumped, len(snap.secrets))
 
 
 def _write_marker(state_dir: str, url: str, prefix: str, report: Report) -> None:

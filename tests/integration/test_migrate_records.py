@@ -25,7 +25,7 @@ from fleetd.daemon.main import cli, open_daemon
 from fleetd.daemon.migrate import MigrateError, copy, migrate, read_snapshot
 from fleetd.engine.etcd_lock import EtcdLock
 from fleetd.engine.leadership import FileLease
-from fleetd.registry.base import LAUNCHED, FailureRecord, UnitInput
+from fleetd.registry.base import LAUNCHED, FailureRecord, SecretRecord, UnitInput
 from fleetd.registry.etcd import EtcdRegistry
 from fleetd.registry.etcdv3 import EtcdClient
 from fleetd.registry.sqlite import SqliteRegistry
@@ -119,6 +119,35 @@ def test_every_record_is_copied(cluster: EtcdCluster, tmp_path: Path) -> None:
     assert machines == snap.machines  # metadata, state, facts, error, drain
     assert failures == snap.failures
     assert obs == snap.observed
+
+
+def test_secrets_are_copied_sealed(cluster: EtcdCluster, tmp_path: Path) -> None:
+    """As stored: sealed by the SQLite fleetd's key, which each fleetd on etcd needs."""
+    state = str(tmp_path / "state")
+    os.makedirs(state)
+    run(populate(state))
+    secret = SecretRecord("db_pw", "v1:c2VhbGVk", "0123456789abcdef", 1700000000.5)
+
+    async def put_secret() -> None:
+        reg = SqliteRegistry(os.path.join(state, "registry.db"))
+        await reg.put_secret(secret)
+        await reg.close()
+
+    run(put_secret())
+    report = run(do_migrate(cluster, state, "/mig-secrets"))
+    assert report.secrets == 1 and "1 secrets (sealed: copy the secrets key" in \
+        report.describe()
+
+    async def read_back() -> Any:
+        client = EtcdClient(cluster.endpoints)
+        reg = await EtcdRegistry.open(client, "/mig-secrets")
+        try:
+            return reg.list_secrets()
+        finally:
+            await reg.close()
+            await client.close()
+
+    assert run(read_back()) == [secret]
 
 
 def test_the_next_leader_epoch_passes_the_last_sqlite_epoch(cluster: EtcdCluster,
