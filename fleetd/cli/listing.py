@@ -176,6 +176,8 @@ def status(c: Ctx, unit: str, lines: int, output: str) -> None:
                                            if s.get("generation") else ""))
     echo(f"   Placed: {s['machine'] or '-'}" + (f"  ({s['reason']})" if s.get("reason")
                                                 else ""))
+    if s.get("secrets"):
+        echo("   Secrets: " + " ".join(f"{k}={v}" for k, v in sorted(s["secrets"].items())))
     if s.get("handoff"):
         echo(f"   Handing over from: {s['handoff']} (its copy runs until this one is "
              "healthy)")

@@ -111,6 +111,7 @@ def test_a_unit_runs_with_its_secret_shown_nowhere_and_rolls_on_a_new_one(
         "argv": Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"),
     }
     assert "SecretEnvironment=DB_PASSWORD=db_pw" in shown["cat"]
+    assert "Secrets: DB_PASSWORD=*** (secret db_pw)" in shown["status"]
     assert "db_pw" in shown["secret list -o json"]
     for where, text in shown.items():
         assert VALUE not in text, where

@@ -45,6 +45,10 @@ def test_set_list_remove_and_the_value_never_comes_back(
                                              "set_at": row["set_at"],
                                              "units": ["a.service"]}]
         assert "SecretEnvironment=DB_PASSWORD=db_pw" in answers[3][1]["text"]
+        assert answers[4][1]["secrets"] == {"DB_PASSWORD": "*** (secret db_pw)"}
+        shown = CliRunner().invoke(cli, ["--endpoint", f"unix://{sock}", "status",
+                                         "a.service"]).output
+        assert "   Secrets: DB_PASSWORD=*** (secret db_pw)\n" in shown
         status, again = put(sock, "db_pw", json.dumps({"value": VALUE + "2"}).encode())
         assert status == 200 and again["version"] != row["version"]
         assert again["units"] == ["a.service"]
@@ -58,8 +62,8 @@ def test_set_list_remove_and_the_value_never_comes_back(
         assert http(sock, "GET", "/v1/secrets") == (200, {"secrets": []})
         registry_bytes = b"".join(p.read_bytes() for p in Path(fleetd.config.state_dir)
                                   .glob("registry.db*"))
-    for shown in [json.dumps(a) for _, a in answers] + [caplog.text]:
-        assert VALUE not in shown
+    for text in [json.dumps(a) for _, a in answers] + [caplog.text, shown]:
+        assert VALUE not in text
     assert VALUE.encode() not in registry_bytes
 
 

@@ -34,6 +34,7 @@ from fleetd.transport.base import TransportError
 from fleetd.units.compiled import CompiledUnits
 from fleetd.units.compiled import Invalid as Unreadable
 from fleetd.units.model import Unit
+from fleetd.units.secrets import masked
 from fleetd.wire.names import is_template
 
 MIB = 1024 * 1024
@@ -98,6 +99,9 @@ class Units:
             "machine": u.machine, "reason": u.reason, "hash": u.hash,
             "generation": u.generation, "vars": u.vars, "copies": copies, "log": None,
             "handoff": u.handoff,
+            # SecretEnvironment=: each variable as *** and its secret's name, no value
+            "secrets": masked(probed.config.get("secret_environment") or {})
+            if isinstance(probed, Unit) else {},
             "reschedule": reschedule_info(u, placement.requirements_of(u),
                                           self.registry.list_failures(name).get(name, ()),
                                           time.time())}
