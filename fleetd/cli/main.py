@@ -18,6 +18,7 @@ from fleetd import __version__
 from fleetd.cli import drain, listing, secrets, servers
 from fleetd.cli import units as unit_commands
 from fleetd.cli import vagrant as vagrant_cli
+from fleetd.cli.audit import audit as audit_command
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.lab import lab
 from fleetd.cli.output import echo, visible
@@ -246,6 +247,7 @@ for command in [*unit_commands.COMMANDS, *listing.COMMANDS, *servers.COMMANDS, *
                 *secrets.COMMANDS, lab]:
     cli.add_command(command)
 cli.add_command(token_group)
+cli.add_command(audit_command)
 
 
 def main() -> None:

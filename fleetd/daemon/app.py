@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional
 from aiohttp import web
 
 from fleetd import __version__, protocol
+from fleetd.daemon.audit import AUDIT_FILE, AuditLog
 from fleetd.daemon.changes import Changes
 from fleetd.daemon.config import Config
 from fleetd.daemon.http.request import Services
@@ -112,7 +113,8 @@ class Daemon:
                                  self.config.idle_timeout_s, self.status, self.servers,
                                  secrets=self.secrets),
                         self.config.token,
-                        TokenStore(os.path.join(self.config.state_dir, TOKENS_FILE)))
+                        TokenStore(os.path.join(self.config.state_dir, TOKENS_FILE)),
+                        AuditLog(os.path.join(self.config.state_dir, AUDIT_FILE)))
 
     def status(self) -> Dict[str, Any]:
         """This fleetd's part in the cluster, for /v1/health and list-servers."""

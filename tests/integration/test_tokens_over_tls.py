@@ -4,6 +4,7 @@ https with each token from ``--token-file`` or FLEETCTL_TOKEN."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -136,3 +137,38 @@ def test_the_token_from_the_environment_and_the_old_flag(
     bad = subprocess.run([*base, "--token-file", str(empty), "list-units"],
                          capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "--token-file" in bad.stderr and str(empty) in bad.stderr
+
+
+def test_each_write_is_in_the_audit_with_its_tokens_name(
+        tls: Tuple[Tls, Dict[str, str]]) -> None:
+    t, files = tls
+    assert t.ctl(files["operate"], "submit", str(t.dir / "web.service")).returncode == 0
+    assert t.ctl(files["read"], "stop", "--no-block", "web.service").returncode != 0
+    assert t.ctl(files["operate"], "audit").returncode != 0  # an admin's to read
+    out = t.ctl(files["admin"], "audit", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    rows = [(r["who"], r["method"], r["path"], r["target"], r["status"]) for r in records]
+    assert rows[:3] == [("root (unix socket)", "POST", "/v1/tokens", f"{role}-bot", 201)
+                        for role in ("read", "operate", "admin")]
+    assert rows[3] == ("operate-bot", "POST", "/v1/units", "web.service", 200)
+    assert rows[4] == ("read-bot", "POST", "/v1/units/state", "web.service", 403)
+    assert all(r["from"] == "127.0.0.1" for r in records[3:])
+    table = t.ctl(files["admin"], "audit", "-n", "2").stdout.splitlines()
+    assert table[0].split() == ["TIME", "WHO", "FROM", "WHAT", "TARGET", "STATUS"]
+    assert table[1].split()[2:] == ["operate-bot", "127.0.0.1", "POST", "/v1/units",
+                                    "web.service", "200"]
+    # -f: a new write shows up as it happens
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")}
+    follow = subprocess.Popen([FLEETCTL, "--endpoint", t.url, "--ca-file", t.ca,
+                               "--token-file", files["admin"], "audit", "-f", "-n", "1"],
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert follow.stdout is not None
+        assert follow.stdout.readline().startswith("TIME")
+        assert "read-bot" in follow.stdout.readline()
+        t.fleet.ctl("destroy", "web.service")
+        assert "root (unix socket)" in follow.stdout.readline()
+    finally:
+        follow.terminate()
+        follow.wait(10)

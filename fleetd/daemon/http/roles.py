@@ -42,6 +42,7 @@ ROUTES: Dict[Tuple[str, str], str] = {
     ("GET", "/v1/tokens"): ADMIN,
     ("POST", "/v1/tokens"): ADMIN,
     ("DELETE", "/v1/tokens/{name}"): ADMIN,
+    ("GET", "/v1/audit"): ADMIN,
 }
 ADMIN_PREFIXES = ("/v1/secrets",)  # every route under these, present or to come
 

@@ -18,6 +18,7 @@ from typing import Optional
 from aiohttp import web
 
 from fleetd import __version__
+from fleetd.daemon.audit import AuditLog
 from fleetd.daemon.http import request as req
 from fleetd.daemon.http import routes_machines, routes_secrets, routes_units
 from fleetd.daemon.http.access import access_middleware
@@ -28,6 +29,7 @@ from fleetd.daemon.http.errors import (
     answer_errors,
     route_of,
 )
+from fleetd.daemon.http.routes_audit import AUDIT, audit_middleware, list_audit
 from fleetd.daemon.http.routes_tokens import TOKENS
 from fleetd.daemon.http.routes_tokens import add_routes as add_token_routes
 from fleetd.daemon.service.errors import ServiceError
@@ -73,13 +75,17 @@ async def servers(request: web.Request) -> web.Response:
     return web.json_response({"servers": await req.services(request).servers()})
 
 
-def make_app(services: req.Services, token: Optional[str], tokens: TokenStore
-             ) -> web.Application:
-    """``token``: fleetd.toml's api.token (an admin's); ``tokens``: everyone else's."""
-    app = web.Application(middlewares=[answer_errors, access_middleware(tokens, token)],
+def make_app(services: req.Services, token: Optional[str], tokens: TokenStore,
+             audit: AuditLog) -> web.Application:
+    """``token``: fleetd.toml's api.token (an admin's); ``tokens``: everyone else's;
+    ``audit``: where every write is recorded, refused ones too (so the audit middleware
+    runs before access's, and after answer_errors has made every refusal an answer)."""
+    app = web.Application(middlewares=[answer_errors, audit_middleware(audit),
+                                       access_middleware(tokens, token)],
                           client_max_size=MAX_BODY)
     app[req.SERVICES] = services
     app[TOKENS] = tokens
+    app[AUDIT] = audit
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/servers", servers)
     app.router.add_get("/v1/machines", routes_machines.list_machines)
@@ -91,5 +97,6 @@ def make_app(services: req.Services, token: Optional[str], tokens: TokenStore
     app.router.add_post("/v1/machines/{name}/undrain", routes_machines.undrain_machine)
     routes_units.add_routes(app.router)
     add_token_routes(app.router)
+    app.router.add_get("/v1/audit", list_audit)
     routes_secrets.add_routes(app.router)
     return app
