@@ -8,7 +8,10 @@ until the watch has brought its own change into the cache (read-your-writes; pas
 ``CATCH_UP`` s it reloads instead). A transaction's compares say what the plan was
 decided on (the unit table's ``seq/units``, a placement's mod_revision, a unit's
 create_revision); when one fails the cache was behind: it is reloaded and the write
-planned again, up to ``ATTEMPTS`` times.
+planned again, up to ``ATTEMPTS`` times, each after a pause (``backoff``) that grows
+and is half random, so two fleetd that keep meeting each other's writes fall out of
+step, and a write that meets a burst of another's outlasts it instead of spending its
+attempts within it.
 
 Fencing: a write given an ``epoch`` also compares ``create_revision(<prefix>/leader) ==
 epoch``; a failure there raises ``NotLeader``.
@@ -32,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from typing import Callable, List, Optional, Set, Tuple
@@ -56,6 +60,7 @@ from fleetd.registry.etcdv3_types import (
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 8  # plans of one write tried, each on a cache reloaded after the last failed
+BACKOFF = (0.05, 1.0)  # s: the pause before the 2nd attempt, and the most any pause is
 CATCH_UP = 2.0  # s a write waits for the watch to bring its change before reloading
 RETRY = 0.5  # s between attempts to reopen a lost watch
 SETTLE = 10.0  # s to find out whether a write that may have been applied was: an etcd
@@ -235,6 +240,7 @@ class EtcdStore:
                     return
                 if await self._commit(plan, epoch):
                     return
+                await asyncio.sleep(backoff(attempt))
                 await self.reload()
         raise _contention()
 
@@ -243,7 +249,7 @@ class EtcdStore:
         """Independent per-unit plans, as few transactions as the limits allow; after a
         failed compare only the units not yet written are planned again."""
         async with self._lock:
-            for _ in range(ATTEMPTS):
+            for attempt in range(ATTEMPTS):
                 plans = build(todo)
                 if not plans:
                     return
@@ -251,6 +257,7 @@ class EtcdStore:
                     merged = Plan([c for _, p in chunk for c in p.compares],
                                   [o for _, p in chunk for o in p.ops])
                     if not await self._commit(merged, epoch):
+                        await asyncio.sleep(backoff(attempt))
                         await self.reload()
                         break
                     todo = todo - {name for name, _ in chunk}
@@ -387,6 +394,15 @@ class EtcdStore:
 
 def _unavailable(e: EtcdError, what: str) -> Unavailable:
     return Unavailable(f"{e} ({what})")
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait after attempt ``attempt`` (0-based) met newer changes: doubling
+    from BACKOFF[0] up to BACKOFF[1], half of it fixed and half random ("equal jitter").
+    The fixed halves of the ATTEMPTS - 1 pauses add up to ~1.8 s, so a write outlasts
+    another fleetd's burst of that long; the random halves part two writers in step."""
+    step = min(BACKOFF[1], BACKOFF[0] * 2 ** attempt)
+    return step / 2 + random.uniform(0, step / 2)
 
 
 def _contention() -> Unavailable:

@@ -190,6 +190,35 @@ def test_two_fleetd_writing_at_once_lose_nothing(etcd1: EtcdCluster) -> None:
     run(go())
 
 
+def test_a_write_outlasts_a_burst_of_another_fleetds_writes(etcd1: EtcdCluster) -> None:
+    """For 1.5 s another fleetd writes the unit table between each of this one's plans
+    and its commit, so every attempt in that time fails its compare: the write backs
+    off and lands once the burst is over (it gave up after 8 attempts in ~0.1 s, with
+    "met newer changes 8 times in a row", as two fleetd churning at once on a loaded
+    machine saw)."""
+    async def go() -> None:
+        async with EtcdClient(etcd1.endpoints) as c1, EtcdClient(etcd1.endpoints) as c2:
+            one = await EtcdRegistry.open(c1, "/burst")
+            two = await EtcdRegistry.open(c2, "/burst")
+            commit, burst_ends = one._commit, time.monotonic() + 1.5
+            met: List[str] = []
+
+            async def between(plan: Any, epoch: Any) -> bool:
+                if time.monotonic() < burst_ends:
+                    met.append(f"b{len(met)}.service")
+                    await two.put_units([u(met[-1], B_TEXT)], LAUNCHED)
+                return await commit(plan, epoch)
+            one._commit = between  # type: ignore[method-assign]
+            await one.put_units([u("a.service", A_TEXT)], LAUNCHED)
+            assert len(met) >= 2  # it met the burst, more than once
+            await until("both to see every unit", lambda: all(
+                sorted(x.name for x in r.list_units()) == sorted(["a.service", *met])
+                for r in (one, two)))
+            await one.close()
+            await two.close()
+    run(go())
+
+
 def test_open_without_etcd_fails_naming_it() -> None:
     async def go() -> None:
         port = free_port()  # nothing listens there
