@@ -401,7 +401,7 @@ def backoff(attempt: int) -> float:
     from BACKOFF[0] up to BACKOFF[1], half of it fixed and half random ("equal jitter").
     The fixed halves of the ATTEMPTS - 1 pauses add up to ~1.8 s, so a write outlasts
     another fleetd's burst of that long; the random halves part two writers in step."""
-    step = min(BACKOFF[1], BACKOFF[0] * 2 ** attempt)
+    step = min(BACKOFF[1], BACKOFF[0] * 2.0 ** attempt)
     return step / 2 + random.uniform(0, step / 2)
 
 
