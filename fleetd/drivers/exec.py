@@ -178,7 +178,8 @@ class ExecDriver:
             path = resolve(path, env)
             cwd = _working_directory(config.get("working_directory"), env)
             switch = None if command.get("privileged") else creds
-            script = spare.script(path, argv, env, cwd, ctx.log_path, _setpriv(switch))
+            script = spare.script(path, argv, env, cwd, ctx.log_path, _setpriv(switch),
+                                  hidden=bool(config.get("secret_file")))
             if script is None:
                 raise DriverError("this command cannot start from a prepared process")
         except DriverError:

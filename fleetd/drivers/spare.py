@@ -189,10 +189,11 @@ def prepare(setup: Callable[[], None], leaf: str) -> PreparedProcess:
 
 
 def script(path: str, argv: List[str], env: Dict[str, str], cwd: str, log_path: str,
-           setpriv: Optional[List[str]]) -> Optional[bytes]:
+           setpriv: Optional[List[str]], hidden: bool = False) -> Optional[bytes]:
     """The shell script that turns a spare into the program; None if this command
     cannot be started that way (an argv[0] other than the path exec'd: sh's exec has
-    no way to set it)."""
+    no way to set it; or ``hidden``, the environment holds a unit's secrets, and a name
+    sh refuses would put every value in env(1)'s command line, which ``ps`` shows)."""
     if argv[0] != path:
         return None
     q = shlex.quote
@@ -210,7 +211,7 @@ def script(path: str, argv: List[str], env: Dict[str, str], cwd: str, log_path: 
                                               for v in (env[k],)))
     else:  # a name sh refuses: let env(1) set them
         env_tool = tool(ENV_PATHS)
-        if env_tool is None:
+        if env_tool is None or hidden:
             return None
         words = [env_tool, "-i", "--"] + [f"{k}={v}" for k, v in sorted(env.items())]
         if "=" in path:

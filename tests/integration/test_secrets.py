@@ -28,7 +28,8 @@ NEW_VALUE = "correct-horse-battery-staple-2"
 UNIT = ("[Service]\n"
         "ExecStart=/bin/sh -c 'printf %%s \"$$DB_PASSWORD\" | sha256sum > {out}.tmp && "
         "mv {out}.tmp {out}; echo started; exec sleep 100000'\n"
-        "SecretEnvironment=DB_PASSWORD=db_pw\n")
+        "SecretEnvironment=DB_PASSWORD=db_pw\n"
+        "Restart=always\nRestartSec=100ms\n")
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +122,16 @@ def test_a_unit_runs_with_its_secret_shown_nowhere_and_rolls_on_a_new_one(
     assert files_holding(host.state_dir, VALUE.encode()) == [secret_file]
     assert stat.S_IMODE(os.stat(secret_file).st_mode) == 0o400
     assert stat.S_IMODE(os.stat(os.path.dirname(secret_file)).st_mode) == 0o700
+
+    # a crash restarts it (from its prepared process, where the host's cgroups allow
+    # one) with the value read again from the agent's file
+    out.unlink()
+    os.kill(pid, 9)
+    wait_for("the program restarted after a crash, with its value", lambda: out.exists()
+             and out.read_text().split()[0] == sha(VALUE))
+    pid = wait_for("the restarted copy reported", lambda: (
+        (u := fleet.unit("db-user.service")) and u["state"] == "running"
+        and u["pid"] != pid and u["pid"]))
 
     done = ctl_input(fleet, NEW_VALUE, "secret", "set", "db_pw")
     assert done.returncode == 0 and "restarting db-user.service" in done.stdout

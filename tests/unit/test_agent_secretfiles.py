@@ -13,7 +13,7 @@ from typing import Any, Dict
 import pytest
 
 from fleetd.agent import secretfiles
-from fleetd.drivers import secretenv
+from fleetd.drivers import secretenv, spare
 from fleetd.drivers.base import DriverError, StartContext
 from fleetd.drivers.exec import ExecDriver
 from fleetd.drivers.java import JavaDriver, JavaInstall
@@ -83,3 +83,17 @@ def test_exec_and_java_put_the_values_into_the_programs_environment(tmp_path: Pa
     (tmp_path / "secrets" / "a.service.json").unlink()
     with pytest.raises(DriverError, match=r"secrets file .*a\.service\.json: No such file"):
         ExecDriver().environment(config, ctx, None)
+
+
+@pytest.mark.skipif(spare.tool(spare.ENV_PATHS) is None, reason="no env(1)")
+def test_a_prepared_process_never_passes_secrets_through_env_argv() -> None:
+    """A name sh cannot export sends the whole environment through env(1)'s argv; with
+    secrets in it the agent forks the program instead (the script is None)."""
+    odd = {"a.b": "1", "DB": VALUE}
+    assert spare.script("/bin/true", ["/bin/true"], odd, "/", "/dev/null", None,
+                        hidden=True) is None
+    shown = spare.script("/bin/true", ["/bin/true"], odd, "/", "/dev/null", None)
+    assert shown is not None and b" -i -- " in shown  # env(1), values as its words
+    plain = spare.script("/bin/true", ["/bin/true"], {"DB": VALUE}, "/", "/dev/null", None,
+                         hidden=True)
+    assert plain is not None and b"export " in plain  # a shell builtin: no argv
