@@ -6,13 +6,13 @@ that ``client_ca`` asks for."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator, Tuple
 
 import pytest
+from etcdkit import free_port
 from labkit import FLEETCTL, Fleet
 
 from fleetd.client import ApiError, Client
@@ -20,12 +20,6 @@ from fleetd.endpoints import TlsFiles
 from fleetd.lab import certs
 
 TOKEN = "s3cret-s3cret-s3cret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Pki:

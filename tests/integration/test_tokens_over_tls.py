@@ -6,23 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 from pathlib import Path
 from typing import Dict, Iterator, Tuple
 
 import pytest
+from etcdkit import free_port
 from labkit import FLEETCTL, Fleet
 
 from fleetd.lab import certs
 
 UNIT = "[Service]\nExecStart=/bin/sleep 1000\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Tls:

@@ -134,3 +134,28 @@ def http(where: Any, method: str, path: str, body: Optional[bytes] = None,
 
 def post(where: Any, path: str, data: Any, **kw: Any) -> Tuple[int, Any]:
     return http(where, "POST", path, json.dumps(data).encode(), **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def role_tokens(sock: str) -> Dict[str, bytes]:
+    """A token of each role (``read-bot``, ``operate-bot``, ``admin-bot``), made by root
+    on the Unix socket ``sock``: role -> its Authorization header."""
+    made = {}
+    for role in ("read", "operate", "admin"):
+        status, answer = post(sock, "/v1/tokens", {"name": f"{role}-bot", "role": role})
+        assert status == 201, answer
+        made[role] = f"Bearer {answer['token']}".encode()
+    return made
+
+
+def as_holder(s: Served, header: bytes, method: str, path: str, body: Any = None
+              ) -> Tuple[int, Any]:
+    """One request over ``s``'s TCP listener with the Authorization ``header``."""
+    data = json.dumps(body).encode() if body is not None else None
+    return http(s.config.listen_host_port, method, path, data,
+                headers={"Authorization": header})

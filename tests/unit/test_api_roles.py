@@ -6,25 +6,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple
+from typing import Dict, Iterator, Tuple
 
 import pytest
-from apikit import Served, http, post, served
+from apikit import Served, as_holder, free_port, http, role_tokens, served
 
 from fleetd.daemon.http import roles
 from fleetd.daemon.service.errors import Conflict, Invalid, NotFound
 from fleetd.daemon.tokens import LAST_USED_FLUSH_S, TOKENS_FILE, TokenStore, digest
 
 CONFIG_TOKEN = "s3cret-s3cret-s3cret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -115,20 +108,10 @@ def test_a_damaged_token_file_is_named(tmp_path: Path) -> None:
 @pytest.fixture
 def tcp(tmp_path: Path) -> Iterator[Tuple[Served, Dict[str, bytes]]]:
     with served(tmp_path, listen=f"127.0.0.1:{free_port()}", token=CONFIG_TOKEN) as s:
-        sock = str(tmp_path / "api.sock")
-        made = {}
-        for role in roles.ROLES:
-            status, answer = post(sock, "/v1/tokens", {"name": f"t-{role}", "role": role})
-            assert status == 201, answer
-            made[role] = f"Bearer {answer['token']}".encode()
-        yield s, made
+        yield s, role_tokens(str(tmp_path / "api.sock"))
 
 
-def as_(s: Served, header: bytes, method: str, path: str, body: Any = None
-        ) -> Tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    return http(s.config.listen_host_port, method, path, data,
-                headers={"Authorization": header})
+as_ = as_holder
 
 
 UNIT_STATE = ("POST", "/v1/units/state", {"names": ["x.service"], "desired": "launched"})
@@ -144,7 +127,7 @@ def test_a_read_token_reads_and_may_not_change(tcp: Tuple[Served, Dict[str, byte
                                                                     "role": "admin"})):
         status, answer = as_(s, token["read"], method, path, body)
         assert status == 403, (path, answer)
-        assert "t-read's role is read" in answer["error"]
+        assert "read-bot's role is read" in answer["error"]
 
 
 def test_an_operate_token_operates_but_adds_no_machine_and_sees_no_secret(
@@ -169,7 +152,7 @@ def test_admin_tokens_and_the_socket_may_do_all(tcp: Tuple[Served, Dict[str, byt
         status, answer = as_(s, header, "GET", "/v1/tokens")
         assert status == 200
         assert {t["name"]: t["role"] for t in answer["tokens"]} == {
-            "t-read": "read", "t-operate": "operate", "t-admin": "admin"}
+            "read-bot": "read", "operate-bot": "operate", "admin-bot": "admin"}
         assert all("token" not in t and "sha256" not in t for t in answer["tokens"])
     assert http(str(tmp_path / "api.sock"), "GET", "/v1/tokens")[0] == 200
 
@@ -178,7 +161,7 @@ def test_a_revoked_token_is_refused_at_once(tcp: Tuple[Served, Dict[str, bytes]]
                                             tmp_path: Path) -> None:
     s, token = tcp
     assert as_(s, token["operate"], "GET", "/v1/units")[0] == 200
-    assert as_(s, token["admin"], "DELETE", "/v1/tokens/t-operate")[0] == 200
+    assert as_(s, token["admin"], "DELETE", "/v1/tokens/operate-bot")[0] == 200
     status, answer = as_(s, token["operate"], "GET", "/v1/units")
     assert status == 401 and "bearer token" in answer["error"]
     assert os.path.exists(tmp_path / "state" / TOKENS_FILE)
@@ -193,10 +176,10 @@ def test_a_token_file_that_cannot_be_written_is_a_503_and_nothing_changes(
         status, answer = as_(s, token["admin"], "POST", "/v1/tokens",
                              {"name": "late", "role": "read"})
         assert status == 503 and TOKENS_FILE in answer["error"], answer
-        status, answer = as_(s, token["admin"], "DELETE", "/v1/tokens/t-read")
+        status, answer = as_(s, token["admin"], "DELETE", "/v1/tokens/read-bot")
         assert status == 503
         assert as_(s, token["read"], "GET", "/v1/units")[0] == 200  # not revoked
     finally:
         (state / f"{TOKENS_FILE}.tmp").rmdir()
     names = [t["name"] for t in TokenStore(str(state / TOKENS_FILE)).list()]
-    assert names == ["t-admin", "t-operate", "t-read"]
+    assert names == ["admin-bot", "operate-bot", "read-bot"]

@@ -4,7 +4,6 @@ recording every write (refused ones too) with its caller, and nothing else."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import stat
@@ -13,17 +12,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Tuple
 
 import pytest
-from apikit import Served, http, post, served
+from apikit import Served, as_holder, free_port, http, role_tokens, served
 
 from fleetd.daemon.audit import AUDIT_FILE, AuditLog
 
 CONFIG_TOKEN = "s3cret-s3cret-s3cret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_records_get_a_seq_that_survives_a_restart(tmp_path: Path) -> None:
@@ -90,20 +83,10 @@ def test_wait_answers_when_a_record_comes() -> None:
 @pytest.fixture
 def tcp(tmp_path: Path) -> Iterator[Tuple[Served, Dict[str, bytes]]]:
     with served(tmp_path, listen=f"127.0.0.1:{free_port()}", token=CONFIG_TOKEN) as s:
-        made = {}
-        for role in ("read", "operate", "admin"):
-            status, answer = post(str(tmp_path / "api.sock"), "/v1/tokens",
-                                  {"name": f"{role}-bot", "role": role})
-            assert status == 201
-            made[role] = f"Bearer {answer['token']}".encode()
-        yield s, made
+        yield s, role_tokens(str(tmp_path / "api.sock"))
 
 
-def tcp_call(s: Served, header: bytes, method: str, path: str, body: Any = None
-             ) -> Tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    return http(s.config.listen_host_port, method, path, data,
-                headers={"Authorization": header})
+tcp_call = as_holder
 
 
 def test_every_write_is_recorded_with_its_caller(tcp: Tuple[Served, Dict[str, bytes]],
