@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -176,3 +177,42 @@ def test_missing_secrets_bad_names_and_removal_in_use_are_clear(fleet: Fleet,
     assert refused.returncode == 1
     assert "secret db_pw is used by db-user.service" in refused.stderr
     assert fleet.unit("db-user.service")["state"] == "running"
+
+
+SEEN_JAVA = """\
+import java.nio.file.*;
+import java.security.MessageDigest;
+
+public class Seen {
+    public static void main(String[] args) throws Exception {
+        byte[] d = MessageDigest.getInstance("SHA-256")
+            .digest(System.getenv("DB_PASSWORD").getBytes("UTF-8"));
+        StringBuilder hex = new StringBuilder();
+        for (byte b : d) hex.append(String.format("%02x", b));
+        Files.writeString(Path.of(args[0] + ".tmp"), hex + "\\n");
+        Files.move(Path.of(args[0] + ".tmp"), Path.of(args[0]),
+                   StandardCopyOption.ATOMIC_MOVE);
+        Thread.sleep(1000000000L);
+    }
+}
+"""
+
+
+def test_a_java_unit_gets_its_secret_too(fleet: Fleet, tmp_path: Path) -> None:
+    javac = shutil.which("javac")
+    if javac is None:
+        pytest.skip("needs javac (a JDK 17+)")
+    (tmp_path / "Seen.java").write_text(SEEN_JAVA)
+    subprocess.run([javac, "--release", "17", "-d", str(tmp_path / "classes"),
+                    str(tmp_path / "Seen.java")], check=True, timeout=120)
+    out = tmp_path / "seen"
+    unit = tmp_path / "java-user.service"
+    unit.write_text(f"[X-Fleet]\nDriver=java\n[X-Java]\nMainClass=Seen\n"
+                    f"ClassPath={tmp_path / 'classes'}\nArgs={out}\n[Service]\n"
+                    "SecretEnvironment=DB_PASSWORD=db_pw\n")
+    assert ctl_input(fleet, VALUE, "secret", "set", "db_pw").returncode == 0
+    fleet.ctl("start", str(unit))
+    wait_for("the JVM's hash of its DB_PASSWORD", lambda: out.exists() and
+             out.read_text().split()[0] == sha(VALUE), 30)
+    row = fleet.unit("java-user.service")
+    assert row is not None and VALUE not in Path(f"/proc/{row['pid']}/cmdline").read_text()
