@@ -17,6 +17,7 @@ for the in-process ones) and writes bench/results/api_access.json.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import socket
@@ -103,7 +104,7 @@ def over_the_api(work: str, n: int) -> Dict[str, float]:
 
 def in_process(work: str) -> Dict[str, float]:
     store = TokenStore(os.path.join(work, "tokens.json"))
-    tokens = [store.create(f"t{i}", "read") for i in range(1000)]
+    tokens = [asyncio.run(store.create(f"t{i}", "read")) for i in range(1000)]
     lookups = samples(lambda: store.lookup(tokens[500]), 2000)
     audit = AuditLog(os.path.join(work, "audit.jsonl"))
     entry = {"who": "bench", "role": "operate", "method": "POST", "route": "/v1/units/state",

@@ -104,6 +104,8 @@ class Daemon:
         # run beside the API for fleetd's life (the roster entry), and closed after the
         # registry at the end (the etcd client they share)
         self.companions: List[Callable[[], Awaitable[None]]] = []
+        # API tokens: a file in the state directory; on etcd, etcd's (open_etcd_daemon)
+        self.tokens = TokenStore(os.path.join(config.state_dir, TOKENS_FILE))
         self.closers: List[Callable[[], Awaitable[None]]] = []
         registry.on_change(self._changed_elsewhere)
 
@@ -113,7 +115,7 @@ class Daemon:
                                  self.config.idle_timeout_s, self.status, self.servers,
                                  secrets=self.secrets),
                         self.config.token,
-                        TokenStore(os.path.join(self.config.state_dir, TOKENS_FILE)),
+                        self.tokens,
                         AuditLog(os.path.join(self.config.state_dir, AUDIT_FILE)))
 
     def status(self) -> Dict[str, Any]:

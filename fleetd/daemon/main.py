@@ -50,10 +50,12 @@ async def open_etcd_daemon(config: Config) -> Daemon:
     """The Daemon of one of several fleetd on etcd: the registry loaded from etcd and
     followed, the leader lock, and this fleetd's entry in the roster (list-servers)."""
     from fleetd.daemon.app import Daemon
+    from fleetd.daemon.tokens_etcd import EtcdTokenStore
     from fleetd.engine.etcd_lock import EtcdLock
     from fleetd.engine.roster import Roster, list_servers
     from fleetd.registry.etcd import EtcdRegistry
     from fleetd.registry.etcdv3 import EtcdClient, parse_url, tls_context
+    from fleetd.registry.etcdv3_types import EtcdError
 
     assert config.registry is not None
     endpoints, tls = parse_url(config.registry)
@@ -72,6 +74,12 @@ async def open_etcd_daemon(config: Config) -> Daemon:
         return [row.to_json() for row in await list_servers(client, config.etcd_prefix)]
 
     daemon = Daemon(config, registry, lock, servers=servers)
+    daemon.tokens = tokens = EtcdTokenStore(client, config.etcd_prefix)
+    try:
+        await tokens.load()  # before the API answers: every token made so far counts
+    except EtcdError as exc:  # it reads again every second (tokens_etcd.run)
+        logging.getLogger("fleetd.tokens").warning("API tokens not read yet: %s", exc)
+    daemon.companions.append(tokens.run)
     daemon.companions.append(roster.run)
     daemon.closers.append(roster.close)
     daemon.closers.append(client.close)

@@ -10,8 +10,8 @@ Kept in one JSON file in fleetd's state directory (mode 0600), rewritten whole a
 renamed over the old one (a crash leaves the old file or the new, never half of one).
 ``last_used`` is kept in memory at once and written with the next change, or at most
 once a LAST_USED_FLUSH_S, so that reads do not each write the disk. With several fleetd
-on etcd each has its own file: a token is made (and revoked) on each fleetd that should
-take it (README says so).
+on etcd the tokens are in etcd instead, shared by all (tokens_etcd.py); this class's
+``_add`` and ``_remove`` are where the two differ.
 """
 
 from __future__ import annotations
@@ -61,13 +61,16 @@ def digest(token: str) -> str:
 
 
 class TokenStore:
-    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
-        """Read ``path`` if it exists (StoreError naming it if it cannot be read)."""
+    def __init__(self, path: Optional[str], clock: Callable[[], float] = time.time) -> None:
+        """Read ``path`` if it exists (StoreError naming it if it cannot be read); None:
+        no file (a subclass keeps them elsewhere)."""
         self.path = path
         self.clock = clock
         self.tokens: Dict[str, Token] = {}
         self._flushed = clock()
         self._dirty = False
+        if path is None:
+            return
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -77,7 +80,7 @@ class TokenStore:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{path}: not a token file fleetd wrote ({exc})") from None
 
-    def create(self, name: Optional[str], role: Optional[str]) -> str:
+    async def create(self, name: Optional[str], role: Optional[str]) -> str:
         """A new token for ``name`` with ``role``; returns the token itself, which is
         nowhere else from now on."""
         if not isinstance(name, str) or not NAME.fullmatch(name):
@@ -90,25 +93,34 @@ class TokenStore:
         if name in self.tokens:
             raise Conflict(f"token {name!r} exists (revoke it first to make a new one)")
         token = PREFIX + secrets.token_urlsafe(32)
-        self.tokens[name] = Token(name, role, digest(token), self.clock())
-        try:
-            self._save()
-        except StoreError:
-            del self.tokens[name]
-            raise
+        await self._add(Token(name, role, digest(token), self.clock()))
         return token
 
-    def revoke(self, name: str) -> Token:
+    async def revoke(self, name: str) -> Token:
         """Forget ``name``'s token: the next request with it is refused."""
-        gone = self.tokens.pop(name, None)
+        gone = self.tokens.get(name)
         if gone is None:
             raise NotFound(f"no token named {name!r}")
+        await self._remove(gone)
+        return gone
+
+    async def _add(self, t: Token) -> None:
+        """Store ``t`` (StoreError: not stored, nothing changed)."""
+        self.tokens[t.name] = t
         try:
             self._save()
         except StoreError:
-            self.tokens[name] = gone
+            del self.tokens[t.name]
             raise
-        return gone
+
+    async def _remove(self, t: Token) -> None:
+        """Forget ``t`` (StoreError: still there, nothing changed)."""
+        del self.tokens[t.name]
+        try:
+            self._save()
+        except StoreError:
+            self.tokens[t.name] = t
+            raise
 
     def list(self) -> List[Dict[str, Any]]:
         return [t.shown() for t in sorted(self.tokens.values(), key=lambda t: t.name)]
@@ -136,6 +148,8 @@ class TokenStore:
                 self._save()
 
     def _save(self) -> None:
+        if self.path is None:
+            return
         data = {"tokens": [dataclasses.asdict(t) for t in self.tokens.values()]}
         tmp = f"{self.path}.tmp"
         try:

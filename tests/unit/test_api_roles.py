@@ -4,11 +4,12 @@ is above it, over real TCP to a real Daemon (apikit)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
 from pathlib import Path
-from typing import Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, Tuple
 
 import pytest
 from apikit import Served, as_holder, free_port, http, role_tokens, served
@@ -18,6 +19,10 @@ from fleetd.daemon.service.errors import Conflict, Invalid, NotFound
 from fleetd.daemon.tokens import LAST_USED_FLUSH_S, TOKENS_FILE, TokenStore, digest
 
 CONFIG_TOKEN = "s3cret-s3cret-s3cret"
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -52,7 +57,7 @@ def test_the_table_reads_as_the_issue_says() -> None:
 def test_the_store_keeps_only_a_hash_and_forgets_at_once(tmp_path: Path) -> None:
     path = tmp_path / "state" / TOKENS_FILE
     store = TokenStore(str(path))
-    token = store.create("grafana", "read")
+    token = run(store.create("grafana", "read"))
     assert token.startswith("fltk_") and len(token) > 40
     raw = path.read_bytes()
     assert token.encode() not in raw and digest(token).encode() in raw
@@ -63,7 +68,7 @@ def test_the_store_keeps_only_a_hash_and_forgets_at_once(tmp_path: Path) -> None
     again = TokenStore(str(path))  # as a restarted fleetd reads it
     assert [t["name"] for t in again.list()] == ["grafana"]
     assert set(again.list()[0]) == {"name", "role", "created", "last_used"}
-    store.revoke("grafana")
+    run(store.revoke("grafana"))
     assert store.lookup(token) is None
     assert TokenStore(str(path)).list() == []
 
@@ -74,20 +79,20 @@ def test_the_store_refuses_what_it_cannot_take(tmp_path: Path) -> None:
                               ("-x", "read", "name"), ("config", "read", "name"),
                               ("ok", "root", "role"), ("ok", None, "role")]:
         with pytest.raises(Invalid) as err:
-            store.create(name, role)
+            run(store.create(name, role))
         assert err.value.field == field
-    store.create("ok", "operate")
+    run(store.create("ok", "operate"))
     with pytest.raises(Conflict):
-        store.create("ok", "admin")
+        run(store.create("ok", "admin"))
     with pytest.raises(NotFound):
-        store.revoke("nobody")
+        run(store.revoke("nobody"))
 
 
 def test_last_used_is_written_at_most_once_a_minute(tmp_path: Path) -> None:
     now = [1000.0]
     path = tmp_path / TOKENS_FILE
     store = TokenStore(str(path), clock=lambda: now[0])
-    token = store.create("ci", "operate")
+    token = run(store.create("ci", "operate"))
     now[0] += 1
     assert store.lookup(token) is not None
     assert json.loads(path.read_text())["tokens"][0]["last_used"] is None

@@ -20,7 +20,7 @@ async def create_token(request: web.Request) -> web.Response:
     body = await req.body(request)
     name, role = req.text(body, "name"), req.text(body, "role")
     try:
-        token = request.app[TOKENS].create(name, role)
+        token = await request.app[TOKENS].create(name, role)
     except StoreError as exc:
         raise Refused(503, str(exc)) from None
     return web.json_response({"name": name, "role": role, "token": token}, status=201)
@@ -28,7 +28,7 @@ async def create_token(request: web.Request) -> web.Response:
 
 async def revoke_token(request: web.Request) -> web.Response:
     try:
-        gone = request.app[TOKENS].revoke(request.match_info["name"])
+        gone = await request.app[TOKENS].revoke(request.match_info["name"])
     except StoreError as exc:
         raise Refused(503, str(exc)) from None
     return web.json_response({"revoked": gone.name, "role": gone.role})
