@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Tuple
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from apikit import Served, as_holder, free_port, http, role_tokens, served
 
-from fleetd.daemon.http import roles
+from fleetd.daemon.http import access, roles
 from fleetd.daemon.service.errors import Conflict, Invalid, NotFound
 from fleetd.daemon.tokens import LAST_USED_FLUSH_S, TOKENS_FILE, TokenStore, digest
 
@@ -188,3 +189,21 @@ def test_a_token_file_that_cannot_be_written_is_a_503_and_nothing_changes(
         (state / f"{TOKENS_FILE}.tmp").rmdir()
     names = [t["name"] for t in TokenStore(str(state / TOKENS_FILE)).list()]
     assert names == ["admin-bot", "operate-bot", "read-bot"]
+
+
+def test_only_a_unix_socket_is_root_and_a_gone_connection_is_nobody(tmp_path: Path) -> None:
+    """caller_of fails closed: a request whose transport is gone, or whose socket is not
+    a path (AF_UNIX), is judged by its token, never taken for root's."""
+    store = TokenStore(str(tmp_path / TOKENS_FILE))
+    unix = make_mocked_request("GET", "/v1/units")
+    unix.transport.get_extra_info = lambda key, default=None: "/run/fleetd/fleetd.sock"
+    assert access.caller_of(unix, store, None) == access.Caller(access.UNIX_CALLER, "admin")
+    for sockname in (("127.0.0.1", 7070), ("::1", 7070, 0, 0), None, b"\0abstract"):
+        odd = make_mocked_request("GET", "/v1/units")
+        odd.transport.get_extra_info = lambda key, default=None, s=sockname: s
+        assert access.caller_of(odd, store, None) is None, sockname
+    gone = make_mocked_request("GET", "/v1/units",
+                               headers={"Authorization": f"Bearer {CONFIG_TOKEN}"})
+    gone.protocol.transport = None  # as aiohttp leaves it once the connection is lost
+    assert gone.transport is None
+    assert access.caller_of(gone, store, CONFIG_TOKEN) is None

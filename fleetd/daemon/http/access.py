@@ -52,8 +52,10 @@ def caller_of(request: web.Request, tokens: TokenStore, config_token: Optional[s
               ) -> Optional[Caller]:
     """Who sent ``request``: root on the socket, a token's name on TCP; None for a TCP
     request whose token fleetd does not know."""
-    sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    if not isinstance(sockname, tuple):
+    if request.transport is None:  # the connection is gone: whose it was, unknown
+        return None
+    sockname = request.transport.get_extra_info("sockname")
+    if isinstance(sockname, str):  # AF_UNIX: its path; a TCP or TLS socket: (host, port)
         return Caller(UNIX_CALLER, roles.ADMIN)
     header = request.headers.get("Authorization", "")
     if config_token is not None and authorized(header, config_token):
