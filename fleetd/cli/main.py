@@ -20,6 +20,7 @@ from fleetd.cli import units as unit_commands
 from fleetd.cli import vagrant as vagrant_cli
 from fleetd.cli.audit import audit as audit_command
 from fleetd.cli.context import Ctx, pass_ctx
+from fleetd.cli.events import events as events_command
 from fleetd.cli.lab import lab
 from fleetd.cli.output import echo, visible
 from fleetd.cli.tokens import token as token_group
@@ -248,6 +249,7 @@ for command in [*unit_commands.COMMANDS, *listing.COMMANDS, *servers.COMMANDS, *
     cli.add_command(command)
 cli.add_command(token_group)
 cli.add_command(audit_command)
+cli.add_command(events_command)
 
 
 def main() -> None:

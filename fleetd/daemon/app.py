@@ -33,7 +33,8 @@ from fleetd.daemon.service.secrets import Secrets
 from fleetd.daemon.service.units import Units
 from fleetd.daemon.session import MachineSession, TransportFactory, silence_window
 from fleetd.daemon.tokens import TOKENS_FILE, TokenStore
-from fleetd.engine import liveness
+from fleetd.engine import liveness, transitions
+from fleetd.engine.events import Bus
 from fleetd.engine.leader import Leadership, Timing
 from fleetd.engine.leadership import LeaderLock
 from fleetd.engine.loop import Engine
@@ -91,6 +92,8 @@ class Daemon:
                              heard=self._heard, skew_s=silence_window(config.heartbeat_s),
                              units=self.compiled, secrets=self.secrets)
         self.engine.leading = False
+        self.events = Bus()  # what happened, with why: fleetctl events (engine/events.py)
+        self.engine.publish = self.events.publish
         self.leadership = Leadership(lock, self._elected, self._deposed, timing)
         self.started_at = time.time()
         self._servers = servers
@@ -113,7 +116,7 @@ class Daemon:
         """The HTTP API over this daemon's services (listeners.serve serves it)."""
         return make_app(Services(self.units, self.machines, self.started_at,
                                  self.config.idle_timeout_s, self.status, self.servers,
-                                 secrets=self.secrets),
+                                 secrets=self.secrets, events=self.events),
                         self.config.token,
                         self.tokens,
                         AuditLog(os.path.join(self.config.state_dir, AUDIT_FILE)))
@@ -174,6 +177,7 @@ class Daemon:
         session = MachineSession(machine, self.registry, self.transport_factory, self.changed,
                                  self.config.heartbeat_s, epoch=self.epoch)
         session.report_matters = self._report_matters
+        session.publish = self.events.publish
         self.sessions[machine.name] = session
         session.start()
 
@@ -208,6 +212,8 @@ class Daemon:
                 try:
                     await self.registry.update_machine(name, state=state, error=why,
                                                        epoch=self.epoch)
+                    for draft in transitions.machine_state(name, current, state, why):
+                        self.events.publish(draft)
                 except RegistryError as exc:  # judged again at the next tick
                     log.warning("cannot record that machine %s is %s: %s", name, state, exc)
                     continue

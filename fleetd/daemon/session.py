@@ -56,6 +56,7 @@ from typing import (
 
 from fleetd import protocol
 from fleetd.daemon import reports
+from fleetd.engine import events, transitions
 from fleetd.registry.base import MachineRecord, ObservedRecord, Registry, RegistryError
 from fleetd.transport.base import Channel, Transport, TransportError
 from fleetd.wire import messages, names
@@ -116,6 +117,10 @@ class MachineSession:
         # (unit, state) -> whether the engine must hear of it (a failure, a hand-off)
         self.report_matters: Callable[[str, str], bool] = lambda unit, state: False
         self._writes: Set[asyncio.Task[None]] = set()  # made from sync code (_write)
+        # events (fleetd.engine.events): the machine's state, and each unit's as its
+        # reports go (the last report of each, to tell what changed)
+        self.publish: events.Publish = events.nowhere
+        self._reported: Dict[str, ObservedRecord] = {}
 
     def _write(self, write: Coroutine[Any, Any, None]) -> None:
         """A registry write from code that cannot wait for it (a push from the engine's
@@ -303,6 +308,8 @@ class MachineSession:
             try:
                 await self.registry.update_machine(self.name, state=state, error=reason,
                                                    last_seen=self.last_seen, epoch=self.epoch)
+                self._tell(transitions.machine_state(self.name, self.machine.state, state,
+                                                     reason))
             except RegistryError as exc:  # the store says no: the next connect says again
                 log.warning("%s: cannot record that it is %s: %s", self.name, state, exc)
             if was_up or state != self.machine.state:
@@ -342,6 +349,9 @@ class MachineSession:
                 self.name, state="up", error=None, facts=facts,
                 machine_id=hello.get("machine_id"), last_seen=self.last_seen, epoch=self.epoch,
             )
+            self._tell(transitions.machine_state(
+                self.name, self.machine.state, "up",
+                f"agent {hello.get('agent_version')} answered"))
             self.machine = self.registry.get_machine(self.name) or self.machine
             self.connected = True
             log.info("%s: agent %s up (machine id %s)", self.name,
@@ -391,6 +401,15 @@ class MachineSession:
                 return
 
     # --- agent side -------------------------------------------------------------------
+    def _tell(self, drafts: List[events.Draft]) -> None:
+        for draft in drafts:
+            self.publish(draft)
+
+    def _observed(self, row: ObservedRecord) -> None:
+        """Publish what a unit's report says happened since its last (transitions)."""
+        self._tell(transitions.observed(self._reported.get(row.unit), row))
+        self._reported[row.unit] = row
+
     async def _handle(self, msg: Dict[str, Any]) -> None:
         self.last_seen = time.time()
         kind = msg["type"]
@@ -423,11 +442,16 @@ class MachineSession:
             reported = {row.unit for row in rows}
             rows += [row for name, row in self._undeliverable.items() if name not in reported]
             await self.registry.replace_observed(self.name, rows, epoch=self.epoch)
+            for row in rows:
+                self._observed(row)
+            for gone in set(self._reported) - {row.unit for row in rows}:
+                del self._reported[gone]
             self.changed(True)  # a whole snapshot (after a connect): the engine looks
             return
         elif kind == messages.UNIT:
             row = reports.observed(msg.get("unit"), self.name)
             await self.registry.upsert_observed(row, epoch=self.epoch)
+            self._observed(row)
             if row.state == protocol.STOPPED and (row.error or "").startswith(protocol.FENCED):
                 # fenced while cut off, and we hear of it: the cut is over. The agent
                 # keeps it stopped until a desired set comes; send ours again.
@@ -443,6 +467,7 @@ class MachineSession:
             if why is not None:
                 raise protocol.ProtocolError(f"removed message: {why}")
             await self.registry.delete_observed(self.name, str(name), epoch=self.epoch)
+            self._reported.pop(str(name), None)
             if self.report_matters(str(name), "removed"):
                 self.changed(True)  # a hand-off's old copy is gone: the next unit may go
                 return

@@ -43,7 +43,7 @@ from typing import (
 )
 
 from fleetd import protocol
-from fleetd.engine import reconciler
+from fleetd.engine import events, reconciler, transitions
 from fleetd.engine.facts import (
     PlacementRow,
     applied,
@@ -138,6 +138,10 @@ class Engine:
         self._set_aside: Dict[ContentKey, str] = {}
         self._snapshot = Snapshot()
         self._machines: Dict[str, Tuple[MachineRecord, Machine]] = {}  # this pass's
+        # events of a leading engine's passes (fleetd.engine.transitions), against the
+        # records as its last pass left them (None: none yet this term)
+        self.publish: events.Publish = events.nowhere
+        self._known: Optional[Tuple[Dict[str, UnitRecord], Dict[str, MachineRecord]]] = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -167,6 +171,7 @@ class Engine:
         observed = {(o.unit, o.machine): o for o in self.registry.list_observed()}
         d = self.decide(units, machines, observed, self.registry.list_failures(), now)
         if not self.leading:
+            self._known = None
             self._snapshot = d.snapshot
             self.units.retain(d.probed, d.rendered)
             if d.moved:
@@ -182,6 +187,11 @@ class Engine:
             await self.registry.set_placements([*d.placements, *d.reasons],
                                                handoffs=d.handoffs, retry=d.retry,
                                                epoch=self.epoch)
+        known, known_machines = self._known or (None, None)
+        for draft in transitions.engine_pass(known, known_machines, units, machines,
+                                             d.tasks, d.failures):
+            self.publish(draft)
+        self._known = ({u.name: u for u in d.units}, {m.name: m for m in machines})
         self._snapshot = d.snapshot
         self.units.retain(d.probed, d.rendered)
         if d.tasks or d.reasons or d.moved:

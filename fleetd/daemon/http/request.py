@@ -19,6 +19,7 @@ from fleetd.daemon.service.machines import Machines
 from fleetd.daemon.service.secrets import Secrets
 from fleetd.daemon.service.units import Units
 from fleetd.daemon.service.waits import MAX_WAIT_S
+from fleetd.engine.events import Bus
 from fleetd.wire import numbers
 
 MAX_DEPTH = 16  # JSON nesting: fleetctl's bodies are 3 deep
@@ -39,6 +40,8 @@ class Services:
     # list-servers' rows: every fleetd and etcd member
     servers: Callable[[], Awaitable[List[Dict[str, Any]]]]
     secrets: Secrets  # fleetctl secret: names and versions out, values only in
+    # what happened, with why (fleetctl events): the leader's engine and sessions publish
+    events: Bus = dataclasses.field(default_factory=Bus)
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services")

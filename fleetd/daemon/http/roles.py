@@ -2,7 +2,7 @@
 
 Roles are ranked; a token of a role may do what the roles below it may:
 
-- ``read``: lists, status, cat, journal, waits, health, servers;
+- ``read``: lists, status, cat, journal, waits, health, servers, events;
 - ``operate``: and change what runs: submit, start, stop, restart, destroy, drain;
 - ``admin``: and change who and where: machines, tokens, secrets, the audit record.
 
@@ -43,6 +43,7 @@ ROUTES: Dict[Tuple[str, str], str] = {
     ("POST", "/v1/tokens"): ADMIN,
     ("DELETE", "/v1/tokens/{name}"): ADMIN,
     ("GET", "/v1/audit"): ADMIN,
+    ("GET", "/v1/events"): READ,
 }
 ADMIN_PREFIXES = ("/v1/secrets",)  # every route under these, present or to come
 

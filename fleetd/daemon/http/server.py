@@ -20,7 +20,7 @@ from aiohttp import web
 from fleetd import __version__
 from fleetd.daemon.audit import AuditLog
 from fleetd.daemon.http import request as req
-from fleetd.daemon.http import routes_machines, routes_secrets, routes_units
+from fleetd.daemon.http import routes_events, routes_machines, routes_secrets, routes_units
 from fleetd.daemon.http.access import access_middleware
 from fleetd.daemon.http.errors import (
     MAX_BODY,
@@ -99,4 +99,5 @@ def make_app(services: req.Services, token: Optional[str], tokens: TokenStore,
     add_token_routes(app.router)
     app.router.add_get("/v1/audit", list_audit)
     routes_secrets.add_routes(app.router)
+    app.router.add_get("/v1/events", routes_events.list_events)
     return app
