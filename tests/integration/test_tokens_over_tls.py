@@ -50,15 +50,17 @@ class Tls:
 def tls(tmp_path: Path) -> Iterator[Tuple[Tls, Dict[str, str]]]:
     t = Tls(tmp_path)
     t.fleet.start()
-    files = {}
-    for role in ("read", "operate", "admin"):
-        made = t.fleet.ctl("token", "create", "--name", f"{role}-bot", "--role", role)
-        token = made.stdout.strip()
-        assert token.startswith("fltk_") and "not shown again" in made.stderr
-        files[role] = t.token_file(role, token)
-    (tmp_path / "web.service").write_text(UNIT)
-    yield t, files
-    t.fleet.stop()
+    try:  # a set-up that fails stops fleetd too
+        files = {}
+        for role in ("read", "operate", "admin"):
+            made = t.fleet.ctl("token", "create", "--name", f"{role}-bot", "--role", role)
+            token = made.stdout.strip()
+            assert token.startswith("fltk_") and "not shown again" in made.stderr
+            files[role] = t.token_file(role, token)
+        (tmp_path / "web.service").write_text(UNIT)
+        yield t, files
+    finally:
+        t.fleet.stop()
 
 
 def refused(out: subprocess.CompletedProcess[str], role: str, needed: str) -> bool:
