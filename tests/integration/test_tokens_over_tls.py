@@ -8,13 +8,14 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import pytest
 from etcdkit import free_port
-from labkit import FLEETCTL, Fleet
+from labkit import FLEETCTL, Fleet, reset_host, wait_for
 
 from fleetd.lab import certs
+from fleetd.lab.netns import Lab
 
 UNIT = "[Service]\nExecStart=/bin/sleep 1000\n"
 
@@ -22,7 +23,7 @@ UNIT = "[Service]\nExecStart=/bin/sleep 1000\n"
 class Tls:
     """fleetd over TLS, and fleetctl to it as a token's holder."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, lab: Optional[Lab] = None) -> None:
         ca = certs.make_ca(str(tmp_path))
         server = certs.issue(ca, str(tmp_path), "api", ["127.0.0.1"])
         self.url = f"https://127.0.0.1:{free_port()}"
@@ -31,7 +32,7 @@ class Tls:
                           f'tls_key = "{server.key}"\n')
         self.ca = ca.cert
         self.dir = tmp_path
-        self.fleet = Fleet(None, str(tmp_path), str(config))
+        self.fleet = Fleet(lab, str(tmp_path), str(config))
 
     def token_file(self, name: str, token: str) -> str:
         path = self.dir / f"{name}.token"
@@ -168,3 +169,31 @@ def test_each_write_is_in_the_audit_with_its_tokens_name(
     finally:
         follow.terminate()
         follow.wait(10)
+
+
+TICKER = ("[Service]\nExecStart=/bin/sh -c 'i=0; while true; do i=$((i+1)); "
+          "echo tick $i; sleep 0.2; done'\n")
+
+
+def test_a_read_token_reads_a_running_units_journal(tmp_path: Path, lab: Lab) -> None:
+    """On a lab host: an operate token starts a unit, a read token reads its status and
+    its output through fleetd, and may not stop it."""
+    t = Tls(tmp_path, lab)
+    t.fleet.start()
+    h = lab.hosts()[0]
+    try:
+        t.fleet.add(h)
+        files = {role: t.token_file(role, t.fleet.ctl(
+            "token", "create", "--name", f"{role}-bot", "--role", role).stdout.strip())
+            for role in ("read", "operate")}
+        (tmp_path / "ticker.service").write_text(TICKER)
+        started = t.ctl(files["operate"], "start", str(tmp_path / "ticker.service"))
+        assert started.returncode == 0, started.stderr
+        wait_for("ticks, read with the read token", lambda: "tick 3" in t.ctl(
+            files["read"], "journal", "-n", "50", "ticker.service").stdout, 20)
+        status = t.ctl(files["read"], "status", "ticker.service")
+        assert status.returncode == 0 and "running" in status.stdout, status.stderr
+        assert refused(t.ctl(files["read"], "stop", "ticker.service"), "read", "operate")
+    finally:
+        t.fleet.stop()
+        reset_host(lab, h)
