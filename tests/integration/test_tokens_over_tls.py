@@ -89,7 +89,7 @@ def test_a_read_token_reads_and_is_refused_start_stop_and_machine_add(
         assert refused(out, "read", needed), (args, out.stderr)
 
 
-def test_an_operate_token_starts_but_adds_no_machine_nor_token(
+def test_an_operate_token_starts_but_adds_no_machine_token_or_secret(
         tls: Tuple[Tls, Dict[str, str]]) -> None:
     t, files = tls
     op = files["operate"]
@@ -99,6 +99,13 @@ def test_an_operate_token_starts_but_adds_no_machine_nor_token(
     added = t.ctl(op, "machine", "add", "root@10.91.0.99", "--agent-command", "true")
     assert refused(added, "operate", "admin"), added.stderr
     assert refused(t.ctl(op, "token", "list"), "operate", "admin")
+    # secrets are admin's: listed, set or removed, existing or not
+    assert refused(t.ctl(op, "secret", "list"), "operate", "admin")
+    assert refused(t.ctl(op, "secret", "rm", "nothere"), "operate", "admin")
+    value = t.dir / "value"
+    value.write_text("hunter2")
+    assert refused(t.ctl(op, "secret", "set", "db", "--file", str(value)), "operate", "admin")
+    assert t.ctl(files["admin"], "secret", "list").returncode == 0
 
 
 def test_a_revoked_token_is_refused_at_once(tls: Tuple[Tls, Dict[str, str]]) -> None:
