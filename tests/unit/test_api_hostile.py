@@ -415,3 +415,23 @@ def test_an_error_never_echoes_a_huge_value(fleetd: Served) -> None:
                           {"names": ["a.service"], "desired": "x" * 100_000})
     refused(answer, status, 400, 'desired: "xxx', "is not one of")
     assert len(answer["error"]) < 200
+
+
+def test_a_client_gone_mid_body_is_logged_in_one_line_without_a_traceback(
+        fleetd: Served, caplog: pytest.LogCaptureFixture) -> None:
+    """A POST whose client closes after half its body: nothing to answer, nothing
+    stored, and fleetd's log says so in one line (it logged "POST /v1/units failed"
+    with a ConnectionResetError traceback, as if fleetd had a bug)."""
+    with caplog.at_level(logging.INFO, "fleetd.api"):
+        with connect(sock(fleetd)) as c:
+            c.sendall(b"POST /v1/units HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                      b"\r\nContent-Length: 1000\r\n\r\n{\"units\": [")
+            time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while "went away" not in caplog.text:
+            assert time.monotonic() < deadline, f"nothing logged: {caplog.text!r}"
+            time.sleep(0.02)
+    assert "Traceback" not in caplog.text and "failed" not in caplog.text
+    assert [r.levelno for r in caplog.records if "went away" in r.getMessage()] == [
+        logging.INFO]
+    assert http(sock(fleetd), "GET", "/v1/units")[1] == {"units": []}

@@ -87,6 +87,10 @@ async def answer_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return error(status_of(exc), str(exc))
     except web.HTTPException as exc:
         return error(exc.status, _http_error(request, exc))
+    except ConnectionResetError:  # reading its body: no one to answer, nothing done
+        log.info("%s: the client went away before its request was read; nothing done",
+                 route_of(request))
+        return error(400, f"{route_of(request)}: the request ended before its body did")
     except Exception:  # the one catch-all: a bug answers 500, never a traceback
         log.exception("%s failed", route_of(request))
         return error(500, f"{route_of(request)}: internal error in fleetd (logged there)")
