@@ -95,8 +95,11 @@ class Config:
         return "sqlite" if self.registry is None else "etcd"
 
     def addresses(self) -> List[str]:
-        """Where this fleetd's API answers: its socket, and its TCP address if any."""
-        return [f"unix:{self.socket}"] + ([self.listen] if self.listen else [])
+        """Where this fleetd's API answers: its socket, and its TCP address if any, as
+        ``fleetctl --endpoint`` takes it (``https://`` when it serves TLS, so what
+        list-servers shows can be pasted)."""
+        tcp = [("https://" if self.tls_cert else "") + self.listen] if self.listen else []
+        return [f"unix:{self.socket}", *tcp]
 
     @property
     def listen_host_port(self) -> tuple[str, int]:

@@ -152,6 +152,7 @@ def test_tls_files_are_loaded_and_named(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, f"[api]\nlisten = '0.0.0.0:7070'\n{tls}"
                                f"client_ca = '{ca.cert}'\n"))
     assert (cfg.tls_cert, cfg.tls_key, cfg.client_ca) == (server.cert, server.key, ca.cert)
+    assert cfg.addresses()[1] == "https://0.0.0.0:7070"  # list-servers: as --endpoint takes it
     swapped = write(tmp_path, f"[api]\nlisten = ':1'\ntls_cert = '{server.key}'\n"
                               f"tls_key = '{server.cert}'\n")
     assert error(swapped).startswith(f"{swapped}: api.tls_cert/tls_key/client_ca: "
