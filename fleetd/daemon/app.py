@@ -27,6 +27,7 @@ from fleetd.daemon.config import Config
 from fleetd.daemon.http.request import Services
 from fleetd.daemon.http.server import make_app
 from fleetd.daemon.listeners import serve
+from fleetd.daemon.metrics import FleetState, Metrics
 from fleetd.daemon.service.machines import Machines
 from fleetd.daemon.service.placement import EngineView
 from fleetd.daemon.service.secrets import Secrets
@@ -41,6 +42,7 @@ from fleetd.engine.loop import Engine
 from fleetd.registry.base import MachineRecord, Registry, RegistryError
 from fleetd.transport.ssh import to_machine
 from fleetd.units.compiled import CompiledUnits
+from fleetd.wire import names
 from fleetd.wire.unitspec import UnitSpec
 
 log = logging.getLogger("fleetd")
@@ -94,6 +96,10 @@ class Daemon:
         self.engine.leading = False
         self.events = Bus()  # what happened, with why: fleetctl events (engine/events.py)
         self.engine.publish = self.events.publish
+        self.metrics = Metrics()  # GET /metrics (daemon/metrics.py)
+        self.metrics.watch(self._fleet_state)
+        self.events.listeners.append(self.metrics.event)
+        self.engine.timed = self.metrics.engine_pass
         self.leadership = Leadership(lock, self._elected, self._deposed, timing)
         self.started_at = time.time()
         self._servers = servers
@@ -116,7 +122,8 @@ class Daemon:
         """The HTTP API over this daemon's services (listeners.serve serves it)."""
         return make_app(Services(self.units, self.machines, self.started_at,
                                  self.config.idle_timeout_s, self.status, self.servers,
-                                 secrets=self.secrets, events=self.events),
+                                 secrets=self.secrets, events=self.events,
+                                 metrics=self.metrics),
                         self.config.token,
                         self.tokens,
                         AuditLog(os.path.join(self.config.state_dir, AUDIT_FILE)))
@@ -138,6 +145,12 @@ class Daemon:
                  "leader": me["leader"], "healthy": True, "detail": "", "pid": os.getpid(),
                  "version": __version__, "started_at": self.started_at,
                  "since": me["since"], "epoch": me["epoch"]}]
+
+    def _fleet_state(self) -> FleetState:
+        """What a scrape of /metrics reads: the records as they are."""
+        units = [u for u in self.registry.list_units() if not names.is_template(u.name)]
+        return FleetState(units, self.registry.list_observed(),
+                          self.registry.list_machines(), {})
 
     # --- events ------------------------------------------------------------------------
     def changed(self, placement_relevant: bool = True) -> None:

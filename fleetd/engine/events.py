@@ -135,9 +135,13 @@ class Bus:
         self.history = History(limit)
         self.clock = clock
         self._waiters: List[asyncio.Future[None]] = []
+        # told of every event as it is published (the metrics count them)
+        self.listeners: List[Callable[[Event], object]] = []
 
     def publish(self, draft: Draft) -> Event:
         event = self.history.add(draft, self.clock())
+        for listen in self.listeners:
+            listen(event)
         for w in self._waiters:
             if not w.done():
                 w.set_result(None)

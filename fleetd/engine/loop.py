@@ -141,6 +141,8 @@ class Engine:
         # events of a leading engine's passes (fleetd.engine.transitions), against the
         # records as its last pass left them (None: none yet this term)
         self.publish: events.Publish = events.nowhere
+        # each pass's duration in seconds and how it ended (fleetd's metrics)
+        self.timed: Callable[[float, str], object] = lambda seconds, outcome: None
         self._known: Optional[Tuple[Dict[str, UnitRecord], Dict[str, MachineRecord]]] = None
 
     def wake(self) -> None:
@@ -154,13 +156,17 @@ class Engine:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            started, outcome = time.monotonic(), "done"
             try:
                 await self.reconcile_once()
             except (Unavailable, Unsure) as exc:  # the store cannot take the writes now
                 log.warning("engine pass not written (%s); retrying in %gs", exc, RETRY_S)
                 self._arm(time.time() + RETRY_S, time.time())
+                outcome = "not written"
             except Exception:
                 log.exception("engine pass failed; retrying on the next event")
+                outcome = "failed"
+            self.timed(time.monotonic() - started, outcome)
 
     # --- a pass: read, decide, write, push ------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 from labkit import Fleet, lab_slot, reset_host, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 from fleetd.lab.netns import Lab
 
@@ -50,6 +51,16 @@ def fleet(fz_lab: Lab, tmp_path: Any) -> Iterator[Fleet]:
 def events(fleet: Fleet, *args: str) -> List[Dict[str, Any]]:
     out = fleet.ctl("events", "-o", "json", *args).stdout
     return [json.loads(line) for line in out.splitlines()]
+
+
+def scrape(fleet: Fleet) -> Dict[str, Dict[Any, float]]:
+    """name -> {labels (sorted items): value} of /metrics, read by Prometheus' parser."""
+    text = b"".join(fleet.api.stream("/metrics", timeout=30)).decode()
+    out: Dict[str, Dict[Any, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
 
 
 def kinds(evs: List[Dict[str, Any]], unit: str) -> List[str]:
@@ -99,3 +110,25 @@ def test_a_killed_program_shows_in_the_events_and_a_consumer_resumes(
     # the table says the same, with the reasons
     table = fleet.ctl("events", "--unit", "ev.service").stdout
     assert "restarted" in table and "restart 1" in table
+
+
+def test_metrics_show_the_units_restarts(fleet: Fleet, tmp_path: Path) -> None:
+    unit = tmp_path / "mx.service"
+    unit.write_text(UNIT)
+    fleet.ctl("start", str(unit))
+    row = wait_for("the unit running", lambda: (
+        (u := fleet.unit("mx.service")) and u["state"] == "running" and u["pid"] and u))
+    os.kill(row["pid"], 9)
+    wait_for("the unit restarted", lambda: (
+        (u := fleet.unit("mx.service")) and u["state"] == "running"
+        and u["pid"] not in (None, row["pid"])))
+    key = (("machine", row["machine"]), ("unit", "mx.service"))
+    found = wait_for("the restart in /metrics", lambda: (
+        (m := scrape(fleet)) and m["fleetd_unit_restarts_total"].get(key) == 1 and m))
+    assert found["fleetd_units"][(("desired", "launched"),)] == 1
+    assert found["fleetd_machines"][(("state", "up"),)] == 1
+    assert found["fleetd_unit_health"][(("health", "unknown"), *key)] == 1
+    assert found["fleetd_engine_passes_total"][(("outcome", "done"),)] >= 1
+    assert found["fleetd_placements_total"][(("kind", "placed"),)] >= 1
+    assert found["fleetd_api_requests_total"][
+        (("method", "POST"), ("route", "/v1/units"), ("status", "200"))] >= 1

@@ -14,6 +14,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVa
 from aiohttp import web
 
 from fleetd.daemon.http.errors import SURROGATE, Refused
+from fleetd.daemon.metrics import Metrics
 from fleetd.daemon.service.errors import Invalid, shown
 from fleetd.daemon.service.machines import Machines
 from fleetd.daemon.service.secrets import Secrets
@@ -42,6 +43,7 @@ class Services:
     secrets: Secrets  # fleetctl secret: names and versions out, values only in
     # what happened, with why (fleetctl events): the leader's engine and sessions publish
     events: Bus = dataclasses.field(default_factory=Bus)
+    metrics: Metrics = dataclasses.field(default_factory=Metrics)  # GET /metrics
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services")

@@ -2,7 +2,7 @@
 
 Roles are ranked; a token of a role may do what the roles below it may:
 
-- ``read``: lists, status, cat, journal, waits, health, servers, events;
+- ``read``: lists, status, cat, journal, waits, health, servers, events, metrics;
 - ``operate``: and change what runs: submit, start, stop, restart, destroy, drain;
 - ``admin``: and change who and where: machines, tokens, secrets, the audit record.
 
@@ -44,6 +44,7 @@ ROUTES: Dict[Tuple[str, str], str] = {
     ("DELETE", "/v1/tokens/{name}"): ADMIN,
     ("GET", "/v1/audit"): ADMIN,
     ("GET", "/v1/events"): READ,
+    ("GET", "/metrics"): READ,
 }
 ADMIN_PREFIXES = ("/v1/secrets",)  # every route under these, present or to come
 

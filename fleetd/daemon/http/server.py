@@ -20,7 +20,13 @@ from aiohttp import web
 from fleetd import __version__
 from fleetd.daemon.audit import AuditLog
 from fleetd.daemon.http import request as req
-from fleetd.daemon.http import routes_events, routes_machines, routes_secrets, routes_units
+from fleetd.daemon.http import (
+    routes_events,
+    routes_machines,
+    routes_metrics,
+    routes_secrets,
+    routes_units,
+)
 from fleetd.daemon.http.access import access_middleware
 from fleetd.daemon.http.errors import (
     MAX_BODY,
@@ -80,7 +86,8 @@ def make_app(services: req.Services, token: Optional[str], tokens: TokenStore,
     """``token``: fleetd.toml's api.token (an admin's); ``tokens``: everyone else's;
     ``audit``: where every write is recorded, refused ones too (so the audit middleware
     runs before access's, and after answer_errors has made every refusal an answer)."""
-    app = web.Application(middlewares=[answer_errors, audit_middleware(audit),
+    app = web.Application(middlewares=[routes_metrics.count_requests, answer_errors,
+                                       audit_middleware(audit),
                                        access_middleware(tokens, token)],
                           client_max_size=MAX_BODY)
     app[req.SERVICES] = services
@@ -100,4 +107,5 @@ def make_app(services: req.Services, token: Optional[str], tokens: TokenStore,
     app.router.add_get("/v1/audit", list_audit)
     routes_secrets.add_routes(app.router)
     app.router.add_get("/v1/events", routes_events.list_events)
+    app.router.add_get("/metrics", routes_metrics.metrics)
     return app

@@ -1,0 +1,125 @@
+"""fleetd's metrics (issue 18): the families a scrape reads from the records, what the
+event bus and the engine count, and GET /metrics over a real Daemon, parsed by
+prometheus_client's own parser."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Dict, Tuple
+
+from apikit import free_port, http, post, role_tokens, served
+from prometheus_client.parser import text_string_to_metric_families
+from test_engine_loop import SERVICE
+
+from fleetd import protocol
+from fleetd.daemon.metrics import FleetState, Metrics, Usage
+from fleetd.engine.events import Bus, Draft
+from fleetd.registry.base import LAUNCHED, LOADED, MachineRecord, ObservedRecord, UnitRecord
+
+Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def one(found: Samples, name: str, **labels: str) -> float:
+    return found[(name, tuple(sorted(labels.items())))]
+
+
+def unit(name: str, desired: str) -> UnitRecord:
+    return UnitRecord(name, "h", desired, "m1", "why", 0.0)
+
+
+def machine(name: str, state: str) -> MachineRecord:
+    return MachineRecord(name, "10.0.0.1", 22, "root", None, None, "agent", {}, state=state)
+
+
+def copy(name: str, state: str, restarts: int, health: str) -> ObservedRecord:
+    return ObservedRecord(name, "m1", "h", state, 10, None, None, restarts, None, 0.0,
+                          health=health)
+
+
+def test_a_scrape_counts_units_machines_and_each_copy() -> None:
+    m = Metrics()
+    m.watch(lambda: FleetState(
+        [unit("a.service", LAUNCHED), unit("b.service", LAUNCHED), unit("c.service", LOADED)],
+        [copy("a.service", protocol.RUNNING, 3, "passing"),
+         copy("b.service", protocol.FAILED, 0, "unknown")],
+        [machine("m1", "up"), machine("m2", "lost")],
+        {("a.service", "m1"): Usage(rss_bytes=5 << 20, cpu_seconds=1.5, oom_kills=0)}))
+    found = samples(m.render().decode())
+    assert one(found, "fleetd_units", desired="launched") == 2
+    assert one(found, "fleetd_units", desired="loaded") == 1
+    assert one(found, "fleetd_units", desired="inactive") == 0
+    assert one(found, "fleetd_unit_copies", state="running") == 1
+    assert one(found, "fleetd_unit_copies", state="failed") == 1
+    assert one(found, "fleetd_machines", state="up") == 1
+    assert one(found, "fleetd_machines", state="lost") == 1
+    assert one(found, "fleetd_unit_restarts_total", unit="a.service", machine="m1") == 3
+    assert one(found, "fleetd_unit_health", unit="a.service", machine="m1",
+               health="passing") == 1
+    assert one(found, "fleetd_unit_health", unit="a.service", machine="m1",
+               health="failing") == 0
+    assert one(found, "fleetd_unit_memory_rss_bytes", unit="a.service", machine="m1") \
+        == 5 << 20
+    assert one(found, "fleetd_unit_cpu_seconds_total", unit="a.service", machine="m1") == 1.5
+    assert ("fleetd_unit_memory_rss_bytes", (("machine", "m1"), ("unit", "b.service"))) \
+        not in found  # no usage from its agent: no series, rather than a false 0
+
+
+def test_events_and_passes_are_counted() -> None:
+    m = Metrics()
+    bus = Bus()
+    bus.listeners.append(m.event)
+    for d in (Draft("placed", "least loaded", "a.service", "m1"),
+              Draft("rescheduled", "m1 lost", "a.service", "m2", {"from": "m1"}),
+              Draft("unplaced", "no machine fits", "b.service"),
+              Draft("machine-up", "agent answered", None, "m1", {"was": "new"}),
+              Draft("machine-up", "agent answered", None, "m1", {"was": "unreachable"})):
+        bus.publish(d)
+    m.engine_pass(0.003, "done")
+    found = samples(m.render().decode())
+    assert one(found, "fleetd_placements_total", kind="placed") == 1
+    assert one(found, "fleetd_placements_total", kind="rescheduled") == 1
+    assert one(found, "fleetd_placements_total", kind="handoff") == 0
+    assert one(found, "fleetd_placement_refusals_total") == 1
+    assert one(found, "fleetd_reschedules_total") == 1
+    assert one(found, "fleetd_session_reconnects_total", machine="m1") == 1
+    assert one(found, "fleetd_events_total", kind="machine-up") == 2
+    assert one(found, "fleetd_engine_passes_total", outcome="done") == 1
+    assert one(found, "fleetd_engine_pass_seconds_count") == 1
+
+
+def test_get_metrics_with_a_read_token_counts_requests(tmp_path: Path) -> None:
+    with served(tmp_path, listen=f"127.0.0.1:{free_port()}") as s:
+        sock = s.config.socket
+        token = role_tokens(sock)["read"]
+        assert post(sock, "/v1/units", {"units": [{"name": "a.service", "text": SERVICE}],
+                                        "desired": "launched"})[0] == 200
+        assert http(sock, "GET", "/v1/units")[0] == 200
+        assert http(sock, "GET", "/v1/no-such-thing")[0] == 404
+        where = s.config.listen_host_port
+        assert http(where, "GET", "/metrics")[0] == 401
+        deadline = time.monotonic() + 10
+        while True:
+            status, raw = http(where, "GET", "/metrics", headers={"Authorization": token})
+            assert status == 200, raw
+            found = samples(raw.decode())
+            if one(found, "fleetd_engine_passes_total", outcome="done") >= 1 or \
+                    time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert one(found, "fleetd_units", desired="launched") == 1
+        assert one(found, "fleetd_api_requests_total", route="/v1/units", method="GET",
+                   status="200") == 1
+        assert one(found, "fleetd_api_requests_total", route="(none)", method="GET",
+                   status="404") == 1
+        assert one(found, "fleetd_api_requests_total", route="/metrics", method="GET",
+                   status="401") == 1
+        assert one(found, "fleetd_api_request_seconds_count", route="/v1/units",
+                   method="GET") == 1
+        assert one(found, "fleetd_engine_passes_total", outcome="done") >= 1
+        assert one(found, "fleetd_events_total", kind="submitted") == 1
