@@ -14,7 +14,7 @@ import hashlib
 from typing import Optional, Tuple
 
 from fleetd import protocol
-from fleetd.units import secrets, service, systemd_text, xcheck, xfleet, xjava
+from fleetd.units import secrets, service, systemd_text, xcheck, xfleet, xjava, xupdate
 from fleetd.units.context import UnitContext, UnitName
 from fleetd.units.parser import UnitError, UnitFile, parse
 from fleetd.units.xfleet import Requirements
@@ -110,6 +110,7 @@ def load(name: str, text: str, source: Optional[str] = None, template_ok: bool =
                  "only exec and java units take secrets (systemd reads a Driver=systemd "
                  "unit's environment itself)")
     requirements = xfleet.requirements(ctx, config.get("limits") or {})
+    requirements = dataclasses.replace(requirements, update=xupdate.policy(ctx))
     needs: Tuple[str, ...] = ()
     if driver == "java":
         needs = xjava.capabilities(config.get("java") or {})

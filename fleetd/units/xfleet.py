@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Protocol, Sequence, Tuple, TypeVar
 
 from fleetd.units.context import UnitContext
 from fleetd.units.timespan import format_timespan
+from fleetd.units.xupdate import UpdatePolicy
 from fleetd.wire import names
 from fleetd.wire.unitspec import Limits
 
@@ -105,6 +106,7 @@ class Requirements:
     fence_after_s: Optional[float] = None  # FenceAfterSec=: stop when cut off this long
     fence_wait_s: Optional[float] = None  # silence after which the fenced copy is surely
     # gone: FenceAfterSec= plus the unit's stop timeout (fleetd moves it only then)
+    update: UpdatePolicy = dataclasses.field(default_factory=UpdatePolicy)  # [X-Update]
 
 
 def driver(ctx: UnitContext) -> str:
