@@ -39,6 +39,7 @@ LOADED = "loaded"  # placed, not running
 LAUNCHED = "launched"  # placed and running
 DESIRED_STATES = (INACTIVE, LOADED, LAUNCHED)
 FAILURES_KEPT = 100  # per unit, the newest: more than any reschedule policy counts
+VERSIONS_KEPT = 10  # per unit, the newest contents it was given: what a rollout goes back to
 
 
 class RegistryError(Exception):
@@ -154,6 +155,19 @@ class ObservedRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class VersionRecord:
+    """A content a unit was given (put_units with new content, or its first): the
+    rollout's "previous content" and what ``fleetctl history`` lists. Its text is kept
+    while the record is (the newest ``VERSIONS_KEPT`` per unit)."""
+
+    unit: str
+    version: int  # 1, 2, ... per unit, never reused while the unit exists
+    hash: str
+    at: float
+    via: str  # who submitted it (the API's caller), or why fleetd did (AutoRevert=)
+
+
+@dataclasses.dataclass(frozen=True)
 class SecretRecord:
     """A secret as stored: never its value in clear. ``sealed`` is the value encrypted
     by fleetd's key (fleetd.daemon.secrets: AES-GCM, bound to ``name``), as base64;
@@ -184,7 +198,8 @@ class Registry(Protocol):
 
     # --- units -----------------------------------------------------------------
     async def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
-                  replace: bool = False) -> List[str]:
+                        replace: bool = False, *, follow: bool = True,
+                        via: str = "") -> List[str]:
         """Store units with ``desired`` state, all or none; return every unit changed.
         ``desired`` None: each unit keeps the state it has (a new one: inactive); a
         unit's own ``UnitInput.desired`` overrides either.
@@ -192,8 +207,11 @@ class Registry(Protocol):
         A unit that exists with other content (or other variables) raises Conflict,
         unless ``replace``: then it takes the new content where it is placed, and a
         template's instances that still had the template's old content take the new one
-        too (fleet made you destroy a template to change it: its issue 1691). With the
-        same content only the desired state changes."""
+        too (fleet made you destroy a template to change it: its issue 1691), unless
+        not ``follow``: then the template alone changes, and a rollout moves its
+        instances over (engine/rollout.py). With the same content only the desired
+        state changes. A unit given new content (or its first) gets a version
+        (``list_versions``) saying ``via``."""
 
     async def restart(self, names: Sequence[str]) -> None:
         """Bump the units' generation and make them launched (NotFound if one is missing);
@@ -211,6 +229,10 @@ class Registry(Protocol):
     def list_units(self) -> List[UnitRecord]: ...
 
     def unit_text(self, content_hash: str) -> Optional[str]: ...
+
+    def list_versions(self, unit: str) -> List[VersionRecord]:
+        """The unit's versions, oldest first (the newest ``VERSIONS_KEPT``); a unit
+        destroyed forgets them."""
 
     async def set_placements(self, placements: Iterable[Tuple[str, Optional[str], str]],
                              handoffs: Optional[Mapping[str, Optional[str]]] = None,

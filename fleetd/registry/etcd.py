@@ -54,6 +54,7 @@ from fleetd.registry.base import (
     SecretRecord,
     UnitInput,
     UnitRecord,
+    VersionRecord,
 )
 from fleetd.registry.etcd_store import EtcdStore
 from fleetd.registry.etcd_writes import Plan
@@ -77,11 +78,13 @@ class EtcdRegistry(EtcdStore):
     # --- units ---------------------------------------------------------------------
 
     async def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
-                        replace: bool = False) -> List[str]:
+                        replace: bool = False, *, follow: bool = True,
+                        via: str = "") -> List[str]:
         changed: List[str] = []
 
         def build() -> Plan:
-            names, plan = writes.put_units(self.cache, units, desired, replace, time.time())
+            names, plan = writes.put_units(self.cache, units, desired, replace, time.time(),
+                                           follow, via)
             changed[:] = names
             return plan
         await self._write(build)
@@ -104,6 +107,12 @@ class EtcdRegistry(EtcdStore):
 
     def unit_text(self, content_hash: str) -> Optional[str]:
         return self.cache.text(content_hash)
+
+    def list_versions(self, unit: str) -> List[VersionRecord]:
+        e = self.cache.kinds["units"].get((unit,))
+        kept = e.doc.get("versions") or [] if e else []
+        return [VersionRecord(unit, int(n), str(h), float(at), str(via))
+                for n, h, at, via in kept]
 
     async def set_placements(self, placements: Iterable[Tuple[str, Optional[str], str]],
                              handoffs: Optional[Mapping[str, Optional[str]]] = None,

@@ -19,7 +19,9 @@ key                            value (JSON)                               writte
 ``texts/<hash>``               ``{"text"}`` (content-addressed; dropped   users
                                once no unit uses it)
 ``units/<name>``               ``{"hash","vars","desired","generation",   users
-                               "updated_at"}``
+                               "updated_at","versions"}``; versions:
+                               ``[[version, hash, at, via], ...]``, the
+                               newest VERSIONS_KEPT (absent: none)
 ``placements/<name>``          ``{"machine","reason","placed_at",         engine
                                "handoff","retries"}``; the record's
                                generation is the unit's + ``retries``
@@ -48,7 +50,7 @@ from __future__ import annotations
 import json
 import math
 import urllib.parse
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from fleetd.registry.base import DESIRED_STATES
 
@@ -162,11 +164,25 @@ def _desired(v: Any) -> str:
     return str(v)
 
 
+def _versions(v: Any) -> List[List[Any]]:
+    if not isinstance(v, list):
+        raise ValueError("not a list")
+    for item in v:
+        if not (isinstance(item, list) and len(item) == 4 and isinstance(item[1], str)
+                and isinstance(item[3], str)):
+            raise ValueError("not a list of [version, hash, at, via]")
+        _count(item[0])
+        _float(item[2])
+    return [list(item) for item in v]
+
+
 Check = Callable[[Any], Any]
+# fields a document may lack (written by an older fleetd), and what they are then
+OPTIONAL: Dict[str, Dict[str, Any]] = {"units": {"versions": []}}
 SCHEMAS: Dict[str, Dict[str, Check]] = {
     "texts": {"text": _str},
     "units": {"hash": _str, "vars": _str_map, "desired": _desired, "generation": _count,
-              "updated_at": _float},
+              "updated_at": _float, "versions": _versions},
     "placements": {"machine": _opt_str, "reason": _str, "placed_at": _opt_float,
                    "handoff": _opt_str, "retries": _count},
     "failures": {"hash": _str, "machine": _str, "at": _float, "reason": _str},
@@ -198,6 +214,9 @@ def decode(kind: str, raw_key: bytes, value: bytes) -> Doc:
         raise BadValue(f"etcd key {where}: not a JSON object")
     out: Doc = {}
     for field, check in schema.items():
+        if field not in doc and field in OPTIONAL.get(kind, {}):
+            out[field] = list(OPTIONAL[kind][field])
+            continue
         if field not in doc:
             raise BadValue(f"etcd key {where}: no {field!r}")
         try:

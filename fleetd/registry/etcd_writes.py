@@ -31,6 +31,7 @@ from fleetd.registry.base import (
     FAILURES_KEPT,
     INACTIVE,
     LAUNCHED,
+    VERSIONS_KEPT,
     Conflict,
     FailureRecord,
     MachineRecord,
@@ -109,9 +110,9 @@ class _Units:
                          _delete_all(self.p, "failures", name)]
             else:
                 ops.append(_put(self.p, "units", (name,), doc))
-        used = {d["hash"] for d in (self.get(n) for n in self.names()) if d}
-        was = {e.doc["hash"] for (n,), e in self.cache.kinds["units"].items()
-               if n in self.docs}
+        used = {h for d in (self.get(n) for n in self.names()) if d for h in _hashes(d)}
+        was = {h for (n,), e in self.cache.kinds["units"].items() if n in self.docs
+               for h in _hashes(e.doc)}
         late += [_delete(self.p, "texts", h) for h in sorted(was - used)
                  if self.cache.entry("texts", h)]
         seq = key(self.p, "seq", "units")
@@ -120,8 +121,21 @@ class _Units:
                     list(before), late)
 
 
+def _hashes(doc: Doc) -> List[str]:
+    """The texts a unit's document keeps: its content's and its versions'."""
+    return [doc["hash"], *(v[1] for v in doc.get("versions") or ())]
+
+
+def _versioned(row: Optional[Doc], content_hash: str, now: float, via: str) -> List[Any]:
+    kept = list((row or {}).get("versions") or ())
+    if row is None or row["hash"] != content_hash:
+        kept.append([kept[-1][0] + 1 if kept else 1, content_hash, now, via])
+    return kept[-VERSIONS_KEPT:]
+
+
 def put_units(cache: Cache, units: Sequence[UnitInput], desired: Optional[str],
-              replace: bool, now: float) -> Tuple[List[str], Plan]:
+              replace: bool, now: float, follow: bool = True, via: str = ""
+              ) -> Tuple[List[str], Plan]:
     if desired is not None:
         check_desired(desired)
     view = _Units(cache)
@@ -141,16 +155,19 @@ def put_units(cache: Cache, units: Sequence[UnitInput], desired: Optional[str],
         if row is None:
             view.docs[name] = {"hash": content_hash, "vars": dict(variables),
                                "desired": wanted or INACTIVE, "generation": 0,
-                               "updated_at": now}
+                               "updated_at": now,
+                               "versions": _versioned(None, content_hash, now, via)}
             if cache.entry("placements", name):  # left by a destroy cut short
                 cleanup.append(_delete(cache.prefix, "placements", name))
             if cache.failure_keys(name):
                 cleanup.append(_delete_all(cache.prefix, "failures", name))
         else:
             view.docs[name] = {**row, "hash": content_hash, "vars": dict(variables),
-                               "desired": wanted or row["desired"], "updated_at": now}
+                               "desired": wanted or row["desired"], "updated_at": now,
+                               "versions": _versioned(row, content_hash, now, via)}
         changed.append(name)
-        if row is not None and row["hash"] != content_hash and unit_names.is_template(name):
+        if (row is not None and row["hash"] != content_hash and unit_names.is_template(name)
+                and follow):
             changed += _follow_template(view, name, row["hash"], content_hash, now)
     plan = view.plan(before=[_put(cache.prefix, "texts", (h,), {"text": t})
                              for h, t in sorted(texts.items())])

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 from fleetd.registry.base import (
     FAILURES_KEPT,
     INACTIVE,
+    VERSIONS_KEPT,
     Conflict,
     FailureRecord,
     MachineRecord,
@@ -25,6 +26,7 @@ from fleetd.registry.base import (
     SecretRecord,
     UnitInput,
     UnitRecord,
+    VersionRecord,
     check_desired,
     put_conflict,
 )
@@ -99,6 +101,19 @@ CREATE TABLE IF NOT EXISTS secrets (
     set_at REAL NOT NULL
 );
 """
+# Versions (a unit's contents, for rollouts and history): their own table, made whenever
+# it is missing, like secrets'
+_VERSIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    unit TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    at REAL NOT NULL,
+    via TEXT NOT NULL,
+    PRIMARY KEY (unit, version)
+);
+"""
+
 # _MIGRATIONS[v] takes a registry from schema v to v + 1, inside one transaction.
 _MIGRATIONS = [
     "",
@@ -148,7 +163,7 @@ class SqliteRegistry:
                 f"BEGIN IMMEDIATE;{''.join(_MIGRATIONS[version:])}"
                 f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
             )
-        self._db.executescript(f"BEGIN IMMEDIATE;{_SECRETS_SCHEMA}COMMIT;")
+        self._db.executescript(f"BEGIN IMMEDIATE;{_SECRETS_SCHEMA}{_VERSIONS_SCHEMA}COMMIT;")
 
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
@@ -161,7 +176,8 @@ class SqliteRegistry:
 
     # --- units -----------------------------------------------------------------
     async def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
-                  replace: bool = False) -> List[str]:
+                        replace: bool = False, *, follow: bool = True,
+                        via: str = "") -> List[str]:
         if desired is not None:
             check_desired(desired)
         now = time.time()
@@ -194,10 +210,26 @@ class SqliteRegistry:
                         (content_hash, json.dumps(variables), wanted, now, name),
                     )
                 changed.append(name)
-                if row is not None and row[0] != content_hash and names.is_template(name):
+                if row is None or row[0] != content_hash:
+                    self._add_version(name, content_hash, now, via)
+                if (row is not None and row[0] != content_hash and names.is_template(name)
+                        and follow):
                     changed += self._follow_template(name, row[0], content_hash, now)
             self._collect_contents()
         return changed
+
+    def _add_version(self, unit: str, content_hash: str, now: float, via: str) -> None:
+        last = self._db.execute("SELECT MAX(version) FROM versions WHERE unit=?",
+                                (unit,)).fetchone()[0] or 0
+        self._db.execute("INSERT INTO versions(unit, version, hash, at, via)"
+                         " VALUES (?, ?, ?, ?, ?)", (unit, last + 1, content_hash, now, via))
+        self._db.execute("DELETE FROM versions WHERE unit=? AND version<=?",
+                         (unit, last + 1 - VERSIONS_KEPT))
+
+    def list_versions(self, unit: str) -> List[VersionRecord]:
+        rows = self._db.execute("SELECT unit, version, hash, at, via FROM versions"
+                                " WHERE unit=? ORDER BY version", (unit,)).fetchall()
+        return [VersionRecord(*r) for r in rows]
 
     def _follow_template(self, template: str, old: str, new: str, now: float) -> List[str]:
         """Instances of ``template`` still on its old content take the new content."""
@@ -224,7 +256,8 @@ class SqliteRegistry:
                 self._db.execute("DELETE FROM failures WHERE unit=?", (name,))
 
     def _collect_contents(self) -> None:
-        self._db.execute("DELETE FROM contents WHERE hash NOT IN (SELECT hash FROM units)")
+        self._db.execute("DELETE FROM contents WHERE hash NOT IN (SELECT hash FROM units)"
+                         " AND hash NOT IN (SELECT hash FROM versions)")
 
     async def set_desired(self, names: Sequence[str], desired: str) -> None:
         check_desired(desired)
@@ -244,6 +277,7 @@ class SqliteRegistry:
                 if cur.rowcount == 0:
                     raise NotFound(f"unit {name} does not exist")
                 self._db.execute("DELETE FROM failures WHERE unit=?", (name,))
+                self._db.execute("DELETE FROM versions WHERE unit=?", (name,))
             self._collect_contents()
 
     def get_unit(self, name: str) -> Optional[UnitRecord]:

@@ -36,6 +36,7 @@ from fleetd.registry.base import (
     FAILURES_KEPT,
     INACTIVE,
     LAUNCHED,
+    VERSIONS_KEPT,
     Conflict,
     FailureRecord,
     MachineRecord,
@@ -45,6 +46,7 @@ from fleetd.registry.base import (
     SecretRecord,
     UnitInput,
     UnitRecord,
+    VersionRecord,
     check_desired,
     put_conflict,
 )
@@ -71,6 +73,7 @@ class MemoryRegistry:
         self._machines: Dict[str, MachineRecord] = {}
         self._observed: Dict[Tuple[str, str], ObservedRecord] = {}
         self._failures: Dict[str, List[FailureRecord]] = {}
+        self._versions: Dict[str, List[VersionRecord]] = {}  # frozen records
         self.closed = False
         # the term that leads, as a shared store would know it: set it, and a write
         # fenced by another epoch raises NotLeader (None: no fencing, as SQLite)
@@ -95,17 +98,19 @@ class MemoryRegistry:
     def _tx(self) -> Iterator[None]:
         """All or none: on any exception the state before the write comes back."""
         saved = (dict(self._contents), dict(self._units), dict(self._machines),
-                 dict(self._observed), {k: list(v) for k, v in self._failures.items()})
+                 dict(self._observed), {k: list(v) for k, v in self._failures.items()},
+                 {k: list(v) for k, v in self._versions.items()})
         try:
             yield
         except BaseException:
             (self._contents, self._units, self._machines, self._observed,
-             self._failures) = saved
+             self._failures, self._versions) = saved
             raise
 
     # --- units -----------------------------------------------------------------
     async def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
-                  replace: bool = False) -> List[str]:
+                        replace: bool = False, *, follow: bool = True,
+                        via: str = "") -> List[str]:
         if desired is not None:
             check_desired(desired)
         now = self._clock()
@@ -129,10 +134,19 @@ class MemoryRegistry:
                         row, hash=content_hash, vars=_json(variables),
                         desired=wanted or row.desired, updated_at=now)
                 changed.append(name)
-                if row is not None and row.hash != content_hash and names.is_template(name):
+                if row is None or row.hash != content_hash:
+                    kept = self._versions.setdefault(name, [])
+                    number = kept[-1].version + 1 if kept else 1
+                    kept.append(VersionRecord(name, number, content_hash, now, via))
+                    del kept[:-VERSIONS_KEPT]
+                if (row is not None and row.hash != content_hash and names.is_template(name)
+                        and follow):
                     changed += self._follow_template(name, row.hash, content_hash, now)
             self._collect_contents()
         return changed
+
+    def list_versions(self, unit: str) -> List[VersionRecord]:
+        return list(self._versions.get(unit, ()))
 
     def _follow_template(self, template: str, old: str, new: str, now: float) -> List[str]:
         """Instances of ``template`` still on its old content take the new content
@@ -164,6 +178,7 @@ class MemoryRegistry:
 
     def _collect_contents(self) -> None:
         used = {u.hash for u in self._units.values()}
+        used |= {v.hash for kept in self._versions.values() for v in kept}
         self._contents = {h: t for h, t in self._contents.items() if h in used}
 
     async def set_desired(self, names: Sequence[str], desired: str) -> None:
@@ -180,6 +195,7 @@ class MemoryRegistry:
                 self._existing(name)
                 del self._units[name]
                 self._failures.pop(name, None)
+                self._versions.pop(name, None)
             self._collect_contents()
 
     def get_unit(self, name: str) -> Optional[UnitRecord]:

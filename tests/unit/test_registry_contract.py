@@ -27,6 +27,7 @@ from fleetd.registry.base import (
     INACTIVE,
     LAUNCHED,
     LOADED,
+    VERSIONS_KEPT,
     Conflict,
     FailureRecord,
     MachineRecord,
@@ -397,3 +398,38 @@ async def test_restart_bumps_the_generation_and_launches(reg: Registry) -> None:
         await reg.restart(["a.service", "nope.service"])
     a = reg.get_unit("a.service")
     assert a is not None and a.generation == 1  # all or none
+
+
+async def test_a_template_that_does_not_follow_changes_alone(reg: Registry) -> None:
+    """follow=False: the template takes the new content and its instances keep theirs,
+    for a rollout to move them one at a time (engine/rollout.py)."""
+    await reg.put_units([u("web@.service", A_TEXT), u("web@1.service", A_TEXT)], LAUNCHED)
+    changed = await reg.put_units([u("web@.service", B_TEXT)], None, replace=True,
+                                  follow=False)
+    assert changed == ["web@.service"]
+    got = {r.name: r.hash for r in reg.list_units()}
+    assert got == {"web@.service": content_hash(B_TEXT), "web@1.service": content_hash(A_TEXT)}
+
+
+async def test_each_new_content_is_a_version_kept_with_its_text(reg: Registry) -> None:
+    await reg.put_units([u("web@.service", A_TEXT)], None, via="alice")
+    await reg.put_units([u("web@.service", A_TEXT)], LAUNCHED, via="bob")  # same content
+    await reg.put_units([u("web@.service", B_TEXT)], None, replace=True, via="carol")
+    got = [(v.version, v.hash, v.via) for v in reg.list_versions("web@.service")]
+    assert got == [(1, content_hash(A_TEXT), "alice"), (2, content_hash(B_TEXT), "carol")]
+    # no unit uses A any more, but its version does: a rollback needs the text
+    assert reg.unit_text(content_hash(A_TEXT)) == A_TEXT
+    assert reg.list_versions("nope.service") == []
+
+
+async def test_versions_are_bounded_and_forgotten_with_their_unit(reg: Registry) -> None:
+    texts = [f"[Service]\nExecStart=/bin/echo {i}\n" for i in range(VERSIONS_KEPT + 2)]
+    for text in texts:
+        await reg.put_units([u("a.service", text)], None, replace=True)
+    kept = reg.list_versions("a.service")
+    assert [v.version for v in kept] == list(range(3, VERSIONS_KEPT + 3))
+    assert reg.unit_text(content_hash(texts[0])) is None  # its version dropped: its text too
+    assert reg.unit_text(content_hash(texts[2])) == texts[2]
+    await reg.delete_units(["a.service"])
+    assert reg.list_versions("a.service") == []
+    assert reg.unit_text(content_hash(texts[-1])) is None
