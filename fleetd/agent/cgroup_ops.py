@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from fleetd.agent.managed import Managed
 from fleetd.agent.runner import until
@@ -76,6 +76,18 @@ class UnitCgroups:
             return self.backend.unit(name).oom_kills()
         except CgroupError:
             return 0
+
+    def usage(self, name: str) -> Dict[str, int]:
+        """What the host counts of the unit's cgroup (memory_bytes, cpu_usage_usec, ...,
+        and oom_kills), read now; empty where it keeps nothing (no cgroup, no backend)."""
+        try:
+            cg = self.backend.unit(name)
+            found = cg.stats()
+            if found:
+                found["oom_kills"] = cg.oom_kills()
+            return found
+        except (CgroupError, OSError):
+            return {}
 
     def names(self) -> List[str]:
         """The units that have a cgroup of ours on this host."""

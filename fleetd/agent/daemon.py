@@ -118,7 +118,7 @@ class AgentDaemon:
         self._handlers: Dict[str, Callable[[Client, Dict[str, Any]], bool]] = {
             messages.HELLO: self._hello, messages.DESIRED: self._desired,
             messages.TAIL: self._tail, messages.FOLLOW: self._follow_request,
-            messages.UNFOLLOW: self._unfollow,
+            messages.UNFOLLOW: self._unfollow, messages.USAGE: self._usage,
             messages.PING: lambda client, msg: True,  # fleetd is there: counted, no answer
             messages.BYE: lambda client, msg: False,
         }
@@ -300,6 +300,16 @@ class AgentDaemon:
             return True
         for reply in replies:
             client.send(reply)
+        return True
+
+    def _usage(self, client: Client, msg: Dict[str, Any]) -> bool:
+        """Each unit's cgroup counters now (fleetd's /metrics, status, list-units): the
+        units in this agent's hands whose cgroup the host keeps counters for."""
+        ident = specs.request_id(msg)
+        cgroups = self.supervisor.processes.cgroups
+        found = {name: cgroups.usage(name) for name in sorted(self.supervisor.units)}
+        client.send(protocol.dump(messages.usage_reply(
+            ident, {name: use for name, use in found.items() if use})))
         return True
 
     def _follow_request(self, client: Client, msg: Dict[str, Any]) -> bool:

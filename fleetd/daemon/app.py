@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional
 from aiohttp import web
 
 from fleetd import __version__, protocol
+from fleetd.daemon import usage
 from fleetd.daemon.audit import AUDIT_FILE, AuditLog
 from fleetd.daemon.changes import Changes
 from fleetd.daemon.config import Config
@@ -97,7 +98,7 @@ class Daemon:
         self.events = Bus()  # what happened, with why: fleetctl events (engine/events.py)
         self.engine.publish = self.events.publish
         self.metrics = Metrics()  # GET /metrics (daemon/metrics.py)
-        self.metrics.watch(self._fleet_state)
+        self.metrics.watch(self._fleet_state, lambda: usage.gather(self.sessions))
         self.events.listeners.append(self.metrics.event)
         self.engine.timed = self.metrics.engine_pass
         self.leadership = Leadership(lock, self._elected, self._deposed, timing)
@@ -150,7 +151,7 @@ class Daemon:
         """What a scrape of /metrics reads: the records as they are."""
         units = [u for u in self.registry.list_units() if not names.is_template(u.name)]
         return FleetState(units, self.registry.list_observed(),
-                          self.registry.list_machines(), {})
+                          self.registry.list_machines())
 
     # --- events ------------------------------------------------------------------------
     def changed(self, placement_relevant: bool = True) -> None:

@@ -11,7 +11,8 @@ runs several daemons in one process):
 - read at each scrape (``fleet_families``, pure): units by desired state, unit copies by
   the state their agents report, machines by state, and per unit and machine the
   restarts and health their agents report, with the usage the agents read from each
-  unit's cgroup (RSS, CPU seconds, OOM kills) where there is one.
+  unit's cgroup when asked (fleetd/daemon/usage.py: memory charged to it, CPU seconds,
+  OOM kills) where the host keeps those counters.
 
 Several fleetd on etcd: each serves the records it reads (the same units and machines);
 only the leader runs passes, places units and holds sessions, so the counters that come
@@ -22,7 +23,17 @@ without usage).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import (
+    Awaitable,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -53,7 +64,7 @@ PASS_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
 class Usage:
     """What an agent read of one unit's cgroup (None: it could not say)."""
 
-    rss_bytes: Optional[int] = None
+    memory_bytes: Optional[int] = None  # memory.current (v2), memory.usage_in_bytes (v1)
     cpu_seconds: Optional[float] = None
     oom_kills: Optional[int] = None
 
@@ -63,7 +74,8 @@ class FleetState:
     units: Sequence[UnitRecord]
     observed: Sequence[ObservedRecord]
     machines: Sequence[MachineRecord]
-    usage: Mapping[Tuple[str, str], Usage]  # (unit, machine) -> its usage
+    # (unit, machine) -> its usage, as the agents said at this scrape
+    usage: Mapping[Tuple[str, str], Usage] = dataclasses.field(default_factory=dict)
 
 
 def fleet_families(s: FleetState) -> List[Metric]:
@@ -87,9 +99,9 @@ def fleet_families(s: FleetState) -> List[Metric]:
     health = GaugeMetricFamily("fleetd_unit_health",
                                "1 for the unit's health check state on the machine.",
                                labels=[*key, "health"])
-    rss = GaugeMetricFamily("fleetd_unit_memory_rss_bytes",
-                            "Memory of the unit's cgroup (RSS), read by its agent.",
-                            labels=key)
+    memory = GaugeMetricFamily("fleetd_unit_memory_bytes",
+                               "Memory charged to the unit's cgroup (its processes' RSS "
+                               "and page cache), read by its agent.", labels=key)
     cpu = CounterMetricFamily("fleetd_unit_cpu_seconds",
                               "CPU time of the unit's cgroup, read by its agent.",
                               labels=key)
@@ -104,13 +116,13 @@ def fleet_families(s: FleetState) -> List[Metric]:
         use = s.usage.get((o.unit, o.machine))
         if use is None:
             continue
-        if use.rss_bytes is not None:
-            rss.add_metric(labels, use.rss_bytes)
+        if use.memory_bytes is not None:
+            memory.add_metric(labels, use.memory_bytes)
         if use.cpu_seconds is not None:
             cpu.add_metric(labels, use.cpu_seconds)
         if use.oom_kills is not None:
             oom.add_metric(labels, use.oom_kills)
-    return [desired, copies, machines, restarts, health, rss, cpu, oom]
+    return [desired, copies, machines, restarts, health, memory, cpu, oom]
 
 
 def _count(values: Iterable[str], known: Sequence[str]) -> Dict[str, int]:
@@ -155,14 +167,22 @@ class Metrics:
                                 "and status.", ["route", "method", "status"], registry=r)
         self.latency = Histogram("fleetd_api_request_seconds", "API request latency.",
                                  ["route", "method"], buckets=API_BUCKETS, registry=r)
+        self._usage_of: Optional[Callable[[], Awaitable[Mapping[Tuple[str, str],
+                                                              Usage]]]] = None
+        self._usage: Mapping[Tuple[str, str], Usage] = {}
         for outcome in ("done", "not written", "failed"):
             self.passes.labels(outcome)
         for kind in PLACING:
             self.placements.labels(kind)
 
-    def watch(self, read: Callable[[], FleetState]) -> None:
-        """Read the fleet's state with ``read`` at each scrape (once per Metrics)."""
-        self.registry.register(_Fleet(read))
+    def watch(self, read: Callable[[], FleetState],
+              usage: Optional[Callable[[], Awaitable[Mapping[Tuple[str, str], Usage]]]] = None
+              ) -> None:
+        """Read the fleet's state with ``read`` at each scrape (once per Metrics), and
+        the agents' usage with ``usage`` (``scrape`` asks it first)."""
+        self._usage_of = usage
+        self.registry.register(_Fleet(read if usage is None else lambda: dataclasses.replace(
+            read(), usage=self._usage)))
 
     def engine_pass(self, seconds: float, outcome: str) -> None:
         self.passes.labels(outcome).inc()
@@ -183,6 +203,12 @@ class Metrics:
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route, method).observe(seconds)
+
+    async def scrape(self) -> bytes:
+        """A scrape: the agents' usage now, then every family."""
+        if self._usage_of is not None:
+            self._usage = await self._usage_of()
+        return self.render()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -27,6 +27,7 @@ FOLLOW = "follow"
 UNFOLLOW = "unfollow"
 BYE = "bye"
 PING = "ping"
+USAGE = "usage"  # each unit's cgroup usage now: a reply with ``usage`` (metrics, status)
 # agent -> fleetd
 STATUS = "status"
 UNIT = "unit"
@@ -120,6 +121,9 @@ class _ReplyBase(_Parts):
 class Reply(_ReplyBase, total=False):
     lines: List[str]
     error: str
+    # USAGE's: unit -> the counters the agent read of its cgroup (cgroups.base's
+    # stats(): memory_bytes, cpu_usage_usec, ...; and oom_kills); none where it has none
+    usage: Dict[str, Dict[str, int]]
 
 
 class Log(_Parts):
@@ -182,6 +186,10 @@ def unit_changed(unit: UnitStatus) -> UnitChanged:
 
 def removed(name: str) -> Removed:
     return {"v": VERSION, "type": REMOVED, "name": name}
+
+
+def usage_reply(ident: int, usage: Dict[str, Dict[str, int]]) -> Reply:
+    return {"v": VERSION, "type": REPLY, "id": ident, "usage": usage}
 
 
 def reply_error(ident: int, error: str) -> Reply:

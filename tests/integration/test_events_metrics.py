@@ -2,7 +2,8 @@
 a real fleetd and fleet-agent over SSH. A unit starts; its program is killed from
 outside; ``fleetctl events -o json`` shows it submitted, placed (and why), started,
 exited and restarted, with reasons; a consumer that comes back with the last id it saw
-gets exactly what it missed."""
+gets exactly what it missed. ``/metrics`` parses (Prometheus' parser), with the unit's
+restarts and the memory and CPU its agent reads from the unit's cgroup."""
 
 from __future__ import annotations
 
@@ -132,3 +133,7 @@ def test_metrics_show_the_units_restarts(fleet: Fleet, tmp_path: Path) -> None:
     assert found["fleetd_placements_total"][(("kind", "placed"),)] >= 1
     assert found["fleetd_api_requests_total"][
         (("method", "POST"), ("route", "/v1/units"), ("status", "200"))] >= 1
+    # usage, read by the agent from the unit's cgroup when /metrics asks
+    assert found["fleetd_unit_memory_bytes"][key] > 0
+    assert found["fleetd_unit_cpu_seconds_total"][key] >= 0
+    assert found["fleetd_unit_oom_kills_total"][key] == 0

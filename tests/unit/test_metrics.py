@@ -4,18 +4,23 @@ prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+import pytest
 from apikit import free_port, http, post, role_tokens, served
 from prometheus_client.parser import text_string_to_metric_families
 from test_engine_loop import SERVICE
 
 from fleetd import protocol
+from fleetd.agent.cgroup_ops import UnitCgroups
+from fleetd.daemon import usage
 from fleetd.daemon.metrics import FleetState, Metrics, Usage
 from fleetd.engine.events import Bus, Draft
 from fleetd.registry.base import LAUNCHED, LOADED, MachineRecord, ObservedRecord, UnitRecord
+from fleetd.transport.base import TransportError
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 
@@ -49,7 +54,7 @@ def test_a_scrape_counts_units_machines_and_each_copy() -> None:
         [copy("a.service", protocol.RUNNING, 3, "passing"),
          copy("b.service", protocol.FAILED, 0, "unknown")],
         [machine("m1", "up"), machine("m2", "lost")],
-        {("a.service", "m1"): Usage(rss_bytes=5 << 20, cpu_seconds=1.5, oom_kills=0)}))
+        {("a.service", "m1"): Usage(memory_bytes=5 << 20, cpu_seconds=1.5, oom_kills=0)}))
     found = samples(m.render().decode())
     assert one(found, "fleetd_units", desired="launched") == 2
     assert one(found, "fleetd_units", desired="loaded") == 1
@@ -63,10 +68,10 @@ def test_a_scrape_counts_units_machines_and_each_copy() -> None:
                health="passing") == 1
     assert one(found, "fleetd_unit_health", unit="a.service", machine="m1",
                health="failing") == 0
-    assert one(found, "fleetd_unit_memory_rss_bytes", unit="a.service", machine="m1") \
+    assert one(found, "fleetd_unit_memory_bytes", unit="a.service", machine="m1") \
         == 5 << 20
     assert one(found, "fleetd_unit_cpu_seconds_total", unit="a.service", machine="m1") == 1.5
-    assert ("fleetd_unit_memory_rss_bytes", (("machine", "m1"), ("unit", "b.service"))) \
+    assert ("fleetd_unit_memory_bytes", (("machine", "m1"), ("unit", "b.service"))) \
         not in found  # no usage from its agent: no series, rather than a false 0
 
 
@@ -123,3 +128,83 @@ def test_get_metrics_with_a_read_token_counts_requests(tmp_path: Path) -> None:
                    method="GET") == 1
         assert one(found, "fleetd_engine_passes_total", outcome="done") >= 1
         assert one(found, "fleetd_events_total", kind="submitted") == 1
+
+
+# --- the agents' usage -------------------------------------------------------------------
+class Session:
+    """A machine session that answers ``usage`` with ``reply`` (or fails as ``fails``)."""
+
+    def __init__(self, reply: Dict[str, Any], connected: bool = True,
+                 fails: Optional[Exception] = None) -> None:
+        self.reply, self.connected, self.fails = reply, connected, fails
+        self.asked: List[str] = []
+
+    async def request(self, kind: str, timeout: float = 5.0, **fields: Any) -> Any:
+        self.asked.append(kind)
+        if self.fails is not None:
+            raise self.fails
+        return self.reply
+
+
+def test_usage_replies_are_read_and_checked() -> None:
+    got = usage.read({"usage": {"a.service": {"memory_bytes": 4096, "cpu_usage_usec": 1500000,
+                                              "oom_kills": 1, "tasks": 3}}}, "m1")
+    assert got == {("a.service", "m1"): Usage(4096, 1.5, 1)}
+    assert usage.read({"usage": {"b.service": {}}}, "m1") == {
+        ("b.service", "m1"): Usage(None, None, None)}
+    for reply, named in (({"usage": {"a.service": {"memory_bytes": -1}}}, "memory_bytes"),
+                         ({"usage": {"a.service": {"cpu_usage_usec": "9"}}},
+                          "cpu_usage_usec"),
+                         ({"usage": {"../x": {}}}, "invalid unit name"),
+                         ({"usage": ["a.service"]}, "usage is not an object"),
+                         ({"error": "unknown message type 'usage'"}, "unknown message")):
+        with pytest.raises(usage.BadUsage) as err:
+            usage.read(reply, "m1")
+        assert named in str(err.value) and "machine m1" in str(err.value)
+
+
+def test_gather_asks_each_connected_machine_and_leaves_out_those_that_fail() -> None:
+    sessions = {
+        "m1": Session({"usage": {"a.service": {"memory_bytes": 1}}}),
+        "m2": Session({}, fails=TransportError("unreachable", "did not answer within 2s")),
+        "m3": Session({"usage": {"c.service": {"memory_bytes": "x"}}}),
+        "m4": Session({"usage": {"d.service": {"memory_bytes": 1}}}, connected=False),
+    }
+    got = asyncio.run(usage.gather(sessions))
+    assert got == {("a.service", "m1"): Usage(1, None, None)}
+    assert [s.asked for s in sessions.values()] == [["usage"], ["usage"], ["usage"], []]
+
+
+def test_a_scrape_asks_for_usage_first() -> None:
+    m = Metrics()
+
+    async def asked() -> Dict[Tuple[str, str], Usage]:
+        return {("a.service", "m1"): Usage(memory_bytes=7 << 20, cpu_seconds=0.25)}
+    m.watch(lambda: FleetState([unit("a.service", LAUNCHED)],
+                               [copy("a.service", protocol.RUNNING, 0, "unknown")],
+                               [machine("m1", "up")]), asked)
+    found = samples(asyncio.run(m.scrape()).decode())
+    assert one(found, "fleetd_unit_memory_bytes", unit="a.service", machine="m1") == 7 << 20
+    assert one(found, "fleetd_unit_cpu_seconds_total", unit="a.service", machine="m1") == .25
+
+
+def test_the_agent_reads_a_units_cgroup_counters() -> None:
+    class Cgroup:
+        def __init__(self, stats: Dict[str, int]) -> None:
+            self._stats = stats
+
+        def stats(self) -> Dict[str, int]:
+            return dict(self._stats)
+
+        def oom_kills(self) -> int:
+            return 2
+
+    class Backend:
+        def unit(self, name: str, pgid: Optional[int] = None) -> Cgroup:
+            return Cgroup({"memory_bytes": 123, "cpu_usage_usec": 9} if name == "a.service"
+                          else {})
+
+    cgroups = UnitCgroups(Backend())  # type: ignore[arg-type]
+    assert cgroups.usage("a.service") == {"memory_bytes": 123, "cpu_usage_usec": 9,
+                                          "oom_kills": 2}
+    assert cgroups.usage("b.service") == {}  # no counters (no cgroup): nothing made up

@@ -22,8 +22,9 @@ CLIENT_GONE = 499  # as the audit record says it
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Rendered on the loop: the registry's reads are the loop's (SQLite's connection)."""
-    body = req.services(request).metrics.render()
+    """Rendered on the loop: the registry's reads are the loop's (SQLite's connection).
+    The agents are asked for their units' usage first (at most usage.USAGE_TIMEOUT_S)."""
+    body = await req.services(request).metrics.scrape()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
