@@ -39,6 +39,26 @@ def _machine_state(r: Row, full: bool) -> str:
     return text
 
 
+def _usage(r: Row, key: str) -> Optional[str]:
+    """A copy's usage as its agent read it (``?usage=1``): ``12.5M``, ``1.52s``."""
+    value = (r.get("usage") or {}).get(key)
+    if value is None:
+        return None
+    return f"{value:.2f}s" if key == "cpu_seconds" else size(value)
+
+
+def size(n: float) -> str:
+    """Bytes as ``ps``-like sizes: 512B, 12.5K, 300.1M, 2.0G."""
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}G"
+
+
+USAGE_FIELDS = ("cpu", "memory")  # list-units asks the agents only for these
+
+
 def _attempts(r: Row) -> Optional[str]:
     """Reschedules spent of those allowed (``1/5``), once a unit has failed."""
     info = r.get("reschedule") or {}
@@ -61,6 +81,8 @@ UNIT_COLUMNS: Dict[str, Column] = {
     "restarts": ("RESTARTS", lambda r, f: r.get("restarts")),
     "exit": ("EXIT", lambda r, f: r.get("exit_status")),
     "error": ("ERROR", lambda r, f: _short(r.get("error"), 50, f)),
+    "cpu": ("CPU", lambda r, f: _usage(r, "cpu_seconds")),  # from the unit's cgroup
+    "memory": ("MEMORY", lambda r, f: _usage(r, "memory_bytes")),
 }
 UNIT_FILE_COLUMNS: Dict[str, Column] = {
     "unit": ("UNIT", lambda r, f: r["unit"]),
@@ -132,8 +154,11 @@ def show(rows: List[Row], columns: Dict[str, Column], fields: str, full: bool,
 @listing(UNIT_COLUMNS, ["unit", "machine", "state", "pid", "health"])
 @pass_ctx
 def list_units(c: Ctx, fields: str, full: bool, no_legend: bool, output: str) -> None:
-    """Units on machines as the agents report them."""
-    show(c.call("GET", "/v1/units")["units"], UNIT_COLUMNS, fields, full, no_legend, output)
+    """Units on machines as the agents report them (cpu, memory: as each agent reads
+    the unit's cgroup now)."""
+    asks = {n.strip() for n in fields.split(",")} & set(USAGE_FIELDS)
+    rows = c.call("GET", "/v1/units" + ("?usage=1" if asks else ""))["units"]
+    show(rows, UNIT_COLUMNS, fields, full, no_legend, output)
     warn_if_stale(c)
 
 
@@ -198,6 +223,10 @@ def status(c: Ctx, unit: str, lines: int, output: str) -> None:
         if o.get("started_at"):
             line += f", since {ago(o['started_at'], now)}"
         line += f", restarts {o.get('restarts', 0)}, health {o.get('health', 'unknown')}"
+        if o.get("usage"):
+            line += "".join(f", {name} {shown}" for name, shown in (
+                ("memory", _usage(o, "memory_bytes")), ("cpu", _usage(o, "cpu_seconds")),
+                ("OOM kills", (o["usage"].get("oom_kills") or None))) if shown)
         if o.get("exit_status") is not None:
             line += f", last exit {o['exit_status']}"
         if o.get("error"):

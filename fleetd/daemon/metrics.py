@@ -68,6 +68,11 @@ class Usage:
     cpu_seconds: Optional[float] = None
     oom_kills: Optional[int] = None
 
+    def to_json(self) -> Dict[str, Optional[float]]:
+        """As the API shows it (status, list-units ?usage=1)."""
+        return {"memory_bytes": self.memory_bytes, "cpu_seconds": self.cpu_seconds,
+                "oom_kills": self.oom_kills}
+
 
 @dataclasses.dataclass(frozen=True)
 class FleetState:

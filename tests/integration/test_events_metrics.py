@@ -3,12 +3,14 @@ a real fleetd and fleet-agent over SSH. A unit starts; its program is killed fro
 outside; ``fleetctl events -o json`` shows it submitted, placed (and why), started,
 exited and restarted, with reasons; a consumer that comes back with the last id it saw
 gets exactly what it missed. ``/metrics`` parses (Prometheus' parser), with the unit's
-restarts and the memory and CPU its agent reads from the unit's cgroup."""
+restarts and the memory and CPU its agent reads from the unit's cgroup, which ``status``
+and ``list-units --fields unit,cpu,memory`` show too."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -137,3 +139,9 @@ def test_metrics_show_the_units_restarts(fleet: Fleet, tmp_path: Path) -> None:
     assert found["fleetd_unit_memory_bytes"][key] > 0
     assert found["fleetd_unit_cpu_seconds_total"][key] >= 0
     assert found["fleetd_unit_oom_kills_total"][key] == 0
+    # and the same usage where an operator looks: status, list-units --fields
+    status = fleet.ctl("status", "-n", "0", "mx.service").stdout
+    assert re.search(r"restarts 1, health unknown, memory [0-9.]+[KMG], cpu [0-9.]+s",
+                     status), status
+    listed = fleet.ctl("list-units", "--no-legend", "--fields", "unit,cpu,memory").stdout
+    assert re.search(r"^mx\.service +[0-9.]+s +[0-9.]+[KMG]$", listed, re.M), listed

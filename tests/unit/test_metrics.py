@@ -11,11 +11,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 from apikit import free_port, http, post, role_tokens, served
+from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 from test_engine_loop import SERVICE
 
 from fleetd import protocol
 from fleetd.agent.cgroup_ops import UnitCgroups
+from fleetd.cli.main import cli
 from fleetd.daemon import usage
 from fleetd.daemon.metrics import FleetState, Metrics, Usage
 from fleetd.engine.events import Bus, Draft
@@ -208,3 +210,46 @@ def test_the_agent_reads_a_units_cgroup_counters() -> None:
     assert cgroups.usage("a.service") == {"memory_bytes": 123, "cpu_usage_usec": 9,
                                           "oom_kills": 2}
     assert cgroups.usage("b.service") == {}  # no counters (no cgroup): nothing made up
+
+
+class Sessions(Session):
+    """A connected machine session as the Daemon keeps it, answering ``usage``."""
+
+    last_seen = None
+    retry_in = None
+
+    async def stop(self) -> None:
+        pass
+
+
+def test_list_units_and_status_show_each_copys_usage(tmp_path: Path) -> None:
+    with served(tmp_path) as s:
+        sock = s.config.socket
+        assert post(sock, "/v1/units", {"units": [{"name": "a.service", "text": SERVICE}],
+                                        "desired": "launched"})[0] == 200
+        s.call(s.daemon.registry.upsert_observed(copy("a.service", protocol.RUNNING, 2,
+                                                      "passing")))
+        s.daemon.sessions["m1"] = Sessions(  # type: ignore[assignment]
+            {"usage": {"a.service": {"memory_bytes": 5 << 20, "cpu_usage_usec": 2500000,
+                                     "oom_kills": 0}}})
+        status, answer = http(sock, "GET", "/v1/units?usage=1")
+        assert status == 200, answer
+        row = next(r for r in answer["units"] if r["machine"] == "m1")
+        assert row["usage"] == {"memory_bytes": 5 << 20, "cpu_seconds": 2.5, "oom_kills": 0}
+        plain = next(r for r in http(sock, "GET", "/v1/units")[1]["units"]
+                     if r["machine"] == "m1")
+        assert "usage" not in plain  # the agents are asked only when usage is wanted
+        status, answer = http(sock, "GET", "/v1/units/a.service/status?lines=0")
+        assert status == 200 and answer["copies"][0]["usage"]["cpu_seconds"] == 2.5
+
+        ctl = CliRunner()
+        listed = ctl.invoke(cli, ["--endpoint", f"unix://{sock}", "list-units",
+                                  "--fields", "unit,machine,cpu,memory"])
+        assert listed.exit_code == 0, listed.output
+        assert listed.output.splitlines()[0].split() == ["UNIT", "MACHINE", "CPU", "MEMORY"]
+        assert "a.service  m1       2.50s  5.0M" in listed.output
+        shown = ctl.invoke(cli, ["--endpoint", f"unix://{sock}", "status", "-n", "0",
+                                 "a.service"])
+        assert shown.exit_code == 0, shown.output
+        assert "m1: running, pid 10, restarts 2, health passing, memory 5.0M, cpu 2.50s" \
+            in shown.output

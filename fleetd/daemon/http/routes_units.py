@@ -10,7 +10,11 @@ from fleetd.daemon.service import units as service
 
 
 async def list_units(request: web.Request) -> web.Response:
-    return web.json_response({"units": req.services(request).units.rows()})
+    """``usage=1``: with each copy's usage, asked of the agents (list-units --fields cpu)."""
+    units = req.services(request).units
+    if req.query_flag(request, "usage"):
+        return web.json_response({"units": await units.rows_with_usage()})
+    return web.json_response({"units": units.rows()})
 
 
 async def list_unit_files(request: web.Request) -> web.Response:

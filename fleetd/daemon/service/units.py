@@ -12,7 +12,7 @@ import asyncio
 import time
 from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Union
 
-from fleetd.daemon import submit
+from fleetd.daemon import submit, usage
 from fleetd.daemon.changes import Changes
 from fleetd.daemon.failures import reschedule_info
 from fleetd.daemon.service import views, waits
@@ -59,6 +59,16 @@ class Units:
         return views.unit_rows(self.placement.snapshot(), self.registry.list_units(),
                                self.registry.list_observed())
 
+    async def rows_with_usage(self) -> List[Dict[str, Any]]:
+        """``rows``, each with its ``usage`` as its agent reads it now (None: no answer,
+        or no counters; fleetd/daemon/usage.py)."""
+        rows = self.rows()
+        found = await usage.gather(self.sessions)
+        for row in rows:
+            use = found.get((row["unit"], row["machine"]))
+            row["usage"] = use.to_json() if use is not None else None
+        return rows
+
     def files(self) -> List[Dict[str, Any]]:
         """``list-unit-files``: a row per unit."""
         observed = {(o.unit, o.machine): o for o in self.registry.list_observed()}
@@ -88,9 +98,14 @@ class Units:
         placement = self.placement.snapshot()
         expected = placement.expected()
         copies = []
-        for o in self.registry.list_observed(name):
+        observed = self.registry.list_observed(name)
+        found = await usage.gather({o.machine: self.sessions[o.machine] for o in observed
+                                    if o.machine in self.sessions})
+        for o in observed:
             row = views.observed_row(o)
             row["current"] = waits.is_current(u, o, expected)
+            use = found.get((o.unit, o.machine))
+            row["usage"] = use.to_json() if use is not None else None
             copies.append(row)
         probed = self._probed(u)  # the description as systemd shows it: specifiers expanded
         description = probed.description if isinstance(probed, Unit) else f"({probed.why})"
