@@ -405,9 +405,10 @@ class MachineSession:
         for draft in drafts:
             self.publish(draft)
 
-    def _observed(self, row: ObservedRecord) -> None:
-        """Publish what a unit's report says happened since its last (transitions)."""
-        self._tell(transitions.observed(self._reported.get(row.unit), row))
+    def _observed(self, row: ObservedRecord, at_connect: bool = False) -> None:
+        """Publish what a unit's report says happened since its last (transitions);
+        ``at_connect``: from the snapshot an agent sends when the session begins."""
+        self._tell(transitions.observed(self._reported.get(row.unit), row, at_connect))
         self._reported[row.unit] = row
 
     async def _handle(self, msg: Dict[str, Any]) -> None:
@@ -443,7 +444,7 @@ class MachineSession:
             rows += [row for name, row in self._undeliverable.items() if name not in reported]
             await self.registry.replace_observed(self.name, rows, epoch=self.epoch)
             for row in rows:
-                self._observed(row)
+                self._observed(row, at_connect=True)
             for gone in set(self._reported) - {row.unit for row in rows}:
                 del self._reported[gone]
             self.changed(True)  # a whole snapshot (after a connect): the engine looks

@@ -27,8 +27,12 @@ ACTIVE = (protocol.RUNNING,)
 QUIET = (protocol.STARTING, protocol.STOPPING)  # steps on the way: no event of their own
 
 
-def observed(before: Optional[ObservedRecord], now: ObservedRecord) -> List[Draft]:
-    """What one unit's new report on a machine says happened since the last one."""
+def observed(before: Optional[ObservedRecord], now: ObservedRecord,
+             at_connect: bool = False) -> List[Draft]:
+    """What one unit's new report on a machine says happened since the last one.
+    ``at_connect``: the report is from the snapshot an agent sends when its session
+    begins; a unit this fleetd has not heard of before (it started, or it was elsewhere)
+    is ``found`` as it is, not said to have started now."""
     unit, machine = now.unit, now.machine
     out: List[Draft] = []
 
@@ -36,6 +40,10 @@ def observed(before: Optional[ObservedRecord], now: ObservedRecord) -> List[Draf
         out.append(Draft(kind, reason, unit, machine,
                          {"state": now.state, "restarts": now.restarts, **fields}))
 
+    if before is None and at_connect:
+        say("found", f"{now.state} when its agent connected"
+            + (f", pid {now.pid}" if now.pid is not None else ""), pid=now.pid)
+        return out
     fresh = before is None or before.hash != now.hash or before.generation != now.generation
     was = None if fresh or before is None else before.state
     restarted = before is not None and not fresh and now.restarts > before.restarts

@@ -1,21 +1,24 @@
 """Issue 18's events (and metrics), end to end in a real lab (prefix ``fz``, 10.96.0.0/24):
 a real fleetd and fleet-agent over SSH. A unit starts; its program is killed from
 outside; ``fleetctl events -o json`` shows it submitted, placed (and why), started,
-exited and restarted, with reasons; a consumer that comes back with the last id it saw
-gets exactly what it missed. ``/metrics`` parses (Prometheus' parser), with the unit's
-restarts and the memory and CPU its agent reads from the unit's cgroup, which ``status``
-and ``list-units --fields unit,cpu,memory`` show too."""
+exited and restarted, with reasons, and ``events -f`` printed the same as they came; a
+consumer that comes back with the last id it saw gets exactly what it missed.
+``/metrics`` parses (Prometheus' parser), with the unit's restarts and the memory and
+CPU its agent reads from the unit's cgroup, which ``status`` and ``list-units --fields
+unit,cpu,memory`` show too."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import subprocess
+import threading
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
-from labkit import Fleet, lab_slot, reset_host, wait_for
+from labkit import FLEETCTL, ROOT, Fleet, lab_slot, reset_host, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleetd.lab.netns import Lab
@@ -66,17 +69,47 @@ def scrape(fleet: Fleet) -> Dict[str, Dict[Any, float]]:
     return out
 
 
+class Follower:
+    """``fleetctl events -f -o json ARGS`` running beside the test, its lines read as
+    they come (a thread: the command never ends by itself)."""
+
+    def __init__(self, fleet: Fleet, *args: str) -> None:
+        env = dict(os.environ, FLEETCTL_ENDPOINT=fleet.endpoint)
+        self.proc = subprocess.Popen([FLEETCTL, "events", "-f", "-o", "json", *args],
+                                     stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        self.lines: List[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def seen(self) -> List[Dict[str, Any]]:
+        return [json.loads(line) for line in list(self.lines)]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(10)
+        self.reader.join(10)
+
+
 def kinds(evs: List[Dict[str, Any]], unit: str) -> List[str]:
     return [e["kind"] for e in evs if e["unit"] == unit]
 
 
 def test_a_killed_program_shows_in_the_events_and_a_consumer_resumes(
-        fleet: Fleet, tmp_path: Path) -> None:
+        fleet: Fleet, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     machine = next(iter(fleet.machines()))
     seen = events(fleet, "--machine", machine)
     assert seen and seen[-1]["kind"] == "machine-up", seen
     assert "answered" in seen[-1]["reason"]
     last_seen = max(e["id"] for e in events(fleet))  # the consumer goes away here
+    # another follows from there on (it may take its first look after the submit)
+    follower = Follower(fleet, "--unit", "ev.*", "--after", str(last_seen))
+    request.addfinalizer(follower.stop)  # even if the test fails before it is stopped
 
     unit = tmp_path / "ev.service"
     unit.write_text(UNIT)
@@ -89,6 +122,9 @@ def test_a_killed_program_shows_in_the_events_and_a_consumer_resumes(
         and u["pid"] not in (None, row["pid"])))
     wait_for("the restart among the events",
              lambda: "restarted" in kinds(events(fleet, "--unit", "ev.*"), "ev.service"))
+    followed = wait_for("the restart followed by events -f", lambda: (
+        "restarted" in kinds(follower.seen(), "ev.service") and follower.seen()))
+    follower.stop()
 
     evs = events(fleet, "--unit", "ev.*")
     assert kinds(evs, "ev.service") == ["submitted", "placed", "started", "exited",
@@ -110,6 +146,7 @@ def test_a_killed_program_shows_in_the_events_and_a_consumer_resumes(
     assert resumed == missed and [e["id"] for e in resumed] == list(
         range(last_seen + 1, last_seen + 1 + len(resumed)))
     assert {e["id"] for e in evs} <= {e["id"] for e in resumed}
+    assert followed == evs  # -f printed them as they came, the same events
     # the table says the same, with the reasons
     table = fleet.ctl("events", "--unit", "ev.service").stdout
     assert "restarted" in table and "restart 1" in table

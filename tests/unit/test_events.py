@@ -108,6 +108,16 @@ def test_a_killed_program_reads_as_exited_then_restarted() -> None:
     assert transitions.observed(again, again) == []  # the same report again: nothing
 
 
+def test_a_snapshot_at_connect_finds_units_rather_than_starting_them() -> None:
+    running = report(protocol.RUNNING, pid=10, restarts=4)
+    found = transitions.observed(None, running, at_connect=True)
+    assert kinds(found) == ["found"]
+    assert found[0].reason == "running when its agent connected, pid 10"
+    # a unit known before the session dropped: what changed meanwhile, as any report
+    again = report(protocol.RUNNING, pid=12, restarts=5)
+    assert kinds(transitions.observed(running, again, at_connect=True)) == ["restarted"]
+
+
 def test_exit_status_failure_stop_and_health() -> None:
     running = report(protocol.RUNNING, health="passing")
     done = transitions.observed(running, report(protocol.EXITED, exit_status=0))
