@@ -43,7 +43,7 @@ from typing import (
 )
 
 from fleetd import protocol
-from fleetd.engine import events, reconciler, transitions
+from fleetd.engine import events, reconciler, rollout, transitions
 from fleetd.engine.facts import (
     PlacementRow,
     applied,
@@ -52,6 +52,7 @@ from fleetd.engine.facts import (
     machine_view,
     recorded,
 )
+from fleetd.engine.rolling import Rolling
 from fleetd.engine.snapshot import Snapshot
 from fleetd.engine.views import Failure, MachineView, UnitView
 from fleetd.registry.base import (
@@ -78,6 +79,7 @@ from fleetd.units.model import Unit
 from fleetd.units.parser import UnitError
 from fleetd.units.secrets import Sealed, SecretSource, seal
 from fleetd.units.xfleet import Requirements
+from fleetd.units.xupdate import UpdatePolicy
 from fleetd.wire import names
 from fleetd.wire.unitspec import UnitSpec
 
@@ -144,6 +146,7 @@ class Engine:
         # each pass's duration in seconds and how it ended (fleetd's metrics)
         self.timed: Callable[[float, str], object] = lambda seconds, outcome: None
         self._known: Optional[Tuple[Dict[str, UnitRecord], Dict[str, MachineRecord]]] = None
+        self.rolling = Rolling(registry)  # templates' rolling updates (issue 16)
 
     def wake(self) -> None:
         self._wake.set()
@@ -202,7 +205,7 @@ class Engine:
         self.units.retain(d.probed, d.rendered)
         if d.tasks or d.reasons or d.moved:
             self.changed()  # waiters compare reports against the new placements
-        self._arm(d.wake_at, now)
+        self._arm(await self._roll(machines, observed, now, d.wake_at), now)
         for machine, specs in d.sets.items():
             self.push(machine, specs)
 
@@ -273,6 +276,27 @@ class Engine:
             return f"fleetd failed on it ({_error(exc)})"
         return None
 
+    async def _roll(self, machines: List[MachineRecord], observed: Observed, now: float,
+                    wake_at: Optional[float]) -> Optional[float]:
+        """Templates' rollouts (engine/rollout.py), on the units as this pass left them;
+        ``wake_at`` or earlier, when a rollout must look again."""
+        by_name = {m.name: m for m in machines}
+        units = self.registry.list_units()
+
+        def ready(u: UnitRecord) -> bool:
+            m = by_name.get(u.machine or "")
+            return m is not None and self._ready(u, m, observed.get((u.name, m.name)))
+
+        def policy(u: UnitRecord) -> Optional[UpdatePolicy]:
+            probed = self.units.probed(u.name, u.hash, u.vars, self.registry.unit_text)
+            return None if isinstance(probed, Invalid) else probed.requirements.update
+
+        r = rollout.decide(self.rolling.templates(units, ready, self.registry.list_failures(),
+                                                  policy, now), now)
+        if await self.rolling.apply(r, units, self.epoch):
+            self.wake()  # the new contents go out in the next pass
+        return min((t for t in (wake_at, r.wake_at) if t is not None), default=None)
+
     def _arm(self, at: Optional[float], now: float) -> None:
         """A pass at ``at`` (a reschedule delay or a fence ends then), replacing any
         timer set before: each pass says again what it waits for."""
@@ -315,9 +339,9 @@ class Engine:
         return new
 
     def _hash_on(self, u: UnitRecord, machine: MachineRecord) -> Optional[str]:
-        expected = self._snapshot.hashes.get((u.name, machine.name))
-        if expected is not None:
-            return expected
+        """What ``u``'s content, as stored now, runs as on ``machine``. Not the last
+        snapshot's: a unit whose content changed since (a rollout's step) would have its
+        old copy's reports (failed, running) taken for the new content's."""
         rendered = self._render(u, machine)
         sealed = None if isinstance(rendered, str) else self._seal(rendered[0])
         return None if sealed is None or isinstance(sealed, str) else sealed[0]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from fleetd.units.model import load
+from fleetd.units.compiled import CompiledUnits, Invalid
+from fleetd.units.model import content_hash, load
 from fleetd.units.parser import UnitError
 from fleetd.units.xupdate import UpdatePolicy
 
@@ -37,3 +40,13 @@ def test_bad_options_name_the_line(lines: str, why: str) -> None:
     with pytest.raises(UnitError) as e:
         load(SRC, BASE + lines, template_ok=True)
     assert str(e.value).startswith(why), str(e.value)
+
+
+def test_the_example_in_units_is_valid() -> None:
+    """units/app@.service, which the README points to, submits as it is."""
+    path = Path(__file__).parents[2] / "units" / "app@.service"
+    text = path.read_text()
+    CompiledUnits().check("app@.service", content_hash(text), {}, text, str(path))
+    unit = CompiledUnits().probed("app@1.service", content_hash(text), {}, text)
+    assert not isinstance(unit, Invalid), unit
+    assert unit.requirements.update == UpdatePolicy(1, 15.0, 120.0, True)

@@ -195,12 +195,15 @@ class Units:
         # templates render in a worker
         return await asyncio.to_thread(submit.check, plan, self.compiled)
 
-    async def store(self, inputs: List[UnitInput], desired: Optional[str], replace: bool
-              ) -> Dict[str, Any]:
+    async def store(self, inputs: List[UnitInput], desired: Optional[str], replace: bool,
+                    via: str = "") -> Dict[str, Any]:
         """Store resolved units all or none (the registry's Conflict: other content
-        exists, and ``replace`` was not asked)."""
+        exists, and ``replace`` was not asked). A template's new content changes the
+        template alone: the engine rolls its instances over (engine/rollout.py).
+        ``via``: who submitted it, for the units' versions (``fleetctl history``)."""
         # None: each unit keeps its desired state (a new one: inactive), as SQLite reads it
-        changed = await self.registry.put_units(inputs, desired, replace=replace)
+        changed = await self.registry.put_units(inputs, desired, replace=replace,
+                                                follow=False, via=via)
         self._changed()
         return {"units": [{"name": u.name, "hash": u.hash} for u in inputs],
                 "changed": changed}

@@ -1,0 +1,180 @@
+"""Rolling updates in the lab (issue 16): a template's new content reaches its three
+running instances one healthy copy at a time, watched from outside (HTTP every 50 ms
+to each host's address), and a broken new version with AutoRevert= stops after its
+first copy and goes back. Lab ``fy`` (10.95.0.0/24), three hosts."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+from labkit import Fleet, lab_slot, reset_host, wait_for
+
+from fleetd.lab.netns import Lab
+
+PORT = 18300
+# serves its version on /, and /health: 200, or 500 for a version named broken*
+SERVE = """\
+import http.server, sys
+version, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        bad = self.path == "/health" and version.startswith("broken")
+        body = version.encode()
+        self.send_response(500 if bad else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer((address, port), H).serve_forever()
+"""
+
+TEMPLATE = """\
+[Unit]
+Description=versioned web %i
+
+[Service]
+ExecStart={python} {script} {version} {{{{ machine.address }}}} {port}
+Restart=always
+RestartSec=200ms
+
+[X-Fleet]
+Conflicts=web@*.service
+
+[X-Check]
+Type=http
+URL=http://{{{{ machine.address }}}}:{port}/health
+Interval=1s
+Timeout=400ms
+FailureThreshold=1
+
+[X-Update]
+MinHealthySec=2s
+HealthyDeadlineSec=8s
+{extra}
+"""
+NAMES = [f"web@{i}.service" for i in (1, 2, 3)]
+
+
+@pytest.fixture(scope="module")
+def fy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.fail("integration tests need root (network namespaces, sshd, cgroups)")
+    with lab_slot("fy"):
+        lab = Lab(str(tmp_path_factory.mktemp("fy-lab")), prefix="fy", subnet="10.95.0")
+        lab.down()  # what a crashed run of this slot left
+        try:
+            lab.up(3)
+            yield lab
+        finally:
+            lab.down()
+
+
+@pytest.fixture
+def fleet(fy_lab: Lab, tmp_path: Any) -> Iterator[Fleet]:
+    f = Fleet(fy_lab, str(tmp_path))
+    f.start()
+    for h in fy_lab.hosts():
+        f.add(h)
+    wait_for("3 machines up", lambda: all(m["state"] == "up"
+                                          for m in f.machines().values()), 20)
+    yield f
+    f.stop()
+    for h in fy_lab.hosts():
+        reset_host(fy_lab, h)
+
+
+def write_template(tmp_path: Path, version: str, extra: str = "") -> Path:
+    script = tmp_path / "serve.py"
+    script.write_text(SERVE)
+    path = tmp_path / "web@.service"
+    path.write_text(TEMPLATE.format(python=sys.executable, script=script, version=version,
+                                    port=PORT, extra=extra))
+    return path
+
+
+def answers(lab: Lab) -> Dict[str, Optional[str]]:
+    """Each host's answer on the port (its version), None where nothing answers."""
+    out: Dict[str, Optional[str]] = {}
+    for h in lab.hosts():
+        try:
+            with urllib.request.urlopen(f"http://{h.address}:{PORT}/", timeout=0.5) as r:
+                out[h.name] = r.read().decode()
+        except OSError:
+            out[h.name] = None
+    return out
+
+
+class Sampler:
+    """Every ~50 ms, from outside: what each host answers."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.samples: List[Dict[str, Optional[str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(answers(self.lab))
+            time.sleep(0.05)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def start_v1(fleet: Fleet, tmp_path: Path, lab: Lab, extra: str = "") -> None:
+    write_template(tmp_path, "v1", extra)
+    fleet.ctl("start", *(str(tmp_path / n) for n in NAMES))
+    wait_for("3 hosts answering v1", lambda: list(answers(lab).values()) == ["v1"] * 3, 30)
+
+
+def status(fleet: Fleet) -> str:
+    row = next(f for f in fleet.unit_files() if f["unit"] == "web@.service")
+    return str(row.get("reason") or "")
+
+
+def test_new_content_rolls_with_two_of_three_answering_throughout(
+        fleet: Fleet, fy_lab: Lab, tmp_path: Path) -> None:
+    start_v1(fleet, tmp_path, fy_lab)
+    with Sampler(fy_lab) as s:
+        write_template(tmp_path, "v2")
+        fleet.ctl("submit", "--replace", str(tmp_path / "web@.service"))
+        wait_for("all 3 answering v2", lambda: list(answers(fy_lab).values()) == ["v2"] * 3,
+                 90)
+        wait_for("the rollout done", lambda: status(fleet).endswith("on all 3 copies"), 30)
+    assert len(s.samples) > 100, len(s.samples)
+    worst = min(sum(v is not None for v in sample.values()) for sample in s.samples)
+    assert worst >= 2, [x for x in s.samples if sum(v is not None for v in x.values()) < 2][:3]
+    # one copy at a time: each step seen from outside
+    mixed = {tuple(sorted(v for v in x.values() if v)) for x in s.samples}
+    assert ("v1", "v2", "v2") in mixed and ("v1", "v1", "v2") in mixed
+    assert status(fleet).startswith("v2 (")
+
+
+def test_a_broken_version_stops_after_one_copy_and_auto_reverts(
+        fleet: Fleet, fy_lab: Lab, tmp_path: Path) -> None:
+    start_v1(fleet, tmp_path, fy_lab, extra="AutoRevert=yes")
+    with Sampler(fy_lab) as s:
+        write_template(tmp_path, "broken2", extra="AutoRevert=yes")
+        fleet.ctl("submit", "--replace", str(tmp_path / "web@.service"))
+        wait_for("the revert", lambda: "AutoRevert" in status(fleet), 60)
+        wait_for("the revert done", lambda: " on all 3 copies (AutoRevert: v2" in status(fleet),
+                 60)
+        wait_for("all 3 answering v1", lambda: list(answers(fy_lab).values()) == ["v1"] * 3,
+                 30)
+    broken_at_once = max(sum(v == "broken2" for v in x.values()) for x in s.samples)
+    assert broken_at_once == 1  # the first copy, and no other
+    assert "web@1.service failed: " in status(fleet)
