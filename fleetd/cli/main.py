@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Tuple
 import click
 
 from fleetd import __version__
-from fleetd.cli import drain, listing, secrets, servers
+from fleetd.cli import drain, listing, rollouts, secrets, servers
 from fleetd.cli import units as unit_commands
 from fleetd.cli import vagrant as vagrant_cli
 from fleetd.cli.audit import audit as audit_command
@@ -245,7 +245,7 @@ def machine_remove(c: Ctx, name: str, purge: bool) -> None:
 
 
 for command in [*unit_commands.COMMANDS, *listing.COMMANDS, *servers.COMMANDS, *drain.COMMANDS,
-                *secrets.COMMANDS, lab]:
+                *secrets.COMMANDS, *rollouts.COMMANDS, lab]:
     cli.add_command(command)
 cli.add_command(token_group)
 cli.add_command(audit_command)

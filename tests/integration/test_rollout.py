@@ -155,13 +155,20 @@ def test_new_content_rolls_with_two_of_three_answering_throughout(
         wait_for("all 3 answering v2", lambda: list(answers(fy_lab).values()) == ["v2"] * 3,
                  90)
         wait_for("the rollout done", lambda: status(fleet).endswith("on all 3 copies"), 30)
+        # and back, the same way
+        assert "web@.service: back to v1 (" in fleet.ctl("rollback", "web@.service").stdout
+        wait_for("all 3 answering v1", lambda: list(answers(fy_lab).values()) == ["v1"] * 3,
+                 90)
+        wait_for("the rollback done", lambda: status(fleet).endswith("on all 3 copies"), 30)
     assert len(s.samples) > 100, len(s.samples)
     worst = min(sum(v is not None for v in sample.values()) for sample in s.samples)
     assert worst >= 2, [x for x in s.samples if sum(v is not None for v in x.values()) < 2][:3]
     # one copy at a time: each step seen from outside
     mixed = {tuple(sorted(v for v in x.values() if v)) for x in s.samples}
     assert ("v1", "v2", "v2") in mixed and ("v1", "v1", "v2") in mixed
-    assert status(fleet).startswith("v2 (")
+    assert status(fleet).startswith("v3 (")  # v1's content again, as version 3
+    history = fleet.ctl("history", "web@.service").stdout
+    assert "rolled back by v3 (rollback to v1 by root (unix socket))" in history, history
 
 
 def test_a_broken_version_stops_after_one_copy_and_auto_reverts(
@@ -178,3 +185,11 @@ def test_a_broken_version_stops_after_one_copy_and_auto_reverts(
     broken_at_once = max(sum(v == "broken2" for v in x.values()) for x in s.samples)
     assert broken_at_once == 1  # the first copy, and no other
     assert "web@1.service failed: " in status(fleet)
+    history = fleet.ctl("history", "web@.service").stdout.splitlines()
+    assert history[2].startswith("v2 ") and \
+        "failed: reverted by v3 (AutoRevert: v2 (" in history[2], history
+    # the reason is the copy's own: its check failing restarted it to its start limit
+    # (or it was not healthy by HealthyDeadlineSec=, whichever came first)
+    assert "web@1.service failed: " in history[2] and (
+        "health check failing" in history[2] or "HealthyDeadlineSec=" in history[2]), history
+    assert history[3].startswith("v3 *") and "AutoRevert: v2 (" in history[3], history

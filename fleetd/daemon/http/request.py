@@ -13,6 +13,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVa
 
 from aiohttp import web
 
+from fleetd.daemon.http.access import CALLER
 from fleetd.daemon.http.errors import SURROGATE, Refused
 from fleetd.daemon.metrics import Metrics
 from fleetd.daemon.service.errors import Invalid, shown
@@ -173,3 +174,11 @@ def names(data: Dict[str, Any]) -> List[str]:
     if not isinstance(value, list) or not value or not all(isinstance(n, str) for n in value):
         raise Invalid("names", "want a non-empty list of unit names")
     return value
+
+
+def submitter(request: web.Request) -> str:
+    """Who sent ``request``, for a unit version's ``via`` (``fleetctl history``): the
+    caller (a token's name, or root on the socket) and, over TCP, where it came from."""
+    caller = request.get(CALLER)
+    name = caller.name if caller else "unknown"
+    return f"{name} from {request.remote}" if request.remote else name

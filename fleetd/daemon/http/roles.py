@@ -39,6 +39,8 @@ ROUTES: Dict[Tuple[str, str], str] = {
     ("GET", "/v1/units/{name}/wait"): READ,
     ("GET", "/v1/units/{name}/status"): READ,
     ("GET", "/v1/units/{name}/journal"): READ,
+    ("GET", "/v1/units/{name}/history"): READ,
+    ("POST", "/v1/units/{name}/rollback"): OPERATE,
     ("GET", "/v1/tokens"): ADMIN,
     ("POST", "/v1/tokens"): ADMIN,
     ("DELETE", "/v1/tokens/{name}"): ADMIN,

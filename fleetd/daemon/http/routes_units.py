@@ -6,7 +6,6 @@ from __future__ import annotations
 from aiohttp import web
 
 from fleetd.daemon.http import request as req
-from fleetd.daemon.http.access import CALLER
 from fleetd.daemon.service import units as service
 
 
@@ -33,10 +32,8 @@ async def submit_units(request: web.Request) -> web.Response:
     desired = service.check_desired(body.get("desired"))
     items = service.submit_items(body.get("units"))
     inputs = await units.resolve(items, desired)
-    caller = request.get(CALLER)
-    via = f"{caller.name if caller else 'unknown'} from {request.remote or 'unix socket'}"
     return web.json_response(await units.store(inputs, desired, replace=req.flag(body, "replace"),
-                                               via=via))
+                                               via=req.submitter(request)))
 
 
 async def set_state(request: web.Request) -> web.Response:

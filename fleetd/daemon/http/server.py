@@ -24,6 +24,7 @@ from fleetd.daemon.http import (
     routes_events,
     routes_machines,
     routes_metrics,
+    routes_rollouts,
     routes_secrets,
     routes_units,
 )
@@ -103,6 +104,7 @@ def make_app(services: req.Services, token: Optional[str], tokens: TokenStore,
     app.router.add_post("/v1/machines/{name}/drain", routes_machines.drain_machine)
     app.router.add_post("/v1/machines/{name}/undrain", routes_machines.undrain_machine)
     routes_units.add_routes(app.router)
+    routes_rollouts.add_routes(app.router)
     add_token_routes(app.router)
     app.router.add_get("/v1/audit", list_audit)
     routes_secrets.add_routes(app.router)

@@ -1,0 +1,27 @@
+"""Routes for a unit's versions: ``GET /v1/units/{name}/history`` (read) and
+``POST /v1/units/{name}/rollback`` with ``{"to": N}`` or ``{}`` (operate). Each calls
+``service.versions``; refusals are answered by errors.py."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from fleetd.daemon.http import request as req
+from fleetd.daemon.service import versions
+
+
+async def unit_history(request: web.Request) -> web.Response:
+    return web.json_response(versions.history(req.services(request).units,
+                                              request.match_info["name"]))
+
+
+async def unit_rollback(request: web.Request) -> web.Response:
+    body = await req.body(request)
+    return web.json_response(await versions.rollback(
+        req.services(request).units, request.match_info["name"], body.get("to"),
+        req.submitter(request)))
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/v1/units/{name}/history", unit_history)
+    router.add_post("/v1/units/{name}/rollback", unit_rollback)
