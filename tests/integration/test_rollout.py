@@ -1,7 +1,7 @@
 """Rolling updates in the lab (issue 16): a template's new content reaches its three
 running instances one healthy copy at a time, watched from outside (HTTP every 50 ms
 to each host's address), and a broken new version with AutoRevert= stops after its
-first copy and goes back. Lab ``fy`` (10.95.0.0/24), three hosts."""
+first copy and goes back. Lab ``fy`` (10.95.0.0/24), three hosts; SQLite and etcd."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
-from labkit import Fleet, lab_slot, reset_host, wait_for
+from labkit import ON_BOTH_REGISTRIES, Fleet, lab_slot, reset_host, wait_for
 
 from fleetd.lab.netns import Lab
+
+pytestmark = ON_BOTH_REGISTRIES  # each also on a real one-member etcd registry
 
 PORT = 18300
 # serves its version on /, and /health: 200, or 500 for a version named broken*
@@ -78,8 +80,8 @@ def fy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 @pytest.fixture
-def fleet(fy_lab: Lab, tmp_path: Any) -> Iterator[Fleet]:
-    f = Fleet(fy_lab, str(tmp_path))
+def fleet(fy_lab: Lab, tmp_path: Any, registry: Optional[str]) -> Iterator[Fleet]:
+    f = Fleet(fy_lab, str(tmp_path), registry=registry)
     f.start()
     for h in fy_lab.hosts():
         f.add(h)
