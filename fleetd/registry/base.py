@@ -165,6 +165,9 @@ class VersionRecord:
     hash: str
     at: float
     via: str  # who submitted it (the API's caller), or why fleetd did (AutoRevert=)
+    # how its rollout goes, given on the command line (engine/rollout.py: ``canary``,
+    # [X-Update]'s options by their field names); JSON values
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +202,8 @@ class Registry(Protocol):
     # --- units -----------------------------------------------------------------
     async def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
                         replace: bool = False, *, follow: bool = True,
-                        via: str = "") -> List[str]:
+                        via: str = "", options: Optional[Dict[str, Any]] = None
+                        ) -> List[str]:
         """Store units with ``desired`` state, all or none; return every unit changed.
         ``desired`` None: each unit keeps the state it has (a new one: inactive); a
         unit's own ``UnitInput.desired`` overrides either.
@@ -211,7 +215,7 @@ class Registry(Protocol):
         not ``follow``: then the template alone changes, and a rollout moves its
         instances over (engine/rollout.py). With the same content only the desired
         state changes. A unit given new content (or its first) gets a version
-        (``list_versions``) saying ``via``."""
+        (``list_versions``) saying ``via``, with ``options``."""
 
     async def restart(self, names: Sequence[str]) -> None:
         """Bump the units' generation and make them launched (NotFound if one is missing);
@@ -233,6 +237,11 @@ class Registry(Protocol):
     def list_versions(self, unit: str) -> List[VersionRecord]:
         """The unit's versions, oldest first (the newest ``VERSIONS_KEPT``); a unit
         destroyed forgets them."""
+
+    async def set_version_options(self, unit: str, version: int,
+                                  options: Mapping[str, Any]) -> None:
+        """Replace the options of ``unit``'s ``version`` (``fleetctl promote``); NotFound
+        if the unit or that version is not kept."""
 
     async def set_placements(self, placements: Iterable[Tuple[str, Optional[str], str]],
                              handoffs: Optional[Mapping[str, Optional[str]]] = None,

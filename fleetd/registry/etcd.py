@@ -79,12 +79,13 @@ class EtcdRegistry(EtcdStore):
 
     async def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
                         replace: bool = False, *, follow: bool = True,
-                        via: str = "") -> List[str]:
+                        via: str = "", options: Optional[Dict[str, Any]] = None
+                        ) -> List[str]:
         changed: List[str] = []
 
         def build() -> Plan:
             names, plan = writes.put_units(self.cache, units, desired, replace, time.time(),
-                                           follow, via)
+                                           follow, via, options)
             changed[:] = names
             return plan
         await self._write(build)
@@ -111,8 +112,13 @@ class EtcdRegistry(EtcdStore):
     def list_versions(self, unit: str) -> List[VersionRecord]:
         e = self.cache.kinds["units"].get((unit,))
         kept = e.doc.get("versions") or [] if e else []
-        return [VersionRecord(unit, int(n), str(h), float(at), str(via))
-                for n, h, at, via in kept]
+        return [VersionRecord(unit, int(v[0]), str(v[1]), float(v[2]), str(v[3]),
+                              dict(v[4]) if len(v) > 4 else {}) for v in kept]
+
+    async def set_version_options(self, unit: str, version: int,
+                                  options: Mapping[str, Any]) -> None:
+        await self._write(lambda: writes.set_version_options(self.cache, unit, version,
+                                                             options))
 
     async def set_placements(self, placements: Iterable[Tuple[str, Optional[str], str]],
                              handoffs: Optional[Mapping[str, Optional[str]]] = None,

@@ -20,8 +20,9 @@ key                            value (JSON)                               writte
                                once no unit uses it)
 ``units/<name>``               ``{"hash","vars","desired","generation",   users
                                "updated_at","versions"}``; versions:
-                               ``[[version, hash, at, via], ...]``, the
-                               newest VERSIONS_KEPT (absent: none)
+                               ``[[version, hash, at, via, options],
+                               ...]``, the newest VERSIONS_KEPT (absent:
+                               none; options absent: {})
 ``placements/<name>``          ``{"machine","reason","placed_at",         engine
                                "handoff","retries"}``; the record's
                                generation is the unit's + ``retries``
@@ -168,12 +169,12 @@ def _versions(v: Any) -> List[List[Any]]:
     if not isinstance(v, list):
         raise ValueError("not a list")
     for item in v:
-        if not (isinstance(item, list) and len(item) == 4 and isinstance(item[1], str)
-                and isinstance(item[3], str)):
-            raise ValueError("not a list of [version, hash, at, via]")
+        if not (isinstance(item, list) and len(item) in (4, 5) and isinstance(item[1], str)
+                and isinstance(item[3], str) and isinstance([*item, {}][4], dict)):
+            raise ValueError("not a list of [version, hash, at, via, options]")
         _count(item[0])
         _float(item[2])
-    return [list(item) for item in v]
+    return [[*item[:4], dict([*item, {}][4])] for item in v]
 
 
 Check = Callable[[Any], Any]

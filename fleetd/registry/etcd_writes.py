@@ -126,16 +126,32 @@ def _hashes(doc: Doc) -> List[str]:
     return [doc["hash"], *(v[1] for v in doc.get("versions") or ())]
 
 
-def _versioned(row: Optional[Doc], content_hash: str, now: float, via: str) -> List[Any]:
+def _versioned(row: Optional[Doc], content_hash: str, now: float, via: str,
+               options: Mapping[str, Any]) -> List[Any]:
     kept = list((row or {}).get("versions") or ())
     if row is None or row["hash"] != content_hash:
-        kept.append([kept[-1][0] + 1 if kept else 1, content_hash, now, via])
+        kept.append([kept[-1][0] + 1 if kept else 1, content_hash, now, via, dict(options)])
     return kept[-VERSIONS_KEPT:]
 
 
+def set_version_options(cache: Cache, unit: str, version: int, options: Mapping[str, Any]
+                        ) -> Plan:
+    view = _Units(cache)
+    d = view.existing(unit)
+    kept = [list(v) for v in d.get("versions") or ()]
+    for v in kept:
+        if v[0] == version:
+            v[4:] = [dict(options)]
+            break
+    else:
+        raise NotFound(f"{unit} has no version {version}")
+    view.docs[unit] = {**d, "versions": kept}
+    return view.plan()
+
+
 def put_units(cache: Cache, units: Sequence[UnitInput], desired: Optional[str],
-              replace: bool, now: float, follow: bool = True, via: str = ""
-              ) -> Tuple[List[str], Plan]:
+              replace: bool, now: float, follow: bool = True, via: str = "",
+              options: Optional[Mapping[str, Any]] = None) -> Tuple[List[str], Plan]:
     if desired is not None:
         check_desired(desired)
     view = _Units(cache)
@@ -156,7 +172,8 @@ def put_units(cache: Cache, units: Sequence[UnitInput], desired: Optional[str],
             view.docs[name] = {"hash": content_hash, "vars": dict(variables),
                                "desired": wanted or INACTIVE, "generation": 0,
                                "updated_at": now,
-                               "versions": _versioned(None, content_hash, now, via)}
+                               "versions": _versioned(None, content_hash, now, via,
+                                                      options or {})}
             if cache.entry("placements", name):  # left by a destroy cut short
                 cleanup.append(_delete(cache.prefix, "placements", name))
             if cache.failure_keys(name):
@@ -164,7 +181,8 @@ def put_units(cache: Cache, units: Sequence[UnitInput], desired: Optional[str],
         else:
             view.docs[name] = {**row, "hash": content_hash, "vars": dict(variables),
                                "desired": wanted or row["desired"], "updated_at": now,
-                               "versions": _versioned(row, content_hash, now, via)}
+                               "versions": _versioned(row, content_hash, now, via,
+                                                      options or {})}
         changed.append(name)
         if (row is not None and row["hash"] != content_hash and unit_names.is_template(name)
                 and follow):

@@ -110,6 +110,7 @@ CREATE TABLE IF NOT EXISTS versions (
     hash TEXT NOT NULL,
     at REAL NOT NULL,
     via TEXT NOT NULL,
+    options TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (unit, version)
 );
 """
@@ -164,6 +165,10 @@ class SqliteRegistry:
                 f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
             )
         self._db.executescript(f"BEGIN IMMEDIATE;{_SECRETS_SCHEMA}{_VERSIONS_SCHEMA}COMMIT;")
+        columns = [r[1] for r in self._db.execute("PRAGMA table_info(versions)")]
+        if "options" not in columns:  # a versions table made before it had options
+            self._db.execute("ALTER TABLE versions ADD COLUMN options TEXT NOT NULL"
+                             " DEFAULT '{}'")
 
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
@@ -177,7 +182,8 @@ class SqliteRegistry:
     # --- units -----------------------------------------------------------------
     async def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
                         replace: bool = False, *, follow: bool = True,
-                        via: str = "") -> List[str]:
+                        via: str = "", options: Optional[Dict[str, Any]] = None
+                        ) -> List[str]:
         if desired is not None:
             check_desired(desired)
         now = time.time()
@@ -211,25 +217,35 @@ class SqliteRegistry:
                     )
                 changed.append(name)
                 if row is None or row[0] != content_hash:
-                    self._add_version(name, content_hash, now, via)
+                    self._add_version(name, content_hash, now, via, options or {})
                 if (row is not None and row[0] != content_hash and names.is_template(name)
                         and follow):
                     changed += self._follow_template(name, row[0], content_hash, now)
             self._collect_contents()
         return changed
 
-    def _add_version(self, unit: str, content_hash: str, now: float, via: str) -> None:
+    def _add_version(self, unit: str, content_hash: str, now: float, via: str,
+                     options: Mapping[str, Any]) -> None:
         last = self._db.execute("SELECT MAX(version) FROM versions WHERE unit=?",
                                 (unit,)).fetchone()[0] or 0
-        self._db.execute("INSERT INTO versions(unit, version, hash, at, via)"
-                         " VALUES (?, ?, ?, ?, ?)", (unit, last + 1, content_hash, now, via))
+        self._db.execute("INSERT INTO versions(unit, version, hash, at, via, options)"
+                         " VALUES (?, ?, ?, ?, ?, ?)",
+                         (unit, last + 1, content_hash, now, via, json.dumps(dict(options))))
         self._db.execute("DELETE FROM versions WHERE unit=? AND version<=?",
                          (unit, last + 1 - VERSIONS_KEPT))
 
     def list_versions(self, unit: str) -> List[VersionRecord]:
-        rows = self._db.execute("SELECT unit, version, hash, at, via FROM versions"
+        rows = self._db.execute("SELECT unit, version, hash, at, via, options FROM versions"
                                 " WHERE unit=? ORDER BY version", (unit,)).fetchall()
-        return [VersionRecord(*r) for r in rows]
+        return [VersionRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+
+    async def set_version_options(self, unit: str, version: int,
+                                  options: Mapping[str, Any]) -> None:
+        with self._tx():
+            cur = self._db.execute("UPDATE versions SET options=? WHERE unit=? AND version=?",
+                                   (json.dumps(dict(options)), unit, version))
+            if cur.rowcount == 0:
+                raise NotFound(f"{unit} has no version {version}")
 
     def _follow_template(self, template: str, old: str, new: str, now: float) -> List[str]:
         """Instances of ``template`` still on its old content take the new content."""

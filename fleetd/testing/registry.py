@@ -110,7 +110,8 @@ class MemoryRegistry:
     # --- units -----------------------------------------------------------------
     async def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
                         replace: bool = False, *, follow: bool = True,
-                        via: str = "") -> List[str]:
+                        via: str = "", options: Optional[Dict[str, Any]] = None
+                        ) -> List[str]:
         if desired is not None:
             check_desired(desired)
         now = self._clock()
@@ -137,7 +138,8 @@ class MemoryRegistry:
                 if row is None or row.hash != content_hash:
                     kept = self._versions.setdefault(name, [])
                     number = kept[-1].version + 1 if kept else 1
-                    kept.append(VersionRecord(name, number, content_hash, now, via))
+                    kept.append(VersionRecord(name, number, content_hash, now, via,
+                                              _json(dict(options or {}))))
                     del kept[:-VERSIONS_KEPT]
                 if (row is not None and row.hash != content_hash and names.is_template(name)
                         and follow):
@@ -146,7 +148,17 @@ class MemoryRegistry:
         return changed
 
     def list_versions(self, unit: str) -> List[VersionRecord]:
-        return list(self._versions.get(unit, ()))
+        return [dataclasses.replace(v, options=_json(v.options))
+                for v in self._versions.get(unit, ())]
+
+    async def set_version_options(self, unit: str, version: int,
+                                  options: Mapping[str, Any]) -> None:
+        kept = self._versions.get(unit, [])
+        for i, v in enumerate(kept):
+            if v.version == version:
+                kept[i] = dataclasses.replace(v, options=_json(dict(options)))
+                return
+        raise NotFound(f"{unit} has no version {version}")
 
     def _follow_template(self, template: str, old: str, new: str, now: float) -> List[str]:
         """Instances of ``template`` still on its old content take the new content

@@ -47,11 +47,15 @@ def test_a_value_fleetd_did_not_write_is_refused_naming_the_key(value: bytes, wh
 
 def test_documents_round_trip() -> None:
     doc = {"hash": "h", "vars": {"x": "1"}, "desired": "launched", "generation": 2,
-           "updated_at": 1.5, "versions": [[1, "h", 1.5, "alice"]]}
+           "updated_at": 1.5, "versions": [[1, "h", 1.5, "alice", {"canary": 1}]]}
     assert decode("units", b"k", encode(doc)) == doc
+    four = {**doc, "versions": [[1, "h", 1.5, "alice"]]}  # before versions had options
+    assert decode("units", b"k", encode(four))["versions"] == [[1, "h", 1.5, "alice", {}]]
     # a unit written by a fleetd before versions: it has none
     older = {k: v for k, v in doc.items() if k != "versions"}
     assert decode("units", b"k", encode(older)) == {**older, "versions": []}
+    with pytest.raises(BadValue, match="'versions' not a list of"):
+        decode("units", b"k", encode({**doc, "versions": [[1, "h", 1.5, "a", []]]}))
     with pytest.raises(BadValue, match="'versions' not a list of"):
         decode("units", b"k", encode({**doc, "versions": [[1, "h"]]}))
     with pytest.raises(BadValue, match="'desired' not one of"):

@@ -433,3 +433,21 @@ async def test_versions_are_bounded_and_forgotten_with_their_unit(reg: Registry)
     await reg.delete_units(["a.service"])
     assert reg.list_versions("a.service") == []
     assert reg.unit_text(content_hash(texts[-1])) is None
+
+
+async def test_a_version_keeps_its_options_and_they_can_change(reg: Registry) -> None:
+    """The options a rollout was given on the command line (``--canary 1``) stay with
+    its version; ``fleetctl promote`` changes them."""
+    await reg.put_units([u("web@.service", A_TEXT)], None)
+    await reg.put_units([u("web@.service", B_TEXT)], None, replace=True,
+                        options={"canary": 1, "max_parallel": 2})
+    got = [(v.version, v.options) for v in reg.list_versions("web@.service")]
+    assert got == [(1, {}), (2, {"canary": 1, "max_parallel": 2})]
+    await reg.set_version_options("web@.service", 2, {"canary": 0, "max_parallel": 2})
+    assert reg.list_versions("web@.service")[1].options == {"canary": 0, "max_parallel": 2}
+    reg.list_versions("web@.service")[1].options["canary"] = 9  # a copy
+    assert reg.list_versions("web@.service")[1].options["canary"] == 0
+    with pytest.raises(NotFound):
+        await reg.set_version_options("web@.service", 7, {})
+    with pytest.raises(NotFound):
+        await reg.set_version_options("nope.service", 1, {})

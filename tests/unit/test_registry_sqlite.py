@@ -88,3 +88,17 @@ def test_data_survives_close_and_reopen(db_path: str) -> None:
         assert again.list_observed() == [observed("a.service", "m1")]
     finally:
         at_once(again.close())
+
+
+def test_a_versions_table_without_options_gets_them(db_path: str) -> None:
+    """A registry whose versions table predates options (kept by a fleetd of the
+    same schema version) reads its versions with none, and takes new ones."""
+    at_once(SqliteRegistry(db_path).put_units([u("a.service", A_TEXT)], None, via="x"))
+    db = sqlite3.connect(db_path)
+    db.executescript("BEGIN; ALTER TABLE versions DROP COLUMN options; COMMIT;")
+    db.close()
+    again = SqliteRegistry(db_path)
+    assert [(v.version, v.via, v.options) for v in again.list_versions("a.service")] == [
+        (1, "x", {})]
+    at_once(again.set_version_options("a.service", 1, {"canary": 1}))
+    assert again.list_versions("a.service")[0].options == {"canary": 1}
