@@ -20,7 +20,10 @@ driver that counts starts). Then, timed from the moment each step begins:
   list-units      ``fleetctl list-units`` wall time (median of 3).
 
 The simulator shares this machine's cores with fleetd (all N agents in one Python
-process): its load is part of what the figures include. ``--profile DIR`` runs fleetd
+process, or ``--sim-procs K`` processes): its load is part of what the figures include,
+and it says how often its own loop stalled past a second (all its machines silent at
+once: fleetd drops a session after 3 s of silence, so such stalls are the simulator's
+doing, not fleetd's). ``--profile DIR`` runs fleetd
 under cProfile (DIR/fleetd-N.prof, written at its SIGTERM stop at the end; the kill -9
 step then restarts it unprofiled). Prints a table; writes bench/results/scale.json.
 """
@@ -36,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from benchkit import save
 
@@ -94,6 +97,63 @@ def ctl(fleet: Fleet, *args: str) -> float:
     return wall
 
 
+class Sims:
+    """K simulator processes sharing the machines (``--sim-procs``), seen as one."""
+
+    def __init__(self, work: str, machines: int, procs: int, endpoint: str) -> None:
+        sizes = [machines // procs + (1 if k < machines % procs else 0)
+                 for k in range(procs)]
+        self.procs = [SimProcess(os.path.join(work, f"p{k}"), n, endpoint,
+                                 prefix="sim" if procs == 1 else f"sim{k}x")
+                      for k, n in enumerate(sizes)]
+        self.owner: Dict[str, SimProcess] = {}
+
+    def start(self) -> None:
+        for p in self.procs:
+            os.makedirs(os.path.dirname(p.dir), exist_ok=True)
+            p.start()
+            self.owner.update({n: p for n in p.names()})
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+    def names(self) -> List[str]:
+        return list(self.owner)
+
+    def lever(self, op: str, machines: List[str]) -> None:
+        for p in self.procs:
+            mine = [m for m in machines if self.owner[m] is p]
+            if mine:
+                p.lever(op, mine)
+
+    def machines(self) -> Dict[str, Dict[str, Any]]:
+        out: Dict[str, Dict[str, Any]] = {}
+        for p in self.procs:
+            out.update(p.machines())
+        return out
+
+    def running(self) -> Dict[str, List[str]]:
+        out: Dict[str, List[str]] = {}
+        for p in self.procs:
+            for unit, where in p.running().items():
+                out.setdefault(unit, []).extend(where)
+        return out
+
+    def counts(self) -> Dict[str, Dict[str, Dict[str, int]]]:
+        out: Dict[str, Dict[str, Dict[str, int]]] = {}
+        for p in self.procs:
+            out.update(p.counts())
+        return out
+
+    def stalls(self) -> Tuple[int, float]:
+        got = [p.control.stalls() for p in self.procs]
+        return sum(n for n, _ in got), max(w for _, w in got)
+
+    def rss_mb(self) -> float:
+        return sum(rss_mb(p.pid) for p in self.procs)
+
+
 def total(counts: Dict[str, Dict[str, Dict[str, int]]], kind: str) -> int:
     return sum(sum(c[kind].values()) for c in counts.values())
 
@@ -108,13 +168,13 @@ def registry(kind: str, work: str) -> Iterator[Optional[str]]:
 
 
 def bench(work: str, machines: int, per_machine: int, kind: str,
-          profile: Optional[str]) -> Dict[str, Any]:
+          profile: Optional[str], procs: int) -> Dict[str, Any]:
     out: Dict[str, Any] = {"machines": machines, "units": machines * per_machine,
                            "registry": kind}
     with registry(kind, work) as url:
         fleet = Fleet(None, work, args=["--log-level", "warning"], registry=url)
         fleet.start()
-        sim = SimProcess(work, machines, fleet.endpoint)
+        sim = Sims(work, machines, procs, fleet.endpoint)
         try:
             t0 = time.monotonic()
             sim.start()
@@ -145,6 +205,8 @@ def bench(work: str, machines: int, per_machine: int, kind: str,
             where = wait_until("all units running", lambda: running_once(fleet, units),
                                1200, 0.5)
             out["start_all_running_s"] = time.monotonic() - t0
+            out["start_sim_stalls"], out["start_sim_worst_stall_s"] = sim.stalls()
+            out["start_restarts"] = total(sim.counts(), "starts") - len(units)
 
             # steady state
             time.sleep(3)
@@ -153,8 +215,7 @@ def bench(work: str, machines: int, per_machine: int, kind: str,
             time.sleep(STEADY_S)
             out["steady_cpu_pct"] = 100 * (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
             out["steady_rss_mb"] = rss_mb(pid)
-            sim_pid = sim.pid
-            out["sim_rss_mb"] = rss_mb(sim_pid)
+            out["sim_rss_mb"] = sim.rss_mb()
 
             # cut 10 loaded machines
             cut = sorted(set(where.values()))[:CUT]
@@ -192,6 +253,7 @@ def bench(work: str, machines: int, per_machine: int, kind: str,
             after = sim.counts()
             out["kill9_starts"] = total(after, "starts") - total(before, "starts")
             out["kill9_stops"] = total(after, "stops") - total(before, "stops")
+            out["sim_stalls"], out["sim_worst_stall_s"] = sim.stalls()
         finally:
             sim.stop()
             fleet.stop()
@@ -222,6 +284,9 @@ ROWS = [
     ("cold_start_all_up_s", "fleetd start -> all machines up (s)"),
     ("start_call_s", "fleetctl start call(s) return (s)"),
     ("start_all_running_s", "start -> all units running (s)"),
+    ("start_restarts", "  starts beyond one a unit"),
+    ("start_sim_stalls", "  simulator loop stalls > 1 s so far"),
+    ("start_sim_worst_stall_s", "  worst simulator stall (s)"),
     ("steady_cpu_pct", "steady fleetd CPU (% of a core)"),
     ("steady_rss_mb", "steady fleetd RSS (MB)"),
     ("sim_rss_mb", "simulator RSS (MB)"),
@@ -230,6 +295,8 @@ ROWS = [
     ("kill9_starts", "  starts meanwhile (must be 0)"),
     ("kill9_stops", "  stops meanwhile (must be 0)"),
     ("list_units_s", "fleetctl list-units (s)"),
+    ("sim_stalls", "simulator loop stalls > 1 s, in all"),
+    ("sim_worst_stall_s", "worst simulator stall (s)"),
 ]
 
 
@@ -240,6 +307,8 @@ def main() -> None:
     parser.add_argument("--registry", choices=("sqlite", "etcd"), default="sqlite")
     parser.add_argument("--units-per-machine", type=int, default=10)
     parser.add_argument("--profile", help="run fleetd under cProfile; .prof files here")
+    parser.add_argument("--sim-procs", type=int, default=1,
+                        help="simulator processes sharing the machines (default 1)")
     args = parser.parse_args()
     try:
         sizes = [int(s) for s in args.machines.split(",") if s]
@@ -255,7 +324,7 @@ def main() -> None:
         work = tempfile.mkdtemp(prefix=f"fleet-bench-scale-{n}-")
         try:
             results.append(bench(work, n, args.units_per_machine, args.registry,
-                                 args.profile))
+                                 args.profile, max(1, args.sim_procs)))
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print_table(results)

@@ -39,6 +39,8 @@ log = logging.getLogger("fleetd.sim")
 
 ADDRESS = "127.0.0.1"
 REGISTER_CONCURRENCY = 16  # POST /v1/machines in flight at once
+STALL_TICK_S = 0.25
+STALL_S = 1.0  # a heartbeat late: worth saying (fleetd drops a session after 3 s silent)
 
 
 def machine_names(prefix: str, count: int) -> List[str]:
@@ -111,6 +113,8 @@ class Simulator:
             m.port = ports.get(p.name, 0)
             self.machines[p.name] = m
         self.stopped = asyncio.Event()
+        self.stalls = 0  # times its loop was stalled past STALL_S (watch_stalls)
+        self.worst_stall_s = 0.0
         self._control: Optional[asyncio.AbstractServer] = None
 
     @property
@@ -209,6 +213,7 @@ async def serve(args: argparse.Namespace) -> None:
     sim_host.SimMachine.after_agent_start = stop_on_signal
     stop_on_signal()
     await sim.start()
+    watch = asyncio.ensure_future(watch_stalls(sim))
     if args.endpoint:
         try:
             added = await loop.run_in_executor(
@@ -219,7 +224,23 @@ async def serve(args: argparse.Namespace) -> None:
         log.warning("registered %d machines with %s", added, args.endpoint)
     print(f"ready {len(sim.machines)} machines; control {sim.control_path}", flush=True)
     await sim.stopped.wait()
+    watch.cancel()
     await sim.stop()
+
+
+async def watch_stalls(sim: Simulator) -> None:
+    """Log each time the simulator's own loop was stalled past STALL_S: every machine in
+    this process is silent meanwhile, which fleetd sees as all of them at once going
+    quiet - the simulator's limit, not fleetd's. ``machines`` reports the worst."""
+    loop = asyncio.get_running_loop()
+    while True:
+        t0 = loop.time()
+        await asyncio.sleep(STALL_TICK_S)
+        late = loop.time() - t0 - STALL_TICK_S
+        if late > STALL_S:
+            sim.stalls += 1
+            sim.worst_stall_s = max(sim.worst_stall_s, late)
+            log.warning("the simulator's loop stalled %.1fs: its machines were silent", late)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -11,7 +11,8 @@ machine, a bad field). Nothing is done unless the whole request is valid.
 - ``cut``/``heal``: its network drops everything silently (no FIN, no RST), or not.
 - ``slow``: every chunk either way is ``delay`` seconds late.
 - ``fail``: ``units`` (names) "exit" with status 1 on each of the machines.
-- ``machines``: each machine's state and its driver's counts (sim_host.SimMachine.report).
+- ``machines``: each machine's state and its driver's counts (sim_host.SimMachine.report),
+  and how often the simulator's own loop stalled (its machines all silent meanwhile).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import socket
-from typing import Any, Dict, List, Optional, Protocol, Sequence
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from fleetd.lab.sim_host import SimMachine
 
@@ -36,6 +37,8 @@ class Simulator(Protocol):
     """What the ops need of fleetd.lab.sim.Simulator (which imports this module)."""
 
     machines: Dict[str, SimMachine]
+    stalls: int
+    worst_stall_s: float
 
 
 def _names(sim: Simulator, msg: Dict[str, Any]) -> List[str]:
@@ -54,7 +57,8 @@ async def apply(sim: Simulator, msg: Any) -> Dict[str, Any]:
         raise ControlError('a request is {"op": ..., ...}')
     op = msg["op"]
     if op == "machines":
-        return {"ok": True, "machines": [m.report() for m in sim.machines.values()]}
+        return {"ok": True, "machines": [m.report() for m in sim.machines.values()],
+                "stalls": sim.stalls, "worst_stall_s": sim.worst_stall_s}
     if op not in LEVERS:
         raise ControlError(f"op: {op!r} is not one of machines, {', '.join(LEVERS)}")
     names = _names(sim, msg)
@@ -109,6 +113,11 @@ class SimControl:
 
     def lever(self, op: str, machines: Sequence[str], **fields: Any) -> Dict[str, Any]:
         return self.call(op, machines=list(machines), **fields)
+
+    def stalls(self) -> Tuple[int, float]:
+        """How often the simulator's loop stalled past a second, and the worst stall."""
+        answer = self.call("machines")
+        return int(answer["stalls"]), float(answer["worst_stall_s"])
 
     def machines(self) -> Dict[str, Dict[str, Any]]:
         return {m["name"]: m for m in self.call("machines")["machines"]}

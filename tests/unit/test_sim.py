@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from typing import Any, Awaitable, Callable, Dict, Optional, Set, Tuple
 
 import pytest
@@ -253,3 +254,18 @@ def test_bad_arguments_name_the_option(capsys: Any) -> None:
         with pytest.raises(SystemExit):
             sim.parse_args(argv)
         assert said in capsys.readouterr().err
+
+
+def test_a_stalled_simulator_loop_is_counted_and_reported(tmp_path: Any) -> None:
+    """All of a process's machines fall silent together while its loop is stalled: the
+    simulator says so, so that fleetd is not blamed for it."""
+    async def go() -> None:
+        s = sim.Simulator(str(tmp_path), ["c1"])
+        watch = asyncio.ensure_future(sim.watch_stalls(s))
+        await asyncio.sleep(0.3)
+        time.sleep(sim.STALL_S + 0.3)  # the loop, blocked
+        await asyncio.sleep(0.3)
+        watch.cancel()
+        answer = await sim_control.apply(s, {"op": "machines"})
+        assert answer["stalls"] == 1 and answer["worst_stall_s"] > sim.STALL_S
+    run(go)
