@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import click
 import tomllib
 
+from fleetd.cli import rollouts
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.client import segment
 from fleetd.registry.base import LAUNCHED
@@ -168,6 +169,7 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Replace a unit (or template) already submitted with other content.")(f)
     f = click.option("--var", "var_pairs", multiple=True, metavar="NAME=VALUE",
                      help="A template variable ({{ vars.NAME }}); repeatable.")(f)
+    f = rollouts.rollout_options(f)
     return click.option("--vars-file", type=click.Path(exists=True, dir_okay=False),
                         help="TOML file of template variables.")(f)
 
@@ -175,7 +177,10 @@ def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _submit(c: Ctx, units: Tuple[str, ...], desired: Optional[str], replace: bool,
             var_pairs: Tuple[str, ...], vars_file: Optional[str]) -> List[str]:
     items = unit_items(units, parse_vars(var_pairs, vars_file))
-    c.call("POST", "/v1/units", {"units": items, "desired": desired, "replace": replace})
+    body: Dict[str, Any] = {"units": items, "desired": desired, "replace": replace}
+    if (options := rollouts.rollout_given()) is not None:
+        body["rollout"] = options
+    c.call("POST", "/v1/units", body)
     return [i["name"] for i in items]
 
 

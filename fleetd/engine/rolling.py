@@ -59,11 +59,12 @@ class Rolling:
                 copies.append(rollout.Copy(
                     u.name, u.hash, u.desired == LAUNCHED and u.machine is not None,
                     max(u.updated_at, u.placed_at or 0.0), self._healthy.get(key), failed))
-            current = versions[-1].at if versions[-1].hash == t.hash else t.updated_at
+            latest = versions[-1] if versions[-1].hash == t.hash else None
             out.append(rollout.Template(
                 t.name, t.hash, tuple(rollout.Version(v.version, v.hash, v.via)
                                       for v in versions),
-                current, p, tuple(copies), t.reason))
+                latest.at if latest else t.updated_at, p, tuple(copies), t.reason,
+                latest.options if latest else {}))
         for key in set(self._healthy) - seen:  # healthy no more, or gone
             del self._healthy[key]
         return out

@@ -29,9 +29,10 @@ the loop stores it as the template's reason, which ``fleetctl list-unit-files`` 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Sequence, Tuple
+import math
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from fleetd.units.xupdate import UpdatePolicy
+from fleetd.units.xupdate import MAX_PARALLEL, UpdatePolicy
 
 REVERT_VIA = "AutoRevert"  # the ``via`` of a version fleetd put back by itself
 # a stored status that starts so belongs to a rollout still to be decided on
@@ -69,6 +70,9 @@ class Template:
     policy: UpdatePolicy  # its current content's [X-Update]
     copies: Tuple[Copy, ...]  # its instances (every one; step 1 picks)
     reason: str = ""  # its stored status line
+    # its current version's options, given on the command line: ``canary`` (copies to
+    # change before ``fleetctl promote``; 0: none) and [X-Update]'s, which they override
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +138,7 @@ def _template(t: Template, now: float, out: Rollout) -> Optional[str]:
     # copies changed by this rollout (the others had this content before it began)
     changed = [c for c in members if c.hash == t.hash and c.running
                and c.changed_at >= t.since]
-    policy = t.policy
+    policy, canary = options(t.policy, t.options)
     failed: List[Tuple[Copy, str]] = []
     in_flight: List[Copy] = []
     for c in changed:
@@ -160,6 +164,13 @@ def _template(t: Template, now: float, out: Rollout) -> Optional[str]:
         after = f" ({current.via})" if current and current.via.startswith(REVERT_VIA) else ""
         return f"{target} on all {len(members)} copies{after}"
     slots = max(0, policy.max_parallel - len(in_flight))
+    if canary:
+        slots = min(slots, max(0, canary - len(changed)))
+        if slots == 0 and len(changed) >= canary:
+            waiting = (f"waiting for {_names(in_flight)} to be healthy" if in_flight else
+                       f"waiting for fleetctl promote {t.name} (or rollback)")
+            return (f"rolling out {target}: canary, {len(changed)} of {len(members)} "
+                    f"copies on it; {waiting}")
     going = rolling[:slots]
     pace = f"{policy.max_parallel} cop{'y' if policy.max_parallel == 1 else 'ies'}"
     for c in going:
@@ -171,6 +182,27 @@ def _template(t: Template, now: float, out: Rollout) -> Optional[str]:
     done = len(changed) - len(in_flight)
     return (f"rolling out {target}: {done} of {len(members)} copies done, "
             f"{_names(busy)} changing, {len(rolling) - len(going)} waiting")
+
+
+def options(policy: UpdatePolicy, given: Mapping[str, Any]) -> Tuple[UpdatePolicy, int]:
+    """[X-Update]'s policy with the command line's options over it, and the canary
+    count. A value that is not what the API checked it to be (a store edited by hand)
+    is ignored: the rollout never fails on it."""
+    def number(key: str, lo: float, hi: float) -> Optional[float]:
+        v = given.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return None
+        return float(v) if lo <= v <= hi else None
+    changes: Dict[str, Any] = {}
+    if (n := number("max_parallel", 1, MAX_PARALLEL)) is not None:
+        changes["max_parallel"] = int(n)
+    for key in ("min_healthy_s", "healthy_deadline_s"):
+        if (s := number(key, 0, 366 * 86400)) is not None:
+            changes[key] = s
+    if isinstance(given.get("auto_revert"), bool):
+        changes["auto_revert"] = given["auto_revert"]
+    canary = number("canary", 0, MAX_PARALLEL)
+    return dataclasses.replace(policy, **changes), int(canary or 0)
 
 
 def _stopped(t: Template, target: str, failed: List[Tuple[Copy, str]], out: Rollout) -> str:

@@ -195,3 +195,31 @@ def test_a_broken_version_stops_after_one_copy_and_auto_reverts(
     assert "web@1.service failed: " in history[2] and (
         "health check failing" in history[2] or "HealthyDeadlineSec=" in history[2]), history
     assert history[3].startswith("v3 *") and "AutoRevert: v2 (" in history[3], history
+
+
+def test_a_canary_waits_for_promote_and_another_for_rollback(
+        fleet: Fleet, fy_lab: Lab, tmp_path: Path) -> None:
+    start_v1(fleet, tmp_path, fy_lab)
+    with Sampler(fy_lab) as s:
+        write_template(tmp_path, "v2")
+        fleet.ctl("submit", "--replace", "--canary", "1", str(tmp_path / "web@.service"))
+        wait_for("the canary healthy, waiting", lambda: status(fleet).endswith(
+            "waiting for fleetctl promote web@.service (or rollback)"), 60)
+        time.sleep(3)  # longer than MinHealthySec=: nothing else moves
+        assert sorted(v or "" for v in answers(fy_lab).values()) == ["v1", "v1", "v2"]
+        assert "v2 promoted" in fleet.ctl("promote", "web@.service").stdout
+        wait_for("all 3 answering v2", lambda: list(answers(fy_lab).values()) == ["v2"] * 3,
+                 60)
+        wait_for("the rollout done", lambda: status(fleet).endswith("on all 3 copies"), 30)
+
+        write_template(tmp_path, "v3")
+        fleet.ctl("submit", "--replace", "--canary", "1", str(tmp_path / "web@.service"))
+        wait_for("the second canary waiting", lambda: "waiting for fleetctl promote" in
+                 status(fleet), 60)
+        assert sorted(v or "" for v in answers(fy_lab).values()) == ["v2", "v2", "v3"]
+        fleet.ctl("rollback", "web@.service")
+        wait_for("all 3 back on v2", lambda: list(answers(fy_lab).values()) == ["v2"] * 3,
+                 60)
+        wait_for("the rollback done", lambda: status(fleet).endswith("on all 3 copies"), 30)
+    worst = min(sum(v is not None for v in sample.values()) for sample in s.samples)
+    assert worst >= 2

@@ -98,3 +98,45 @@ def test_fleetctl_history_and_rollback(tmp_path: Any) -> None:
         assert out.exit_code == 0 and "a.service: back to v1 (" in out.output, out.output
         out = CliRunner().invoke(cli, ["rollback", "a.service", "--to", "9"], env=env)
         assert out.exit_code != 0 and "a.service has no version 9" in out.output, out.output
+
+
+def test_rollout_options_stay_with_the_version_and_promote_clears_the_canary(
+        tmp_path: Any) -> None:
+    with served(tmp_path) as fleetd:
+        sock = fleetd.config.socket
+        submit(sock, "web@.service", 1)
+        env = {"FLEETCTL_ENDPOINT": f"unix://{sock}"}
+        path = tmp_path / "web@.service"
+        path.write_text(TEXT.format(v=2))
+        out = CliRunner().invoke(cli, ["submit", "--replace", "--canary", "1",
+                                       "--max-parallel", "2", "--min-healthy", "3s",
+                                       "--no-auto-revert", str(path)], env=env)
+        assert out.exit_code == 0, out.output
+        h = versions(sock, "web@.service")
+        assert h["versions"][1]["options"] == {"canary": 1, "max_parallel": 2,
+                                               "min_healthy_s": 3.0, "auto_revert": False}
+        out = CliRunner().invoke(cli, ["promote", "web@.service"], env=env)
+        assert out.exit_code == 0 and "web@.service: v2 promoted" in out.output, out.output
+        options = versions(sock, "web@.service")["versions"][1]["options"]
+        assert options["canary"] == 0 and options["promoted_by"] == "root (unix socket)"
+        status, answer = post(sock, "/v1/units/web@.service/promote", {})
+        assert status == 400 and "has no canary waiting to be promoted" in answer["error"]
+
+
+def test_bad_rollout_options_are_refused_naming_the_option(tmp_path: Any) -> None:
+    with served(tmp_path) as fleetd:
+        sock = fleetd.config.socket
+        for rollout, says in [
+            ({"canary": -1}, "rollout.canary: want a whole number from 0 to 10000"),
+            ({"canary": 1.5}, "rollout.canary: want a whole number"),
+            ({"max_parallel": True}, "rollout.max_parallel: want a whole number"),
+            ({"min_healthy_s": "5s"}, "rollout.min_healthy_s: want a number"),
+            ({"auto_revert": "yes"}, "rollout.auto_revert: want true or false"),
+            ({"canari": 1}, "rollout.canari: unknown option (known: canary, "),
+            ([1], "rollout: want an object of rollout options"),
+        ]:
+            status, answer = post(sock, "/v1/units", {
+                "units": [{"name": "a.service", "text": TEXT.format(v=1)}], "rollout": rollout})
+            assert status == 400 and says in answer["error"], (rollout, answer)
+        status, answer = http(sock, "GET", "/v1/units/a.service/history")
+        assert status == 404  # nothing was stored

@@ -106,3 +106,20 @@ def test_a_failed_copy_stops_the_rollout_and_auto_revert_takes_it_back() -> None
     step(f, 0.1)
     step(f, 5)
     assert status(f).startswith("v3 (") and "on all 3 copies (AutoRevert: v2" in status(f)
+
+
+def test_a_canary_waits_for_promote() -> None:
+    f = fleet()
+    text = WEB.format(v=2)
+    at_once(f.registry.put_units([UnitInput("web@.service", text, content_hash(text))], None,
+                                 replace=True, follow=False, via="test",
+                                 options={"canary": 1}))
+    step(f)
+    f.report(NAMES[0], protocol.RUNNING)
+    step(f, 0.1)
+    step(f, 30)
+    assert contents(f) == {NAMES[0]: "v2", NAMES[1]: "v1", NAMES[2]: "v1"}
+    assert status(f).endswith("waiting for fleetctl promote web@.service (or rollback)")
+    at_once(f.registry.set_version_options("web@.service", 2, {"canary": 0}))
+    step(f)
+    assert contents(f)[NAMES[1]] == "v2"

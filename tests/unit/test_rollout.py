@@ -4,11 +4,11 @@ what the template's status says; a table, then the walk of whole rollouts."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-from fleetd.engine.rollout import Copy, Rollout, Template, Version, decide
+from fleetd.engine.rollout import Copy, Rollout, Template, Version, decide, options
 from fleetd.units.xupdate import UpdatePolicy
 
 OLD, NEW = "a" * 64, "b" * 64
@@ -23,8 +23,9 @@ def copy(name: str, content: str = OLD, running: bool = True, changed_at: float 
 
 
 def template(*copies: Copy, policy: UpdatePolicy = POLICY, versions: Sequence[Version] = V,
-             reason: str = "", content: str = NEW) -> Template:
-    return Template("web@.service", content, tuple(versions), T0, policy, copies, reason)
+             reason: str = "", content: str = NEW, **options: Any) -> Template:
+    return Template("web@.service", content, tuple(versions), T0, policy, copies, reason,
+                    options)
 
 
 def changes(r: Rollout) -> List[Tuple[str, str]]:
@@ -135,3 +136,34 @@ def test_wakes_when_min_healthy_ends_or_the_deadline_passes() -> None:
     r = decide([template(copy("1", NEW, changed_at=T0, ready_since=None), copy("2"))],
                T0 + 59.8)
     assert r.wake_at == T0 + 60  # when it is due to be healthy at the latest
+
+
+def test_a_canary_changes_that_many_then_waits_for_promote() -> None:
+    r = decide([template(copy("1"), copy("2"), copy("3"), canary=1)], T0)
+    assert changes(r) == [("1", "new")]
+    one = copy("1", NEW, changed_at=T0, ready_since=T0 + 1)
+    r = decide([template(one, copy("2"), copy("3"), canary=1)], T0 + 5)
+    assert changes(r) == []
+    assert r.status["web@.service"].endswith("canary, 1 of 3 copies on it; waiting for "
+                                             "web@1.service to be healthy")
+    r = decide([template(one, copy("2"), copy("3"), canary=1)], T0 + 60)
+    assert changes(r) == [] and r.status["web@.service"].endswith(
+        "waiting for fleetctl promote web@.service (or rollback)")
+    r = decide([template(one, copy("2"), copy("3"), canary=0)], T0 + 60)  # promoted
+    assert changes(r) == [("2", "new")]
+    # a failing canary stops it as any copy does
+    bad = copy("1", NEW, changed_at=T0, ready_since=None, failed="boom")
+    r = decide([template(bad, copy("2"), copy("3"), canary=1)], T0 + 5)
+    assert changes(r) == [] and "stopped: web@1.service failed: boom" in r.status["web@.service"]
+
+
+def test_command_line_options_override_the_unit_and_junk_is_ignored() -> None:
+    policy, canary = options(POLICY, {"max_parallel": 3, "min_healthy_s": 1.5,
+                                      "healthy_deadline_s": 30, "auto_revert": True,
+                                      "canary": 2})
+    assert (policy, canary) == (UpdatePolicy(3, 1.5, 30.0, True), 2)
+    junk = {"max_parallel": 0, "min_healthy_s": float("nan"), "healthy_deadline_s": "1",
+            "auto_revert": 1, "canary": True}
+    assert options(POLICY, junk) == (POLICY, 0)
+    r = decide([template(copy("1"), copy("2"), copy("3"), max_parallel=3)], T0)
+    assert changes(r) == [("1", "new"), ("2", "new"), ("3", "new")]

@@ -41,6 +41,7 @@ ROUTES: Dict[Tuple[str, str], str] = {
     ("GET", "/v1/units/{name}/journal"): READ,
     ("GET", "/v1/units/{name}/history"): READ,
     ("POST", "/v1/units/{name}/rollback"): OPERATE,
+    ("POST", "/v1/units/{name}/promote"): OPERATE,
     ("GET", "/v1/tokens"): ADMIN,
     ("POST", "/v1/tokens"): ADMIN,
     ("DELETE", "/v1/tokens/{name}"): ADMIN,

@@ -1,5 +1,6 @@
 """Routes for a unit's versions: ``GET /v1/units/{name}/history`` (read) and
-``POST /v1/units/{name}/rollback`` with ``{"to": N}`` or ``{}`` (operate). Each calls
+``POST /v1/units/{name}/rollback`` with ``{"to": N}`` or ``{}`` and
+``POST /v1/units/{name}/promote`` (operate). Each calls
 ``service.versions``; refusals are answered by errors.py."""
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ async def unit_rollback(request: web.Request) -> web.Response:
         req.submitter(request)))
 
 
+async def unit_promote(request: web.Request) -> web.Response:
+    return web.json_response(await versions.promote(
+        req.services(request).units, request.match_info["name"], req.submitter(request)))
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/v1/units/{name}/history", unit_history)
     router.add_post("/v1/units/{name}/rollback", unit_rollback)
+    router.add_post("/v1/units/{name}/promote", unit_promote)

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from fleetd.daemon.http import request as req
 from fleetd.daemon.service import units as service
+from fleetd.daemon.service import versions
 
 
 async def list_units(request: web.Request) -> web.Response:
@@ -32,8 +33,9 @@ async def submit_units(request: web.Request) -> web.Response:
     desired = service.check_desired(body.get("desired"))
     items = service.submit_items(body.get("units"))
     inputs = await units.resolve(items, desired)
+    options = versions.rollout_options(body.get("rollout"))
     return web.json_response(await units.store(inputs, desired, replace=req.flag(body, "replace"),
-                                               via=req.submitter(request)))
+                                               via=req.submitter(request), options=options))
 
 
 async def set_state(request: web.Request) -> web.Response:

@@ -196,17 +196,24 @@ class Units:
         return await asyncio.to_thread(submit.check, plan, self.compiled)
 
     async def store(self, inputs: List[UnitInput], desired: Optional[str], replace: bool,
-                    via: str = "") -> Dict[str, Any]:
+                    via: str = "", options: Optional[Dict[str, Any]] = None
+                    ) -> Dict[str, Any]:
         """Store resolved units all or none (the registry's Conflict: other content
         exists, and ``replace`` was not asked). A template's new content changes the
         template alone: the engine rolls its instances over (engine/rollout.py).
-        ``via``: who submitted it, for the units' versions (``fleetctl history``)."""
+        ``via``: who submitted it, for the units' versions (``fleetctl history``), with
+        ``options`` (how their rollout goes: service/versions.py)."""
         # None: each unit keeps its desired state (a new one: inactive), as SQLite reads it
         changed = await self.registry.put_units(inputs, desired, replace=replace,
-                                                follow=False, via=via)
+                                                follow=False, via=via, options=options)
         self._changed()
         return {"units": [{"name": u.name, "hash": u.hash} for u in inputs],
                 "changed": changed}
+
+    def woken(self) -> None:
+        """A record the engine reads changed outside these methods (a version's options:
+        ``fleetctl promote``): it looks again, and waiters too."""
+        self._changed()
 
     async def set_desired(self, names: List[str], desired: object) -> Dict[str, Any]:
         if desired not in DESIRED_STATES:
