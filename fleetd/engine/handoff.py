@@ -19,6 +19,8 @@ from fleetd.registry.base import INACTIVE
 
 # why a unit leaves a draining machine at once: the drain's deadline passed
 OVERDUE = "{machine} is draining and its deadline passed"
+# why a unit given new content by a rollout runs on another machine (engine/rollout.py)
+RENEWED = "new content: its copy on {machine} runs the old one until this one is healthy"
 
 
 def drain(p: PassState) -> None:
@@ -48,10 +50,24 @@ def drain(p: PassState) -> None:
                 break
 
 
-def hand_over(p: PassState, u: UnitView, host: Host) -> bool:
+def renew(p: PassState) -> None:
+    """Rolling updates: a unit a rollout gave new content (``UnitView.renew``) starts it
+    on another machine, its old copy running on until the new one is healthy, as a
+    drain's hand-off does, where its constraints allow; else it changes in place (no
+    other machine takes it, it is pinned, or units follow it by MachineOf=)."""
+    for name in sorted(n for n, u in p.movable.items() if u.renew):
+        u, host = p.movable[name], p.where.get(name)
+        if (host is None or p.handoff.get(name) or name in p.placed or u.req.machine_id
+                or u.req.machine_of or next(p.followers(name, host), None) is not None):
+            continue
+        hand_over(p, u, host, RENEWED)
+
+
+def hand_over(p: PassState, u: UnitView, host: Host, because: Optional[str] = None) -> bool:
     """Move ``u`` (and what follows it by MachineOf=) off draining ``host``, its old
     copy running on until the new one is ready. False, with the reason noted, when
-    no other machine can take it."""
+    no other machine can take it. ``because``: a rollout's move (RENEWED), not a
+    drain's: nothing is noted when it stays."""
     p.cluster.remove(host, u.name)
     del p.where[u.name]
     req = u.req
@@ -60,20 +76,25 @@ def hand_over(p: PassState, u: UnitView, host: Host) -> bool:
         why = f"MachineID={req.machine_id} pins it there"
     else:
         group = p.cluster.group(req)
-        target = p.cluster.choose(group, u.name, req) if group.members else None
+        target = (p.cluster.choose(group, u.name, req, frozenset({host.name}))
+                  if group.members else None)
+        if target is host:  # taken only as the last resort: no other machine can
+            target = None
         why = (p.chosen_because(u, target, group) if target is not None
                else group.refusal or p.cluster.explain(u.name, req, group.members, group))
     if target is None:
         p.cluster.add(host, u.name, req)
         p.where[u.name] = host
-        p.noted[u.name] = f"{host.name} is draining, but {why}"
+        if because is None:
+            p.noted[u.name] = f"{host.name} is draining, but {why}"
         return False
     moved = [u.name, *p.followers(u.name, host)]
     for name in moved[1:]:
         p.cluster.remove(host, name)
     for name in moved:
         why_here = why if name == u.name else f"MachineOf= follows {u.name} there"
-        p.put(p.movable[name], target, f"{host.name} is draining: its copy there "
-                                       f"runs until this one is healthy; {why_here}")
+        first = (because.format(machine=host.name) if because else
+                 f"{host.name} is draining: its copy there runs until this one is healthy")
+        p.put(p.movable[name], target, f"{first}; {why_here}")
         p.handoff[name] = host.name
     return True

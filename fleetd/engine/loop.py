@@ -52,6 +52,7 @@ from fleetd.engine.facts import (
     machine_view,
     recorded,
 )
+from fleetd.engine.handoff import RENEWED
 from fleetd.engine.rolling import Rolling
 from fleetd.engine.snapshot import Snapshot
 from fleetd.engine.views import Failure, MachineView, UnitView
@@ -384,8 +385,32 @@ class Engine:
             views.append(UnitView(u.name, u.desired, u.machine, u.reason, requirements[key],
                                   mine, Failure(here.machine, here.at, here.reason)
                                   if here else None, u.handoff, ready,
-                                  old_running=(u.name, u.handoff or "") in observed))
+                                  old_running=(u.name, u.handoff or "") in observed,
+                                  renew=self._renewing(u, machine, observed)))
         return views, unreadable, requirements
+
+    def _renewing(self, u: UnitRecord, machine: Optional[MachineRecord], observed: Observed
+                  ) -> bool:
+        """Did a rollout give ``u`` new content while its old copy runs where it is
+        placed (so that the reconciler may start the new one elsewhere first)?"""
+        if u.handoff is not None or u.desired != LAUNCHED or machine is None:
+            return False
+        o = observed.get((u.name, machine.name))
+        if o is None or o.state != protocol.RUNNING or o.hash == self._hash_on(u, machine):
+            return False
+        versions = self.registry.list_versions(u.name)
+        return (len(versions) > 1 and versions[-1].hash == u.hash
+                and versions[-1].via.startswith(rollout.CHANGE_VIA))
+
+    def _old_copy(self, u: UnitRecord) -> UnitRecord:
+        """The unit as its hand-off's old copy runs: a rollout's keeps the content it
+        had (its previous version); a drain's has the same content as the new copy."""
+        if not u.reason.startswith(RENEWED.split("{", 1)[0]):
+            return u
+        versions = self.registry.list_versions(u.name)
+        if len(versions) < 2 or versions[-1].hash != u.hash:
+            return u
+        return dataclasses.replace(u, hash=versions[-2].hash)
 
     def _ready(self, u: UnitRecord, machine: MachineRecord, o: Optional[ObservedRecord]
                ) -> bool:
@@ -426,7 +451,8 @@ class Engine:
                 machine = by_name.get(target)
                 if machine is None:
                     continue
-                rendered = self._render(u, machine)
+                rendered = self._render(self._old_copy(u) if target == u.handoff else u,
+                                        machine)
                 if isinstance(rendered, str):
                     why = f"cannot render for {machine.name}: {rendered}"
                     if u.reason != why and target == u.machine:

@@ -57,7 +57,7 @@ from fleetd.engine.capacity import Host
 from fleetd.engine.cluster import Group
 from fleetd.engine.constraints import relations, static_mismatch
 from fleetd.engine.failover import LOST, after_failure, fenced_there
-from fleetd.engine.handoff import OVERDUE, drain
+from fleetd.engine.handoff import OVERDUE, drain, renew
 from fleetd.engine.pass_state import PassState
 from fleetd.engine.views import MachineView, UnitView
 from fleetd.registry.base import INACTIVE, LAUNCHED
@@ -115,6 +115,7 @@ def _run(p: PassState) -> List[Place]:
     take_over(p)
     place_rest(p)
     drain(p)
+    renew(p)  # rolling updates: a new copy elsewhere, where it may go (engine/rollout.py)
     p.globals = p.cluster.settle_globals()
     return tasks(p)
 

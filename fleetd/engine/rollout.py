@@ -22,6 +22,10 @@ fleetd.units.xupdate):
    move the changed copies back, one healthy step at a time. A revert that fails too
    is not reverted again (it would go back to the broken content): it stops.
 
+How a copy changes is the placement reconciler's (engine/handoff.py ``renew``): where its
+constraints allow, its new content starts on another machine while the old copy runs,
+as a drain's hand-off; else in place.
+
 Each template's status line (``Rollout.status``) says where its rollout is and why;
 the loop stores it as the template's reason, which ``fleetctl list-unit-files`` shows.
 """
@@ -37,6 +41,7 @@ from fleetd.units.xupdate import MAX_PARALLEL, UpdatePolicy
 REVERT_VIA = "AutoRevert"  # the ``via`` of a version fleetd put back by itself
 # a stored status that starts so belongs to a rollout still to be decided on
 UNDER_WAY = ("rolling out ", "rollout of ")
+CHANGE_VIA = "rolling out "  # how a running copy's new version (a Change's reason) begins
 # a copy not healthy yet is looked at again this soon: agents' reports of a copy's
 # health need not wake the engine (they move no placement)
 POLL_S = 0.5

@@ -33,6 +33,7 @@ class UnitView:
     handoff: Optional[str] = None  # a drain moves it from this machine; that copy runs
     ready: bool = False  # running (and healthy, if checked) where it is placed
     old_running: bool = False  # the hand-off's old copy is still on its machine
+    renew: bool = False  # a rollout gave it new content; its old copy runs where it is
 
 
 @dataclasses.dataclass(frozen=True)

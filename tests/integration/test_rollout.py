@@ -5,6 +5,8 @@ first copy and goes back. Lab ``fy`` (10.95.0.0/24), three hosts; SQLite and etc
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import sys
 import threading
@@ -109,7 +111,7 @@ def answers(lab: Lab) -> Dict[str, Optional[str]]:
         try:
             with urllib.request.urlopen(f"http://{h.address}:{PORT}/", timeout=0.5) as r:
                 out[h.name] = r.read().decode()
-        except OSError:
+        except (OSError, http.client.HTTPException):  # refused, or cut off mid-answer
             out[h.name] = None
     return out
 
@@ -223,3 +225,27 @@ def test_a_canary_waits_for_promote_and_another_for_rollback(
         wait_for("the rollback done", lambda: status(fleet).endswith("on all 3 copies"), 30)
     worst = min(sum(v is not None for v in sample.values()) for sample in s.samples)
     assert worst >= 2
+
+
+def test_with_a_spare_host_each_old_copy_serves_until_its_successor_is_healthy(
+        fleet: Fleet, fy_lab: Lab, tmp_path: Path) -> None:
+    """Two instances on three hosts: each new copy starts on the free host (a hand-off,
+    as a drain's), so both instances answer in every sample, and for a while three
+    hosts do (the old copy and its successor)."""
+    write_template(tmp_path, "v1")
+    two = NAMES[:2]
+    fleet.ctl("start", *(str(tmp_path / n) for n in two))
+    wait_for("2 hosts answering v1", lambda: sorted(
+        v for v in answers(fy_lab).values() if v) == ["v1", "v1"], 30)
+    with Sampler(fy_lab) as s:
+        write_template(tmp_path, "v2")
+        fleet.ctl("submit", "--replace", str(tmp_path / "web@.service"))
+        wait_for("2 hosts answering v2, and only those", lambda: sorted(
+            v or "" for v in answers(fy_lab).values()) == ["", "v2", "v2"], 90)
+        wait_for("the rollout done", lambda: status(fleet).endswith("on all 2 copies"), 30)
+    answering = [sum(v is not None for v in x.values()) for x in s.samples]
+    assert min(answering) >= 2, answering
+    assert max(answering) == 3  # an old copy and its successor at once
+    out = fleet.ctl("events", "-o", "json", "--unit", "web@1.service").stdout
+    kinds = [json.loads(line)["kind"] for line in out.splitlines()]
+    assert "handoff" in kinds, kinds

@@ -123,3 +123,37 @@ def test_a_canary_waits_for_promote() -> None:
     at_once(f.registry.set_version_options("web@.service", 2, {"canary": 0}))
     step(f)
     assert contents(f)[NAMES[1]] == "v2"
+
+
+def test_with_a_spare_machine_the_old_copy_runs_until_the_new_one_is_healthy() -> None:
+    """A rollout's change hands over as a drain does when another machine can take the
+    unit: the new content starts there while the old copy keeps its old content."""
+    f = Fleet(machines=4)
+    for name in ["web@.service", *NAMES]:
+        f.store(name, WEB.format(v=1))
+    at_once(f.registry.set_desired(["web@.service"], INACTIVE))
+    f.run()
+    for n in NAMES:
+        f.report(n, protocol.RUNNING)
+    f.run()
+    before = {n: f.where(n) for n in NAMES}
+    spare = ({"h1", "h2", "h3", "h4"} - set(before.values())).pop()
+    submit(f, WEB.format(v=2))
+    step(f)
+    u = f.registry.get_unit(NAMES[0])
+    assert u is not None and (u.machine, u.handoff) == (spare, before[NAMES[0]])
+    assert u.reason.startswith(f"new content: its copy on {before[NAMES[0]]} runs the old "
+                               "one until this one is healthy; ")
+    old_set = {s["name"]: s["hash"] for s in f.pushed[before[NAMES[0]]]}
+    new_set = {s["name"]: s["hash"] for s in f.pushed[spare]}
+    assert old_set[NAMES[0]] != new_set[NAMES[0]]  # old content there, new content here
+    assert old_set[NAMES[0]] == f.engine.snapshot().hashes[(NAMES[0], before[NAMES[0]])]
+    f.report(NAMES[0], protocol.RUNNING)  # the new copy, on the spare machine
+    step(f, 0.1)
+    assert NAMES[0] not in {s["name"] for s in f.pushed[before[NAMES[0]]]}  # old one stops
+    at_once(f.registry.delete_observed(before[NAMES[0]], NAMES[0]))  # its agent says so
+    step(f, 5)
+    u = f.registry.get_unit(NAMES[0])
+    assert u is not None and u.handoff is None
+    assert contents(f)[NAMES[1]] == "v2"  # the next one goes, to the machine freed
+    assert f.where(NAMES[1]) == before[NAMES[0]]
