@@ -168,13 +168,13 @@ def registry(kind: str, work: str) -> Iterator[Optional[str]]:
 
 
 def bench(work: str, machines: int, per_machine: int, kind: str,
-          profile: Optional[str], procs: int) -> Dict[str, Any]:
+          profile: Optional[str], procs: int, sim_work: str) -> Dict[str, Any]:
     out: Dict[str, Any] = {"machines": machines, "units": machines * per_machine,
                            "registry": kind}
     with registry(kind, work) as url:
         fleet = Fleet(None, work, args=["--log-level", "warning"], registry=url)
         fleet.start()
-        sim = Sims(work, machines, procs, fleet.endpoint)
+        sim = Sims(sim_work, machines, procs, fleet.endpoint)
         try:
             t0 = time.monotonic()
             sim.start()
@@ -309,6 +309,9 @@ def main() -> None:
     parser.add_argument("--profile", help="run fleetd under cProfile; .prof files here")
     parser.add_argument("--sim-procs", type=int, default=1,
                         help="simulator processes sharing the machines (default 1)")
+    parser.add_argument("--sim-dir", help="the simulators' directories (their agents' "
+                        "state) under this one, e.g. a tmpfs: 1,000 agents in one process "
+                        "fsync their records on its one loop")
     args = parser.parse_args()
     try:
         sizes = [int(s) for s in args.machines.split(",") if s]
@@ -322,11 +325,14 @@ def main() -> None:
     results = []
     for n in sizes:
         work = tempfile.mkdtemp(prefix=f"fleet-bench-scale-{n}-")
+        sim_work = tempfile.mkdtemp(prefix=f"fleet-bench-sim-{n}-", dir=args.sim_dir) \
+            if args.sim_dir else work
         try:
             results.append(bench(work, n, args.units_per_machine, args.registry,
-                                 args.profile, max(1, args.sim_procs)))
+                                 args.profile, max(1, args.sim_procs), sim_work))
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(sim_work, ignore_errors=True)
         print_table(results)
     print(f"results: {save('scale-' + args.registry, results)}")
 
