@@ -4,8 +4,9 @@ Each leader's pass hands it every unit as stored (templates included), how each 
 runs where it is placed (``ready``) and the failures on record. It remembers since when
 each copy has been healthy (``MinHealthySec=`` counts from the first pass that saw it
 so: after a restart of fleetd the count starts again, which only slows a rollout), and
-writes what the rollout decided: an instance's new content through ``put_units`` (as a
-user's submit of the instance would: the agent then restarts it with that content), a
+writes what the rollout decided, each write fenced by the engine's term as its others
+are: an instance's new content through ``put_units`` (as a user's submit of the
+instance would: the agent then restarts it with that content), a
 template put back by AutoRevert= (``follow=False``: its instances follow one at a time,
 again), and each template's status line as its reason.
 """
@@ -81,7 +82,7 @@ class Rolling:
                 continue
             log.info("%s -> content %s: %s", c.unit, c.hash[:12], c.reason)
             await self.registry.put_units([UnitInput(u.name, text, c.hash, u.vars)], None,
-                                          replace=True, via=c.reason)
+                                          replace=True, via=c.reason, epoch=epoch)
             wrote = True
         for v in r.reverts:
             t, text = by_name.get(v.template), self.registry.unit_text(v.hash)
@@ -91,7 +92,8 @@ class Rolling:
                 continue
             log.warning("%s -> back to v%d: %s", v.template, v.number, v.reason)
             await self.registry.put_units([UnitInput(t.name, text, v.hash, t.vars)], None,
-                                          replace=True, follow=False, via=v.reason)
+                                          replace=True, follow=False, via=v.reason,
+                                          epoch=epoch)
             wrote = True
         if r.status:
             await self.registry.set_placements(

@@ -202,8 +202,8 @@ class Registry(Protocol):
     # --- units -----------------------------------------------------------------
     async def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
                         replace: bool = False, *, follow: bool = True,
-                        via: str = "", options: Optional[Dict[str, Any]] = None
-                        ) -> List[str]:
+                        via: str = "", options: Optional[Dict[str, Any]] = None,
+                        epoch: Optional[int] = None) -> List[str]:
         """Store units with ``desired`` state, all or none; return every unit changed.
         ``desired`` None: each unit keeps the state it has (a new one: inactive); a
         unit's own ``UnitInput.desired`` overrides either.
@@ -215,7 +215,8 @@ class Registry(Protocol):
         not ``follow``: then the template alone changes, and a rollout moves its
         instances over (engine/rollout.py). With the same content only the desired
         state changes. A unit given new content (or its first) gets a version
-        (``list_versions``) saying ``via``, with ``options``."""
+        (``list_versions``) saying ``via``, with ``options``. ``epoch``: fenced, as the
+        engine's writes are (a rollout's steps)."""
 
     async def restart(self, names: Sequence[str]) -> None:
         """Bump the units' generation and make them launched (NotFound if one is missing);

@@ -79,8 +79,8 @@ class EtcdRegistry(EtcdStore):
 
     async def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
                         replace: bool = False, *, follow: bool = True,
-                        via: str = "", options: Optional[Dict[str, Any]] = None
-                        ) -> List[str]:
+                        via: str = "", options: Optional[Dict[str, Any]] = None,
+                        epoch: Optional[int] = None) -> List[str]:
         changed: List[str] = []
 
         def build() -> Plan:
@@ -88,7 +88,7 @@ class EtcdRegistry(EtcdStore):
                                            follow, via, options)
             changed[:] = names
             return plan
-        await self._write(build)
+        await self._write(build, epoch)
         return changed
 
     async def restart(self, names: Sequence[str]) -> None:

@@ -182,8 +182,8 @@ class SqliteRegistry:
     # --- units -----------------------------------------------------------------
     async def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
                         replace: bool = False, *, follow: bool = True,
-                        via: str = "", options: Optional[Dict[str, Any]] = None
-                        ) -> List[str]:
+                        via: str = "", options: Optional[Dict[str, Any]] = None,
+                        epoch: Optional[int] = None) -> List[str]:
         if desired is not None:
             check_desired(desired)
         now = time.time()

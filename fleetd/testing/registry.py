@@ -110,10 +110,11 @@ class MemoryRegistry:
     # --- units -----------------------------------------------------------------
     async def put_units(self, units: Sequence[UnitInput], desired: Optional[str],
                         replace: bool = False, *, follow: bool = True,
-                        via: str = "", options: Optional[Dict[str, Any]] = None
-                        ) -> List[str]:
+                        via: str = "", options: Optional[Dict[str, Any]] = None,
+                        epoch: Optional[int] = None) -> List[str]:
         if desired is not None:
             check_desired(desired)
+        self._fence(epoch)
         now = self._clock()
         changed: List[str] = []
         with self._tx():

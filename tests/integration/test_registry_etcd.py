@@ -105,6 +105,9 @@ def test_a_write_fenced_by_a_deposed_epoch_is_refused(etcd1: EtcdCluster, prefix
                 lambda: reg.update_machine("m1", state="lost", epoch=old),
                 lambda: reg.replace_observed("m1", [observed("a.service", "m1")], epoch=old),
                 lambda: reg.upsert_observed(observed("a.service", "m1"), epoch=old),
+                # a rollout's step (engine/rolling.py)
+                lambda: reg.put_units([u("a.service", B_TEXT)], None, replace=True,
+                                      epoch=old),
             ]
             for write in fenced:
                 with pytest.raises(NotLeader) as e:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Dict, List
 
+import pytest
 from test_engine_loop import Fleet
 
 from fleetd import protocol
-from fleetd.registry.base import INACTIVE, UnitInput
+from fleetd.registry.base import INACTIVE, NotLeader, UnitInput
 from fleetd.testing.registry import at_once
 from fleetd.units.model import content_hash
 
@@ -157,3 +158,16 @@ def test_with_a_spare_machine_the_old_copy_runs_until_the_new_one_is_healthy() -
     assert u is not None and u.handoff is None
     assert contents(f)[NAMES[1]] == "v2"  # the next one goes, to the machine freed
     assert f.where(NAMES[1]) == before[NAMES[0]]
+
+
+def test_a_deposed_engine_changes_no_content() -> None:
+    """A rollout's steps are fenced like the engine's other writes: an engine whose
+    term no longer leads moves no instance to new content."""
+    f = fleet()
+    f.engine.epoch = 1
+    f.registry.leader_epoch = 1
+    submit(f, WEB.format(v=2))
+    f.registry.leader_epoch = 2  # another fleetd's term now
+    with pytest.raises(NotLeader):
+        f.run()
+    assert set(contents(f).values()) == {"v1"}
