@@ -40,6 +40,10 @@ LAUNCHED = "launched"  # placed and running
 DESIRED_STATES = (INACTIVE, LOADED, LAUNCHED)
 FAILURES_KEPT = 100  # per unit, the newest: more than any reschedule policy counts
 VERSIONS_KEPT = 10  # per unit, the newest contents it was given: what a rollout goes back to
+# the ``via`` of the version a unit stored before versions were kept gets when it changes
+# (an older fleetd's registry, or one migrated to etcd): its instances are then known
+# to have the template's content, and roll
+BEFORE_VERSIONS = "(stored before fleetd kept versions)"
 
 
 class RegistryError(Exception):

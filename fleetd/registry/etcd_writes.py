@@ -28,6 +28,7 @@ from typing import (
 )
 
 from fleetd.registry.base import (
+    BEFORE_VERSIONS,
     FAILURES_KEPT,
     INACTIVE,
     LAUNCHED,
@@ -129,6 +130,8 @@ def _hashes(doc: Doc) -> List[str]:
 def _versioned(row: Optional[Doc], content_hash: str, now: float, via: str,
                options: Mapping[str, Any]) -> List[Any]:
     kept = list((row or {}).get("versions") or ())
+    if row is not None and row["hash"] != content_hash and not kept:  # an older fleetd's
+        kept.append([1, row["hash"], row["updated_at"], BEFORE_VERSIONS, {}])
     if row is None or row["hash"] != content_hash:
         kept.append([kept[-1][0] + 1 if kept else 1, content_hash, now, via, dict(options)])
     return kept[-VERSIONS_KEPT:]

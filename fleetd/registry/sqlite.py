@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from fleetd.registry.base import (
+    BEFORE_VERSIONS,
     FAILURES_KEPT,
     INACTIVE,
     VERSIONS_KEPT,
@@ -216,6 +217,11 @@ class SqliteRegistry:
                         (content_hash, json.dumps(variables), wanted, now, name),
                     )
                 changed.append(name)
+                if row is not None and row[0] != content_hash and not self._db.execute(
+                        "SELECT 1 FROM versions WHERE unit=?", (name,)).fetchone():
+                    updated = self._db.execute("SELECT updated_at FROM units WHERE name=?",
+                                               (name,)).fetchone()[0]
+                    self._add_version(name, row[0], updated, BEFORE_VERSIONS, {})
                 if row is None or row[0] != content_hash:
                     self._add_version(name, content_hash, now, via, options or {})
                 if (row is not None and row[0] != content_hash and names.is_template(name)

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from registrykit import A_TEXT, B_TEXT, machine, observed, u
 
 from fleetd.registry.base import (
+    BEFORE_VERSIONS,
     LAUNCHED,
     LOADED,
     FailureRecord,
@@ -35,6 +36,7 @@ from fleetd.registry.base import (
     UnitInput,
 )
 from fleetd.registry.etcd import EtcdRegistry
+from fleetd.registry.etcd_keys import encode, key
 from fleetd.registry.etcdv3 import EtcdClient
 from fleetd.units.model import content_hash
 
@@ -338,5 +340,29 @@ def test_quorum_lost_reads_answer_writes_refused_then_back(etcd3: EtcdCluster) -
             assert [(x.name, x.desired) for x in reg.list_units()] == [
                 ("a.service", LOADED), ("b.service", LOADED)]
             assert [m.name for m in reg.list_machines()] == ["m1"]
+            await reg.close()
+    run(go())
+
+
+def test_a_unit_stored_before_versions_gets_its_content_as_the_first_one(
+        etcd1: EtcdCluster, prefix: str) -> None:
+    """A unit document without versions (an older fleetd's, or ``fleetd migrate``'s):
+    when the unit changes, its content becomes version 1 (a rollout then knows its
+    instances' content for the template's)."""
+    async def go() -> None:
+        async with EtcdClient(etcd1.endpoints) as c:
+            reg = await EtcdRegistry.open(c, prefix)
+            await reg.put_units([u("web@.service", A_TEXT)], None)
+            doc = {"hash": content_hash(A_TEXT), "vars": {}, "desired": "inactive",
+                   "generation": 0, "updated_at": 5.0}  # as migrate writes it
+            await c.put(key(prefix, "units", "web@.service"), encode(doc))
+            await until("the cache without versions",
+                        lambda: reg.list_versions("web@.service") == [])
+            await reg.put_units([u("web@.service", B_TEXT)], None, replace=True,
+                                follow=False, via="alice")
+            assert [(v.version, v.hash, v.via, v.at) for v in
+                    reg.list_versions("web@.service")] == [
+                (1, content_hash(A_TEXT), BEFORE_VERSIONS, 5.0),
+                (2, content_hash(B_TEXT), "alice", reg.list_versions("web@.service")[1].at)]
             await reg.close()
     run(go())

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registrykit import A_TEXT, machine, observed, u
+from registrykit import A_TEXT, B_TEXT, machine, observed, u
 
 from fleetd.registry.base import (
+    BEFORE_VERSIONS,
     LAUNCHED,
     RegistryError,
 )
@@ -102,3 +103,18 @@ def test_a_versions_table_without_options_gets_them(db_path: str) -> None:
         (1, "x", {})]
     at_once(again.set_version_options("a.service", 1, {"canary": 1}))
     assert again.list_versions("a.service")[0].options == {"canary": 1}
+
+
+def test_a_unit_stored_before_versions_gets_its_content_as_the_first_one(
+        db_path: str) -> None:
+    """A template an older fleetd stored has no versions: when it changes, its content
+    becomes version 1, so a rollout knows its instances' content for the template's."""
+    reg = SqliteRegistry(db_path)
+    at_once(reg.put_units([u("web@.service", A_TEXT), u("web@1.service", A_TEXT)], None))
+    db = sqlite3.connect(db_path)
+    db.executescript("BEGIN; DELETE FROM versions; COMMIT;")  # as an older fleetd left it
+    db.close()
+    at_once(reg.put_units([u("web@.service", B_TEXT)], None, replace=True, follow=False,
+                          via="alice"))
+    assert [(v.version, v.hash, v.via) for v in reg.list_versions("web@.service")] == [
+        (1, content_hash(A_TEXT), BEFORE_VERSIONS), (2, content_hash(B_TEXT), "alice")]
