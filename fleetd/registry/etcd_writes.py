@@ -27,12 +27,11 @@ from typing import (
     Tuple,
 )
 
+from fleetd.registry import etcd_versions as versions
 from fleetd.registry.base import (
-    BEFORE_VERSIONS,
     FAILURES_KEPT,
     INACTIVE,
     LAUNCHED,
-    VERSIONS_KEPT,
     Conflict,
     FailureRecord,
     MachineRecord,
@@ -111,9 +110,9 @@ class _Units:
                          _delete_all(self.p, "failures", name)]
             else:
                 ops.append(_put(self.p, "units", (name,), doc))
-        used = {h for d in (self.get(n) for n in self.names()) if d for h in _hashes(d)}
+        used = {h for d in (self.get(n) for n in self.names()) if d for h in versions.hashes(d)}
         was = {h for (n,), e in self.cache.kinds["units"].items() if n in self.docs
-               for h in _hashes(e.doc)}
+               for h in versions.hashes(e.doc)}
         late += [_delete(self.p, "texts", h) for h in sorted(was - used)
                  if self.cache.entry("texts", h)]
         seq = key(self.p, "seq", "units")
@@ -122,33 +121,10 @@ class _Units:
                     list(before), late)
 
 
-def _hashes(doc: Doc) -> List[str]:
-    """The texts a unit's document keeps: its content's and its versions'."""
-    return [doc["hash"], *(v[1] for v in doc.get("versions") or ())]
-
-
-def _versioned(row: Optional[Doc], content_hash: str, now: float, via: str,
-               options: Mapping[str, Any]) -> List[Any]:
-    kept = list((row or {}).get("versions") or ())
-    if row is not None and row["hash"] != content_hash and not kept:  # an older fleetd's
-        kept.append([1, row["hash"], row["updated_at"], BEFORE_VERSIONS, {}])
-    if row is None or row["hash"] != content_hash:
-        kept.append([kept[-1][0] + 1 if kept else 1, content_hash, now, via, dict(options)])
-    return kept[-VERSIONS_KEPT:]
-
-
 def set_version_options(cache: Cache, unit: str, version: int, options: Mapping[str, Any]
                         ) -> Plan:
     view = _Units(cache)
-    d = view.existing(unit)
-    kept = [list(v) for v in d.get("versions") or ()]
-    for v in kept:
-        if v[0] == version:
-            v[4:] = [dict(options)]
-            break
-    else:
-        raise NotFound(f"{unit} has no version {version}")
-    view.docs[unit] = {**d, "versions": kept}
+    view.docs[unit] = versions.with_options(view.existing(unit), unit, version, options)
     return view.plan()
 
 
@@ -171,12 +147,11 @@ def put_units(cache: Cache, units: Sequence[UnitInput], desired: Optional[str],
                                same_hash=row["hash"] == content_hash)
         if cache.text(content_hash) is None:
             texts[content_hash] = text
+        kept = versions.versioned(row, content_hash, now, via, options or {})
         if row is None:
             view.docs[name] = {"hash": content_hash, "vars": dict(variables),
                                "desired": wanted or INACTIVE, "generation": 0,
-                               "updated_at": now,
-                               "versions": _versioned(None, content_hash, now, via,
-                                                      options or {})}
+                               "updated_at": now, "versions": kept}
             if cache.entry("placements", name):  # left by a destroy cut short
                 cleanup.append(_delete(cache.prefix, "placements", name))
             if cache.failure_keys(name):
@@ -184,8 +159,7 @@ def put_units(cache: Cache, units: Sequence[UnitInput], desired: Optional[str],
         else:
             view.docs[name] = {**row, "hash": content_hash, "vars": dict(variables),
                                "desired": wanted or row["desired"], "updated_at": now,
-                               "versions": _versioned(row, content_hash, now, via,
-                                                      options or {})}
+                               "versions": kept}
         changed.append(name)
         if (row is not None and row["hash"] != content_hash and unit_names.is_template(name)
                 and follow):
