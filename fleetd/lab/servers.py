@@ -33,14 +33,18 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from fleetd import procfs
 from fleetd.bootstrap.bundle import source_root
 from fleetd.client import ApiError, Client
-from fleetd.lab import certs, wiring
+from fleetd.lab import wiring
 from fleetd.lab.etcd import Cluster, Site
 from fleetd.lab.host import LabError
+
+if TYPE_CHECKING:  # imported where certificates are made: cryptography is the daemon
+    # side's, and the VM guest's pytest imports the lab (labkit) with the guest's python3
+    from fleetd.lab import certs
 
 FIRST_OCTET = 210  # fleetd-K at .(210+K): above the etcd members' .201-.209
 MAX_SERVERS = 9
@@ -197,6 +201,8 @@ class Servers:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(16) + "\n")
         servers = self.servers()
+        from fleetd.lab import certs
+
         ca = certs.make_ca(self.base, f"fleetd lab {self.site.prefix} CA")
         for s in servers:
             wiring.plug(self.site.bridge, s.netns, s.address, f"{self.site.subnet}.1")
