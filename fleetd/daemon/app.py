@@ -11,6 +11,7 @@ EtcdLock), so a test builds a Daemon on any registry and lock, without root.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -40,7 +41,7 @@ from fleetd.engine.events import Bus
 from fleetd.engine.leader import Leadership, Timing
 from fleetd.engine.leadership import LeaderLock
 from fleetd.engine.loop import Engine
-from fleetd.registry.base import MachineRecord, Registry, RegistryError
+from fleetd.registry.base import MachineRecord, NotLeader, Registry, RegistryError
 from fleetd.transport.ssh import to_machine
 from fleetd.units.compiled import CompiledUnits
 from fleetd.wire import names
@@ -101,7 +102,8 @@ class Daemon:
         self.metrics.watch(self._fleet_state, lambda: usage.gather(self.sessions))
         self.events.listeners.append(self.metrics.event)
         self.engine.timed = self.metrics.engine_pass
-        self.leadership = Leadership(lock, self._elected, self._deposed, timing)
+        self.leadership = Leadership(lock, self._lead, self._deposed, timing)
+        self._beginning: Optional[asyncio.Task[None]] = None  # _elected, run by _lead
         self.started_at = time.time()
         self._servers = servers
         self.units = Units(self.registry, EngineView(self.engine), self.changes,
@@ -250,6 +252,15 @@ class Daemon:
         return self.leadership.status().holder or ""
 
     # --- terms ------------------------------------------------------------------------
+    async def _lead(self, epoch: int) -> None:
+        """The leadership loop's on_elected: it awaits this and renews nothing meanwhile,
+        so the term's beginning (``_elected``: a fenced write for each machine the last
+        leader left up) runs beside the loop, not in it. In it, 200 machines on etcd
+        took longer than the lock's TTL: the new leader stepped down as soon as it had
+        begun, and the next term did the same (test_scale_sim saw minutes without a
+        leader). ``_deposed`` cancels a beginning still under way."""
+        self._beginning = asyncio.ensure_future(self._elected(epoch))
+
     async def _elected(self, epoch: int) -> None:
         """A term begins: machines the last leader left up are not heard yet, a session
         to each (every hello says ``epoch``: agents refuse the terms before), liveness,
@@ -264,6 +275,9 @@ class Daemon:
                     await self.registry.update_machine(
                         machine.name, state=liveness.UNREACHABLE,
                         error="not heard since this fleetd leads", epoch=epoch)
+                except NotLeader as exc:  # the lock is gone: the loop will learn it too
+                    log.warning("epoch %d ended before it began: %s", epoch, exc)
+                    return
                 except RegistryError as exc:  # the session's connect says it again
                     log.warning("cannot mark %s unreachable: %s", machine.name, exc)
         self.epoch, self.term_started = epoch, term_started
@@ -290,7 +304,13 @@ class Daemon:
 
     async def _deposed(self, reason: str) -> None:
         """The term ends (the lock may expire, or fleetd stops): no more writes or pushes
-        from this engine, every session closed, within ``Timing.stop_s``."""
+        from this engine, every session closed, within ``Timing.stop_s``; a term still
+        beginning (``_lead``) is cancelled, having said nothing to any host."""
+        beginning, self._beginning = self._beginning, None
+        if beginning is not None and not beginning.done():
+            beginning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beginning
         if self.epoch is None:
             return
         log.warning("no longer leading (epoch %d): %s", self.epoch, reason)
