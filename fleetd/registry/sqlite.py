@@ -31,110 +31,21 @@ from fleetd.registry.base import (
     check_desired,
     put_conflict,
 )
+from fleetd.registry.sqlite_rows import (
+    MACHINE_FIELDS,
+    MACHINE_SELECT,
+    MIGRATIONS,
+    OBSERVED_UPSERT,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SECRETS_SCHEMA,
+    UNIT_SELECT,
+    VERSIONS_SCHEMA,
+    machine_record,
+    observed_row,
+    unit_record,
+)
 from fleetd.wire import names
-
-SCHEMA_VERSION = 3
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS contents (
-    hash TEXT PRIMARY KEY,
-    text TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS units (
-    name TEXT PRIMARY KEY,
-    hash TEXT NOT NULL REFERENCES contents(hash),
-    desired TEXT NOT NULL,
-    machine TEXT,
-    reason TEXT NOT NULL DEFAULT '',
-    updated_at REAL NOT NULL,
-    vars TEXT NOT NULL DEFAULT '{}',
-    generation INTEGER NOT NULL DEFAULT 0,
-    placed_at REAL,
-    handoff TEXT
-);
-CREATE TABLE IF NOT EXISTS machines (
-    name TEXT PRIMARY KEY,
-    address TEXT NOT NULL,
-    port INTEGER NOT NULL,
-    user TEXT NOT NULL,
-    identity TEXT,
-    known_hosts TEXT,
-    agent_command TEXT NOT NULL,
-    metadata TEXT NOT NULL,
-    machine_id TEXT,
-    facts TEXT NOT NULL DEFAULT '{}',
-    state TEXT NOT NULL DEFAULT 'new',
-    error TEXT,
-    last_seen REAL,
-    draining REAL,
-    drain_deadline REAL
-);
-CREATE TABLE IF NOT EXISTS observed (
-    unit TEXT NOT NULL,
-    machine TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    state TEXT NOT NULL,
-    pid INTEGER,
-    started_at REAL,
-    exit_status INTEGER,
-    restarts INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    updated_at REAL NOT NULL,
-    generation INTEGER NOT NULL DEFAULT 0,
-    health TEXT NOT NULL DEFAULT 'unknown',
-    PRIMARY KEY (unit, machine)
-);
-CREATE TABLE IF NOT EXISTS failures (
-    unit TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    machine TEXT NOT NULL,
-    at REAL NOT NULL,
-    reason TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS failures_by_unit ON failures(unit, at);
-"""
-# Secrets: their own table, made whenever it is missing (not a schema version: it
-# adds a table and changes none, so it needs no place in the migrations' order)
-_SECRETS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS secrets (
-    name TEXT PRIMARY KEY,
-    sealed TEXT NOT NULL,
-    version TEXT NOT NULL,
-    set_at REAL NOT NULL
-);
-"""
-# Versions (a unit's contents, for rollouts and history): their own table, made whenever
-# it is missing, like secrets'
-_VERSIONS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS versions (
-    unit TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    hash TEXT NOT NULL,
-    at REAL NOT NULL,
-    via TEXT NOT NULL,
-    options TEXT NOT NULL DEFAULT '{}',
-    PRIMARY KEY (unit, version)
-);
-"""
-
-# _MIGRATIONS[v] takes a registry from schema v to v + 1, inside one transaction.
-_MIGRATIONS = [
-    "",
-    "ALTER TABLE units ADD COLUMN vars TEXT NOT NULL DEFAULT '{}';"
-    "ALTER TABLE units ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;"
-    "ALTER TABLE observed ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;"
-    "ALTER TABLE observed ADD COLUMN health TEXT NOT NULL DEFAULT 'unknown';",
-    "ALTER TABLE units ADD COLUMN placed_at REAL;"
-    "ALTER TABLE units ADD COLUMN handoff TEXT;"
-    "ALTER TABLE machines ADD COLUMN draining REAL;"
-    "ALTER TABLE machines ADD COLUMN drain_deadline REAL;"
-    "CREATE TABLE failures (unit TEXT NOT NULL, hash TEXT NOT NULL, machine TEXT NOT NULL,"
-    " at REAL NOT NULL, reason TEXT NOT NULL);"
-    "CREATE INDEX failures_by_unit ON failures(unit, at);",
-]
-_UNIT_SELECT = ("SELECT name, hash, desired, machine, reason, updated_at, vars, generation,"
-                " placed_at, handoff FROM units")
-_MACHINE_FIELDS = ("machine_id", "facts", "state", "error", "last_seen", "draining",
-                   "drain_deadline")
 
 
 class SqliteRegistry:
@@ -158,14 +69,14 @@ class SqliteRegistry:
             )
         if version == 0:
             self._db.executescript(
-                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
+                f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
             )
         elif version < SCHEMA_VERSION:
             self._db.executescript(
-                f"BEGIN IMMEDIATE;{''.join(_MIGRATIONS[version:])}"
+                f"BEGIN IMMEDIATE;{''.join(MIGRATIONS[version:])}"
                 f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
             )
-        self._db.executescript(f"BEGIN IMMEDIATE;{_SECRETS_SCHEMA}{_VERSIONS_SCHEMA}COMMIT;")
+        self._db.executescript(f"BEGIN IMMEDIATE;{SECRETS_SCHEMA}{VERSIONS_SCHEMA}COMMIT;")
         columns = [r[1] for r in self._db.execute("PRAGMA table_info(versions)")]
         if "options" not in columns:  # a versions table made before it had options
             self._db.execute("ALTER TABLE versions ADD COLUMN options TEXT NOT NULL"
@@ -303,12 +214,12 @@ class SqliteRegistry:
             self._collect_contents()
 
     def get_unit(self, name: str) -> Optional[UnitRecord]:
-        row = self._db.execute(_UNIT_SELECT + " WHERE name=?", (name,)).fetchone()
-        return _unit(row) if row else None
+        row = self._db.execute(UNIT_SELECT + " WHERE name=?", (name,)).fetchone()
+        return unit_record(row) if row else None
 
     def list_units(self) -> List[UnitRecord]:
-        rows = self._db.execute(_UNIT_SELECT + " ORDER BY name").fetchall()
-        return [_unit(r) for r in rows]
+        rows = self._db.execute(UNIT_SELECT + " ORDER BY name").fetchall()
+        return [unit_record(r) for r in rows]
 
     def unit_text(self, content_hash: str) -> Optional[str]:
         row = self._db.execute("SELECT text FROM contents WHERE hash=?", (content_hash,)).fetchone()
@@ -378,15 +289,15 @@ class SqliteRegistry:
             self._db.execute("DELETE FROM observed WHERE machine=?", (name,))
 
     def get_machine(self, name: str) -> Optional[MachineRecord]:
-        row = self._db.execute(_MACHINE_SELECT + " WHERE name=?", (name,)).fetchone()
-        return _machine(row) if row else None
+        row = self._db.execute(MACHINE_SELECT + " WHERE name=?", (name,)).fetchone()
+        return machine_record(row) if row else None
 
     def list_machines(self) -> List[MachineRecord]:
-        return [_machine(r) for r in self._db.execute(_MACHINE_SELECT + " ORDER BY name")]
+        return [machine_record(r) for r in self._db.execute(MACHINE_SELECT + " ORDER BY name")]
 
     async def update_machine(self, name: str, *, epoch: Optional[int] = None,
                              **fields: Any) -> None:
-        unknown = set(fields) - set(_MACHINE_FIELDS)
+        unknown = set(fields) - set(MACHINE_FIELDS)
         if unknown:
             raise ValueError(f"not machine status fields: {sorted(unknown)}")
         values = [json.dumps(v) if k == "facts" else v for k, v in fields.items()]
@@ -399,12 +310,12 @@ class SqliteRegistry:
                                epoch: Optional[int] = None) -> None:
         with self._tx():
             self._db.execute("DELETE FROM observed WHERE machine=?", (machine,))
-            self._db.executemany(_OBSERVED_UPSERT, [_observed_row(r) for r in rows])
+            self._db.executemany(OBSERVED_UPSERT, [observed_row(r) for r in rows])
 
     async def upsert_observed(self, row: ObservedRecord, *,
                               epoch: Optional[int] = None) -> None:
         with self._tx():
-            self._db.execute(_OBSERVED_UPSERT, _observed_row(row))
+            self._db.execute(OBSERVED_UPSERT, observed_row(row))
 
     async def delete_observed(self, machine: str, unit: str, *,
                               epoch: Optional[int] = None) -> None:
@@ -458,17 +369,6 @@ class _Transaction:
         self._db.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
-_MACHINE_SELECT = (
-    "SELECT name, address, port, user, identity, known_hosts, agent_command, metadata,"
-    " machine_id, facts, state, error, last_seen, draining, drain_deadline FROM machines"
-)
-_OBSERVED_UPSERT = (
-    "INSERT OR REPLACE INTO observed(unit, machine, hash, state, pid, started_at, exit_status,"
-    " restarts, error, updated_at, generation, health)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
 def _owner_only(path: str) -> None:
     """The database and its -wal and -shm: 0600 whatever the directory's mode or the
     umask (they hold every unit's text and every machine's address). SQLite makes -wal
@@ -478,27 +378,3 @@ def _owner_only(path: str) -> None:
     for name in (path, f"{path}-wal", f"{path}-shm"):
         if os.path.exists(name):
             os.chmod(name, 0o600)
-
-
-def _unit(row: Tuple[Any, ...]) -> UnitRecord:
-    (name, content_hash, desired, machine, reason, updated_at, variables, generation,
-     placed_at, handoff) = row
-    return UnitRecord(name=name, hash=content_hash, desired=desired, machine=machine,
-                      reason=reason, updated_at=updated_at, vars=json.loads(variables),
-                      generation=generation, placed_at=placed_at, handoff=handoff)
-
-
-def _machine(row: Tuple[Any, ...]) -> MachineRecord:
-    (name, address, port, user, identity, known_hosts, agent_command, metadata, machine_id,
-     facts, state, error, last_seen, draining, drain_deadline) = row
-    meta: Dict[str, str] = json.loads(metadata)
-    return MachineRecord(name=name, address=address, port=port, user=user, identity=identity,
-                         known_hosts=known_hosts, agent_command=agent_command, metadata=meta,
-                         machine_id=machine_id, facts=json.loads(facts), state=state,
-                         error=error, last_seen=last_seen, draining=draining,
-                         drain_deadline=drain_deadline)
-
-
-def _observed_row(r: ObservedRecord) -> Tuple[Any, ...]:
-    return (r.unit, r.machine, r.hash, r.state, r.pid, r.started_at, r.exit_status, r.restarts,
-            r.error, r.updated_at, r.generation, r.health)
