@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from fleetd.cli.context import Ctx, pass_ctx
-from fleetd.cli.units import Timespan
+from fleetd.cli.params import Timespan
 from fleetd.client import segment
 
 WAIT_S = 60.0  # one long poll: fleetd answers at the next change, or after this

@@ -18,27 +18,11 @@ import click
 
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.output import echo, table
+from fleetd.cli.params import Span
 from fleetd.client import segment
-from fleetd.units.timespan import TimespanError, parse_timespan
 
 HEADERS = ["VERSION", "HASH", "SUBMITTED", "VIA", "ENDED"]
 _META = "fleetd.rollout"  # where the options given are kept in click's context
-
-
-class Span(click.ParamType[float, Any]):
-    """A systemd time span (``30s``, ``2min``), finite, 0 or more."""
-
-    name = "span"
-
-    def convert(self, value: Any, param: Optional[click.Parameter],
-                ctx: Optional[click.Context]) -> float:
-        try:
-            seconds = parse_timespan(str(value))
-        except TimespanError as exc:
-            self.fail(str(exc), param, ctx)
-        if seconds == float("inf"):
-            self.fail(f"{value!r}: want a finite time span", param, ctx)
-        return seconds
 
 
 def _keep(ctx: click.Context, param: click.Parameter, value: Any) -> Any:

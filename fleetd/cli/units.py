@@ -26,15 +26,15 @@ import tomllib
 
 from fleetd.cli import rollouts
 from fleetd.cli.context import Ctx, pass_ctx
+from fleetd.cli.params import Seconds, Timespan
 from fleetd.client import segment
 from fleetd.registry.base import LAUNCHED
 from fleetd.units import values
 from fleetd.units.model import parse_name
 from fleetd.units.parser import UnitError
-from fleetd.units.timespan import MAX_S, TimespanError, format_timespan, parse_timespan
+from fleetd.units.timespan import MAX_S, format_timespan
 from fleetd.units.xfleet import is_glob
 from fleetd.wire.names import is_template
-from fleetd.wire.numbers import NumberError, parse_float
 
 
 def parse_vars(pairs: Tuple[str, ...], vars_file: Optional[str]) -> Optional[Dict[str, str]]:
@@ -130,26 +130,6 @@ def wait_all(c: Ctx, names: List[str], until: str, timeout: float,
             failed.append(f"{name}: {'timed out: ' if res.get('timeout') else ''}{res['why']}")
     if failed:
         raise click.ClickException("\n".join(failed))
-
-
-class Seconds(click.ParamType[float, Any]):
-    """A finite number of seconds in [lo, hi], read the one way (fleetd.wire.numbers):
-    click's FloatRange lets ``nan`` through (every comparison with it is false), and a
-    NaN deadline is a wait that never ends or ends at once."""
-
-    name = "seconds"
-
-    def __init__(self, lo: float, hi: float) -> None:
-        self.lo, self.hi = lo, hi
-
-    def convert(self, value: Any, param: Optional[click.Parameter],
-                ctx: Optional[click.Context]) -> float:
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_float(str(value), self.lo, self.hi)
-        except NumberError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 def blocking(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -278,24 +258,6 @@ def expand_units(args: Sequence[str], unit_files: Sequence[Dict[str, Any]]) -> L
                         "start them)" if idle else ""))
         names += [n for n in found if n not in names]
     return names
-
-
-class Timespan(click.ParamType[float, Any]):
-    """A systemd time span (``90``, ``90s``, ``2min 30s``, ``infinity``) -> seconds."""
-
-    name = "span"
-
-    def convert(self, value: Any, param: Optional[click.Parameter],
-                ctx: Optional[click.Context]) -> float:
-        if isinstance(value, float):
-            return value
-        try:
-            seconds = parse_timespan(str(value))
-        except TimespanError as exc:
-            self.fail(str(exc), param, ctx)
-        if seconds <= 0:
-            self.fail(f"{value!r}: want a time span above 0", param, ctx)
-        return seconds
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
