@@ -18,10 +18,12 @@ VENV=$ROOT/.venv
 # the scripts fleetd runs on hosts (fleetd/{bootstrap,lab}/scripts/*.sh) must pass shellcheck;
 # etcd-server (3.4, its etcd.service never started: policy-rc.d) and etcd-client (etcdctl)
 # are the etcd the tests run members of (tests/integration/etcdkit.py); qemu-system-x86
-# boots the lab's VM hosts (a real pure cgroup v2 kernel: fleetd/lab/vm.py).
+# boots the lab's VM hosts (a real pure cgroup v2 kernel: fleetd/lab/vm.py); chromium is
+# the real browser the dashboard's tests drive headless (Playwright's own browser download
+# cannot be reached here: the tests point it at /usr/bin/chromium).
 APT_PACKAGES=(openssh-server openssh-client iproute2 python3 python3-venv
               redis-server nginx-light openjdk-17-jdk-headless debootstrap supervisor vagrant
-              shellcheck etcd-server etcd-client qemu-system-x86)
+              shellcheck etcd-server etcd-client qemu-system-x86 chromium)
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then
