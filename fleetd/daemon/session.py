@@ -26,9 +26,9 @@ new to send).
 
 Every line either way is at most protocol.MAX_LINE. A desired set, a status snapshot or
 a journal reply larger than that travels in parts (protocol.chunks) and is taken once
-whole. A unit whose spec alone is larger (a huge Environment=) is left out of the set
-and reported failed on this machine with why: sent, it would end the session at every
-connect and keep every other unit of the machine from being delivered. What the agent
+whole; a unit whose spec alone is larger is left out of the set and reported failed
+(fleetd.daemon.delivery). Requests and log streams to the agent are fleetd.daemon.asks'.
+What the agent
 reports is checked (names by the one rule, numbers by fleetd.wire.numbers); a report
 that is not one ends the session as nonsense, naming the field, never a bad registry row
 (fleetd.daemon.reports reads them).
@@ -39,23 +39,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import (
-    Any,
-    AsyncIterator,
-    Callable,
-    Coroutine,
-    Dict,
-    FrozenSet,
-    List,
-    Optional,
-    Sequence,
-    Set,
-    Tuple,
-    cast,
-)
+from typing import Any, AsyncIterator, Callable, Coroutine, Dict, List, Optional, Sequence, Set
 
 from fleetd import protocol
-from fleetd.daemon import reports
+from fleetd.daemon import asks, delivery, reports
 from fleetd.engine import events, transitions
 from fleetd.registry.base import MachineRecord, ObservedRecord, Registry, RegistryError
 from fleetd.transport.base import Channel, Transport, TransportError
@@ -69,8 +56,6 @@ BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 STOP_WAIT_S = 5.0
 SILENCE_HEARTBEATS = 3  # this many heartbeats missed: the channel is dead, reconnect
-# the largest unit spec a desired set carries: alone in a message, with room to spare
-SPEC_MAX = protocol.MAX_LINE - 4096
 
 
 def silence_window(heartbeat_s: float) -> float:
@@ -79,7 +64,6 @@ def silence_window(heartbeat_s: float) -> float:
     agent's silence begins up to this much later than fleetd's."""
     return max(heartbeat_s * SILENCE_HEARTBEATS, 2.0)
 
-Fingerprint = FrozenSet[Tuple[str, str, str, int]]
 TransportFactory = Callable[[MachineRecord], Transport]
 
 
@@ -104,16 +88,15 @@ class MachineSession:
         self.last_seen: Optional[float] = machine.last_seen
         self.connected = False
         self._desired: Optional[Sequence[UnitSpec]] = None
-        self._sent: Optional[Fingerprint] = None  # of the set the agent has
+        self._sent: Optional[delivery.Fingerprint] = None  # of the set the agent has
         self._channel: Optional[Channel] = None
         self._task: Optional[asyncio.Task[None]] = None
-        self._replies: Dict[int, asyncio.Future[messages.Reply]] = {}
-        self._streams: Dict[int, asyncio.Queue[Optional[messages.Log]]] = {}
-        self._next_id = 0
-        # units of the set too large to send, as reported here (see _refusal)
+        # units of the set too large to send, as reported here (delivery.refusal)
         self._undeliverable: Dict[str, ObservedRecord] = {}
         # a message that comes in parts (protocol.chunks): the items so far, by kind/id
         self._parts = reports.Parts()
+        self.asks = asks.Asks(self.name, lambda: self._channel if self.connected else None,
+                              self._parts)
         # (unit, state) -> whether the engine must hear of it (a failure, a hand-off)
         self.report_matters: Callable[[str, str], bool] = lambda unit, state: False
         self._writes: Set[asyncio.Task[None]] = set()  # made from sync code (_write)
@@ -153,10 +136,7 @@ class MachineSession:
     def _send_desired(self) -> None:
         if self._desired is None or self._channel is None:
             return
-        # a spec is the rendered content (its hash), what is wanted of it and its restart
-        # generation: comparing those is enough, and cheap on every engine pass
-        fingerprint = frozenset((u["name"], u["hash"], u["want"], u.get("generation", 0))
-                                for u in self._desired)
+        fingerprint = delivery.fingerprint(self._desired)
         if fingerprint == self._sent:
             return
         for line in protocol.chunks(messages.DESIRED, "units",
@@ -165,82 +145,32 @@ class MachineSession:
         self._sent = fingerprint
 
     def _deliverable(self, specs: Sequence[UnitSpec]) -> List[UnitSpec]:
-        """``specs`` that fit in a message; each other one is reported (``_refusal``)."""
+        """``specs`` that fit in a message; each other one is reported failed here
+        (delivery.refusal) and kept over the agent's snapshots."""
         self._undeliverable = {}
         deliverable = []
         for spec in specs:
-            refused = self._refusal(spec)
+            refused = delivery.refusal(spec, self.name)
             if refused is None:
                 deliverable.append(spec)
             else:
+                log.warning("%s: %s: %s", self.name, refused.unit, refused.error)
                 self._undeliverable[refused.unit] = refused
                 self._write(self.registry.upsert_observed(refused, epoch=self.epoch))
         if self._undeliverable:
             self.changed(False)
         return deliverable
 
-    def _refusal(self, spec: UnitSpec) -> Optional[ObservedRecord]:
-        """None if ``spec`` fits in a message (protocol.MAX_LINE); else its report on
-        this machine: failed, with why. Such a spec is left out of the set - sent, it
-        would end the session at every connect, and with it every other unit's
-        delivery. The engine then treats it as any unit that failed here, and the report
-        is kept over the agent's snapshots (the agent never hears of the unit)."""
-        size = protocol.item_size(spec)
-        if size <= SPEC_MAX:
-            return None
-        why = (f"not deliverable to machine {self.name}: its rendered spec is {size} "
-               f"bytes, over the {SPEC_MAX}-byte limit of a message to the agent "
-               "(Environment= or the command lines are too large)")
-        log.warning("%s: %s: %s", self.name, spec["name"], why)
-        return ObservedRecord(
-            unit=str(spec["name"]), machine=self.name, hash=str(spec["hash"]),
-            state=protocol.FAILED, pid=None, started_at=None, exit_status=None,
-            restarts=0, error=why, updated_at=time.time(),
-            generation=int(spec.get("generation", 0)))
-
     async def request(self, kind: str, timeout: float = 5.0, **fields: Any
                       ) -> messages.Reply:
         """Ask the agent something (``tail`` of a unit's log, ...) and wait for its reply
-        (checked for its id only: a caller reads its fields as untrusted)."""
-        if not self.connected or self._channel is None:
-            raise TransportError("unreachable", f"machine {self.name} is not connected")
-        self._next_id += 1
-        ident = self._next_id
-        future: asyncio.Future[messages.Reply] = asyncio.get_running_loop().create_future()
-        self._replies[ident] = future
-        try:
-            self._channel.write(protocol.encode(kind, id=ident, **fields))
-            return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            raise TransportError("unreachable",
-                                 f"machine {self.name} did not answer within {timeout:.0f}s"
-                                 ) from None
-        finally:
-            self._replies.pop(ident, None)
+        (fleetd.daemon.asks)."""
+        return await self.asks.request(kind, timeout, **fields)
 
-    async def stream(self, kind: str, stop: str, **fields: Any
-                     ) -> AsyncIterator[messages.Log]:
+    def stream(self, kind: str, stop: str, **fields: Any) -> AsyncIterator[messages.Log]:
         """Messages the agent sends for a standing request (``follow`` a unit's log)
-        until the caller stops iterating; then ``stop`` ({id}) tells the agent to end it.
-        Ends by itself if the session drops."""
-        if not self.connected or self._channel is None:
-            raise TransportError("unreachable", f"machine {self.name} is not connected")
-        self._next_id += 1
-        ident = self._next_id
-        queue: asyncio.Queue[Optional[messages.Log]] = asyncio.Queue(maxsize=1000)
-        self._streams[ident] = queue
-        channel = self._channel
-        try:
-            channel.write(protocol.encode(kind, id=ident, **fields))
-            while True:
-                msg = await queue.get()
-                if msg is None:
-                    return
-                yield msg
-        finally:
-            self._streams.pop(ident, None)
-            if self._channel is channel and self.connected:
-                channel.write(protocol.encode(stop, id=ident))
+        until the caller stops iterating (fleetd.daemon.asks)."""
+        return self.asks.stream(kind, stop, **fields)
 
     # --- life --------------------------------------------------------------------------
     def start(self) -> None:
@@ -290,11 +220,7 @@ class MachineSession:
                 reason, state = f"internal error: {exc!r}", "error"
             was_up = self.connected
             self.connected = False
-            for future in self._replies.values():
-                if not future.done():
-                    future.set_exception(TransportError("unreachable", reason))
-            for queue in self._streams.values():
-                queue.put_nowait(None)
+            self.asks.fail(reason)
             self._channel = None
             self._sent = None
             self._parts.clear()
@@ -417,23 +343,10 @@ class MachineSession:
         if kind == messages.HEARTBEAT:
             return
         if kind == messages.REPLY:
-            ident = reports.message_id(msg)
-            future = self._replies.get(ident)
-            if future is None or future.done():
-                return
-            if "lines" in msg:  # a journal tail: perhaps in several replies
-                lines = self._parts.whole(msg, "lines", ident)
-                if lines is None:
-                    return
-                msg = {**msg, "lines": lines}
-            future.set_result(cast(messages.Reply, msg))  # its id checked, as a reply's
+            self.asks.reply(msg)
             return
         if kind == messages.LOG:
-            queue = self._streams.get(reports.message_id(msg))
-            if queue is not None:
-                if queue.full():  # a reader this far behind loses lines, not fleetd
-                    queue.get_nowait()
-                queue.put_nowait(cast(messages.Log, msg))  # its id checked, as a log's
+            self.asks.log(msg)
             return
         if kind == messages.STATUS:
             units = self._parts.whole({**msg, "units": protocol.spec_list(msg)}, "units")

@@ -24,7 +24,8 @@ from labkit import Fleet, alive, wait_for
 
 from fleetd import protocol
 from fleetd.agent import specs
-from fleetd.daemon.session import SPEC_MAX, MachineSession
+from fleetd.daemon.delivery import SPEC_MAX
+from fleetd.daemon.session import MachineSession
 from fleetd.lab.netns import Lab
 from fleetd.registry.base import MachineRecord, ObservedRecord
 from fleetd.registry.sqlite import SqliteRegistry
