@@ -88,16 +88,11 @@ def load(name: str, text: str, source: Optional[str] = None, template_ok: bool =
         uname = parse_name(f"{uname.prefix}@0.{uname.suffix}")
     ctx = UnitContext(parse(text, src), uname, src)
     description = ctx.single("Unit", "Description") or ""
-    driver = xfleet.driver(ctx)
-    xjava.check_unused(ctx, driver)
+    driver = xfleet.driver(ctx)  # [X-Java] and [X-Check] only beside a driver that reads them
     if driver == "java":
         config = xjava.config(ctx, service.config(ctx, needs_exec_start=False))
     elif driver == "systemd":
         config = systemd_text.config(ctx)  # systemd reads [Service] itself
-        if "X-Check" in ctx.file.sections():
-            ctx.fail(next(ctx.file.section("X-Check"), None),
-                     "[X-Check] applies to exec and java units; a systemd unit's health is "
-                     "systemd's (Restart=, WatchdogSec=)")
     else:
         config = service.config(ctx)
     if driver != "systemd":

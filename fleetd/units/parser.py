@@ -45,6 +45,14 @@ class UnitFile:
 
     source: str
     entries: Tuple[Entry, ...]
+    # each section's first ``[Name]`` line, in file order: an error about a section as a
+    # whole (``[X-Java]`` beside a Driver= that does not read it) names its header, and a
+    # section with no assignments is still there
+    headers: Tuple[Tuple[str, int], ...] = ()
+
+    def header(self, name: str) -> Optional[int]:
+        """The line of the first ``[name]`` header, None if the file has none."""
+        return next((line for section, line in self.headers if section == name), None)
 
     def sections(self) -> List[str]:
         seen: Dict[str, None] = {}
@@ -117,6 +125,7 @@ def parse(text: str, source: str = "<unit>") -> UnitFile:
     if text.startswith("\ufeff"):
         text = text[1:]  # a UTF-8 byte-order mark, which systemd skips too
     entries: List[Entry] = []
+    headers: Dict[str, int] = {}
     section: Optional[str] = None
     pending: Optional[str] = None  # a continued line being assembled
     pending_line = 0
@@ -131,16 +140,15 @@ def parse(text: str, source: str = "<unit>") -> UnitFile:
             continue
         logical, at = pending + raw, pending_line
         pending = None
-        section = _take(logical.strip(), at, section, entries, source)
+        section = _take(logical.strip(), at, section, entries, headers, source)
     if pending is not None and pending.strip():
         # systemd accepts a continuation that runs into the end of the file
-        _take(pending.strip(), pending_line, section, entries, source)
-    return UnitFile(source=source, entries=tuple(entries))
+        _take(pending.strip(), pending_line, section, entries, headers, source)
+    return UnitFile(source=source, entries=tuple(entries), headers=tuple(headers.items()))
 
 
-def _take(
-    logical: str, at: int, section: Optional[str], entries: List[Entry], source: str
-) -> Optional[str]:
+def _take(logical: str, at: int, section: Optional[str], entries: List[Entry],
+          headers: Dict[str, int], source: str) -> Optional[str]:
     """Record one logical line; return the section in force after it."""
     if logical.startswith("["):
         if not logical.endswith("]") or len(logical) < 3:
@@ -148,6 +156,7 @@ def _take(
         name = logical[1:-1]
         if any(c in name for c in "[]") or name != name.strip():
             raise UnitError(source, at, f"invalid section name {name!r}")
+        headers.setdefault(name, at)
         return name
     if logical.startswith("."):
         raise UnitError(source, at, f"directive {logical.split()[0]!r} is not supported")

@@ -41,7 +41,8 @@ def is_fleet_section(section: str) -> bool:
 def systemd_unit(unit: UnitFile) -> UnitFile:
     """``unit`` without fleetd's sections."""
     kept = tuple(e for e in unit.entries if not is_fleet_section(e.section))
-    return UnitFile(source=unit.source, entries=kept)
+    headers = tuple(h for h in unit.headers if not is_fleet_section(h[0]))
+    return UnitFile(source=unit.source, entries=kept, headers=headers)
 
 
 def render(unit: UnitFile) -> str:

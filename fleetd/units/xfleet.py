@@ -2,8 +2,10 @@
 
 fleet's options keep fleet's meaning (MachineID, MachineOf, MachineMetadata, Conflicts,
 Global, Replaces; fleet's old ``X-Condition...`` spellings are accepted too). On top:
-``Driver=`` picks the driver, and [Service]'s MemoryMax=/CPUQuota= become a reservation
-the scheduler counts against each machine's capacity (fleet counted units only).
+``Driver=`` picks the driver (without it: java for a unit with an [X-Java] section, else
+exec; one that contradicts a section present is an error), and [Service]'s
+MemoryMax=/CPUQuota= become a reservation the scheduler counts against each machine's
+capacity (fleet counted units only).
 
 What happens when things fail (fleet had neither):
 
@@ -41,6 +43,14 @@ KNOWN = ("MachineID", "MachineOf", "MachineMetadata", "Conflicts", "Global", "Re
 DELAY_FUNCTIONS = ("exponential", "constant")
 MIN_FENCE_S = 3.0  # three default heartbeats
 DRIVERS = ("exec", "java", "systemd")
+JAVA_SECTION = "X-Java"  # xjava.X; spelt here so that fleetctl (is_glob) need not load it
+# fleetd's sections that only some drivers read, and what to do about a Driver= outside them
+SECTION_DRIVERS = {
+    JAVA_SECTION: (("java",), "remove Driver= (a unit with [X-Java] is a java unit) or the "
+                              "[X-Java] section"),
+    "X-Check": (("exec", "java"), "a systemd unit's health is systemd's (Restart=, "
+                                  "WatchdogSec=)"),
+}
 GLOB_CHARS = "*?["  # fnmatch's; never in a unit name (fleetd.wire.names), so never ambiguous
 MAX_RESCHEDULE_ATTEMPTS = 10000  # in one RescheduleIntervalSec=; more is "infinity"
 
@@ -110,10 +120,21 @@ class Requirements:
 
 
 def driver(ctx: UnitContext) -> str:
-    name = ctx.single(X, "Driver") or "exec"
+    """``Driver=``, or what the sections say: a unit with an ``[X-Java]`` section is a
+    java unit, any other an exec unit. A Driver= that a section present contradicts
+    (``SECTION_DRIVERS``) is an error naming both lines: one of the two is a mistake,
+    and running the unit would silently ignore the section."""
+    entry = ctx.entry(X, "Driver")
+    name = ctx.single(X, "Driver")
+    if name is None:
+        return "java" if ctx.file.header(JAVA_SECTION) is not None else "exec"
     if name not in DRIVERS:
-        ctx.fail(ctx.entry(X, "Driver"),
-                 f"Driver={name} is not available (drivers: {', '.join(DRIVERS)})")
+        ctx.fail(entry, f"Driver={name} is not available (drivers: {', '.join(DRIVERS)})")
+    for section, (readers, hint) in SECTION_DRIVERS.items():
+        line = ctx.file.header(section)
+        if line is not None and name not in readers:
+            ctx.fail(entry, f"Driver={name} contradicts [{section}] at {ctx.source}:{line}: "
+                            f"only {' and '.join(readers)} units read [{section}]; {hint}")
     return name
 
 

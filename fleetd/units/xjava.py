@@ -1,7 +1,8 @@
 """``[X-Java]``: a JVM program described by what it is, not by a java command line.
 
-A unit with ``Driver=java`` names its code (``Jar=``, or ``MainClass=`` + ``ClassPath=``),
-its JVM options, its arguments and which Java it needs (``JavaHome=`` or a minimum
+A java unit - one with an ``[X-Java]`` section; ``Driver=java`` may say so too, another
+Driver= is an error (xfleet.driver) - names its code (``Jar=``, or ``MainClass=`` +
+``ClassPath=``), its JVM options, its arguments and which Java it needs (``JavaHome=`` or a minimum
 ``JavaVersion=``), and leaves the command line to the agent. The agent knows which
 Java installations its host has, so only it can pick the ``java`` binary; it also sizes
 the heap from ``MemoryMax=`` when the unit does not (see fleetd/drivers/java.py).
@@ -43,7 +44,7 @@ import signal
 from typing import List, Optional, Tuple
 
 from fleetd.units.context import UnitContext, later
-from fleetd.units.parser import Entry
+from fleetd.units.parser import Entry, UnitError
 from fleetd.wire.unitspec import Java, SuccessExitStatus, UnitConfig
 
 X = "X-Java"
@@ -102,8 +103,11 @@ def config(ctx: UnitContext, service_config: UnitConfig) -> UnitConfig:
                  "java -jar ignores the class path (the jar's manifest Class-Path applies); "
                  "use MainClass= + ClassPath= with the jar in it instead")
     if jar is None and main_class is None:
-        ctx.fail(ctx.entry("X-Fleet", "Driver"),
-                 "Driver=java needs Jar= or MainClass= + ClassPath= in [X-Java]")
+        driver = ctx.entry("X-Fleet", "Driver")
+        if driver is None:  # a java unit by its [X-Java] section
+            raise UnitError(ctx.source, ctx.file.header(X),
+                            "[X-Java] needs Jar= or MainClass= + ClassPath=")
+        ctx.fail(driver, "Driver=java needs Jar= or MainClass= + ClassPath= in [X-Java]")
     if main_class is not None and not class_path:
         ctx.fail(ctx.entry(X, "MainClass"),
                  "MainClass= needs ClassPath= (where the JVM finds the class)")
@@ -145,15 +149,6 @@ def capabilities(java_cfg: Java) -> Tuple[str, ...]:
     if minimum is None:
         return ("java",)
     return (f"java:{max(int(minimum), CAPABILITY_FLOOR)}",)
-
-
-def check_unused(ctx: UnitContext, driver: str) -> None:
-    """Refuse [X-Java] in a unit that another driver runs: it would be silently ignored."""
-    if driver == "java":
-        return
-    for entry in ctx.file.section(X):
-        ctx.fail(entry, f"[X-Java] is only read with Driver=java in [X-Fleet] "
-                        f"(this unit's driver is {driver})")
 
 
 # --- options -------------------------------------------------------------------------------

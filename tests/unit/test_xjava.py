@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 import pytest
 
 from fleetd.drivers.java import JavaInstall, machine_capabilities
-from fleetd.units import service, xjava
+from fleetd.units import model, service, xjava
 from fleetd.units.context import UnitContext
 from fleetd.units.model import parse_name
 from fleetd.units.parser import UnitError, parse
@@ -181,12 +181,48 @@ def test_errors(text: str, line: int, fragments: List[str]) -> None:
         assert fragment in str(err), str(err)
 
 
-def test_x_java_without_driver_java_is_refused() -> None:
-    ctx = _ctx("[Service]\nExecStart=/bin/true\n[X-Java]\nJar=/a.jar\n")
-    with pytest.raises(UnitError, match=r":4: Jar=: \[X-Java\] is only read with Driver=java"):
-        xjava.check_unused(ctx, "exec")
-    xjava.check_unused(_ctx(HEAD + "Jar=/a.jar\n"), "java")
-    xjava.check_unused(_ctx("[Service]\nExecStart=/bin/true\n"), "exec")
+def test_a_unit_with_x_java_and_no_driver_is_a_java_unit() -> None:
+    unit = model.load("app.service", "[X-Java]\nJar=/opt/app.jar\n", source="app.unit")
+    assert unit.driver == "java"
+    assert unit.config["java"]["jar"] == "/opt/app.jar"
+    assert "java" in unit.requirements.capabilities
+    assert model.load("app.service", "[Service]\nExecStart=/bin/true\n").driver == "exec"
+
+
+def test_an_empty_x_java_section_is_still_a_java_unit_named_by_its_header() -> None:
+    with pytest.raises(UnitError) as info:
+        model.load("app.service", "[Service]\nUser=nobody\n\n[X-Java]\n", source="a.unit")
+    assert str(info.value) == "a.unit:4: [X-Java] needs Jar= or MainClass= + ClassPath="
+
+
+@pytest.mark.parametrize(
+    ("text", "driver_line", "section", "section_line", "hint"),
+    [
+        ("[Service]\nExecStart=/bin/true\n[X-Java]\nJar=/a.jar\n[X-Fleet]\nDriver=exec\n",
+         6, "X-Java", 3, "a unit with [X-Java] is a java unit"),
+        ("[X-Fleet]\nDriver=systemd\n[Service]\nExecStart=/bin/true\n\n[X-Java]\n"
+         "Jar=/a.jar\n", 2, "X-Java", 6, "a unit with [X-Java] is a java unit"),
+        ("[X-Check]\nType=tcp\nPort=80\n[X-Fleet]\nDriver=systemd\n[Service]\n"
+         "ExecStart=/bin/true\n", 5, "X-Check", 1, "a systemd unit's health is systemd's"),
+    ],
+)
+def test_a_driver_that_contradicts_a_section_names_both_lines(
+        text: str, driver_line: int, section: str, section_line: int, hint: str) -> None:
+    with pytest.raises(UnitError) as info:
+        model.load("app.service", text, source="units/app.unit")
+    err = info.value
+    assert (err.source, err.line) == ("units/app.unit", driver_line), str(err)
+    assert str(err).startswith(f"units/app.unit:{driver_line}: Driver=: ")
+    assert f"contradicts [{section}] at units/app.unit:{section_line}" in str(err)
+    assert hint in str(err)
+
+
+def test_a_driver_the_sections_agree_with_is_kept() -> None:
+    assert model.load("app.service", HEAD + "Jar=/a.jar\n").driver == "java"
+    text = "[Service]\nExecStart=/bin/true\n[X-Check]\nType=tcp\nPort=80\n"
+    assert model.load("app.service", text + "[X-Fleet]\nDriver=exec\n").driver == "exec"
+    assert model.load("app.service", HEAD + "Jar=/a.jar\n[X-Check]\nType=tcp\n"
+                                            "Port=80\n").driver == "java"
 
 
 # --- scheduling --------------------------------------------------------------------------
