@@ -176,5 +176,6 @@ class Host:
             return "is not up"
         if self.draining and not draining_ok:
             return "is draining"
-        mismatch = static_mismatch(self.machine_id, self.metadata, self.capabilities, req)
+        mismatch = static_mismatch(self.name, self.machine_id, self.metadata,
+                                   self.capabilities, req)
         return mismatch.refusal() if mismatch else None

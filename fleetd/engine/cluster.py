@@ -67,6 +67,7 @@ class Cluster:
             for cap in h.capabilities:
                 self._caps.setdefault(cap, set()).add(h.index)
         self._ids = sorted((h.machine_id, h.index) for h in self.hosts if h.machine_id)
+        self._names = [(h.name, h.index) for h in self.hosts]  # sorted, as the hosts are
         self._groups: Dict[GroupKey, Group] = {}
         self._no_fit: Set[Tuple[GroupKey, int, float, int]] = set()
         self._explained: Dict[Tuple[GroupKey, int, float, int], str] = {}
@@ -101,20 +102,23 @@ class Cluster:
     # -- static candidates -------------------------------------------------------------
 
     def resolve_machine_id(self, value: str) -> Tuple[Optional[Host], str]:
-        """MachineID=: the machine whose id is ``value`` or starts with it, if just one."""
-        at = bisect.bisect_left(self._ids, (value, -1))
-        found: List[Host] = []
-        while at < len(self._ids) and self._ids[at][0].startswith(value):
-            found.append(self.hosts[self._ids[at][1]])
-            at += 1
-        exact = [h for h in found if h.machine_id == value]
+        """MachineID=: the machine whose id or name (as ``list-machines`` shows it) is
+        ``value``, else the one whose id or name starts with it; several is an error
+        naming them (``names_machine`` is the same rule for one machine)."""
+        found: Dict[int, Host] = {}
+        for index in (self._ids, self._names):
+            at = bisect.bisect_left(index, (value, -1))
+            while at < len(index) and index[at][0].startswith(value):
+                found.setdefault(index[at][1], self.hosts[index[at][1]])
+                at += 1
+        exact = [h for h in found.values() if value in (h.machine_id, h.name)]
         if len(exact) == 1:
             return exact[0], ""
         if len(found) == 1:
-            return found[0], ""
+            return next(iter(found.values())), ""
         if not found:
-            return None, f"MachineID={value} matches no machine"
-        names = sorted(h.name for h in found)
+            return None, f"MachineID={value} matches no machine (by id or name)"
+        names = sorted(h.name for h in (exact or found.values()))
         return None, f"MachineID={value} is ambiguous: it matches {some(names, 5)}"
 
     def group(self, req: Requirements) -> Group:

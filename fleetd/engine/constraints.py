@@ -3,7 +3,8 @@
 The scheduler's rules, written once, that the cluster (engine/cluster.py) indexes and
 the reconciler (engine/reconciler.py) re-checks for units already placed:
 
-* **static filters** (``static_mismatch``): ``MachineID=`` (full id or a unique prefix),
+* **static filters** (``static_mismatch``): ``MachineID=`` (the machine's id or its
+  name, as ``list-machines`` shows it, or a unique prefix of either),
   ``MachineMetadata=`` (values OR'd within a key, keys AND'ed, as fleet's
   ``machine.HasMetadata``) and the unit's capabilities, checked in this order so a
   refusal names the first one that bites. They depend on the machine alone, whatever
@@ -156,12 +157,19 @@ class Mismatch:
         return f"{machine} no longer has {', '.join(self.missing)}"
 
 
-def static_mismatch(machine_id: str, metadata: Mapping[str, str],
+def names_machine(value: str, name: str, machine_id: str) -> bool:
+    """Whether ``MachineID=value`` can mean this machine: its id or the name
+    ``list-machines`` shows, or the start of either. Which one machine a new placement
+    takes, when several could, is ``Cluster.resolve_machine_id``'s answer."""
+    return machine_id.startswith(value) or name.startswith(value)
+
+
+def static_mismatch(name: str, machine_id: str, metadata: Mapping[str, str],
                     capabilities: FrozenSet[str], req: Requirements) -> Optional[Mismatch]:
-    """The first of MachineID=, MachineMetadata= and capabilities the machine fails for
-    ``req`` (None: it passes them all). The one definition of the static filters; the
-    cluster's indexes (``Cluster.group``) are a faster form of the last two."""
-    if req.machine_id and not machine_id.startswith(req.machine_id):
+    """The first of MachineID=, MachineMetadata= and capabilities the machine ``name``
+    fails for ``req`` (None: it passes them all). The one definition of the static
+    filters; the cluster's indexes (``Cluster.group``) are a faster form of the last two."""
+    if req.machine_id and not names_machine(req.machine_id, name, machine_id):
         return Mismatch("machine_id", req)
     if not metadata_matches(metadata, req.metadata):
         return Mismatch("metadata", req)

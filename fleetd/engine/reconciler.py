@@ -159,7 +159,8 @@ def keep(p: PassState) -> None:
 
 def must_leave(p: PassState, u: UnitView, host: Host) -> Optional[str]:
     req = u.req
-    mismatch = static_mismatch(host.machine_id, host.metadata, host.capabilities, req)
+    mismatch = static_mismatch(host.name, host.machine_id, host.metadata, host.capabilities,
+                               req)
     # a down machine's capabilities may be stale: a unit does not leave for them
     if mismatch is not None and (host.up or mismatch.rule != "capabilities"):
         return mismatch.departure(host.name)

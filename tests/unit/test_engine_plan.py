@@ -211,7 +211,15 @@ IDS = [machine("h1", machine_id="abc123"), machine("h2", machine_id="abd456"),
     (unit("u", machine_id="abd"), Place("u", "h2", "MachineID=abd is h2")),
     (unit("u", machine_id="abc"),
      Place("u", None, "MachineID=abc is ambiguous: it matches h1, h3")),
-    (unit("u", machine_id="0000"), Place("u", None, "MachineID=0000 matches no machine")),
+    (unit("u", machine_id="0000"),
+     Place("u", None, "MachineID=0000 matches no machine (by id or name)")),
+    (unit("u", machine_id="h3"), Place("u", "h3", "MachineID=h3 is h3")),  # by its name
+    # placed on the machine its name pins it to: stays; elsewhere: moves there
+    (unit("u", machine="h3", machine_id="h3"), None),
+    (unit("u", machine="h1", machine_id="h3"),
+     Place("u", "h3", "h1 is not MachineID=h3; MachineID=h3 is h3")),
+    (unit("u", machine_id="h"), Place("u", None, "MachineID=h is ambiguous: it matches "
+                                                 "h1, h2, h3, h4")),
     (unit("u", machine_id="ff"), Place("u", None, "MachineID=ff is h4, which is not up")),
     (unit("u", machine_id="abd", memory_bytes=9 * GiB),
      Place("u", None, "MachineID=abd is h2, but h2 has only 8.0 GiB free, it needs 9.0 GiB")),

@@ -87,11 +87,44 @@ IDS = [machine("h1", machine_id="abc123"), machine("h2", machine_id="abd456"),
     ("ff", "h4", ""),  # found even when down: the caller says "which is not up"
     ("ab", None, "MachineID=ab is ambiguous: it matches h1, h2, h3"),
     ("abc", None, "MachineID=abc is ambiguous: it matches h1, h3"),
-    ("zz", None, "MachineID=zz matches no machine"),
+    ("zz", None, "MachineID=zz matches no machine (by id or name)"),
 ])
 def test_machine_id_full_or_unique_prefix(value: str, host: Optional[str], why: str) -> None:
     found, text = Cluster(IDS).resolve_machine_id(value)
     assert (found.name if found else None, text) == (host, why)
+
+
+NAMED = [machine("web-1", machine_id="abc123"), machine("web-10", machine_id="abd456"),
+         machine("db", machine_id="77ef01"), machine("ab", machine_id="99aa00"),
+         machine("7", machine_id="cafe00")]
+
+
+@pytest.mark.parametrize(("value", "host", "why"), [
+    ("db", "db", ""),  # the name list-machines shows
+    ("d", "db", ""),  # a unique prefix of a name
+    ("web-1", "web-1", ""),  # a full name wins over being a prefix of another
+    ("web-10", "web-10", ""),
+    ("77ef01", "db", ""),  # ids as before
+    ("ab", "ab", ""),  # a full name wins over being a prefix of ids
+    ("abc", "web-1", ""),
+    ("web", None, "MachineID=web is ambiguous: it matches web-1, web-10"),
+    ("7", "7", ""),  # the name 7, though the id 77ef01 starts with 7 too
+    ("c", "7", ""),  # the start of 7's id
+    ("a", None, "MachineID=a is ambiguous: it matches ab, web-1, web-10"),  # ids and a name
+    ("9", "ab", ""),
+    ("x", None, "MachineID=x matches no machine (by id or name)"),
+])
+def test_machine_id_takes_the_machine_name_or_a_unique_prefix(
+        value: str, host: Optional[str], why: str) -> None:
+    found, text = Cluster(NAMED).resolve_machine_id(value)
+    assert (found.name if found else None, text) == (host, why)
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    ("web-1", True), ("web", True), ("abc1", True), ("web-2", False), ("abd", False)])
+def test_a_machine_passes_machine_id_by_its_name_or_id(value: str, ok: bool) -> None:
+    host = Host(machine("web-1", machine_id="abc123"), 0)
+    assert (host.static_refusal(Requirements(machine_id=value)) is None) is ok
 
 
 GROUPS = [machine("a", role="db", zone="x", caps=("java:17",)),
