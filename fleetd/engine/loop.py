@@ -16,7 +16,8 @@ the reconciler sends the next unit once that copy's row is gone. When the reconc
 says a decision is due later (a reschedule delay, a fence), the loop sets a timer.
 
 Unit files are read through one cache (fleetd.units.compiled), shared with the API:
-each (name, content, variables) is probed once and rendered once per machine.
+each (name, content, variables) is probed once and rendered once per machine; rendering
+and the desired sets are fleetd.engine.desired's.
 
 One unit never stops the fleet: whatever its stored content holds (a unit stored by an
 older fleetd whose rules were looser, or a bug its content alone sets off), an error in
@@ -30,35 +31,17 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import (
-    Callable,
-    Dict,
-    List,
-    Mapping,
-    Optional,
-    Sequence,
-    Set,
-    Tuple,
-    Union,
-)
+from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from fleetd import protocol
 from fleetd.engine import events, reconciler, rollout, transitions
-from fleetd.engine.facts import (
-    PlacementRow,
-    applied,
-    failed_here,
-    machine_context,
-    machine_view,
-    recorded,
-)
-from fleetd.engine.handoff import RENEWED
+from fleetd.engine.desired import Rendering
+from fleetd.engine.facts import PlacementRow, applied, failed_here, machine_view, recorded
 from fleetd.engine.rolling import Rolling
 from fleetd.engine.snapshot import Snapshot
 from fleetd.engine.views import Failure, MachineView, UnitView
 from fleetd.registry.base import (
     LAUNCHED,
-    LOADED,
     FailureRecord,
     MachineRecord,
     ObservedRecord,
@@ -67,18 +50,9 @@ from fleetd.registry.base import (
     UnitRecord,
     Unsure,
 )
-from fleetd.units.compiled import (
-    CompiledUnits,
-    ContentKey,
-    Invalid,
-    Machine,
-    RenderKey,
-    content_key,
-)
+from fleetd.units.compiled import CompiledUnits, ContentKey, Invalid, RenderKey, content_key
 from fleetd.units.compiled import error_text as _error
-from fleetd.units.model import Unit
-from fleetd.units.parser import UnitError
-from fleetd.units.secrets import Sealed, SecretSource, seal
+from fleetd.units.secrets import SecretSource
 from fleetd.units.xfleet import Requirements
 from fleetd.units.xupdate import UpdatePolicy
 from fleetd.wire import names
@@ -121,7 +95,6 @@ class Engine:
         """``epoch``: the leadership term this engine runs in; its writes are fenced by
         it (registry/base.py), so a pass that outlives its term writes nothing.
         ``secrets``: where SecretEnvironment= values come from (units/secrets.py)."""
-        self.secrets = secrets
         self.registry = registry
         self.epoch = epoch
         # False: a follower's engine, which decides (its snapshot answers the API) but
@@ -134,13 +107,13 @@ class Engine:
         # leaves it hearing pings until the session gives up): fencing waits this longer
         self.skew_s = skew_s
         self.units = units if units is not None else CompiledUnits()  # shared with the API
+        self.rendering = Rendering(registry, self.units, secrets)  # engine/desired.py
         self._wake = asyncio.Event()
         self._timer: Optional[asyncio.TimerHandle] = None
         # units whose content broke a pass, and why: they wait unplaced until their
         # content or variables change
         self._set_aside: Dict[ContentKey, str] = {}
         self._snapshot = Snapshot()
-        self._machines: Dict[str, Tuple[MachineRecord, Machine]] = {}  # this pass's
         # events of a leading engine's passes (fleetd.engine.transitions), against the
         # records as its last pass left them (None: none yet this term)
         self.publish: events.Publish = events.nowhere
@@ -148,6 +121,15 @@ class Engine:
         self.timed: Callable[[float, str], object] = lambda seconds, outcome: None
         self._known: Optional[Tuple[Dict[str, UnitRecord], Dict[str, MachineRecord]]] = None
         self.rolling = Rolling(registry)  # templates' rolling updates (issue 16)
+
+    @property
+    def secrets(self) -> Optional[SecretSource]:
+        """Where SecretEnvironment= values come from (units/secrets.py)."""
+        return self.rendering.secrets
+
+    @secrets.setter
+    def secrets(self, source: Optional[SecretSource]) -> None:
+        self.rendering.secrets = source
 
     def wake(self) -> None:
         self._wake.set()
@@ -216,7 +198,7 @@ class Engine:
         """What a pass does with these records; writes nothing (units that break the
         reconciler are remembered, so that the next pass need not find them again)."""
         views = [self.machine_view(m, now) for m in machines]
-        self._machines = {}
+        self.rendering.new_pass()
         new = self._new_failures(units, machines, observed, failures, now)
         failures = recorded(failures, new)
         keys = {u.name: content_key(u.name, u.hash, u.vars) for u in units}
@@ -231,10 +213,11 @@ class Engine:
         placements = [*unreadable, *((t.unit, t.machine, t.reason) for t in tasks)]
         units = applied(units, placements, [(t.unit, t.handoff, t.retry) for t in tasks], now)
         by_name = {m.name: m for m in machines}
+        ready = self.rendering.ready
         handed_over = {u.name for u in units if u.handoff and u.machine in by_name
-                       and self._ready(u, by_name[u.machine], observed.get((u.name, u.machine)))}
-        sets, hashes, reasons, rendered = self._desired_sets(units, machines, outcome.globals,
-                                                             handed_over)
+                       and ready(u, by_name[u.machine], observed.get((u.name, u.machine)))}
+        sets, hashes, reasons, rendered = self.rendering.sets(units, machines, outcome.globals,
+                                                              handed_over)
         deadlines = [m.drain_deadline for m in machines
                      if m.draining is not None and m.drain_deadline and m.drain_deadline > now]
         wake_at = min([*deadlines, *([outcome.wake_at] if outcome.wake_at else [])],
@@ -286,7 +269,7 @@ class Engine:
 
         def ready(u: UnitRecord) -> bool:
             m = by_name.get(u.machine or "")
-            return m is not None and self._ready(u, m, observed.get((u.name, m.name)))
+            return m is not None and self.rendering.ready(u, m, observed.get((u.name, m.name)))
 
         def policy(u: UnitRecord) -> Optional[UpdatePolicy]:
             probed = self.units.probed(u.name, u.hash, u.vars, self.registry.unit_text)
@@ -331,21 +314,13 @@ class Engine:
             o = observed.get((u.name, u.machine))
             if o is None or o.state != protocol.FAILED or o.generation != u.generation:
                 continue
-            if o.hash != self._hash_on(u, by_name[u.machine]):
+            if o.hash != self.rendering.hash_on(u, by_name[u.machine]):
                 continue
             if failed_here(u, recorded.get(u.name, ())) is not None:
                 continue  # this placement's failure is on record already
             why = o.error or f"exit status {o.exit_status}"
             new.append(FailureRecord(u.name, u.hash, u.machine, now, why))
         return new
-
-    def _hash_on(self, u: UnitRecord, machine: MachineRecord) -> Optional[str]:
-        """What ``u``'s content, as stored now, runs as on ``machine``. Not the last
-        snapshot's: a unit whose content changed since (a rollout's step) would have its
-        old copy's reports (failed, running) taken for the new content's."""
-        rendered = self._render(u, machine)
-        sealed = None if isinstance(rendered, str) else self._seal(rendered[0])
-        return None if sealed is None or isinstance(sealed, str) else sealed[0]
 
     def _unit_views(self, units: List[UnitRecord], keys: Mapping[str, ContentKey],
                     machines: List[MachineRecord], observed: Observed,
@@ -380,7 +355,7 @@ class Engine:
                          if f.hash == u.hash)
             here = failed_here(u, failures.get(u.name, ()))
             machine = by_name.get(u.machine or "")
-            ready = bool(u.handoff) and machine is not None and self._ready(
+            ready = bool(u.handoff) and machine is not None and self.rendering.ready(
                 u, machine, observed.get((u.name, machine.name)))
             views.append(UnitView(u.name, u.desired, u.machine, u.reason, requirements[key],
                                   mine, Failure(here.machine, here.at, here.reason)
@@ -396,102 +371,8 @@ class Engine:
         if u.handoff is not None or u.desired != LAUNCHED or machine is None:
             return False
         o = observed.get((u.name, machine.name))
-        if o is None or o.state != protocol.RUNNING or o.hash == self._hash_on(u, machine):
+        if o is None or o.state != protocol.RUNNING or o.hash == self.rendering.hash_on(u, machine):
             return False
         versions = self.registry.list_versions(u.name)
         return (len(versions) > 1 and versions[-1].hash == u.hash
                 and versions[-1].via.startswith(rollout.CHANGE_VIA))
-
-    def _old_copy(self, u: UnitRecord) -> UnitRecord:
-        """The unit as its hand-off's old copy runs: a rollout's keeps the content it
-        had (its previous version); a drain's has the same content as the new copy."""
-        if not u.reason.startswith(RENEWED.split("{", 1)[0]):
-            return u
-        versions = self.registry.list_versions(u.name)
-        if len(versions) < 2 or versions[-1].hash != u.hash:
-            return u
-        return dataclasses.replace(u, hash=versions[-2].hash)
-
-    def _ready(self, u: UnitRecord, machine: MachineRecord, o: Optional[ObservedRecord]
-               ) -> bool:
-        """Does ``u`` run on ``machine`` as fleetd wants it, healthy if it is checked?"""
-        if o is None or o.generation != u.generation or o.hash != self._hash_on(u, machine):
-            return False
-        if u.desired == LOADED:
-            return o.state == protocol.STOPPED
-        if o.state == protocol.EXITED:
-            return True
-        if o.state != protocol.RUNNING or o.health == "failing":
-            return False
-        rendered = self._render(u, machine)
-        if isinstance(rendered, str):
-            return False
-        return o.health == "passing" or not rendered[0].config.get("check")
-
-    def _desired_sets(self, units: List[UnitRecord], machines: List[MachineRecord],
-                      globals: Mapping[str, Sequence[str]], handed_over: Set[str]
-                      ) -> Tuple[Dict[str, List[UnitSpec]], Dict[Tuple[str, str], str],
-                                 List[PlacementRow], Set[RenderKey]]:
-        """Each machine's units, rendered for that machine; what each (unit, machine)
-        is expected to run; and why a unit cannot be rendered where it is placed (it is
-        left out of that set)."""
-        by_name = {m.name: m for m in machines}
-        sets: Dict[str, List[UnitSpec]] = {m.name: [] for m in machines}
-        live: Set[RenderKey] = set()
-        expected: Dict[Tuple[str, str], str] = {}
-        reasons: List[PlacementRow] = []
-        for u in units:
-            if u.desired not in (LOADED, LAUNCHED):
-                continue
-            targets = globals.get(u.name, [u.machine] if u.machine else [])
-            if u.handoff and u.handoff != u.machine and u.name not in handed_over:
-                targets = [*targets, u.handoff]  # the old copy runs until the new is ready
-            want = protocol.WANT_RUNNING if u.desired == LAUNCHED else protocol.WANT_STOPPED
-            for target in targets:
-                machine = by_name.get(target)
-                if machine is None:
-                    continue
-                rendered = self._render(self._old_copy(u) if target == u.handoff else u,
-                                        machine)
-                if isinstance(rendered, str):
-                    why = f"cannot render for {machine.name}: {rendered}"
-                    if u.reason != why and target == u.machine:
-                        reasons.append((u.name, u.machine, why))
-                    continue
-                unit, key = rendered
-                sealed = self._seal(unit)
-                if isinstance(sealed, str):
-                    why = f"cannot run on {machine.name}: {sealed}"
-                    if u.reason != why and target == u.machine:
-                        reasons.append((u.name, u.machine, why))
-                    continue
-                live.add(key)
-                expected[(u.name, machine.name)] = sealed[0]
-                spec = unit.spec(want, u.generation)
-                if sealed[1]:  # the values go to this machine's set, and nowhere else
-                    spec["hash"], spec["secrets"] = sealed
-                sets[machine.name].append(spec)
-        return sets, expected, reasons, live
-
-    def _seal(self, unit: Unit) -> Union[Sealed, str]:
-        """The spec's hash and its secret values (a unit without SecretEnvironment=:
-        its own hash and none), or why the unit cannot run (a secret not set)."""
-        return seal(unit.hash, unit.config.get("secret_environment") or {}, self.secrets)
-
-    def _render(self, u: UnitRecord, machine: MachineRecord
-                ) -> Union[Tuple[Unit, RenderKey], str]:
-        """The unit as it runs on ``machine``, or why it cannot: an error in one unit's
-        content stays with that unit (its reason), never with the pass."""
-        known = self._machines.get(machine.name)
-        if known is None or known[0] is not machine:
-            known = self._machines[machine.name] = (machine,
-                                                    Machine.of(machine_context(machine)))
-        try:
-            return self.units.rendered(u.name, u.hash, u.vars, known[1],
-                                       self.registry.unit_text)
-        except (UnitError, LookupError) as exc:
-            return str(exc)
-        except Exception as exc:  # one unit's content never stops a pass
-            log.exception("%s: rendering it for %s failed", u.name, machine.name)
-            return f"fleetd failed on it ({_error(exc)})"
-
