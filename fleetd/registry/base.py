@@ -277,7 +277,9 @@ class Registry(Protocol):
     async def update_machine(self, name: str, *, epoch: Optional[int] = None,
                              **fields: Any) -> None:
         """Record what a session learnt (state, error, facts, machine_id, last_seen) or
-        what a user asked of the machine (draining, drain_deadline)."""
+        what a user asked of the machine (draining, drain_deadline; ``metadata``, the
+        whole new mapping: ``fleetctl machine set-metadata`` replaces what ``machine
+        add`` gave, and it stays so until changed again or the machine is removed)."""
 
     # --- observed state -----------------------------------------------------------
     async def replace_observed(self, machine: str, rows: Sequence[ObservedRecord], *,

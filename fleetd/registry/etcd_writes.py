@@ -47,7 +47,7 @@ from fleetd.registry.etcd_keys import Doc, encode, key
 from fleetd.registry.etcdv3_types import Compare, Delete, Op, Put
 from fleetd.wire import names as unit_names
 
-USER_MACHINE_FIELDS = ("draining", "drain_deadline")
+USER_MACHINE_FIELDS = ("draining", "drain_deadline", "metadata")  # in the machine's document
 STATE_FIELDS = ("machine_id", "facts", "state", "error", "last_seen")
 _NO_PLACEMENT: Doc = {"machine": None, "reason": "", "placed_at": None, "handoff": None,
                       "retries": 0}
@@ -308,7 +308,7 @@ def update_machine(cache: Cache, name: str, fields: Mapping[str, Any]) -> Option
     p = cache.prefix
     compares: List[Compare] = []
     ops: List[Op] = []
-    user = {k: v for k, v in fields.items() if k in USER_MACHINE_FIELDS}
+    user = {k: _json(v) for k, v in fields.items() if k in USER_MACHINE_FIELDS}
     if user and any(e.doc[k] != v for k, v in user.items()):
         compares.append(Compare.mod(key(p, "machines", name), "==", e.mod))
         ops.append(_put(p, "machines", (name,), {**e.doc, **user}))

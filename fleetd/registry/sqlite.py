@@ -32,6 +32,7 @@ from fleetd.registry.base import (
     put_conflict,
 )
 from fleetd.registry.sqlite_rows import (
+    JSON_MACHINE_FIELDS,
     MACHINE_FIELDS,
     MACHINE_SELECT,
     MIGRATIONS,
@@ -300,7 +301,7 @@ class SqliteRegistry:
         unknown = set(fields) - set(MACHINE_FIELDS)
         if unknown:
             raise ValueError(f"not machine status fields: {sorted(unknown)}")
-        values = [json.dumps(v) if k == "facts" else v for k, v in fields.items()]
+        values = [json.dumps(v) if k in JSON_MACHINE_FIELDS else v for k, v in fields.items()]
         assignments = ", ".join(f"{k}=?" for k in fields)
         with self._tx():
             self._db.execute(f"UPDATE machines SET {assignments} WHERE name=?", (*values, name))

@@ -110,7 +110,8 @@ MIGRATIONS = [
 UNIT_SELECT = ("SELECT name, hash, desired, machine, reason, updated_at, vars, generation,"
                 " placed_at, handoff FROM units")
 MACHINE_FIELDS = ("machine_id", "facts", "state", "error", "last_seen", "draining",
-                   "drain_deadline")
+                   "drain_deadline", "metadata")
+JSON_MACHINE_FIELDS = ("facts", "metadata")  # stored as JSON text
 
 
 MACHINE_SELECT = (

@@ -53,7 +53,7 @@ from fleetd.registry.base import (
 from fleetd.wire import names
 
 MACHINE_STATUS_FIELDS = ("machine_id", "facts", "state", "error", "last_seen", "draining",
-                         "drain_deadline")
+                         "drain_deadline", "metadata")
 T = TypeVar("T")
 
 
@@ -287,7 +287,7 @@ class MemoryRegistry:
             raise ValueError(f"not machine status fields: {sorted(unknown)}")
         m = self._machines.get(name)
         if m is not None:  # as an UPDATE: a machine removed meanwhile is no error
-            values = {k: _json(v) if k == "facts" else v for k, v in fields.items()}
+            values = {k: _json(v) if k in ("facts", "metadata") else v for k, v in fields.items()}
             self._machines[name] = dataclasses.replace(m, **values)
 
     # --- observed state -----------------------------------------------------------

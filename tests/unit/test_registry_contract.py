@@ -354,6 +354,20 @@ async def test_drain_fields(one: Registry) -> None:
     assert m is not None and m.draining is None
 
 
+async def test_metadata_changes_and_stays_changed(reg: Registry) -> None:
+    """``fleetctl machine set-metadata``: the whole mapping is replaced; what a session
+    records afterwards (state, facts) leaves it as set."""
+    await reg.add_machine(machine("m1"))
+    await reg.update_machine("m1", metadata={"rack": "r2", "disk": "ssd"})
+    await reg.update_machine("m1", state="up", facts={"cpus": 2}, last_seen=5.0)
+    m = reg.get_machine("m1")
+    assert m is not None and m.metadata == {"rack": "r2", "disk": "ssd"}
+    assert [x.metadata for x in reg.list_machines()] == [{"rack": "r2", "disk": "ssd"}]
+    await reg.update_machine("m1", metadata={})
+    m = reg.get_machine("m1")
+    assert m is not None and (m.metadata, m.state, m.address) == ({}, "up", "10.0.0.1")
+
+
 async def test_failures_of_one_unit(one: Registry) -> None:
     await one.record_failure(FailureRecord("a.service", "h", "m1", 1.0, "boom"))
     await one.record_failure(FailureRecord("b.service", "h", "m1", 2.0, "bang"))

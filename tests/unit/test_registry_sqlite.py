@@ -73,6 +73,7 @@ def test_data_survives_close_and_reopen(db_path: str) -> None:
     at_once(first.set_placements([("a.service", "m1", "fewest units")]))
     at_once(first.add_machine(machine("m1")))
     at_once(first.update_machine("m1", state="up", facts={"cpus": 2}))
+    at_once(first.update_machine("m1", metadata={"rack": "r2"}))  # set-metadata's
     at_once(first.upsert_observed(observed("a.service", "m1")))
     at_once(first.close())
 
@@ -85,7 +86,7 @@ def test_data_survives_close_and_reopen(db_path: str) -> None:
         assert again.unit_text(content_hash(A_TEXT)) == A_TEXT
         m = again.get_machine("m1")
         assert m is not None
-        assert (m.state, m.facts, m.metadata) == ("up", {"cpus": 2}, {"rack": "r1"})
+        assert (m.state, m.facts, m.metadata) == ("up", {"cpus": 2}, {"rack": "r2"})
         assert again.list_observed() == [observed("a.service", "m1")]
     finally:
         at_once(again.close())
