@@ -6,6 +6,10 @@ units over one at a time: the unit is placed elsewhere while its old copy keeps 
 (the task's ``handoff``); once the new copy is running and healthy the old one stops,
 and once it is gone the next unit goes. After the drain's deadline whatever is left moves
 at once (the keep step lets it go, saying ``OVERDUE``), or stops if it fits nowhere.
+
+The same hand-off moves a unit a rollout gave new content (``renew``) and a unit whose
+machine's metadata no longer matches its MachineMetadata= (``rematch``: ``fleetctl
+machine set-metadata``), where their constraints allow.
 """
 
 from __future__ import annotations
@@ -61,6 +65,34 @@ def renew(p: PassState) -> None:
                 or u.req.machine_of or next(p.followers(name, host), None) is not None):
             continue
         hand_over(p, u, host, RENEWED)
+
+
+def rematch(p: PassState) -> None:
+    """``fleetctl machine set-metadata``: a unit whose machine no longer matches its
+    MachineMetadata= (kept there by the keep step: reconciler ``hands_over``) starts on
+    a machine that matches while its old copy runs on, as a drain's hand-off does; all
+    such units at once (each keeps its own old copy running), not one at a time as a
+    drain goes: the machine is not emptied, only what no longer belongs there moves.
+    A unit no other machine can take leaves at once, as it did before hand-overs: the
+    machine no longer admits it."""
+    for name, why in sorted(p.rematch.items()):
+        u, host = p.movable[name], p.where.get(name)
+        if host is None or p.handoff.get(name):
+            continue  # a drain or a rollout moved it in this pass already
+        escaped = why.replace("{", "{{").replace("}", "}}")
+        if hand_over(p, u, host, f"{escaped}: its copy there runs until this one is healthy"):
+            continue
+        leaving = [name, *p.followers(name, host)]
+        for f in leaving:
+            p.cluster.remove(host, f)
+            del p.where[f]
+        group = p.cluster.group(u.req)
+        p.left[name] = why
+        p.refused[name] = (p.cluster.explain(name, u.req, group.members, group)
+                           if group.members else group.refusal)
+        for f in leaving[1:]:  # what follows it by MachineOf= waits for it, as in place_rest
+            p.left[f] = f"{name} is not on {host.name}"
+            p.refused[f] = f"waiting for {name} to be placed"
 
 
 def hand_over(p: PassState, u: UnitView, host: Host, because: Optional[str] = None) -> bool:

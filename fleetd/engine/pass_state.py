@@ -36,6 +36,9 @@ class PassState:
         self.refused: Dict[str, str] = {}  # why it goes nowhere
         self.noted: Dict[str, str] = {}  # a new reason for a unit that stays where it is
         self.avoid: Dict[str, FrozenSet[str]] = {}  # where it failed lately
+        # kept by step 1 although its machine no longer matches its MachineMetadata=
+        # (why it must leave): handed over after placing (engine/handoff.py ``rematch``)
+        self.rematch: Dict[str, str] = {}
         self.handoff: Dict[str, Optional[str]] = {  # as it ends up after this pass
             u.name: u.handoff for u in units if u.handoff}
         self.globals: Dict[str, List[str]] = {}  # each active Global unit's machines, at the end

@@ -28,7 +28,8 @@ loads only grow once placing starts and the scheduler's heaps stay exact:
 Failures and drains (fleet had neither) are decided in the same pass, each in its own
 module on the pass's state (engine/pass_state.py): failed units and fenced ones while
 keeping (engine/failover.py: their reschedule policy; a lost machine's fenced copy),
-hand-overs off draining machines after placing, as step 5 (engine/handoff.py).
+hand-overs off draining machines after placing, as step 5 (engine/handoff.py), and of
+units whose machine's metadata no longer matches (step 1 keeps them there for it).
 
 6. **globals, settled**: where each Global unit runs once the pass is done, computed once
    per pass, in the pass (engine/cluster.py ``settle_globals``): where step 2 put it,
@@ -57,7 +58,7 @@ from fleetd.engine.capacity import Host
 from fleetd.engine.cluster import Group
 from fleetd.engine.constraints import relations, static_mismatch
 from fleetd.engine.failover import LOST, after_failure, fenced_there
-from fleetd.engine.handoff import OVERDUE, drain, renew
+from fleetd.engine.handoff import OVERDUE, drain, rematch, renew
 from fleetd.engine.pass_state import PassState
 from fleetd.engine.views import MachineView, UnitView
 from fleetd.registry.base import INACTIVE, LAUNCHED
@@ -116,6 +117,7 @@ def _run(p: PassState) -> List[Place]:
     place_rest(p)
     drain(p)
     renew(p)  # rolling updates: a new copy elsewhere, where it may go (engine/rollout.py)
+    rematch(p)  # machines whose metadata changed hand over what no longer matches
     p.globals = p.cluster.settle_globals()
     return tasks(p)
 
@@ -150,6 +152,9 @@ def keep(p: PassState) -> None:
             continue
         host = p.cluster.by_name[u.machine or ""]
         why = must_leave(p, u, host)
+        if why and hands_over(p, u, host):
+            p.rematch[u.name] = why  # it stays for now: step 5 moves it (engine/handoff.py)
+            why = None
         if why:
             p.left[u.name] = why
         else:
@@ -171,6 +176,19 @@ def must_leave(p: PassState, u: UnitView, host: Host) -> Optional[str]:
         return None
     why = host.blocker(u.name, req) or "it conflicts with a unit there"
     return f"{why} on {host.name}"
+
+
+def hands_over(p: PassState, u: UnitView, host: Host) -> bool:
+    """Whether ``u``, which must leave ``host``, leaves only because the machine's
+    metadata changed (``fleetctl machine set-metadata``) and can hand over as a drain
+    does: it runs there (launched, on a machine that is up), is not pinned there
+    (MachineID=) nor following a unit (MachineOf=: it goes with its target), and
+    nothing but MachineMetadata= drives it off."""
+    if (not host.up or u.desired != LAUNCHED or u.req.machine_id or u.req.machine_of
+            or u.failed is not None or not u.req.metadata):
+        return False
+    anywhere = dataclasses.replace(u, req=dataclasses.replace(u.req, metadata=()))
+    return must_leave(p, anywhere, host) is None
 
 
 # -- 3. Replaces= ---------------------------------------------------------------------

@@ -248,8 +248,9 @@ ROLES = [machine("h1", role="web", caps=("java:17",)), machine("h2", role="web")
     (unit("u", metadata=meta(role="db"), capabilities=("java:17",)),
      Place("u", None, "no machine matching MachineMetadata=role=db has capability java:17")),
     (unit("u", capabilities=("java:17",)), Place("u", "h1", ONE)),
-    (unit("u", machine="h1", metadata=meta(role="db")),
-     Place("u", "h3", "h1 no longer matches MachineMetadata=role=db; " + ONE)),
+    (unit("u", machine="h1", metadata=meta(role="db")),  # hands over (test_engine_rematch)
+     Place("u", "h3", "h1 no longer matches MachineMetadata=role=db: its copy there runs "
+                      "until this one is healthy; " + ONE, handoff="h1")),
     (unit("u", machine="h2", capabilities=("java:17",)),
      Place("u", "h1", "h2 no longer has java:17; " + ONE)),
     (unit("u", machine="h4", capabilities=("java:17", "x")), None),  # down: facts may be stale
