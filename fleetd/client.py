@@ -1,5 +1,7 @@
-"""fleetd's API client, for fleetctl and the lab: the standard library's http.client,
-over a Unix socket or TCP, to one fleetd or to the first of several that answers.
+"""fleetd's API client, for fleetctl and the lab: the standard library (a request over
+``unix://`` or ``http://``: fleetd.endpoints.PlainConnection; https:// and streams:
+http.client), over a Unix socket or TCP, to one fleetd or to the first of several that
+answers.
 
 Not aiohttp, which the daemon serves with: importing it costs ~170 ms, most of the wall
 time of a blocking ``fleetctl start``. A CLI request is one blocking round trip anyway.
@@ -50,14 +52,14 @@ with the error, as it did. The token goes to every endpoint, as it went to the o
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
+import sys
 import time
 import urllib.parse
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
-from fleetd.endpoints import Endpoint, TlsFiles, explain, plain_to_tls, speaks_tls
+from fleetd.endpoints import Endpoint, PlainConnection, TlsFiles, explain, plain_to_tls, speaks_tls
 from fleetd.endpoints import EndpointError as EndpointError  # fleetctl's, as before
 from fleetd.endpoints import parse_endpoint as parse_endpoint
 from fleetd.endpoints import parse_endpoints as parse_endpoints
@@ -65,6 +67,18 @@ from fleetd.endpoints import parse_endpoints as parse_endpoints
 DEFAULT_ENDPOINT = "unix:///run/fleetd/fleetd.sock"
 CONNECT_S = 5.0  # with another endpoint to try, a connect waits this long at most
 HINT = "is fleetd running? `fleetctl lab up` starts one"
+
+if TYPE_CHECKING:
+    import http.client
+
+    Connection = Union[http.client.HTTPConnection, PlainConnection]
+
+
+def _failures() -> Tuple[Type[BaseException], ...]:
+    """What a failed connect or exchange raises: OSError, and http.client's errors once
+    http.client is loaded (a plain request never loads it: fleetd.endpoints says why)."""
+    loaded = sys.modules.get("http.client")
+    return (OSError,) if loaded is None else (OSError, loaded.HTTPException)
 
 
 
@@ -139,10 +153,15 @@ class _Broken(Exception):
 
 class Client:
     def __init__(self, endpoint: Optional[str] = None, token: Optional[str] = None,
-                 tls: Optional[TlsFiles] = None) -> None:
+                 tls: Optional[TlsFiles] = None,
+                 request_timeout: Optional[float] = None) -> None:
         """``endpoint``: one or a comma-separated list (``parse_endpoints``; EndpointError
         when it or a TLS file cannot be read); default FLEETCTL_ENDPOINT, then
-        DEFAULT_ENDPOINT. ``tls``: for https://, default FLEETCTL_CA_FILE and friends."""
+        DEFAULT_ENDPOINT. ``tls``: for https://, default FLEETCTL_CA_FILE and friends.
+        ``request_timeout`` (fleetctl's --request-timeout): how long any request may
+        wait for its answer, beyond the ``timeout=`` a long poll asks fleetd to wait
+        (``bounded``); None: each caller's own ``timeout``."""
+        self.request_timeout = request_timeout
         self.endpoints = parse_endpoints(
             endpoint or os.environ.get("FLEETCTL_ENDPOINT") or DEFAULT_ENDPOINT)
         self.token = token or os.environ.get("FLEETCTL_TOKEN")
@@ -161,10 +180,11 @@ class Client:
         n = len(self.endpoints)
         return [(self._current + i) % n for i in range(n)]
 
-    def _connect(self, e: Endpoint, timeout: float) -> http.client.HTTPConnection:
-        """A connected connection whose reads wait ``timeout``; OSError if none."""
+    def _connect(self, e: Endpoint, timeout: float, plain: bool = False) -> Connection:
+        """A connected connection whose reads wait ``timeout``; OSError if none.
+        ``plain``: a PlainConnection where no TLS is needed."""
         connect_s = timeout if len(self.endpoints) == 1 else min(timeout, CONNECT_S)
-        conn = e.connection(connect_s, self._context)
+        conn = e.connection(connect_s, self._context, plain)
         try:
             conn.connect()
             assert conn.sock is not None
@@ -186,6 +206,7 @@ class Client:
         """fleetd's answer (ApiError for a refusal), from the first endpoint that
         answers, as the module's docstring says."""
         payload = json.dumps(body) if body is not None else None
+        timeout = self.bounded(path, timeout)
         tried: List[Tuple[str, str]] = []
         sent_at: Optional[float] = None  # when it was first sent: a long poll's clock
         sent_to: Optional[int] = None
@@ -194,8 +215,8 @@ class Client:
             elapsed = 0.0 if sent_at is None else time.monotonic() - sent_at
             this_path = path if sent_at is None else resumed(path, elapsed, i == sent_to)
             try:
-                conn = self._connect(e, max(timeout - elapsed, 1.0))
-            except (OSError, http.client.HTTPException) as exc:
+                conn = self._connect(e, max(timeout - elapsed, min(timeout, 1.0)), plain=True)
+            except _failures() as exc:
                 _tls_failure(e, exc, self.tls)
                 tried.append((e.text, _reason(exc)))
                 continue
@@ -205,6 +226,8 @@ class Client:
                 status, reason, data = self._exchange(conn, method, this_path, payload)
             except _Broken as exc:
                 _tls_failure(e, exc.cause, self.tls)
+                if isinstance(exc.cause, TimeoutError) and self.request_timeout is not None:
+                    exc.reason = f"no answer in {timeout:g}s (--request-timeout)"
                 if not may_resend(method, path):
                     raise ApiError(0, f"lost fleetd at {e.text} after sending {method} "
                                       f"{_route(path)}: {exc.reason}; it may have been "
@@ -222,7 +245,20 @@ class Client:
             return dict(data)
         raise _unreachable(tried)
 
-    def _exchange(self, conn: http.client.HTTPConnection, method: str, path: str,
+    def bounded(self, path: str, timeout: float) -> float:
+        """A request's ``timeout`` under ``request_timeout``: a long poll (``timeout=T``
+        in its query, the time fleetd is asked to wait) gets T more."""
+        if self.request_timeout is None:
+            return timeout
+        asked = 0.0
+        for part in path.partition("?")[2].split("&"):
+            key, _, value = part.partition("=")
+            if key == "timeout":
+                with contextlib.suppress(ValueError):
+                    asked = max(0.0, float(value))
+        return min(timeout, self.request_timeout + asked)
+
+    def _exchange(self, conn: Connection, method: str, path: str,
                   payload: Optional[str]) -> Tuple[int, str, Dict[str, Any]]:
         """The status, reason and JSON of one answer on a connected ``conn`` (closed after);
         _Broken when the connection breaks before the whole answer came."""
@@ -231,7 +267,7 @@ class Client:
                          headers=self._headers(True))
             resp = conn.getresponse()
             raw = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
+        except _failures() as exc:
             raise _Broken(exc) from None
         finally:
             conn.close()
@@ -245,7 +281,8 @@ class Client:
             e = self.endpoints[i]
             try:
                 conn = self._connect(e, timeout or 3600.0)
-            except (OSError, http.client.HTTPException) as exc:
+                assert not isinstance(conn, PlainConnection)  # a stream is http.client's
+            except _failures() as exc:
                 _tls_failure(e, exc, self.tls)
                 tried.append((e.text, _reason(exc)))
                 continue
@@ -268,7 +305,7 @@ class Client:
                     if not line:
                         return
                     yield line
-            except (OSError, http.client.HTTPException) as exc:
+            except _failures() as exc:
                 _tls_failure(e, exc, self.tls)
                 tried.append((e.text, _reason(exc)))
                 raise _unreachable(tried) from None
@@ -288,8 +325,7 @@ def _tls_failure(e: Endpoint, exc: BaseException, files: TlsFiles) -> None:
     plain HTTP sent to a TLS port: nothing reached fleetd, and no other endpoint will
     take the client's TLS files better."""
     why = explain(exc, e, files)
-    if why is None and isinstance(exc, (http.client.RemoteDisconnected,
-                                        ConnectionResetError)) and speaks_tls(e):
+    if why is None and isinstance(exc, ConnectionResetError) and speaks_tls(e):
         why = plain_to_tls(e)
     if why is not None:
         raise ApiError(0, why) from None

@@ -8,17 +8,20 @@ A TLS failure is no reason to try the next endpoint or to guess whether fleetd a
 nothing reached fleetd. ``explain`` turns one into the error a user can act on, naming
 the endpoint and the file; ``speaks_tls`` tells "plain HTTP sent to a TLS port" from a
 fleetd that went away, which look alike on the wire (the connection closes unanswered).
-The standard library only (fleetd.client says why not aiohttp).
+The standard library only (fleetd.client says why not aiohttp); ``http.client`` and
+``ssl`` only where TLS needs them (``PlainConnection`` says why).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import socket
-import ssl
 import urllib.parse
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, BinaryIO, Dict, List, Optional, Tuple, Union
+
+if TYPE_CHECKING:
+    import http.client
+    import ssl
 
 PROBE_S = 2.0  # a TLS handshake on loopback or a LAN takes milliseconds
 
@@ -39,6 +42,8 @@ class TlsFiles:
     def context(self) -> ssl.SSLContext:
         """The client's context; EndpointError naming the option of a file it cannot
         use."""
+        import ssl
+
         if (self.cert_file is None) != (self.key_file is None):
             raise EndpointError("--cert-file and --key-file go together (a client "
                                 "certificate and its private key)")
@@ -67,14 +72,36 @@ class Endpoint:
     port: int = 0
     tls: bool = False
 
-    def connection(self, timeout: float, tls: Optional[ssl.SSLContext] = None
-                   ) -> http.client.HTTPConnection:
+    def connection(self, timeout: float, tls: Optional[ssl.SSLContext] = None,
+                   plain: bool = False) -> Union[http.client.HTTPConnection,
+                                                 PlainConnection]:
+        """http.client's connection; ``plain``: a PlainConnection where no TLS is
+        needed (an answer read whole: not for a stream)."""
+        if plain and not self.tls:
+            return PlainConnection(self, timeout)
+        import http.client
+
         if self.path is not None:
-            return _UnixConnection(self.path, timeout)
+            return _unix_connection(self.path, timeout)
         if self.tls:
             return http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
                                                context=tls)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    def connect(self, timeout: float) -> socket.socket:
+        """A connected socket to ``e`` (a Unix socket's path, or TCP), not TLS."""
+        if self.path is None:
+            sock = socket.create_connection((self.host, self.port), timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -119,20 +146,125 @@ def parse_endpoints(text: str) -> Tuple[Endpoint, ...]:
     return endpoints
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
+def _unix_connection(path: str, timeout: float) -> http.client.HTTPConnection:
+    """http.client's connection over the Unix socket at ``path`` (a stream's)."""
+    import http.client
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = Endpoint("", path=path).connect(timeout)
+
+    return UnixConnection("localhost", timeout=timeout)
+
+
+class BadAnswer(ConnectionError):
+    """What came back is no HTTP/1.1 answer (read as a broken connection)."""
+
+
+class PlainConnection:
+    """The part of http.client's connection that fleetd.client's requests use, for
+    ``unix://`` and ``http://``: one request with ``Connection: close``, its answer read
+    whole (Content-Length, chunked, or up to the close). Its own because importing
+    http.client (with the email package it reads headers with) and ssl took ~15 ms of
+    a ~65 ms ``fleetctl list-units`` (issue 14); a stream (``journal -f``) and https://
+    still use http.client. Failures are OSErrors: ConnectionResetError when the
+    connection closes before an answer, as http.client's RemoteDisconnected is."""
+
+    MAX_LINE = 65536  # as http.client's
+    MAX_HEADERS = 100
+
+    def __init__(self, e: Endpoint, timeout: float) -> None:
+        self.endpoint = e
+        self.timeout = timeout
+        self.sock: Optional[socket.socket] = None
+        self.host = "localhost" if e.path is not None else _host_header(e)
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+        self.sock = self.endpoint.connect(self.timeout)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def request(self, method: str, path: str, body: Optional[str] = None,
+                headers: Optional[Dict[str, str]] = None) -> None:
+        if self.sock is None:
+            self.connect()
+        assert self.sock is not None
+        data = body.encode() if body is not None else b""
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}",
+                 "Accept-Encoding: identity", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            lines.append(f"Content-Length: {len(data)}")
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data)
+
+    def getresponse(self) -> PlainResponse:
+        assert self.sock is not None
+        return PlainResponse(self.sock.makefile("rb"))
+
+
+class PlainResponse:
+    """An answer's status, reason and headers, read; its body by ``read``."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        status_line = self._line()
+        if not status_line:
+            raise ConnectionResetError("fleetd closed the connection without answering")
+        version, _, rest = status_line.decode("latin-1").rstrip("\r\n").partition(" ")
+        code, _, self.reason = rest.partition(" ")
+        if not version.startswith("HTTP/1.") or not code.isdigit() or len(code) != 3:
+            raise BadAnswer(f"not an HTTP answer: {status_line[:80]!r}")
+        self.status = int(code)
+        self.headers: Dict[str, str] = {}
+        for _ in range(PlainConnection.MAX_HEADERS + 1):
+            line = self._line().decode("latin-1").rstrip("\r\n")
+            if not line:
+                return
+            key, _, value = line.partition(":")
+            self.headers[key.strip().lower()] = value.strip()
+        raise BadAnswer("more than 100 headers")
+
+    def _line(self) -> bytes:
+        line = self.f.readline(PlainConnection.MAX_LINE + 1)
+        if len(line) > PlainConnection.MAX_LINE:
+            raise BadAnswer("a header line longer than 64 KiB")
+        return line
+
+    def _exactly(self, n: int) -> bytes:
+        data = self.f.read(n)
+        if len(data) < n:
+            raise ConnectionResetError(f"the answer ended after {len(data)} of {n} bytes")
+        return data
+
+    def read(self) -> bytes:
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            chunks: List[bytes] = []
+            while True:
+                size = self._line().split(b";")[0].strip()
+                try:
+                    n = int(size, 16)
+                except ValueError:
+                    raise BadAnswer(f"bad chunk size {size[:20]!r}") from None
+                if n == 0:
+                    while self._line() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(chunks)
+                chunks.append(self._exactly(n))
+                self._line()
+        length = self.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise BadAnswer(f"bad Content-Length {length[:20]!r}")
+            return self._exactly(int(length))
+        return self.f.read()
+
+
+def _host_header(e: Endpoint) -> str:
+    host = f"[{e.host}]" if ":" in e.host else e.host
+    return host if e.port == 80 else f"{host}:{e.port}"
 
 
 # --- TLS failures, as a user can act on them -------------------------------------------------
@@ -145,7 +277,11 @@ def explain(exc: BaseException, e: Endpoint, files: TlsFiles) -> Optional[str]:
     a client certificate is judged after the client's handshake ended, and fleetd closes
     the connection at once: the client sees only an end before the answer. Then a TLS
     1.2 handshake, where that judgement is part of the handshake, tells (``_refused``)."""
-    if e.tls and isinstance(exc, _CLOSED) and _refused(e, files):
+    if not e.tls:
+        return None  # no TLS, no TLS failure: and no ssl module to load
+    import ssl
+
+    if isinstance(exc, _closed()) and _refused(e, files):
         return _client_cert(e, files, "")
     if isinstance(exc, ssl.SSLCertVerificationError):
         trusted = (f"the CA in {files.ca_file} (--ca-file)" if files.ca_file else
@@ -170,13 +306,18 @@ def _client_cert(e: Endpoint, files: TlsFiles, detail: str) -> str:
             f"by fleetd's api.client_ca{detail}")
 
 
-_CLOSED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
-           ssl.SSLEOFError, ssl.SSLZeroReturnError)
+def _closed() -> Tuple[type, ...]:
+    """The ends of a connection before its answer (RemoteDisconnected is a reset)."""
+    import ssl
+
+    return (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
 
 
 def _refused(e: Endpoint, files: TlsFiles) -> bool:
     """Does ``e`` refuse a TLS 1.2 handshake with ``files``' client certificate (or
     none)? Its certificate was verified already: what it refuses is the client's."""
+    import ssl
+
     try:
         ctx = files.context()
         ctx.maximum_version = ssl.TLSVersion.TLSv1_2
@@ -197,6 +338,8 @@ def speaks_tls(e: Endpoint) -> bool:
     before anything was read."""
     if e.tls or e.path is not None:
         return False
+    import ssl
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # only: is it TLS?
     try:

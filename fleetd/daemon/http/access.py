@@ -1,7 +1,8 @@
 """Who is asking, and may they: the middleware every request passes after routing.
 
 On the Unix socket the caller is root (the socket is 0600: its mode is the check), an
-admin. On TCP the ``Authorization: Bearer`` token names the caller: fleetd.toml's
+admin. On TCP the ``Authorization: Bearer`` token (or, from a browser, the dashboard's
+cookie: dashboard/cookie.py says where it counts) names the caller: fleetd.toml's
 ``api.token`` (an admin named ``config``, as that token always was) or one of the
 token store's (daemon/tokens.py), each with its role. No token, or one fleetd does not
 know (or no longer: a revoked token is gone from the store at once), is 401; a role
@@ -17,6 +18,7 @@ from typing import Any, Optional
 
 from aiohttp import web
 
+from fleetd.daemon.dashboard import cookie
 from fleetd.daemon.http import roles
 from fleetd.daemon.http.errors import Handler, error
 from fleetd.daemon.tokens import CONFIG_NAME, TokenStore
@@ -57,7 +59,7 @@ def caller_of(request: web.Request, tokens: TokenStore, config_token: Optional[s
     sockname = request.transport.get_extra_info("sockname")
     if isinstance(sockname, str):  # AF_UNIX: its path; a TCP or TLS socket: (host, port)
         return Caller(UNIX_CALLER, roles.ADMIN)
-    header = request.headers.get("Authorization", "")
+    header = cookie.authorization(request.method, request.headers, request.cookies)
     if config_token is not None and authorized(header, config_token):
         return Caller(CONFIG_NAME, roles.ADMIN)
     given = bearer(header)

@@ -3,7 +3,8 @@
 Roles are ranked; a token of a role may do what the roles below it may:
 
 - ``read``: lists, status, cat, journal, waits, health, servers, events, metrics;
-- ``operate``: and change what runs: submit, start, stop, restart, destroy, drain;
+- ``operate``: and change what runs: submit, start, stop, restart, destroy, drain,
+  scale, a machine's metadata (which moves units, as a drain does);
 - ``admin``: and change who and where: machines, tokens, secrets, the audit record.
 
 A route not in the table is refused at once (``required`` raises: a new route must be
@@ -29,6 +30,7 @@ ROUTES: Dict[Tuple[str, str], str] = {
     ("POST", "/v1/machines/{name}/upgrade"): ADMIN,
     ("POST", "/v1/machines/{name}/drain"): OPERATE,
     ("POST", "/v1/machines/{name}/undrain"): OPERATE,
+    ("POST", "/v1/machines/{name}/metadata"): OPERATE,
     ("GET", "/v1/units"): READ,
     ("POST", "/v1/units"): OPERATE,
     ("POST", "/v1/units/state"): OPERATE,
@@ -42,12 +44,22 @@ ROUTES: Dict[Tuple[str, str], str] = {
     ("GET", "/v1/units/{name}/history"): READ,
     ("POST", "/v1/units/{name}/rollback"): OPERATE,
     ("POST", "/v1/units/{name}/promote"): OPERATE,
+    ("POST", "/v1/units/{name}/scale"): OPERATE,
     ("GET", "/v1/tokens"): ADMIN,
     ("POST", "/v1/tokens"): ADMIN,
     ("DELETE", "/v1/tokens/{name}"): ADMIN,
     ("GET", "/v1/audit"): ADMIN,
     ("GET", "/v1/events"): READ,
     ("GET", "/metrics"): READ,
+    # the web dashboard (daemon/dashboard/): its pages read; its buttons call the routes
+    # above with the token the login page set as a cookie (dashboard/cookie.py)
+    ("GET", "/ui"): READ,
+    ("GET", "/ui/"): READ,
+    ("GET", "/ui/machines"): READ,
+    ("GET", "/ui/units"): READ,
+    ("GET", "/ui/units/{name}"): READ,
+    ("POST", "/ui/session"): READ,
+    ("POST", "/ui/session/end"): READ,
 }
 ADMIN_PREFIXES = ("/v1/secrets",)  # every route under these, present or to come
 

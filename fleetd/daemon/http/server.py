@@ -19,6 +19,7 @@ from aiohttp import web
 
 from fleetd import __version__
 from fleetd.daemon.audit import AuditLog
+from fleetd.daemon.dashboard import routes as dashboard
 from fleetd.daemon.http import request as req
 from fleetd.daemon.http import (
     routes_events,
@@ -88,7 +89,7 @@ def make_app(services: req.Services, token: Optional[str], tokens: TokenStore,
     ``audit``: where every write is recorded, refused ones too (so the audit middleware
     runs before access's, and after answer_errors has made every refusal an answer)."""
     app = web.Application(middlewares=[routes_metrics.count_requests, answer_errors,
-                                       audit_middleware(audit),
+                                       audit_middleware(audit), dashboard.login_page,
                                        access_middleware(tokens, token)],
                           client_max_size=MAX_BODY)
     app[req.SERVICES] = services
@@ -103,6 +104,7 @@ def make_app(services: req.Services, token: Optional[str], tokens: TokenStore,
                         to_the_end(routes_machines.upgrade_machine))
     app.router.add_post("/v1/machines/{name}/drain", routes_machines.drain_machine)
     app.router.add_post("/v1/machines/{name}/undrain", routes_machines.undrain_machine)
+    app.router.add_post("/v1/machines/{name}/metadata", routes_machines.set_metadata)
     routes_units.add_routes(app.router)
     routes_rollouts.add_routes(app.router)
     add_token_routes(app.router)
@@ -110,4 +112,5 @@ def make_app(services: req.Services, token: Optional[str], tokens: TokenStore,
     routes_secrets.add_routes(app.router)
     app.router.add_get("/v1/events", routes_events.list_events)
     app.router.add_get("/metrics", routes_metrics.metrics)
+    dashboard.add_routes(app.router)
     return app
