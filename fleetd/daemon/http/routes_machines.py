@@ -8,6 +8,8 @@ from aiohttp import web
 
 from fleetd.daemon.http import request as req
 from fleetd.daemon.service import machines as service
+from fleetd.daemon.service import metadata
+from fleetd.daemon.service.errors import Invalid
 
 
 async def list_machines(request: web.Request) -> web.Response:
@@ -65,3 +67,16 @@ async def drain_machine(request: web.Request) -> web.Response:
 async def undrain_machine(request: web.Request) -> web.Response:
     return web.json_response(await req.services(request).machines.undrain(
         request.match_info["name"]))
+
+
+async def set_metadata(request: web.Request) -> web.Response:
+    """Change a machine's metadata: ``{"set": {KEY: VALUE}, "unset": [KEY]}``
+    (service/metadata.py); the units it no longer matches move, each with a hand-off."""
+    body = await req.body(request)
+    unknown = sorted(set(body) - {"set", "unset"})
+    if unknown:
+        raise Invalid(unknown[0], "unknown field: want set {key: value} and/or "
+                                  "unset [key]")
+    set_, unset = metadata.check(body.get("set"), body.get("unset"))
+    return web.json_response(await req.services(request).machines.set_metadata(
+        request.match_info["name"], set_, unset))

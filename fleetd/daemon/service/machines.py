@@ -13,11 +13,12 @@ import dataclasses
 import os
 import re
 import time
-from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Sequence, Set, Tuple
 
 from fleetd.bootstrap import machines as bootstrap
 from fleetd.daemon import drain
 from fleetd.daemon.changes import Changes
+from fleetd.daemon.service import metadata
 from fleetd.daemon.service.errors import (
     Conflict,
     Following,
@@ -283,6 +284,19 @@ class Machines:
         self._changed()
         m = self.registry.get_machine(name) or m
         return {"machine": name, "drain": drain.progress(m, self.registry.list_units())}
+
+    # --- metadata (service/metadata.py) ----------------------------------------------------
+    async def set_metadata(self, name: str, set_: Mapping[str, str],
+                           unset: Sequence[str]) -> Dict[str, Any]:
+        """Change the machine's stored metadata (checked: ``metadata.check``); the
+        engine then hands over what no longer matches. The answer has the new mapping
+        and the one before."""
+        m = self.existing(name)
+        new = metadata.changed(m.metadata, set_, unset)
+        if new != m.metadata:
+            await self.registry.update_machine(name, metadata=new)
+            self._changed()
+        return {"machine": name, "metadata": new, "previous": m.metadata}
 
     async def undrain(self, name: str) -> Dict[str, Any]:
         self.existing(name)
