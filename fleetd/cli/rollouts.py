@@ -19,6 +19,7 @@ import click
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.output import echo, table
 from fleetd.cli.params import Span
+from fleetd.cli.unitargs import unit_name
 from fleetd.client import segment
 
 HEADERS = ["VERSION", "HASH", "SUBMITTED", "VIA", "ENDED"]
@@ -67,6 +68,7 @@ def history(c: Ctx, unit: str, output: str) -> None:
     """UNIT's versions, oldest first: each content's hash, when and through whom it was
     submitted, and how it ended (replaced, failed and reverted, rolled back; the current
     one: where its rollout is)."""
+    unit = unit_name(unit)
     answer = c.call("GET", f"/v1/units/{segment(unit)}/history")
     if output == "json":
         click.echo(json.dumps(answer, sort_keys=True))
@@ -87,6 +89,7 @@ def rollback(c: Ctx, unit: str, to: Optional[int]) -> None:
     """Give UNIT an earlier version's content. A template's instances follow one healthy
     step at a time, as for any new content."""
     body = {} if to is None else {"to": to}
+    unit = unit_name(unit)
     answer = c.call("POST", f"/v1/units/{segment(unit)}/rollback", body)
     echo(f"{unit}: back to v{answer['to']} ({answer['hash'][:12]}); "
          "its running copies follow one at a time")
@@ -97,6 +100,7 @@ def rollback(c: Ctx, unit: str, to: Optional[int]) -> None:
 @pass_ctx
 def promote(c: Ctx, unit: str) -> None:
     """Let UNIT's canary rollout (submitted with --canary N) go on to every copy."""
+    unit = unit_name(unit)
     answer = c.call("POST", f"/v1/units/{segment(unit)}/promote", {})
     echo(f"{unit}: v{answer['version']} promoted; the other copies follow one at a time")
 

@@ -1,9 +1,11 @@
 """fleet's unit verbs: submit, load, start, stop, unload, destroy, restart, cat.
 
-Unit arguments are files (their base name is the unit name) or names of units already
-submitted. ``web@3.service`` with no such file uses the submitted template
-``web@.service``, or else a ``web@.service`` file beside where the instance would be,
-as fleet did. fleetd validates everything and stores a request all or none.
+Unit arguments are files (their base name is the unit name; ``app.unit`` is the service
+``app.service``) or names of units already submitted; a name without a unit type means
+``NAME.service``, as in fleet (cli/unitargs.py). ``web@3.service`` with no such file uses
+the submitted template ``web@.service``, or else a ``web@.service`` file beside where the
+instance would be, as fleet did. fleetd validates everything and stores a request all
+or none.
 
 Blocking verbs wait for the agents' reports, as fleet's did; ``--no-block`` returns
 once fleetd has stored the wish, ``--block-attempts N`` waits at most N seconds.
@@ -16,7 +18,6 @@ once fleetd has stored the wish, ``--block-attempts N`` waits at most N seconds.
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -27,14 +28,19 @@ import tomllib
 from fleetd.cli import rollouts
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.params import Seconds, Timespan
+from fleetd.cli.unitargs import is_glob, unit_items, unit_name, unit_names
 from fleetd.client import segment
 from fleetd.registry.base import LAUNCHED
 from fleetd.units import values
-from fleetd.units.model import parse_name
-from fleetd.units.parser import UnitError
 from fleetd.units.timespan import MAX_S, format_timespan
-from fleetd.units.xfleet import is_glob
 from fleetd.wire.names import is_template
+
+FILES_HELP = ("UNIT is a unit file (app.service; a file app.unit is the service "
+              "app.service) or the name of a unit already submitted. A name without a "
+              "unit type means NAME.service, as in fleet: app is app.service (read from "
+              "the file app.service, or app.unit, if there), web@1 is web@1.service.")
+NAMES_HELP = ("UNIT is a unit's name; without a unit type it means NAME.service, as in "
+              "fleet (app, web@1), and app.unit means app.service.")
 
 
 def parse_vars(pairs: Tuple[str, ...], vars_file: Optional[str]) -> Optional[Dict[str, str]]:
@@ -69,40 +75,6 @@ def _one_value(where: str, value: str, option: str) -> str:
         raise click.BadParameter(f"{where} {problem}: a variable is a value on one line, "
                                  "not unit text", param_hint=option)
     return value
-
-
-def unit_items(args: Tuple[str, ...], variables: Optional[Dict[str, str]]
-               ) -> List[Dict[str, Any]]:
-    """What the API's submit takes for each argument."""
-    items = []
-    for arg in args:
-        item: Dict[str, Any] = {}
-        if os.path.isfile(arg):
-            item = {"name": os.path.basename(arg), "text": _read(arg), "source": arg}
-        else:
-            name = os.path.basename(arg)
-            try:
-                uname = parse_name(name)
-            except UnitError:
-                raise click.ClickException(f"{arg}: no such file, and not a unit name") from None
-            item = {"name": name}
-            if uname.template and uname.template != name:
-                beside = os.path.join(os.path.dirname(arg), uname.template)
-                if os.path.isfile(beside):
-                    item["template_text"] = _read(beside)
-                    item["template_source"] = beside
-        if variables is not None:
-            item["vars"] = variables
-        items.append(item)
-    return items
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"{path}: {exc}") from None
 
 
 _MAX_WAIT_S = 3600.0  # fleetd answers a wait after an hour at most: ask again
@@ -164,7 +136,7 @@ def _submit(c: Ctx, units: Tuple[str, ...], desired: Optional[str], replace: boo
     return [i["name"] for i in items]
 
 
-@click.command()
+@click.command(epilog=FILES_HELP)
 @click.argument("units", nargs=-1, required=True)
 @submit_options
 @pass_ctx
@@ -188,7 +160,7 @@ def _block(c: Ctx, names: List[str], verb: str, until: str, no_block: bool,
 def _placing_verb(verb: str, desired: str, until: str, say: Callable[[str, str], str],
                   doc: str) -> click.Command:
     """load and start: submit what is not submitted yet, then set the desired state."""
-    @click.command(verb, help=doc)
+    @click.command(verb, help=doc, epilog=FILES_HELP)
     @click.argument("units", nargs=-1, required=True)
     @submit_options
     @blocking
@@ -209,13 +181,13 @@ start = _placing_verb("start", "launched", "running", lambda n, why: f"Unit {n} 
 
 
 def _state_verb(verb: str, desired: str, until: str, doc: str) -> click.Command:
-    @click.command(verb, help=doc)
+    @click.command(verb, help=doc, epilog=NAMES_HELP)
     @click.argument("units", nargs=-1, required=True)
     @blocking
     @pass_ctx
     def command(c: Ctx, units: Tuple[str, ...], no_block: bool, block_attempts: int,
                 timeout: float) -> None:
-        names = [os.path.basename(u) for u in units]
+        names = unit_names(units)
         c.call("POST", "/v1/units/state", {"names": names, "desired": desired})
         _block(c, names, verb, until, no_block, block_attempts, timeout,
                lambda n, why: f"Unit {n} {why}")
@@ -242,7 +214,7 @@ def expand_units(args: Sequence[str], unit_files: Sequence[Dict[str, Any]]) -> L
     first names it. A glob that matches nothing launched is an error naming the glob."""
     names: List[str] = []
     for arg in args:
-        arg = os.path.basename(arg)
+        arg = unit_name(arg)
         if not is_glob(arg):
             found = [arg]
         else:
@@ -265,7 +237,7 @@ def _explicit(ctx: click.Context, name: str) -> bool:
     return source is not None and source != click.core.ParameterSource.DEFAULT
 
 
-@click.command()
+@click.command(epilog=NAMES_HELP)
 @click.argument("units", nargs=-1, required=True)
 @click.option("--rolling", is_flag=True,
               help="One unit at a time, each healthy again before the next goes; stop at "
@@ -279,8 +251,8 @@ def restart(c: Ctx, units: Tuple[str, ...], rolling: bool, rolling_timeout: floa
             no_block: bool, block_attempts: int, timeout: float) -> None:
     """Stop and start units again where they are.
 
-    A UNIT may be a glob: 'web@*.service' restarts every launched instance of web@
-    (quote it from the shell). With --rolling, units go one at a time in the order
+    A UNIT may be a glob: 'web@*' or 'web@*.service' restarts every launched instance
+    of web@ (quote it from the shell). With --rolling, units go one at a time in the order
     named (a glob's in name order, web@2 before web@10): each is restarted and waited
     for until it is healthy again - running its new generation and, if it has an
     [X-Check], passing it - before the next one is touched.
@@ -333,14 +305,14 @@ def rolling_restart(c: Ctx, names: Sequence[str], timeout: float) -> None:
             f"{', '.join(rest)} not restarted" if rest else f"{name} was the last unit"))
 
 
-@click.command()
+@click.command(epilog=NAMES_HELP)
 @click.argument("units", nargs=-1, required=True)
 @blocking
 @pass_ctx
 def destroy(c: Ctx, units: Tuple[str, ...], no_block: bool, block_attempts: int,
             timeout: float) -> None:
     """Stop units and forget them."""
-    names = [os.path.basename(u) for u in units]
+    names = unit_names(units)
     c.call("POST", "/v1/units/destroy", {"names": names})
     if no_block:
         click.echo("\n".join(f"Destroyed {n}" for n in names))
@@ -349,12 +321,12 @@ def destroy(c: Ctx, units: Tuple[str, ...], no_block: bool, block_attempts: int,
              lambda n, why: f"Destroyed {n}")
 
 
-@click.command()
+@click.command(epilog=NAMES_HELP)
 @click.argument("unit")
 @pass_ctx
 def cat(c: Ctx, unit: str) -> None:
     """Print a submitted unit file."""
-    click.echo(c.call("GET", f"/v1/units/{segment(unit)}")["text"], nl=False)
+    click.echo(c.call("GET", f"/v1/units/{segment(unit_name(unit))}")["text"], nl=False)
 
 
 COMMANDS = [submit, load, start, stop, unload, restart, destroy, cat]
