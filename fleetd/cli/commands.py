@@ -66,6 +66,9 @@ COMMANDS: Dict[str, Lazy] = {
                     "copy."),
     "restart": Lazy("units", "restart", "Stop and start units again where they are."),
     "rollback": Lazy("rollouts", "rollback", "Give UNIT an earlier version's content."),
+    "scale": Lazy("scale", "scale",
+                  "Run instances NAME@1 .. NAME@COUNT of the submitted template "
+                  "NAME@.service, and no other numbered one."),
     "secret": Lazy("secrets", "secret",
                    "Set, list and remove secrets (SecretEnvironment= in a unit's [Service])."),
     "start": Lazy("units", "start", "Submit if needed, place and run units."),

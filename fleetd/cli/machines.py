@@ -11,6 +11,7 @@ import click
 
 from fleetd.cli import vagrant as vagrant_cli
 from fleetd.cli.context import Ctx, pass_ctx
+from fleetd.cli.metadata import set_metadata
 from fleetd.cli.output import echo
 from fleetd.client import segment
 
@@ -158,3 +159,6 @@ def machine_remove(c: Ctx, name: str, purge: bool) -> None:
         echo(f"Warning: units still there: {', '.join(answer['units_left'])}", err=True)
     if answer.get("warning"):
         echo(f"Warning: {answer['warning']}", err=True, lines=True)
+
+
+machine.add_command(set_metadata)

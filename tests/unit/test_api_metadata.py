@@ -10,8 +10,10 @@ from typing import Any, Dict
 
 import pytest
 from apikit import http, post, served
+from click.testing import CliRunner
 from registrykit import machine
 
+from fleetd.cli.main import cli
 from fleetd.daemon.service.errors import Invalid
 from fleetd.daemon.service.metadata import changed, check
 
@@ -77,3 +79,23 @@ def test_the_new_mapping_is_the_old_one_less_unset_plus_set() -> None:
     with pytest.raises(Invalid, match="at most 64 metadata keys"):
         changed({}, {f"k{i}": "v" for i in range(65)}, [])
     assert check(None, ["a"]) == ({}, ["a"])
+
+
+def test_fleetctl_machine_set_metadata(tmp_path: Any) -> None:
+    with served(tmp_path) as fleetd:
+        sock = fleetd.config.socket
+        env = {"FLEETCTL_ENDPOINT": f"unix://{sock}"}
+        fleetd.call(fleetd.daemon.registry.add_machine(machine("m1")))  # rack=r1
+        out = CliRunner().invoke(cli, ["machine", "set-metadata", "m1", "disk=ssd", "rack=",
+                                       "--unset", "nope"], env=env)
+        assert out.exit_code == 0, out.output
+        assert out.output == "Machine m1: metadata disk=ssd (was rack=r1)\n"
+        assert machines(sock) == {"m1": {"disk": "ssd"}}
+        out = CliRunner().invoke(cli, ["machine", "set-metadata", "m1", "disk"], env=env)
+        assert out.exit_code == 2 and "'disk' is not KEY=VALUE" in out.output, out.output
+        out = CliRunner().invoke(cli, ["machine", "set-metadata", "m1", "disk=a b"], env=env)
+        assert out.exit_code == 1 and 'set.disk: "a b" is not a metadata value' in out.output
+        out = CliRunner().invoke(cli, ["machine", "set-metadata", "m1"], env=env)
+        assert out.exit_code == 2 and "nothing to change" in out.output, out.output
+        out = CliRunner().invoke(cli, ["machine", "set-metadata", "--help"], env=env)
+        assert "runtime override" in out.output and "--unset KEY" in out.output

@@ -10,7 +10,9 @@ from typing import Any, Dict
 
 import pytest
 from apikit import http, post, served
+from click.testing import CliRunner
 
+from fleetd.cli.main import cli
 from fleetd.daemon.service.scale import plan
 from fleetd.registry.base import LAUNCHED, LOADED, UnitRecord
 
@@ -91,3 +93,23 @@ def test_the_plan_counts_numbered_instances_only() -> None:
     assert p.ignored == ["web@0.service", "web@03.service", "web@x.service"]
     assert plan("web@.service", have, 0).destroy == [
         "web@10.service", "web@2.service", "web@1.service"]
+
+
+def test_fleetctl_scale(tmp_path: Any) -> None:
+    with served(tmp_path) as fleetd:
+        sock = fleetd.config.socket
+        env = {"FLEETCTL_ENDPOINT": f"unix://{sock}"}
+        post(sock, "/v1/units", {"units": [{"name": "web@.service", "text": TEXT}]})
+        out = CliRunner().invoke(cli, ["scale", "web@.service", "3", "--no-block"], env=env)
+        assert out.exit_code == 0, out.output
+        assert out.output.splitlines() == [f"Triggered unit web@{n}.service start"
+                                           for n in (1, 2, 3)]
+        out = CliRunner().invoke(cli, ["scale", "web@.service", "1"], env=env)
+        assert out.exit_code == 0, out.output  # no machine ran them: gone at once
+        assert out.output.splitlines() == ["Destroyed web@3.service", "Destroyed web@2.service"]
+        out = CliRunner().invoke(cli, ["scale", "web@.service", "1"], env=env)
+        assert out.output == "web@.service: 1 instance already\n", out.output
+        out = CliRunner().invoke(cli, ["scale", "web.service", "2"], env=env)
+        assert out.exit_code != 0 and '"web.service" is not a template' in out.output
+        out = CliRunner().invoke(cli, ["scale", "web@.service", "-1"], env=env)
+        assert out.exit_code == 2 and "COUNT" in out.output, out.output
