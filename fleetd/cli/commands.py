@@ -30,6 +30,9 @@ COMMANDS: Dict[str, Lazy] = {
                   "Every write to fleetd's API: who (the token's name, or root on the "
                   "socket), from where, what, and the answer's status (refusals too)."),
     "cat": Lazy("units", "cat", "Print a submitted unit file."),
+    "dashboard": Lazy("dashboard", "dashboard",
+                      "Open fleetd's web dashboard through a local port (127.0.0.1) and "
+                      "print its address."),
     "destroy": Lazy("units", "destroy", "Stop units and forget them."),
     "drain": Lazy("drain", "drain",
                   "Move MACHINE's units away, one at a time, and place nothing new there."),
