@@ -234,7 +234,7 @@ def one_run(base: str, submits: int, show_profile: bool) -> Dict[str, float]:
         for i in range(UNITS):
             with open(os.path.join(units, f"fb-u{i}.service"), "w") as f:
                 f.write(SLEEPER)
-        ctl(lab.servers.endpoint, "start", "--block-attempts", "240",
+        ctl(lab.servers.endpoint, "start", "--timeout", "240",
             *sorted(os.path.join(units, n) for n in os.listdir(units)))
         time.sleep(2)  # the starts' last reports in
         r0 = revision(lab)

@@ -8,7 +8,11 @@ instance would be, as fleet did. fleetd validates everything and stores a reques
 or none.
 
 Blocking verbs wait for the agents' reports, as fleet's did; ``--no-block`` returns
-once fleetd has stored the wish, ``--block-attempts N`` waits at most N seconds.
+once fleetd has stored the wish. ``--block-attempts N`` means what it meant in fleet:
+give up after N attempts, each of which polled the unit's state for fleet's
+``defaultSleepTime`` (2 s, every 250 ms), so at most ``N * ATTEMPT_S`` seconds; 0 (its
+default) was no limit, which here is ``--timeout``. fleetd answers the wait itself the
+moment the unit gets there, so the attempts bound the wait without polling.
 
 ``restart`` also takes globs (``'web@*.service'``: every launched instance) and, with
 ``--rolling``, restarts one unit at a time, each healthy again (fleetd's wait
@@ -77,6 +81,7 @@ def _one_value(where: str, value: str, option: str) -> str:
     return value
 
 
+ATTEMPT_S = 2.0  # one --block-attempts attempt: fleet's defaultSleepTime (fleetctl.go)
 _MAX_WAIT_S = 3600.0  # fleetd answers a wait after an hour at most: ask again
 
 
@@ -106,14 +111,18 @@ def wait_all(c: Ctx, names: List[str], until: str, timeout: float,
 
 def blocking(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--no-block", is_flag=True, help="Return once fleetd stored it.")(f)
-    f = click.option("--block-attempts", type=click.IntRange(min=0), default=0,
-                     help="Wait at most this many seconds (fleet's flag; 0: --timeout).")(f)
+    f = click.option("--block-attempts", type=click.IntRange(min=0), default=0, metavar="N",
+                     help=f"Give up after N attempts, as fleet did: each attempt waits "
+                          f"{ATTEMPT_S:g}s for the unit's state (fleet's polling), so at "
+                          f"most {ATTEMPT_S:g}*N seconds; 0: no limit but --timeout.")(f)
     return click.option("--timeout", type=Seconds(0.1, MAX_S), default=60.0,
-                        show_default=True, help="Seconds to wait.")(f)
+                        show_default=True,
+                        help=f"Seconds to wait (with --block-attempts N: {ATTEMPT_S:g}*N).")(f)
 
 
 def _timeout(block_attempts: int, timeout: float) -> float:
-    return float(block_attempts) if block_attempts else timeout
+    """How long a blocking verb waits: N attempts of fleet's, else --timeout."""
+    return block_attempts * ATTEMPT_S if block_attempts else timeout
 
 
 def submit_options(f: Callable[..., Any]) -> Callable[..., Any]:

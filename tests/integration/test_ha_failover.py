@@ -104,7 +104,7 @@ def stamp(line: str) -> str:
 
 
 def start_units(ha: HaLab, paths: List[str]) -> Dict[str, Dict[int, str]]:
-    ha.ctl("start", "--block-attempts", "120", *paths, timeout=180)
+    ha.ctl("start", "--timeout", "120", *paths, timeout=180)
     names = {os.path.basename(p) for p in paths}
     found = wait_for("every unit's program", lambda: (lambda p: p if names <= set(p) and all(
         len(p[n]) == 1 for n in names) else None)(programs(ha)), 30)
@@ -122,7 +122,7 @@ def test_leader_killed_another_leads_a_blocked_start_completes_programs_keep_pid
     late = tmp_path / "fa-late.service"
     late.write_text("[Service]\nExecStartPre=/bin/sleep 3\nExecStart=/bin/sleep 100000\n")
     blocked = subprocess.Popen(
-        [FLEETCTL, "--endpoint", ha.endpoint, "start", "--block-attempts", "120", str(late)],
+        [FLEETCTL, "--endpoint", ha.endpoint, "start", "--timeout", "120", str(late)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         wait_for("the late unit submitted", lambda: any(
@@ -234,7 +234,7 @@ def test_an_etcd_member_killed_the_api_answers_and_it_rejoins(
         assert epoch_of(ha, fleetd_leader) >= epoch
     # writes go on without it
     extra = unit_files(tmp_path, 1, stem="fa-during")
-    ha.ctl("start", "--block-attempts", "60", *extra, timeout=90)
+    ha.ctl("start", "--timeout", "60", *extra, timeout=90)
 
     ha.start_etcd(victim)
     wait_for("all three members healthy", lambda: healthy_members(ha) == 3, 60)
@@ -255,7 +255,7 @@ def test_quorum_lost_writes_refused_naming_etcd_reads_answer_stale_nothing_lost(
         refused = ha.ctl("submit", *extra, check=False, timeout=120)
         assert refused.returncode != 0, refused.stdout
         assert "etcd" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
-        started = ha.ctl("start", "--block-attempts", "5", *extra, check=False, timeout=120)
+        started = ha.ctl("start", "--timeout", "5", *extra, check=False, timeout=120)
         assert started.returncode != 0 and "etcd" in started.stderr, started.stderr
 
         listed = ha.ctl("list-units", "--no-legend", "--fields", "unit,state", timeout=60)
@@ -270,7 +270,7 @@ def test_quorum_lost_writes_refused_naming_etcd_reads_answer_stale_nothing_lost(
     quiet = ha.ctl("list-units", timeout=60)
     assert "stale" not in quiet.stderr
     wait_for("a write accepted again", lambda: ha.ctl(
-        "start", "--block-attempts", "60", *extra, check=False, timeout=90).returncode == 0, 90)
+        "start", "--timeout", "60", *extra, check=False, timeout=90).returncode == 0, 90)
     names = {u["unit"] for u in ha.api().get("/v1/unit-files")["unit_files"]}
     assert names == set(before) | {"fa-noquorum0.service"}
     wait_for("every unit running", lambda: set(running(ha)) >= names, 60)
