@@ -74,6 +74,8 @@ COMMANDS: Dict[str, Lazy] = {
                   "NAME@.service, and no other numbered one."),
     "secret": Lazy("secrets", "secret",
                    "Set, list and remove secrets (SecretEnvironment= in a unit's [Service])."),
+    "ssh": Lazy("ssh", "ssh",
+                "Open a shell, or run COMMAND, on MACHINE or on the machine that runs UNIT."),
     "start": Lazy("units", "start", "Submit if needed, place and run units."),
     "status": Lazy("listing", "status",
                    "One unit: desired and current state, where, pid, since, restarts, last "

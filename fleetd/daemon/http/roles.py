@@ -28,6 +28,7 @@ ROUTES: Dict[Tuple[str, str], str] = {
     ("POST", "/v1/machines"): ADMIN,
     ("DELETE", "/v1/machines/{name}"): ADMIN,
     ("POST", "/v1/machines/{name}/upgrade"): ADMIN,
+    ("GET", "/v1/machines/{name}/ssh"): ADMIN,  # where fleetd's key for it is: routes_ssh
     ("POST", "/v1/machines/{name}/drain"): OPERATE,
     ("POST", "/v1/machines/{name}/undrain"): OPERATE,
     ("POST", "/v1/machines/{name}/metadata"): OPERATE,

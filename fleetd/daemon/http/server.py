@@ -27,6 +27,7 @@ from fleetd.daemon.http import (
     routes_metrics,
     routes_rollouts,
     routes_secrets,
+    routes_ssh,
     routes_units,
 )
 from fleetd.daemon.http.access import access_middleware
@@ -105,6 +106,7 @@ def make_app(services: req.Services, token: Optional[str], tokens: TokenStore,
     app.router.add_post("/v1/machines/{name}/drain", routes_machines.drain_machine)
     app.router.add_post("/v1/machines/{name}/undrain", routes_machines.undrain_machine)
     app.router.add_post("/v1/machines/{name}/metadata", routes_machines.set_metadata)
+    routes_ssh.add_routes(app.router)
     routes_units.add_routes(app.router)
     routes_rollouts.add_routes(app.router)
     add_token_routes(app.router)
