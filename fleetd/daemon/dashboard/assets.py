@@ -147,7 +147,9 @@ header { display: flex; gap: 1.5em; align-items: center; padding: .5em 1em;
 header a { color: #eee; text-decoration: none; margin-right: 1em; }
 .brand { font-weight: bold; } .who, .live { font-size: 90%; opacity: .8; }
 .logout { margin-left: auto; }
-main, h2, #log { margin: 0 1em; } main { display: block; padding-bottom: 1em; }
+main, body > h2, #log { margin: 0 1em; } main { display: block; padding-bottom: 1em; }
+dl.facts { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; }
+dl.facts dt { font-weight: bold; } dl.facts dd { margin: 0; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .25em .5em; border-bottom: 1px solid #ddd;
   vertical-align: top; }
