@@ -11,6 +11,7 @@ from typing import Any, Dict, List
 import click
 
 from fleetd.cli.context import Ctx, pass_ctx
+from fleetd.cli.units import _timeout as block_timeout  # one rule for every verb
 from fleetd.cli.units import blocking, wait_all
 from fleetd.client import segment
 
@@ -45,7 +46,7 @@ def scale(c: Ctx, template: str, count: int, no_block: bool, block_attempts: int
         for n in gone:
             click.echo(f"Triggered unit {n} destroy")
     else:
-        wait = float(block_attempts) if block_attempts else timeout
+        wait = block_timeout(block_attempts, timeout)
         wait_all(c, starting, "running", wait, lambda n, why: f"Unit {n} {why}")
         wait_all(c, gone, "gone", wait, lambda n, why: f"Destroyed {n}")
     if answer["ignored"]:
