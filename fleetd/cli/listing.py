@@ -1,8 +1,11 @@
 """list-units, list-unit-files, list-machines and status, as tables or JSON.
 
-Each listing has named columns: ``--fields`` picks them, ``--full`` stops shortening
-hashes, ids and errors, ``--no-legend`` drops the header (for scripts), and
-``-o json`` prints the API's rows unchanged.
+Each listing has named columns: ``--fields`` picks them, ``--full`` (``-l``) stops
+shortening hashes, ids and errors, ``--no-legend`` drops the header (for scripts), and
+``-o json`` prints the API's rows unchanged. fleet's field names are columns too (issue
+14), headed as fleet headed them (the name in capitals): list-units' ``active``,
+``sub`` and ``load`` in systemd's words (``systemd_states``), list-unit-files'
+``dstate``, ``tmachine``, ``desc`` and ``global``, list-machines' ``ip``.
 """
 
 from __future__ import annotations
@@ -58,6 +61,20 @@ def size(n: float) -> str:
 
 USAGE_FIELDS = ("cpu", "memory")  # list-units asks the agents only for these
 
+# fleetd's state of a copy -> systemd's ActiveState and SubState for a service, which
+# fleet's list-units showed (fleetd's "exited" is a clean end: inactive, as systemd
+# shows a finished service without RemainAfterExit=)
+SYSTEMD_STATES = {"starting": ("activating", "start"), "running": ("active", "running"),
+                  "stopping": ("deactivating", "stop"), "stopped": ("inactive", "dead"),
+                  "exited": ("inactive", "dead"), "failed": ("failed", "failed")}
+
+
+def systemd_states(r: Row) -> Tuple[str, str, str]:
+    """A list-units row's LOAD, ACTIVE and SUB as fleet showed them; ``-`` for a copy
+    no agent has reported yet."""
+    active, sub = SYSTEMD_STATES.get(r["state"], ("-", "-"))
+    return ("loaded" if active != "-" else "-"), active, sub
+
 
 def _attempts(r: Row) -> Optional[str]:
     """Reschedules spent of those allowed (``1/5``), once a unit has failed."""
@@ -83,6 +100,10 @@ UNIT_COLUMNS: Dict[str, Column] = {
     "error": ("ERROR", lambda r, f: _short(r.get("error"), 50, f)),
     "cpu": ("CPU", lambda r, f: _usage(r, "cpu_seconds")),  # from the unit's cgroup
     "memory": ("MEMORY", lambda r, f: _usage(r, "memory_bytes")),
+    # fleet's
+    "active": ("ACTIVE", lambda r, f: systemd_states(r)[1]),
+    "sub": ("SUB", lambda r, f: systemd_states(r)[2]),
+    "load": ("LOAD", lambda r, f: systemd_states(r)[0]),
 }
 UNIT_FILE_COLUMNS: Dict[str, Column] = {
     "unit": ("UNIT", lambda r, f: r["unit"]),
@@ -93,6 +114,11 @@ UNIT_FILE_COLUMNS: Dict[str, Column] = {
     "attempts": ("RESCHEDULED", lambda r, f: _attempts(r)),
     "reason": ("REASON", lambda r, f: None if r["state"] == "running" and not _attempts(r)
                and not r.get("handoff") else _short(r["reason"] or None, 70, f)),
+    # fleet's
+    "dstate": ("DSTATE", lambda r, f: r["desired"]),
+    "tmachine": ("TMACHINE", lambda r, f: r["machine"]),
+    "desc": ("DESC", lambda r, f: r.get("description") or None),
+    "global": ("GLOBAL", lambda r, f: "true" if r.get("global") else "false"),
 }
 MACHINE_COLUMNS: Dict[str, Column] = {
     "machine": ("MACHINE", lambda r, f: r["name"]),
@@ -105,6 +131,7 @@ MACHINE_COLUMNS: Dict[str, Column] = {
            else r["machine_id"][:8]),
     # how fleetd reaches the agent: "forwarded", or "relay (why)" (fleetd.transport.forward)
     "link": ("LINK", lambda r, f: r.get("link")),
+    "ip": ("IP", lambda r, f: r["address"]),  # fleet's
 }
 
 
@@ -112,7 +139,8 @@ def listing(columns: Dict[str, Column], default: Sequence[str]) -> Callable[...,
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         f = click.option("--fields", default=",".join(default), show_default=True,
                          help=f"Columns: {','.join(columns)}.")(f)
-        f = click.option("--full", is_flag=True, help="Do not shorten hashes, ids, errors.")(f)
+        f = click.option("-l", "--full", is_flag=True,
+                         help="Do not shorten hashes, ids, errors.")(f)
         f = click.option("--no-legend", is_flag=True, help="No header line.")(f)
         return click.option("-o", "--output", type=click.Choice(["table", "json"]),
                             default="table", show_default=True)(f)
@@ -146,8 +174,9 @@ def show(rows: List[Row], columns: Dict[str, Column], fields: str, full: bool,
                                  f"known: {','.join(columns)}", param_hint="--fields")
     headers = [columns[n][0] for n in names]
     cells = [[columns[n][1](r, full) for n in names] for r in rows]
-    text = table(headers, cells)
-    click.echo("\n".join(text.splitlines()[1:]) if no_legend else text)
+    lines = table(headers, cells).splitlines()[1 if no_legend else 0:]
+    if lines:  # nothing at all, not an empty line, for no rows and no legend (as fleet)
+        click.echo("\n".join(lines))
 
 
 @click.command("list-units")

@@ -75,7 +75,9 @@ class Units:
         failures = self.registry.list_failures()
         now = time.time()
         placement = self.placement.snapshot()
-        return [views.unit_file_row(placement, u, observed, failures, now)
+        return [{**views.unit_file_row(placement, u, observed, failures, now),
+                 "description": self._description(u),
+                 "global": getattr(placement.requirements_of(u), "is_global", False)}
                 for u in self.registry.list_units()]
 
     def file(self, name: str) -> Dict[str, Any]:
@@ -107,8 +109,8 @@ class Units:
             use = found.get((o.unit, o.machine))
             row["usage"] = use.to_json() if use is not None else None
             copies.append(row)
-        probed = self._probed(u)  # the description as systemd shows it: specifiers expanded
-        description = probed.description if isinstance(probed, Unit) else f"({probed.why})"
+        probed = self._probed(u)
+        description = self._description(u)
         result: Dict[str, Any] = {
             "unit": name, "description": description, "desired": u.desired,
             "machine": u.machine, "reason": u.reason, "hash": u.hash,
@@ -171,6 +173,12 @@ class Units:
             if left <= 0:
                 return {"unit": name, "reached": False, "timeout": True, "why": why}
             await self.changes.wait(left)
+
+    def _description(self, u: UnitRecord) -> str:
+        """The unit's Description= as systemd shows it (specifiers expanded), or why it
+        cannot be read, in parentheses."""
+        probed = self._probed(u)
+        return probed.description if isinstance(probed, Unit) else f"({probed.why})"
 
     def _probed(self, u: UnitRecord) -> Union[Unit, Unreadable]:
         """The unit as it reads on any machine (or why it cannot be read), from the
