@@ -17,9 +17,10 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 from labkit import FLEETCTL, ROOT, Fleet, wait_for
@@ -156,3 +157,60 @@ def test_the_dashboard_follows_the_fleet(cluster: Fleet, dashboard: str, page: A
     assert int(row.get_attribute("data-pid") or 0) not in (0, pid)
     page.wait_for_selector("ol.events li[data-kind='restarted']", timeout=WAIT_MS)
     shots.take("unit-restarted")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def tcp_fleet(tmp_path: Path) -> Iterator[Tuple[Fleet, str]]:
+    """A real fleetd (no machines) with a TCP listener on loopback: its /ui/ address."""
+    port = free_port()
+    config = tmp_path / "fleetd.toml"
+    config.write_text(f'[api]\nlisten = "127.0.0.1:{port}"\n')
+    os.makedirs(tmp_path / "fleetd")
+    fleet = Fleet(None, str(tmp_path / "fleetd"), config=str(config))
+    fleet.start()
+    try:
+        yield fleet, f"http://127.0.0.1:{port}/ui/"
+    finally:
+        fleet.stop()
+
+
+def test_a_browser_logs_in_with_a_token_and_the_cookie_does_not_write_alone(
+        tcp_fleet: Tuple[Fleet, str], page: Any, tmp_path: Path) -> None:
+    fleet, url = tcp_fleet
+    read = fleet.ctl("token", "create", "--name", "viewer", "--role", "read").stdout.strip()
+    shots = Shots(page, tmp_path / "shots")
+    page.goto(url)
+    page.fill("#token", "not-a-token")
+    page.click("#login button")
+    page.wait_for_selector("#login-error:not(:empty)")
+    assert "bearer token" in page.inner_text("#login-error")
+    shots.take("login-refused")
+
+    page.fill("#token", read.splitlines()[-1].split()[-1])
+    page.click("#login button")
+    page.wait_for_selector("text=viewer (read)")
+    assert page.url.endswith("/ui/machines")
+    assert "fleetd_token" not in page.evaluate("document.cookie")  # HttpOnly
+    page.wait_for_selector("#live-status[data-last]")  # its first poll of the events
+    shots.take("logged-in-read")
+
+    # what another page could make this browser send: the cookie, not the header
+    status = page.evaluate("""async () => (await fetch('/v1/units/state', {method: 'POST',
+        headers: {'Content-Type': 'text/plain'},
+        body: JSON.stringify({names: ['x.service'], desired: 'loaded'})})).status""")
+    assert status == 401
+    status = page.evaluate("""async () => (await fetch('/v1/units/state', {method: 'POST',
+        headers: {'X-Fleetd-Dashboard': '1', 'Content-Type': 'application/json'},
+        body: JSON.stringify({names: ['x.service'], desired: 'loaded'})})).status""")
+    assert status == 403  # the header makes it count: as a read token, which may not
+
+    page.click("#logout button")
+    page.wait_for_selector("#login")
+    assert page.context.cookies() == []
+    shots.take("logged-out")

@@ -47,8 +47,9 @@ SCRIPT = r"""'use strict';
     let after = document.body.dataset.after;
     if (after === '') { return; }  // a follower fleetd: no events here
     const unit = document.body.dataset.unit;
+    let wait = '0';  // the first poll answers at once: the page says live when it is
     for (;;) {
-      const q = new URLSearchParams({after: after, timeout: '25'});
+      const q = new URLSearchParams({after: after, timeout: wait});
       if (unit) { q.set('unit', unit); }
       try {
         const r = await fetch('/v1/events?' + q, {credentials: 'same-origin'});
@@ -58,6 +59,7 @@ SCRIPT = r"""'use strict';
         status.dataset.last = page.last;
         if (page.events.length || page.reset || page.missed) { refresh(); }
         after = String(page.last);
+        wait = '25';
       } catch (e) {
         status.textContent = 'not live: fleetd unreachable';
         await sleep(3000);
