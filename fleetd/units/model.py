@@ -101,9 +101,12 @@ def load(name: str, text: str, source: Optional[str] = None, template_ok: bool =
         if refs:  # names only: the values join the spec on its machine (units/secrets.py)
             config["secret_environment"] = refs
     elif ctx.many(secrets.SECTION, secrets.OPTION):
+        chosen = ctx.entry(xfleet.X, "Driver")
+        assert chosen is not None  # systemd is never the default driver
         ctx.fail(ctx.many(secrets.SECTION, secrets.OPTION)[0],
-                 "only exec and java units take secrets (systemd reads a Driver=systemd "
-                 "unit's environment itself)")
+                 f"only exec and java units take secrets, and Driver=systemd at "
+                 f"{src}:{chosen.line} makes this a systemd unit (systemd reads its "
+                 "environment itself)")
     requirements = xfleet.requirements(ctx, config.get("limits") or {})
     requirements = dataclasses.replace(requirements, update=xupdate.policy(ctx))
     needs: Tuple[str, ...] = ()

@@ -48,7 +48,9 @@ def test_a_bad_reference_is_an_error_at_its_line(line: str, why: str) -> None:
 
 def test_a_systemd_unit_refuses_secrets_at_the_line() -> None:
     text = "[X-Fleet]\nDriver=systemd\n[Service]\nSecretEnvironment=DB=x\nExecStart=/bin/true\n"
-    with pytest.raises(UnitError, match=r"^a.service:4: SecretEnvironment=: only exec and java"):
+    with pytest.raises(UnitError, match=r"^a.service:4: SecretEnvironment=: only exec and java"
+                                        r".*Driver=systemd at a.service:2 makes this a "
+                                        r"systemd unit"):
         load("a.service", text, "a.service")
 
 
