@@ -81,7 +81,9 @@ def _one_value(where: str, value: str, option: str) -> str:
     return value
 
 
-ATTEMPT_S = 2.0  # one --block-attempts attempt: fleet's defaultSleepTime (fleetctl.go)
+# one --block-attempts attempt: fleet 1.0's defaultSleepTime (fleetctl.go), for which
+# waitForState polls every 250 ms (fleet 0.12-0.13 checked once, then slept 500 ms)
+ATTEMPT_S = 2.0
 _MAX_WAIT_S = 3600.0  # fleetd answers a wait after an hour at most: ask again
 
 
