@@ -70,19 +70,25 @@ def page(tmp_path: Path) -> Iterator[Any]:
             browser.close()
 
 
-class Shots:
-    """Screenshots into the test's directory and SHOTS, named in order."""
+@pytest.fixture(scope="module", autouse=True)
+def fresh_shots() -> None:
+    """SHOTS holds this run's screenshots only."""
+    shutil.rmtree(SHOTS, ignore_errors=True)
+    SHOTS.mkdir(parents=True)
 
-    def __init__(self, page: Any, where: Path) -> None:
+
+class Shots:
+    """Screenshots into the test's directory and SHOTS, named by test and in order."""
+
+    def __init__(self, page: Any, where: Path, request: pytest.FixtureRequest) -> None:
         self.page, self.where, self.n = page, where, 0
+        self.prefix = request.node.name.removeprefix("test_")[:40]
         where.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(SHOTS, ignore_errors=True)
-        SHOTS.mkdir(parents=True)
         print(f"\ndashboard screenshots: {where} and {SHOTS}")
 
     def take(self, name: str) -> None:
         self.n += 1
-        path = self.where / f"{self.n:02d}-{name}.png"
+        path = self.where / f"{self.prefix}-{self.n:02d}-{name}.png"
         self.page.screenshot(path=str(path), full_page=True)
         shutil.copy(path, SHOTS / path.name)
 
@@ -96,14 +102,15 @@ def running_where(fleet: Fleet) -> Dict[str, str]:
 
 
 def test_the_dashboard_follows_the_fleet(cluster: Fleet, dashboard: str, page: Any,
-                                         tmp_path: Path) -> None:
+                                         tmp_path: Path, request: pytest.FixtureRequest
+                                         ) -> None:
     fleet = cluster
     for name in UNITS:
         (tmp_path / name).write_text(UNIT)
     fleet.ctl("start", *(str(tmp_path / n) for n in UNITS))
     where = wait_for("3 units running", lambda: (
         (w := running_where(fleet)) and len(w) == 3 and w), 30)
-    shots = Shots(page, tmp_path / "shots")
+    shots = Shots(page, tmp_path / "shots", request)
     page.on("dialog", lambda d: d.accept())  # the confirmation of stop
 
     # the machines page: 3 machines up, each unit under the machine list-units names
@@ -159,6 +166,41 @@ def test_the_dashboard_follows_the_fleet(cluster: Fleet, dashboard: str, page: A
     shots.take("unit-restarted")
 
 
+def test_restart_drain_and_undrain_from_the_pages(
+        cluster: Fleet, dashboard: str, page: Any, tmp_path: Path,
+        request: pytest.FixtureRequest) -> None:
+    fleet = cluster
+    (tmp_path / "dash-a.service").write_text(UNIT)
+    fleet.ctl("start", str(tmp_path / "dash-a.service"))
+    first = wait_for("dash-a running", lambda: running_where(fleet).get("dash-a.service"), 30)
+    old_pid = fleet.copies("dash-a.service")
+    shots = Shots(page, tmp_path / "shots", request)
+    page.on("dialog", lambda d: d.accept())
+    page.goto(dashboard.replace("/ui/?", "/ui/units/dash-a.service?"))
+    page.wait_for_selector("h1[data-unit='dash-a.service']")
+
+    page.click("p.actions button[data-action='restart']")
+    wait_for("dash-a restarted: a new program", lambda: (
+        (now := fleet.copies("dash-a.service")) and now != old_pid), 20)
+    page.wait_for_selector(f"table.copies tr[data-state='running']:not([data-pid='{old_pid[0]}'])",
+                           timeout=WAIT_MS)
+
+    page.click("a[href='/ui/machines']")
+    page.locator(f"tr[data-machine='{first}'] button[data-action='drain']").click()
+    moved = wait_for("dash-a moved off the drained machine", lambda: (
+        (m := running_where(fleet).get("dash-a.service")) and m != first and m), 30)
+    assert fleet.machines()[first]["drain"] is not None
+    page.wait_for_selector(f"tr[data-machine='{first}'] small.drain", timeout=WAIT_MS)
+    page.wait_for_selector(f"tr[data-machine='{moved}'] a[data-unit='dash-a.service']",
+                           timeout=WAIT_MS)
+    shots.take("draining")
+    page.locator(f"tr[data-machine='{first}'] button[data-action='undrain']").click()
+    wait_for("the machine undrained", lambda: fleet.machines()[first]["drain"] is None)
+    page.wait_for_selector(f"tr[data-machine='{first}'] button[data-action='drain']",
+                           timeout=WAIT_MS)
+    shots.take("undrained")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -181,10 +223,11 @@ def tcp_fleet(tmp_path: Path) -> Iterator[Tuple[Fleet, str]]:
 
 
 def test_a_browser_logs_in_with_a_token_and_the_cookie_does_not_write_alone(
-        tcp_fleet: Tuple[Fleet, str], page: Any, tmp_path: Path) -> None:
+        tcp_fleet: Tuple[Fleet, str], page: Any, tmp_path: Path,
+        request: pytest.FixtureRequest) -> None:
     fleet, url = tcp_fleet
     read = fleet.ctl("token", "create", "--name", "viewer", "--role", "read").stdout.strip()
-    shots = Shots(page, tmp_path / "shots")
+    shots = Shots(page, tmp_path / "shots", request)
     page.goto(url)
     page.fill("#token", "not-a-token")
     page.click("#login button")

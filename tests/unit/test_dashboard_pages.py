@@ -130,3 +130,16 @@ def test_where_the_cookie_stands_for_a_token() -> None:
     assert authorization("POST", {HEADER: "1"}, jar) == "Bearer tok"
     assert authorization("POST", {"Authorization": "Bearer x"}, jar) == "Bearer x"
     assert authorization("GET", {}, {}) == ""
+
+
+def test_a_draining_machine_says_what_is_left_and_offers_undrain() -> None:
+    m = dict(fleet(2)[1], drain={"since": 1.0, "deadline": None, "done": False,
+                                 "left": ["a.service", "b.service", "c.service", "d.service"]})
+    view = pages.machine_view(m, UNITS, USAGE)
+    assert view.draining == "draining: 4 units left (a.service, b.service, c.service and 1 more)"
+    assert pages.drain_text({"left": [], "done": True}) == "drained"
+    assert pages.drain_text(None) is None
+    listing = pages.machines_listing([m], None, None, 1)
+    html = render("machines.html", context(OPERATOR, listing=listing, views=[view]))
+    assert 'data-action="undrain"' in html and 'data-action="drain"' not in html
+    assert "draining: 4 units left" in html

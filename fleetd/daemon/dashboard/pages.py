@@ -111,7 +111,7 @@ class MachineView:
     state: str
     error: Optional[str]
     metadata: List[Tuple[str, str]]
-    draining: Optional[str]  # "draining: 2 of 5 moved", or None
+    draining: Optional[str]  # "draining: 2 units left (a, b)", "drained", or None
     load: Load
     units: List[Tuple[str, str]]  # (unit, state) of the first UNITS_SHOWN
     more_units: int
@@ -121,18 +121,24 @@ def machine_view(m: Mapping[str, Any], unit_rows: Sequence[Mapping[str, Any]],
                  usage: Mapping[Key, Mapping[str, Any]]) -> MachineView:
     name = str(m["name"])
     here = [r for r in unit_rows if r.get("machine") == name]
-    drain = m.get("drain")
-    draining = None
-    if isinstance(drain, dict) and drain:
-        draining = ", ".join(f"{k}: {v}" for k, v in sorted(drain.items())
-                             if isinstance(v, (str, int, float)))
     return MachineView(
         name=name, address=str(m.get("address", "")), state=str(m.get("state") or "-"),
         error=m.get("error") or None,
         metadata=sorted((str(k), str(v)) for k, v in (m.get("metadata") or {}).items()),
-        draining=draining or None, load=load_of(name, unit_rows, usage),
+        draining=drain_text(m.get("drain")), load=load_of(name, unit_rows, usage),
         units=[(str(r["unit"]), str(r.get("state") or "-")) for r in here[:UNITS_SHOWN]],
         more_units=max(0, len(here) - UNITS_SHOWN))
+
+
+def drain_text(drain: object) -> Optional[str]:
+    """A machine's drain (list-machines' ``drain``: its units still there) as words."""
+    if not isinstance(drain, dict):
+        return None
+    left = [str(u) for u in drain.get("left") or []]
+    if not left:
+        return "drained"
+    shown = ", ".join(left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+    return f"draining: {len(left)} unit{'' if len(left) == 1 else 's'} left ({shown})"
 
 
 @dataclasses.dataclass(frozen=True)

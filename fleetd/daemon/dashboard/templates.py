@@ -67,7 +67,7 @@ MACHINES = """{% extends "base.html" %}
 <tr data-machine="{{ v.name }}" data-state="{{ v.state }}">
 <td class="name">{{ v.name }}<br><small>{{ v.address }}</small></td>
 <td class="state state-{{ v.state }}">{{ v.state }}{% if v.error %}<br><small>{{ v.error }}</small>
-{% endif %}{% if v.draining %}<br><small>drain: {{ v.draining }}</small>{% endif %}</td>
+{% endif %}{% if v.draining %}<br><small class="drain">{{ v.draining }}</small>{% endif %}</td>
 <td>{% for k, val in v.metadata %}<code>{{ k }}={{ val }}</code> {% endfor %}</td>
 <td class="load">{{ v.load.units }} unit{{ '' if v.load.units == 1 else 's' }}<br>
 <small>cpu {{ seconds(v.load.cpu_seconds) }}, mem {{ size(v.load.memory_bytes) }}</small></td>
@@ -75,9 +75,9 @@ MACHINES = """{% extends "base.html" %}
  data-unit="{{ u }}" data-state="{{ st }}">{{ u }}</a> <small>{{ st }}</small><br>{% endfor %}
 {% if v.more_units %}<a href="/ui/units?machine={{ v.name | urlencode }}">
 {{- "+%d more" % v.more_units }}</a>{% endif %}</td>
-{% if operate %}<td>{{ m.action("machine", v.name, "drain", v.name,
- "Drain " ~ v.name ~ "? Its units move to other machines.") }}
-{{ m.action("machine", v.name, "undrain", v.name) }}</td>{% endif %}</tr>
+{% if operate %}<td>{% if v.draining %}{{ m.action("machine", v.name, "undrain", v.name) }}
+{% else %}{{ m.action("machine", v.name, "drain", v.name,
+ "Drain " ~ v.name ~ "? Its units move to other machines.") }}{% endif %}</td>{% endif %}</tr>
 {% else %}<tr><td colspan="6">no machines{% if listing.state or listing.glob %} here
 (<a href="/ui/machines">all</a>){% endif %}</td></tr>{% endfor %}</tbody></table>
 {{ m.pager(listing, "/ui/machines") }}{% endblock %}
