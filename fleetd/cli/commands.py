@@ -30,6 +30,7 @@ COMMANDS: Dict[str, Lazy] = {
                   "Every write to fleetd's API: who (the token's name, or root on the "
                   "socket), from where, what, and the answer's status (refusals too)."),
     "cat": Lazy("units", "cat", "Print a submitted unit file."),
+    "completion": Lazy("completion", "completion", "Print the completion script for SHELL."),
     "dashboard": Lazy("dashboard", "dashboard",
                       "Open fleetd's web dashboard through a local port (127.0.0.1) and "
                       "print its address."),

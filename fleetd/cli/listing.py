@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
+from fleetd.cli.completion import complete_units
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.output import ago, echo, table
 from fleetd.client import ApiError, segment
@@ -214,7 +215,7 @@ def list_machines(c: Ctx, fields: str, full: bool, no_legend: bool, output: str)
 
 
 @click.command()
-@click.argument("unit")
+@click.argument("unit", shell_complete=complete_units)
 @click.option("-n", "--lines", default=10, show_default=True, help="Log lines to show.")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 @pass_ctx
@@ -276,7 +277,7 @@ def status(c: Ctx, unit: str, lines: int, output: str) -> None:
 
 
 @click.command()
-@click.argument("unit")
+@click.argument("unit", shell_complete=complete_units)
 @click.option("-n", "--lines", default=10, show_default=True, help="Lines to show first.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C ends).")
 @pass_ctx

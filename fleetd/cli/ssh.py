@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
 
+from fleetd.cli.completion import complete_targets
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.client import segment
 
@@ -95,7 +96,7 @@ def machine_of(row: Dict[str, Any]) -> str:
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("target", metavar="MACHINE|UNIT")
+@click.argument("target", metavar="MACHINE|UNIT", shell_complete=complete_targets)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_ctx
 def ssh(c: Ctx, target: str, command: Tuple[str, ...]) -> None:
