@@ -78,7 +78,8 @@ def context(caller: Caller, **more: Any) -> Dict[str, Any]:
 
 def test_the_machines_page_at_a_thousand_machines() -> None:
     listing = pages.machines_listing(fleet(1000), None, None, 1)
-    views = [pages.machine_view(m, UNITS, USAGE) for m in listing.page.rows]
+    views = pages.machine_views(listing.page.rows, UNITS, USAGE)
+    assert views[1] == pages.machine_view(fleet(2)[1], UNITS, USAGE)  # m2: its 2 units
     html = render("machines.html", context(OPERATOR, listing=listing, views=views))
     assert len(re.findall(r'<tr data-machine="', html)) == 100
     assert 'data-state="up">up 900</a>' in html and "unreachable 100" in html
@@ -143,3 +144,13 @@ def test_a_draining_machine_says_what_is_left_and_offers_undrain() -> None:
     html = render("machines.html", context(OPERATOR, listing=listing, views=[view]))
     assert 'data-action="undrain"' in html and 'data-action="drain"' not in html
     assert "draining: 4 units left" in html
+
+
+def test_a_list_page_swaps_less_often_than_a_units_page() -> None:
+    """A list's look asks up to 100 agents for usage: its live view swaps every 3 s at
+    most, a unit's page every 1 s."""
+    listing = pages.units_listing(UNITS, None, None, 1)
+    assert 'data-every="3000"' in render("units.html", context(READER, listing=listing,
+                                                               views=[]))
+    ctx = context(READER, s=STATUS, events=[], unit_glob="web@1.service")
+    assert 'data-every="1000"' in render("unit.html", ctx)

@@ -5,8 +5,10 @@ The script, plain JavaScript for any current browser:
 
 - live view: it long-polls ``GET /v1/events?after=ID`` (ID: the last it saw, first the
   one the page was rendered at) and, when events come, asks for the page's ``main`` again
-  (``fragment=1``) and swaps it in, at most once a second: the page follows the fleet
-  without a reload, and what is shown is always the server's own rendering;
+  (``fragment=1``) and swaps it in, at most once every ``data-every`` ms (a unit's page
+  1 s; a list 3 s, since each look asks up to 100 machines' agents for usage): the page
+  follows the fleet without a reload, and what is shown is always the server's own
+  rendering;
 - actions: buttons call the API's own routes (``/v1/units/state``, ``/v1/units/restart``,
   ``/v1/machines/NAME/drain``...) with the ``X-Fleetd-Dashboard`` header that lets the
   cookie stand for a token on a write (cookie.py); those with ``data-confirm`` ask first;
@@ -38,7 +40,7 @@ SCRIPT = r"""'use strict';
       const r = await fetch(url, {credentials: 'same-origin'});
       if (r.ok) { $('live').innerHTML = await r.text(); }
     } catch (e) { /* the next event tries again */ }
-    await sleep(1000);
+    await sleep(Number(document.body.dataset.every || 1000));
     swapping = false;
     if (again) { again = false; refresh(); }
   }

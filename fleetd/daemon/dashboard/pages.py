@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import re
 from typing import Any, Dict, Generic, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
@@ -29,10 +30,12 @@ class Page(Generic[T]):
     total: int
 
 
-def name_key(name: str) -> List[Any]:
-    """Names in the order people count: m2 before m10, web@2 before web@10."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
-            for part in re.split(r"(\d+)", name) if part]
+@functools.lru_cache(maxsize=65536)
+def name_key(name: str) -> Tuple[Tuple[int, int, str], ...]:
+    """Names in the order people count: m2 before m10, web@2 before web@10. Cached:
+    every look at a page sorts the same 10,000 names again."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"(\d+)", name) if part)
 
 
 def paginate(rows: Sequence[T], number: int, size: int = PAGE_SIZE) -> Page[T]:
@@ -128,6 +131,17 @@ def machine_view(m: Mapping[str, Any], unit_rows: Sequence[Mapping[str, Any]],
         draining=drain_text(m.get("drain")), load=load_of(name, unit_rows, usage),
         units=[(str(r["unit"]), str(r.get("state") or "-")) for r in here[:UNITS_SHOWN]],
         more_units=max(0, len(here) - UNITS_SHOWN))
+
+
+def machine_views(machines: Sequence[Mapping[str, Any]],
+                  unit_rows: Sequence[Mapping[str, Any]],
+                  usage: Mapping[Key, Mapping[str, Any]]) -> List[MachineView]:
+    """A page of machines: list-units' rows grouped by machine once (10,000 rows are
+    read once, not once per machine shown)."""
+    by_machine: Dict[str, List[Mapping[str, Any]]] = {}
+    for r in unit_rows:
+        by_machine.setdefault(str(r.get("machine")), []).append(r)
+    return [machine_view(m, by_machine.get(str(m["name"]), []), usage) for m in machines]
 
 
 def drain_text(drain: object) -> Optional[str]:

@@ -81,7 +81,7 @@ async def machines_page(request: web.Request) -> web.StreamResponse:
                                      req.query_int(request, "page", 1, 1))
     rows = services.units.rows()
     use = await _usage(request, pages.machines_on(listing.page, "name"))
-    views = [pages.machine_view(m, rows, use) for m in listing.page.rows]
+    views = pages.machine_views(listing.page.rows, rows, use)
     return _page(request, "machines.html", listing=listing, views=views)
 
 

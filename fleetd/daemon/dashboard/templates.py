@@ -16,7 +16,8 @@ BASE = """<!doctype html>
 <title>{% block title %}fleetd{% endblock %} - fleetd</title>
 <link rel="stylesheet" href="/ui/assets/dashboard.css">
 <script src="/ui/assets/dashboard.js" defer></script></head>
-<body data-after="{{ after if after is not none else '' }}" data-unit="{{ unit_glob or '' }}">
+<body data-after="{{ after if after is not none else '' }}" data-unit="{{ unit_glob or '' }}"
+ data-every="{{ 1000 if unit_glob else 3000 }}">
 <header><a class="brand" href="/ui/machines">fleetd</a>
 <nav><a href="/ui/machines">Machines</a> <a href="/ui/units">Units</a></nav>
 <span class="who">{{ caller.name }} ({{ caller.role }})</span>
