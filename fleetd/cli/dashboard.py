@@ -22,6 +22,7 @@ from fleetd.cli.context import Ctx, pass_ctx
 if TYPE_CHECKING:
     import ssl
 
+    from fleetd.client import Client
     from fleetd.endpoints import Endpoint
 
 
@@ -33,9 +34,31 @@ def dashboard(ctx: Ctx, port: int) -> None:
     """Open fleetd's web dashboard through a local port (127.0.0.1) and print its
     address."""
     client = ctx.client
-    endpoint = client.endpoints[0]
+    endpoint = _pick(client)
     tls = client.tls.context() if endpoint.tls else None
     asyncio.run(_serve(endpoint, tls, client.token, port))
+
+
+def _pick(client: Client) -> Endpoint:
+    """The endpoint the proxy passes to: the leading fleetd's among those given (only it
+    has the events the live view follows), else the first that answers. A ClickException
+    naming them all when none answers: a printed address that could only answer 502
+    would help no one."""
+    from fleetd.client import ApiError, Client
+
+    answering = []
+    for e in client.endpoints:
+        try:
+            health = Client(e.text, client.token, client.tls).get("/v1/health", timeout=5)
+        except ApiError:
+            continue
+        if health.get("leader"):
+            return e
+        answering.append(e)
+    if not answering:
+        raise click.ClickException("fleetctl dashboard: no fleetd answers at "
+                                   + ", ".join(e.text for e in client.endpoints))
+    return answering[0]
 
 
 async def _serve(endpoint: Endpoint, tls: Optional[ssl.SSLContext], token: Optional[str],

@@ -119,3 +119,23 @@ def test_fleetctl_dashboard_prints_its_address_and_ends_on_sigterm(tmp_path: Pat
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(10) == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def test_fleetctl_dashboard_passes_to_a_fleetd_that_answers(tmp_path: Path) -> None:
+    fleetctl = os.path.join(os.path.dirname(sys.executable), "fleetctl")
+    gone = f"unix://{tmp_path / 'gone.sock'}"
+    env = dict(os.environ, FLEETCTL_ENDPOINT=gone)
+    done = subprocess.run([fleetctl, "dashboard"], capture_output=True, text=True, env=env,
+                          timeout=30)
+    assert done.returncode == 1 and f"no fleetd answers at {gone}" in done.stderr
+    with served(tmp_path):
+        live = f"unix://{tmp_path / 'api.sock'}"
+        env = dict(os.environ, FLEETCTL_ENDPOINT=f"{gone},{live}")
+        proc = subprocess.Popen([fleetctl, "dashboard"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, env=env)
+        try:
+            assert proc.stdout is not None
+            assert f"(through {live})" in proc.stdout.readline()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
