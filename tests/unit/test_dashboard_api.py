@@ -71,10 +71,14 @@ def test_the_login_call_sets_the_cookie_and_the_pages_answer(
         assert "read-bot (read)" in body and 'class="act' not in body
     status, headers, _ = ask(s, "GET", "/ui", cookie(token["read"]))
     assert status == 302 and headers["location"] == "/ui/machines"
-    status, _, body = ask(s, "GET", "/ui/units?page=x", cookie(token["read"]))
-    assert status == 400 and "page" in body
+    status, headers, body = ask(s, "GET", "/ui/units?page=x", cookie(token["read"]))
+    assert status == 400 and 'id="error">page:' in body  # a refusal, as a page
+    assert headers["content-type"].startswith("text/html")
     status, _, body = ask(s, "GET", "/ui/units/none.service", cookie(token["read"]))
-    assert status == 404 and "none.service" in body
+    assert status == 404 and 'id="error">unit none.service does not exist' in body
+    status, headers, _ = ask(s, "GET", "/ui/units/none.service?fragment=1",
+                             cookie(token["read"]))
+    assert status == 404 and headers["content-type"].startswith("application/json")
     status, headers, _ = ask(s, "POST", "/ui/session/end",
                              {**cookie(token["read"]), HEADER: "1"})
     assert status == 200 and 'Max-Age=0' in headers["set-cookie"]

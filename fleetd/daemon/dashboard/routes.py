@@ -22,8 +22,8 @@ from fleetd.daemon.dashboard.render import render
 from fleetd.daemon.http import request as req
 from fleetd.daemon.http import roles
 from fleetd.daemon.http.access import CALLER, bearer
-from fleetd.daemon.http.errors import Handler
-from fleetd.daemon.service.errors import Invalid
+from fleetd.daemon.http.errors import Handler, Refused, status_of
+from fleetd.daemon.service.errors import Invalid, ServiceError
 from fleetd.engine.events import Filter
 
 EVENTS_SHOWN = 50  # a unit page's recent events
@@ -128,17 +128,26 @@ async def end_session(request: web.Request) -> web.StreamResponse:
 @web.middleware
 async def login_page(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Between the audit and the access checks: the dashboard's assets to anyone (they
-    hold no fleet data), and a page refused for want of a token (401) answered with the
-    login page instead of JSON."""
+    hold no fleet data), a page refused for want of a token (401) answered with the
+    login page, and a page's other refusals (a unit that does not exist, a bad ``page``)
+    as a page saying why, instead of JSON."""
     if request.method == "GET" and request.path.startswith("/ui/assets/"):
         asset = ASSETS.get(request.path[len("/ui/assets/"):])
         if asset is None:
             return web.json_response({"error": f"no such asset: {request.path}"}, status=404)
         return web.Response(text=asset[1], content_type=asset[0], charset="utf-8",
                             headers={"X-Content-Type-Options": "nosniff"})
-    response = await handler(request)
-    if (response.status == 401 and request.method == "GET" and request.path.startswith("/ui")
-            and "fragment" not in request.query):
+    page = (request.method == "GET" and request.path.startswith("/ui")
+            and "fragment" not in request.query)
+    try:
+        response = await handler(request)
+    except (ServiceError, Refused) as exc:  # a page's refusal, as a page: no such unit
+        if not page:
+            raise
+        status = exc.status if isinstance(exc, Refused) else status_of(exc)
+        return _html(render("error.html", {"status": status, "message": str(exc)}),
+                     status=status)
+    if response.status == 401 and page:
         why = ("That token is not (or no longer) one of fleetd's."
                if COOKIE in request.cookies else "Log in with an API token.")
         return _html(render("login.html", {"why": why}), status=401)

@@ -150,6 +150,15 @@ LOGIN = """<!doctype html>
 units). The browser keeps it as a cookie only fleetd reads.</small></p></main></body></html>
 """
 
+ERROR = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ status }} - fleetd</title>
+<link rel="stylesheet" href="/ui/assets/dashboard.css"></head>
+<body><header><a class="brand" href="/ui/machines">fleetd</a>
+<nav><a href="/ui/machines">Machines</a> <a href="/ui/units">Units</a></nav></header>
+<main class="error"><h1>{{ status }}</h1><p id="error">{{ message }}</p></main></body></html>
+"""
+
 TEMPLATES: Dict[str, str] = {"base.html": BASE, "macros.html": MACROS,
                              "machines.html": MACHINES, "units.html": UNITS,
-                             "unit.html": UNIT, "login.html": LOGIN}
+                             "unit.html": UNIT, "login.html": LOGIN,
+                             "error.html": ERROR}
