@@ -6,7 +6,8 @@ big that page is (what a browser downloads each time the live view swaps it).
 
 In process and pure (fleetd/daemon/dashboard/pages.py and render.py with fixed rows):
 no registry, no agents' usage (which a real page asks of the <= 100 machines it shows,
-within usage.USAGE_TIMEOUT_S), no HTTP. Prints min / median / max milliseconds per page.
+within usage.USAGE_TIMEOUT_S), no HTTP. Prints min / median / max milliseconds per page
+and writes bench/results/dashboard.json.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import argparse
 import statistics
 import time
 from typing import Any, Callable, Dict, List, Tuple
+
+from benchkit import save
 
 from fleetd.daemon.dashboard import pages
 from fleetd.daemon.dashboard.render import render
@@ -70,6 +73,8 @@ def main() -> None:
 
     print(f"{args.machines} machines, {args.units} units, {args.runs} runs; ms per page")
     print(f"{'page':34} {'min':>7} {'median':>7} {'max':>7} {'KiB':>6}")
+    results: Dict[str, Any] = {"machines": args.machines, "units": args.units,
+                               "runs": args.runs, "pages": {}}
     for name, build in (("machines, page 1 of 100 rows", machines_page(1)),
                         ("machines, last page", machines_page(10 ** 6)),
                         ("units, page 1 of 100 rows", units_page(1)),
@@ -77,6 +82,9 @@ def main() -> None:
         ms, size = timed(args.runs, build)
         print(f"{name:34} {min(ms):7.1f} {statistics.median(ms):7.1f} {max(ms):7.1f} "
               f"{size / 1024:6.1f}")
+        results["pages"][name] = {"min_ms": min(ms), "median_ms": statistics.median(ms),
+                                  "max_ms": max(ms), "bytes": size}
+    print("saved", save("dashboard", results))
 
 
 if __name__ == "__main__":
