@@ -200,6 +200,18 @@ def test_restart_drain_and_undrain_from_the_pages(
                            timeout=WAIT_MS)
     shots.take("undrained")
 
+    # someone typing in the filter: the live view waits for the field to lose focus
+    page.click("a[href='/ui/units']")
+    page.fill("input[name='q']", "dash")
+    fleet.ctl("stop", "dash-a.service")
+    wait_for("dash-a stopped", lambda: not fleet.copies("dash-a.service"), 20)
+    page.wait_for_timeout(6000)  # the event came; a swap would have come within 3 s
+    assert page.input_value("input[name='q']") == "dash"
+    assert page.get_attribute("tr[data-unit='dash-a.service']", "data-state") == "running"
+    page.click("h1")  # the field loses focus: the page catches up
+    page.wait_for_selector("tr[data-unit='dash-a.service']:not([data-state='running'])",
+                           timeout=WAIT_MS)
+
 
 def free_port() -> int:
     with socket.socket() as s:

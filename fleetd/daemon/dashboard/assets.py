@@ -8,7 +8,8 @@ The script, plain JavaScript for any current browser:
   (``fragment=1``) and swaps it in, at most once every ``data-every`` ms (a unit's page
   1 s; a list 3 s, since each look asks up to 100 machines' agents for usage): the page
   follows the fleet without a reload, and what is shown is always the server's own
-  rendering;
+  rendering. Not while someone types in the page's filter: the swap waits for it to
+  lose focus;
 - actions: buttons call the API's own routes (``/v1/units/state``, ``/v1/units/restart``,
   ``/v1/machines/NAME/drain``...) with the ``X-Fleetd-Dashboard`` header that lets the
   cookie stand for a token on a write (cookie.py); those with ``data-confirm`` ask first;
@@ -30,9 +31,21 @@ SCRIPT = r"""'use strict';
     f.textContent = text;
     f.className = bad ? 'bad' : 'ok';
   }
-  let swapping = false, again = false;
+  let swapping = false, again = false, waiting = false;
+  function typing() {  // a field of the page's main in use: swapping would wipe it
+    const a = document.activeElement;
+    return a !== null && a.matches('#live input') ? a : null;
+  }
   async function refresh() {
     if (swapping) { again = true; return; }
+    const field = typing();
+    if (field) {
+      if (!waiting) {
+        waiting = true;
+        field.addEventListener('blur', () => { waiting = false; refresh(); }, {once: true});
+      }
+      return;
+    }
     swapping = true;
     try {
       const url = new URL(location.href);
