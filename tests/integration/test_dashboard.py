@@ -212,6 +212,14 @@ def test_restart_drain_and_undrain_from_the_pages(
     page.wait_for_selector("tr[data-unit='dash-a.service']:not([data-state='running'])",
                            timeout=WAIT_MS)
 
+    # the unit destroyed while its page is open: the page says so
+    page.click("a[href='/ui/units/dash-a.service']")
+    page.wait_for_selector("h1[data-unit='dash-a.service']")
+    fleet.ctl("destroy", "dash-a.service")
+    page.wait_for_selector("#flash.bad:has-text('dash-a.service does not exist')",
+                           timeout=WAIT_MS)
+    shots.take("unit-destroyed")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -265,6 +273,17 @@ def test_a_browser_logs_in_with_a_token_and_the_cookie_does_not_write_alone(
         body: JSON.stringify({names: ['x.service'], desired: 'loaded'})})).status""")
     assert status == 403  # the header makes it count: as a read token, which may not
 
+    # the token revoked while the page is open: the next event brings the login page
+    fleet.ctl("token", "revoke", "viewer")
+    (tmp_path / "ev.service").write_text("[Service]\nExecStart=/bin/sleep 1\n")
+    fleet.ctl("submit", str(tmp_path / "ev.service"))  # an event, to wake the page
+    page.wait_for_selector("#login", timeout=WAIT_MS)
+    shots.take("revoked")
+
+    operate = fleet.ctl("token", "create", "--name", "ops", "--role", "operate").stdout
+    page.fill("#token", operate.strip().splitlines()[-1].split()[-1])
+    page.click("#login button")
+    page.wait_for_selector("text=ops (operate)")
     page.click("#logout button")
     page.wait_for_selector("#login")
     assert page.context.cookies() == []

@@ -9,7 +9,8 @@ The script, plain JavaScript for any current browser:
   1 s; a list 3 s, since each look asks up to 100 machines' agents for usage): the page
   follows the fleet without a reload, and what is shown is always the server's own
   rendering. Not while someone types in the page's filter: the swap waits for it to
-  lose focus;
+  lose focus. A page that no longer is (its unit destroyed) says so; a token revoked
+  meanwhile (401) brings the login page;
 - actions: buttons call the API's own routes (``/v1/units/state``, ``/v1/units/restart``,
   ``/v1/machines/NAME/drain``...) with the ``X-Fleetd-Dashboard`` header that lets the
   cookie stand for a token on a write (cookie.py); those with ``data-confirm`` ask first;
@@ -51,7 +52,14 @@ SCRIPT = r"""'use strict';
       const url = new URL(location.href);
       url.searchParams.set('fragment', '1');
       const r = await fetch(url, {credentials: 'same-origin'});
-      if (r.ok) { $('live').innerHTML = await r.text(); }
+      if (r.ok) {
+        $('live').innerHTML = await r.text();
+      } else if (r.status === 401) {
+        location.reload();  // the token was revoked: the login page
+      } else {
+        const answer = await r.json().catch(() => ({}));
+        flash(answer.error || 'this page: ' + r.status, true);  // e.g. the unit is gone
+      }
     } catch (e) { /* the next event tries again */ }
     await sleep(Number(document.body.dataset.every || 1000));
     swapping = false;
@@ -68,6 +76,7 @@ SCRIPT = r"""'use strict';
       if (unit) { q.set('unit', unit); }
       try {
         const r = await fetch('/v1/events?' + q, {credentials: 'same-origin'});
+        if (r.status === 401) { location.reload(); return; }  // revoked: the login page
         if (!r.ok) { status.textContent = 'not live: ' + r.status; await sleep(3000); continue; }
         const page = await r.json();
         status.textContent = 'live';
