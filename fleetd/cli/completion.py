@@ -90,12 +90,11 @@ def completion(ctx: click.Context, shell: str) -> None:
     bash (4.4 or later): ``eval "$(fleetctl completion bash)"`` in ~/.bashrc; zsh:
     ``eval "$(fleetctl completion zsh)"`` in ~/.zshrc; fish: ``fleetctl completion fish
     > ~/.config/fish/completions/fleetctl.fish``. The same as click's
-    ``_FLEETCTL_COMPLETE=SHELL_source fleetctl``."""
-    from click.shell_completion import get_completion_class
+    ``_FLEETCTL_COMPLETE=SHELL_source fleetctl``, byte for byte: click prints it, as it
+    does for that variable (click before 8.5 ends it with one more newline)."""
+    from click.shell_completion import shell_complete
 
     root = ctx.find_root()
     prog = root.info_name or "fleetctl"
     var = f"_{prog.replace('-', '_').replace('.', '_')}_COMPLETE".upper()
-    complete = get_completion_class(shell)
-    assert complete is not None  # every one of SHELLS is click's
-    click.echo(complete(root.command, {}, os.path.basename(prog), var).source(), nl=False)
+    shell_complete(root.command, {}, os.path.basename(prog), var, f"{shell}_source")

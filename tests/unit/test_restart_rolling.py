@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Dict, List, Optional, Tuple
 
 import click
@@ -23,6 +24,11 @@ from fleetd.registry.sqlite import SqliteRegistry
 from fleetd.testing.registry import at_once
 from fleetd.units.compiled import CompiledUnits
 from fleetd.units.model import content_hash
+
+# click 8.2 keeps a result's stderr apart always and dropped mix_stderr; before it,
+# result.stderr needs mix_stderr=False (pyproject admits click 8.1: the floors job)
+SEPARATE_STDERR: Dict[str, Any] = (
+    {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner).parameters else {})
 
 # --- globs and order ------------------------------------------------------------------
 
@@ -116,7 +122,7 @@ class FakeApi:
 
 def fleetctl(monkeypatch: pytest.MonkeyPatch, fake: FakeApi, *args: str) -> Any:
     monkeypatch.setattr(Client, "request", lambda self, *a, **k: fake.request(*a, **k))
-    return CliRunner().invoke(cli, ["restart", *args])
+    return CliRunner(**SEPARATE_STDERR).invoke(cli, ["restart", *args])
 
 
 def test_rolling_goes_one_at_a_time_in_name_order(monkeypatch: pytest.MonkeyPatch) -> None:
