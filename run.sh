@@ -3,6 +3,7 @@
 #   ./run.sh demo    install what is needed, bring up a 3-host lab with fleetd, start a unit
 #   ./run.sh test    install what is needed, run the static checks and the whole test suite
 #   ./run.sh setup   only install (Debian packages + .venv)
+#   ./run.sh floors  only the unit tests on the lowest dependency versions allowed (.venv-floors)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -20,10 +21,11 @@ VENV=$ROOT/.venv
 # are the etcd the tests run members of (tests/integration/etcdkit.py); qemu-system-x86
 # boots the lab's VM hosts (a real pure cgroup v2 kernel: fleetd/lab/vm.py); chromium is
 # the real browser the dashboard's tests drive headless (Playwright's own browser download
-# cannot be reached here: the tests point it at /usr/bin/chromium).
+# cannot be reached here: the tests point it at /usr/bin/chromium); gcc and python3-dev build
+# psutil's floor (5.9.0 has no wheel for Python 3.11) for the floors job below.
 APT_PACKAGES=(openssh-server openssh-client iproute2 python3 python3-venv
               redis-server nginx-light openjdk-17-jdk-headless debootstrap supervisor vagrant
-              shellcheck etcd-server etcd-client qemu-system-x86 chromium)
+              shellcheck etcd-server etcd-client qemu-system-x86 chromium gcc python3-dev)
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then
@@ -104,10 +106,31 @@ Tear it all down with:
 MSG
 }
 
+# The floors (issue 14 §4): the lowest version of each direct dependency that pyproject.toml
+# allows (tools/floors.py reads them from it, markers for this Python; pytest and hypothesis
+# at their own floors), in a venv of their own with fleetd itself (--no-deps), running the
+# unit tests. Rebuilt only when pyproject.toml or tools/floors.py change (pip's cache keeps
+# the downloads); psutil's floor is built here (gcc, python3-dev).
+FLOORS_VENV=$ROOT/.venv-floors
+floors() {
+  local stamp
+  stamp=$FLOORS_VENV/.installed-$(cat pyproject.toml tools/floors.py | sha256sum | cut -c1-16)
+  if [ ! -f "$stamp" ]; then
+    rm -rf "$FLOORS_VENV"
+    /usr/bin/python3 -m venv "$FLOORS_VENV"
+    /usr/bin/python3 tools/floors.py --also pytest --also hypothesis > "$FLOORS_VENV/floors.txt"
+    echo "floors: $(tr '\n' ' ' < "$FLOORS_VENV/floors.txt")"
+    "$FLOORS_VENV/bin/pip" install -q -r "$FLOORS_VENV/floors.txt"
+    "$FLOORS_VENV/bin/pip" install -q --no-deps -e .
+    touch "$stamp"
+  fi
+  "$FLOORS_VENV/bin/python" -m pytest -q -p no:cacheprovider tests/unit
+}
+
 tests() {
   setup
   export PATH=$VENV/bin:$PATH
-  echo "== ruff";  ruff check fleetd tests bench
+  echo "== ruff";  ruff check fleetd tests bench tools
   echo "== mypy";  mypy
   echo "== shellcheck (the scripts fleetd and its lab run on hosts; -x follows includes)"
   shellcheck -x fleetd/bootstrap/scripts/*.sh fleetd/lab/scripts/*.sh
@@ -115,6 +138,8 @@ tests() {
   vermin -q --no-tips --violations -t=3.9- --eval-annotations --backport typing \
     fleetd/agent fleetd/drivers fleetd/cgroups fleetd/wire fleetd/protocol.py \
     fleetd/bootstrap/scripts
+  echo "== floors (the lowest allowed version of each dependency: the unit tests)"
+  floors
   echo "== pytest"
   pytest "$@"
 }
@@ -123,5 +148,6 @@ case "${1:-}" in
   demo) demo ;;
   test) shift; tests "$@" ;;
   setup) setup ;;
-  *) echo "usage: $0 demo|test|setup" >&2; exit 2 ;;
+  floors) setup; floors ;;
+  *) echo "usage: $0 demo|test|setup|floors" >&2; exit 2 ;;
 esac
