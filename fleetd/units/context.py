@@ -84,8 +84,9 @@ class UnitContext:
             raise UnitError(self.source, None, why)
         raise UnitError(self.source, entry.line, f"{entry.key}=: {why}")
 
-    def expand(self, entry: Entry) -> str:
-        """The value with systemd's name specifiers (%n %N %p %i %I %%) expanded."""
+    def expand(self, entry: Entry, text: Optional[str] = None) -> str:
+        """The value (or ``text``, a part of it) with systemd's name specifiers
+        (%n %N %p %i %I %%) expanded."""
         name = self.name
         table = {
             "n": name.full,
@@ -103,7 +104,7 @@ class UnitContext:
                                  "%n %N %p %i %I %%; for host facts use {{ machine.* }})")
             return table[key]
 
-        return re.sub(r"%(.)", sub, entry.value, flags=re.DOTALL)
+        return re.sub(r"%(.)", sub, entry.value if text is None else text, flags=re.DOTALL)
 
     def _key(self, section: str, key: str) -> List[str]:
         aliases = [a for a, k in ALIASES.get(section, {}).items() if k == key]
@@ -130,6 +131,17 @@ class UnitContext:
             return execline.split_words(self.expand(entry))
         except execline.CommandLineError as exc:
             self.fail(entry, str(exc))
+
+    def assignments(self, entry: Entry) -> List[str]:
+        """An Environment= value's words as systemd 252's config_parse_environ makes
+        them: each word unquoted and unescaped first, then its specifiers expanded. So an
+        instance's escaped space (``%I`` of ``app@a\\x20b``) stays inside its word, where
+        expanding first would split it (tests/integration/test_systemd_words.py)."""
+        try:
+            words = execline.split_words(entry.value)
+        except execline.CommandLineError as exc:
+            self.fail(entry, str(exc))
+        return [self.expand(entry, word) for word in words]
 
     def words(self, section: str, key: str) -> List[str]:
         """A list option's values, each assignment split into words (``split``), after

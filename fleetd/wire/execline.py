@@ -69,10 +69,12 @@ def split(text: str) -> Command:
     has the ``-`` prefix), each at most once (``--/bin/x`` is the path ``-/bin/x``,
     refused); ``!!`` is the second ``!``. A lone ``;`` before an argument separates
     commands in systemd: fleetd refuses it (one command a line); ``\\;`` as a word of its
-    own is the literal ``;``, anywhere else ``\\;`` is an unknown escape, as there."""
+    own is the literal ``;``. An escape systemd cannot decode (``\\q``, ``\\;`` inside a
+    word, ``\\x0`` ...) stays as written in a command line, as systemd keeps it (with a
+    warning); elsewhere (Environment=, ``split_words``) it is refused, as there."""
     s = text
     i = _skip_space(s, 0)
-    first, i, _ = _word(s, i)
+    first, i, _ = _word(s, i, relax=True)
     if first is None:
         raise CommandLineError("empty command line")
     flags = {"ignore_failure": False, "argv0_given": False, "no_expand": False,
@@ -105,7 +107,7 @@ def split(text: str) -> Command:
             words.append(";")
             i = _skip_space(s, i + 2)
             continue
-        word, i, _ = _word(s, i)
+        word, i, _ = _word(s, i, relax=True)
         if word is None:
             break
         words.append(word)
@@ -149,7 +151,7 @@ def _skip_space(s: str, i: int) -> int:
     return i
 
 
-def _word(s: str, i: int) -> Tuple[Optional[str], int, bool]:
+def _word(s: str, i: int, relax: bool = False) -> Tuple[Optional[str], int, bool]:
     """The word at s[i:] (None at the end), the index of the next word, and whether it
     was written bare (no quote, no escape).
 
@@ -157,7 +159,9 @@ def _word(s: str, i: int) -> Tuple[Optional[str], int, bool]:
     EXTRACT_CUNESCAPE, state for state: a quote may open and close anywhere in a word
     (``--name="a b"`` is ``--name=a b``, ``x"y z"w`` is ``xy zw``); C escapes are
     decoded inside and outside quotes (cunescape_one); ``\\x``/octal escapes are raw
-    bytes, so the word is built as bytes and must be UTF-8 in the end."""
+    bytes, so the word is built as bytes and must be UTF-8 in the end. ``relax``: an
+    escape systemd cannot decode stays as written (EXTRACT_CUNESCAPE_RELAX), as in
+    command lines."""
     n = len(s)
     i = _skip_space(s, i)
     if i >= n:
@@ -169,7 +173,13 @@ def _word(s: str, i: int) -> Tuple[Optional[str], int, bool]:
         c = s[i]
         if c == "\\":
             bare = False
-            i = _escape(s, i, buf)
+            try:
+                i = _escape(s, i, buf)
+            except CommandLineError:
+                if not relax or (i + 1 >= len(s) and quote):
+                    raise  # relaxed, a trailing backslash outside quotes stays too
+                buf += s[i:i + 2].encode("utf-8", "surrogateescape")
+                i += 2
             continue
         if quote:
             if c == quote:
