@@ -304,10 +304,13 @@ class AgentDaemon:
 
     def _usage(self, client: Client, msg: Dict[str, Any]) -> bool:
         """Each unit's cgroup counters now (fleetd's /metrics, status, list-units): the
-        units in this agent's hands whose cgroup the host keeps counters for."""
+        units in this agent's hands whose cgroup the host keeps counters for. A unit
+        its service manager runs (Driver=systemd) lives in that manager's cgroup: its
+        counters are the manager's, from the runner's last poll (about a second old)."""
         ident = specs.request_id(msg)
         cgroups = self.supervisor.processes.cgroups
-        found = {name: cgroups.usage(name) for name in sorted(self.supervisor.units)}
+        found = {name: cgroups.usage(name) or dict(m.usage)
+                 for name, m in sorted(self.supervisor.units.items())}
         client.send(protocol.dump(messages.usage_reply(
             ident, {name: use for name, use in found.items() if use})))
         return True

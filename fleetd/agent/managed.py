@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from fleetd import protocol
 from fleetd.agent import reconciler
@@ -28,6 +28,9 @@ class Managed:
         self.restarts = 0  # automatic restarts of this spec on this host (NRestarts)
         self.streak = 0  # consecutive ones, for the backoff (restart.delay)
         self.error: Optional[str] = None
+        # counters of its cgroup from its service manager, when that keeps the cgroup
+        # (Driver=systemd: systemctl show's MemoryCurrent, ...); the agent reads its own
+        self.usage: Dict[str, int] = {}
         self.command_index = 0
         self.gone = asyncio.Event()
         self.gone.set()

@@ -145,6 +145,7 @@ class SystemdUnits:
         m.restarts = int(st.get("restarts") or 0)
         m.error = st.get("error")
         m.exit_status = st.get("exit_status")
+        m.usage = st.get("usage") or {}
         if m.handle is not None:
             m.handle = dataclasses.replace(m.handle, pid=int(st.get("pid") or 0))
 

@@ -199,6 +199,7 @@ class ServiceStatus(_ServiceStatusBase, total=False):
     load_state: str
     load_error: str
     need_reload: bool
+    usage: Dict[str, int]  # the manager's counters of the unit's cgroup (memory_bytes, ...)
 
 
 class SupervisingDriver(Driver, Protocol):

@@ -16,10 +16,15 @@ from typing import Dict, List, Optional
 from fleetd.cgroups.limits import format_size
 from fleetd.drivers.base import ServiceStatus
 
+# systemd's own counters of a unit's cgroup -> fleetd's usage fields (cgroups/base.py
+# UnitCgroup.stats), read in the same call; CPUUsageNSec is in ns, fleetd counts us
+USAGE = {"MemoryCurrent": "memory_bytes", "CPUUsageNSec": "cpu_usage_usec",
+         "TasksCurrent": "tasks"}
+UNSET = 2**64 - 1  # what systemctl shows for a counter it does not keep ("[not set]" too)
 # what a status reads, in one `systemctl show` call per poll
 PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "MainPID", "NRestarts",
               "ExecMainStatus", "ExecMainCode", "Result", "MemoryMax", "LoadError",
-              "NeedDaemonReload")
+              "NeedDaemonReload", *USAGE)
 EXIT_EXEC = 203  # systemd's exit status when it cannot execute the command
 # waitid's si_code, as systemctl show prints ExecMainCode
 CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
@@ -77,7 +82,19 @@ def service_status(props: Dict[str, str]) -> ServiceStatus:
         "active_state": active,
         "sub_state": sub,
         "result": result,
+        "usage": usage(props),
     }
+
+
+def usage(props: Dict[str, str]) -> Dict[str, int]:
+    """The counters systemd keeps of the unit's cgroup, as fleetd names them; those it
+    does not keep (accounting off, the unit not running) are left out."""
+    found = {}
+    for prop, field in USAGE.items():
+        value = props.get(prop, "")
+        if value.isdigit() and int(value) != UNSET:
+            found[field] = int(value) // 1000 if prop == "CPUUsageNSec" else int(value)
+    return found
 
 
 def _int(value: Optional[str]) -> int:

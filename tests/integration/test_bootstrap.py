@@ -207,6 +207,12 @@ def test_add_run_upgrade_remove(lab: Lab, fleet: Fleet, tmp_path: Any,
                          f"memory.limit_in_bytes pids/fleet/{mid}/bt-exec-h1.service/pids.max; "
                          "systemctl show -p MemoryMax -p TasksMax --value bt-sd-h1.service")
     assert limits.split() == [str(48 << 20), "6", str(40 << 20), "4"]
+    # usage for both (issue 18): the exec unit's read by the agent from its own cgroup,
+    # the systemd unit's from systemd's counters of the cgroup systemd keeps for it
+    wait_for("both units' memory in list-units", lambda: all(
+        re.search(rf"^{re.escape(unit)} +[0-9.]+[KMG]$", fleet.ctl(
+            "list-units", "--no-legend", "--fields", "unit,memory").stdout, re.M)
+        for unit in ("bt-exec-h1.service", "bt-sd-h1.service")), 15)
     wait_for("TasksMax= to stop the threads", lambda: (
         "started 5 of 20 threads" in fleet.ctl("journal", "bt-exec-h1.service").stdout
         and "started 3 of 20 threads" in ssh(lab, h, "journalctl -u bt-sd-h1.service "

@@ -209,3 +209,14 @@ def test_dropin_quotes_for_systemd() -> None:
 def test_names_that_are_not_service_units_are_refused(name: str) -> None:
     with pytest.raises(DriverError):
         check_name(name)
+
+
+def test_show_reads_systemds_counters_of_the_units_cgroup_as_usage() -> None:
+    st = service_status(show(ActiveState="active", SubState="running", MainPID=7,
+                             MemoryCurrent=5 << 20, CPUUsageNSec=2_500_000_000,
+                             TasksCurrent=3))
+    assert st["usage"] == {"memory_bytes": 5 << 20, "cpu_usage_usec": 2_500_000, "tasks": 3}
+    # counters systemd does not keep (accounting off, not running) are left out
+    off = service_status(show(ActiveState="inactive", SubState="dead", MainPID=0,
+                              MemoryCurrent="[not set]", CPUUsageNSec=2**64 - 1))
+    assert off["usage"] == {}
