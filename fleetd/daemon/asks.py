@@ -10,13 +10,16 @@ come."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Callable, Dict, Optional, cast
+import re
+from typing import Any, AsyncIterator, Callable, Dict, Optional, Set, cast
 
 from fleetd import protocol
 from fleetd.daemon import reports
 from fleetd.transport.base import Channel, TransportError
 from fleetd.wire import messages
 
+# what an agent says of a message type it does not know (fleetd.agent.daemon)
+_UNKNOWN_TYPE = re.compile(r"unknown message type '([a-z_]+)'")
 STREAM_QUEUE = 1000  # log lines held for a slow reader; beyond, the oldest are lost
 
 
@@ -31,8 +34,12 @@ class Asks:
         self._channel = channel
         self._parts = parts
         self._replies: Dict[int, asyncio.Future[messages.Reply]] = {}
+        self._kinds: Dict[int, str] = {}  # what each pending request asked
         self._streams: Dict[int, asyncio.Queue[Optional[messages.Log]]] = {}
         self._next_id = 0
+        # requests this connection's agent does not know (older than them): asked again,
+        # they fail at once instead of waiting out their timeout on every question
+        self._unknown: Set[str] = set()
 
     def _open(self) -> Channel:
         channel = self._channel()
@@ -45,10 +52,13 @@ class Asks:
         """Ask the agent something and wait for its reply (checked for its id only: a
         caller reads its fields as untrusted)."""
         channel = self._open()
+        if kind in self._unknown:
+            raise TransportError("unsupported", self._unsupported(kind))
         self._next_id += 1
         ident = self._next_id
         future: asyncio.Future[messages.Reply] = asyncio.get_running_loop().create_future()
         self._replies[ident] = future
+        self._kinds[ident] = kind
         try:
             channel.write(protocol.encode(kind, id=ident, **fields))
             return await asyncio.wait_for(future, timeout)
@@ -58,6 +68,24 @@ class Asks:
             ) from None
         finally:
             self._replies.pop(ident, None)
+            self._kinds.pop(ident, None)
+
+    def _unsupported(self, kind: str) -> str:
+        return f"machine {self.machine}: its agent is older than the {kind!r} request"
+
+    def agent_error(self, message: str) -> None:
+        """An error the agent sent with no id. One that says it does not know a message
+        type (an agent older than the request) ends every pending request of that kind
+        now, and later ones at once, until the next connection (an upgraded agent)."""
+        m = _UNKNOWN_TYPE.search(message)
+        if m is None:
+            return
+        kind = m.group(1)
+        self._unknown.add(kind)
+        for ident, asked in self._kinds.items():
+            future = self._replies.get(ident)
+            if asked == kind and future is not None and not future.done():
+                future.set_exception(TransportError("unsupported", self._unsupported(kind)))
 
     async def stream(self, kind: str, stop: str, **fields: Any
                      ) -> AsyncIterator[messages.Log]:
@@ -105,7 +133,8 @@ class Asks:
 
     def fail(self, reason: str) -> None:
         """The channel is gone: every request in flight fails with ``reason`` and every
-        stream ends."""
+        stream ends; the next connection's agent may know more requests."""
+        self._unknown.clear()
         for future in self._replies.values():
             if not future.done():
                 future.set_exception(TransportError("unreachable", reason))

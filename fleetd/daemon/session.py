@@ -387,6 +387,7 @@ class MachineSession:
                 return
         elif kind == messages.ERROR:
             log.warning("%s: agent says: %s", self.name, msg.get("message"))
+            self.asks.agent_error(str(msg.get("message")))
             refusal = reports.overtaken(msg)
             if refusal is not None:
                 raise refusal  # our desired set was refused: this fleetd is deposed here
