@@ -27,14 +27,12 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
-import tomllib
 
 from fleetd.cli import rollouts
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.params import Seconds, Timespan
 from fleetd.cli.unitargs import is_glob, unit_items, unit_name, unit_names
 from fleetd.client import segment
-from fleetd.registry.base import LAUNCHED
 from fleetd.units import values
 from fleetd.units.timespan import MAX_S, format_timespan
 from fleetd.wire.names import is_template
@@ -53,6 +51,8 @@ def parse_vars(pairs: Tuple[str, ...], vars_file: Optional[str]) -> Optional[Dic
         return None
     variables: Dict[str, str] = {}
     if vars_file:
+        import tomllib  # here: ~2 ms of every fleetctl start otherwise (issue 14)
+
         try:
             with open(vars_file, "rb") as f:
                 data = tomllib.load(f)
@@ -229,6 +229,10 @@ def expand_units(args: Sequence[str], unit_files: Sequence[Dict[str, Any]]) -> L
         if not is_glob(arg):
             found = [arg]
         else:
+            # here, not at the top: fleetd.registry.base is ~5 ms of every fleetctl
+            # start, for one constant that only a glob needs (issue 14)
+            from fleetd.registry.base import LAUNCHED
+
             matching = [f for f in unit_files if fnmatch.fnmatchcase(f["unit"], arg)
                         and not is_template(f["unit"])]
             found = sorted((f["unit"] for f in matching if f.get("desired") == LAUNCHED),

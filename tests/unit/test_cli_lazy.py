@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, List, Sequence
+from typing import Any, List, Sequence, Tuple
 
 import click
 import pytest
@@ -38,14 +38,20 @@ print(json.dumps(sorted(sys.modules)), file=sys.stderr)
 """
 
 
-def loaded(args: Sequence[str], endpoint: str = "unix:///nonexistent/fleetd.sock"
-           ) -> List[str]:
-    """The modules a fleetctl process with ``args`` had loaded when it ended."""
+def run(args: Sequence[str], endpoint: str = "unix:///nonexistent/fleetd.sock"
+        ) -> Tuple[List[str], str]:
+    """The modules a fleetctl process with ``args`` had loaded when it ended, and what
+    it printed."""
     env = dict(os.environ, FLEETCTL_ENDPOINT=endpoint)
     proc = subprocess.run([sys.executable, "-c", RUN, *args], capture_output=True,
                           text=True, env=env, timeout=60)
     modules: List[str] = json.loads(proc.stderr.strip().splitlines()[-1])
-    return modules
+    return modules, proc.stdout
+
+
+def loaded(args: Sequence[str], endpoint: str = "unix:///nonexistent/fleetd.sock"
+           ) -> List[str]:
+    return run(args, endpoint)[0]
 
 
 def heavy(modules: List[str], names: Sequence[str]) -> List[str]:
@@ -67,6 +73,17 @@ def test_list_units_talks_to_fleetd_without_http_client_ssl_or_the_parser(tmp_pa
         modules = loaded(["list-units"], f"unix://{fleetd.config.socket}")
     assert "fleetd.cli.listing" in modules  # it ran
     assert heavy(modules, HEAVY + NO_TLS) == []
+
+
+def test_start_loads_neither_the_registry_nor_tomllib(tmp_path: Any) -> None:
+    """fleetctl start imports cli/units.py, which once loaded fleetd.registry.base for
+    one constant (~5 ms) and tomllib for --vars-file (~2 ms) on every run (issue 14)."""
+    unit = tmp_path / "lazy.service"
+    unit.write_text("[Service]\nExecStart=/bin/sleep 1000\n")
+    with served(tmp_path) as fleetd:
+        modules, out = run(["start", "--no-block", str(unit)], f"unix://{fleetd.config.socket}")
+    assert out == "Triggered unit lazy.service start\n"  # it ran
+    assert heavy(modules, HEAVY + NO_TLS + ("tomllib",)) == []
 
 
 def test_every_lazy_command_is_the_one_named_and_says_what_its_docstring_says() -> None:
