@@ -19,6 +19,7 @@ import click
 from fleetd.cli.completion import complete_units
 from fleetd.cli.context import Ctx, pass_ctx
 from fleetd.cli.output import ago, echo, table
+from fleetd.cli.unitargs import unit_name
 from fleetd.client import ApiError, segment
 from fleetd.units.timespan import format_timespan
 
@@ -221,8 +222,9 @@ def list_machines(c: Ctx, fields: str, full: bool, no_legend: bool, output: str)
 @pass_ctx
 def status(c: Ctx, unit: str, lines: int, output: str) -> None:
     """One unit: desired and current state, where, pid, since, restarts, last exit, why,
-    and its last log lines."""
-    s = c.call("GET", f"/v1/units/{segment(unit)}/status?lines={lines}")
+    and its last log lines. UNIT without a unit type means UNIT.service, as in fleet
+    (app.unit too means app.service)."""
+    s = c.call("GET", f"/v1/units/{segment(unit_name(unit))}/status?lines={lines}")
     if output == "json":
         click.echo(json.dumps(s, indent=2, sort_keys=True))
         return
@@ -283,8 +285,8 @@ def status(c: Ctx, unit: str, lines: int, output: str) -> None:
 @pass_ctx
 def journal(c: Ctx, unit: str, lines: int, follow: bool) -> None:
     """A unit's output, from the machine it runs on, through fleetd (raw, as journalctl
-    prints it: control characters included)."""
-    path = f"/v1/units/{segment(unit)}/journal?lines={lines}&follow={int(follow)}"
+    prints it: control characters included). UNIT is named as for status."""
+    path = f"/v1/units/{segment(unit_name(unit))}/journal?lines={lines}&follow={int(follow)}"
     try:
         for line in c.client.stream(path):
             click.echo(line.decode(errors="replace"), nl=False)

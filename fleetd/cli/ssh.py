@@ -20,6 +20,7 @@ import click
 
 from fleetd.cli.completion import complete_targets
 from fleetd.cli.context import Ctx, pass_ctx
+from fleetd.cli.unitargs import unit_name  # the one rule: app is app.service, as is app.unit
 from fleetd.client import segment
 
 
@@ -35,11 +36,6 @@ def machine_named(target: str, machines: Sequence[Dict[str, Any]]) -> Optional[s
         raise click.UsageError(f"{target!r} is the start of several machines' ids: "
                                f"{', '.join(matches)}")
     return matches[0] if matches else None
-
-
-def unit_name(target: str) -> str:
-    """A unit as fleet read one: a name without a type is a service."""
-    return target if "." in target else f"{target}.service"
 
 
 def ssh_argv(info: Dict[str, Any], command: Sequence[str]) -> List[str]:

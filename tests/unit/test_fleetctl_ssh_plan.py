@@ -11,7 +11,8 @@ import click
 import pytest
 from apikit import http, post, served
 
-from fleetd.cli.ssh import machine_named, machine_of, ssh_argv, unit_name, unreadable
+from fleetd.cli.ssh import machine_named, machine_of, ssh_argv, unreadable
+from fleetd.cli.unitargs import unit_name
 from fleetd.daemon.http import roles
 
 MACHINES = [{"name": "h1", "machine_id": "abc123"}, {"name": "h2", "machine_id": "abd456"},
