@@ -78,6 +78,19 @@ def systemd_states(r: Row) -> Tuple[str, str, str]:
     return ("loaded" if active != "-" else "-"), active, sub
 
 
+def where(r: Row) -> Optional[str]:
+    """list-units' ADDRESS: the machine's address, with the unit's first port
+    (``10.1.0.2:8080``; a udp one says so: ``10.1.0.2:53/udp``); an IPv6 address is
+    bracketed before a port, as in a URL."""
+    address = r.get("address")
+    ports = r.get("ports") or []
+    if not address or not ports:
+        return address
+    number, _, protocol = str(ports[0]).partition("/")
+    host = f"[{address}]" if ":" in address else address
+    return f"{host}:{number}" + ("" if protocol in ("", "tcp") else f"/{protocol}")
+
+
 def _attempts(r: Row) -> Optional[str]:
     """Reschedules spent of those allowed (``1/5``), once a unit has failed."""
     info = r.get("reschedule") or {}
@@ -102,6 +115,8 @@ UNIT_COLUMNS: Dict[str, Column] = {
     "error": ("ERROR", lambda r, f: _short(r.get("error"), 50, f)),
     "cpu": ("CPU", lambda r, f: _usage(r, "cpu_seconds")),  # from the unit's cgroup
     "memory": ("MEMORY", lambda r, f: _usage(r, "memory_bytes")),
+    "address": ("ADDRESS", lambda r, f: where(r)),  # machine address:first Ports= port
+    "ports": ("PORTS", lambda r, f: ",".join(r.get("ports") or []) or None),
     # fleet's
     "active": ("ACTIVE", lambda r, f: systemd_states(r)[1]),
     "sub": ("SUB", lambda r, f: systemd_states(r)[2]),

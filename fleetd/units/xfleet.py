@@ -31,6 +31,7 @@ import re
 from typing import Dict, List, Optional, Protocol, Sequence, Tuple, TypeVar
 
 from fleetd.units.context import UnitContext
+from fleetd.units.ports import Port, ports
 from fleetd.units.timespan import format_timespan
 from fleetd.units.xupdate import UpdatePolicy
 from fleetd.wire import names
@@ -39,7 +40,7 @@ from fleetd.wire.unitspec import Limits
 X = "X-Fleet"
 KNOWN = ("MachineID", "MachineOf", "MachineMetadata", "Conflicts", "Global", "Replaces",
          "Driver", "RescheduleAttempts", "RescheduleIntervalSec", "RescheduleDelaySec",
-         "RescheduleDelayFunction", "RescheduleMaxDelaySec", "FenceAfterSec")
+         "RescheduleDelayFunction", "RescheduleMaxDelaySec", "FenceAfterSec", "Ports")
 DELAY_FUNCTIONS = ("exponential", "constant")
 MIN_FENCE_S = 3.0  # three default heartbeats
 DRIVERS = ("exec", "java", "systemd")
@@ -117,6 +118,7 @@ class Requirements:
     fence_wait_s: Optional[float] = None  # silence after which the fenced copy is surely
     # gone: FenceAfterSec= plus the unit's stop timeout (fleetd moves it only then)
     update: UpdatePolicy = dataclasses.field(default_factory=UpdatePolicy)  # [X-Update]
+    ports: Tuple[Port, ...] = ()  # Ports=: what it serves, shown as address:port (ports.py)
 
 
 def driver(ctx: UnitContext) -> str:
@@ -183,6 +185,7 @@ def requirements(ctx: UnitContext, limits: Limits) -> Requirements:
         cpus=float(limits.get("cpu_quota") or 0.0),
         reschedule=reschedule(ctx),
         fence_after_s=None if fence == math.inf else fence,
+        ports=ports(ctx),
     )
 
 

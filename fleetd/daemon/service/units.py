@@ -55,9 +55,10 @@ class Units:
 
     # --- reading ------------------------------------------------------------------------
     def rows(self) -> List[Dict[str, Any]]:
-        """``list-units``: a row per unit per machine."""
+        """``list-units``: a row per unit per machine, with its machine's address."""
+        addresses = {m.name: m.address for m in self.registry.list_machines()}
         return views.unit_rows(self.placement.snapshot(), self.registry.list_units(),
-                               self.registry.list_observed())
+                               self.registry.list_observed(), addresses)
 
     async def rows_with_usage(self) -> List[Dict[str, Any]]:
         """``rows``, each with its ``usage`` as its agent reads it now (None: no answer,

@@ -19,10 +19,17 @@ def observed_row(o: ObservedRecord) -> Dict[str, Any]:
             "generation": o.generation}
 
 
-def unit_rows(placement: Placement, units: List[UnitRecord], observed: List[ObservedRecord]
-              ) -> List[Dict[str, Any]]:
-    """One row per unit per machine where it is placed or where a copy still runs."""
+def unit_rows(placement: Placement, units: List[UnitRecord], observed: List[ObservedRecord],
+              addresses: Optional[Mapping[str, str]] = None) -> List[Dict[str, Any]]:
+    """One row per unit per machine where it is placed or where a copy still runs,
+    each with where it is: its machine's ``address`` (from ``addresses``, machine ->
+    the address fleetd reaches it at; None for a machine it does not know) and the
+    ``ports`` its unit declares (``Ports=``, ``["8080/tcp"]``), so that a person or a
+    program finds it without asking which host a machine name is."""
     by_key = {(o.unit, o.machine): o for o in observed}
+    addresses = addresses or {}
+    ports = {u.name: [str(p) for p in getattr(placement.requirements_of(u), "ports", ())]
+             for u in units}
     expected = placement.expected()
     rows: List[Dict[str, Any]] = []
     seen: Set[Tuple[str, str]] = set()
@@ -38,6 +45,9 @@ def unit_rows(placement: Placement, units: List[UnitRecord], observed: List[Obse
     for key, o in by_key.items():
         if key not in seen:  # a copy the host still has, not (or no longer) placed there
             rows.append({**observed_row(o), "desired": "-", "current": False})
+    for row in rows:
+        row["address"] = addresses.get(row["machine"])
+        row["ports"] = ports.get(row["unit"], [])
     rows.sort(key=lambda r: (r["unit"], r["machine"]))
     return rows
 
