@@ -1,6 +1,6 @@
 """The exec driver: a raw program, forked by the agent, in the unit's cgroup.
 
-The program gets systemd's view of a service: a clean environment (PATH, LANG, HOME;
+The program gets systemd's view of a service: a clean environment (PATH, LANG;
 $USER/$LOGNAME/$HOME/$SHELL of User=; then Environment=, then EnvironmentFile=, each
 overriding the one before, as systemd.exec(5) orders them), ``/`` or WorkingDirectory=
 as its directory, stdin from /dev/null and stdout/stderr appended to the unit's log
@@ -58,16 +58,19 @@ from fleetd.wire.unitspec import Limits as LimitsConfig
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INVOCATION_VAR = "FLEET_INVOCATION_ID"
+DEFAULT_UMASK = 0o022  # systemd.exec(5) UMask=: 0022 for system services
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def base_environment(ctx: StartContext) -> Dict[str, str]:
-    """What every unit's program finds in its environment before Environment=."""
-    return {
-        "PATH": DEFAULT_PATH,
-        "LANG": os.environ.get("LANG", "C.UTF-8"),
-        "HOME": "/root" if os.geteuid() == 0 else os.environ.get("HOME", "/"),
-    }
+    """What every unit's program finds in its environment before Environment=. No $HOME
+    from an agent running as root: systemd 252's system manager gives a service none
+    without User= (tests/integration/test_same_process.py); an agent run by a user keeps
+    that user's, as a user manager passes its own on."""
+    env = {"PATH": DEFAULT_PATH, "LANG": os.environ.get("LANG", "C.UTF-8")}
+    if os.geteuid() != 0:
+        env["HOME"] = os.environ.get("HOME", "/")
+    return env
 
 
 def fleet_environment(ctx: StartContext) -> Dict[str, str]:
@@ -113,7 +116,8 @@ class ExecDriver:
                     extra_env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
         """The program's environment; EnvironmentFile= is read now, at every start."""
         env = base_environment(ctx)
-        if creds is not None:
+        if creds is not None and creds.user is not None:
+            env.pop("HOME", None)  # the user's, or none (identity.clean_home)
             env.update(creds.environment())
         env.update(config.get("environment") or {})
         try:
@@ -179,7 +183,8 @@ class ExecDriver:
             cwd = _working_directory(config.get("working_directory"), env)
             switch = None if command.get("privileged") else creds
             script = spare.script(path, argv, env, cwd, ctx.log_path, _setpriv(switch),
-                                  hidden=bool(config.get("secret_file")))
+                                  hidden=bool(config.get("secret_file")),
+                                  umask=umask(config))
             if script is None:
                 raise DriverError("this command cannot start from a prepared process")
         except DriverError:
@@ -277,10 +282,18 @@ class ExecDriver:
 
 def _preexec(config: UnitConfig, cg: Optional[UnitCgroup],
              creds: Optional[identity.Credentials]) -> Callable[[], None]:
-    """The preexec_fn: join ``cg`` (created already), LimitNOFILE=, switch to ``creds``."""
+    """The preexec_fn: join ``cg`` (created already), LimitNOFILE=, UMask=, switch to
+    ``creds``."""
     steps = [cg.preexec()] if cg is not None else []
     return identity.preexec(steps, identity.nofile((config.get("limits") or {}).get("nofile")),
-                            creds)
+                            creds, umask(config))
+
+
+def umask(config: UnitConfig) -> int:
+    """The program's umask: UMask=, else systemd's default for services (0022) - never
+    the agent's own, which would make a unit's files depend on how the agent started."""
+    value = config.get("umask")
+    return DEFAULT_UMASK if value is None else value
 
 
 def _handle(driver: str, pid: int, ctx: StartContext, leaf: str) -> Handle:

@@ -10,7 +10,9 @@ while the agent runs), the way systemd resolves them (systemd.exec(5)):
   they are looked up here, in the agent, because the lookup (NSS) is not safe in the
   forked child of a process with threads.
 - With User=, $USER and $LOGNAME are the user's name, $HOME its home and $SHELL its
-  shell, as systemd sets them; Environment= and EnvironmentFile= may override them.
+  shell, as systemd 252 sets them: no $HOME for a home of "/", no $SHELL for a shell
+  that means no login (nologin, false); Environment= and EnvironmentFile= may override
+  them.
 - LimitNOFILE= "infinity" is the kernel's ceiling (fs.nr_open): setrlimit refuses
   RLIM_INFINITY for open files, and systemd also settles on the closest allowed value.
 
@@ -41,14 +43,35 @@ class Credentials:
     gid: int
     groups: Tuple[int, ...]
     user: Optional[str] = None
-    home: str = "/"
-    shell: str = "/bin/sh"
+    home: Optional[str] = None  # None: no $HOME (see clean_home)
+    shell: Optional[str] = None  # None: no $SHELL (see clean_shell)
 
     def environment(self) -> Dict[str, str]:
         if self.user is None:
             return {}
-        return {"USER": self.user, "LOGNAME": self.user, "HOME": self.home,
-                "SHELL": self.shell}
+        env = {"USER": self.user, "LOGNAME": self.user}
+        if self.home is not None:
+            env["HOME"] = self.home
+        if self.shell is not None:
+            env["SHELL"] = self.shell
+        return env
+
+
+# systemd's is_nologin_shell (src/basic/user-util.c): shells that mean "no login"
+NOLOGIN_SHELLS = ("/bin/nologin", "/sbin/nologin", "/usr/bin/nologin", "/usr/sbin/nologin",
+                  "/bin/false", "/usr/bin/false", "/bin/true", "/usr/bin/true")
+
+
+def clean_home(home: str) -> Optional[str]:
+    """The user's home as $HOME, as systemd's get_user_creds(USER_CREDS_CLEAN) keeps it:
+    none for an empty, relative or root ("/") home."""
+    return None if not home.startswith("/") or home.strip("/") == "" else home
+
+
+def clean_shell(shell: str) -> Optional[str]:
+    """The user's shell as $SHELL, as systemd keeps it: none for an empty or relative
+    one, or one that means no login (daemon's /usr/sbin/nologin)."""
+    return None if not shell.startswith("/") or shell in NOLOGIN_SHELLS else shell
 
 
 def _user(value: str) -> pwd.struct_passwd:
@@ -77,7 +100,7 @@ def resolve(user: Optional[str], group: Optional[str]) -> Optional[Credentials]:
         except OSError as exc:
             raise DriverError(f"User={user}: cannot read its groups: {exc}") from None
         return Credentials(uid=pw.pw_uid, gid=gid, groups=tuple(groups), user=pw.pw_name,
-                           home=pw.pw_dir or "/", shell=pw.pw_shell or "/bin/sh")
+                           home=clean_home(pw.pw_dir), shell=clean_shell(pw.pw_shell))
     assert group
     gid = _group(group).gr_gid
     return Credentials(uid=os.geteuid(), gid=gid, groups=(gid,))
@@ -101,10 +124,11 @@ def _nr_open() -> int:
 
 
 def preexec(steps: List[Callable[[], None]], rlimit: Optional[Tuple[int, int]],
-            creds: Optional[Credentials]) -> Callable[[], None]:
-    """One preexec_fn: ``steps`` (joining the cgroup), then the rlimit, then the switch
-    to ``creds`` - groups, then gid, then uid, the only order that works (after setuid
-    there is no privilege left to change groups)."""
+            creds: Optional[Credentials], umask: Optional[int] = None) -> Callable[[], None]:
+    """One preexec_fn: ``steps`` (joining the cgroup), then the rlimit and ``umask``
+    (UMask=; None leaves the caller's), then the switch to ``creds`` - groups, then gid,
+    then uid, the only order that works (after setuid there is no privilege left to
+    change groups)."""
     groups = list(creds.groups) if creds else []
 
     def run() -> None:
@@ -112,6 +136,8 @@ def preexec(steps: List[Callable[[], None]], rlimit: Optional[Tuple[int, int]],
             step()
         if rlimit is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, rlimit)
+        if umask is not None:
+            os.umask(umask)
         if creds is not None:
             os.setgroups(groups)
             os.setresgid(creds.gid, creds.gid, creds.gid)

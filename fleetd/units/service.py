@@ -49,6 +49,7 @@ MAX_CPU_QUOTA_PERCENT = 1_000_000.0  # 10000 CPUs
 MAX_CPU_WEIGHT = 10000  # systemd's and cgroup v2's cpu.weight range is 1..10000
 MAX_TASKS = 4194304  # the kernel's PID_MAX_LIMIT: pids.max refuses more
 MAX_NOFILE = (1 << 31) - 1  # the kernel's fs.nr_open is an int
+MAX_MODE = 0o7777  # a file mode's permission bits, the most UMask= takes
 
 S = "Service"
 
@@ -85,6 +86,7 @@ def config(ctx: UnitContext, needs_exec_start: bool = True) -> UnitConfig:
         "working_directory": _working_directory(ctx),
         "user": _identity(ctx, "User"),
         "group": _identity(ctx, "Group"),
+        "umask": _umask(ctx),
         "kill_signal": _signal(ctx, "KillSignal", KILL_SIGNAL),
         "timeout_start_s": _timeout(ctx, "TimeoutStartSec")
         if service_type != "oneshot" or ctx.single(S, "TimeoutStartSec") is not None
@@ -267,6 +269,20 @@ def _number_in(text: str, lo: int, hi: int) -> Optional[int]:
 
 
 # --- resource limits ---------------------------------------------------------------------
+def _umask(ctx: UnitContext) -> Optional[int]:
+    """UMask= as systemd's config_parse_mode reads it: an octal mode up to 07777 (leading
+    zeros allowed); None where unset, and the driver then uses systemd's default 0022,
+    not whatever umask the agent itself runs with."""
+    value = ctx.single(S, "UMask")
+    if value is None:
+        return None
+    text = value.strip()
+    if not re.fullmatch(r"[0-7]+", text) or int(text, 8) > MAX_MODE:
+        ctx.fail(ctx.entry(S, "UMask"), f"{value!r} is not an octal mode from 0000 to "
+                                        "07777 (like 0022 or 0027)")
+    return int(text, 8)
+
+
 def parse_size(text: str) -> int:
     """systemd sizes: bytes, or K/M/G/T/P/E (base 1024), at most MAX_SIZE. Raises
     ValueError (NumberError for a number out of range)."""

@@ -101,6 +101,7 @@ class UnitConfig(TypedDict, total=False):
     working_directory: Optional[str]
     user: Optional[str]
     group: Optional[str]
+    umask: Optional[int]  # UMask=; None: systemd's default, 0022
     kill_signal: int
     timeout_start_s: Optional[float]
     timeout_stop_s: Optional[float]

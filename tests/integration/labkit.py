@@ -386,3 +386,20 @@ def ha_lab(base: str, hosts: int = 3, etcd: int = 3, fleetd: int = 3, shared: bo
             lab.down()
         left = ha_leftovers(lab)
         assert left == [], f"the HA lab left behind: {left}"
+
+
+def need_systemd_hosts() -> None:
+    """Fail (never skip: a skipped systemd suite would look like a passing one) unless the
+    lab can boot systemd hosts that ``fleetctl machine add`` can install an agent on: root,
+    the cached Debian rootfs (built once, ~40 s) and a psutil wheel for its Python."""
+    from fleetd.bootstrap import bundle
+    from fleetd.lab import systemd_host
+
+    if os.geteuid() != 0:
+        pytest.fail("the lab's systemd hosts need root (namespaces, mounts, cgroups)")
+    try:
+        systemd_host.rootfs()
+    except systemd_host.SystemdHostError as exc:
+        pytest.fail(f"cannot build the systemd hosts' rootfs: {exc}")
+    if not bundle.pick_wheel(bundle.wheelhouse(), "x86_64", ("glibc", "2.36"), (3, 11)):
+        pytest.fail(f"no psutil wheel in {bundle.wheelhouse()}: ./run.sh setup fetches them")

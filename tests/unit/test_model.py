@@ -83,7 +83,7 @@ def test_load_minimal_unit_defaults() -> None:
         "environment": {},
         "environment_files": [],
         "working_directory": None,
-        "user": None, "group": None,
+        "user": None, "group": None, "umask": None,
         "kill_signal": int(signal.SIGTERM),
         "timeout_start_s": DEFAULT_TIMEOUT_STOP_S,
         "timeout_stop_s": DEFAULT_TIMEOUT_STOP_S,

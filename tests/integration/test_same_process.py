@@ -1,0 +1,283 @@
+"""Same unit, same process (issue 14 §1): one unit run with ``Driver=exec`` and with
+``Driver=systemd`` on the same lab systemd host sees the same argv, environment, working
+directory, user and groups, umask, capabilities, rlimits, nice and OOM score, and the
+same cgroup limits.
+
+The host is a lab systemd host (Debian bookworm, systemd 252 as PID 1), reached the way a
+user reaches it: ``fleetctl machine add`` installs fleet-agent there as a systemd service,
+and ``fleetctl start`` starts two units whose files differ only in their name and their
+``Driver=`` line. Each runs a probe (PROBE) that writes what its own process sees, as
+JSON, and then waits, so its cgroup is read while it runs.
+
+The cgroup limits are the effective ones: for each limit the smallest value on the path
+from the probe's cgroup up to its hierarchy's root (the exec driver may put a run in a
+cgroup below the unit's; systemd puts a unit under system.slice), on the v1 controllers
+of this hybrid host (memory, pids, cpu) and on the v2 hierarchy.
+
+What may differ, and why, is in EXPECTED_ENV_DIFFERENCES; nothing else may.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Any, Dict, Iterator, Tuple
+
+import pytest
+from labkit import Fleet, lab_slot, need_systemd_hosts, wait_for
+
+from fleetd.lab.netns import Host, Lab
+
+PREFIX, SUBNET = "fq", "10.97.0"
+OUT = "/var/tmp/same-process"
+PROBE_PATH = "/usr/local/bin/same-probe.py"
+
+# The probe: what its process sees, as JSON, into OUT/$FLEET_UNIT.json; then it waits.
+PROBE = r'''
+import json, os, resource, sys, time
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+def status():
+    keep = ("Umask", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs",
+            "Seccomp")
+    out = {}
+    for line in open("/proc/self/status"):
+        key, _, value = line.partition(":")
+        if key in keep:
+            out[key] = value.strip()
+    return out
+
+def smallest(values):
+    numbers = [v for v in values if v is not None]
+    return min(numbers) if numbers else None
+
+def number(text, unlimited=("max", "-1")):
+    if text is None or text in unlimited:
+        return None
+    return int(text)
+
+def chain(root, path):
+    """Each cgroup directory from ``path`` up to (not including) the hierarchy's root."""
+    parts = [p for p in path.split("/") if p]
+    return [os.path.join(root, *parts[:i]) for i in range(len(parts), 0, -1)]
+
+def v1_memory(d):
+    n = number(read(d + "/memory.limit_in_bytes"))
+    return None if n is None or n >= (1 << 62) else n  # "no limit" is a page-rounded 2^63
+
+def v1_cpu(d):
+    quota, period = number(read(d + "/cpu.cfs_quota_us")), number(read(d + "/cpu.cfs_period_us"))
+    return None if quota is None or not period else round(quota / period, 4)
+
+def v2_cpu(d):
+    text = read(d + "/cpu.max")
+    if text is None:
+        return None
+    quota, _, period = text.partition(" ")
+    return None if quota == "max" else round(int(quota) / int(period), 4)
+
+def cgroups():
+    limits = {}
+    for line in read("/proc/self/cgroup").splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # the v2 hierarchy (unified on a hybrid host)
+            root = "/sys/fs/cgroup/unified"
+            if not os.path.isdir(root):
+                root = "/sys/fs/cgroup"
+            dirs = chain(root, path)
+            limits["v2 memory.max"] = smallest(number(read(d + "/memory.max")) for d in dirs)
+            limits["v2 pids.max"] = smallest(number(read(d + "/pids.max")) for d in dirs)
+            limits["v2 cpu.max (CPUs)"] = smallest(v2_cpu(d) for d in dirs)
+            continue
+        for controller in controllers.split(","):
+            root = "/sys/fs/cgroup/" + controllers
+            dirs = chain(root, path)
+            if controller == "memory":
+                limits["v1 memory.limit_in_bytes"] = smallest(v1_memory(d) for d in dirs)
+            elif controller == "pids":
+                limits["v1 pids.max"] = smallest(number(read(d + "/pids.max")) for d in dirs)
+            elif controller == "cpu":
+                limits["v1 cfs quota (CPUs)"] = smallest(v1_cpu(d) for d in dirs)
+    return limits
+
+rlimits = {}
+for name in sorted(dir(resource)):
+    if name.startswith("RLIMIT_"):
+        rlimits[name] = list(resource.getrlimit(getattr(resource, name)))
+seen = {
+    "argv": sys.argv[1:],
+    "environ": dict(os.environ),
+    "cwd": os.getcwd(),
+    "uid": list(os.getresuid()),
+    "gid": list(os.getresgid()),
+    "groups": sorted(os.getgroups()),
+    "status": status(),
+    "rlimits": rlimits,
+    "nice": os.nice(0),
+    "oom_score_adj": read("/proc/self/oom_score_adj"),
+    "cgroup limits": cgroups(),
+}
+path = os.path.join("''' + OUT + r'''", os.environ["FLEET_UNIT"] + ".json")
+with open(path + ".tmp", "w") as f:
+    json.dump(seen, f, indent=1, sort_keys=True)
+os.rename(path + ".tmp", path)
+while True:
+    time.sleep(3600)
+'''
+
+# One unit text, run once per driver: quoted words in ExecStart= (quotes opening inside a
+# word), quoted assignments in Environment=, a directory, a umask, rlimits and cgroup
+# limits; and as one of IDENTITIES: a user and group that exist on the host (Debian's
+# daemon user, home /usr/sbin, shell nologin, with a supplementary group added by the
+# test), or none (root, as the agent and systemd run).
+UNIT = """\
+[Unit]
+Description=same-process probe ({driver})
+[Service]
+ExecStart=/usr/bin/python3 {probe} --name="a b" x"y z"w "q r" 'single quoted' plain
+Environment=GREETING="hello world" JAVA_OPTS="-Xmx1g -Xms512m" PLAIN=1
+Environment="QUOTED=whole assignment"
+WorkingDirectory=/var/tmp/same-process
+{identity}UMask=0027
+LimitNOFILE=1234:2345
+MemoryMax=64M
+TasksMax=17
+CPUQuota=30%
+[X-Fleet]
+Driver={driver}
+MachineMetadata=hostname=h1
+"""
+
+IDENTITIES = {"daemon": "User=daemon\nGroup=daemon\n", "root": ""}
+UNITS = [(f"same-{who}-{driver}.service", who, driver)
+         for who in IDENTITIES for driver in ("exec", "systemd")]
+Seen = Dict[str, Tuple[Dict[str, Any], Dict[str, Any]]]
+
+# Variables only one side has, each on purpose:
+EXPECTED_ENV_DIFFERENCES = {
+    # systemd's own, set by PID 1 for every service it runs (systemd.exec(5),
+    # "Environment Variables in Spawned Processes")
+    "INVOCATION_ID": "systemd: the unit's invocation id",
+    "JOURNAL_STREAM": "systemd: stdout/stderr are connected to the journal",
+    "SYSTEMD_EXEC_PID": "systemd: the pid systemd forked for ExecStart=",
+    "MANAGERPID": "systemd: the service manager's pid (user managers)",
+    "LISTEN_PID": "systemd: socket activation", "LISTEN_FDS": "systemd: socket activation",
+    "NOTIFY_SOCKET": "systemd: Type=notify", "WATCHDOG_PID": "systemd: WatchdogSec=",
+    "WATCHDOG_USEC": "systemd: WatchdogSec=",
+    # fleetd's agent, on purpose: the exec driver's identity evidence that a restarted
+    # agent checks before adopting a running program (drivers/exec.py same_process);
+    # systemd knows its units by name and needs none
+    "FLEET_INVOCATION_ID": "fleetd's exec driver: identity evidence for re-adoption",
+}
+# Variables both sides have with values that differ on purpose:
+EXPECTED_ENV_VALUES = {
+    "FLEET_UNIT": "the unit's name, and the two units have different names",
+}
+
+
+def ssh(lab: Lab, h: Host, command: str) -> str:
+    out = subprocess.run(
+        ["ssh", "-F", "/dev/null", "-i", lab.identity, "-o", "BatchMode=yes",
+         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={lab.known_hosts}",
+         "-o", "ConnectTimeout=5", f"root@{h.address}", command],
+        capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        pytest.fail(f"{h.name}: {command}: exit {out.returncode}: {out.stderr}{out.stdout}")
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    need_systemd_hosts()
+    with lab_slot(PREFIX):
+        the_lab = Lab(str(tmp_path_factory.mktemp("samelab")), prefix=PREFIX, subnet=SUBNET)
+        the_lab.down()
+        try:
+            the_lab.up(1, systemd=1)
+            yield the_lab
+        finally:
+            the_lab.down()
+
+
+@pytest.fixture(scope="module")
+def seen(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seen]:
+    """What the probe saw under Driver=exec and under Driver=systemd, by identity."""
+    work = tmp_path_factory.mktemp("samefleet")
+    h = lab.hosts()[0]
+    assert h.systemd
+    ssh(lab, h, f"install -d -m 1777 {OUT} && cat > {PROBE_PATH} <<'EOF'\n{PROBE}EOF\n"
+                "getent group adm >/dev/null && usermod -a -G adm daemon")
+    fleet = Fleet(lab, str(work))
+    fleet.start()
+    try:
+        fleet.ctl("machine", "add", f"root@{h.address}", "--name", h.name,
+                  "--metadata", f"hostname={h.name}", "--identity", lab.identity,
+                  "--known-hosts", lab.known_hosts, timeout=300)
+        files = []
+        for name, who, driver in UNITS:
+            path = os.path.join(str(work), name)
+            with open(path, "w") as f:
+                f.write(UNIT.format(driver=driver, probe=PROBE_PATH, identity=IDENTITIES[who]))
+            files.append(path)
+        fleet.ctl("start", *files, timeout=120)
+        out = {}
+        for name, _, _ in UNITS:
+            wait_for(f"{name}'s probe", lambda path=f"{OUT}/{name}.json": ssh(
+                lab, h, f"test -e {path} && echo yes || true").strip() == "yes", 30)
+            out[name] = json.loads(ssh(lab, h, f"cat {OUT}/{name}.json"))
+        yield {who: (out[f"same-{who}-exec.service"], out[f"same-{who}-systemd.service"])
+               for who in IDENTITIES}
+    finally:
+        fleet.ctl("destroy", *(name for name, _, _ in UNITS), check=False)
+        fleet.stop()
+
+
+FIELDS = ["argv", "cwd", "uid", "gid", "groups", "status", "rlimits", "nice",
+          "oom_score_adj", "cgroup limits"]
+
+
+@pytest.mark.parametrize("who", IDENTITIES)
+@pytest.mark.parametrize("field", FIELDS)
+def test_the_same_under_both_drivers(seen: Seen, who: str, field: str) -> None:
+    exec_side, systemd_side = seen[who]
+    assert exec_side[field] == systemd_side[field], \
+        f"{field}: Driver=exec {exec_side[field]!r}, Driver=systemd {systemd_side[field]!r}"
+
+
+def test_the_unit_text_is_what_both_ran(seen: Seen) -> None:
+    """Guards the comparison: the probe's words and limits are the unit's, not defaults
+    that would agree by accident."""
+    exec_side, systemd_side = seen["daemon"]
+    assert systemd_side["uid"] == [1, 1, 1] and seen["root"][1]["uid"] == [0, 0, 0]
+    assert exec_side["argv"] == ["--name=a b", "xy zw", "q r", "single quoted", "plain"]
+    assert systemd_side["environ"]["GREETING"] == "hello world"
+    assert systemd_side["cwd"] == OUT
+    assert systemd_side["status"]["Umask"] == "0027"
+    assert systemd_side["rlimits"]["RLIMIT_NOFILE"] == [1234, 2345]
+    limits = systemd_side["cgroup limits"]
+    assert 64 << 20 in (limits.get("v1 memory.limit_in_bytes"), limits.get("v2 memory.max"))
+    assert 17 in (limits.get("v1 pids.max"), limits.get("v2 pids.max"))
+    assert 0.3 in (limits.get("v1 cfs quota (CPUs)"), limits.get("v2 cpu.max (CPUs)"))
+
+
+@pytest.mark.parametrize("who", IDENTITIES)
+def test_the_same_environment_but_for_named_variables(seen: Seen, who: str) -> None:
+    exec_env, systemd_env = (dict(s["environ"]) for s in seen[who])
+    for name in EXPECTED_ENV_DIFFERENCES:
+        exec_env.pop(name, None)
+        systemd_env.pop(name, None)
+    for name in EXPECTED_ENV_VALUES:
+        assert name in exec_env and name in systemd_env, name
+        exec_env.pop(name)
+        systemd_env.pop(name)
+    only_exec = {k: v for k, v in exec_env.items() if systemd_env.get(k) != v}
+    only_systemd = {k: v for k, v in systemd_env.items() if exec_env.get(k) != v}
+    assert (only_exec, only_systemd) == ({}, {}), \
+        f"Driver=exec alone (or other value): {only_exec}; Driver=systemd: {only_systemd}"
