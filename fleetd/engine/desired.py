@@ -114,11 +114,14 @@ class Rendering:
         return dataclasses.replace(u, hash=versions[-2].hash)
 
     def sets(self, units: List[UnitRecord], machines: List[MachineRecord],
-             globals: Mapping[str, Sequence[str]], handed_over: Set[str]
+             globals: Mapping[str, Sequence[str]], handed_over: Set[str],
+             held: Optional[Mapping[Tuple[str, str], str]] = None
              ) -> Tuple[Sets, Expected, List[PlacementRow], Set[RenderKey]]:
         """Each machine's units, rendered for that machine; what each (unit, machine)
         is expected to run; why a unit cannot be rendered where it is placed (it is left
-        out of that set); and the rendered units the sets use."""
+        out of that set); and the rendered units the sets use. ``held``: (Global unit,
+        machine) -> the content it keeps there while its rollout has not reached that
+        machine (engine/rolling.py)."""
         by_name = {m.name: m for m in machines}
         sets: Sets = {m.name: [] for m in machines}
         live: Set[RenderKey] = set()
@@ -135,7 +138,9 @@ class Rendering:
                 machine = by_name.get(target)
                 if machine is None:
                     continue
-                rendered = self.render(self.old_copy(u) if target == u.handoff else u,
+                kept = (held or {}).get((u.name, target))
+                rendered = self.render(self.old_copy(u) if target == u.handoff else
+                                       dataclasses.replace(u, hash=kept) if kept else u,
                                        machine)
                 if isinstance(rendered, str):
                     why = f"cannot render for {machine.name}: {rendered}"

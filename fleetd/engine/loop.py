@@ -37,7 +37,7 @@ from fleetd import protocol
 from fleetd.engine import events, reconciler, rollout, transitions
 from fleetd.engine.desired import Rendering
 from fleetd.engine.facts import PlacementRow, applied, failed_here, machine_view, recorded
-from fleetd.engine.rolling import Rolling
+from fleetd.engine.rolling import HashOn, Rolling
 from fleetd.engine.snapshot import Snapshot
 from fleetd.engine.views import Failure, MachineView, UnitView
 from fleetd.registry.base import (
@@ -121,6 +121,7 @@ class Engine:
         self.timed: Callable[[float, str], object] = lambda seconds, outcome: None
         self._known: Optional[Tuple[Dict[str, UnitRecord], Dict[str, MachineRecord]]] = None
         self.rolling = Rolling(registry)  # templates' rolling updates (issue 16)
+        self._globals: Mapping[str, List[str]] = {}  # the last pass's Global units
 
     @property
     def secrets(self) -> Optional[SecretSource]:
@@ -216,14 +217,16 @@ class Engine:
         ready = self.rendering.ready
         handed_over = {u.name for u in units if u.handoff and u.machine in by_name
                        and ready(u, by_name[u.machine], observed.get((u.name, u.machine)))}
-        sets, hashes, reasons, rendered = self.rendering.sets(units, machines, outcome.globals,
-                                                              handed_over)
+        sets, hashes, reasons, rendered = self.rendering.sets(
+            units, machines, outcome.globals, handed_over,
+            self.rolling.held(units, outcome.globals, observed, self._hash_on(by_name)))
         deadlines = [m.drain_deadline for m in machines
                      if m.draining is not None and m.drain_deadline and m.drain_deadline > now]
         wake_at = min([*deadlines, *([outcome.wake_at] if outcome.wake_at else [])],
                       default=None)
         snapshot = Snapshot.of(hashes, outcome.globals, requirements,
                                frozenset(u.name for u in units if u.handoff), now)
+        self._globals = outcome.globals
         return Decision(
             failures=new, placements=placements, reasons=reasons,
             handoffs={t.unit: t.handoff for t in tasks}, retry=[t.unit for t in tasks if t.retry],
@@ -260,6 +263,12 @@ class Engine:
             return f"fleetd failed on it ({_error(exc)})"
         return None
 
+    def _hash_on(self, by_name: Mapping[str, MachineRecord]) -> HashOn:
+        def hash_on(u: UnitRecord, machine: str) -> Optional[str]:
+            m = by_name.get(machine)
+            return None if m is None else self.rendering.hash_on(u, m)
+        return hash_on
+
     async def _roll(self, machines: List[MachineRecord], observed: Observed, now: float,
                     wake_at: Optional[float]) -> Optional[float]:
         """Templates' rollouts (engine/rollout.py), on the units as this pass left them;
@@ -275,9 +284,22 @@ class Engine:
             probed = self.units.probed(u.name, u.hash, u.vars, self.registry.unit_text)
             return None if isinstance(probed, Invalid) else probed.requirements.update
 
-        r = rollout.decide(self.rolling.templates(units, ready, self.registry.list_failures(),
-                                                  policy, now), now)
-        if await self.rolling.apply(r, units, self.epoch):
+        def ready_on(u: UnitRecord, machine: str) -> bool:
+            m = by_name.get(machine)
+            return m is not None and self.rendering.ready(u, m, observed.get((u.name, m.name)))
+
+        templates = self.rolling.templates(units, ready, self.registry.list_failures(),
+                                           policy, now)
+        templates += self.rolling.globals(units, self._globals, observed,
+                                          self._hash_on(by_name), ready_on, policy, now)
+        self.rolling.forget(units)
+        r = rollout.decide(templates, now)
+        wrote = await self.rolling.apply(r, units, self.epoch, now)
+        for draft in transitions.rollout(r, self.rolling.in_flight,
+                                         {t.name: t.reason for t in templates}):
+            self.publish(draft)
+        self.rolling.in_flight = r.in_flight
+        if wrote:
             self.wake()  # the new contents go out in the next pass
         return min((t for t in (wake_at, r.wake_at) if t is not None), default=None)
 

@@ -28,6 +28,16 @@ as a drain's hand-off; else in place.
 
 Each template's status line (``Rollout.status``) says where its rollout is and why;
 the loop stores it as the template's reason, which ``fleetctl list-unit-files`` shows.
+
+A Global unit rolls by the same steps, its copies being its machines' (``Template``
+``per_machine``; each ``Copy`` named by its machine): the registry holds its new content
+at once, and engine/rolling.py keeps which content each machine is given, the old one
+until a ``Change`` (with its ``machine``) moves that machine over. A machine's copy can
+only change in place (one copy a machine), so no hand-off.
+
+Each decision also says what phase each rollout is in (``Rollout.phase``, beside each
+changed status) and which copies are in flight (``Rollout.in_flight``): what
+engine/transitions.py makes the rollout's events of.
 """
 
 from __future__ import annotations
@@ -78,15 +88,19 @@ class Template:
     # its current version's options, given on the command line: ``canary`` (copies to
     # change before ``fleetctl promote``; 0: none) and [X-Update]'s, which they override
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # a Global unit: its copies are named by their machines, and change there
+    per_machine: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class Change:
-    """Give ``unit`` the content ``hash`` (its template's) because of ``reason``."""
+    """Give ``unit`` the content ``hash`` (its template's) because of ``reason``; for a
+    Global unit, its copy on ``machine`` alone."""
 
     unit: str
     hash: str
     reason: str
+    machine: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,11 +113,19 @@ class Revert:
     reason: str
 
 
+Where = Tuple[str, Optional[str]]
+
+
 @dataclasses.dataclass
 class Rollout:
     changes: List[Change] = dataclasses.field(default_factory=list)
     reverts: List[Revert] = dataclasses.field(default_factory=list)
     status: Dict[str, str] = dataclasses.field(default_factory=dict)  # only changed ones
+    # each changed status's phase: rolling, waiting, canary, done, reverted, stopped
+    phase: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # each rollout's copies changed and not yet healthy long enough (every rollout), as
+    # (unit, machine): a template's instance (machine None), a Global unit's machine
+    in_flight: Dict[str, Tuple[Where, ...]] = dataclasses.field(default_factory=dict)
     wake_at: Optional[float] = None
 
     def wake(self, at: float) -> None:
@@ -114,10 +136,20 @@ class Rollout:
 def decide(templates: Sequence[Template], now: float) -> Rollout:
     out = Rollout()
     for t in templates:
-        status = _template(t, now, out)
-        if status is not None and status != t.reason:
-            out.status[t.name] = status
+        got = _template(t, now, out)
+        if got is not None and got[1] != t.reason:
+            out.phase[t.name], out.status[t.name] = got
     return out
+
+
+def _where(t: Template, c: Copy) -> Where:
+    return (t.name, c.name) if t.per_machine else (c.name, None)
+
+
+def _change(t: Template, c: Copy, reason: str) -> Change:
+    if t.per_machine:
+        return Change(t.name, t.hash, reason, c.name)
+    return Change(c.name, t.hash, reason)
 
 
 def _label(t: Template, content: str) -> str:
@@ -126,7 +158,8 @@ def _label(t: Template, content: str) -> str:
     return f"v{number} ({content[:12]})" if number is not None else content[:12]
 
 
-def _template(t: Template, now: float, out: Rollout) -> Optional[str]:
+def _template(t: Template, now: float, out: Rollout) -> Optional[Tuple[str, str]]:
+    """The rollout's phase and status line (None: no rollout), its changes into ``out``."""
     known = {v.hash for v in t.versions}
     members = sorted((c for c in t.copies if c.hash in known), key=lambda c: c.name)
     if not members:
@@ -137,8 +170,8 @@ def _template(t: Template, now: float, out: Rollout) -> Optional[str]:
         return None  # no rollout (any more): a copy that fails now is failover's
     for c in behind:
         if not c.running:
-            out.changes.append(Change(c.name, t.hash, f"{t.name} is now {target}; "
-                                                      "no copy runs, so it changes at once"))
+            out.changes.append(_change(t, c, f"{t.name} is now {target}; "
+                                             "no copy runs, so it changes at once"))
     rolling = [c for c in behind if c.running]
     # copies changed by this rollout (the others had this content before it began)
     changed = [c for c in members if c.hash == t.hash and c.running
@@ -159,34 +192,38 @@ def _template(t: Template, now: float, out: Rollout) -> Optional[str]:
         elif healthy_for < policy.min_healthy_s:
             in_flight.append(c)
             out.wake((c.ready_since or now) + policy.min_healthy_s)
+    out.in_flight[t.name] = tuple(_where(t, c) for c in in_flight)
     if failed:
         return _stopped(t, target, failed, out)
     if not rolling:
         if in_flight:
-            return (f"rolling out {target}: waiting for {_names(in_flight)} to be healthy "
-                    f"for {policy.min_healthy_s:g}s (MinHealthySec=)")
+            return "waiting", (f"rolling out {target}: waiting for {_names(in_flight)} to "
+                               f"be healthy for {policy.min_healthy_s:g}s (MinHealthySec=)")
         current = t.versions[-1] if t.versions else None
-        after = f" ({current.via})" if current and current.via.startswith(REVERT_VIA) else ""
-        return f"{target} on all {len(members)} copies{after}"
+        back = current is not None and current.via.startswith(REVERT_VIA)
+        after = f" ({current.via})" if current and back else ""
+        return ("reverted" if back else "done"), \
+            f"{target} on all {len(members)} copies{after}"
     slots = max(0, policy.max_parallel - len(in_flight))
     if canary:
         slots = min(slots, max(0, canary - len(changed)))
         if slots == 0 and len(changed) >= canary:
             waiting = (f"waiting for {_names(in_flight)} to be healthy" if in_flight else
                        f"waiting for fleetctl promote {t.name} (or rollback)")
-            return (f"rolling out {target}: canary, {len(changed)} of {len(members)} "
-                    f"copies on it; {waiting}")
+            return "canary", (f"rolling out {target}: canary, {len(changed)} of "
+                              f"{len(members)} copies on it; {waiting}")
     going = rolling[:slots]
     pace = f"{policy.max_parallel} cop{'y' if policy.max_parallel == 1 else 'ies'}"
     for c in going:
-        out.changes.append(Change(c.name, t.hash, f"rolling out {t.name} {target}: at most "
-                                                  f"{pace} at a time (MaxParallel=)"))
+        out.changes.append(_change(t, c, f"rolling out {t.name} {target}: at most "
+                                         f"{pace} at a time (MaxParallel=)"))
     if going:
         out.wake(now)  # the changed copies' state is read again on the next pass
     busy = in_flight + going
     done = len(changed) - len(in_flight)
-    return (f"rolling out {target}: {done} of {len(members)} copies done, "
-            f"{_names(busy)} changing, {len(rolling) - len(going)} waiting")
+    out.in_flight[t.name] = tuple(_where(t, c) for c in busy)
+    return "rolling", (f"rolling out {target}: {done} of {len(members)} copies done, "
+                       f"{_names(busy)} changing, {len(rolling) - len(going)} waiting")
 
 
 def options(policy: UpdatePolicy, given: Mapping[str, Any]) -> Tuple[UpdatePolicy, int]:
@@ -210,23 +247,26 @@ def options(policy: UpdatePolicy, given: Mapping[str, Any]) -> Tuple[UpdatePolic
     return dataclasses.replace(policy, **changes), int(canary or 0)
 
 
-def _stopped(t: Template, target: str, failed: List[Tuple[Copy, str]], out: Rollout) -> str:
+def _stopped(t: Template, target: str, failed: List[Tuple[Copy, str]], out: Rollout
+             ) -> Tuple[str, str]:
     why = "; ".join(f"{c.name} failed: {reason}" for c, reason in failed)
     current = t.versions[-1] if t.versions and t.versions[-1].hash == t.hash else None
     if not t.policy.auto_revert:
-        return f"rollout of {target} stopped: {why}; submit new content to go on"
+        return "stopped", f"rollout of {target} stopped: {why}; submit new content to go on"
     if current is not None and current.via.startswith(REVERT_VIA):
-        return (f"rollout of {target} stopped too: {why}; it was AutoRevert='s, so no "
-                "revert again (that would go back to the content that failed)")
+        return "stopped", (f"rollout of {target} stopped too: {why}; it was AutoRevert='s, "
+                           "so no revert again (that would go back to the content that "
+                           "failed)")
     previous = next((v for v in reversed(t.versions) if v.hash != t.hash), None)
     if previous is None:
-        return f"rollout of {target} stopped: {why}; AutoRevert=yes but no earlier version"
+        return "stopped", (f"rollout of {target} stopped: {why}; AutoRevert=yes but no "
+                           "earlier version")
     back = f"v{previous.number} ({previous.hash[:12]})"
     reason = f"rollout of {target} stopped: {why}; AutoRevert=yes: back to {back}"
     out.reverts.append(Revert(t.name, previous.hash, previous.number,
                               f"{REVERT_VIA}: {target} failed ({why})"))
     out.wake(0.0)
-    return reason
+    return "reverting", reason
 
 
 def _names(copies: Sequence[Copy]) -> str:

@@ -12,6 +12,14 @@ reports in a row: ``started`` (running, with its pid), ``exited`` (its status or
 and whether it restarts), ``restarted`` (by Restart=, the count grew), ``failed``,
 ``stopped``, ``health`` (passing <-> failing). The agent reports ``starting`` between an
 exit and its restart, so a killed program shows as exited then restarted.
+
+A rollout's pass (engine/rollout.py ``Rollout``) makes its steps' events: ``rollout-change``
+(a copy given new content, and why), ``rollout-healthy`` (a changed copy healthy for
+MinHealthySec=: the next may go), ``rollout-revert`` (AutoRevert= puts the old content
+back), and one per change of the rollout's phase: ``rollout-rolling``,
+``rollout-waiting``, ``rollout-canary`` (waiting for promote), ``rollout-promoted``,
+``rollout-done``, ``rollout-stopped`` (a copy failed), ``rollout-reverting``,
+``rollout-reverted``.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 from fleetd import protocol
 from fleetd.engine.events import Draft
 from fleetd.engine.reconciler import Place
+from fleetd.engine.rollout import Rollout, Where
 from fleetd.registry.base import FailureRecord, MachineRecord, ObservedRecord, UnitRecord
 
 ACTIVE = (protocol.RUNNING,)
@@ -144,3 +153,34 @@ def _placed(t: Place, was: Optional[str]) -> Draft:
     else:
         kind = "placed"
     return Draft(kind, t.reason, t.unit, t.machine, fields)
+
+
+def rollout(r: Rollout, in_flight_before: Mapping[str, Sequence[Where]],
+            reasons_before: Mapping[str, str]) -> List[Draft]:
+    """The events of one rollout pass. ``in_flight_before``: each rollout's copies in
+    flight as the last pass left them (a copy gone from them while the rollout neither
+    stopped nor went back is healthy now); ``reasons_before``: each rollout's status
+    line before this pass (a canary that goes on rolling was promoted)."""
+    out: List[Draft] = []
+    for name, before in sorted(in_flight_before.items()):
+        if r.phase.get(name) in ("stopped", "reverting") or name not in r.in_flight:
+            continue  # the copies left in flight failed, or the rollout is gone
+        now = set(r.in_flight[name])
+        for unit, machine in before:
+            if (unit, machine) not in now:
+                on = f" on {machine}" if machine else ""
+                out.append(Draft("rollout-healthy", f"{name}: {unit}{on} healthy for "
+                                 "MinHealthySec=; the next copy may change", unit, machine,
+                                 {"rollout": name}))
+    for c in r.changes:
+        out.append(Draft("rollout-change", c.reason, c.unit, c.machine,
+                         {"hash": c.hash}))
+    for v in r.reverts:
+        out.append(Draft("rollout-revert", v.reason, v.template, None,
+                         {"hash": v.hash, "version": v.number}))
+    for name, status in sorted(r.status.items()):
+        phase = r.phase.get(name, "rolling")
+        if phase == "rolling" and ": canary, " in reasons_before.get(name, ""):
+            phase = "promoted"
+        out.append(Draft(f"rollout-{phase}", status, name, None, {}))
+    return out

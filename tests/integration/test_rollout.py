@@ -138,6 +138,15 @@ class Sampler:
         self._stop.set()
         self._thread.join(5)
 
+    def one_step_at_a_time(self, old: str, new: str) -> None:
+        """At least 2 of 3 hosts answered in every sample, and each step was seen from
+        outside: one copy on ``new``, then two."""
+        worst = min(sum(v is not None for v in x.values()) for x in self.samples)
+        assert worst >= 2, [x for x in self.samples
+                            if sum(v is not None for v in x.values()) < 2][:3]
+        mixed = {tuple(sorted(v for v in x.values() if v)) for x in self.samples}
+        assert (old, new, new) in mixed and (old, old, new) in mixed, mixed
+
 
 def start_v1(fleet: Fleet, tmp_path: Path, lab: Lab, extra: str = "") -> None:
     write_template(tmp_path, "v1", extra)
@@ -165,11 +174,7 @@ def test_new_content_rolls_with_two_of_three_answering_throughout(
                  90)
         wait_for("the rollback done", lambda: status(fleet).endswith("on all 3 copies"), 30)
     assert len(s.samples) > 100, len(s.samples)
-    worst = min(sum(v is not None for v in sample.values()) for sample in s.samples)
-    assert worst >= 2, [x for x in s.samples if sum(v is not None for v in x.values()) < 2][:3]
-    # one copy at a time: each step seen from outside
-    mixed = {tuple(sorted(v for v in x.values() if v)) for x in s.samples}
-    assert ("v1", "v2", "v2") in mixed and ("v1", "v1", "v2") in mixed
+    s.one_step_at_a_time("v1", "v2")
     assert status(fleet).startswith("v3 (")  # v1's content again, as version 3
     history = fleet.ctl("history", "web@.service").stdout
     assert "rolled back by v3 (rollback to v1 by root (unix socket))" in history, history

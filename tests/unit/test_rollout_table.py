@@ -167,3 +167,48 @@ def test_command_line_options_override_the_unit_and_junk_is_ignored() -> None:
     assert options(POLICY, junk) == (POLICY, 0)
     r = decide([template(copy("1"), copy("2"), copy("3"), max_parallel=3)], T0)
     assert changes(r) == [("1", "new"), ("2", "new"), ("3", "new")]
+
+
+def test_a_global_units_copies_are_its_machines() -> None:
+    """``per_machine``: each copy is named by its machine, and a change names the unit
+    and that machine (engine/rolling.py renders it there)."""
+    machines = (Copy("h1", OLD, True, 0.0, 1.0), Copy("h2", OLD, True, 0.0, 1.0),
+                Copy("h3", OLD, False, 0.0, None))
+    t = Template("agent.service", NEW, V, T0, POLICY, machines, "", {}, per_machine=True)
+    r = decide([t], T0)
+    assert [(c.unit, c.machine, c.hash) for c in r.changes] == [
+        ("agent.service", "h3", NEW), ("agent.service", "h1", NEW)]
+    assert r.in_flight == {"agent.service": (("agent.service", "h1"),)}
+    assert r.phase == {"agent.service": "rolling"}
+    assert r.status["agent.service"].endswith("h1 changing, 1 waiting")
+
+
+# status of the rollout -> its phase (what its event is called)
+PHASES: Dict[str, Tuple[Tuple[Copy, ...], float, Dict[str, Any], str]] = {
+    "rolling": ((copy("1"), copy("2")), T0, {}, "rolling"),
+    "waiting": ((copy("1", NEW, changed_at=T0, ready_since=T0),
+                 copy("2", NEW, changed_at=T0, ready_since=T0)), T0 + 1, {}, "waiting"),
+    "canary": ((copy("1", NEW, changed_at=T0, ready_since=T0), copy("2")), T0 + 60,
+               {"canary": 1}, "canary"),
+    "done": ((copy("1", NEW, changed_at=T0, ready_since=T0),), T0 + 60, {}, "done"),
+    "stopped": ((copy("1", NEW, changed_at=T0, ready_since=None, failed="x"), copy("2")),
+                T0 + 1, {}, "stopped"),
+}
+
+
+@pytest.mark.parametrize("case", PHASES)
+def test_each_status_says_its_phase(case: str) -> None:
+    copies, now, opts, phase = PHASES[case]
+    r = decide([template(*copies, reason="rolling out v2", **opts)], now)
+    assert r.phase == {"web@.service": phase}
+
+
+def test_reverting_then_reverted() -> None:
+    revert = dataclasses.replace(POLICY, auto_revert=True)
+    failed = copy("1", NEW, changed_at=T0, ready_since=None, failed="boom")
+    r = decide([template(failed, copy("2"), policy=revert)], T0 + 5)
+    assert r.phase == {"web@.service": "reverting"}
+    back = (*V, Version(3, OLD, "AutoRevert: v2 failed"))
+    t = template(copy("1", OLD, changed_at=T0 + 7, ready_since=T0 + 8), copy("2"),
+                 policy=revert, versions=back, content=OLD, reason="rolling out v3")
+    assert decide([t], T0 + 30).phase == {"web@.service": "reverted"}
