@@ -161,3 +161,23 @@ def test_a_global_unit_never_changed_renders_as_before() -> None:
     step(f, 10)
     assert versions(f, text(1)) == {"h1": "v1", "h2": "v1", "h3": "v1"}
     assert kinds(events) == []
+
+
+def test_a_canary_machine_waits_for_promote_and_says_so() -> None:
+    f, events = fleet()
+    v1, v2 = text(1), text(2)
+    at_once(f.registry.put_units([UnitInput(NAME, v2, content_hash(v2))], None,
+                                 replace=True, via="test", options={"canary": 1}))
+    step(f)
+    report(f, "h1", protocol.RUNNING)
+    step(f, 0.1)
+    step(f, 30)
+    assert versions(f, v1, v2) == {"h1": "v2", "h2": "v1", "h3": "v1"}
+    u = f.registry.get_unit(NAME)
+    assert u is not None and u.reason.endswith(f"waiting for fleetctl promote {NAME} "
+                                               "(or rollback)")
+    assert kinds(events)[-1] == "rollout-canary"
+    at_once(f.registry.set_version_options(NAME, 2, {"canary": 0}))
+    step(f)
+    assert versions(f, v1, v2)["h2"] == "v2"
+    assert "rollout-promoted" in kinds(events)
