@@ -33,6 +33,7 @@ from fleetd.units.compiled import CompiledUnits, Machine, RenderKey
 from fleetd.units.compiled import error_text as _error
 from fleetd.units.model import Unit
 from fleetd.units.parser import UnitError
+from fleetd.units.peers import NOWHERE, Peer, Placements
 from fleetd.units.secrets import Sealed, SecretSource, seal
 from fleetd.wire.unitspec import UnitSpec
 
@@ -52,6 +53,10 @@ class Rendering:
         self.units = units
         self.secrets = secrets
         self._machines: Dict[str, Tuple[MachineRecord, Machine]] = {}
+        # where units are, for templates that ask (units(), fleetd.units.peers): set by
+        # each pass's ``sets``, and read until the next, so that a unit's hash between
+        # passes is the one its machine was sent
+        self.placements = NOWHERE
 
     def new_pass(self) -> None:
         """Forget the machines' contexts: a pass builds them from its own records."""
@@ -67,7 +72,7 @@ class Rendering:
                                                     Machine.of(machine_context(machine)))
         try:
             return self.units.rendered(u.name, u.hash, u.vars, known[1],
-                                       self.registry.unit_text)
+                                       self.registry.unit_text, self.placements)
         except (UnitError, LookupError) as exc:
             return str(exc)
         except Exception as exc:  # one unit's content never stops a pass
@@ -113,6 +118,23 @@ class Rendering:
             return u
         return dataclasses.replace(u, hash=versions[-2].hash)
 
+    def peers(self, units: List[UnitRecord], machines: Mapping[str, MachineRecord],
+              globals: Mapping[str, Sequence[str]]) -> Placements:
+        """Every unit desired running, on each machine it is placed on (a Global unit's
+        every machine), with that machine's address and the ports it declares."""
+        found: List[Peer] = []
+        for u in units:
+            if u.desired != LAUNCHED:
+                continue
+            probed = self.units.known(u.name, u.hash, u.vars)
+            ports = tuple(p.number for p in probed.requirements.ports) \
+                if isinstance(probed, Unit) else ()
+            for target in globals.get(u.name, [u.machine] if u.machine else []):
+                machine = machines.get(target)
+                if machine is not None:
+                    found.append(Peer(u.name, target, machine.address, ports))
+        return Placements(found)
+
     def sets(self, units: List[UnitRecord], machines: List[MachineRecord],
              globals: Mapping[str, Sequence[str]], handed_over: Set[str],
              held: Optional[Mapping[Tuple[str, str], str]] = None
@@ -123,6 +145,7 @@ class Rendering:
         machine) -> the content it keeps there while its rollout has not reached that
         machine (engine/rolling.py)."""
         by_name = {m.name: m for m in machines}
+        self.placements = self.peers(units, by_name, globals)
         sets: Sets = {m.name: [] for m in machines}
         live: Set[RenderKey] = set()
         expected: Expected = {}

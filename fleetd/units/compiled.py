@@ -8,7 +8,9 @@ A unit file is read in two ways between submit and push:
   (description, health check). Keyed by (name, content hash, variables).
 * **rendered** for one machine, then loaded: what that machine's agent runs. Content
   without markup reads the same everywhere, so its key has no machine; otherwise the
-  key adds what a template may read of the machine (name, address, id, metadata, facts).
+  key adds what a template may read of the machine (name, address, id, metadata, facts),
+  and for a template that asked ``units(...)`` what it was told (fleetd.units.peers):
+  when those placements change, the unit renders again, to a new hash.
 
 Each is computed once per key, errors included (a unit that cannot be read stays that
 way until its content, variables or machine change), and dropped when the engine says
@@ -37,6 +39,7 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Set, Tuple, Unio
 from fleetd.units import render
 from fleetd.units.model import Unit, load, parse_name
 from fleetd.units.parser import UnitError
+from fleetd.units.peers import NOWHERE, Placements, Reader
 from fleetd.units.validate import validate
 
 log = logging.getLogger("fleetd.units")
@@ -79,6 +82,15 @@ class Machine:
         return cls(context, machine_key(context))
 
 
+def _told(key: RenderKey, digest: str) -> RenderKey:
+    """The key of a render that read placements: its machine part and what it was told."""
+    return (key[0], key[1], key[2], f"{key[3]}\n{digest}")
+
+
+def _base(key: RenderKey) -> RenderKey:
+    return (key[0], key[1], key[2], key[3].split("\n", 1)[0])
+
+
 def error_text(exc: BaseException) -> str:
     """An unforeseen error in a unit's reason: its kind and its text, on one line."""
     return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
@@ -91,6 +103,8 @@ class CompiledUnits:
         self._probed: Dict[ContentKey, Union[Unit, Invalid]] = {}
         self._rendered: Dict[RenderKey, Unit] = {}
         self._fresh: Set[ContentKey] = set()  # probed since the last retain (a submit's)
+        # a render that read placements -> the patterns it asked (fleetd.units.peers)
+        self._asked: Dict[RenderKey, Tuple[str, ...]] = {}
         self.parses = 0  # how many times a text was rendered and loaded (tests, benches)
         self._lock = threading.Lock()  # held for every change above, never for a parse
 
@@ -154,10 +168,13 @@ class CompiledUnits:
     # --- rendered: the unit as it runs on one machine -----------------------------------
 
     def rendered(self, name: str, content_hash: str, variables: Mapping[str, str],
-                 machine: Machine, text: TextFn) -> Tuple[Unit, RenderKey]:
+                 machine: Machine, text: TextFn, placements: Placements = NOWHERE
+                 ) -> Tuple[Unit, RenderKey]:
         """The unit as it runs on ``machine`` (parsed once per content, variables and
-        machine), and its key. Raises UnitError (its content), LookupError (its content
-        is missing) or anything rendering raised, for the caller to turn into a reason.
+        machine, and for a unit that reads other units' placements (``units()``,
+        fleetd.units.peers), once per answer to what it asked of ``placements``), and
+        its key. Raises UnitError (its content), LookupError (its content is missing)
+        or anything rendering raised, for the caller to turn into a reason.
 
         Called for every unit and target on every pass: a cached unit costs no read of
         its text."""
@@ -169,15 +186,25 @@ class CompiledUnits:
         unit = self._rendered.get(key)
         if unit is not None:
             return unit, key
+        asked = self._asked.get(key)
+        if asked is not None:  # it read placements: the same answers, the same unit
+            told = _told(key, placements.digest(asked, name))
+            unit = self._rendered.get(told)
+            if unit is not None:
+                return unit, told
         body = text(content_hash)
         if body is None:
             raise LookupError(f"content {content_hash} of {name} is missing")
+        reader = Reader(placements, name)
         if not render.has_markup(body):
             key = plain
         else:
             uname = parse_name(name)
             body = render.for_machine(body, name, uname.prefix, uname.instance,
-                                      dict(variables), machine.context)
+                                      dict(variables), machine.context, reader)
+        base = key
+        if reader.asked:
+            key = _told(base, placements.digest(reader.asked, name))
         loaded: Optional[Unit] = None
         try:
             loaded = load(name, body)
@@ -186,6 +213,8 @@ class CompiledUnits:
                 self.parses += 1
                 if loaded is not None:
                     self._rendered[key] = loaded
+                    if reader.asked:
+                        self._asked[base] = tuple(reader.asked)
         return loaded, key
 
     # --- eviction -------------------------------------------------------------------------
@@ -198,6 +227,8 @@ class CompiledUnits:
             keep |= self._fresh
             self._probed = {k: v for k, v in self._probed.items() if k in keep}
             self._rendered = {k: v for k, v in self._rendered.items() if k in live}
+            bases = {_base(k) for k in live}
+            self._asked = {k: v for k, v in self._asked.items() if k in bases}
             self._fresh = set()
 
     def forget(self, keys: Iterable[ContentKey]) -> None:

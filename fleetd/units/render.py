@@ -2,8 +2,9 @@
 
 A unit may use ``{{ machine.name }}``, ``{{ machine.address }}``, ``{{ machine.id }}``,
 ``{{ machine.metadata.role }}``, ``{{ machine.facts.cpus }}``, ``{{ unit.name }}``,
-``{{ unit.prefix }}``, ``{{ unit.instance }}`` and the user's ``{{ vars.port }}``
-(``fleetctl start --var port=8080`` or ``--vars-file vars.toml``).
+``{{ unit.prefix }}``, ``{{ unit.instance }}``, the user's ``{{ vars.port }}``
+(``fleetctl start --var port=8080`` or ``--vars-file vars.toml``) and other units'
+placements, ``units('web@*.service')`` (fleetd.units.peers; none at submit).
 
 The environment is Jinja's sandbox (a unit file is not trusted code: it cannot reach
 ``__class__``, ``__globals__`` or any Python internals) with StrictUndefined, so a typo
@@ -33,7 +34,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 import jinja2
 from jinja2.exceptions import SecurityError
 
-from fleetd.units import budget, sandbox
+from fleetd.units import budget, peers, sandbox
 from fleetd.units.parser import UnitError
 from fleetd.units.sandbox import BoundedEnvironment
 
@@ -118,13 +119,14 @@ class _Placeholder:
 
 
 def _context(unit_name: str, prefix: str, instance: Optional[str],
-             variables: Mapping[str, str], machine: Any, open_vars: bool = False
-             ) -> Dict[str, Any]:
+             variables: Mapping[str, str], machine: Any, reader: peers.Reader,
+             open_vars: bool = False) -> Dict[str, Any]:
     return {
         "unit": _Names("unit", {"name": unit_name, "prefix": prefix,
                                 "instance": instance or ""}),
         "vars": (_OpenNames if open_vars else _Names)("vars", variables),
         "machine": machine,
+        "units": reader,
     }
 
 
@@ -272,20 +274,26 @@ def probe(text: str, unit_name: str, prefix: str, instance: Optional[str],
     if not has_markup(text):
         return text
     context = _context(unit_name, prefix, instance, variables, _Placeholder(),
-                       open_vars=instance == "")
+                       peers.Reader(peers.NOWHERE, unit_name), open_vars=instance == "")
     return _remembered(text, context, source, "", (unit_name, instance, dict(variables)))
 
 
 def for_machine(text: str, unit_name: str, prefix: str, instance: Optional[str],
-                variables: Mapping[str, str], machine: MachineContext) -> str:
-    """The unit's text as it will run on ``machine``."""
+                variables: Mapping[str, str], machine: MachineContext,
+                reader: Optional[peers.Reader] = None) -> str:
+    """The unit's text as it will run on ``machine``; ``reader``: where its
+    ``units()`` finds other units (none placed without one), and records what it asked."""
     if not has_markup(text):
         return text
+    reader = reader or peers.Reader(peers.NOWHERE, unit_name)
     ctx = _context(unit_name, prefix, instance, variables, _Names("machine", {
         "name": machine.name, "address": machine.address, "id": machine.id,
         "metadata": _Names("machine.metadata", machine.metadata),
         "facts": _Names("machine.facts", machine.facts),
-    }))
+    }), reader)
+    # a failure is remembered against every placement it could have read
+    told = reader.placements.peers if "units" in text else ()
     return _remembered(text, ctx, unit_name, f" for machine {machine.name}",
-                       (unit_name, instance, dict(variables), dataclasses.asdict(machine)))
+                       (unit_name, instance, dict(variables), dataclasses.asdict(machine),
+                        [dataclasses.astuple(p) for p in told]))
 
