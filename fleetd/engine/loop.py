@@ -220,12 +220,18 @@ class Engine:
         sets, hashes, reasons, rendered = self.rendering.sets(
             units, machines, outcome.globals, handed_over,
             self.rolling.held(units, outcome.globals, observed, self._hash_on(by_name)))
+        for spec in (s for specs in sets.values() for s in specs if s["name"] in outcome.held):
+            spec["want"] = protocol.WANT_STOPPED  # [Unit] dependencies hold it for now
         deadlines = [m.drain_deadline for m in machines
                      if m.draining is not None and m.drain_deadline and m.drain_deadline > now]
         wake_at = min([*deadlines, *([outcome.wake_at] if outcome.wake_at else [])],
                       default=None)
-        snapshot = Snapshot.of(hashes, outcome.globals, requirements,
-                               frozenset(u.name for u in units if u.handoff), now)
+        # news of these units bears on the next pass: a drain's hand-off, and [Unit]
+        # dependencies (a unit others wait for turning healthy; a held one)
+        watching = {u.name for u in units if u.handoff} | set(outcome.held) | {
+            n for r in requirements.values()
+            for n in (*r.deps.after, *r.deps.before, *r.deps.requires, *r.deps.binds_to)}
+        snapshot = Snapshot.of(hashes, outcome.globals, requirements, frozenset(watching), now)
         self._globals = outcome.globals
         return Decision(
             failures=new, placements=placements, reasons=reasons,
@@ -359,6 +365,7 @@ class Engine:
         views = []
         unreadable: List[PlacementRow] = []
         requirements: Dict[ContentKey, Requirements] = {}
+        readable: List[UnitRecord] = []
         for u in units:
             key = keys[u.name]
             why = self._set_aside.get(key)
@@ -373,15 +380,27 @@ class Engine:
                 if u.machine is not None or u.reason != why:
                     unreadable.append((u.name, None, why))
                 continue
+            readable.append(u)
+        # [Unit] dependencies (engine/dependencies.py) ask whether the units that others
+        # start after are ready, and whether the units that start after others run already
+        ordered = {n for r in requirements.values() for n in (*r.deps.after, *r.deps.before)}
+        ordered |= {u.name for u in readable
+                    if requirements[keys[u.name]].deps.after
+                    or requirements[keys[u.name]].deps.before}
+        for u in readable:
+            key = keys[u.name]
             mine = tuple(Failure(f.machine, f.at, f.reason) for f in failures.get(u.name, ())
                          if f.hash == u.hash)
             here = failed_here(u, failures.get(u.name, ()))
             machine = by_name.get(u.machine or "")
-            ready = bool(u.handoff) and machine is not None and self.rendering.ready(
-                u, machine, observed.get((u.name, machine.name)))
+            o = observed.get((u.name, machine.name)) if machine is not None else None
+            ready = (bool(u.handoff) or u.name in ordered) and machine is not None \
+                and self.rendering.ready(u, machine, o)
+            running = (u.name in ordered and o is not None and o.state == protocol.RUNNING
+                       and o.generation == u.generation)
             views.append(UnitView(u.name, u.desired, u.machine, u.reason, requirements[key],
                                   mine, Failure(here.machine, here.at, here.reason)
-                                  if here else None, u.handoff, ready,
+                                  if here else None, u.handoff, ready, running,
                                   old_running=(u.name, u.handoff or "") in observed,
                                   renew=self._renewing(u, machine, observed)))
         return views, unreadable, requirements

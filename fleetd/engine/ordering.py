@@ -4,7 +4,8 @@ MachineOf= targets go before their followers (each unit's depth in the MachineOf
 graph), and a cycle of MachineOf= or of Replaces= must not make a pass flap: units in a
 MachineOf= cycle wait, saying so; in a Replaces= cycle one unit runs (the placed one
 whose name sorts first, else the first by name) and the rest wait with a reason, the
-same answer every pass. Pure graph work on the reconciler's views.
+same answer every pass. Pure graph work on the reconciler's views. ``cycles`` and
+``cycle_path`` also serve [Unit] After=/Before= (engine/dependencies.py).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def replace_losers(units: Mapping[str, UnitView], cluster: Cluster) -> Dict[str,
              if u.req.replaces}
     graph = {n: [x for x in xs if x in graph] for n, xs in graph.items()}
     out: Dict[str, str] = {}
-    for cycle in _cycles(graph):
+    for cycle in cycles(graph):
         placed = [n for n in cycle if units[n].machine in cluster.by_name]
         winner = (placed or cycle)[0]
         text = f"Replaces= is circular ({' '.join(cycle)}): {winner} runs instead"
@@ -73,7 +74,7 @@ def replace_losers(units: Mapping[str, UnitView], cluster: Cluster) -> Dict[str,
     return out
 
 
-def _cycles(graph: Mapping[str, List[str]]) -> List[List[str]]:
+def cycles(graph: Mapping[str, List[str]]) -> List[List[str]]:
     """Strongly connected components with a cycle (Tarjan's, iterative), names sorted."""
     index: Dict[str, int] = {}
     low: Dict[str, int] = {}
@@ -114,3 +115,24 @@ def _cycles(graph: Mapping[str, List[str]]) -> List[List[str]]:
                     parent = work[-1][0]
                     low[parent] = min(low[parent], low[node])
     return found
+
+
+def cycle_path(graph: Mapping[str, List[str]], component: List[str]) -> List[str]:
+    """One cycle through ``component`` (a strongly connected one, from ``cycles``) as
+    the names met along it, the first name again at the end: what a message names.
+    Breadth-first from the component's first name back to it, so it is a shortest one."""
+    start, inside = component[0], set(component)
+    came: Dict[str, str] = {}
+    todo = [start]
+    while todo:
+        node = todo.pop(0)
+        for nxt in graph[node]:
+            if nxt == start:
+                path = [node]
+                while path[-1] != start:
+                    path.append(came[path[-1]])
+                return [*reversed(path), start]
+            if nxt in inside and nxt not in came:
+                came[nxt] = node
+                todo.append(nxt)
+    return [start, start]  # unreachable for a strongly connected component

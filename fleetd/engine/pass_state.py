@@ -14,6 +14,7 @@ from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 from fleetd.engine.capacity import Host
 from fleetd.engine.cluster import Cluster, Group
 from fleetd.engine.constraints import relations
+from fleetd.engine.dependencies import held
 from fleetd.engine.ordering import machine_of_order, replace_losers
 from fleetd.engine.views import MachineView, UnitView
 from fleetd.registry.base import INACTIVE
@@ -48,6 +49,7 @@ class PassState:
                             for p in relations(u.req).globs)
         self.depth, self.stuck = machine_of_order(self.movable)
         self.stuck.update(replace_losers(self.movable, self.cluster))
+        self.held = held(self.by_name)  # placed but held stopped: [Unit] dependencies
 
     def order(self, u: UnitView) -> Tuple[int, str]:
         return (self.depth.get(u.name, 0), u.name)

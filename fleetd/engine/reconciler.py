@@ -47,6 +47,10 @@ Circular Replaces= (fleet refuses it; its functional test wants one unit of the 
 run): in a cycle, one unit runs (the placed one whose name sorts first, else the first by
 name) and the rest wait with a reason, the same answer every pass, so nothing flaps
 (engine/ordering.py, with the MachineOf= order).
+
+[Unit] Requires=/BindsTo=/After=/Before= between fleet units do not change where a unit
+goes: a unit they hold (engine/dependencies.py) is placed as usual, its reason says why
+it is held, and the loop hands it to its machine as stopped (``Outcome.held``).
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ from fleetd.registry.base import INACTIVE, LAUNCHED
 
 UNLOADED = "unloaded: desired state is inactive"
 GLOBAL = "Global=true: runs on every matching machine, so it is not placed on one"
+# a placed unit that [Unit] dependencies hold stopped: its placement reason, this, and why
+HELD = "; held: "
 # why a placed unit leaves its machine to a unit that Replaces= it (steps 1 and 3)
 REPLACED = "replaced by {by} on {machine}"
 
@@ -88,6 +94,8 @@ class Outcome:
     wake_at: Optional[float]  # when a pass must run again although nothing happened
     # every active Global unit -> its machines, once the tasks are applied
     globals: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
+    # launched units that [Unit] dependencies hold stopped, and why (engine/dependencies.py)
+    held: Dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def plan(units: Sequence[UnitView], machines: Sequence[MachineView],
@@ -106,7 +114,7 @@ def reconcile(units: Sequence[UnitView], machines: Sequence[MachineView],
     """
     p = PassState(units, machines, now)
     tasks = _run(p)
-    return Outcome(tasks, p.wake_at, p.globals)
+    return Outcome(tasks, p.wake_at, p.globals, p.held)
 
 
 def _run(p: PassState) -> List[Place]:
@@ -317,11 +325,12 @@ def tasks(p: PassState) -> List[Place]:
         handoff = p.handoff.get(u.name)
         if host is not None:
             if u.name not in p.placed:  # kept where it is
-                reason = p.noted.get(u.name, u.reason)
+                reason = holding(p, u.name, p.noted.get(u.name, u.reason))
                 if reason != u.reason or handoff != u.handoff:
                     out.append(Place(u.name, host.name, reason, handoff))
                 continue
-            reason = f"{prefix}; {p.placed[u.name]}" if prefix else p.placed[u.name]
+            reason = holding(p, u.name, f"{prefix}; {p.placed[u.name]}" if prefix
+                             else p.placed[u.name])
             retry = host.name == u.machine and u.failed is not None and prefix is not None
             if host.name != u.machine or reason != u.reason or handoff != u.handoff or retry:
                 out.append(Place(u.name, host.name, reason, handoff, retry))
@@ -332,3 +341,11 @@ def tasks(p: PassState) -> List[Place]:
             continue  # still unplaced for the same reason (keep "machine h1 was removed; ...")
         out.append(Place(u.name, None, f"{prefix}; {why}" if prefix else why, handoff))
     return out
+
+
+def holding(p: PassState, name: str, reason: str) -> str:
+    """A placed unit's reason, saying why [Unit] dependencies hold it stopped, if they
+    do (after ``HELD``, which replaces what an earlier pass said after it)."""
+    base = reason.split(HELD)[0]
+    why = p.held.get(name)
+    return f"{base}{HELD}{why}" if why else base

@@ -32,6 +32,7 @@ class UnitView:
     failed: Optional[Failure] = None  # it failed where it is placed now (not retried yet)
     handoff: Optional[str] = None  # a drain moves it from this machine; that copy runs
     ready: bool = False  # running (and healthy, if checked) where it is placed
+    running: bool = False  # reported running where it is placed (healthy or not)
     old_running: bool = False  # the hand-off's old copy is still on its machine
     renew: bool = False  # a rollout gave it new content; its old copy runs where it is
 

@@ -31,6 +31,7 @@ import re
 from typing import Dict, List, Optional, Protocol, Sequence, Tuple, TypeVar
 
 from fleetd.units.context import UnitContext
+from fleetd.units.deps import Deps, deps
 from fleetd.units.ports import Port, ports
 from fleetd.units.timespan import format_timespan
 from fleetd.units.xupdate import UpdatePolicy
@@ -118,6 +119,8 @@ class Requirements:
     fence_wait_s: Optional[float] = None  # silence after which the fenced copy is surely
     # gone: FenceAfterSec= plus the unit's stop timeout (fleetd moves it only then)
     update: UpdatePolicy = dataclasses.field(default_factory=UpdatePolicy)  # [X-Update]
+    # [Unit] Requires= Wants= BindsTo= After= Before= naming fleet units (units/deps.py)
+    deps: Deps = dataclasses.field(default_factory=Deps)
     ports: Tuple[Port, ...] = ()  # Ports=: what it serves, shown as address:port (ports.py)
 
 
@@ -185,6 +188,7 @@ def requirements(ctx: UnitContext, limits: Limits) -> Requirements:
         cpus=float(limits.get("cpu_quota") or 0.0),
         reschedule=reschedule(ctx),
         fence_after_s=None if fence == math.inf else fence,
+        deps=deps(ctx),
         ports=ports(ctx),
     )
 
