@@ -24,10 +24,11 @@ from fleetd import protocol
 from fleetd.agent import logfile
 from fleetd.cgroups.limits import MAX_BYTES, MAX_WEIGHT
 from fleetd.wire import messages, names, numbers
-from fleetd.wire.unitspec import UnitSpec
+from fleetd.wire.unitspec import RLIMITS, UnitSpec
 
 DRIVERS = ("exec", "java", "systemd")
 GENERATION_MAX = 2 ** 63 - 1
+MAX_RLIMIT = 2 ** 63 - 1  # the largest finite rlimit (rlim_t as the kernel keeps it)
 _HASH = re.compile(r"[0-9a-f]{1,128}")
 # hello's heartbeat: a sleep between heartbeats, so 0 (or NaN) would be a busy loop
 HEARTBEAT_MIN_S, HEARTBEAT_MAX_S = 0.05, 3600.0
@@ -105,6 +106,18 @@ def _str_map(value: object, where: str) -> None:
         _str(element, f"{where}.{key}")
 
 
+def _map(keys: Tuple[str, ...], item: Check) -> Check:
+    """An object whose keys are among ``keys``, each value an ``item``."""
+    def check(value: object, where: str) -> None:
+        if not isinstance(value, dict):
+            raise _fail(where, f"want an object, not {type(value).__name__}")
+        for key, element in value.items():
+            if key not in keys:
+                raise _fail(where, f"{numbers.show(key)} is none of {', '.join(keys)}")
+            item(element, f"{where}.{key}")
+    return check
+
+
 def _fields(schema: Mapping[str, Check], required: Tuple[str, ...] = ()) -> Check:
     """An object whose known fields have their types (unknown ones pass)."""
     def check(value: object, where: str) -> None:
@@ -150,6 +163,8 @@ _CONFIG = _fields({
     "stop": _COMMANDS, "environment": _optional(_str_map),
     "environment_files": _optional(_list(_str)), "working_directory": _optional(_str),
     "user": _optional(_str), "group": _optional(_str), "umask": _optional(_int(0, 0o7777)),
+    "rlimits": _map(RLIMITS, _list(_optional(_int(0, MAX_RLIMIT)))),
+    "nice": _optional(_int(-20, 19)), "oom_score_adjust": _optional(_int(-1000, 1000)),
     "kill_signal": _SIGNAL,
     "timeout_start_s": _optional(_seconds), "timeout_stop_s": _optional(_seconds),
     "restart": _str, "restart_s": _seconds, "restart_steps": _COUNT,

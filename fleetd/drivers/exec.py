@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import psutil
 
 from fleetd.cgroups import Backend, CgroupError, Limits, LimitsUnsupported, UnitCgroup
-from fleetd.drivers import envfile, identity, secretenv, spare
+from fleetd.drivers import envfile, identity, procsetup, secretenv, spare
 from fleetd.drivers.base import (
     PROCESS,
     DriverError,
@@ -163,7 +163,7 @@ class ExecDriver:
         run = _create(cg, config.get("limits") or {}, ctx.leaf) if cg is not None else None
         if run is None or run is cg or not ctx.leaf:
             raise DriverError("no cgroup of its own for a run of this unit on this host")
-        setup = identity.preexec([run.preexec()], identity.nofile(
+        setup = identity.preexec([run.preexec(), procsetup.step(config)], identity.nofile(
             (config.get("limits") or {}).get("nofile")), None)
         return spare.prepare(setup, ctx.leaf)
 
@@ -184,7 +184,8 @@ class ExecDriver:
             switch = None if command.get("privileged") else creds
             script = spare.script(path, argv, env, cwd, ctx.log_path, _setpriv(switch),
                                   hidden=bool(config.get("secret_file")),
-                                  umask=umask(config))
+                                  umask=umask(config),
+                                  oom_score_adj=config.get("oom_score_adjust"))
             if script is None:
                 raise DriverError("this command cannot start from a prepared process")
         except DriverError:
@@ -282,9 +283,10 @@ class ExecDriver:
 
 def _preexec(config: UnitConfig, cg: Optional[UnitCgroup],
              creds: Optional[identity.Credentials]) -> Callable[[], None]:
-    """The preexec_fn: join ``cg`` (created already), LimitNOFILE=, UMask=, switch to
-    ``creds``."""
+    """The preexec_fn: join ``cg`` (created already), Limit*=, Nice=, OOMScoreAdjust=,
+    LimitNOFILE=, UMask=, switch to ``creds``."""
     steps = [cg.preexec()] if cg is not None else []
+    steps.append(procsetup.step(config))  # Limit*=, Nice=, OOMScoreAdjust=
     return identity.preexec(steps, identity.nofile((config.get("limits") or {}).get("nofile")),
                             creds, umask(config))
 

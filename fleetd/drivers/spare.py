@@ -190,12 +190,14 @@ def prepare(setup: Callable[[], None], leaf: str) -> PreparedProcess:
 
 def script(path: str, argv: List[str], env: Dict[str, str], cwd: str, log_path: str,
            setpriv: Optional[List[str]], hidden: bool = False,
-           umask: Optional[int] = None) -> Optional[bytes]:
+           umask: Optional[int] = None, oom_score_adj: Optional[int] = None
+           ) -> Optional[bytes]:
     """The shell script that turns a spare into the program; None if this command
     cannot be started that way (an argv[0] other than the path exec'd: sh's exec has
     no way to set it; or ``hidden``, the environment holds a unit's secrets, and a name
     sh refuses would put every value in env(1)'s command line, which ``ps`` shows).
-    ``umask`` is the program's (UMask=); None: the agent's own."""
+    ``umask`` and ``oom_score_adj`` are the program's (UMask=, OOMScoreAdjust=); None:
+    the agent's own."""
     if argv[0] != path:
         return None
     q = shlex.quote
@@ -204,7 +206,7 @@ def script(path: str, argv: List[str], env: Dict[str, str], cwd: str, log_path: 
     lines = [
         f"cd -- {q(cwd)} || exit 1",
         f"umask 027; exec 4>>{q(log_path)} || exit 1; umask {umask:04o}",
-        f"echo {_oom_adj()} >{OOM_ADJ} || exit 1",
+        f"echo {_oom_adj() if oom_score_adj is None else oom_score_adj} >{OOM_ADJ} || exit 1",
         "unset PWD OLDPWD",
     ]
     words: List[str] = []

@@ -13,10 +13,12 @@ import re
 import signal
 from typing import Dict, List, Optional, Tuple
 
+from fleetd.units import process
 from fleetd.units.context import UnitContext
 from fleetd.units.parser import Entry
+from fleetd.units.process import parse_size
 from fleetd.wire import execline
-from fleetd.wire.numbers import NumberError, parse_float, parse_int
+from fleetd.wire.numbers import NumberError, parse_int
 from fleetd.wire.unitspec import (
     KILL_SIGNAL,
     RESTART_POLICY,
@@ -39,10 +41,7 @@ DEFAULT_START_LIMIT_BURST = 5
 DEFAULT_START_LIMIT_INTERVAL_S = 10.0
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?")
-_SIZE_SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
-                "P": 1 << 50, "E": 1 << 60}
 # Ranges of the numbers in [Service], as systemd and the kernel take them:
-MAX_SIZE = (1 << 63) - 1  # bytes: cgroup files and the scheduler hold an int64
 MAX_RESTART_STEPS = 10000  # systemd keeps the step count in an unsigned
 MAX_START_LIMIT_BURST = 1_000_000
 MAX_CPU_QUOTA_PERCENT = 1_000_000.0  # 10000 CPUs
@@ -100,6 +99,9 @@ def config(ctx: UnitContext, needs_exec_start: bool = True) -> UnitConfig:
         "start_limit_interval_s": _start_limit_interval(ctx),
         "success_exit_status": _success_exit_status(ctx),
         "limits": limits(ctx),
+        "rlimits": process.rlimits(ctx),
+        "nice": process.nice(ctx),
+        "oom_score_adjust": process.oom_score_adjust(ctx),
     }
 
 
@@ -281,18 +283,6 @@ def _umask(ctx: UnitContext) -> Optional[int]:
         ctx.fail(ctx.entry(S, "UMask"), f"{value!r} is not an octal mode from 0000 to "
                                         "07777 (like 0022 or 0027)")
     return int(text, 8)
-
-
-def parse_size(text: str) -> int:
-    """systemd sizes: bytes, or K/M/G/T/P/E (base 1024), at most MAX_SIZE. Raises
-    ValueError (NumberError for a number out of range)."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTPEB]?)\s*", text)
-    if not m:
-        raise ValueError(f"{text!r} is not a size (like 512M, 2G, or bytes)")
-    size = parse_float(m.group(1), 0) * _SIZE_SUFFIX[m.group(2)]
-    if size > MAX_SIZE:
-        raise NumberError(f"{text!r} is more than 8E (the largest size the kernel takes)")
-    return int(size)
 
 
 def limits(ctx: UnitContext) -> Limits:

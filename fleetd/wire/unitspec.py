@@ -87,6 +87,12 @@ class SuccessExitStatus(TypedDict, total=False):
     signals: List[int]
 
 
+# the rlimits a unit may set besides NOFILE (Limit*=, fleetd.units.process): config's
+# ``rlimits`` keys, each resource.RLIMIT_<key> on the host
+RLIMITS = ("CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "AS", "MEMLOCK", "LOCKS",
+           "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO", "RTTIME")
+
+
 class UnitConfig(TypedDict, total=False):
     """The driver's settings of one unit, already rendered for the host. The exec and
     java drivers read the [Service] fields, the systemd driver ``unit_text``."""
@@ -102,6 +108,10 @@ class UnitConfig(TypedDict, total=False):
     user: Optional[str]
     group: Optional[str]
     umask: Optional[int]  # UMask=; None: systemd's default, 0022
+    # Limit*= but LimitNOFILE= (in limits): "CORE" -> [soft, hard], None meaning infinity
+    rlimits: Dict[str, List[Optional[int]]]
+    nice: Optional[int]  # Nice=
+    oom_score_adjust: Optional[int]  # OOMScoreAdjust=
     kill_signal: int
     timeout_start_s: Optional[float]
     timeout_stop_s: Optional[float]

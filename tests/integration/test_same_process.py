@@ -1,7 +1,7 @@
 """Same unit, same process (issue 14 §1): one unit run with ``Driver=exec`` and with
 ``Driver=systemd`` on the same lab systemd host sees the same argv, environment, working
-directory, user and groups, umask, capabilities, rlimits, nice and OOM score, and the
-same cgroup limits.
+directory, user and groups, umask, capabilities, rlimits (every Limit*=), nice and OOM
+score (Nice=, OOMScoreAdjust=), and the same cgroup limits.
 
 The host is a lab systemd host (Debian bookworm, systemd 252 as PID 1), reached the way a
 user reaches it: ``fleetctl machine add`` installs fleet-agent there as a systemd service,
@@ -107,10 +107,10 @@ def cgroups():
                 limits["v1 cfs quota (CPUs)"] = smallest(v1_cpu(d) for d in dirs)
     return limits
 
-rlimits = {}
-for name in sorted(dir(resource)):
-    if name.startswith("RLIMIT_"):
-        rlimits[name] = list(resource.getrlimit(getattr(resource, name)))
+numbers = {name: getattr(resource, name) for name in dir(resource)
+           if name.startswith("RLIMIT_")}
+numbers.setdefault("RLIMIT_LOCKS", 10)  # Linux's; Python's resource does not name it
+rlimits = {name: list(resource.getrlimit(n)) for name, n in sorted(numbers.items())}
 seen = {
     "argv": sys.argv[1:],
     "environ": dict(os.environ),
@@ -147,6 +147,17 @@ Environment="QUOTED=whole assignment"
 WorkingDirectory=/var/tmp/same-process
 {identity}UMask=0027
 LimitNOFILE=1234:2345
+LimitCORE=1M:2M
+LimitNPROC=300:400
+LimitMEMLOCK=96K
+LimitCPU=1h:infinity
+LimitFSIZE=1G
+LimitSIGPENDING=777
+LimitMSGQUEUE=400K
+LimitLOCKS=5000
+LimitRTTIME=2s
+Nice=5
+OOMScoreAdjust=300
 MemoryMax=64M
 TasksMax=17
 CPUQuota=30%
@@ -261,6 +272,10 @@ def test_the_unit_text_is_what_both_ran(seen: Seen) -> None:
     assert systemd_side["cwd"] == OUT
     assert systemd_side["status"]["Umask"] == "0027"
     assert systemd_side["rlimits"]["RLIMIT_NOFILE"] == [1234, 2345]
+    assert systemd_side["rlimits"]["RLIMIT_CORE"] == [1 << 20, 2 << 20]
+    assert systemd_side["rlimits"]["RLIMIT_LOCKS"] == [5000, 5000]
+    assert systemd_side["rlimits"]["RLIMIT_RTTIME"] == [2_000_000, 2_000_000]
+    assert (systemd_side["nice"], systemd_side["oom_score_adj"]) == (5, "300")
     limits = systemd_side["cgroup limits"]
     assert 64 << 20 in (limits.get("v1 memory.limit_in_bytes"), limits.get("v2 memory.max"))
     assert 17 in (limits.get("v1 pids.max"), limits.get("v2 pids.max"))

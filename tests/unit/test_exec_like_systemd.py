@@ -6,7 +6,9 @@ agent's own), and $HOME/$SHELL as systemd's USER_CREDS_CLEAN keeps them."""
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -116,3 +118,26 @@ def test_a_user_without_home_or_shell_gets_neither_variable() -> None:
                                  shell="/bin/sh")
     assert creds.environment() == {"USER": "u", "LOGNAME": "u", "HOME": "/h",
                                    "SHELL": "/bin/sh"}
+
+
+# --- Limit*=, Nice=, OOMScoreAdjust= (parsed: tests/unit/test_process_settings.py) ---------
+
+REPORT = ("import os, resource; "
+          "print(resource.getrlimit(resource.RLIMIT_CORE), "
+          "resource.getrlimit(resource.RLIMIT_NPROC), os.nice(0), "
+          "open('/proc/self/oom_score_adj').read().strip())")
+
+
+def test_the_program_gets_its_limits_nice_and_oom_score(tmp_path: Path) -> None:
+    cfg: UnitConfig = {"commands": [{"words": [sys.executable, "-c", REPORT]}],
+                       "rlimits": {"CORE": [4096, 8192], "NPROC": [300, 400]},
+                       "nice": 7, "oom_score_adjust": 345}
+    assert _run(tmp_path, cfg).strip() == "(4096, 8192) (300, 400) 7 345"
+
+
+def test_without_them_the_program_keeps_the_agents(tmp_path: Path) -> None:
+    cfg: UnitConfig = {"commands": [{"words": [sys.executable, "-c", REPORT]}]}
+    with open("/proc/self/oom_score_adj") as f:
+        oom = f.read().strip()
+    core, nproc = (resource.getrlimit(r) for r in (resource.RLIMIT_CORE, resource.RLIMIT_NPROC))
+    assert _run(tmp_path, cfg).strip() == f"{core} {nproc} {os.nice(0)} {oom}"

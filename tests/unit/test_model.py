@@ -84,6 +84,7 @@ def test_load_minimal_unit_defaults() -> None:
         "environment_files": [],
         "working_directory": None,
         "user": None, "group": None, "umask": None,
+        "rlimits": {}, "nice": None, "oom_score_adjust": None,
         "kill_signal": int(signal.SIGTERM),
         "timeout_start_s": DEFAULT_TIMEOUT_STOP_S,
         "timeout_stop_s": DEFAULT_TIMEOUT_STOP_S,
