@@ -170,8 +170,8 @@ def rollout(r: Rollout, in_flight_before: Mapping[str, Sequence[Where]],
             if (unit, machine) not in now:
                 on = f" on {machine}" if machine else ""
                 out.append(Draft("rollout-healthy", f"{name}: {unit}{on} healthy for "
-                                 "MinHealthySec=; the next copy may change", unit, machine,
-                                 {"rollout": name}))
+                                 "MinHealthySec= (MaxParallel= counts it done)", unit,
+                                 machine, {"rollout": name}))
     for c in r.changes:
         out.append(Draft("rollout-change", c.reason, c.unit, c.machine,
                          {"hash": c.hash}))
