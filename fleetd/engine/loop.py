@@ -36,24 +36,21 @@ from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
 from fleetd import protocol
 from fleetd.engine import events, reconciler, rollout, transitions
 from fleetd.engine.desired import Rendering
-from fleetd.engine.facts import PlacementRow, applied, failed_here, machine_view, recorded
+from fleetd.engine.facts import PlacementRow, applied, machine_view, recorded
+from fleetd.engine.reading import Observed, Reading
 from fleetd.engine.rolling import HashOn, Rolling
 from fleetd.engine.snapshot import Snapshot
-from fleetd.engine.views import Failure, MachineView, UnitView
+from fleetd.engine.views import MachineView
 from fleetd.registry.base import (
-    LAUNCHED,
     FailureRecord,
     MachineRecord,
-    ObservedRecord,
     Registry,
     Unavailable,
     UnitRecord,
     Unsure,
 )
 from fleetd.units.compiled import CompiledUnits, ContentKey, Invalid, RenderKey, content_key
-from fleetd.units.compiled import error_text as _error
 from fleetd.units.secrets import SecretSource
-from fleetd.units.xfleet import Requirements
 from fleetd.units.xupdate import UpdatePolicy
 from fleetd.wire import names
 from fleetd.wire.unitspec import UnitSpec
@@ -65,7 +62,6 @@ RETRY_S = 1.0  # a pass the store could not take is tried again this much later
 
 PushFn = Callable[[str, List[UnitSpec]], None]
 HeardFn = Callable[[str], Optional[float]]  # machine -> when its agent was last heard
-Observed = Mapping[Tuple[str, str], ObservedRecord]
 
 
 @dataclasses.dataclass
@@ -108,11 +104,9 @@ class Engine:
         self.skew_s = skew_s
         self.units = units if units is not None else CompiledUnits()  # shared with the API
         self.rendering = Rendering(registry, self.units, secrets)  # engine/desired.py
+        self.reading = Reading(registry, self.units, self.rendering)  # engine/reading.py
         self._wake = asyncio.Event()
         self._timer: Optional[asyncio.TimerHandle] = None
-        # units whose content broke a pass, and why: they wait unplaced until their
-        # content or variables change
-        self._set_aside: Dict[ContentKey, str] = {}
         self._snapshot = Snapshot()
         # events of a leading engine's passes (fleetd.engine.transitions), against the
         # records as its last pass left them (None: none yet this term)
@@ -200,15 +194,15 @@ class Engine:
         reconciler are remembered, so that the next pass need not find them again)."""
         views = [self.machine_view(m, now) for m in machines]
         self.rendering.new_pass()
-        new = self._new_failures(units, machines, observed, failures, now)
+        new = self.reading.new_failures(units, machines, observed, failures, now)
         failures = recorded(failures, new)
         keys = {u.name: content_key(u.name, u.hash, u.vars) for u in units}
-        unit_views, unreadable, requirements = self._unit_views(units, keys, machines,
-                                                                 observed, failures)
-        outcome = self._reconcile(unit_views, views, now, keys)
+        unit_views, unreadable, requirements = self.reading.views(
+            units, keys, machines, observed, failures)
+        outcome = self.reading.reconcile(unit_views, views, now, keys)
         if outcome is None:  # some units broke the pass: they are set aside now
-            unit_views, unreadable, requirements = self._unit_views(units, keys, machines,
-                                                                     observed, failures)
+            unit_views, unreadable, requirements = self.reading.views(
+                units, keys, machines, observed, failures)
             outcome = reconciler.reconcile(unit_views, views, now)
         tasks = outcome.tasks
         placements = [*unreadable, *((t.unit, t.machine, t.reason) for t in tasks)]
@@ -238,36 +232,6 @@ class Engine:
             handoffs={t.unit: t.handoff for t in tasks}, retry=[t.unit for t in tasks if t.retry],
             tasks=tasks, units=units, sets=sets, snapshot=snapshot, wake_at=wake_at,
             probed=set(keys.values()), rendered=rendered, moved=hashes != self._snapshot.hashes)
-
-    def _reconcile(self, views: List[UnitView], machines: List[MachineView], now: float,
-                   keys: Mapping[str, ContentKey]) -> Optional[reconciler.Outcome]:
-        """The reconciler's outcome; None if it failed and the units that make it fail
-        were found and set aside (``_set_aside``), so that the pass can run without them.
-
-        The reconciler sees all units at once, so an error there names no unit: each is
-        tried alone, and those that fail alone are the ones to blame. If none does (an
-        interplay of several), the error goes up and the pass fails as before."""
-        try:
-            return reconciler.reconcile(views, machines, now)
-        except Exception:  # the error is a unit's, found below
-            culprits = {v.name: why for v in views
-                        if (why := self._breaks(v, machines, now)) is not None}
-            if not culprits:
-                raise
-            log.exception("engine pass failed for %s; setting it aside", " ".join(culprits))
-        for name, why in culprits.items():
-            self._set_aside[keys[name]] = f"cannot be scheduled: {why}"
-        return None
-
-    @staticmethod
-    def _breaks(view: UnitView, machines: List[MachineView], now: float) -> Optional[str]:
-        """Why the reconciler fails for this unit alone, or None if it does not."""
-        try:
-            reconciler.reconcile([view], machines, now)
-        except Exception as exc:  # any error here is this unit's alone
-            log.warning("%s breaks the engine pass: %s", view.name, _error(exc))
-            return f"fleetd failed on it ({_error(exc)})"
-        return None
 
     def _hash_on(self, by_name: Mapping[str, MachineRecord]) -> HashOn:
         def hash_on(u: UnitRecord, machine: str) -> Optional[str]:
@@ -326,94 +290,3 @@ class Engine:
         silent = max(0.0, now - heard - self.skew_s) if heard is not None else 0.0
         overdue = m.drain_deadline is not None and now >= m.drain_deadline
         return dataclasses.replace(view, silent_s=silent, drain_overdue=overdue)
-
-    # --- deciding ----------------------------------------------------------------------
-
-    def _new_failures(self, units: List[UnitRecord], machines: List[MachineRecord],
-                      observed: Observed, recorded: Mapping[str, List[FailureRecord]],
-                      now: float) -> List[FailureRecord]:
-        """A unit reported failed where it is placed, for the content and generation
-        fleetd wants there, since it was placed there: one failure, recorded once."""
-        by_name = {m.name: m for m in machines}
-        new = []
-        for u in units:
-            if u.desired != LAUNCHED or u.machine is None or u.machine not in by_name:
-                continue
-            o = observed.get((u.name, u.machine))
-            if o is None or o.state != protocol.FAILED or o.generation != u.generation:
-                continue
-            if o.hash != self.rendering.hash_on(u, by_name[u.machine]):
-                continue
-            if failed_here(u, recorded.get(u.name, ())) is not None:
-                continue  # this placement's failure is on record already
-            why = o.error or f"exit status {o.exit_status}"
-            new.append(FailureRecord(u.name, u.hash, u.machine, now, why))
-        return new
-
-    def _unit_views(self, units: List[UnitRecord], keys: Mapping[str, ContentKey],
-                    machines: List[MachineRecord], observed: Observed,
-                    failures: Mapping[str, List[FailureRecord]]
-                    ) -> Tuple[List[UnitView], List[PlacementRow],
-                               Dict[ContentKey, Requirements]]:
-        """What the scheduler needs of each readable unit; the unreadable ones, unplaced
-        with their reason; and every readable unit's requirements. Requirements come
-        from the unit as it reads before any machine is chosen (render.probe), so
-        [X-Fleet] never depends on the machine it would pick."""
-        by_name = {m.name: m for m in machines}
-        for stale in set(self._set_aside) - set(keys.values()):
-            del self._set_aside[stale]
-        views = []
-        unreadable: List[PlacementRow] = []
-        requirements: Dict[ContentKey, Requirements] = {}
-        readable: List[UnitRecord] = []
-        for u in units:
-            key = keys[u.name]
-            why = self._set_aside.get(key)
-            if why is None:
-                probed = self.units.probed(u.name, u.hash, u.vars, self.registry.unit_text,
-                                           key)
-                if isinstance(probed, Invalid):
-                    why = probed.why
-                else:
-                    requirements[key] = probed.requirements
-            if why is not None:
-                if u.machine is not None or u.reason != why:
-                    unreadable.append((u.name, None, why))
-                continue
-            readable.append(u)
-        # [Unit] dependencies (engine/dependencies.py) ask whether the units that others
-        # start after are ready, and whether the units that start after others run already
-        ordered = {n for r in requirements.values() for n in (*r.deps.after, *r.deps.before)}
-        ordered |= {u.name for u in readable
-                    if requirements[keys[u.name]].deps.after
-                    or requirements[keys[u.name]].deps.before}
-        for u in readable:
-            key = keys[u.name]
-            mine = tuple(Failure(f.machine, f.at, f.reason) for f in failures.get(u.name, ())
-                         if f.hash == u.hash)
-            here = failed_here(u, failures.get(u.name, ()))
-            machine = by_name.get(u.machine or "")
-            o = observed.get((u.name, machine.name)) if machine is not None else None
-            ready = (bool(u.handoff) or u.name in ordered) and machine is not None \
-                and self.rendering.ready(u, machine, o)
-            running = (u.name in ordered and o is not None and o.state == protocol.RUNNING
-                       and o.generation == u.generation)
-            views.append(UnitView(u.name, u.desired, u.machine, u.reason, requirements[key],
-                                  mine, Failure(here.machine, here.at, here.reason)
-                                  if here else None, u.handoff, ready, running,
-                                  old_running=(u.name, u.handoff or "") in observed,
-                                  renew=self._renewing(u, machine, observed)))
-        return views, unreadable, requirements
-
-    def _renewing(self, u: UnitRecord, machine: Optional[MachineRecord], observed: Observed
-                  ) -> bool:
-        """Did a rollout give ``u`` new content while its old copy runs where it is
-        placed (so that the reconciler may start the new one elsewhere first)?"""
-        if u.handoff is not None or u.desired != LAUNCHED or machine is None:
-            return False
-        o = observed.get((u.name, machine.name))
-        if o is None or o.state != protocol.RUNNING or o.hash == self.rendering.hash_on(u, machine):
-            return False
-        versions = self.registry.list_versions(u.name)
-        return (len(versions) > 1 and versions[-1].hash == u.hash
-                and versions[-1].via.startswith(rollout.CHANGE_VIA))
