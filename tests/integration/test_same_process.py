@@ -14,15 +14,23 @@ from the probe's cgroup up to its hierarchy's root (the exec driver may put a ru
 cgroup below the unit's; systemd puts a unit under system.slice), on the v1 controllers
 of this hybrid host (memory, pids, cpu) and on the v2 hierarchy.
 
-What may differ, and why, is in EXPECTED_ENV_DIFFERENCES; nothing else may.
+Three pairs run: as User=daemon, as root, and "restarted" (its first run exits; its second,
+which Restart= starts at once, comes under Driver=exec from the process the agent prepared
+for it, fleetd.drivers.spare). The cgroup limits are read again once every unit ran and
+restarted ("later").
+
+What may differ, and why, is in EXPECTED_ENV_DIFFERENCES; nothing else may, but for the
+one known difference CPU_ESCAPES names (an explicit strict xfail: on this hybrid host
+systemd moves the exec driver's processes out of their cpu cgroup).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Callable, Dict, Iterator, Tuple
 
 import pytest
 from labkit import Fleet, lab_slot, need_systemd_hosts, wait_for
@@ -43,6 +51,11 @@ def read(path):
             return f.read().strip()
     except OSError:
         return None
+
+def started_at():
+    """When this process was forked (exec keeps it), in seconds since boot."""
+    ticks = int(read("/proc/self/stat").rsplit(")", 1)[1].split()[19])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 def status():
     keep = ("Umask", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs",
@@ -111,8 +124,19 @@ numbers = {name: getattr(resource, name) for name in dir(resource)
            if name.startswith("RLIMIT_")}
 numbers.setdefault("RLIMIT_LOCKS", 10)  # Linux's; Python's resource does not name it
 rlimits = {name: list(resource.getrlimit(n)) for name, n in sorted(numbers.items())}
+if os.environ.get("PROBE_EXIT_FIRST"):  # the "restarted" variant: its first run ends
+    first = os.path.join("''' + OUT + r'''", os.environ["FLEET_UNIT"] + ".first")
+    if not os.path.exists(first):
+        time.sleep(1)  # long enough for the agent to prepare the next run's process
+        with open(first, "w") as f:  # when it ended, on the clock of /proc's start ticks
+            f.write(repr(time.clock_gettime(time.CLOCK_BOOTTIME)))
+        sys.exit(3)
 seen = {
     "argv": sys.argv[1:],
+    "cgroup paths": read("/proc/self/cgroup").splitlines(),
+    "started at": started_at(),
+    "first run ended at": float(read(first)) if os.environ.get("PROBE_EXIT_FIRST")
+    else None,
     "environ": dict(os.environ),
     "cwd": os.getcwd(),
     "uid": list(os.getresuid()),
@@ -128,6 +152,15 @@ path = os.path.join("''' + OUT + r'''", os.environ["FLEET_UNIT"] + ".json")
 with open(path + ".tmp", "w") as f:
     json.dump(seen, f, indent=1, sort_keys=True)
 os.rename(path + ".tmp", path)
+# once every unit has run (and the restarted ones restarted), the test asks again:
+# where the process is now and what limits it is under
+again = os.path.join("''' + OUT + r'''", "again")
+while not os.path.exists(again):
+    time.sleep(0.1)
+with open(path + ".again.tmp", "w") as f:
+    json.dump({"cgroup limits": cgroups(), "cgroup paths": read("/proc/self/cgroup").splitlines()},
+              f, indent=1, sort_keys=True)
+os.rename(path + ".again.tmp", path + ".again")
 while True:
     time.sleep(3600)
 '''
@@ -166,7 +199,14 @@ Driver={driver}
 MachineMetadata=hostname=h1
 """
 
-IDENTITIES = {"daemon": "User=daemon\nGroup=daemon\n", "root": ""}
+DAEMON = "User=daemon\nGroup=daemon\n"
+# "restarted": its first run exits, and what is compared is its second, which Restart=
+# starts at once: under Driver=exec from the process the agent prepared for it
+# (fleetd.drivers.spare: a /bin/sh waiting in the unit's cgroup that execs the program
+# through setpriv), not a fork of the agent
+IDENTITIES = {"daemon": DAEMON, "root": "",
+              "restarted": DAEMON + "Restart=always\nRestartSec=0\n"
+                                    "Environment=PROBE_EXIT_FIRST=1\n"}
 UNITS = [(f"same-{who}-{driver}.service", who, driver)
          for who in IDENTITIES for driver in ("exec", "systemd")]
 Seen = Dict[str, Tuple[Dict[str, Any], Dict[str, Any]]]
@@ -202,6 +242,10 @@ def ssh(lab: Lab, h: Host, command: str) -> str:
     if out.returncode != 0:
         pytest.fail(f"{h.name}: {command}: exit {out.returncode}: {out.stderr}{out.stdout}")
     return out.stdout
+
+
+def exists(lab: Lab, h: Host, path: str) -> bool:
+    return ssh(lab, h, f"test -e {path} && echo yes || true").strip() == "yes"
 
 
 @pytest.fixture(scope="module")
@@ -240,9 +284,14 @@ def seen(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seen]:
         fleet.ctl("start", *files, timeout=120)
         out = {}
         for name, _, _ in UNITS:
-            wait_for(f"{name}'s probe", lambda path=f"{OUT}/{name}.json": ssh(
-                lab, h, f"test -e {path} && echo yes || true").strip() == "yes", 30)
+            wait_for(f"{name}'s probe", functools.partial(exists, lab, h,
+                                                          f"{OUT}/{name}.json"), 30)
             out[name] = json.loads(ssh(lab, h, f"cat {OUT}/{name}.json"))
+        ssh(lab, h, f"touch {OUT}/again")
+        for name, _, _ in UNITS:
+            wait_for(f"{name}'s probe again", functools.partial(
+                exists, lab, h, f"{OUT}/{name}.json.again"), 30)
+            out[name]["later"] = json.loads(ssh(lab, h, f"cat {OUT}/{name}.json.again"))
         yield {who: (out[f"same-{who}-exec.service"], out[f"same-{who}-systemd.service"])
                for who in IDENTITIES}
     finally:
@@ -251,7 +300,7 @@ def seen(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seen]:
 
 
 FIELDS = ["argv", "cwd", "uid", "gid", "groups", "status", "rlimits", "nice",
-          "oom_score_adj", "cgroup limits"]
+          "oom_score_adj"]  # and the cgroup limits, below
 
 
 @pytest.mark.parametrize("who", IDENTITIES)
@@ -260,6 +309,42 @@ def test_the_same_under_both_drivers(seen: Seen, who: str, field: str) -> None:
     exec_side, systemd_side = seen[who]
     assert exec_side[field] == systemd_side[field], \
         f"{field}: Driver=exec {exec_side[field]!r}, Driver=systemd {systemd_side[field]!r}"
+
+
+CPU_KEYS = ("v1 cfs quota (CPUs)", "v2 cpu.max (CPUs)")
+WHEN: Dict[str, Callable[[Dict[str, Any]], Dict[str, Any]]] = {
+    "at start": lambda side: dict(side["cgroup limits"]),
+    "later": lambda side: dict(side["later"]["cgroup limits"])}
+# The CPU quota of an exec unit's process on this hybrid systemd host, known to differ
+CPU_ESCAPES = pytest.mark.xfail(strict=True, reason=(
+    "known, not fixed yet: on a hybrid systemd host systemd, realizing cgroups as the "
+    "Driver=systemd units (CPUQuota=) start and restart, moves every process it counts "
+    "as fleet-agent.service's - in hybrid mode it tracks by the name=systemd hierarchy, "
+    "where the exec driver's programs stay in the agent's cgroup - to the root cpu "
+    "cgroup, out of the exec unit's: its CPUQuota= no longer holds (seen: cpu:/, quota "
+    "none; a restarted unit's prepared process is moved while it waits). The fix: the "
+    "exec driver's programs leave the agent's name=systemd cgroup too (fleetd/cgroups, "
+    "where name=systemd is today deliberately not joined)"))
+
+
+@pytest.mark.parametrize("when", WHEN)
+@pytest.mark.parametrize("who", IDENTITIES)
+def test_the_same_cgroup_limits_but_cpu(seen: Seen, who: str, when: str) -> None:
+    """Memory and pids, as the probe started and again once the Driver=systemd units
+    all started and restarted."""
+    exec_side, systemd_side = ({k: v for k, v in WHEN[when](side).items()
+                                if k not in CPU_KEYS} for side in seen[who])
+    assert exec_side == systemd_side
+
+
+@pytest.mark.parametrize("who, when", [
+    ("daemon", "at start"), ("root", "at start"),
+    pytest.param("restarted", "at start", marks=CPU_ESCAPES),
+    *(pytest.param(who, "later", marks=CPU_ESCAPES) for who in IDENTITIES)])
+def test_the_same_cpu_quota(seen: Seen, who: str, when: str) -> None:
+    exec_side, systemd_side = ({k: v for k, v in WHEN[when](side).items() if k in CPU_KEYS}
+                               for side in seen[who])
+    assert exec_side == systemd_side, seen[who][0]["cgroup paths"]
 
 
 def test_the_unit_text_is_what_both_ran(seen: Seen) -> None:
@@ -296,3 +381,16 @@ def test_the_same_environment_but_for_named_variables(seen: Seen, who: str) -> N
     only_systemd = {k: v for k, v in systemd_env.items() if exec_env.get(k) != v}
     assert (only_exec, only_systemd) == ({}, {}), \
         f"Driver=exec alone (or other value): {only_exec}; Driver=systemd: {only_systemd}"
+
+
+def test_the_restarted_exec_run_came_from_a_prepared_process(seen: Seen) -> None:
+    """Guards the "restarted" comparison: under Driver=exec its second run's process was
+    forked while the first run still ran (a prepared process: fleetd.drivers.spare), in
+    a run's own cgroup below the unit's; under systemd after the first run ended."""
+    exec_side, systemd_side = seen["restarted"]
+    assert exec_side["started at"] < exec_side["first run ended at"] - 0.02  # ticks: 10 ms
+    assert systemd_side["started at"] > systemd_side["first run ended at"] - 0.02
+    paths = [line.split(":", 2)[2] for line in exec_side["cgroup paths"]]
+    unit = "/same-restarted-exec.service/"
+    print("PATHS", exec_side["cgroup paths"], seen["daemon"][0]["cgroup paths"])
+    assert any(unit in p and p.split(unit, 1)[1] for p in paths), paths
