@@ -21,7 +21,8 @@ restarted ("later").
 
 What may differ, and why, is in EXPECTED_ENV_DIFFERENCES; nothing else may, but for the
 one known difference CPU_ESCAPES names (an explicit strict xfail: on this hybrid host
-systemd moves the exec driver's processes out of their cpu cgroup).
+systemd moves the exec driver's processes out of their cpu cgroup when it starts a unit
+with CPUQuota=).
 """
 
 from __future__ import annotations
@@ -317,14 +318,13 @@ WHEN: Dict[str, Callable[[Dict[str, Any]], Dict[str, Any]]] = {
     "later": lambda side: dict(side["later"]["cgroup limits"])}
 # The CPU quota of an exec unit's process on this hybrid systemd host, known to differ
 CPU_ESCAPES = pytest.mark.xfail(strict=True, reason=(
-    "known, not fixed yet: on a hybrid systemd host systemd, realizing cgroups as the "
-    "Driver=systemd units (CPUQuota=) start and restart, moves every process it counts "
-    "as fleet-agent.service's - in hybrid mode it tracks by the name=systemd hierarchy, "
-    "where the exec driver's programs stay in the agent's cgroup - to the root cpu "
-    "cgroup, out of the exec unit's: its CPUQuota= no longer holds (seen: cpu:/, quota "
-    "none; a restarted unit's prepared process is moved while it waits). The fix: the "
-    "exec driver's programs leave the agent's name=systemd cgroup too (fleetd/cgroups, "
-    "where name=systemd is today deliberately not joined)"))
+    "known, not fixed yet: on a hybrid systemd host, when systemd starts a unit with "
+    "CPUQuota= (here the Driver=systemd twins; `systemd-run -p CPUQuota=20%` alone does "
+    "it too, MemoryMax= or daemon-reload do not), it moves the exec driver's programs from "
+    "their unit's v1 cpu cgroup (/fleet/<machine>/<unit>) to the root one (cpu:/, no "
+    "quota): their CPUQuota= no longer holds, while memory and pids stay. Moving the "
+    "programs out of fleet-agent.service in the name=systemd hierarchy too was tried and "
+    "does not prevent it; a restarted unit's prepared process is moved while it waits"))
 
 
 @pytest.mark.parametrize("when", WHEN)
