@@ -160,7 +160,8 @@ _JAVA = _fields({
 })
 _CONFIG = _fields({
     "type": _str, "commands": _COMMANDS, "pre": _COMMANDS, "post": _COMMANDS,
-    "stop": _COMMANDS, "environment": _optional(_str_map),
+    "stop": _COMMANDS, "reload": _COMMANDS, "on_peers_change": _str,
+    "environment": _optional(_str_map),
     "environment_files": _optional(_list(_str)), "working_directory": _optional(_str),
     "user": _optional(_str), "group": _optional(_str), "umask": _optional(_int(0, 0o7777)),
     "rlimits": _map(RLIMITS, _list(_optional(_int(0, MAX_RLIMIT)))),

@@ -107,6 +107,8 @@ def load(name: str, text: str, source: Optional[str] = None, template_ok: bool =
                  f"only exec and java units take secrets, and Driver=systemd at "
                  f"{src}:{chosen.line} makes this a systemd unit (systemd reads its "
                  "environment itself)")
+    if xfleet.on_peers_change(ctx, driver, bool(config.get("reload"))) == "reload":
+        config["on_peers_change"] = "reload"
     requirements = xfleet.requirements(ctx, config.get("limits") or {})
     requirements = dataclasses.replace(requirements, update=xupdate.policy(ctx))
     needs: Tuple[str, ...] = ()

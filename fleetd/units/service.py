@@ -74,7 +74,7 @@ def config(ctx: UnitContext, needs_exec_start: bool = True) -> UnitConfig:
                             f"(first at line {starts[0].line})")
     restart_s = ctx.finite_timespan(S, "RestartSec", DEFAULT_RESTART_S,
                                     " (Restart=no turns restarting off)")
-    return {
+    out: UnitConfig = {
         "type": service_type,
         "commands": _commands(ctx, starts),
         "pre": _commands(ctx, ctx.many(S, "ExecStartPre")),
@@ -103,6 +103,10 @@ def config(ctx: UnitContext, needs_exec_start: bool = True) -> UnitConfig:
         "nice": process.nice(ctx),
         "oom_score_adjust": process.oom_score_adjust(ctx),
     }
+    reload = _commands(ctx, ctx.many(S, "ExecReload"))
+    if reload:  # what OnPeersChange=reload runs instead of a restart (xfleet.py); only
+        out["reload"] = reload  # when given, so that other units' configs stay as they were
+    return out
 
 
 def _commands(ctx: UnitContext, entries: List[Entry]) -> List[Command]:

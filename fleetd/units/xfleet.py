@@ -41,7 +41,9 @@ from fleetd.wire.unitspec import Limits
 X = "X-Fleet"
 KNOWN = ("MachineID", "MachineOf", "MachineMetadata", "Conflicts", "Global", "Replaces",
          "Driver", "RescheduleAttempts", "RescheduleIntervalSec", "RescheduleDelaySec",
-         "RescheduleDelayFunction", "RescheduleMaxDelaySec", "FenceAfterSec", "Ports")
+         "RescheduleDelayFunction", "RescheduleMaxDelaySec", "FenceAfterSec", "Ports",
+         "OnPeersChange")
+PEERS_CHANGE = ("restart", "reload")
 DELAY_FUNCTIONS = ("exponential", "constant")
 MIN_FENCE_S = 3.0  # three default heartbeats
 DRIVERS = ("exec", "java", "systemd")
@@ -246,3 +248,26 @@ def reschedule(ctx: UnitContext) -> Reschedule:
         ctx.fail(ctx.entry(X, "RescheduleDelaySec"),
                  "infinity would never move the unit; say RescheduleAttempts=0")
     return policy
+
+
+def on_peers_change(ctx: UnitContext, driver: str, reload_commands: bool) -> str:
+    """OnPeersChange=: ``restart`` (the default) or ``reload``, what a unit re-rendered
+    only because the placements its template reads (``units()``) changed does to its
+    running copy. ``reload`` runs ExecReload= in fleetd's agent, so it needs an exec or
+    java unit with ExecReload=; refused here otherwise, rather than silently restarting."""
+    entry = ctx.entry(X, "OnPeersChange")
+    value = ctx.single(X, "OnPeersChange") or "restart"
+    if value not in PEERS_CHANGE:
+        ctx.fail(entry, f"{value!r} is not one of {', '.join(PEERS_CHANGE)}")
+    if value == "reload" and driver == "systemd":
+        chosen = ctx.entry(X, "Driver")
+        ctx.fail(entry, f"OnPeersChange=reload is for exec and java units (fleetd's agent "
+                        f"runs their ExecReload=), and Driver=systemd at {ctx.source}:"
+                        f"{chosen.line if chosen else '?'} makes this a systemd unit; "
+                        "remove OnPeersChange= (it is then restarted)")
+    if value == "reload" and not reload_commands:
+        line = ctx.file.header("Service")
+        where = f"[Service] at {ctx.source}:{line}" if line is not None else "no [Service]"
+        ctx.fail(entry, f"OnPeersChange=reload needs ExecReload= in [Service] ({where} has "
+                        "none): the command that makes the program read its new settings")
+    return value

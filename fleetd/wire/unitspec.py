@@ -102,6 +102,10 @@ class UnitConfig(TypedDict, total=False):
     pre: List[Command]
     post: List[Command]
     stop: List[Command]
+    reload: List[Command]  # ExecReload=
+    # OnPeersChange= (reload or restart, the default): what a re-render that only the
+    # placements the unit read changed does to its running copy
+    on_peers_change: str
     environment: Optional[Dict[str, str]]
     environment_files: Optional[List[str]]
     working_directory: Optional[str]
