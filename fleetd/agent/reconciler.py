@@ -18,6 +18,8 @@ START = "start"  # run the program
 STOP = "stop"  # signal it and wait until it is gone
 LOAD = "load"  # take the new spec (content changed or first seen) without running it
 FORGET = "forget"  # drop the unit: it is not desired on this host any more
+# run ExecReload= and take the new spec, the program running on (OnPeersChange=reload)
+RELOAD = "reload"
 
 ACTIVE = (protocol.STARTING, protocol.RUNNING, protocol.STOPPING)
 
@@ -29,6 +31,7 @@ class Current:
     hash: str
     state: str
     generation: int = GENERATION
+    base: str = ""  # the spec's base: the same while only the placements it read change
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +50,8 @@ def next_task(spec: Optional[UnitSpec], cur: Optional[Current]) -> Optional[Task
     if cur is None:
         return Task(LOAD, "new unit")
     if cur.hash != spec["hash"]:
+        if reloads(spec, cur):
+            return Task(RELOAD, "only the placements it reads changed: reloading")
         if cur.state in ACTIVE:
             return Task(STOP, "content changed: stopping the old version")
         return Task(LOAD, "content changed")
@@ -60,3 +65,13 @@ def next_task(spec: Optional[UnitSpec], cur: Optional[Current]) -> Optional[Task
     if want == protocol.WANT_STOPPED and cur.state in (protocol.STARTING, protocol.RUNNING):
         return Task(STOP, "desired stopped")
     return None
+
+
+def reloads(spec: UnitSpec, cur: Current) -> bool:
+    """Does the running copy take ``spec`` by a reload (OnPeersChange=reload)? Only if
+    the two differ by the placements the unit's template read (the same non-empty
+    ``base``), no restart was asked for, and it runs (nothing to reload otherwise)."""
+    base = spec.get("base") or ""
+    return (bool(spec.get("reload")) and base != "" and cur.base == base
+            and cur.state == protocol.RUNNING
+            and cur.generation == spec.get("generation", GENERATION))

@@ -207,6 +207,10 @@ def check_spec(spec: object) -> UnitSpec:
         raise _fail(where, f"driver: want one of {', '.join(DRIVERS)}, not "
                            f"{numbers.show(spec.get('driver'))}")
     _int(0, GENERATION_MAX)(spec.get("generation", 0), f"{where}: generation")
+    base = spec.get("base", "")
+    if not isinstance(base, str) or (base and not _HASH.fullmatch(base)):
+        raise _fail(where, f"base: want a hex string, not {numbers.show(base)}")
+    _bool(spec.get("reload", False), f"{where}: reload")
     config = spec.get("config", {})
     _CONFIG(config, f"{where}: config")
     if "secrets" in spec:  # the values are never shown: _str_map names only the key

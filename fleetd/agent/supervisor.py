@@ -43,7 +43,7 @@ from typing import (
 )
 
 from fleetd import protocol
-from fleetd.agent import fencing, reconciler, specs, systemd_units
+from fleetd.agent import fencing, reconciler, reloading, specs, systemd_units
 from fleetd.agent.cgroup_ops import UnitCgroups
 from fleetd.agent.fencing import FENCEABLE, Fencer
 from fleetd.agent.managed import Managed
@@ -197,7 +197,8 @@ class Supervisor:
                 m = self.units.get(name)
                 spec = self.desired.get(name)
                 cur = Current(hash=m.spec["hash"], state=m.state,
-                              generation=m.spec.get("generation", GENERATION)) if m else None
+                              generation=m.spec.get("generation", GENERATION),
+                              base=m.spec.get("base") or "") if m else None
                 task = reconciler.next_task(spec, cur)
                 if task is None:
                     return
@@ -221,6 +222,9 @@ class Supervisor:
                 elif task.kind == reconciler.FORGET:
                     assert m is not None
                     await self._forget(m)
+                elif task.kind == reconciler.RELOAD:
+                    assert m is not None and spec is not None
+                    await self._reload(m, spec)
 
     async def start(self, m: Managed, automatic: bool = False) -> None:
         """Start the unit (under its lock) through its runner. ``automatic``: a restart
@@ -238,6 +242,16 @@ class Supervisor:
             await self._runner(driver).stop(m, driver)
         else:  # nothing of it runs: its cgroup (if any) is emptied and removed
             await self.processes.stop(m, driver)
+
+    async def _reload(self, m: Managed, spec: UnitSpec) -> None:
+        """OnPeersChange=reload (fleetd.agent.reloading); a reload that fails is a
+        restart, as if the option were not there, and the log says why."""
+        driver = self._driver(m)
+        why = "its driver is not available" if driver is None else \
+            await reloading.reload(self, self.processes.runs, m, driver, spec)
+        if why is not None:
+            log.warning("%s: reload failed, restarting instead: %s", m.name, why)
+            await self._stop(m)
 
     async def _forget(self, m: Managed) -> None:
         driver = self._driver(m)

@@ -29,7 +29,7 @@ from fleetd.registry.base import (
     Registry,
     UnitRecord,
 )
-from fleetd.units.compiled import CompiledUnits, Machine, RenderKey
+from fleetd.units.compiled import CompiledUnits, Machine, RenderKey, peers_base
 from fleetd.units.compiled import error_text as _error
 from fleetd.units.model import Unit
 from fleetd.units.parser import UnitError
@@ -182,5 +182,10 @@ class Rendering:
                 spec = unit.spec(want, u.generation)
                 if sealed[1]:  # the values go to this machine's set, and nowhere else
                     spec["hash"], spec["secrets"] = sealed
+                base = peers_base(key, sealed[1])
+                if base is not None:  # it read placements: OnPeersChange= applies
+                    spec["base"] = base
+                    if unit.config.get("on_peers_change") == "reload":
+                        spec["reload"] = True
                 sets[machine.name].append(spec)
         return sets, expected, reasons, live

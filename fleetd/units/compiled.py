@@ -31,6 +31,7 @@ sees an entry whole or not at all, and a miss only means reading it again.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import threading
@@ -89,6 +90,18 @@ def _told(key: RenderKey, digest: str) -> RenderKey:
 
 def _base(key: RenderKey) -> RenderKey:
     return (key[0], key[1], key[2], key[3].split("\n", 1)[0])
+
+
+def peers_base(key: RenderKey, secrets: Mapping[str, str]) -> Optional[str]:
+    """For a unit rendered from other units' placements (its key says what it was told):
+    a hash of everything its render depends on but those placements (content, variables,
+    machine, and the secret values its spec carries), so that two renders with the same
+    base differ only by where the units it reads are (the agent may then reload it,
+    OnPeersChange=). None for a unit that read none."""
+    if "\n" not in key[3]:
+        return None
+    told = json.dumps([list(_base(key)), sorted(secrets.items())])
+    return hashlib.sha256(told.encode()).hexdigest()
 
 
 def error_text(exc: BaseException) -> str:

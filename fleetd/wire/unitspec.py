@@ -153,6 +153,11 @@ class UnitSpec(_UnitSpecBase, total=False):
     # variable -> secret value, for this machine only; the agent takes it out of the
     # spec into its secrets directory before it keeps or logs the spec anywhere
     secrets: Dict[str, str]
+    # a unit whose template reads other units' placements (units()): a hash that stays
+    # the same while only what it read changes, and whether such a change is taken by
+    # a reload (OnPeersChange=reload) rather than a restart (fleetd.agent.reconciler)
+    base: str
+    reload: bool
 
 
 class UnitStatus(TypedDict):

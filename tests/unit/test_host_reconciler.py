@@ -7,7 +7,16 @@ from typing import Any, Optional
 import pytest
 
 from fleetd import protocol
-from fleetd.agent.reconciler import FORGET, LOAD, START, STOP, Current, Task, next_task
+from fleetd.agent.reconciler import (
+    FORGET,
+    LOAD,
+    RELOAD,
+    START,
+    STOP,
+    Current,
+    Task,
+    next_task,
+)
 
 HASH = "a" * 64
 OTHER = "b" * 64
@@ -130,3 +139,55 @@ def test_driving_a_new_unit_to_running() -> None:
 def test_driving_a_content_change() -> None:
     assert drive(spec(RUN), Current(OTHER, protocol.RUNNING)) == \
         ([STOP, LOAD, START], Current(HASH, protocol.RUNNING))
+
+
+# OnPeersChange=reload: the spec (reload: true) and the running copy have the same
+# base, their hashes differ (only the placements its template read changed)
+BASE = "c" * 64
+
+
+def reload_spec(base: str = BASE, reload: bool = True, generation: int = 0
+                ) -> dict[str, Any]:
+    desired = protocol.unit_spec("lb.service", HASH, RUN, "exec", {"commands": []},
+                                 generation)
+    desired["base"] = base
+    if reload:
+        desired["reload"] = True
+    return desired
+
+
+# (the spec, the copy's base, its generation) -> the task in each state of STATES
+#                    starting  running  stopping  stopped  exited  failed
+RELOAD_GRID: list[tuple[str, dict[str, Any], str, tuple[Optional[str], ...]]] = [
+    ("same base", reload_spec(), BASE,
+                     (STOP,     RELOAD,  STOP,     LOAD,    LOAD,   LOAD)),
+    ("other base", reload_spec(), "d" * 64,
+                     (STOP,     STOP,    STOP,     LOAD,    LOAD,   LOAD)),
+    ("no base", reload_spec(base=""), "",
+                     (STOP,     STOP,    STOP,     LOAD,    LOAD,   LOAD)),
+    ("restart", reload_spec(reload=False), BASE,
+                     (STOP,     STOP,    STOP,     LOAD,    LOAD,   LOAD)),
+    ("restart asked too", reload_spec(generation=1), BASE,
+                     (STOP,     STOP,    STOP,     LOAD,    LOAD,   LOAD)),
+]
+
+
+@pytest.mark.parametrize(
+    ("desired", "base", "state", "kind"),
+    [(d, b, st, k) for _, d, b, kinds in RELOAD_GRID for st, k in zip(STATES, kinds)],
+    ids=[f"{w}-{st}" for w, _, _, kinds in RELOAD_GRID for st in STATES],
+)
+def test_reload_grid(desired: dict[str, Any], base: str, state: str,
+                     kind: Optional[str]) -> None:
+    task = next_task(desired, Current(OTHER, state, base=base))
+    assert task is not None and task.kind == kind
+
+
+def test_reload_reason() -> None:
+    assert next_task(reload_spec(), Current(OTHER, protocol.RUNNING, base=BASE)) == \
+        Task(RELOAD, "only the placements it reads changed: reloading")
+
+
+def test_a_reloaded_copy_is_left_alone() -> None:
+    """Once it took the new spec (its hash and base), nothing more is done: no loop."""
+    assert next_task(reload_spec(), Current(HASH, protocol.RUNNING, base=BASE)) is None

@@ -83,3 +83,14 @@ def test_the_agent_refuses_a_reload_that_is_not_commands() -> None:
     spec["config"]["reload"] = "kill -HUP"  # type: ignore[typeddict-item]
     with pytest.raises(SpecError, match="reload"):
         check_spec(spec)
+
+
+@pytest.mark.parametrize(("field", "value"), [("base", "not hex"), ("base", 3),
+                                              ("reload", "yes")])
+def test_the_agent_refuses_a_bad_base_or_reload(field: str, value: object) -> None:
+    spec = dict(load("lb.service", LB.format(fleet="", extra="")).spec("running"))
+    spec[field] = value
+    with pytest.raises(SpecError, match=f"unit lb.service: {field}"):
+        check_spec(spec)
+    spec[field] = "c" * 64 if field == "base" else True
+    assert check_spec(spec) is spec
