@@ -2,7 +2,9 @@
 fleetctl: nginx (Debian's nginx-light) on h1 proxies to web@1 and web@2 as its template
 reads them; a web instance's machine is cut off (its link down), the instance moves,
 and nginx's unit is rendered again and restarted: its upstream list names the new
-machine, not the lost one, and answers come from both instances again."""
+machine, not the lost one, and answers come from both instances again. With
+OnPeersChange=reload the unit is reloaded instead (ExecReload= rewrites nginx.conf from
+the new environment and runs ``nginx -s reload``): the nginx master keeps its pid."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import subprocess
 import urllib.request
 from typing import Set
 
+import pytest
 from labkit import Fleet, Lab, wait_for
 
 WEB = """\
@@ -28,11 +31,15 @@ Environment="UPSTREAM={{% for w in units('web@*.service') %}}server {{{{ w.addre
 {{{{ w.port }}}} max_fails=0; {{% endfor %}}"
 Environment=LISTEN={{{{ machine.address }}}}:8081
 ExecStart=/bin/sh {dir}/lb.sh {dir}/nginx
-
+{reload}
 [X-Fleet]
 MachineID=h1
 Ports=8081
+{on_change}
 """
+RELOADS = {"restart": ("", ""),
+           "reload": ("ExecReload=/bin/sh {dir}/lb.sh {dir}/nginx reload\n",
+                      "OnPeersChange=reload")}
 START_NGINX = """\
 #!/bin/sh
 d="$1"; mkdir -p "$d"
@@ -47,15 +54,21 @@ http {
            location / { proxy_pass http://web; proxy_connect_timeout 1s; } }
 }
 CONF
+if [ "$2" = reload ]; then
+  exec nginx -c "$d/nginx.conf" -p "$d" -e "$d/error.log" -s reload
+fi
 exec nginx -c "$d/nginx.conf" -p "$d" -e "$d/error.log" -g "daemon off;"
 """
 
 
+@pytest.mark.parametrize("on_change", sorted(RELOADS))
 def test_nginx_upstreams_follow_a_web_instance_to_its_new_machine(
-        cluster: Fleet, lab: Lab, tmp_path) -> None:
+        cluster: Fleet, lab: Lab, tmp_path, on_change: str) -> None:
     address = {h.name: h.address for h in lab.hosts()}
     (tmp_path / "web@.service").write_text(WEB.format(dir=tmp_path))
-    (tmp_path / "lb.service").write_text(LB.format(dir=tmp_path))
+    reload, option = RELOADS[on_change]
+    (tmp_path / "lb.service").write_text(LB.format(dir=tmp_path, on_change=option,
+                                                   reload=reload.format(dir=tmp_path)))
     (tmp_path / "lb.sh").write_text(START_NGINX)
     cluster.ctl("start", str(tmp_path / "web@1.service"), str(tmp_path / "web@2.service"))
     cluster.ctl("start", str(tmp_path / "lb.service"))
@@ -83,6 +96,8 @@ def test_nginx_upstreams_follow_a_web_instance_to_its_new_machine(
     wait_for("answers from both", lambda: answers() == {
         f"{n[4]}@{m}" for n, m in webs.items()}, 20)
     lb_pid = cluster.unit("lb.service")["pid"]
+    master = (tmp_path / "nginx" / "nginx.pid").read_text().strip()
+    assert master == str(lb_pid)  # the unit's program is nginx's master
 
     moving = next(n for n, m in sorted(webs.items()) if m != "h1")
     staying = next(n for n in webs if n != moving)
@@ -95,7 +110,11 @@ def test_nginx_upstreams_follow_a_web_instance_to_its_new_machine(
                 u := cluster.unit(moving)) and u["state"] == "running" and m), 30)
         wait_for("nginx listing its new machine", lambda: upstreams() == {
             f"{address[stays]}:8080", f"{address[to]}:8080"}, 20)
-        assert cluster.unit("lb.service")["pid"] != lb_pid  # restarted on its new content
+        if on_change == "reload":  # the same master, its workers on the new conf
+            assert cluster.unit("lb.service")["pid"] == lb_pid
+            assert (tmp_path / "nginx" / "nginx.pid").read_text().strip() == master
+        else:
+            assert cluster.unit("lb.service")["pid"] != lb_pid  # restarted on new content
         wait_for("answers from both again", lambda: answers() == {
             f"{moving[4]}@{to}", f"{staying[4]}@{stays}"}, 20)
         out = cluster.ctl("list-units", "--fields", "unit,address", "--no-legend").stdout
