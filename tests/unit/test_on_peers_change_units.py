@@ -59,23 +59,22 @@ def test_an_unknown_value_names_its_line() -> None:
         unit("OnPeersChange=sometimes")
 
 
-def test_reload_without_exec_reload_names_both_lines() -> None:
-    text = "[Service]\nExecStart=/bin/sleep 100\n\n[X-Fleet]\nOnPeersChange=reload\n"
+@pytest.mark.parametrize(("text", "lines"), [
+    pytest.param("[Service]\nExecStart=/bin/sleep 100\n\n[X-Fleet]\nOnPeersChange=reload\n",
+                 ["units/lb.service:5",
+                  "needs ExecReload= in [Service] ([Service] at units/lb.service:1"],
+                 id="without ExecReload="),
+    pytest.param("[Service]\nExecStart=/bin/sleep 100\nExecReload=/bin/true\n\n"
+                 "[X-Fleet]\nDriver=systemd\nOnPeersChange=reload\n",
+                 ["units/lb.service:7", "Driver=systemd at units/lb.service:6"],
+                 id="Driver=systemd"),
+])
+def test_a_refused_reload_names_both_lines(text: str, lines: list[str]) -> None:
     with pytest.raises(UnitError) as info:
         load("lb.service", text, "units/lb.service")
     message = str(info.value)
-    assert "units/lb.service:5" in message
-    assert "needs ExecReload= in [Service] ([Service] at units/lb.service:1" in message
-
-
-def test_reload_is_refused_for_a_systemd_unit() -> None:
-    text = ("[Service]\nExecStart=/bin/sleep 100\nExecReload=/bin/true\n\n"
-            "[X-Fleet]\nDriver=systemd\nOnPeersChange=reload\n")
-    with pytest.raises(UnitError) as info:
-        load("lb.service", text, "units/lb.service")
-    message = str(info.value)
-    assert "units/lb.service:7" in message
-    assert "Driver=systemd at units/lb.service:6" in message
+    for line in lines:
+        assert line in message
 
 
 def test_the_agent_refuses_a_reload_that_is_not_commands() -> None:
