@@ -36,6 +36,7 @@ from fleetd.registry.base import (
     Registry,
     UnitInput,
     UnitRecord,
+    VersionRecord,
 )
 from fleetd.units.xupdate import UpdatePolicy
 from fleetd.wire import names
@@ -60,11 +61,14 @@ class Rolling:
         self.in_flight: Dict[str, Tuple[rollout.Where, ...]] = {}
 
     def machine_hashes(self, u: UnitRecord, machines: Sequence[str], observed: Observed,
-                       hash_on: HashOn) -> Dict[str, str]:
+                       hash_on: HashOn, kept: Optional[Sequence[VersionRecord]] = None
+                       ) -> Dict[str, str]:
         """The content Global unit ``u`` is given on each of ``machines``: the rollout's
-        choice, else the kept version its agent reports running there, else its own."""
+        choice, else the kept version its agent reports running there, else its own.
+        ``kept``: its versions, if the caller read them already."""
         out = {m: u.hash for m in machines}
-        versions = [v.hash for v in self.registry.list_versions(u.name)]
+        versions = [v.hash for v in (self.registry.list_versions(u.name) if kept is None
+                                     else kept)]
         if len(versions) < 2:
             return out  # never changed: nothing to roll
         for m in machines:
@@ -102,7 +106,8 @@ class Rolling:
             if not machines or p is None or len(versions) < 2:
                 continue
             copies = []
-            for m, h in sorted(self.machine_hashes(u, machines, observed, hash_on).items()):
+            given_hashes = self.machine_hashes(u, machines, observed, hash_on, versions)
+            for m, h in sorted(given_hashes.items()):
                 o = observed.get((u.name, m))
                 key = (f"{u.name} on {m}", h, u.generation)
                 if h == u.hash and ready(u, m):
