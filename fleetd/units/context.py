@@ -18,6 +18,7 @@ from typing import Dict, List, NoReturn, Optional, Sequence
 from fleetd.units.parser import Entry, UnitError, UnitFile
 from fleetd.units.timespan import TimespanError, parse_timespan
 from fleetd.wire import execline
+from fleetd.wire.execline import Command
 from fleetd.wire.numbers import NumberError, parse_float, parse_int
 
 # fleet's old spellings, still accepted so that fleet users' units load unchanged
@@ -125,23 +126,28 @@ class UnitContext:
         return self.file.values(section, *self._key(section, key))
 
     def split(self, entry: Entry) -> List[str]:
-        """One assignment's value split into words as systemd splits them (quotes,
-        escapes), specifiers expanded; a bad quote is an error naming its line."""
-        try:
-            return execline.split_words(self.expand(entry))
-        except execline.CommandLineError as exc:
-            self.fail(entry, str(exc))
-
-    def assignments(self, entry: Entry) -> List[str]:
-        """An Environment= value's words as systemd 252's config_parse_environ makes
-        them: each word unquoted and unescaped first, then its specifiers expanded. So an
-        instance's escaped space (``%I`` of ``app@a\\x20b``) stays inside its word, where
-        expanding first would split it (tests/integration/test_systemd_words.py)."""
+        """One assignment's value split into words as systemd 252 splits them
+        (extract_first_word: quotes, escapes), then each word's specifiers expanded, as
+        config_parse_environ and the unit-name lists do. So an instance's escaped space
+        (``%I`` of ``app@a\\x20b``) stays inside its word, where expanding first would
+        split it (tests/integration/test_systemd_words.py). A bad quote is an error
+        naming its line."""
         try:
             words = execline.split_words(entry.value)
         except execline.CommandLineError as exc:
             self.fail(entry, str(exc))
         return [self.expand(entry, word) for word in words]
+
+    def command(self, entry: Entry) -> Command:
+        """One command line split as systemd 252's config_parse_exec splits it: into
+        words (quotes, escapes, prefixes) first, then each word's specifiers expanded, so
+        that ``%I``'s escaped space stays in its word and ``%i`` keeps its backslash."""
+        try:
+            command = execline.split(entry.value)
+        except execline.CommandLineError as exc:
+            self.fail(entry, str(exc))
+        words = tuple(self.expand(entry, word) for word in command.words)
+        return dataclasses.replace(command, words=words)
 
     def words(self, section: str, key: str) -> List[str]:
         """A list option's values, each assignment split into words (``split``), after

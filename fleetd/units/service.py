@@ -7,7 +7,6 @@ travels to the agent inside the desired set.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 import signal
@@ -17,7 +16,6 @@ from fleetd.units import process
 from fleetd.units.context import UnitContext
 from fleetd.units.parser import Entry
 from fleetd.units.process import parse_size
-from fleetd.wire import execline
 from fleetd.wire.numbers import NumberError, parse_int
 from fleetd.wire.unitspec import (
     KILL_SIGNAL,
@@ -110,25 +108,16 @@ def config(ctx: UnitContext, needs_exec_start: bool = True) -> UnitConfig:
 
 
 def _commands(ctx: UnitContext, entries: List[Entry]) -> List[Command]:
-    """Each command line split as systemd 252's config_parse_exec splits it: into words
-    (quotes, escapes, prefixes) first, then each word's specifiers expanded, so that an
-    instance's escaped space (``%I`` of ``app@a\\x20b``) stays in its word and ``%i``
-    keeps its backslash (tests/integration/test_systemd_words.py)."""
-    out: List[Command] = []
-    for entry in entries:
-        try:
-            command = execline.split(entry.value)
-        except execline.CommandLineError as exc:
-            ctx.fail(entry, str(exc))
-        words = tuple(ctx.expand(entry, word) for word in command.words)
-        out.append(dataclasses.replace(command, words=words).to_json())
-    return out
+    """Each command line split as systemd 252's config_parse_exec splits it
+    (``UnitContext.command``: words first, then each word's specifiers;
+    tests/integration/test_systemd_words.py)."""
+    return [ctx.command(entry).to_json() for entry in entries]
 
 
 def _environment(ctx: UnitContext) -> Dict[str, str]:
     environment: Dict[str, str] = {}
     for entry in ctx.many(S, "Environment"):
-        for word in ctx.assignments(entry):
+        for word in ctx.split(entry):
             key, eq, value = word.partition("=")
             if not eq or not _ENV_NAME.fullmatch(key):
                 ctx.fail(entry, f"{word!r} is not a VAR=value assignment")

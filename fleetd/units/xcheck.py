@@ -47,7 +47,6 @@ from typing import List, Optional, Tuple
 
 from fleetd.units.context import UnitContext, later
 from fleetd.units.parser import Entry, UnitError
-from fleetd.wire import execline
 from fleetd.wire.unitspec import Check, Command
 
 X = "X-Check"
@@ -206,10 +205,7 @@ def _command(ctx: UnitContext, type_entry: Optional[Entry]) -> Command:
     entry = ctx.entry(X, "Command")
     if entry is None or entry.value == "":
         ctx.fail(type_entry, "Type=exec needs Command= (like Command=redis-cli -p 6379 ping)")
-    try:
-        command = execline.split(ctx.expand(entry))
-    except execline.CommandLineError as exc:
-        ctx.fail(entry, str(exc))
+    command = ctx.command(entry)
     if command.ignore_failure:
         ctx.fail(entry, "a '-' prefix would make every result a pass: remove it")
     return command.to_json()
