@@ -57,7 +57,9 @@ def _after(request: web.Request) -> Optional[int]:
 def _page(request: web.Request, name: str, **context: Any) -> web.Response:
     caller = request[CALLER]
     context.setdefault("unit_glob", None)
-    return _html(render(name, {"caller": caller, "after": _after(request),
+    if "after" not in context:
+        context["after"] = _after(request)
+    return _html(render(name, {"caller": caller,
                                "operate": roles.allows(caller.role, roles.OPERATE),
                                **context},
                         fragment=req.query_flag(request, "fragment")))
@@ -90,7 +92,9 @@ async def units_page(request: web.Request) -> web.StreamResponse:
     listing = pages.units_listing(units.rows(), _text(request, "state"), _text(request, "q"),
                                   req.query_int(request, "page", 1, 1),
                                   _text(request, "machine"))
-    reasons = {f["unit"]: str(f.get("reason") or "") for f in units.files()}
+    # the units' placement reasons straight from their records: list-unit-files' rows
+    # (units.files) would also read every copy, failure and description to drop them
+    reasons = {u.name: str(u.reason or "") for u in units.registry.list_units()}
     use = await _usage(request, pages.machines_on(listing.page, "machine"))
     views = [pages.unit_view(r, reasons, use) for r in listing.page.rows]
     return _page(request, "units.html", listing=listing, views=views)
@@ -101,10 +105,12 @@ async def unit_page(request: web.Request) -> web.StreamResponse:
     status = await req.services(request).units.status(name, 0)
     unit_glob = globs.escape(name)  # the events' filter is a glob; this name, exactly
     events = []
-    if _after(request) is not None:
+    after = _after(request)
+    if after is not None:
         held = req.services(request).events.history.tail(EVENTS_SHOWN, Filter(unit_glob))
         events = [e.to_json() for e in reversed(held)]
-    return _page(request, "unit.html", s=status, events=events, unit_glob=unit_glob)
+    return _page(request, "unit.html", s=status, events=events, unit_glob=unit_glob,
+                 after=after)
 
 
 async def begin_session(request: web.Request) -> web.StreamResponse:
