@@ -25,6 +25,9 @@ the same and a firing is never decided twice. The rules follow systemd's timer.c
 - Never two runs at once: a firing that comes due while the service still runs is a
   ``SKIP`` (systemd's start of an active service does nothing, and the firing counts
   as done), never a second copy.
+
+Not wired in yet (issue 14 §2, step 2): nothing in fleetd imports this module
+but its tests; the engine neither reads ``.timer`` units nor asks ``decide`` yet.
 """
 
 from __future__ import annotations

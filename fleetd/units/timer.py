@@ -29,6 +29,9 @@ systemd); a timer with none of them is refused, as systemd refuses it. ``WakeSys
 ``FixedRandomDelay=`` are accepted and have no further effect (there is no one system to
 wake, and the random delay is always fixed). A misspelt option is an error: fleetd, not
 systemd, honours this section, and a silently ignored trigger is a job that never runs.
+
+Not wired in yet (issue 14 §2, step 2): nothing in fleetd imports this module
+but its tests; the engine neither reads ``.timer`` units nor asks ``decide`` yet.
 """
 
 from __future__ import annotations
