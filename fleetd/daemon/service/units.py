@@ -77,7 +77,7 @@ class Units:
         now = time.time()
         placement = self.placement.snapshot()
         return [{**views.unit_file_row(placement, u, observed, failures, now),
-                 "description": self._description(u),
+                 "description": _described(self._probed(u)),
                  "global": getattr(placement.requirements_of(u), "is_global", False)}
                 for u in self.registry.list_units()]
 
@@ -111,7 +111,7 @@ class Units:
             row["usage"] = use.to_json() if use is not None else None
             copies.append(row)
         probed = self._probed(u)
-        description = self._description(u)
+        description = _described(probed)
         result: Dict[str, Any] = {
             "unit": name, "description": description, "desired": u.desired,
             "machine": u.machine, "reason": u.reason, "hash": u.hash,
@@ -174,12 +174,6 @@ class Units:
             if left <= 0:
                 return {"unit": name, "reached": False, "timeout": True, "why": why}
             await self.changes.wait(left)
-
-    def _description(self, u: UnitRecord) -> str:
-        """The unit's Description= as systemd shows it (specifiers expanded), or why it
-        cannot be read, in parentheses."""
-        probed = self._probed(u)
-        return probed.description if isinstance(probed, Unit) else f"({probed.why})"
 
     def _probed(self, u: UnitRecord) -> Union[Unit, Unreadable]:
         """The unit as it reads on any machine (or why it cannot be read), from the
@@ -313,3 +307,9 @@ def _check_config(unit: Union[Unit, Unreadable]) -> waits.Check:
         return None  # the engine does not place it: waiters learn why from its reason
     check = unit.config.get("check")
     return check.copy() if check else None
+
+
+def _described(probed: Union[Unit, Unreadable]) -> str:
+    """A unit's Description= as systemd shows it (specifiers expanded), or why it
+    cannot be read, in parentheses."""
+    return probed.description if isinstance(probed, Unit) else f"({probed.why})"
