@@ -139,4 +139,6 @@ class Asks:
             if not future.done():
                 future.set_exception(TransportError("unreachable", reason))
         for queue in self._streams.values():
+            if queue.full():  # a reader far behind still hears the end (QueueFull else)
+                queue.get_nowait()
             queue.put_nowait(None)

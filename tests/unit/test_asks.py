@@ -10,7 +10,7 @@ from typing import List, Optional
 import pytest
 
 from fleetd.daemon import reports
-from fleetd.daemon.asks import Asks
+from fleetd.daemon.asks import STREAM_QUEUE, Asks
 from fleetd.transport.base import TransportError
 
 
@@ -62,5 +62,22 @@ def test_other_agent_errors_leave_requests_waiting() -> None:
             asks.agent_error, "line too long")
         with pytest.raises(TransportError, match="did not answer"):
             await asks.request("usage", timeout=0.05)
+
+    asyncio.run(main())
+
+
+def test_a_stream_whose_reader_is_far_behind_still_ends_when_the_channel_goes() -> None:
+    async def main() -> None:
+        channel = Channel()
+        asks = Asks("h1", lambda: channel, reports.Parts())  # type: ignore[arg-type,return-value]
+        stream = asks.stream("follow", "unfollow", unit="a.service")
+        first = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(0)  # the request is written; its queue waits
+        ident = channel.written[0]["id"]
+        for n in range(STREAM_QUEUE + 1):
+            asks.log({"type": "log", "id": ident, "line": str(n)})
+        asks.fail("connection to the agent closed")  # the queue is full: no QueueFull
+        got = [await first] + [msg async for msg in stream]
+        assert len(got) == STREAM_QUEUE - 1 and got[-1]["line"] == str(STREAM_QUEUE)
 
     asyncio.run(main())
