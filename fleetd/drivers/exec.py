@@ -163,7 +163,9 @@ class ExecDriver:
         run = _create(cg, config.get("limits") or {}, ctx.leaf) if cg is not None else None
         if run is None or run is cg or not ctx.leaf:
             raise DriverError("no cgroup of its own for a run of this unit on this host")
-        setup = identity.preexec([run.preexec(), procsetup.step(config)], identity.nofile(
+        # OOMScoreAdjust= is the script's (take): the spare waits at -1000 until then
+        steps = [run.preexec(), procsetup.step(config, oom_score=False)]
+        setup = identity.preexec(steps, identity.nofile(
             (config.get("limits") or {}).get("nofile")), None)
         return spare.prepare(setup, ctx.leaf)
 

@@ -36,11 +36,13 @@ def rlimits(config: UnitConfig) -> List[Tuple[int, Tuple[int, int]]]:
     return out
 
 
-def step(config: UnitConfig) -> Callable[[], None]:
-    """The preexec step that sets ``config``'s rlimits, Nice= and OOMScoreAdjust=."""
+def step(config: UnitConfig, oom_score: bool = True) -> Callable[[], None]:
+    """The preexec step that sets ``config``'s rlimits, Nice= and OOMScoreAdjust=.
+    ``oom_score`` False: not the OOM score - a spare waits at -1000 and its script sets
+    the program's (spare.script), so setting it here would undo the spare's."""
     limits = rlimits(config)
     nice: Optional[int] = config.get("nice")
-    oom: Optional[int] = config.get("oom_score_adjust")
+    oom: Optional[int] = config.get("oom_score_adjust") if oom_score else None
 
     def run() -> None:
         for which, pair in limits:

@@ -114,3 +114,15 @@ def test_a_prepared_process_takes_the_units_oom_score(tmp_path: Path, oom: Optio
     with open("/proc/self/oom_score_adj") as f:
         agent = f.read().strip()
     assert (tmp_path / "unit.log").read_text().strip() == (shown or agent)
+
+
+def test_a_spare_waits_at_its_own_oom_score_not_the_units() -> None:
+    """The spare path's step leaves OOMScoreAdjust= to the script: set in the spare's
+    preexec it would overwrite the -1000 the spare waits at (spare.prepare)."""
+    config: Any = {"oom_score_adjust": 300}
+    prepared = spare.prepare(procsetup.step(config, oom_score=False), "run0")
+    try:
+        with open(f"/proc/{prepared.pid}/oom_score_adj") as f:
+            assert f.read().strip() != "300"
+    finally:
+        prepared.discard()
