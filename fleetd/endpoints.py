@@ -177,12 +177,17 @@ class PlainConnection:
         self.endpoint = e
         self.timeout = timeout
         self.sock: Optional[socket.socket] = None
+        self.answer: Optional[BinaryIO] = None  # the socket's file getresponse reads
         self.host = "localhost" if e.path is not None else _host_header(e)
 
     def connect(self) -> None:
         self.sock = self.endpoint.connect(self.timeout)
 
     def close(self) -> None:
+        """The socket's file too: a socket with a file open keeps its descriptor."""
+        if self.answer is not None:
+            self.answer.close()
+            self.answer = None
         if self.sock is not None:
             self.sock.close()
             self.sock = None
@@ -202,7 +207,8 @@ class PlainConnection:
 
     def getresponse(self) -> PlainResponse:
         assert self.sock is not None
-        return PlainResponse(self.sock.makefile("rb"))
+        self.answer = self.sock.makefile("rb")
+        return PlainResponse(self.answer)
 
 
 class PlainResponse:
