@@ -5,12 +5,12 @@ for it as start and destroy do: the new instances running, the removed ones gone
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List
 
 import click
 
 from fleetd.cli.context import Ctx, pass_ctx
+from fleetd.cli.unitargs import unit_name
 from fleetd.cli.units import _timeout as block_timeout  # one rule for every verb
 from fleetd.cli.units import blocking, wait_all
 from fleetd.client import segment
@@ -33,7 +33,7 @@ def scale(c: Ctx, template: str, count: int, no_block: bool, block_attempts: int
     above COUNT, the highest first (each is stopped, then forgotten); COUNT 0 destroys
     them all and keeps the template. Instances not named by a number (web@blue) are not
     counted and are left alone."""
-    name = os.path.basename(template)
+    name = unit_name(template)  # web@ and web@.unit are web@.service, as for every verb
     answer: Dict[str, Any] = c.call("POST", f"/v1/units/{segment(name)}/scale",
                                     {"count": count})
     starting: List[str] = [*answer["created"], *answer["started"]]

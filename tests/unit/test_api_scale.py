@@ -109,6 +109,9 @@ def test_fleetctl_scale(tmp_path: Any) -> None:
         assert out.output.splitlines() == ["Destroyed web@3.service", "Destroyed web@2.service"]
         out = CliRunner().invoke(cli, ["scale", "web@.service", "1"], env=env)
         assert out.output == "web@.service: 1 instance already\n", out.output
+        for spelt in ("web@", "units/web@.unit"):  # as fleet named units: .service
+            out = CliRunner().invoke(cli, ["scale", spelt, "1"], env=env)
+            assert out.output == "web@.service: 1 instance already\n", out.output
         out = CliRunner().invoke(cli, ["scale", "web.service", "2"], env=env)
         assert out.exit_code != 0 and '"web.service" is not a template' in out.output
         out = CliRunner().invoke(cli, ["scale", "web@.service", "-1"], env=env)
