@@ -55,22 +55,17 @@ class Timespan(FloatParam):
             seconds = parse_timespan(str(value))
         except TimespanError as exc:
             self.fail(str(exc), param, ctx)
-        if seconds <= 0:
-            self.fail(f"{value!r}: want a time span above 0", param, ctx)
+        why = self.refused(seconds)
+        if why is not None:
+            self.fail(f"{value!r}: want {why}", param, ctx)
         return seconds
 
+    def refused(self, seconds: float) -> Optional[str]:
+        return "a time span above 0" if seconds <= 0 else None
 
-class Span(FloatParam):
+
+class Span(Timespan):
     """A systemd time span (``30s``, ``2min``), finite, 0 or more."""
 
-    name = "span"
-
-    def convert(self, value: Any, param: Optional[click.Parameter],
-                ctx: Optional[click.Context]) -> float:
-        try:
-            seconds = parse_timespan(str(value))
-        except TimespanError as exc:
-            self.fail(str(exc), param, ctx)
-        if seconds == float("inf"):
-            self.fail(f"{value!r}: want a finite time span", param, ctx)
-        return seconds
+    def refused(self, seconds: float) -> Optional[str]:
+        return "a finite time span" if seconds == float("inf") else None
