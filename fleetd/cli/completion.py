@@ -23,24 +23,20 @@ ASK_S = 1.0  # the bound on fleetd's answer while the user waits at a Tab
 
 def _ctx_of(ctx: click.Context) -> Any:
     """fleetctl's Ctx from the global flags on the command line so far (completion
-    parses them but runs no group callback)."""
-    from fleetd.cli.context import Ctx
+    parses them but runs no group callback); a token file it cannot read is left out."""
+    from fleetd.cli.main import make_ctx
 
     root = ctx.find_root().params
-    token = None
-    if root.get("token_file"):
-        try:
-            with open(root["token_file"], encoding="utf-8") as f:
-                token = f.readline().strip() or None
-        except (OSError, UnicodeDecodeError):
-            token = None
-    files = (root.get("ca_file"), root.get("cert_file"), root.get("key_file"))
-    tls = None
-    if any(files):
-        from fleetd.endpoints import TlsFiles
 
-        tls = TlsFiles(*files)
-    return Ctx(root.get("endpoint"), token or root.get("token"), tls, ASK_S)
+    def made(token_file: Any) -> Any:
+        return make_ctx(root.get("endpoint"), root.get("token"), token_file,
+                        root.get("ca_file"), root.get("cert_file"), root.get("key_file"),
+                        ASK_S)
+
+    try:
+        return made(root.get("token_file"))
+    except click.BadParameter:  # the token file's
+        return made(None)
 
 
 def _names(path: str, rows: str, key: str) -> Callable[[click.Context, str], List[str]]:

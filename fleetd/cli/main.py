@@ -76,6 +76,15 @@ def cli(ctx: click.Context, endpoint: Optional[str], token: Optional[str],
     if token is not None:
         click.echo("Warning: --token shows the token to every user of this machine (ps); "
                    "use --token-file FILE or FLEETCTL_TOKEN", err=True)
+    ctx.obj = make_ctx(endpoint, token, token_file, ca_file, cert_file, key_file,
+                       request_timeout)
+
+
+def make_ctx(endpoint: Optional[str], token: Optional[str], token_file: Optional[str],
+             ca_file: Optional[str], cert_file: Optional[str], key_file: Optional[str],
+             request_timeout: Optional[float]) -> Ctx:
+    """The Ctx the global flags say (completion's too, fleetd.cli.completion): the
+    token file's token before --token's; BadParameter for a token file without one."""
     if token_file is not None:
         token = read_token(token_file)
     tls = None
@@ -83,7 +92,7 @@ def cli(ctx: click.Context, endpoint: Optional[str], token: Optional[str],
         from fleetd.endpoints import TlsFiles
 
         tls = TlsFiles(ca_file, cert_file, key_file)
-    ctx.obj = Ctx(endpoint, token, tls, request_timeout)
+    return Ctx(endpoint, token, tls, request_timeout)
 
 
 def read_token(path: str) -> str:
