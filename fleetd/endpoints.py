@@ -203,6 +203,9 @@ class PlainConnection:
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         if body is not None or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(data)}")
+        bad = next((line for line in lines if any(c in line for c in "\r\n\0")), None)
+        if bad is not None:  # a line break would start a header of its own: as http.client
+            raise ValueError(f"a line break or NUL in the request's {bad[:40]!r}")
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data)
 
     def getresponse(self) -> PlainResponse:

@@ -82,3 +82,19 @@ def test_close_lets_go_of_the_socket_while_the_answer_is_kept() -> None:
         theirs.settimeout(5.0)
         assert theirs.recv(1) == b""  # the peer's end: the descriptor is closed
         assert resp.status == 200
+
+
+def test_a_line_break_in_a_header_is_refused_not_sent() -> None:
+    """A token (FLEETCTL_TOKEN) with a line break would add headers of its own, as
+    http.client refuses to send."""
+    ours, theirs = socket.socketpair()
+    with theirs:
+        conn = PlainConnection(Endpoint("unix:///x", path="/x"), 5.0)
+        conn.sock = ours
+        for headers, path in (({"Authorization": "Bearer t\r\nX-Role: admin"}, "/v1/units"),
+                              ({}, "/v1/units HTTP/1.1\r\nX-Role: admin\r\nX:")):
+            with pytest.raises(ValueError, match="line break"):
+                conn.request("GET", path, headers=headers)
+        conn.close()
+        theirs.settimeout(5.0)
+        assert theirs.recv(100) == b""  # nothing was sent
