@@ -52,6 +52,13 @@ def test_specifiers_are_expanded() -> None:
     assert d == Deps(requires=("app-sidecar.service",), after=("db@blue.service",))
 
 
+def test_specifiers_are_expanded_after_the_words_are_split() -> None:
+    """As systemd does for every list option: %i of an instance with an escaped space
+    stays in its one word (expanded first, it split into 'db@a' and 'b.service')."""
+    d = deps_of("After=db@%i.service\n", "app@a\\x20b.service")
+    assert d == Deps(after=("db@a\\x20b.service",))
+
+
 # -- which units are held -----------------------------------------------------------------
 
 
